@@ -1,0 +1,16 @@
+"""Shared fixtures: the reference data written by others lives beside the repo in ../shared/refdata."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFDATA = REPO.parent / "shared" / "refdata"
+
+
+@pytest.fixture(scope="session")
+def refdata() -> Path:
+    """Path of ``../shared/refdata``; tests that need it are skipped when it is absent."""
+    if not REFDATA.is_dir():
+        pytest.skip(f"reference data not found at {REFDATA}")
+    return REFDATA
