@@ -1,0 +1,228 @@
+"""The node's configuration: one YAML file validated by pydantic, environment variables on top.
+
+Every field has a default that serves a single machine, so an empty file (or none) is a working
+configuration. Environment variables named ``RADIOMICS_NODE_<FIELD>`` override the file; nested
+fields join with ``__``, e.g. ``RADIOMICS_NODE_LISTENER__PORT=11113``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]+$")]
+"""An Application Entity title: 1 to 16 characters of the default repertoire, no backslash
+(PS3.5 Table 6.2-1, VR AE)."""
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Strict(BaseModel):
+    """Base of every section: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ListenerConfig(Strict):
+    """The DICOM storage SCP that scanners and the PACS send to."""
+
+    ae_title: AETitle = "RADIOMICS"
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    max_pdu: int = Field(default=0, ge=0, description="Maximum PDU size received; 0 = unlimited.")
+
+
+class NumericRange(Strict):
+    """A closed interval; either end may be open (None)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> NumericRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+    def contains(self, value: float) -> bool:
+        """True when ``value`` lies inside the interval, ends included."""
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class SeriesRule(Strict):
+    """Which image series a pipeline preset is validated for, decided on the series' tags.
+
+    All given conditions must hold. Tag names are DICOM keywords (PS3.6).
+    """
+
+    name: str
+    preset: str = "ct-liver-basic"
+    modality: list[str] = Field(default_factory=lambda: ["CT"])
+    series_description: str | None = Field(
+        default=None,
+        description="Regular expression searched in SeriesDescription, case-insensitive.",
+    )
+    ranges: dict[str, NumericRange] = Field(
+        default_factory=dict,
+        description="Numeric tag ranges, e.g. SliceThickness: {min: 0.5, max: 5}.",
+    )
+    image_type_includes: list[str] = Field(
+        default_factory=list, description="Values that ImageType (0008,0008) must all contain."
+    )
+    image_type_excludes: list[str] = Field(
+        default_factory=lambda: ["LOCALIZER"],
+        description="Values of which ImageType must contain none.",
+    )
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return value
+
+    @field_validator("ranges")
+    @classmethod
+    def _numeric_keywords(cls, value: dict[str, NumericRange]) -> dict[str, NumericRange]:
+        for keyword in value:
+            tag = tag_for_keyword(keyword)
+            if tag is None:
+                raise ValueError(f"{keyword!r} is not a DICOM keyword")
+            if dictionary_VR(tag) not in {"DS", "IS", "US", "SS", "UL", "SL", "FL", "FD"}:
+                raise ValueError(f"{keyword!r} has VR {dictionary_VR(tag)}, not a number")
+        return value
+
+
+class Destination(Strict):
+    """A DICOM peer that receives the node's results by C-STORE."""
+
+    name: str
+    ae_title: AETitle
+    host: str
+    port: Port
+
+
+class OutboxConfig(Strict):
+    """Delivery retries: back-off doubles from ``backoff_initial`` up to ``backoff_max`` seconds."""
+
+    max_attempts: int = Field(default=10, ge=1)
+    backoff_initial: float = Field(default=2.0, gt=0)
+    backoff_max: float = Field(default=300.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0, description="ACSE/DIMSE/network timeout in seconds.")
+
+
+def default_rules() -> list[SeriesRule]:
+    """The rule a fresh install runs: axial CT series with the basic liver preset."""
+    return [SeriesRule(name="ct-liver", preset="ct-liver-basic", modality=["CT"])]
+
+
+class NodeConfig(BaseSettings):
+    """The whole configuration of one node."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RADIOMICS_NODE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    state_dir: Path = Field(default=Path("var"), description="Spool, index, results, quarantine.")
+    listener: ListenerConfig = Field(default_factory=ListenerConfig)
+    stable_after: float = Field(
+        default=10.0, gt=0, description="A series is complete after this many quiet seconds."
+    )
+    scan_interval: float = Field(default=1.0, gt=0, description="Seconds between scheduler ticks.")
+    workers: int = Field(default=1, ge=1, description="Processes that run pipelines.")
+    rules: list[SeriesRule] = Field(default_factory=default_rules)
+    destinations: list[Destination] = Field(default_factory=list)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables win over the file (passed as init arguments)."""
+        return env_settings, init_settings
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_names(cls, rules: list[SeriesRule]) -> list[SeriesRule]:
+        names = [rule.name for rule in rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        return rules
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.state_dir / "results"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state_dir / "quarantine"
+
+    @property
+    def index_path(self) -> Path:
+        return self.state_dir / "index.sqlite3"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; ``problems`` holds one plain sentence each."""
+
+    def __init__(self, path: Path | None, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        where = str(path) if path else "configuration"
+        super().__init__(f"{where}: " + "; ".join(problems))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling)"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+    return f"{location}: {message}{shown}"
+
+
+def load_config(path: Path | None = None) -> NodeConfig:
+    """Read and validate ``path`` (or only defaults and environment when None).
+
+    Raises ConfigError with one readable line per problem: YAML syntax with line and column, or
+    the dotted field path, the reason and the offending value.
+    """
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(exc, "problem", exc)
+            raise ConfigError(path, [f"{where}not valid YAML ({problem})"]) from exc
+        if not isinstance(data, dict):
+            raise ConfigError(path, ["the top level must be a mapping of field: value"])
+    try:
+        return NodeConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(path, [_describe(e) for e in exc.errors()]) from exc

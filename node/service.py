@@ -1,0 +1,73 @@
+"""The running node: receiver, assembly, router, job runner and outbox wired to one index.
+
+apscheduler 3 drives the periodic work in background threads: one tick marks quiet series as
+stable and routes them, one starts queued jobs, one sends due deliveries. Each tick is a job with
+``max_instances=1`` and ``coalesce=True``, so a slow tick is never run twice at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from node.config import NodeConfig
+from node.index import Index
+from node.jobs import JobRunner
+from node.logs import fields
+from node.outbox import Outbox
+from node.receiver import Receiver
+from node.router import Router
+from node.spool import remove_stale_partials
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """One radiomics node on one machine; ``start`` returns once it listens."""
+
+    def __init__(self, config: NodeConfig):
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.index = Index(config.index_path)
+        self.receiver = Receiver(config, self.index)
+        self.router = Router(config, self.index)
+        self.jobs = JobRunner(config, self.index)
+        self.outbox = Outbox(config, self.index)
+        self._scheduler = BackgroundScheduler(
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        )
+        self.address: tuple[str, int] | None = None
+
+    def assemble(self) -> None:
+        """Mark series quiet for ``stable_after`` seconds as stable and route each (DESIGN.md)."""
+        for series in self.index.mark_stable(time.time() - self.config.stable_after):
+            log.info("series stable", extra=fields(
+                series_uid=series.series_uid, modality=series.modality,
+                instances=series.n_instances))
+            try:
+                self.router.route(series)
+            except Exception:
+                log.exception("routing failed", extra=fields(series_uid=series.series_uid))
+
+    def start(self) -> tuple[str, int]:
+        removed = remove_stale_partials(self.config.spool_dir)
+        if removed:
+            log.warning("removed partial spool files", extra=fields(files=removed))
+        self.jobs.resume()
+        self.address = self.receiver.start()
+        interval = self.config.scan_interval
+        self._scheduler.add_job(self.assemble, "interval", seconds=interval, id="assembly")
+        self._scheduler.add_job(self.jobs.tick, "interval", seconds=interval, id="jobs")
+        self._scheduler.add_job(self.outbox.tick, "interval", seconds=interval, id="outbox")
+        self._scheduler.start()
+        return self.address
+
+    def stop(self) -> None:
+        self.receiver.stop()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+        self.jobs.stop()
+        self.index.close()
+        log.info("stopped")

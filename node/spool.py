@@ -1,0 +1,62 @@
+"""The spool: received instances as files, written so that a crash never leaves a half file visible.
+
+Bytes go to a temporary file in the same filesystem, are flushed with fsync, renamed atomically
+into place, and the directory entry is fsynced too; only then may the receiver index the instance
+and acknowledge it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_uid(value: str) -> bool:
+    """A UID of digits and dots, at most 64 characters (PS3.5 9.1); safe as a file name."""
+    return 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically and durably (temp file, fsync, rename, fsync dir)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def spool_path(spool_dir: Path, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+    """Where an instance lives: ``spool/<study>/<series>/<sop>.dcm``; all parts must be UIDs."""
+    for uid in (study_uid, series_uid, sop_instance_uid):
+        if not is_uid(uid):
+            raise ValueError(f"not a valid UID: {uid!r}")
+    return spool_dir / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+
+
+def remove_stale_partials(spool_dir: Path) -> int:
+    """Delete temporary files an interrupted write left behind; returns how many."""
+    removed = 0
+    if spool_dir.is_dir():
+        for partial in spool_dir.rglob(".incoming-*.part"):
+            partial.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up radiomics-node in ./.venv (Python >= 3.11). With --system-tools, also install the Debian
+# packages the integration tests use as real peers: orthanc (PACS), dcmtk (storescu, findscu,
+# dsr2xml) and dicom3tools (dciodvfy). Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--system-tools" ]]; then
+    missing=()
+    command -v Orthanc >/dev/null 2>&1 || [[ -x /usr/sbin/Orthanc ]] || missing+=(orthanc)
+    command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
+    command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+    if ((${#missing[@]})); then
+        sudo=""
+        [[ $(id -u) -eq 0 ]] || sudo="sudo"
+        echo "installing Debian packages: ${missing[*]}"
+        $sudo apt-get update -q
+        # policy-rc.d-free containers would start Orthanc's own service: tests start their own.
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[test]"
