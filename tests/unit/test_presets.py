@@ -1,0 +1,107 @@
+"""Presets: shipped presets load, hashes are canonical, and typos fail naming file and key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.presets import Preset, PresetError, load_preset, shipped_presets
+
+ALL_3D_CLASSES = {"shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"}
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "preset.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _valid() -> dict:
+    return {
+        "name": "test-preset",
+        "description": "for tests",
+        "radiomics": {
+            "setting": {"binWidth": 25, "resampledPixelSpacing": None},
+            "imageType": {"Original": {}},
+            "featureClass": {"firstorder": None},
+        },
+    }
+
+
+def test_ct_liver_basic_matches_contract() -> None:
+    assert "ct-liver-basic" in shipped_presets()
+    preset = load_preset("ct-liver-basic")
+    assert preset.name == "ct-liver-basic"
+    assert preset.radiomics["setting"]["binWidth"] == 25
+    assert preset.radiomics["setting"]["resampledPixelSpacing"] is None
+    assert preset.radiomics["imageType"] == {"Original": {}}
+    assert set(preset.radiomics["featureClass"]) == ALL_3D_CLASSES
+    assert all(v is None for v in preset.radiomics["featureClass"].values())
+
+
+@pytest.mark.parametrize("name", shipped_presets())
+def test_every_shipped_preset_loads_and_is_named_after_its_file(name: str) -> None:
+    assert load_preset(name).name == name
+
+
+def test_hash_is_sha256_of_canonical_json_and_ignores_key_order(tmp_path: Path) -> None:
+    data = _valid()
+    first = load_preset(_write(tmp_path, data))
+    reordered = dict(reversed(list(data.items())))
+    reordered["radiomics"] = dict(reversed(list(data["radiomics"].items())))
+    second = Preset.model_validate(reordered)
+    assert first.hash == second.hash
+    assert len(first.hash) == 64 and int(first.hash, 16) >= 0
+    changed = Preset.model_validate(
+        {**data, "radiomics": {**data["radiomics"], "setting": {"binWidth": 10}}}
+    )
+    assert changed.hash != first.hash
+
+
+def test_load_by_path_string(tmp_path: Path) -> None:
+    path = _write(tmp_path, _valid())
+    assert load_preset(str(path)) == load_preset(path)
+
+
+@pytest.mark.parametrize(
+    ("radiomics", "expected"),
+    [
+        ({"setting": {"binwidth": 25}}, "'binwidth' was not defined. at radiomics.setting"),
+        ({"setting": {"binWidth": "wide"}}, "at radiomics.setting.binWidth"),
+        ({"setting": {"binWidth": -1}}, "at radiomics.setting.binWidth"),
+        ({"imageType": {"Log": {}}}, "radiomics.imageType.Log: unknown image type"),
+        ({"featureClass": {"glmc": None}}, "radiomics.featureClass.glmc: unknown feature class"),
+        ({"featureClass": {"glcm": ["Contrst"]}}, "radiomics.featureClass.glcm: unknown features"),
+        ({"featureClass": {"glcm": "Contrast"}}, "radiomics.featureClass.glcm: expected a list"),
+        ({"settings": {"binWidth": 25}}, "radiomics: unknown sections ['settings']"),
+    ],
+)
+def test_typos_fail_naming_file_and_key(tmp_path: Path, radiomics: dict, expected: str) -> None:
+    path = _write(tmp_path, {**_valid(), "radiomics": radiomics})
+    with pytest.raises(PresetError) as info:
+        load_preset(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert expected in str(info.value)
+
+
+def test_unknown_top_level_key_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, {**_valid(), "discription": "typo"})
+    with pytest.raises(PresetError, match=r"discription: Extra inputs are not permitted"):
+        load_preset(path)
+
+
+def test_unknown_shipped_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(PresetError, match=r"ct-livr: no shipped preset.*ct-liver-basic"):
+        load_preset("ct-livr")
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(PresetError, match=r"absent\.yaml: cannot read preset"):
+        load_preset(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed", encoding="utf-8")
+    with pytest.raises(PresetError, match=r"bad\.yaml: not valid YAML"):
+        load_preset(bad)
+    bad.write_text("- a list", encoding="utf-8")
+    with pytest.raises(PresetError, match=r"bad\.yaml: expected a mapping"):
+        load_preset(bad)
