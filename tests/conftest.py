@@ -14,3 +14,12 @@ def refdata() -> Path:
     if not REFDATA.is_dir():
         pytest.skip(f"reference data not found at {REFDATA}")
     return REFDATA
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

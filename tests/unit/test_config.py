@@ -1,0 +1,95 @@
+"""Configuration: defaults for one machine, environment overrides, plain error messages."""
+
+from pathlib import Path
+
+import pytest
+
+from node.cli import main
+from node.config import ConfigError, load_config
+
+
+def test_defaults_serve_a_single_machine() -> None:
+    config = load_config(None)
+    assert config.listener.ae_title == "RADIOMICS"
+    assert config.listener.port == 11112
+    assert config.state_dir == Path("var")
+    assert config.stable_after == 10
+    assert [r.preset for r in config.rules] == ["ct-liver-basic"]
+
+
+def test_empty_file_is_a_working_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text("")
+    assert load_config(path).listener.port == 11112
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text("listener: {port: 11200, ae_title: FROMFILE}\nstable_after: 3\n")
+    monkeypatch.setenv("RADIOMICS_NODE_LISTENER__PORT", "11300")
+    monkeypatch.setenv("RADIOMICS_NODE_STABLE_AFTER", "7.5")
+    config = load_config(path)
+    assert config.listener.port == 11300
+    assert config.listener.ae_title == "FROMFILE"
+    assert config.stable_after == 7.5
+
+
+def test_each_error_is_named_with_its_field(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(
+        "listener:\n  port: 99999\n  ae_titel: X\n"
+        "rules:\n  - name: a\n    series_description: '(unclosed'\n"
+        "    ranges: {SliceThickness: {min: 5, max: 1}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    problems = "\n".join(caught.value.problems)
+    assert "listener.port" in problems and "99999" in problems
+    assert "listener.ae_titel: unknown field" in problems
+    assert "rules.0.series_description" in problems and "regular expression" in problems
+    assert "min 5.0 is greater than max 1.0" in problems
+
+
+def test_range_keywords_must_be_numeric_dicom_attributes(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text("rules:\n  - name: a\n    ranges: {PatientName: {min: 1}}\n")
+    with pytest.raises(ConfigError, match="'PatientName' has VR PN, not a number"):
+        load_config(path)
+    path.write_text("rules:\n  - name: a\n    ranges: {SliceThicknes: {min: 1}}\n")
+    with pytest.raises(ConfigError, match="'SliceThicknes' is not a DICOM keyword"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_gives_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text("listener:\n  port: [11112\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems[0].startswith("line ")
+    assert "not valid YAML" in caught.value.problems[0]
+
+
+def test_ae_title_longer_than_16_characters_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text("listener: {ae_title: ABCDEFGHIJKLMNOPQ}\n")
+    with pytest.raises(ConfigError, match=r"listener\.ae_title"):
+        load_config(path)
+
+
+def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("destinations:\n  - {name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: 4242}\n")
+    assert main(["config", "check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "ORTHANC@127.0.0.1:4242" in out and "ct-liver -> ct-liver-basic" in out
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {name: r, preset: no-such-preset}\nworkers: 0\n")
+    assert main(["config", "check", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "workers" in out
+
+    unknown_preset = tmp_path / "preset.yaml"
+    unknown_preset.write_text("rules:\n  - {name: r, preset: no-such-preset}\n")
+    assert main(["config", "check", str(unknown_preset)]) == 1
+    assert "rules.r.preset" in capsys.readouterr().out

@@ -1,0 +1,74 @@
+"""Outbox: delivered only on success status; back-off; dead letter after max attempts."""
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from node.config import Destination, NodeConfig, OutboxConfig
+from node.index import Index
+from node.outbox import Outbox, next_attempt_delay
+from node.receiver import Receiver
+from tests.conftest import free_port
+
+
+def test_back_off_doubles_and_is_capped() -> None:
+    assert [next_attempt_delay(n, 2.0, 20.0) for n in range(1, 6)] == [2, 4, 8, 16, 20]
+
+
+def _queue_result(index: Index, path: Path, uid: str, destination: str) -> None:
+    job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset")
+    assert job_id is not None and index.claim_job() is not None
+    index.finish_job(job_id, [(destination, str(path), uid)])
+
+
+@pytest.fixture
+def result_file(tmp_path: Path, refdata: Path) -> Path:
+    target = tmp_path / "result.dcm"
+    shutil.copyfile(refdata / "pydicom" / "test_files" / "CT_small.dcm", target)
+    return target
+
+
+def test_delivered_to_a_real_scp(tmp_path: Path, result_file: Path) -> None:
+    peer_config = NodeConfig(state_dir=tmp_path / "peer", listener={"port": free_port(),
+                                                                    "ae_title": "PEER"})
+    peer_index = Index(peer_config.index_path)
+    peer = Receiver(peer_config, peer_index)
+    peer.start()
+    try:
+        destination = Destination(name="peer", ae_title="PEER", host="127.0.0.1",
+                                  port=peer_config.listener.port)
+        config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination])
+        index = Index(config.index_path)
+        _queue_result(index, result_file, "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322",
+                      "peer")
+        Outbox(config, index).tick()
+        [row] = index.deliveries()
+        assert row["state"] == "delivered" and row["attempts"] == 1
+        assert peer_index.instance(row["sop_instance_uid"]) is not None
+        Outbox(config, index).tick()  # nothing due any more
+        assert index.deliveries()[0]["attempts"] == 1
+    finally:
+        peer.stop()
+        peer_index.close()
+
+
+def test_unreachable_peer_is_retried_then_dead_lettered(tmp_path: Path,
+                                                        result_file: Path) -> None:
+    destination = Destination(name="down", ae_title="DOWN", host="127.0.0.1", port=free_port())
+    config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination],
+                        outbox=OutboxConfig(max_attempts=3, backoff_initial=0.01,
+                                            backoff_max=0.01, timeout=2))
+    index = Index(config.index_path)
+    _queue_result(index, result_file, "1.2.3.9", "down")
+    outbox = Outbox(config, index)
+    outbox.tick()
+    row = index.deliveries()[0]
+    assert row["state"] == "pending" and row["attempts"] == 1
+    assert "no association with DOWN@127.0.0.1" in row["last_error"]
+    for _ in range(2):
+        time.sleep(0.02)  # past the 10 ms back-off
+        outbox.tick()
+    row = index.deliveries()[0]
+    assert row["state"] == "dead" and row["attempts"] == 3

@@ -1,0 +1,79 @@
+"""The storage SCP, driven by a real pynetdicom SCU over loopback."""
+
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from node.config import NodeConfig
+from node.index import Index
+from node.receiver import Receiver
+from tests.conftest import free_port
+
+
+@pytest.fixture
+def node(tmp_path: Path):
+    config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()})
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    yield config, index
+    receiver.stop()
+    index.close()
+
+
+def _associate(config: NodeConfig, *contexts: str):
+    ae = AE(ae_title="TESTSCU")
+    for uid in contexts:
+        ae.add_requested_context(uid)
+    assoc = ae.associate("127.0.0.1", config.listener.port, ae_title=config.listener.ae_title)
+    assert assoc.is_established
+    return assoc
+
+
+def test_echo(node) -> None:
+    config, _ = node
+    assoc = _associate(config, Verification)
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+
+
+def test_store_writes_spool_then_index(node, refdata: Path) -> None:
+    config, index = node
+    source = refdata / "pydicom" / "test_files" / "CT_small.dcm"
+    ds = pydicom.dcmread(source)
+    assoc = _associate(config, CTImageStorage)
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assert assoc.send_c_store(ds).Status == 0x0000  # the same instance again: idempotent
+    assoc.release()
+
+    row = index.instance(ds.SOPInstanceUID)
+    assert row is not None and row.calling_ae == "TESTSCU"
+    stored = pydicom.dcmread(row.path)
+    assert stored.SOPInstanceUID == ds.SOPInstanceUID
+    assert stored.PixelData == ds.PixelData
+    assert Path(row.path).stat().st_size == row.size
+    series = index.series(ds.SeriesInstanceUID)
+    assert series is not None and series.n_instances == 1 and series.modality == "CT"
+    leftovers = list(config.spool_dir.rglob("*.part"))
+    assert leftovers == []
+
+
+def test_missing_uid_is_refused_and_quarantined(node, refdata: Path) -> None:
+    config, index = node
+    ds = pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
+    del ds.SeriesInstanceUID
+    assoc = _associate(config, CTImageStorage)
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0xC000
+    assert "SeriesInstanceUID" in status.ErrorComment
+    assert index.instance(ds.SOPInstanceUID) is None
+    reasons = list(config.quarantine_dir.glob("*.reason.json"))
+    assert len(reasons) == 1
+    record = json.loads(reasons[0].read_text())
+    assert record["tag"] == "(0020,000E) SeriesInstanceUID" and record["reason"] == "missing"
+    assert (config.quarantine_dir / record["file"]).stat().st_size > 0
