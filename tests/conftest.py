@@ -1,4 +1,4 @@
-"""Shared fixtures: the reference data written by others lives beside the repo in ../shared/refdata."""
+"""Shared fixtures. Reference data written by others lives beside the repo: ../shared/refdata."""
 
 from pathlib import Path
 

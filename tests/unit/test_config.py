@@ -78,7 +78,9 @@ def test_ae_title_longer_than_16_characters_is_refused(tmp_path: Path) -> None:
 
 def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.yaml"
-    good.write_text("destinations:\n  - {name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: 4242}\n")
+    good.write_text(
+        "destinations:\n  - {name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: 4242}\n"
+    )
     assert main(["config", "check", str(good)]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and "ORTHANC@127.0.0.1:4242" in out and "ct-liver -> ct-liver-basic" in out
