@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
+from node import logs
 from node.config import NodeConfig
 from node.index import Index, JobRow
 from node.logs import fields
@@ -30,7 +31,9 @@ class JobRunner:
         self._config = config
         self._index = index
         self._pool = ProcessPoolExecutor(
-            max_workers=config.workers, mp_context=multiprocessing.get_context("spawn")
+            max_workers=config.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=logs.configure,  # worker processes log JSON lines too
         )
         self._running: dict[int, Future[PipelineResult]] = {}
         self._lock = threading.Lock()
