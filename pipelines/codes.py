@@ -5,9 +5,10 @@ standardisation initiative") gives each feature a four-character permanent ident
 pyradiomics computes the IBSI feature, the concept is that identifier with coding scheme
 designator ``IBSI``. Features IBSI does not define (or defines differently, e.g. pyradiomics
 Kurtosis is IBSI's excess kurtosis IPH6 plus 3) get the private scheme ``99RADNODE`` (PS3.16
-section 8.1 "Private coding schemes": designators starting with "99") with the code value
-``<class>.<feature>``, e.g. ``firstorder.Kurtosis``. The table is ``pipelines/codes/features.csv``;
-docs/feature-codes.md describes both schemes and the unit rules.
+section 8.1 "Private coding schemes": designators starting with "99") with a short code value of
+at most 16 characters, ``<class abbreviation>.<feature>``, e.g. ``FO.Kurtosis``, so it fits Code
+Value (0008,0100). The table is ``pipelines/codes/features.csv``; docs/feature-codes.md describes
+both schemes and the unit rules.
 
 Units are UCUM (PS3.16 CID 7181 "Abstract Multi-dimensional Image Model Component Units").
 """
@@ -19,24 +20,29 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 
 IBSI_SCHEME = "IBSI"
 PRIVATE_SCHEME = "99RADNODE"
 
-# (0008,0110) Coding Scheme Identification Sequence items (PS3.3 C.12.1.1.6) for the SR.
-CODING_SCHEMES: tuple[dict[str, str], ...] = (
-    {
-        "CodingSchemeDesignator": IBSI_SCHEME,
-        "CodingSchemeName": "Image Biomarker Standardisation Initiative",
-        "CodingSchemeResponsibleOrganization": "IBSI, https://theibsi.github.io",
-    },
-    {
-        "CodingSchemeDesignator": PRIVATE_SCHEME,
-        "CodingSchemeName": "radiomics-node private feature codes",
-        "CodingSchemeResponsibleOrganization": "radiomics-node, docs/feature-codes.md",
-    },
-)
+
+def coding_schemes() -> list[CodingSchemeIdentificationItem]:
+    """Items of the Coding Scheme Identification Sequence (0008,0110) (PS3.3 C.12.1.1.5) that
+    declare the two non-standard designators used by :func:`feature_concept`."""
+    return [
+        CodingSchemeIdentificationItem(
+            designator=IBSI_SCHEME,
+            name="Image Biomarker Standardisation Initiative",
+            responsible_organization="IBSI, https://theibsi.github.io",
+        ),
+        CodingSchemeIdentificationItem(
+            designator=PRIVATE_SCHEME,
+            name="radiomics-node private feature codes",
+            responsible_organization="radiomics-node, docs/feature-codes.md",
+        ),
+    ]
+
 
 # Image types whose response keeps the unit of the input intensities: the identity and linear
 # filters with dimensionless kernels (pyradiomics' LoG is scale-normalised by sigma squared).
@@ -71,7 +77,8 @@ class FeatureCodeError(KeyError):
 class _TableRow:
     feature_class: str
     feature: str
-    ibsi_code: str
+    scheme: str
+    code: str
     meaning: str
     unit_kind: str
 
@@ -93,7 +100,8 @@ def _table() -> dict[tuple[str, str], _TableRow]:
             _TableRow(
                 feature_class=r["class"],
                 feature=r["feature"],
-                ibsi_code=r["ibsi_code"],
+                scheme=r["scheme"],
+                code=r["code"],
                 meaning=r["meaning"],
                 unit_kind=r["unit_kind"],
             )
@@ -135,20 +143,14 @@ def feature_concept(key: str, modality: str) -> FeatureConcept:
             f"{key}: no concept for feature class {feature_class!r}, feature {feature!r} "
             "in pipelines/codes/features.csv"
         )
-    if row.ibsi_code:
-        name = CodedConcept(value=row.ibsi_code, scheme_designator=IBSI_SCHEME, meaning=row.meaning)
-    else:
-        name = CodedConcept(
-            value=f"{feature_class}.{feature}",
-            scheme_designator=PRIVATE_SCHEME,
-            meaning=row.meaning,
-        )
+    name = CodedConcept(value=row.code, scheme_designator=row.scheme, meaning=row.meaning)
     unit = ucum_unit(_unit_code(row.unit_kind, modality, image_filter))
     return FeatureConcept(name=name, unit=unit, image_filter=image_filter)
 
 
 def image_filter_concept(image_filter: str) -> CodedConcept:
-    """Private concept for a pyradiomics image type, code value ``filter.<image type>``."""
+    """Private concept for a pyradiomics image type, code value ``filter.<image type>``
+    (in Long Code Value (0008,0119) when longer than 16 characters, PS3.3 section 8.9)."""
     meaning = (
         "Original image, no filter"
         if image_filter == "original"

@@ -154,15 +154,16 @@ def test_table_covers_exactly_the_computable_pyradiomics_features() -> None:
     assert len(known_features()) == len(set(known_features()))
 
 
-def test_private_codes_are_class_dot_feature_and_meanings_fit_lo() -> None:
+def test_codes_are_unique_fit_code_value_and_meanings_fit_lo() -> None:
     kurtosis = feature_concept("original_firstorder_Kurtosis", "CT").name
-    assert (kurtosis.scheme_designator, kurtosis.value) == (PRIVATE_SCHEME, "firstorder.Kurtosis")
-    for class_name, feature in known_features():
-        name = feature_concept(f"original_{class_name}_{feature}", "MR").name
-        assert len(name.meaning) <= 64
-        if name.scheme_designator == PRIVATE_SCHEME:
-            assert name.value == f"{class_name}.{feature}"
-        else:
+    assert (kurtosis.scheme_designator, kurtosis.value) == (PRIVATE_SCHEME, "FO.Kurtosis")
+    names = [feature_concept(f"original_{c}_{f}", "MR").name for c, f in known_features()]
+    assert len({(n.scheme_designator, n.value) for n in names}) == len(names)
+    for name in names:
+        assert len(name.meaning) <= 64  # LO
+        assert "CodeValue" in name  # SH, at most 16 characters: not Long Code Value
+        assert name.scheme_designator in {IBSI_SCHEME, PRIVATE_SCHEME}
+        if name.scheme_designator == IBSI_SCHEME:
             assert len(name.value) == 4
 
 
