@@ -1,0 +1,191 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) of the features of each segmented ROI.
+
+Structure (PS3.16 TID 1500 "Measurement Report"):
+
+* Observation context (TID 1001/1004): the device observer radiomics-node.
+* Image Library (TID 1600): the source images the features were computed on.
+* One Volumetric ROI Measurements group (TID 1411) per ROI with its Tracking Identifier and
+  Tracking UID, the Referenced Segment (SEG SOP instance, segment number and the source series),
+  Finding Type (the segment's Segmented Property Type) and, where the SEG gives one, the
+  segment's Anatomic Region as Finding Site.
+* One NUM (TID 1419 / TID 300) per feature: concept and UCUM unit from :mod:`pipelines.codes`,
+  the image filter as Measurement Method (a ``99RADNODE`` ``filter.<image type>`` code), and
+  Algorithm Identification (TID 4019) naming radiomics-node, its version and, as Algorithm
+  Parameters, the preset name and the preset hash.
+
+A non-finite value is refused: PS3.3 C.18.1 would encode it as an empty Measured Value Sequence
+with a CID 42 Numeric Value Qualifier, but highdicom 0.28 cannot build such a NUM (its SR
+constructor re-reads every NUM's first Measured Value), and a NUM that hides the failure behind a
+number would be worse than no report.
+
+Series/SOP Instance UIDs and Tracking UIDs are derived with
+``pydicom.uid.generate_uid(entropy_srcs=...)`` from the source series, the SEG, the preset hash and
+the software version, so the same inputs always give the same objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from pipelines.codes import coding_schemes, feature_concept, image_filter_concept
+from pipelines.features import RoiFeatures
+from pipelines.presets import Preset
+from pipelines.segmentation import DecodedSegmentation, Segment
+from pipelines.series import SeriesVolume
+
+ALGORITHM_NAME = "radiomics-node"
+MANUFACTURER = "radiomics-node"
+SR_SERIES_NUMBER_OFFSET = 1000  # SR series number = source SeriesNumber + this offset
+
+# PS3.16 CID 100 "Quantitative Diagnostic Imaging Procedures"
+_PROCEDURES = {
+    "CT": codes.LN.CTUnspecifiedBodyRegion,
+    "MR": codes.LN.MRIUnspecifiedBodyRegion,
+    "PT": codes.LN.PETUnspecifiedBodyRegion,
+}
+
+
+class ReportError(ValueError):
+    """Inputs that cannot be reported together (e.g. a SEG of another study)."""
+
+
+@dataclass(frozen=True)
+class RoiResult:
+    """Features of one segment."""
+
+    segment: Segment
+    features: RoiFeatures
+
+
+def software_version() -> str:
+    """Installed version of the radiomics-node distribution; 0.1.0 when run from a checkout."""
+    try:
+        return version("radiomics-node")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+def _uid(*parts: str) -> str:
+    return generate_uid(entropy_srcs=[ALGORITHM_NAME, *parts])
+
+
+def _measurement(
+    key: str,
+    value: float,
+    modality: str,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> hd.sr.Measurement:
+    """One NUM of TID 1419 with the image filter as Measurement Method."""
+    concept = feature_concept(key, modality)
+    return hd.sr.Measurement(
+        name=concept.name,
+        value=value,
+        unit=concept.unit,
+        method=image_filter_concept(concept.image_filter),
+        algorithm_id=algorithm,
+    )
+
+
+def _check_finite(roi: RoiResult) -> None:
+    for key, value in roi.features.values.items():
+        if not math.isfinite(value):
+            raise ReportError(
+                f"segment {roi.segment.number} ({roi.segment.label}): {key} is {value}, "
+                "which a NUM content item cannot carry"
+            )
+
+
+def _finding_sites(seg: DecodedSegmentation, segment: Segment) -> list[hd.sr.FindingSite]:
+    """Anatomic Region Sequence (0008,2218) of the segment's SEG item, if any (PS3.3 C.8.20.4)."""
+    for item in seg.dataset.SegmentSequence:
+        if int(item.SegmentNumber) == segment.number:
+            return [
+                hd.sr.FindingSite(anatomic_location=hd.sr.CodedConcept.from_dataset(region))
+                for region in item.get("AnatomicRegionSequence", [])
+            ]
+    raise ReportError(
+        f"{seg.path}: (0062,0004) SegmentNumber {segment.number} not in (0062,0002) SegmentSequence"
+    )
+
+
+def _check_inputs(volume: SeriesVolume, seg: DecodedSegmentation) -> None:
+    seg_study = seg.dataset.StudyInstanceUID
+    if seg_study != volume.study_instance_uid:
+        raise ReportError(
+            f"{seg.path}: (0020,000D) StudyInstanceUID {seg_study} differs from the source "
+            f"series' {volume.study_instance_uid}"
+        )
+
+
+def build_measurement_report(
+    volume: SeriesVolume,
+    seg: DecodedSegmentation,
+    rois: Sequence[RoiResult],
+    preset: Preset,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report of ``rois`` (module docstring), in the study of ``volume``."""
+    _check_inputs(volume, seg)
+    sw_version = software_version()
+    entropy = (volume.series_instance_uid, seg.sop_instance_uid, preset.hash, sw_version)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=ALGORITHM_NAME, version=sw_version, parameters=[preset.name, preset.hash]
+    )
+    groups = []
+    for roi in rois:
+        _check_finite(roi)
+        segment = roi.segment
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    identifier=segment.label,
+                    uid=_uid(*entropy, "tracking", str(segment.number)),
+                ),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=seg.sop_class_uid,
+                    sop_instance_uid=seg.sop_instance_uid,
+                    segment_number=segment.number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid),
+                ),
+                finding_type=segment.property_type,
+                finding_sites=_finding_sites(seg, segment) or None,
+                measurements=[
+                    _measurement(key, value, volume.modality, algorithm)
+                    for key, value in roi.features.values.items()
+                ],
+            )
+        )
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=_uid("device"), name=ALGORITHM_NAME, manufacturer_name=MANUFACTURER
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=hd.sr.ObserverContext(
+                observer_type=codes.cid270.Device,
+                observer_identifying_attributes=device,
+            )
+        ),
+        procedure_reported=_PROCEDURES.get(volume.modality, codes.cid100.ImagingProcedure),
+        imaging_measurements=groups,
+        referenced_images=list(volume.datasets),
+    )
+    source_series_number = volume.datasets[0].get("SeriesNumber")
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*volume.datasets, seg.dataset],
+        content=report,
+        series_instance_uid=_uid(*entropy, "series"),
+        series_number=int(source_series_number or 0) + SR_SERIES_NUMBER_OFFSET,
+        sop_instance_uid=_uid(*entropy, "instance"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=f"Radiomics ({preset.name})",
+        software_versions=sw_version,
+        coding_schemes=coding_schemes(),
+    )
