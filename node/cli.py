@@ -16,7 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
     from node.service import Node
 
     config = load_config(args.config)
-    logs.configure(args.log_level)
+    logs.configure(config.log_level, config.log_file)
     node = Node(config)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -75,7 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the node: receive, process, deliver")
     serve.add_argument("--config", type=Path, help="YAML configuration (defaults when omitted)")
-    serve.add_argument("--log-level", default="INFO")
     serve.set_defaults(func=_serve)
 
     config = commands.add_parser("config", help="configuration tools")

@@ -133,6 +133,10 @@ class NodeConfig(BaseSettings):
     )
 
     state_dir: Path = Field(default=Path("var"), description="Spool, index, results, quarantine.")
+    log_file: Path | None = Field(
+        default=None, description="Append JSON log lines here; stderr when unset."
+    )
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     listener: ListenerConfig = Field(default_factory=ListenerConfig)
     stable_after: float = Field(
         default=10.0, gt=0, description="A series is complete after this many quiet seconds."

@@ -8,7 +8,6 @@ numbers from that report and copies it to the output folder.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import sys
 import time
@@ -16,15 +15,13 @@ from pathlib import Path
 
 import highdicom as hd
 import pydicom
-from pipelines.synthetic import write_synthetic_study
 
 from node import logs
 from node.config import Destination, load_config
 from node.service import Node
 from node.store_scu import c_store
 from pipelines.codes import feature_concept
-
-log = logging.getLogger(__name__)
+from pipelines.synthetic import write_synthetic_study
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("original_shape_MeshVolume", "Volume mm3"),
@@ -87,15 +84,13 @@ def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int |
     shutil.rmtree(state_dir, ignore_errors=True)  # a fresh node, so the study is new to it
     config = config.model_copy(update={
         "state_dir": state_dir,
+        "log_file": state_dir / "node.log",
         "listener": listener,
         "destinations": [Destination(name="self", ae_title=listener.ae_title,
                                      host="127.0.0.1", port=listener.port)],
     })
     state_dir.mkdir(parents=True, exist_ok=True)
-    logs.configure()
-    handler = logging.FileHandler(state_dir / "node.log")
-    handler.setFormatter(logs.JsonFormatter())
-    logging.getLogger().handlers[:] = [handler]
+    logs.configure(config.log_level, config.log_file)
 
     print("writing a synthetic liver CT with two lesions and its SEG ...", flush=True)
     study = write_synthetic_study(workdir / "input")

@@ -34,6 +34,7 @@ class JobRunner:
             max_workers=config.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=logs.configure,  # worker processes log JSON lines too
+            initargs=(config.log_level, config.log_file),
         )
         self._running: dict[int, Future[PipelineResult]] = {}
         self._lock = threading.Lock()

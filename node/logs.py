@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 PHI_KEYWORDS = frozenset({"PatientName", "PatientID", "PatientBirthDate"})
@@ -45,12 +46,17 @@ def fields(**values: Any) -> dict[str, dict[str, Any]]:
     return {"fields": values}
 
 
-def configure(level: str = "INFO") -> None:
-    """Send every logger's records to stderr as JSON lines; quiet the chatty libraries."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure(level: str = "INFO", path: Path | None = None) -> None:
+    """Send every logger's records as JSON lines to ``path`` (appended) or stderr; quiet the
+    chatty libraries."""
+    handler: logging.Handler = (
+        logging.StreamHandler(sys.stderr) if path is None else logging.FileHandler(path)
+    )
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("pynetdicom", "apscheduler", "radiomics", "httpx", "httpcore"):
+    for noisy in (
+        "pynetdicom", "apscheduler", "radiomics", "pykwalify", "highdicom", "httpx", "httpcore"
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -38,7 +38,7 @@ def test_study_in_report_back_in_orthanc(tmp_path: Path) -> None:
         with node_service(tmp_path / "node", {"destinations": [destination]}) as node:
             files = [str(p) for p in (*study.ct_paths, study.seg_path)]
             subprocess.run(
-                ["storescu", "-aet", "SCANNER", "-aec", node.ae_title, "127.0.0.1",
+                ["storescu", "--required", "-aet", "SCANNER", "-aec", node.ae_title, "127.0.0.1",
                  str(node.port), *files],
                 check=True, capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
             sent = time.monotonic()
@@ -68,7 +68,7 @@ def test_study_in_report_back_in_orthanc(tmp_path: Path) -> None:
     for group, lesion in zip(groups, offline.lesions, strict=True):
         segment = group.referenced_segment
         assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
-        assert segment.referenced_segment_number == lesion.segment_number
+        assert segment.referenced_segment_numbers == [lesion.segment_number]
         measured = {(m.name.scheme_designator, m.name.value): m for m in group.get_measurements()}
         assert len(measured) == len(lesion.features)
         for key, value in lesion.features.items():
