@@ -1,5 +1,6 @@
 """Shared fixtures. Reference data written by others lives beside the repo: ../shared/refdata."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,13 @@ REFDATA = REPO.parent / "shared" / "refdata"
 
 @pytest.fixture(scope="session")
 def refdata() -> Path:
-    """Path of ``../shared/refdata``; tests that need it are skipped when it is absent."""
+    """Path of ``../shared/refdata``. Without it, tests that need it are skipped on a developer's
+    machine and fail in CI (``CI`` set), where it must be present."""
     if not REFDATA.is_dir():
-        pytest.skip(f"reference data not found at {REFDATA}")
+        message = f"reference data not found at {REFDATA}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     return REFDATA
 
 
