@@ -1,0 +1,138 @@
+"""Ingest: the one path by which an instance enters the node, whoever brought it (a C-STORE from a
+peer, an instance pulled from Orthanc, a C-GET of a missing source series).
+
+Identity checks first; then the bytes as the sender encoded them are written durably to the spool
+and the instance is indexed; only then does the caller hear success (PS3.4 B.2.3 status 0x0000).
+Whatever the node acknowledged, it has on disk and indexed. Refused input is kept in quarantine
+with a reason that names the tag.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from node.config import NodeConfig
+from node.index import Index, InstanceRow
+from node.logs import fields
+from node.quarantine import quarantine
+from node.spool import is_uid, spool_path, write_durably
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass
+class Refusal(Exception):
+    """Why an instance was not accepted: the status to answer, the tag at fault, the reason."""
+
+    status: int
+    tag: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer for the sender: a C-STORE status and, on failure, a comment naming the tag."""
+
+    status: int
+    comment: str = ""
+
+    def as_dataset(self) -> Dataset:
+        """The status as a C-STORE response dataset with Error Comment (0000,0902)."""
+        status = Dataset()
+        status.Status = self.status
+        if self.comment:
+            status.ErrorComment = self.comment[:64]  # LO: 64 characters at most (PS3.5 6.2)
+        return status
+
+
+IDENTITY = (
+    ("(0008,0016) SOPClassUID", "SOPClassUID"),
+    ("(0008,0018) SOPInstanceUID", "SOPInstanceUID"),
+    ("(0020,000D) StudyInstanceUID", "StudyInstanceUID"),
+    ("(0020,000E) SeriesInstanceUID", "SeriesInstanceUID"),
+)
+"""The attributes without which an instance cannot be filed (PS3.3 C.12.1, C.7.2.1, C.7.3.1)."""
+
+
+def identify(dataset: Dataset, expected_class: str | None = None,
+             expected_instance: str | None = None) -> dict[str, str]:
+    """The identity UIDs of ``dataset`` by keyword; raise Refusal naming the bad tag.
+
+    ``expected_class`` and ``expected_instance`` are the C-STORE request's Affected SOP Class and
+    Instance UIDs, which the dataset must repeat (PS3.7 9.1.1.1).
+    """
+    values: dict[str, str] = {}
+    for tag, keyword in IDENTITY:
+        value = str(dataset.get(keyword, "") or "")
+        if not is_uid(value):
+            reason = "missing" if not value else f"not a valid UID: {value[:40]!r}"
+            raise Refusal(CANNOT_UNDERSTAND, tag, reason)
+        values[keyword] = value
+    if expected_class is not None and values["SOPClassUID"] != expected_class:
+        raise Refusal(DOES_NOT_MATCH_SOP_CLASS, "(0008,0016) SOPClassUID",
+                      f"dataset says {values['SOPClassUID']}, command says {expected_class}")
+    if expected_instance is not None and values["SOPInstanceUID"] != expected_instance:
+        raise Refusal(DOES_NOT_MATCH_SOP_CLASS, "(0008,0018) SOPInstanceUID",
+                      "differs from the command's Affected SOP Instance UID")
+    return values
+
+
+class Ingest:
+    """Checks, stores durably and indexes instances; shared by every way data comes in."""
+
+    def __init__(self, config: NodeConfig, index: Index):
+        self._config = config
+        self._index = index
+
+    def accept(self, data: bytes, decode: Callable[[], Dataset], source: str,
+               expected_class: str | None = None,
+               expected_instance: str | None = None) -> Outcome:
+        """Take one instance: ``data`` is its Part 10 encoding, ``decode`` parses it, ``source``
+        says who brought it (e.g. the calling AE title). Never raises for bad input."""
+        try:
+            try:
+                dataset = decode()
+                identity = identify(dataset, expected_class, expected_instance)
+            except Refusal:
+                raise
+            except Exception as exc:  # pydicom raises many types on malformed input
+                raise Refusal(CANNOT_UNDERSTAND, "(dataset)", f"cannot decode: {exc}") from exc
+        except Refusal as refusal:
+            kept = quarantine(self._config.quarantine_dir, data, source=source,
+                              tag=refusal.tag, reason=refusal.reason)
+            log.warning("instance refused", extra=fields(
+                source=source, status=f"0x{refusal.status:04X}", tag=refusal.tag,
+                reason=refusal.reason, quarantined=kept.name))
+            return Outcome(refusal.status, f"{refusal.tag}: {refusal.reason}")
+        return self._store(identity, str(dataset.get("Modality", "") or ""), data, source)
+
+    def _store(self, identity: dict[str, str], modality: str, data: bytes, source: str) -> Outcome:
+        sop_uid = identity["SOPInstanceUID"]
+        if self._index.has_instance(sop_uid):
+            log.info("duplicate instance ignored", extra=fields(
+                sop_instance_uid=sop_uid, source=source))
+            return Outcome(SUCCESS)
+        target = spool_path(self._config.spool_dir, identity["StudyInstanceUID"],
+                            identity["SeriesInstanceUID"], sop_uid)
+        try:
+            write_durably(target, data)
+        except OSError as exc:
+            log.error("spool write failed", extra=fields(sop_instance_uid=sop_uid,
+                                                         error=exc.strerror))
+            return Outcome(OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}")
+        row = InstanceRow(sop_uid, identity["SOPClassUID"], identity["StudyInstanceUID"],
+                          identity["SeriesInstanceUID"], str(target), len(data), source)
+        self._index.add_instance(row, modality)
+        log.info("instance stored", extra=fields(
+            sop_instance_uid=sop_uid, series_uid=row.series_uid, modality=modality,
+            source=source, bytes=row.size))
+        return Outcome(SUCCESS)
