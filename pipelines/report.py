@@ -19,8 +19,9 @@ constructor re-reads every NUM's first Measured Value), and a NUM that hides the
 number would be worse than no report.
 
 Series/SOP Instance UIDs and Tracking UIDs are derived with
-``pydicom.uid.generate_uid(entropy_srcs=...)`` from the source series, the SEG, the preset hash and
-the software version, so the same inputs always give the same objects.
+``pydicom.uid.generate_uid(entropy_srcs=...)`` from the source series and every one of its
+instances, the SEG, the preset hash and the software version: the same inputs always give the same
+objects, and a series that grew (a late instance) gives new ones.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def build_measurement_report(
     """The TID 1500 report of ``rois`` (module docstring), in the study of ``volume``."""
     _check_inputs(volume, seg)
     sw_version = software_version()
-    entropy = (volume.series_instance_uid, seg.sop_instance_uid, preset.hash, sw_version)
+    entropy = (volume.series_instance_uid, *volume.sop_instance_uids, seg.sop_instance_uid,
+               preset.hash, sw_version)
     algorithm = hd.sr.AlgorithmIdentification(
         name=ALGORITHM_NAME, version=sw_version, parameters=[preset.name, preset.hash]
     )
