@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -143,6 +143,15 @@ class NodeConfig(BaseSettings):
     )
     scan_interval: float = Field(default=1.0, gt=0, description="Seconds between scheduler ticks.")
     workers: int = Field(default=1, ge=1, description="Processes that run pipelines.")
+    reprocess: Literal["on_change", "never", "always"] = Field(
+        default="on_change",
+        description="When a processed series or SEG is complete again: run again only when its "
+        "instances changed (on_change), never, or every time (always).",
+    )
+    min_free_bytes: int = Field(
+        default=128 * 1024**2, ge=0,
+        description="Below this much free disk in the spool, C-STORE is answered 0xA700.",
+    )
     rules: list[SeriesRule] = Field(default_factory=default_rules)
     destinations: list[Destination] = Field(default_factory=list)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)

@@ -48,13 +48,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     seg_sop_uid       TEXT NOT NULL,
     rule              TEXT NOT NULL,
     preset            TEXT NOT NULL,
+    inputs_digest     TEXT NOT NULL,
     state             TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
     attempts          INTEGER NOT NULL DEFAULT 0,
     reason            TEXT,
     created_at        REAL NOT NULL,
     started_at        REAL,
     finished_at       REAL,
-    UNIQUE (source_series_uid, seg_sop_uid, preset)
+    UNIQUE (source_series_uid, seg_sop_uid, preset, inputs_digest)
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id               INTEGER PRIMARY KEY,
@@ -99,6 +100,7 @@ class JobRow:
     seg_sop_uid: str
     rule: str
     preset: str
+    inputs_digest: str
     state: str
     attempts: int
     reason: str | None
@@ -229,17 +231,28 @@ class Index:
     # -- jobs -----------------------------------------------------------------------------------
 
     def add_job(
-        self, source_series_uid: str, seg_sop_uid: str, rule: str, preset: str
+        self, source_series_uid: str, seg_sop_uid: str, rule: str, preset: str,
+        inputs_digest: str,
     ) -> int | None:
-        """Queue a job; None when the same (source, SEG, preset) job already exists."""
+        """Queue a job; None when a job of the same inputs and preset already exists."""
         with self._transaction() as db:
             cursor = db.execute(
                 """INSERT OR IGNORE INTO jobs
-                   (source_series_uid, seg_sop_uid, rule, preset, state, created_at)
-                   VALUES (?,?,?,?,'queued',?)""",
-                (source_series_uid, seg_sop_uid, rule, preset, time.time()),
+                   (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, state,
+                    created_at)
+                   VALUES (?,?,?,?,?,'queued',?)""",
+                (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, time.time()),
             )
             return cursor.lastrowid if cursor.rowcount else None
+
+    def jobs_for(self, source_series_uid: str, seg_sop_uid: str, preset: str) -> list[JobRow]:
+        """Every job, of any inputs, for this source series, SEG instance and preset."""
+        rows = self._query(
+            """SELECT * FROM jobs WHERE source_series_uid=? AND seg_sop_uid=? AND preset=?
+               ORDER BY id""",
+            (source_series_uid, seg_sop_uid, preset),
+        )
+        return [_job_row(r) for r in rows]
 
     def claim_job(self) -> JobRow | None:
         """Move the oldest queued job to running (attempts + 1) and return it."""
@@ -342,4 +355,4 @@ def _series_row(r: sqlite3.Row) -> SeriesRow:
 
 def _job_row(r: sqlite3.Row) -> JobRow:
     return JobRow(r["id"], r["source_series_uid"], r["seg_sop_uid"], r["rule"], r["preset"],
-                  r["state"], r["attempts"], r["reason"])
+                  r["inputs_digest"], r["state"], r["attempts"], r["reason"])

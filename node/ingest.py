@@ -10,6 +10,7 @@ with a reason that names the tag.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,6 +93,7 @@ class Ingest:
     def __init__(self, config: NodeConfig, index: Index):
         self._config = config
         self._index = index
+        config.spool_dir.mkdir(parents=True, exist_ok=True)
 
     def accept(self, data: bytes, decode: Callable[[], Dataset], source: str,
                expected_class: str | None = None,
@@ -121,6 +123,12 @@ class Ingest:
             log.info("duplicate instance ignored", extra=fields(
                 sop_instance_uid=sop_uid, source=source))
             return Outcome(SUCCESS)
+        free = shutil.disk_usage(self._config.spool_dir).free
+        if free < self._config.min_free_bytes:
+            log.error("disk below floor: store refused", extra=fields(
+                sop_instance_uid=sop_uid, free_bytes=free,
+                min_free_bytes=self._config.min_free_bytes))
+            return Outcome(OUT_OF_RESOURCES, f"free disk {free // 2**20} MiB below the floor")
         target = spool_path(self._config.spool_dir, identity["StudyInstanceUID"],
                             identity["SeriesInstanceUID"], sop_uid)
         try:

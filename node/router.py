@@ -8,8 +8,10 @@ A job is queued when both are stable, whichever came last.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 import pydicom
@@ -138,13 +140,41 @@ class Router:
                 queued += self._queue(series.series_uid, seg_sop_uid, rules)
         return queued
 
+    def inputs_digest(self, source: str, seg_sop_uid: str) -> str:
+        """sha256 of the source series' SOP Instance UIDs (sorted) and the SEG's: the inputs a
+        job reads, so a late instance or a corrected SEG is a change."""
+        uids = sorted(row.sop_instance_uid for row in self._index.instances_of(source))
+        digest = hashlib.sha256("\n".join([*uids, "seg", seg_sop_uid]).encode()).hexdigest()
+        if self._config.reprocess == "always":
+            digest += f"@{time.time():.6f}"
+        return digest
+
     def _queue(self, source: str, seg_sop_uid: str, rules: list[SeriesRule]) -> list[int]:
+        """Queue one job per preset of ``rules``, as the ``reprocess`` policy allows."""
         queued: list[int] = []
+        presets: dict[str, str] = {}
         for rule in rules:
-            job_id = self._index.add_job(source, seg_sop_uid, rule.name, rule.preset)
-            if job_id is not None:
-                log.info("job queued", extra=fields(
-                    job_id=job_id, rule=rule.name, preset=rule.preset,
-                    source_series_uid=source, seg_sop_uid=seg_sop_uid))
-                queued.append(job_id)
+            presets.setdefault(rule.preset, rule.name)
+        digest = self.inputs_digest(source, seg_sop_uid) if presets else ""
+        for preset, rule in presets.items():
+            earlier = self._index.jobs_for(source, seg_sop_uid, preset)
+            if any(job.inputs_digest == digest for job in earlier):
+                continue  # the same inputs were processed already (or are queued)
+            if earlier and self._config.reprocess == "never":
+                log.info("inputs changed, not processed again (reprocess: never)", extra=fields(
+                    source_series_uid=source, seg_sop_uid=seg_sop_uid, preset=preset,
+                    earlier_job_id=earlier[-1].id))
+                continue
+            job_id = self._index.add_job(source, seg_sop_uid, rule, preset, digest)
+            if job_id is None:
+                continue
+            if earlier:
+                log.warning("inputs changed: processing again into a new result series",
+                            extra=fields(job_id=job_id, earlier_job_id=earlier[-1].id,
+                                         reprocess=self._config.reprocess, preset=preset,
+                                         source_series_uid=source, seg_sop_uid=seg_sop_uid))
+            log.info("job queued", extra=fields(
+                job_id=job_id, rule=rule, preset=preset,
+                source_series_uid=source, seg_sop_uid=seg_sop_uid))
+            queued.append(job_id)
         return queued

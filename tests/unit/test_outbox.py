@@ -18,7 +18,7 @@ def test_back_off_doubles_and_is_capped() -> None:
 
 
 def _queue_result(index: Index, path: Path, uid: str, destination: str) -> None:
-    job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset")
+    job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
     assert job_id is not None and index.claim_job() is not None
     index.finish_job(job_id, [(destination, str(path), uid)])
 

@@ -97,3 +97,43 @@ def test_interrupted_jobs_are_queued_again(tmp_path: Path, study: SyntheticStudy
     assert index.requeue_interrupted_jobs() == 1
     again = index.claim_job()
     assert again is not None and again.id == claimed.id and again.attempts == 2
+
+
+def _late_instance(study: SyntheticStudy, directory: Path) -> Path:
+    """A copy of the last CT slice with a new SOP Instance UID: an instance that came late."""
+    ds = pydicom.dcmread(study.ct_paths[-1])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(
+        entropy_srcs=["late", ds.SOPInstanceUID])
+    ds.ImagePositionPatient[2] = float(ds.ImagePositionPatient[2]) + float(ds.SliceThickness)
+    path = directory / "late.dcm"
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize(("policy", "jobs_after_change"), [
+    ("on_change", 2), ("never", 1), ("always", 2)])
+def test_reprocess_policy_on_a_grown_series(tmp_path: Path, study: SyntheticStudy, policy: str,
+                                            jobs_after_change: int) -> None:
+    config = NodeConfig(state_dir=tmp_path, reprocess=policy)
+    index = Index(config.index_path)
+    router = Router(config, index)
+    _receive(index, [*study.ct_paths, study.seg_path], now=100.0)
+    assert len(_stabilise(index, router, quiet_since=150.0)) == 1
+    _receive(index, [_late_instance(study, tmp_path)], now=200.0)
+    _stabilise(index, router, quiet_since=250.0)
+    jobs = index.jobs()
+    assert len(jobs) == jobs_after_change
+    if jobs_after_change == 2:
+        assert jobs[0].inputs_digest != jobs[1].inputs_digest
+
+
+def test_always_reprocesses_unchanged_inputs_but_on_change_does_not(
+        tmp_path: Path, study: SyntheticStudy) -> None:
+    for policy, expected in (("on_change", 1), ("always", 2)):
+        config = NodeConfig(state_dir=tmp_path / policy, reprocess=policy)
+        index = Index(config.index_path)
+        router = Router(config, index)
+        _receive(index, [*study.ct_paths, study.seg_path], now=100.0)
+        _stabilise(index, router, quiet_since=150.0)
+        router.route(index.series(study.ct_series_uid))  # stable again, the same instances
+        assert len(index.jobs()) == expected, policy

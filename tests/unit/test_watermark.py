@@ -1,0 +1,40 @@
+"""Disk watermark: below the free-space floor the receiver answers 0xA700 (Out of Resources,
+PS3.4 B.2.3) without writing, and stores again once space returns."""
+
+from pathlib import Path
+
+import pydicom
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from node.config import NodeConfig
+from node.index import Index
+from node.receiver import Receiver
+from tests.conftest import free_port
+
+
+def test_store_refused_below_floor_and_accepted_when_space_returns(tmp_path: Path,
+                                                                   refdata: Path) -> None:
+    config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
+                        min_free_bytes=2**62)  # more than any disk has: "the disk is full"
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    try:
+        ds = pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
+        assert assoc.is_established
+        refused = assoc.send_c_store(ds)
+        assert refused.Status == 0xA700 and "below the floor" in refused.ErrorComment
+        assert index.instance(ds.SOPInstanceUID) is None
+        assert list(config.spool_dir.rglob("*.dcm")) == []
+
+        config.min_free_bytes = 0  # space is back
+        assert assoc.send_c_store(ds).Status == 0x0000
+        assoc.release()
+        assert index.instance(ds.SOPInstanceUID) is not None
+    finally:
+        receiver.stop()
+        index.close()
