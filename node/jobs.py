@@ -40,12 +40,6 @@ class JobRunner:
         self._lock = threading.Lock()
         self._stopping = False
 
-    def resume(self) -> None:
-        """Queue again the jobs a previous run of the node left running."""
-        count = self._index.requeue_interrupted_jobs()
-        if count:
-            log.warning("interrupted jobs queued again", extra=fields(jobs=count))
-
     def tick(self) -> None:
         """Start queued jobs while workers are free."""
         while True:

@@ -18,8 +18,8 @@ from node.jobs import JobRunner
 from node.logs import fields
 from node.outbox import Outbox
 from node.receiver import Receiver
+from node.recovery import recover
 from node.router import Router
-from node.spool import remove_stale_partials
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,7 @@ class Node:
                 log.exception("routing failed", extra=fields(series_uid=series.series_uid))
 
     def start(self) -> tuple[str, int]:
-        removed = remove_stale_partials(self.config.spool_dir)
-        if removed:
-            log.warning("removed partial spool files", extra=fields(files=removed))
-        self.jobs.resume()
+        recover(self.config, self.index)
         self.address = self.receiver.start()
         interval = self.config.scan_interval
         self._scheduler.add_job(self.assemble, "interval", seconds=interval, id="assembly")
