@@ -1,0 +1,118 @@
+"""Entry points: the QC report of a series and of one ROI on it."""
+
+from __future__ import annotations
+
+import SimpleITK as sitk
+
+from pipelines.features import RoiFeatures
+from pipelines.presets import Preset
+from pipelines.qc.acquisition import acquisition_checks
+from pipelines.qc.image import (
+    bias_field_check,
+    crop_box,
+    distance_outside,
+    metal_check,
+    noise_check,
+    reference_region,
+)
+from pipelines.qc.integrity import hu_range_check, integrity_checks
+from pipelines.qc.masks import grid_difference, mask_checks
+from pipelines.qc.report import QCCheck, QCReport
+from pipelines.qc.robustness import feature_robustness
+from pipelines.qc.settings import QCSettings
+from pipelines.series import SeriesVolume
+
+
+def assess_series(volume: SeriesVolume, settings: QCSettings | None = None) -> QCReport:
+    """Acquisition record, integrity of the slice headers and, for CT, the HU range."""
+    settings = settings or QCSettings()
+    checks = [
+        *acquisition_checks(volume, settings),
+        *integrity_checks(volume.datasets, settings),
+        *hu_range_check(volume, settings),
+    ]
+    return QCReport(volume.series_instance_uid, "series", tuple(checks))
+
+
+def _padding(volume: SeriesVolume) -> float | None:
+    """Pixel Padding Value (0028,0120) through Rescale Slope and Intercept (PS3.3 C.7.5.1.1.2)."""
+    first = volume.datasets[0]
+    if first.get("PixelPaddingValue") is None:
+        return None
+    slope = float(first.get("RescaleSlope", 1) or 1)
+    return float(first.PixelPaddingValue) * slope + float(first.get("RescaleIntercept", 0) or 0)
+
+
+def _field_strength(volume: SeriesVolume) -> float | None:
+    value = volume.datasets[0].get("MagneticFieldStrength")
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def assess_roi(
+    volume: SeriesVolume,
+    mask: sitk.Image,
+    settings: QCSettings | None = None,
+    *,
+    label: int = 1,
+    reference_mask: sitk.Image | None = None,
+    preset: Preset | None = None,
+    features: RoiFeatures | None = None,
+    subject: str | None = None,
+) -> QCReport:
+    """Mask checks, image checks and (with ``preset``) feature robustness of ``mask == label``.
+
+    ``reference_mask`` (non-zero voxels, on the image grid) is the homogeneous tissue to measure
+    noise and bias field in, e.g. a liver segment; without it a shell around the ROI is used.
+    ``preset`` turns on the robustness checks when ``settings.feature_robustness`` is set;
+    ``features`` is the plain extraction of this ROI with that preset, if the caller has it.
+    Image and robustness checks are skipped when the mask is empty or off the image grid.
+
+    Raises:
+        ValueError: when ``reference_mask`` is not on the image grid.
+    """
+    settings = settings or QCSettings()
+    subject = subject or f"label {label}"
+    image = volume.image
+    modality = volume.modality
+    outside = settings.ct_hu_range[0] if modality == "CT" else _padding(volume)
+    checks: list[QCCheck] = mask_checks(image, mask, settings, label=label, outside_value=outside)
+    report = QCReport(subject, "roi", tuple(checks))
+    if report.check("mask.grid").status == "fail" or report.check("mask.voxels").value == 0:
+        return report
+
+    reference = None
+    if reference_mask is not None:
+        difference = grid_difference(image, reference_mask, settings)
+        if difference:
+            raise ValueError(f"{subject}: reference_mask is not on the image grid: {difference}")
+        reference = sitk.GetArrayViewFromImage(reference_mask) != 0
+    roi = sitk.GetArrayViewFromImage(mask) == label
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    margin = max(settings.noise_ring_mm[1],
+                 settings.metal_distance_mm if modality == "CT" else settings.bias_ring_mm[1])
+    box = crop_box([roi] if reference is None else [roi, reference], spacing, margin)
+    values = sitk.GetArrayViewFromImage(image)[box]
+    roi = roi[box]
+    reference = None if reference is None else reference[box]
+    distance = distance_outside(roi, spacing)
+
+    region, where = reference_region(values, roi, distance, settings.noise_ring_mm, reference,
+                                     modality, settings)
+    image_checks = [noise_check(values, region, where, modality, settings)]
+    if modality == "CT":
+        image_checks.append(metal_check(values, distance, settings))
+    elif modality == "MR":
+        region, where = reference_region(values, roi, distance, settings.bias_ring_mm, reference,
+                                         modality, settings)
+        image_checks.append(bias_field_check(values, region, where, spacing,
+                                             _field_strength(volume), settings))
+    report = report.extended(image_checks)
+    if preset is not None and settings.feature_robustness:
+        robustness = feature_robustness(image, mask, preset, settings, label=label,
+                                        original=features, subject=subject)
+        report = report.extended(robustness.checks)
+    return report
+
