@@ -1,10 +1,22 @@
-"""Extraction presets: a named, hashed pyradiomics parameter set read from YAML.
+"""Extraction presets: a named, hashed recipe read from YAML.
 
-A preset fixes everything that decides a feature value (resampling, discretisation, image types,
-feature classes), so its hash, written into every output, traces a value back to the settings that
-made it (DESIGN.md, "What a pipeline is"). The ``radiomics`` block is a pyradiomics parameter set
-(``setting``, ``voxelSetting``, ``imageType``, ``featureClass``) and is validated against
-pyradiomics' own parameter schema (``radiomics/schemas/paramSchema.yaml``) when the preset is built.
+A preset fixes everything that decides a feature value, so its hash, written into every output,
+traces a value back to the settings that made it (DESIGN.md, "What a pipeline is"). Sections:
+
+* ``radiomics``: a pyradiomics parameter set (``setting``, ``voxelSetting``, ``imageType``,
+  ``featureClass``), validated against pyradiomics' own parameter schema
+  (``radiomics/schemas/paramSchema.yaml``) and refused where it would interpolate image intensities
+  with nearest neighbour (IBSI 1, section 2.4 "Interpolation": grey levels are interpolated with
+  linear or cubic kernels; nearest neighbour is for masks only) or would silently skip resampling.
+* ``series``, ``segmentation``: how the reading code treats irregular slice spacing and fractional
+  SEG segments (PS3.3 C.8.20.2.3).
+* ``preprocessing``: N4 bias field correction (Tustison et al., IEEE TMI 2010) and z-score
+  intensity normalisation inside a reference region (IBSI 1, section 2.3 "Image processing"), and
+  mask interpolation with a partial-volume threshold (IBSI 1, section 2.4 "mask interpolation").
+* ``rois``: ROI variants derived from each lesion (``pipelines.rois``), HU ranges that rings may
+  exclude, and how to find a liver segment in the SEG.
+
+docs/presets.md describes every field; the hash covers all of them, defaults included.
 """
 
 from __future__ import annotations
@@ -17,13 +29,20 @@ import warnings
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pykwalify.core
 import pykwalify.errors
 import radiomics
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # pykwalify logs every schema violation at ERROR before raising; the exception raised here carries
 # the same text, so keep pykwalify off stderr (it still propagates to the application's handlers).
@@ -91,13 +110,189 @@ def _check_schema(radiomics_params: dict[str, Any]) -> None:
         raise ValueError(f"pyradiomics parameter schema: {errors}") from None
 
 
+# Interpolators the pipeline resamples images with, and the source margin (voxels) each needs so
+# that a cropped source gives the values of the whole one: linear reads 2 voxels per axis; cubic
+# B-spline coefficients come from a recursive filter whose boundary influence decays as
+# |z|^d, z = sqrt(3) - 2 (Unser, IEEE Signal Process. Mag. 1999), below 1e-13 after 24 voxels.
+IMAGE_INTERPOLATORS = {"sitkLinear": 2, "sitkBSpline": 24}
+_NEAREST = ("sitkNearestNeighbor", 1)
+
+
+def _check_preprocessing_settings(setting: dict[str, Any]) -> None:
+    """Refuse nearest-neighbour image interpolation, resampling that pyradiomics would skip, and
+    two discretisations at once."""
+    interpolator = setting.get("interpolator", "sitkBSpline")
+    if interpolator in _NEAREST:
+        raise ValueError(
+            "radiomics.setting.interpolator: nearest neighbour is refused for images (IBSI 1, "
+            "section 2.4: grey levels are interpolated with linear or cubic kernels); use one of "
+            f"{sorted(IMAGE_INTERPOLATORS)}"
+        )
+    spacing = setting.get("resampledPixelSpacing")
+    if spacing is not None:
+        if interpolator is None:
+            raise ValueError(
+                "radiomics.setting.interpolator: null while resampledPixelSpacing is set; "
+                "pyradiomics would silently not resample"
+            )
+        if interpolator not in IMAGE_INTERPOLATORS:
+            raise ValueError(
+                f"radiomics.setting.interpolator: {interpolator!r} is not supported for "
+                f"resampling; use one of {sorted(IMAGE_INTERPOLATORS)}"
+            )
+    if setting.get("binWidth") is not None and setting.get("binCount") is not None:
+        raise ValueError(
+            "radiomics.setting: binWidth and binCount are both set; pyradiomics would use "
+            "binCount only (IBSI 1, section 2.7: choose fixed bin size or fixed bin number)"
+        )
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeriesOptions(_Section):
+    """How pipelines.series treats a stack whose slices are not equally spaced."""
+
+    irregular_spacing: Literal["refuse", "resample"] = "refuse"
+
+
+class SegmentationOptions(_Section):
+    """How pipelines.segmentation turns FRACTIONAL segments into masks (PS3.3 C.8.20.2.3)."""
+
+    fractional_threshold: float = Field(default=0.5, gt=0.0, le=1.0)
+
+
+class N4Options(_Section):
+    """N4 bias field correction (SimpleITK N4BiasFieldCorrectionImageFilter)."""
+
+    shrink_factor: int = Field(default=4, ge=1)
+    iterations: tuple[int, ...] = Field(default=(50, 50, 50, 50), min_length=1)
+
+
+class ZScoreOptions(_Section):
+    """Intensity z-score, (I - mean) / SD with mean and SD over the reference region's voxels."""
+
+    reference: Literal["liver", "roi"]
+
+
+class PreprocessingOptions(_Section):
+    """Image and mask preprocessing done by the pipeline before pyradiomics (pipelines.preprocess).
+
+    ``mask_partial_volume_threshold``: null resamples masks with nearest neighbour, as pyradiomics
+    does; a number in (0, 1] resamples them linearly and keeps voxels at or above it (IBSI 1,
+    section 2.4, "mask interpolation", partial volume threshold 0.5).
+    """
+
+    n4: N4Options | None = None
+    zscore: ZScoreOptions | None = None
+    mask_partial_volume_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+
+
+class CodeRef(_Section):
+    """A coded concept by value and coding scheme designator."""
+
+    value: str = Field(min_length=1)
+    scheme: str = Field(min_length=1)
+
+
+class LiverSegmentRule(_Section):
+    """A segment is the liver when its Segmented Property Type Code Sequence (0062,000F) is
+    ``property_type`` or its Segment Label (0062,0005) matches ``label_regex``."""
+
+    property_type: CodeRef = CodeRef(value="10200004", scheme="SCT")  # SCT Liver
+    label_regex: str | None = r"(?i)^\s*liver\s*$"
+
+    @field_validator("label_regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"rois.liver.label_regex: {exc}") from None
+        return value
+
+
+class RoiVariant(_Section):
+    """One region derived from a lesion; see pipelines.rois for the geometry."""
+
+    kind: Literal["intra", "ring", "intra_ring", "erosion"]
+    distance_mm: float | None = Field(default=None, gt=0.0)
+    exclude: tuple[str, ...] = ()
+    clip_to_liver: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoiVariant:
+        if self.kind == "intra":
+            if self.distance_mm is not None:
+                raise ValueError("rois.variants: kind intra takes no distance_mm")
+        elif self.distance_mm is None:
+            raise ValueError(f"rois.variants: kind {self.kind} needs distance_mm")
+        if self.kind not in ("ring", "intra_ring") and (self.exclude or self.clip_to_liver):
+            raise ValueError(
+                "rois.variants: exclude and clip_to_liver apply to rings; "
+                f"kind {self.kind} has none"
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        """Readable, unique name: ``intra``, ``4 mm ring``, ``intra + 4 mm ring``,
+        ``eroded 2 mm``, with ``, liver only`` and ``, without air/fat`` when they apply."""
+        distance = f"{self.distance_mm or 0:g} mm"
+        base = {
+            "intra": "intra",
+            "ring": f"{distance} ring",
+            "intra_ring": f"intra + {distance} ring",
+            "erosion": f"eroded {distance}",
+        }[self.kind]
+        if self.clip_to_liver:
+            base += ", liver only"
+        if self.exclude:
+            base += f", without {'/'.join(self.exclude)}"
+        return base
+
+
+class RoiOptions(_Section):
+    """ROI variants of each lesion and what rings may exclude."""
+
+    variants: tuple[RoiVariant, ...] = Field(default=(RoiVariant(kind="intra"),), min_length=1)
+    hu_ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+    liver: LiverSegmentRule = LiverSegmentRule()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoiOptions:
+        names = [variant.name for variant in self.variants]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"rois.variants: duplicate variants {duplicates}")
+        for name, (low, high) in self.hu_ranges.items():
+            if low is None and high is None:
+                raise ValueError(f"rois.hu_ranges.{name}: give a lower or an upper bound")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"rois.hu_ranges.{name}: lower bound {low} above upper {high}")
+        for variant in self.variants:
+            unknown = sorted(set(variant.exclude) - set(self.hu_ranges))
+            if unknown:
+                raise ValueError(
+                    f"rois.variants: {variant.name}: exclude names {unknown} not in rois.hu_ranges"
+                )
+        return self
+
+
 class Preset(BaseModel):
-    """A named pyradiomics parameter set; see the module docstring."""
+    """A named extraction recipe; see the module docstring."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str
+    modality: Literal["CT", "MR"] | None = None
+    series: SeriesOptions = SeriesOptions()
+    segmentation: SegmentationOptions = SegmentationOptions()
+    preprocessing: PreprocessingOptions = PreprocessingOptions()
+    rois: RoiOptions = RoiOptions()
     radiomics: dict[str, Any]
 
     @field_validator("radiomics")
@@ -114,7 +309,28 @@ class Preset(BaseModel):
             raise ValueError(f"radiomics: not plain JSON-compatible data ({exc})") from None
         _check_names(value)
         _check_schema(value)
+        _check_preprocessing_settings(value.get("setting") or {})
         return value
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Preset:
+        if self.modality != "CT" and any(v.exclude for v in self.rois.variants):
+            raise ValueError(
+                "rois.variants: HU exclusions need modality CT (Hounsfield units, PS3.3 "
+                f"C.8.2.1.1.3); modality is {self.modality}"
+            )
+        setting = self.radiomics.get("setting") or {}
+        if self.preprocessing.zscore is not None and setting.get("normalize"):
+            raise ValueError(
+                "preprocessing.zscore and radiomics.setting.normalize both normalise intensities; "
+                "choose one"
+            )
+        return self
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """A copy of the pyradiomics ``setting`` block (empty when the preset has none)."""
+        return dict(self.radiomics.get("setting") or {})
 
     @property
     def hash(self) -> str:
