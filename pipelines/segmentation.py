@@ -1,12 +1,19 @@
-"""DICOM Segmentation (SEG) to one binary mask per segment on the grid of its source series.
+"""DICOM Segmentation (SEG) or RT Structure Set to one binary mask per segment on the grid of its
+source series.
 
 A SEG frame belongs to the source slice that its Derivation Image Functional Group names
 (PS3.3 C.7.6.16.2.6 and C.8.20.3, Source Image Sequence (0008,2112) > Referenced SOP Instance UID
-(0008,1155)). Masks are placed by that reference, slice by slice, after checking that the frame's
-geometry (Plane Position, Plane Orientation, Pixel Measures functional groups, PS3.3 C.7.6.16.2)
-is the source slice's geometry; source slices without a frame are empty for that segment
-(PS3.3 C.8.20.2: frames that hold no segmented pixels may be omitted). FRACTIONAL segmentations
-are thresholded on the fraction stored value / Maximum Fractional Value (PS3.3 C.8.20.2.3).
+(0008,1155), and Referenced Frame Number (0008,1160) for a multi-frame source). A frame that names
+no source (allowed: the functional group is Type 1C) is placed on the source slice at its Plane
+Position (Patient). Masks are placed slice by slice after checking that the frame's geometry
+(Plane Position, Plane Orientation, Pixel Measures functional groups, PS3.3 C.7.6.16.2) is the
+source slice's geometry; source slices without a frame are empty for that segment
+(PS3.3 C.8.20.2: frames that hold no segmented pixels may be omitted). Frames of one segment on one
+slice combine by maximum. FRACTIONAL segmentations are thresholded on the fraction stored value /
+Maximum Fractional Value (PS3.3 C.8.20.2.3); a LABELMAP segmentation (Label Map Segmentation
+Storage, PS3.3 C.8.20.2) stores in each pixel the number of its segment, so segments cannot
+overlap there, while BINARY and FRACTIONAL segments may. RTSTRUCT objects are rasterised by
+:mod:`pipelines.rtstruct`.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
-from pipelines.series import SeriesVolume, tag_name
+from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID, RTStructError, read_rtstruct
+from pipelines.series import SeriesVolume, resample_stack, tag_name
 
 # Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
 SEGMENTATION_SOP_CLASS_UIDS = frozenset(
@@ -51,9 +59,13 @@ class Segment:
 
 @dataclass(frozen=True)
 class DecodedSegmentation:
-    """A SEG and its segments decoded on the grid of one source volume."""
+    """A SEG or RTSTRUCT and its segments (ROIs) decoded on the grid of one source volume.
 
-    dataset: hd.seg.Segmentation
+    ``dataset`` is the source object: a highdicom Segmentation for a SEG, the pydicom Dataset of
+    an RT Structure Set.
+    """
+
+    dataset: hd.seg.Segmentation | pydicom.Dataset
     path: Path
     segments: tuple[Segment, ...]
 
@@ -72,6 +84,11 @@ class DecodedSegmentation:
         """SOP Class UID (0008,0016) of the SEG."""
         return str(self.dataset.SOPClassUID)
 
+    @property
+    def is_rtstruct(self) -> bool:
+        """Whether the source object is an RT Structure Set rather than a SEG."""
+        return self.sop_class_uid == RTSTRUCT_SOP_CLASS_UID
+
 
 def referenced_series_uids(seg: pydicom.Dataset) -> set[str]:
     """Series that a SEG references, from Referenced Series Sequence (0008,1115).
@@ -85,13 +102,20 @@ def referenced_series_uids(seg: pydicom.Dataset) -> set[str]:
 def read_segmentation(
     path: Path, volume: SeriesVolume, fractional_threshold: float = 0.5
 ) -> DecodedSegmentation:
-    """Decode each segment of the SEG at ``path`` into a mask on ``volume``'s grid.
+    """Decode each segment of the SEG, or each ROI of the RT Structure Set, at ``path`` on
+    ``volume``'s grid; the SOP Class UID (0008,0016) decides which (PS3.4 B.5).
 
-    A FRACTIONAL segment's voxel is in the mask when its fraction is at least
-    ``fractional_threshold``; a BINARY or LABELMAP segment's voxel when it is set.
+    SEG: a FRACTIONAL segment's voxel is in the mask when its fraction is at least
+    ``fractional_threshold``; a BINARY segment's voxel when it is set; a LABELMAP segment's voxel
+    when its stored value is the segment number (PS3.3 C.8.20.2). A frame is placed on the source
+    slice its Derivation Image functional group names (SOP instance and, for a multi-frame source,
+    Referenced Frame Number (0008,1160)); a frame that names no source is placed on the slice at its
+    Plane Position (Patient). On a volume resampled from an irregular stack, the masks are
+    resampled with the image's interpolation and kept where they reach 0.5.
+    RTSTRUCT: see :mod:`pipelines.rtstruct`.
 
     Raises:
-        SegmentationError: when the file is not a SEG, references another series or frame of
+        SegmentationError: when the file is neither, references another series or frame of
             reference, has frames on slices that are not in the volume, or frames whose geometry
             is not their source slice's. The message names the file, the tag and the reason.
     """
@@ -100,30 +124,65 @@ def read_segmentation(
         raise SegmentationError(
             f"{path}: fractional_threshold is {fractional_threshold}; it must be in (0, 1]"
         )
-    seg = _read(path)
+    dataset = _dataset(path)
+    if str(dataset.SOPClassUID) == RTSTRUCT_SOP_CLASS_UID:
+        try:
+            rois = read_rtstruct(path, dataset, volume)
+        except RTStructError as error:
+            raise SegmentationError(str(error)) from error
+        return DecodedSegmentation(
+            dataset=dataset,
+            path=path,
+            segments=tuple(
+                Segment(
+                    number=roi.number,
+                    label=roi.name,
+                    mask=roi.mask,
+                    category=roi.category,
+                    property_type=roi.property_type,
+                    algorithm_type=roi.algorithm_type,
+                )
+                for roi in rois
+            ),
+        )
+    seg = _read(path, dataset)
     _check_references(path, seg, volume)
-    _check_frames(path, seg, volume)
+    placement = _place_frames(path, seg, volume)
 
-    fractional = seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL
-    uids = list(volume.sop_instance_uids)
+    frames = _frames(path, seg)
+    kind = seg.segmentation_type
+    if kind == hd.seg.SegmentationTypeValues.FRACTIONAL:
+        frames = frames.astype(np.float32) / float(seg.MaximumFractionalValue)
+    numbers = [int(n) for n in seg.segment_numbers]
+    size = volume.image.GetSize()
+    slice_count = len(volume.slices)
     segments = []
-    for number in seg.segment_numbers:
-        # Geometry and references are checked above; source slices without frames are empty.
-        pixels = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=uids,
-            segment_numbers=[number],
-            combine_segments=False,
-            ignore_spatial_locations=True,
-            assert_missing_frames_are_empty=True,
-            rescale_fractional=True,
-        )[..., 0]
-        voxels = pixels >= fractional_threshold if fractional else pixels > 0
+    for number in numbers:
+        stack = np.zeros((slice_count, size[1], size[0]), dtype=np.float32)
+        for frame, slice_index in placement:
+            if kind == hd.seg.SegmentationTypeValues.LABELMAP:
+                values = (frames[frame] == number).astype(np.float32)
+            elif _frame_segment(path, seg, frame) == number:
+                values = frames[frame].astype(np.float32)
+            else:
+                continue
+            stack[slice_index] = np.maximum(stack[slice_index], values)
+        if kind == hd.seg.SegmentationTypeValues.FRACTIONAL:
+            voxels = stack >= fractional_threshold
+        else:
+            voxels = stack > 0
+        if volume.resampled and volume.grid is not None:
+            spacing = volume.image.GetSpacing()
+            resampled = resample_stack(
+                voxels.astype(np.float32), volume.grid, (spacing[1], spacing[0]), spacing[2]
+            )
+            voxels = resampled >= 0.5
         mask = sitk.GetImageFromArray(voxels.astype(np.uint8))
         mask.CopyInformation(volume.image)
         description = seg.get_segment_description(number)
         segments.append(
             Segment(
-                number=int(number),
+                number=number,
                 label=str(description.segment_label),
                 mask=mask,
                 category=description.segmented_property_category,
@@ -134,17 +193,42 @@ def read_segmentation(
     return DecodedSegmentation(dataset=seg, path=path, segments=tuple(segments))
 
 
-def _read(path: Path) -> hd.seg.Segmentation:
-    """Read a file and check that it is a Segmentation (PS3.3 A.51)."""
+def _dataset(path: Path) -> pydicom.Dataset:
     try:
-        dataset = pydicom.dcmread(path)
+        return pydicom.dcmread(path)
     except (InvalidDicomError, OSError) as error:
         raise SegmentationError(f"{path}: not a readable DICOM file ({error})") from error
+
+
+def _frames(path: Path, seg: hd.seg.Segmentation) -> np.ndarray:
+    """All frames as (frames, rows, columns) stored values (bit-packed BINARY unpacked)."""
+    try:
+        pixels = seg.pixel_array
+    except Exception as error:  # pydicom raises several types for undecodable pixel data
+        raise SegmentationError(
+            f"{path}: {tag_name('PixelData')} cannot be decoded: {error}"
+        ) from error
+    return pixels.reshape(int(seg.get("NumberOfFrames", 1)), int(seg.Rows), int(seg.Columns))
+
+
+def _frame_segment(path: Path, seg: hd.seg.Segmentation, frame: int) -> int:
+    """Referenced Segment Number (0062,000B) of a BINARY or FRACTIONAL frame (PS3.3 C.8.20.3)."""
+    item = _functional_group(seg, frame, "SegmentIdentificationSequence")
+    if item is None or "ReferencedSegmentNumber" not in item:
+        raise SegmentationError(
+            f"{path}: frame {frame + 1} has no {tag_name('ReferencedSegmentNumber')} in its "
+            f"{tag_name('SegmentIdentificationSequence')} (PS3.3 C.8.20.3)"
+        )
+    return int(item.ReferencedSegmentNumber)
+
+
+def _read(path: Path, dataset: pydicom.Dataset) -> hd.seg.Segmentation:
+    """Check that a dataset is a Segmentation (PS3.3 A.51) and open it with highdicom."""
     sop_class = str(dataset.get("SOPClassUID", ""))
     if sop_class not in SEGMENTATION_SOP_CLASS_UIDS:
         raise SegmentationError(
-            f"{path}: {tag_name('SOPClassUID')} is {sop_class!r}: not a Segmentation Storage "
-            "SOP Class (PS3.4 B.5)"
+            f"{path}: {tag_name('SOPClassUID')} is {sop_class!r}: neither a Segmentation Storage "
+            "SOP Class nor RT Structure Set Storage (PS3.4 B.5)"
         )
     if "PerFrameFunctionalGroupsSequence" not in dataset:
         raise SegmentationError(
@@ -190,28 +274,45 @@ def _functional_group(seg: pydicom.Dataset, frame: int, keyword: str) -> pydicom
     return None
 
 
-def _check_frames(path: Path, seg: hd.seg.Segmentation, volume: SeriesVolume) -> None:
-    """Each frame must come from a slice of the volume and lie where that slice lies."""
-    slices = dict(zip(volume.sop_instance_uids, volume.datasets, strict=True))
+def _place_frames(
+    path: Path, seg: hd.seg.Segmentation, volume: SeriesVolume
+) -> list[tuple[int, int]]:
+    """(frame index, acquired slice index) of each frame, checked against the slice's geometry."""
+    slices = volume.slices
+    by_source = {(s.sop_instance_uid, s.frame_number): k for k, s in enumerate(slices)}
+    positions = np.array([s.position for s in slices])
     spacing = volume.image.GetSpacing()
     position_tolerance = POSITION_TOLERANCE_FRACTION * min(spacing[0], spacing[1])
     orientation = np.array(volume.image.GetDirection()).reshape(3, 3)[:, :2].T.ravel()
     pixel_spacing = np.array([spacing[1], spacing[0]])
+    placement = []
     for frame in range(int(seg.get("NumberOfFrames", 1))):
         where = f"{path}: frame {frame + 1}"
+        plane = _functional_group(seg, frame, "PlanePositionSequence")
+        position = (
+            None if plane is None else np.array([float(v) for v in plane.ImagePositionPatient])
+        )
         derivation = _functional_group(seg, frame, "DerivationImageSequence")
         sources = [] if derivation is None else derivation.get("SourceImageSequence", [])
-        if len(sources) == 0:
-            raise SegmentationError(
-                f"{where} has no {tag_name('SourceImageSequence')} in its "
-                f"{tag_name('DerivationImageSequence')}: it cannot be placed on a source slice"
-            )
+        targets = set()
         for source in sources:
             uid = str(source.ReferencedSOPInstanceUID)
-            if uid not in slices:
+            numbers = source.get("ReferencedFrameNumber")
+            if numbers in (None, ""):
+                # No frame number: the whole instance (PS3.3 C.12.1.1.3.1); the plane position
+                # picks the frame of a multi-frame source.
+                found = [k for k, s in enumerate(slices) if s.sop_instance_uid == uid]
+                if len(found) > 1 and position is not None:
+                    found = [min(found, key=lambda k: np.linalg.norm(positions[k] - position))]
+            else:
+                keys = [(uid, int(n)) for n in np.atleast_1d(numbers)]
+                found = [by_source[key] for key in keys if key in by_source]
+            if not found:
                 raise SegmentationError(
-                    f"{where}: {tag_name('ReferencedSOPInstanceUID')} {uid} is not a slice of "
-                    f"the volume (series {volume.series_instance_uid}, {len(slices)} slices)"
+                    f"{where}: {tag_name('ReferencedSOPInstanceUID')} {uid}"
+                    + ("" if numbers in (None, "") else f" frame {numbers}")
+                    + f" is not a slice of the volume (series {volume.series_instance_uid}, "
+                    f"{len(slices)} slices)"
                 )
             preserved = source.get("SpatialLocationsPreserved")
             if preserved not in (None, "YES"):
@@ -219,15 +320,33 @@ def _check_frames(path: Path, seg: hd.seg.Segmentation, volume: SeriesVolume) ->
                     f"{where}: {tag_name('SpatialLocationsPreserved')} is {preserved!r}: its "
                     "pixels do not lie on the pixels of its source slice"
                 )
-            plane = _functional_group(seg, frame, "PlanePositionSequence")
-            if plane is not None:
-                mine = np.array([float(v) for v in plane.ImagePositionPatient])
-                theirs = np.array([float(v) for v in slices[uid].ImagePositionPatient])
-                if np.linalg.norm(mine - theirs) > position_tolerance:
+            targets.update(found)
+        if not sources and position is not None:
+            distances = np.linalg.norm(positions - position, axis=1)
+            nearest = int(np.argmin(distances))
+            if distances[nearest] > position_tolerance:
+                raise SegmentationError(
+                    f"{where}: {tag_name('ImagePositionPatient')} is {position.tolist()}, on no "
+                    f"slice of the volume (nearest {list(slices[nearest].position)}); the frame "
+                    f"names no source image in a {tag_name('DerivationImageSequence')}"
+                )
+            targets.add(nearest)
+        if not targets:
+            raise SegmentationError(
+                f"{where} has neither a {tag_name('SourceImageSequence')} in its "
+                f"{tag_name('DerivationImageSequence')} nor a {tag_name('PlanePositionSequence')}: "
+                "it cannot be placed on a source slice"
+            )
+        for target in targets:
+            if position is not None:
+                theirs = np.array(slices[target].position)
+                if np.linalg.norm(position - theirs) > position_tolerance:
                     raise SegmentationError(
-                        f"{where}: {tag_name('ImagePositionPatient')} is {mine.tolist()} but its "
-                        f"source slice {uid} is at {theirs.tolist()}"
+                        f"{where}: {tag_name('ImagePositionPatient')} is {position.tolist()} but "
+                        f"its source slice {slices[target].sop_instance_uid} is at "
+                        f"{theirs.tolist()}"
                     )
+            placement.append((frame, target))
         plane_orientation = _functional_group(seg, frame, "PlaneOrientationSequence")
         if plane_orientation is not None:
             mine = np.array([float(v) for v in plane_orientation.ImageOrientationPatient])
@@ -244,3 +363,4 @@ def _check_frames(path: Path, seg: hd.seg.Segmentation, volume: SeriesVolume) ->
                     f"{where}: {tag_name('PixelSpacing')} is {mine.tolist()}, the volume's is "
                     f"{pixel_spacing.tolist()}"
                 )
+    return placement

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.uid import generate_uid
 
 from pipelines.segmentation import (
     SegmentationError,
@@ -20,6 +22,7 @@ from pipelines.segmentation import (
     referenced_series_uids,
 )
 from pipelines.series import SeriesVolume, read_series
+from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 CT2 = Path("pydicom/test_files/dicomdirtests/77654033/CT2")
 SEGS = Path("highdicom/data/test_files")
@@ -238,8 +241,15 @@ def _frame_item(seg: pydicom.Dataset, keyword: str, frame: int = 0) -> pydicom.D
             "(0020,0052) FrameOfReferenceUID",
         ),
         (
-            lambda seg: delattr(_frame_item(seg, "DerivationImageSequence"), "SourceImageSequence"),
-            "frame 1 has no (0008,2112) SourceImageSequence",
+            lambda seg: [
+                delattr(_frame_item(seg, "DerivationImageSequence"), "SourceImageSequence"),
+                setattr(
+                    _frame_item(seg, "PlanePositionSequence"),
+                    "ImagePositionPatient",
+                    [-125.0, -128.1, 50.0],
+                ),
+            ],
+            "frame 1: (0020,0032) ImagePositionPatient is [-125.0, -128.1, 50.0], on no slice",
         ),
     ],
 )
@@ -267,3 +277,147 @@ def test_referenced_series_uids(refdata: Path) -> None:
 
     assert referenced_series_uids(seg) == {CT2_SERIES}
     assert referenced_series_uids(pydicom.Dataset()) == set()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    return write_synthetic_study(
+        tmp_path_factory.mktemp("synthetic"),
+        shape=(12, 64, 64),
+        pixel_spacing=3.0,
+        slice_thickness=4.0,
+    )
+
+
+def test_frames_without_source_references_are_placed_by_position(
+    refdata: Path, all_four: SeriesVolume, tmp_path: Path
+) -> None:
+    def drop_sources(seg: pydicom.Dataset) -> None:
+        for groups in seg.PerFrameFunctionalGroupsSequence:
+            del groups.DerivationImageSequence
+
+    source = refdata / SEGS / "seg_image_ct_binary_overlap.dcm"
+    path = _altered(source, tmp_path / "positional.dcm", drop_sources)
+
+    by_position = read_segmentation(path, all_four)
+    by_reference = read_segmentation(source, all_four)
+
+    for mine, theirs in zip(by_position.segments, by_reference.segments, strict=True):
+        np.testing.assert_array_equal(_array(mine.mask), _array(theirs.mask))
+        assert int(_array(mine.mask).sum()) > 0
+
+
+def test_label_map_seg_gives_the_binary_seg_masks(
+    synthetic: SyntheticStudy, tmp_path: Path
+) -> None:
+    volume = read_series(list(synthetic.ct_paths))
+    binary = read_segmentation(synthetic.seg_path, volume)
+    sources = [pydicom.dcmread(p) for p in synthetic.ct_paths]
+    uids = [ds.SOPInstanceUID for ds in sources]
+    labels = np.zeros(sitk.GetArrayFromImage(volume.image).shape, dtype=np.uint8)
+    for segment in binary.segments:
+        labels[_array(segment.mask) > 0] = segment.number
+    order = [list(volume.sop_instance_uids).index(uid) for uid in uids]
+    labelmap = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=labels[order],
+        segmentation_type=hd.seg.SegmentationTypeValues.LABELMAP,
+        segment_descriptions=[
+            hd.seg.SegmentDescription.from_dataset(item) for item in binary.dataset.SegmentSequence
+        ],
+        series_instance_uid=generate_uid(),
+        series_number=7,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+    )
+    assert labelmap.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+    path = tmp_path / "labelmap.dcm"
+    labelmap.save_as(path)
+
+    decoded = read_segmentation(path, volume)
+
+    assert [s.number for s in decoded.segments] == [1, 2]
+    assert [s.label for s in decoded.segments] == ["Lesion 1", "Lesion 2"]
+    for mine, theirs in zip(decoded.segments, binary.segments, strict=True):
+        np.testing.assert_array_equal(_array(mine.mask), _array(theirs.mask))
+        assert (mine.category, mine.property_type, mine.algorithm_type) == (
+            theirs.category,
+            theirs.property_type,
+            "MANUAL",
+        )
+        assert int(_array(mine.mask).sum()) > 0
+
+
+def test_seg_of_a_multiframe_source_uses_referenced_frame_numbers(
+    synthetic: SyntheticStudy, tmp_path: Path
+) -> None:
+    single = read_series(list(synthetic.ct_paths))
+    binary = read_segmentation(synthetic.seg_path, single)
+    frames = [pydicom.dcmread(p) for p in synthetic.ct_paths]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        frames,
+        series_instance_uid=generate_uid(),
+        series_number=3,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
+    enhanced_path = tmp_path / "enhanced.dcm"
+    enhanced.save_as(enhanced_path)
+    multi = read_series([enhanced_path])
+    # Masks in the enhanced image's frame order: frame f lies at its Plane Position.
+    positions = [
+        tuple(float(v) for v in g.PlanePositionSequence[0].ImagePositionPatient)
+        for g in enhanced.PerFrameFunctionalGroupsSequence
+    ]
+    z_of = {s.position: k for k, s in enumerate(single.slices)}
+    masks = np.stack([_array(s.mask) for s in binary.segments], axis=-1)
+    seg = hd.seg.Segmentation(
+        source_images=[enhanced],
+        pixel_array=masks[[z_of[p] for p in positions]],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription.from_dataset(item) for item in binary.dataset.SegmentSequence
+        ],
+        series_instance_uid=generate_uid(),
+        series_number=8,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+    )
+    path = tmp_path / "seg_on_enhanced.dcm"
+    seg.save_as(path)
+    assert (
+        "ReferencedFrameNumber"
+        in (
+            seg.PerFrameFunctionalGroupsSequence[0]
+            .DerivationImageSequence[0]
+            .SourceImageSequence[0]
+        )
+    )
+
+    decoded = read_segmentation(path, multi)
+
+    for mine, theirs in zip(decoded.segments, binary.segments, strict=True):
+        np.testing.assert_array_equal(_array(mine.mask), _array(theirs.mask))
+
+
+def test_ibsi_deprecated_seg_on_its_legacy_converted_mr(refdata: Path) -> None:
+    phantom = refdata / "ibsi1/ibsi_1_digital_phantom"
+    volume = read_series([phantom / "dicom_deprecated/image/phantom.deprecated"])
+    nifti_mask = sitk.ReadImage(str(phantom / "nifti/mask/mask.nii.gz"))
+
+    decoded = read_segmentation(phantom / "dicom_deprecated/mask/mask.deprecated", volume)
+
+    (segment,) = decoded.segments
+    _assert_on_grid(segment.mask, volume)
+    assert int(_array(segment.mask).sum()) == int(sitk.GetArrayFromImage(nifti_mask).sum())
+    # The frames name no source image: each is placed by its Plane Position (Patient).
+    raw = pydicom.dcmread(phantom / "dicom_deprecated/mask/mask.deprecated")
+    assert "DerivationImageSequence" not in raw.PerFrameFunctionalGroupsSequence[0]
