@@ -24,8 +24,8 @@ from pipelines.series import SeriesVolume, tag_name
 
 _SCOPE = "series"
 # Padding without Pixel Padding Value: the image minimum is taken as padding when it is below the
-# plausible range and at least this fraction of the voxels hold it (outside a circular
-# reconstruction field of view, 1 - pi/4 = 21 % of a square image).
+# plausible range, every other value is within it, and at least this fraction of the voxels hold
+# it (outside a circular reconstruction field of view, 1 - pi/4 = 21 % of a square image).
 _PADDING_MIN_FRACTION = 0.01
 
 
@@ -155,7 +155,7 @@ def hu_range_check(volume: SeriesVolume, settings: QCSettings) -> list[QCCheck]:
 
     Padding outside the reconstructed field of view is left out: voxels equal to Pixel Padding
     Value (0028,0120) through the rescale, or, without that attribute, the image minimum when it
-    is below the range and fills at least 1 % of the volume.
+    is below the range, fills at least 1 % of the volume and every other value is in the range.
     """
     if volume.modality != "CT":
         return []
@@ -169,8 +169,12 @@ def hu_range_check(volume: SeriesVolume, settings: QCSettings) -> list[QCCheck]:
         padding = float(first.PixelPaddingValue) * slope + intercept
     else:
         minimum = float(values.min())
-        if minimum < low and np.count_nonzero(values == minimum) >= (
-            _PADDING_MIN_FRACTION * values.size
+        at_minimum = values == minimum
+        if (
+            minimum < low
+            and np.count_nonzero(at_minimum) >= _PADDING_MIN_FRACTION * values.size
+            and not at_minimum.all()
+            and float(values[~at_minimum].min()) >= low
         ):
             padding = minimum
     kept = values if padding is None else values[np.abs(values - padding) > 0.5 * abs(slope)]
