@@ -1,0 +1,126 @@
+"""feature_robustness: one-voxel erosion and dilation of the ROI, features re-extracted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+import pipelines.qc.robustness as robustness
+from pipelines.features import extract_features
+from pipelines.presets import Preset, load_preset
+from pipelines.qc import QCReport, QCSettings, assess_roi, feature_robustness
+from tests.unit.qc_volumes import ball, make_volume, mask_like
+
+SHAPE = (16, 24, 24)
+SPACING = (1.0, 1.0, 1.0)
+CENTRE = (8.0, 12.0, 12.0)
+# ITK's ball of radius 1 is the 3 x 3 x 3 cube without its corners: scipy's connectivity 2.
+BALL_1 = ndimage.generate_binary_structure(3, 2)
+
+
+@pytest.fixture(scope="module")
+def preset() -> Preset:
+    return load_preset("ct-liver-basic")
+
+
+def _image(values: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(values.astype(np.float32))
+    image.SetSpacing(SPACING)
+    return image
+
+
+def test_volume_moves_and_the_mean_of_a_homogeneous_lesion_does_not(preset: Preset) -> None:
+    rng = np.random.default_rng(0)
+    image = _image(100.0 + rng.normal(0.0, 2.0, SHAPE))
+    roi = ball(SHAPE, CENTRE, 5.0, SPACING)
+
+    report = feature_robustness(image, mask_like(image, roi), preset)
+
+    n = roi.sum()
+    eroded = ndimage.binary_erosion(roi, BALL_1).sum()
+    dilated = ndimage.binary_dilation(roi, BALL_1).sum()
+    volume = report.check("robustness.original_shape_VoxelVolume")
+    assert volume.status == "warn"
+    assert volume.value == pytest.approx(100 * max(n - eroded, dilated - n) / n)
+    mean = report.check("robustness.original_firstorder_Mean")
+    assert mean.status == "pass" and mean.value < 1.0
+    warned = [c for c in report.checks if c.status == "warn"]
+    assert report.check("robustness.unstable").value == len(warned)
+    assert report.status == "warn"
+
+
+def test_feature_that_is_zero_on_the_roi_and_not_on_the_dilation_is_unbounded(
+    preset: Preset,
+) -> None:
+    roi = ball(SHAPE, CENTRE, 4.0, SPACING)
+    image = _image(np.where(roi, 100.0, 300.0))
+
+    report = feature_robustness(image, mask_like(image, roi), preset)
+
+    variance = report.check("robustness.original_firstorder_Variance")
+    assert variance.status == "warn" and variance.value == float("inf")
+    assert report.to_rows()[report.checks.index(variance)]["value"] == "inf"
+
+
+def test_tiny_roi_that_erodes_away_is_flagged(preset: Preset) -> None:
+    rng = np.random.default_rng(1)
+    image = _image(100.0 + rng.normal(0.0, 10.0, SHAPE))
+    roi = np.zeros(SHAPE, bool)
+    roi[7:9, 11:13, 11:13] = True
+
+    report = feature_robustness(image, mask_like(image, roi), preset, label=1, subject="tiny")
+
+    erosion = report.check("robustness.erosion")
+    assert (erosion.status, erosion.value) == ("warn", 0)
+    assert report.subject == "tiny"
+    assert "dilation" in report.check("robustness.original_shape_VoxelVolume").message
+    assert report.check("robustness.original_shape_VoxelVolume").status == "warn"
+
+
+def test_roi_that_cannot_be_extracted_is_reported_not_raised(preset: Preset) -> None:
+    image = _image(np.zeros(SHAPE))
+
+    report = feature_robustness(image, mask_like(image, np.zeros(SHAPE, bool)), preset)
+
+    assert [c.name for c in report.checks] == ["robustness.original"]
+    assert report.status == "warn"
+
+
+def test_given_features_save_the_plain_extraction(
+    preset: Preset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(2)
+    image = _image(100.0 + rng.normal(0.0, 5.0, SHAPE))
+    mask = mask_like(image, ball(SHAPE, CENTRE, 4.0, SPACING))
+    plain = extract_features(image, mask, preset)
+    without = feature_robustness(image, mask, preset)
+    calls = []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return extract_features(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(robustness, "extract_features", counting)
+    given = feature_robustness(image, mask, preset, original=plain)
+
+    assert len(calls) == 2
+    assert given == without
+
+
+def test_assess_roi_runs_robustness_only_with_a_preset_and_the_setting(preset: Preset) -> None:
+    rng = np.random.default_rng(3)
+    values = 60.0 + rng.normal(0.0, 5.0, SHAPE)
+    volume = make_volume(values, SPACING)
+    mask = mask_like(volume.image, ball(SHAPE, CENTRE, 4.0, SPACING))
+
+    def names(report: QCReport) -> set[str]:
+        return {c.name for c in report.checks if c.name.startswith("robustness.")}
+
+    assert names(assess_roi(volume, mask)) == set()
+    assert names(assess_roi(volume, mask, QCSettings(feature_robustness=False),
+                            preset=preset)) == set()
+    with_robustness = names(assess_roi(volume, mask, preset=preset))
+    assert "robustness.original_firstorder_Mean" in with_robustness
+    assert "robustness.unstable" in with_robustness
