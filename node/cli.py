@@ -1,4 +1,4 @@
-"""The ``radiomics-node`` command: serve, config check, demo."""
+"""The ``radiomics-node`` command: serve, config check, demo, outbox list and retry."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node import __version__, logs
 from node.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from node.index import Index
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -53,7 +58,7 @@ def _config_check(args: argparse.Namespace) -> int:
     print(f"  listener   {listener.ae_title} on {listener.host}:{listener.port}")
     print(f"  state      {config.state_dir.resolve()}")
     print(f"  rules      {', '.join(f'{r.name} -> {r.preset}' for r in config.rules) or 'none'}")
-    peers = ", ".join(f"{d.ae_title}@{d.host}:{d.port}" for d in config.destinations)
+    peers = ", ".join(d.describe() for d in config.destinations)
     print(f"  send to    {peers or 'nobody'}")
     return 0
 
@@ -63,6 +68,61 @@ def _demo(args: argparse.Namespace) -> int:
 
     return run_demo(config_path=args.config, workdir=args.workdir, out_dir=args.out,
                     port=args.port, timeout=args.timeout)
+
+
+def _outbox_index(args: argparse.Namespace) -> Index | None:
+    """The index of the configured node, opened beside a running node (SQLite WAL); None, with
+    a message, when that node has no index yet."""
+    from node.index import Index
+
+    config = load_config(args.config)
+    if not config.index_path.is_file():
+        print(f"no index at {config.index_path} (state_dir of the configuration)", file=sys.stderr)
+        return None
+    return Index(config.index_path)
+
+
+def _outbox_list(args: argparse.Namespace) -> int:
+    index = _outbox_index(args)
+    if index is None:
+        return 1
+    try:
+        rows = index.delivery_rows(args.state)
+    finally:
+        index.close()
+    print(f"{'id':>5}  {'state':9}  {'tries':>5}  {'destination':12}  {'when (UTC)':19}  "
+          f"{'verified by':14}  sop instance uid / last error")
+    for row in rows:
+        delivered = row["state"] == "delivered"
+        when = row["delivered_at"] if delivered else row["next_attempt_at"]
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)) if when else "-"
+        detail = row["sop_instance_uid"] + ("" if delivered or not row["last_error"]
+                                            else f"  [{row['last_error']}]")
+        print(f"{row['id']:>5}  {row['state']:9}  {row['attempts']:>5}  "
+              f"{row['destination'][:12]:12}  {stamp:19}  {row['verified_by'] or '-':14}  {detail}")
+    print(f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'}")
+    return 0
+
+
+def _outbox_retry(args: argparse.Namespace) -> int:
+    if not args.all_dead and not args.ids:
+        print("name delivery ids or --all-dead", file=sys.stderr)
+        return 2
+    index = _outbox_index(args)
+    if index is None:
+        return 1
+    try:
+        reset = index.retry_deliveries(None if args.all_dead else args.ids)
+    finally:
+        index.close()
+    print(f"{len(reset)} deliver{'y' if len(reset) == 1 else 'ies'} due again now, attempts "
+          f"reset: {', '.join(map(str, reset)) or 'none'}")
+    skipped = sorted(set(args.ids or []) - set(reset))
+    if skipped:
+        print(f"not retried (no such delivery, or already delivered): "
+              f"{', '.join(map(str, skipped))}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, help="listener port (default: the configuration's)")
     demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the SR")
     demo.set_defaults(func=_demo)
+
+    outbox = commands.add_parser("outbox", help="deliveries of results: list, send again")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    listing = outbox_commands.add_parser("list", help="deliveries, oldest first")
+    listing.add_argument("--config", type=Path, help="YAML configuration (defaults when omitted)")
+    listing.add_argument("--state", choices=["pending", "delivered", "dead"])
+    listing.set_defaults(func=_outbox_list)
+    retry = outbox_commands.add_parser(
+        "retry", help="send deliveries again now, attempts reset (dead or pending ones)")
+    retry.add_argument("--config", type=Path, help="YAML configuration (defaults when omitted)")
+    retry.add_argument("ids", type=int, nargs="*", metavar="ID", help="delivery ids")
+    retry.add_argument("--all-dead", action="store_true", help="every dead-lettered delivery")
+    retry.set_defaults(func=_outbox_retry)
     return parser
 
 

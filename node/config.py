@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -102,13 +110,87 @@ class SeriesRule(Strict):
         return value
 
 
-class Destination(Strict):
-    """A DICOM peer that receives the node's results by C-STORE."""
+class RemotePeer(Strict):
+    """A peer reached by DICOM (``kind: dicom``: AE title, host, port) or through Orthanc's REST
+    API (``kind: orthanc-rest``: base URL, optional HTTP basic credentials)."""
 
     name: str
-    ae_title: AETitle
-    host: str
-    port: Port
+    kind: Literal["dicom", "orthanc-rest"] = "dicom"
+    ae_title: AETitle | None = None
+    host: str | None = None
+    port: Port | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    username: str | None = None
+    password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _addressed(self) -> RemotePeer:
+        if self.kind == "dicom":
+            missing = [f for f in ("ae_title", "host", "port") if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"a dicom peer needs {', '.join(missing)}")
+        elif self.url is None:
+            raise ValueError("an orthanc-rest peer needs url")
+        return self
+
+    def describe(self) -> str:
+        """``AE@host:port`` or the URL: how logs and the CLI name the peer."""
+        if self.kind == "dicom":
+            return f"{self.ae_title}@{self.host}:{self.port}"
+        return str(self.url)
+
+
+class Destination(RemotePeer):
+    """A peer that receives the node's results: C-STORE (dicom) or REST POST /instances."""
+
+    verify: bool = Field(
+        default=True,
+        description="Mark delivered only once the object is found at the destination "
+        "(C-FIND at IMAGE level, or Orthanc /tools/lookup).",
+    )
+
+
+class RetrieveSource(RemotePeer):
+    """A queryable peer the node fetches missing source series from."""
+
+    method: Literal["c-get", "c-move"] = Field(
+        default="c-get", description="For dicom peers: C-GET, or C-MOVE to the node's listener."
+    )
+
+
+class RetrieveConfig(Strict):
+    """Fetching the source series a segmentation references when the node does not have it."""
+
+    sources: list[RetrieveSource] = Field(default_factory=list)
+    wait: float = Field(
+        default=600.0, gt=0,
+        description="Seconds a segmentation waits for its source series before it fails.",
+    )
+    retry_interval: float = Field(default=30.0, gt=0, description="Seconds between fetch tries.")
+    timeout: float = Field(default=30.0, gt=0, description="Network timeout in seconds.")
+
+
+class OrthancFeed(Strict):
+    """Pull mode: follow an Orthanc server's /changes feed and download what becomes stable."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str = Field(pattern=r"^https?://")
+    username: str | None = None
+    password: SecretStr | None = None
+    poll_interval: float = Field(default=5.0, gt=0, description="Seconds between polls.")
+    change_types: list[Literal["StableSeries", "StableStudy"]] = Field(
+        default_factory=lambda: ["StableSeries"], min_length=1)
+    modalities: list[str] = Field(
+        default_factory=lambda: ["CT", "MR", "SEG", "RTSTRUCT"],
+        description="Series of other modalities (e.g. the node's own SR) are not downloaded.",
+    )
+    start: Literal["latest", "oldest"] = Field(
+        default="latest",
+        description="Where a feed with no saved position starts: after the last change now "
+        "in Orthanc, or at its first change (downloads the whole archive).",
+    )
+    batch: int = Field(default=100, ge=1, le=1000, description="Changes read per request.")
+    timeout: float = Field(default=30.0, gt=0, description="HTTP timeout in seconds.")
 
 
 class OutboxConfig(Strict):
@@ -155,6 +237,8 @@ class NodeConfig(BaseSettings):
     rules: list[SeriesRule] = Field(default_factory=default_rules)
     destinations: list[Destination] = Field(default_factory=list)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    orthanc_feeds: list[OrthancFeed] = Field(default_factory=list)
+    retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
 
     @classmethod
     def settings_customise_sources(

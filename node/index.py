@@ -70,6 +70,27 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered_at     REAL,
     UNIQUE (destination, sop_instance_uid)
 );
+CREATE TABLE IF NOT EXISTS delivery_checks (
+    delivery_id INTEGER PRIMARY KEY REFERENCES outbox(id),
+    method      TEXT NOT NULL,
+    checked_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS feed_state (
+    feed       TEXT PRIMARY KEY,
+    last_seq   INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retrievals (
+    series_uid      TEXT PRIMARY KEY,
+    study_uid       TEXT NOT NULL,
+    seg_sop_uid     TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('waiting', 'fetched', 'received', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    requested_at    REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    reason          TEXT,
+    finished_at     REAL
+);
 """
 
 
@@ -103,6 +124,19 @@ class JobRow:
     inputs_digest: str
     state: str
     attempts: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class RetrievalRow:
+    """A source series the node asked for because a segmentation references it."""
+
+    series_uid: str
+    study_uid: str
+    seg_sop_uid: str
+    state: str
+    attempts: int
+    requested_at: float
     reason: str | None
 
 
@@ -345,6 +379,131 @@ class Index:
         if job_id is None:
             return self._query("SELECT * FROM outbox ORDER BY id")
         return self._query("SELECT * FROM outbox WHERE job_id=? ORDER BY id", (job_id,))
+
+
+    # -- delivery order, verification and manual retry (outbox) ---------------------------------
+
+    def due_in_order(self, now: float | None = None) -> list[DeliveryRow]:
+        """Due pending deliveries, by destination then id, stopping for each destination at its
+        first pending delivery that is not due yet: a destination receives in outbox order."""
+        now = time.time() if now is None else now
+        rows = self._query(
+            """SELECT * FROM outbox o WHERE state='pending' AND next_attempt_at<=?
+               AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.destination=o.destination
+                               AND p.state='pending' AND p.id<o.id AND p.next_attempt_at>?)
+               ORDER BY destination, id""",
+            (now, now),
+        )
+        return [
+            DeliveryRow(r["id"], r["job_id"], r["destination"], r["path"], r["sop_instance_uid"],
+                        r["attempts"])
+            for r in rows
+        ]
+
+    def mark_verified(self, delivery_id: int, method: str) -> None:
+        """Mark a delivery delivered and record how its presence at the destination was
+        established (``c-find``, ``orthanc-lookup``, or ``status only`` when not checked)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                """UPDATE outbox SET state='delivered', attempts=attempts+1, last_error=NULL,
+                   delivered_at=? WHERE id=?""",
+                (now, delivery_id),
+            )
+            db.execute("INSERT OR REPLACE INTO delivery_checks VALUES (?,?,?)",
+                       (delivery_id, method, now))
+
+    def delivery_rows(self, state: str | None = None) -> list[sqlite3.Row]:
+        """Outbox rows with their verification method (NULL when not delivered), by id."""
+        sql = """SELECT o.*, c.method AS verified_by FROM outbox o
+                 LEFT JOIN delivery_checks c ON c.delivery_id=o.id"""
+        if state is None:
+            return self._query(sql + " ORDER BY o.id")
+        return self._query(sql + " WHERE o.state=? ORDER BY o.id", (state,))
+
+    def retry_deliveries(self, ids: list[int] | None = None) -> list[int]:
+        """Send again: the deliveries ``ids`` (or, when None, every dead one) that are not
+        delivered go back to pending with attempts 0, due now. Returns the ids reset."""
+        with self._transaction() as db:
+            if ids is None:
+                rows = db.execute("SELECT id FROM outbox WHERE state='dead' ORDER BY id")
+            else:
+                marks = ",".join("?" * len(ids))
+                rows = db.execute(f"SELECT id FROM outbox WHERE state!='delivered' AND id IN "
+                                  f"({marks}) ORDER BY id", tuple(ids))
+            reset = [r["id"] for r in rows.fetchall()]
+            db.executemany(
+                "UPDATE outbox SET state='pending', attempts=0, next_attempt_at=? WHERE id=?",
+                [(time.time(), i) for i in reset],
+            )
+        return reset
+
+    # -- pull mode: position in each Orthanc change feed ----------------------------------------
+
+    def feed_seq(self, feed: str) -> int | None:
+        """The last change of ``feed`` whose instances are all stored; None before the first."""
+        rows = self._query("SELECT last_seq FROM feed_state WHERE feed=?", (feed,))
+        return rows[0]["last_seq"] if rows else None
+
+    def set_feed_seq(self, feed: str, seq: int) -> None:
+        with self._transaction() as db:
+            db.execute(
+                """INSERT INTO feed_state VALUES (?,?,?) ON CONFLICT(feed) DO UPDATE SET
+                   last_seq=excluded.last_seq, updated_at=excluded.updated_at""",
+                (feed, seq, time.time()),
+            )
+
+    # -- retrieval of missing source series -----------------------------------------------------
+
+    def request_retrieval(self, series_uid: str, study_uid: str, seg_sop_uid: str) -> bool:
+        """Ask for a source series a segmentation references; False when already asked."""
+        now = time.time()
+        with self._transaction() as db:
+            cursor = db.execute(
+                """INSERT OR IGNORE INTO retrievals
+                   (series_uid, study_uid, seg_sop_uid, state, requested_at, next_attempt_at)
+                   VALUES (?,?,?,'waiting',?,?)""",
+                (series_uid, study_uid, seg_sop_uid, now, now),
+            )
+            return cursor.rowcount > 0
+
+    def due_retrievals(self, now: float | None = None) -> list[RetrievalRow]:
+        now = time.time() if now is None else now
+        rows = self._query(
+            """SELECT * FROM retrievals WHERE state='waiting' AND next_attempt_at<=?
+               ORDER BY requested_at""", (now,))
+        return [_retrieval_row(r) for r in rows]
+
+    def retrieval_tried(self, series_uid: str, reason: str, retry_at: float) -> None:
+        """Record a fetch that brought nothing; try again at ``retry_at``."""
+        with self._transaction() as db:
+            db.execute(
+                """UPDATE retrievals SET attempts=attempts+1, reason=?, next_attempt_at=?
+                   WHERE series_uid=?""",
+                (reason, retry_at, series_uid),
+            )
+
+    def finish_retrieval(self, series_uid: str, state: str, reason: str | None = None) -> None:
+        """End a retrieval: ``fetched`` (the node got it), ``received`` (it came by itself) or
+        ``failed`` (``reason`` says why)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE retrievals SET state=?, reason=?, finished_at=? WHERE series_uid=?",
+                (state, reason, time.time(), series_uid),
+            )
+
+    def retrievals(self, state: str | None = None) -> list[RetrievalRow]:
+        if state is None:
+            rows = self._query("SELECT * FROM retrievals ORDER BY requested_at")
+        else:
+            rows = self._query(
+                "SELECT * FROM retrievals WHERE state=? ORDER BY requested_at", (state,))
+        return [_retrieval_row(r) for r in rows]
+
+
+def _retrieval_row(r: sqlite3.Row) -> RetrievalRow:
+    return RetrievalRow(r["series_uid"], r["study_uid"], r["seg_sop_uid"], r["state"],
+                        r["attempts"], r["requested_at"], r["reason"])
 
 
 def _series_row(r: sqlite3.Row) -> SeriesRow:

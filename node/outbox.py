@@ -1,22 +1,33 @@
-"""The outbox: durable deliveries of result objects to each destination by C-STORE (PS3.4 B.2).
+"""The outbox: durable deliveries of result objects to each destination, by C-STORE (PS3.4 B.2)
+or by Orthanc's REST ``POST /instances``, each confirmed at the destination before it counts.
 
-A delivery is marked delivered only on a success status from the peer. A failed attempt (no
-association, a rejected context, a failure status) is retried with back-off doubling from
-``backoff_initial`` to ``backoff_max``; after ``max_attempts`` it is dead-lettered.
+Per destination and tick: the due deliveries, in outbox order (a destination never receives a
+later result before an earlier one that is still pending), are first looked up at the destination
+(an object already there, e.g. sent just before the node was killed, is not sent twice), then
+sent, then looked up again (``node.verify``). A delivery is marked delivered only once found
+there, or on a success status alone for a destination with ``verify: false``. A failed or
+unverified attempt is retried with back-off doubling from ``backoff_initial`` to ``backoff_max``;
+after ``max_attempts`` it is dead-lettered, and ``radiomics-node outbox retry`` sends it again.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
+from dataclasses import dataclass
 from itertools import groupby
+from pathlib import Path
 
 import pydicom
+from pydicom.dataset import Dataset
 
 from node.config import Destination, NodeConfig
 from node.index import DeliveryRow, Index
 from node.logs import fields
+from node.orthanc import OrthancClient, OrthancError
 from node.store_scu import AssociationRefused, c_store
+from node.verify import ObjectRef, VerificationError, method_of, present
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +35,30 @@ STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 """C-STORE statuses meaning the peer stored the object: success and the warnings of PS3.4 B.2.3
 (coercion of data elements, elements discarded, data set does not match SOP class)."""
 
+UNREACHABLE = (AssociationRefused, OrthancError, VerificationError)
+
 
 def next_attempt_delay(attempts_so_far: int, initial: float, maximum: float) -> float:
     """Seconds to wait after the ``attempts_so_far``-th failure: initial, 2x, 4x, ... capped."""
     return min(maximum, initial * 2 ** max(0, attempts_so_far - 1))
 
 
+@dataclass(frozen=True)
+class Item:
+    """A due delivery with its file read: the bytes for REST, the dataset for C-STORE."""
+
+    delivery: DeliveryRow
+    data: bytes
+    dataset: Dataset
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(str(self.dataset.StudyInstanceUID), str(self.dataset.SeriesInstanceUID),
+                         self.delivery.sop_instance_uid)
+
+
 class Outbox:
-    """Sends due deliveries, one association per destination per tick."""
+    """Sends due deliveries: per destination, one association (or HTTP client) per tick."""
 
     def __init__(self, config: NodeConfig, index: Index):
         self._config = config
@@ -39,7 +66,7 @@ class Outbox:
         self._destinations = {d.name: d for d in config.destinations}
 
     def tick(self) -> None:
-        due = self._index.due_deliveries()
+        due = self._index.due_in_order()
         for name, group in groupby(due, key=lambda d: d.destination):
             batch = list(group)
             destination = self._destinations.get(name)
@@ -47,7 +74,7 @@ class Outbox:
                 for delivery in batch:
                     self._failed(delivery, f"destination {name!r} is no longer configured")
                 continue
-            self._send(destination, batch)
+            self._deliver(destination, batch)
 
     def _failed(self, delivery: DeliveryRow, error: str) -> None:
         settings = self._config.outbox
@@ -65,28 +92,93 @@ class Outbox:
             sop_instance_uid=delivery.sop_instance_uid, attempts=attempts, retry_in_s=delay,
             error=error))
 
-    def _send(self, destination: Destination, batch: list[DeliveryRow]) -> None:
-        datasets = []
+    def _delivered(self, item: Item, method: str, note: str = "delivered") -> None:
+        self._index.mark_verified(item.delivery.id, method)
+        log.info(note, extra=fields(
+            delivery_id=item.delivery.id, destination=item.delivery.destination,
+            sop_instance_uid=item.delivery.sop_instance_uid, verified_by=method))
+
+    def _read(self, batch: list[DeliveryRow]) -> list[Item]:
+        items = []
         for delivery in batch:
             try:
-                datasets.append((delivery, pydicom.dcmread(delivery.path)))
+                data = Path(delivery.path).read_bytes()
+                items.append(Item(delivery, data, pydicom.dcmread(io.BytesIO(data))))
             except (OSError, pydicom.errors.InvalidDicomError) as exc:
                 self._failed(delivery, f"cannot read {delivery.path}: {exc}")
-        if not datasets:
+        return items
+
+    def _present(self, destination: Destination, items: list[Item]) -> set[str]:
+        return present(self._config.listener.ae_title, destination, [i.ref for i in items],
+                       self._config.outbox.timeout)
+
+    def _deliver(self, destination: Destination, batch: list[DeliveryRow]) -> None:
+        items = self._read(batch)
+        if not items:
+            return
+        method = method_of(destination)
+        if destination.verify:
+            try:
+                there = self._present(destination, items)
+            except UNREACHABLE as exc:
+                for item in items:
+                    self._failed(item.delivery, f"cannot look up at destination: {exc}")
+                return
+            for item in items:
+                if item.delivery.sop_instance_uid in there:
+                    self._delivered(item, method, "already at destination, not sent again")
+            items = [i for i in items if i.delivery.sop_instance_uid not in there]
+        sent = self._send(destination, items)
+        if not destination.verify:
+            for item in sent:
+                self._delivered(item, "status only")
             return
         try:
-            statuses = c_store(self._config.listener.ae_title, destination,
-                               [ds for _, ds in datasets], self._config.outbox.timeout)
-        except AssociationRefused as exc:
-            for delivery, _ in datasets:
-                self._failed(delivery, str(exc))
+            there = self._present(destination, sent)
+        except UNREACHABLE as exc:
+            for item in sent:
+                self._failed(item.delivery, f"sent, but cannot verify: {exc}")
             return
-        for (delivery, _), code in zip(datasets, statuses, strict=True):
+        for item in sent:
+            if item.delivery.sop_instance_uid in there:
+                self._delivered(item, method)
+            else:
+                self._failed(item.delivery, f"sent, but not found at {destination.describe()} "
+                                            f"by {method}")
+
+    def _send(self, destination: Destination, items: list[Item]) -> list[Item]:
+        """Send ``items`` in order; record failed attempts; return those the peer took."""
+        if not items:
+            return []
+        if destination.kind == "orthanc-rest":
+            return self._post(destination, items)
+        try:
+            statuses = c_store(self._config.listener.ae_title, destination,
+                               [i.dataset for i in items], self._config.outbox.timeout)
+        except AssociationRefused as exc:
+            for item in items:
+                self._failed(item.delivery, str(exc))
+            return []
+        sent = []
+        for item, code in zip(items, statuses, strict=True):
             if code in STORED_STATUSES:
-                self._index.mark_delivered(delivery.id)
-                log.info("delivered", extra=fields(
-                    delivery_id=delivery.id, destination=destination.name,
-                    sop_instance_uid=delivery.sop_instance_uid))
+                sent.append(item)
             else:
                 shown = "no response" if code is None else f"status 0x{code:04X}"
-                self._failed(delivery, f"C-STORE {shown}")
+                self._failed(item.delivery, f"C-STORE {shown}")
+        return sent
+
+    def _post(self, destination: Destination, items: list[Item]) -> list[Item]:
+        """REST ``POST /instances`` one by one; the first failure ends the batch so that later
+        results never overtake it (those not tried are due again at the next tick)."""
+        sent = []
+        with OrthancClient(str(destination.url), destination.username, destination.password,
+                           self._config.outbox.timeout) as client:
+            for item in items:
+                try:
+                    client.upload(item.data)
+                except OrthancError as exc:
+                    self._failed(item.delivery, str(exc))
+                    break
+                sent.append(item)
+        return sent

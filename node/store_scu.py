@@ -1,35 +1,55 @@
-"""C-STORE as SCU (PS3.4 B.2): one association, many datasets, a status per dataset."""
+"""DICOM client side: associations with a configured peer and C-STORE as SCU (PS3.4 B.2).
+
+The outbox (results), delivery verification (C-FIND) and retrieval (C-GET, C-MOVE) all open their
+associations through ``associate`` so timeouts and failures read the same everywhere.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+from pynetdicom.association import Association
 
-from node.config import Destination
+from node.config import RemotePeer
 
 
 class AssociationRefused(ConnectionError):
     """No association could be established with a peer."""
 
 
-def c_store(calling_ae: str, destination: Destination, datasets: Sequence[Dataset],
+def associate(calling_ae: str, peer: RemotePeer, contexts: Iterable[str], timeout: float,
+              transfer_syntaxes: Sequence[str] | None = None, **kwargs: Any) -> Association:
+    """An established association with ``peer`` proposing one presentation context per
+    abstract syntax in ``contexts``; ``kwargs`` go to ``AE.associate`` (ext_neg, evt_handlers).
+
+    Raises AssociationRefused when the peer cannot be reached, rejects or aborts.
+    """
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    for uid in contexts:
+        if transfer_syntaxes is None:
+            ae.add_requested_context(uid)
+        else:
+            ae.add_requested_context(uid, list(transfer_syntaxes))
+    assoc = ae.associate(str(peer.host), int(peer.port or 0), ae_title=str(peer.ae_title),
+                         **kwargs)
+    if not assoc.is_established:
+        raise AssociationRefused(f"no association with {peer.describe()}")
+    return assoc
+
+
+def c_store(calling_ae: str, destination: RemotePeer, datasets: Sequence[Dataset],
             timeout: float = 30.0) -> list[int | None]:
-    """Send ``datasets`` to ``destination`` over one association.
+    """Send ``datasets`` to ``destination`` over one association, in the order given.
 
     Returns the Status (0000,0900) of each C-STORE response, None where no response came.
     Raises AssociationRefused when the peer cannot be reached or rejects the association.
     """
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    for uid in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        ae.add_requested_context(uid)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    if not assoc.is_established:
-        raise AssociationRefused(
-            f"no association with {destination.ae_title}@{destination.host}:{destination.port}"
-        )
+    contexts = sorted({str(ds.SOPClassUID) for ds in datasets})
+    assoc = associate(calling_ae, destination, contexts, timeout)
     try:
         return [getattr(assoc.send_c_store(ds), "Status", None) for ds in datasets]
     finally:

@@ -104,38 +104,63 @@ def orthanc(workdir: Path, modalities: dict[str, list]) -> Iterator[OrthancServe
         log.close()
 
 
-@dataclass(frozen=True)
-class NodeProcess:
-    ae_title: str
-    port: int
-    log_path: Path
-    state_dir: Path
+class NodeService:
+    """``radiomics-node serve`` as its own process, with ``settings`` as its YAML configuration;
+    it can be killed with SIGKILL and started again on the same state and port."""
+
+    def __init__(self, workdir: Path, settings: dict):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.ae_title = "RADIOMICS"
+        self.port = free_port()
+        self.state_dir = workdir / "state"
+        self.log_path = workdir / "node.log"
+        config = {"state_dir": str(self.state_dir), "listener": {"port": self.port},
+                  "stable_after": 2, "scan_interval": 0.5, "log_file": str(self.log_path),
+                  **settings}
+        self.config_path = workdir / "node.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self._workdir = workdir
+        self._process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start and return once the listener is up (a new "listening" line in the log)."""
+        before = self.log_path.read_text().count('"event": "listening"') \
+            if self.log_path.exists() else 0
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "serve", "--config", str(self.config_path)],
+            stdout=subprocess.DEVNULL, stderr=(self._workdir / "stderr.log").open("a"),
+            env=env, cwd=self._workdir)
+        deadline = time.monotonic() + timeout
+        while not self.log_path.exists() or \
+                self.log_path.read_text().count('"event": "listening"') <= before:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"node exited: {(self._workdir / 'stderr.log').read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node did not listen within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, as a power cut or the OOM killer would do."""
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGKILL)
+        self._process.wait()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            _stop(self._process)
+
+    def events(self) -> list[dict]:
+        """The node's JSON log lines, parsed."""
+        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
 
 
 @contextmanager
-def node_service(workdir: Path, settings: dict) -> Iterator[NodeProcess]:
-    """Run ``radiomics-node serve`` as its own process with ``settings`` as its YAML config."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config = {"state_dir": str(workdir / "state"), "listener": {"port": port},
-              "stable_after": 2, "scan_interval": 0.5, **settings}
-    config_path = workdir / "node.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    log_path = workdir / "node.log"
-    log = log_path.open("w")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "serve", "--config", str(config_path)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+def node_service(workdir: Path, settings: dict) -> Iterator[NodeService]:
+    """A started NodeService, stopped by PID at the end."""
+    node = NodeService(workdir, settings)
+    node.start()
     try:
-        deadline = time.monotonic() + 60
-        while '"event": "listening"' not in log_path.read_text():
-            if process.poll() is not None:
-                raise RuntimeError(f"node exited: {log_path.read_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("node did not listen within 60 s")
-            time.sleep(0.1)
-        yield NodeProcess("RADIOMICS", port, log_path, workdir / "state")
+        yield node
     finally:
-        _stop(process)
-        log.close()
+        node.stop()

@@ -38,7 +38,7 @@ def test_delivered_to_a_real_scp(tmp_path: Path, result_file: Path) -> None:
     peer.start()
     try:
         destination = Destination(name="peer", ae_title="PEER", host="127.0.0.1",
-                                  port=peer_config.listener.port)
+                                  port=peer_config.listener.port, verify=False)  # no C-FIND SCP
         config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination])
         index = Index(config.index_path)
         _queue_result(index, result_file, "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322",
