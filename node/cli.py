@@ -125,6 +125,43 @@ def _outbox_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _process(args: argparse.Namespace) -> int:
+    """Pair the segmentations in a folder with their series and run the pipeline on each pair."""
+    from collections import Counter
+
+    from pipelines.discovery import discover
+    from pipelines.presets import load_preset
+    from pipelines.process import process_study
+
+    preset = load_preset(args.preset)
+    found = discover(args.dir)
+    per_series = Counter(pair.series.series_instance_uid for pair in found.pairs)
+    failed = 0
+    for pair in found.pairs:
+        series, segmentation = pair.series, pair.segmentation
+        out = args.out / series.series_instance_uid
+        if per_series[series.series_instance_uid] > 1:
+            out = out / segmentation.sop_instance_uid
+        where = (f"series {series.series_instance_uid} ({series.modality}, "
+                 f"{len(series.paths)} files) + {segmentation.kind} {segmentation.path}")
+        try:
+            result = process_study(series.paths, segmentation.path, preset, out)
+        except Exception as exc:  # one failed pair must not stop the others; it is reported
+            failed += 1
+            print(f"{where}: FAILED: {exc}")
+            continue
+        features = sum(len(lesion.features) for lesion in result.lesions)
+        print(f"{where}: {len(result.lesions)} ROI(s), {features} values -> {out}")
+    for segmentation in found.unpaired:
+        print(f"{segmentation.path}: {segmentation.kind} references series "
+              f"{', '.join(sorted(segmentation.referenced_series)) or '(none)'}, not found under "
+              f"{args.dir}: not processed")
+    if not found.pairs:
+        print(f"{args.dir}: no segmentation paired with an image series ({len(found.series)} "
+              f"series, {len(found.unpaired)} unpaired segmentation(s))")
+    return 1 if failed or not found.pairs else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="radiomics-node",
@@ -152,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, help="listener port (default: the configuration's)")
     demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the SR")
     demo.set_defaults(func=_demo)
+
+    process = commands.add_parser(
+        "process", help="offline: features of every segmentation in a folder, results to a folder"
+    )
+    process.add_argument("dir", type=Path, help="folder of DICOM images and SEG/RTSTRUCT")
+    process.add_argument("--preset", required=True, help="preset name or YAML path")
+    process.add_argument("--out", type=Path, required=True,
+                         help="results go to OUT/<source series UID>/")
+    process.set_defaults(func=_process)
 
     outbox = commands.add_parser("outbox", help="deliveries of results: list, send again")
     outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
