@@ -324,6 +324,11 @@ class Index:
                 (reason, time.time(), job_id),
             )
 
+    def requeue_job(self, job_id: int, reason: str) -> None:
+        """Put a running job back in the queue, keeping why its last attempt ended."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state='queued', reason=? WHERE id=?", (reason, job_id))
+
     def requeue_interrupted_jobs(self) -> int:
         """Jobs left 'running' by a stopped node go back to the queue; returns how many."""
         with self._transaction() as db:

@@ -13,6 +13,7 @@ import multiprocessing
 import shutil
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from node import logs
@@ -30,15 +31,18 @@ class JobRunner:
     def __init__(self, config: NodeConfig, index: Index):
         self._config = config
         self._index = index
-        self._pool = ProcessPoolExecutor(
-            max_workers=config.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=logs.configure,  # worker processes log JSON lines too
-            initargs=(config.log_level, config.log_file),
-        )
+        self._pool = self._new_pool()
         self._running: dict[int, Future[PipelineResult]] = {}
         self._lock = threading.Lock()
         self._stopping = False
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._config.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=logs.configure,  # worker processes log JSON lines too
+            initargs=(self._config.log_level, self._config.log_file),
+        )
 
     def tick(self) -> None:
         """Start queued jobs while workers are free."""
@@ -73,6 +77,9 @@ class JobRunner:
             return  # left 'running' in the index: the next start queues it again
         try:
             result = future.result()
+        except BrokenProcessPool as exc:
+            self._worker_died(job_id, exc)
+            return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self._index.fail_job(job_id, reason)
@@ -85,6 +92,25 @@ class JobRunner:
             job_id=job_id, preset=result.preset, preset_hash=result.preset_hash,
             lesions=len(result.lesions), objects=[str(Path(o.path).name) for o in result.objects],
             deliveries=len(deliveries)))
+
+    def _worker_died(self, job_id: int, exc: BrokenProcessPool) -> None:
+        """A worker process ended abruptly (killed, out of memory): a new pool, and the job runs
+        again until ``max_job_attempts``; the pipeline itself did not fail."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+        job = self._index.job(job_id)
+        reason = f"worker process died: {exc}"
+        if job.attempts < self._config.max_job_attempts:
+            self._index.requeue_job(job_id, reason)
+            log.warning("job queued again", extra=fields(
+                job_id=job_id, attempts=job.attempts, reason=reason))
+        else:
+            self._index.fail_job(job_id, reason)
+            log.error("job failed", extra=fields(job_id=job_id, attempts=job.attempts,
+                                                 reason=reason))
 
     def stop(self) -> None:
         """Stop at once: worker processes are ended, their jobs rerun at the next start."""
