@@ -1,4 +1,6 @@
-"""Feature extraction reproduces pyradiomics' published baselines through the Preset machinery."""
+"""Feature extraction reproduces pyradiomics' published baselines through the Preset machinery:
+every column of brain2 and breast1 (default, _2d, _FBN, _combined, _flatRegion, _normalization,
+_resampling, _resegmentation) through extract_lesions, the pipeline's multi-ROI path."""
 
 import ast
 import csv
@@ -9,8 +11,9 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from pipelines.features import FeatureError, RoiFeatures, extract_features
+from pipelines.features import FeatureError, RoiFeatures, extract_features, extract_lesions
 from pipelines.presets import Preset, load_preset
+from pipelines.rois import RoiMask
 
 CASES = ("brain2", "breast1")
 CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
@@ -25,20 +28,56 @@ def _image_and_mask(data_dir: Path, case: str) -> tuple[sitk.Image, sitk.Image]:
     )
 
 
-def _baseline_column(data_dir: Path, feature_class: str, case: str) -> dict[str, str]:
+@cache
+def _baseline(data_dir: Path, feature_class: str) -> list[list[str]]:
     with (data_dir / "baseline" / f"baseline_{feature_class}.csv").open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    column = rows[0].index(case)
-    return {row[0]: row[column] for row in rows[1:]}
+        return list(csv.reader(handle))
 
 
-@pytest.mark.parametrize("feature_class", CLASSES)
-@pytest.mark.parametrize("case", CASES)
-def test_reproduces_pyradiomics_baseline(refdata: Path, case: str, feature_class: str) -> None:
+def _baseline_column(data_dir: Path, feature_class: str, column: str) -> dict[str, str]:
+    rows = _baseline(data_dir, feature_class)
+    index = rows[0].index(column)
+    return {row[0]: row[index] for row in rows[1:]}
+
+
+def _columns(data_dir: Path) -> list[tuple[str, str]]:
+    """(feature class, column) for every brain2/breast1 column; shape2D needs absent images."""
+    return [
+        (feature_class, column)
+        for feature_class in CLASSES
+        for column in _baseline(data_dir, feature_class)[0][1:]
+        if column.split("_")[0] in CASES
+    ]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "baseline_column" in metafunc.fixturenames:
+        from tests.conftest import REFDATA
+
+        data_dir = REFDATA / "pyradiomics" / "data"
+        columns = _columns(data_dir) if data_dir.is_dir() else [("firstorder", "brain2")]
+        metafunc.parametrize(
+            "baseline_column", columns, ids=[f"{c}-{k}" for k, c in columns]
+        )
+
+
+def test_every_brain2_and_breast1_column_is_parametrised(refdata: Path) -> None:
+    columns = _columns(refdata / "pyradiomics" / "data")
+    suffixes = {column.partition("_")[2] for _, column in columns}
+    assert suffixes == {"", "2d", "FBN", "combined", "flatRegion", "normalization",
+                        "resampling", "resegmentation"}
+    # per case: glcm 8, glrlm 8, glszm 7, gldm 7, ngtdm 7, shape 2, firstorder 4 columns
+    assert len(columns) == 2 * (8 + 8 + 7 + 7 + 7 + 2 + 4)
+
+
+def test_reproduces_pyradiomics_baseline(
+    refdata: Path, baseline_column: tuple[str, str]
+) -> None:
+    feature_class, column = baseline_column
     data_dir = refdata / "pyradiomics" / "data"
-    baseline = _baseline_column(data_dir, feature_class, case)
+    baseline = _baseline_column(data_dir, feature_class, column)
     preset = Preset(
-        name=f"baseline-{case}-{feature_class}",
+        name=f"baseline-{column}-{feature_class}",
         description="settings of pyradiomics' baseline column",
         radiomics={
             "setting": ast.literal_eval(baseline["diagnostics_Configuration_Settings"]),
@@ -46,7 +85,10 @@ def test_reproduces_pyradiomics_baseline(refdata: Path, case: str, feature_class
             "featureClass": {feature_class: None},
         },
     )
-    features = extract_features(*_image_and_mask(data_dir, case), preset)
+    image, mask = _image_and_mask(data_dir, column.split("_")[0])
+    roi = RoiMask("intra", sitk.Cast(mask == 1, sitk.sitkUInt8), (0, 0, 0))
+    [lesion] = extract_lesions(image, [[roi]], preset)
+    features = lesion["intra"]
 
     expected = {k: float(v) for k, v in baseline.items() if not k.startswith("diagnostics_")}
     assert set(features.values) == set(expected)
