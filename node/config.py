@@ -122,6 +122,7 @@ class RemotePeer(Strict):
     url: str | None = Field(default=None, pattern=r"^https?://")
     username: str | None = None
     password: SecretStr | None = None
+    tls: bool = Field(default=False, description="DICOM over TLS (PS3.15 B.12), see tls.")
 
     @model_validator(mode="after")
     def _addressed(self) -> RemotePeer:
@@ -202,6 +203,93 @@ class OutboxConfig(Strict):
     timeout: float = Field(default=30.0, gt=0, description="ACSE/DIMSE/network timeout in seconds.")
 
 
+class Peer(Strict):
+    """A known DICOM application entity and what it may do with the node.
+
+    An association is accepted only from the ``ae_title`` of a known peer connecting from
+    ``host`` (PS3.8 7.1.1.3: the calling AE title identifies the requestor; the address is checked
+    because an AE title alone is trivially spoofed). ``port`` is where the peer listens, needed
+    when the node sends to it or queries it.
+    """
+
+    name: str
+    ae_title: AETitle
+    host: str = Field(description="Host name or IP address the peer connects from and listens on.")
+    port: Port | None = None
+    send: bool = Field(default=True, description="May send instances to the node (C-STORE).")
+    receive_results: bool = Field(default=False, description="Receives the node's results.")
+    query: bool = Field(default=False, description="The node may query and retrieve from it.")
+    sop_classes: list[str] | None = Field(
+        default=None,
+        description="SOP Class UIDs or keywords this peer may store; unset: all the node accepts.",
+    )
+    max_associations: int | None = Field(
+        default=None, ge=1, description="Concurrent associations; limits.max_associations_per_peer "
+        "if unset.")
+
+    @field_validator("sop_classes")
+    @classmethod
+    def _known_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        from pynetdicom import sop_class  # deferred: only configurations that list classes
+
+        uids = []
+        for item in value:
+            is_uid = re.fullmatch(r"[0-9]+(\.[0-9]+)*", item)
+            uid = item if is_uid else getattr(sop_class, item, None)
+            if not isinstance(uid, str):
+                raise ValueError(f"{item!r} is neither a UID nor a SOP class keyword")
+            uids.append(str(uid))
+        return uids
+
+    @model_validator(mode="after")
+    def _port_when_reached(self) -> Peer:
+        if self.port is None and (self.receive_results or self.query):
+            raise ValueError(f"peer {self.name!r} receives results or is queried: it needs a port")
+        return self
+
+
+class TLSConfig(Strict):
+    """DICOM TLS (PS3.15 B.12, BCP 195 profile): PEM files for the node's identity and trust."""
+
+    certificate: Path | None = Field(
+        default=None, description="The node's certificate chain (PEM): server and client identity.")
+    private_key: Path | None = Field(default=None, description="The certificate's key (PEM).")
+    ca_certificates: Path | None = Field(
+        default=None, description="CA certificates (PEM) trusted for peers' certificates.")
+    listener: bool = Field(default=False, description="The listener accepts TLS only.")
+    client_certificates: Literal["required", "optional", "none"] = Field(
+        default="required",
+        description="Whether peers connecting to the TLS listener must present a certificate "
+        "signed by ca_certificates.",
+    )
+
+    @model_validator(mode="after")
+    def _files_for_listener(self) -> TLSConfig:
+        if self.listener:
+            if self.certificate is None or self.private_key is None:
+                raise ValueError("a TLS listener needs certificate and private_key")
+            if self.client_certificates != "none" and self.ca_certificates is None:
+                raise ValueError("verifying client certificates needs ca_certificates")
+        return self
+
+
+class LimitsConfig(Strict):
+    """Association limits and timeouts (seconds) of the listener and the node's own clients."""
+
+    max_associations: int = Field(default=10, ge=1, description="Concurrent associations in all.")
+    max_associations_per_peer: int = Field(default=4, ge=1,
+                                           description="Concurrent associations of one peer.")
+    acse_timeout: float = Field(default=30.0, gt=0, description="Association negotiation.")
+    dimse_timeout: float = Field(default=60.0, gt=0, description="Waiting for a DIMSE message.")
+    network_timeout: float = Field(default=60.0, gt=0, description="An idle connection.")
+    max_instance_bytes: int = Field(
+        default=2 * 1024**3, ge=1024,
+        description="Larger instances are refused with 0xA700 (Out of Resources).",
+    )
+
+
 def default_rules() -> list[SeriesRule]:
     """The rule a fresh install runs: axial CT series with the basic liver preset."""
     return [SeriesRule(name="ct-liver", preset="ct-liver-basic", modality=["CT"])]
@@ -237,6 +325,14 @@ class NodeConfig(BaseSettings):
     rules: list[SeriesRule] = Field(default_factory=default_rules)
     destinations: list[Destination] = Field(default_factory=list)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    peers: list[Peer] = Field(default_factory=list)
+    accept_unknown_peers: bool = Field(
+        default=False,
+        description="Accept associations from AE titles not in peers (never from a known AE title "
+        "at another host); for a test bench only.",
+    )
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     orthanc_feeds: list[OrthancFeed] = Field(default_factory=list)
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
 
@@ -260,6 +356,34 @@ class NodeConfig(BaseSettings):
         if duplicates:
             raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
         return rules
+
+    @field_validator("peers")
+    @classmethod
+    def _unique_peer_names(cls, peers: list[Peer]) -> list[Peer]:
+        names = [peer.name for peer in peers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"peer names must be unique; repeated: {', '.join(duplicates)}")
+        return peers
+
+    @model_validator(mode="after")
+    def _peers_cover_outbound(self) -> NodeConfig:
+        """Once ``peers`` lists anyone, it lists everyone: a DICOM destination must be a peer
+        allowed to receive results, a DICOM retrieve source a peer allowed to be queried."""
+        if not self.peers:
+            return self
+        problems = []
+        for role, flag, remotes in (("destination", "receive_results", self.destinations),
+                                    ("retrieve source", "query", self.retrieve.sources)):
+            for remote in remotes:
+                if remote.kind != "dicom":
+                    continue
+                if not any(p.ae_title == remote.ae_title and p.host == remote.host
+                           and getattr(p, flag) for p in self.peers):
+                    problems.append(f"{role} {remote.describe()} is not a peer with {flag}: true")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def spool_dir(self) -> Path:

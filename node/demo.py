@@ -17,7 +17,7 @@ import highdicom as hd
 import pydicom
 
 from node import logs
-from node.config import Destination, load_config
+from node.config import Destination, Peer, load_config
 from node.service import Node
 from node.store_scu import c_store
 from pipelines.codes import feature_concept
@@ -88,6 +88,10 @@ def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int |
         "listener": listener,
         "destinations": [Destination(name="self", ae_title=listener.ae_title,
                                      host="127.0.0.1", port=listener.port)],
+        # the only peers: the demo's scanner, and the node itself sending its report back
+        "peers": [Peer(name="demo-scanner", ae_title="DEMO_SCANNER", host="127.0.0.1"),
+                  Peer(name="self", ae_title=listener.ae_title, host="127.0.0.1",
+                       port=listener.port, receive_results=True)],
     })
     state_dir.mkdir(parents=True, exist_ok=True)
     logs.configure(config.log_level, config.log_file)

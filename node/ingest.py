@@ -21,23 +21,21 @@ from node.index import Index, InstanceRow
 from node.logs import fields
 from node.quarantine import quarantine
 from node.spool import is_uid, spool_path, write_durably
+from node.validation import (
+    CANNOT_UNDERSTAND,
+    DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    Refusal,
+    check_elements,
+    check_pixels,
+    check_size,
+    check_sop_class,
+    check_transfer_syntax,
+)
 
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DOES_NOT_MATCH_SOP_CLASS = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-
-
-@dataclass
-class Refusal(Exception):
-    """Why an instance was not accepted: the status to answer, the tag at fault, the reason."""
-
-    status: int
-    tag: str
-    reason: str
-
 
 @dataclass(frozen=True)
 class Outcome:
@@ -99,11 +97,18 @@ class Ingest:
                expected_class: str | None = None,
                expected_instance: str | None = None) -> Outcome:
         """Take one instance: ``data`` is its Part 10 encoding, ``decode`` parses it, ``source``
-        says who brought it (e.g. the calling AE title). Never raises for bad input."""
+        says who brought it (e.g. the calling AE title). Never raises for bad input: the checks of
+        ``node.validation`` (size, transfer syntax, every element decodable, identity, SOP class,
+        Pixel Data against the Image Pixel module) refuse it with a status naming the tag."""
         try:
             try:
+                check_size(len(data), self._config.limits.max_instance_bytes)
+                syntax = check_transfer_syntax(data)
                 dataset = decode()
+                check_elements(dataset)
                 identity = identify(dataset, expected_class, expected_instance)
+                check_sop_class(identity["SOPClassUID"])
+                check_pixels(dataset, identity["SOPClassUID"], syntax)
             except Refusal:
                 raise
             except Exception as exc:  # pydicom raises many types on malformed input

@@ -11,13 +11,6 @@ import logging
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    RLELossless,
-)
 from pynetdicom import AE, evt, sop_class
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
@@ -26,30 +19,12 @@ from node.config import NodeConfig
 from node.index import Index
 from node.ingest import SUCCESS, Ingest
 from node.logs import fields
+from node.peers import PeerPolicy
+from node.tls import server_context
+from node.validation import STORAGE_CLASSES, TRANSFER_SYNTAXES
 
 log = logging.getLogger(__name__)
 
-STORAGE_CLASSES: tuple[str, ...] = (
-    sop_class.CTImageStorage,
-    sop_class.EnhancedCTImageStorage,
-    sop_class.LegacyConvertedEnhancedCTImageStorage,
-    sop_class.MRImageStorage,
-    sop_class.EnhancedMRImageStorage,
-    sop_class.LegacyConvertedEnhancedMRImageStorage,
-    sop_class.SegmentationStorage,
-    sop_class.RTStructureSetStorage,
-    sop_class.Comprehensive3DSRStorage,
-)
-"""SOP classes accepted as SCP (the node's DICOM Conformance Statement lists the same)."""
-
-TRANSFER_SYNTAXES: tuple[str, ...] = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    RLELossless,
-)
-"""Transfer syntaxes accepted: those the pipelines decode without extra codecs."""
 
 class Receiver:
     """Stores what peers send; one instance serves all associations of the listener."""
@@ -57,6 +32,7 @@ class Receiver:
     def __init__(self, config: NodeConfig, index: Index):
         self._config = config
         self._ingest = Ingest(config, index)
+        self._policy = PeerPolicy(config, STORAGE_CLASSES)
         self._server: ThreadedAssociationServer | None = None
 
     def handle_echo(self, event: Event) -> int:
@@ -71,21 +47,33 @@ class Receiver:
         return outcome.as_dataset() if outcome.status else SUCCESS
 
     def start(self) -> tuple[str, int]:
-        """Listen in background threads; returns the bound (host, port)."""
-        listener = self._config.listener
+        """Listen in background threads; returns the bound (host, port).
+
+        Only known peers are admitted (``node.peers``); ``limits`` sets the association limits
+        and timeouts; with ``tls.listener`` the port speaks DICOM TLS only (``node.tls``).
+        """
+        listener, limits = self._config.listener, self._config.limits
         ae = AE(ae_title=listener.ae_title)
         ae.maximum_pdu_size = listener.max_pdu
+        ae.maximum_associations = limits.max_associations
+        ae.acse_timeout = limits.acse_timeout
+        ae.dimse_timeout = limits.dimse_timeout
+        ae.network_timeout = limits.network_timeout
         ae.add_supported_context(sop_class.Verification)
         for uid in STORAGE_CLASSES:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         Path(self._config.spool_dir).mkdir(parents=True, exist_ok=True)
+        tls = self._config.tls.listener
         self._server = ae.start_server(
             (listener.host, listener.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_C_STORE, self.handle_store)],
+            ssl_context=server_context(self._config.tls) if tls else None,
+            evt_handlers=[(evt.EVT_REQUESTED, self._policy.on_requested),
+                          (evt.EVT_C_ECHO, self.handle_echo), (evt.EVT_C_STORE, self.handle_store)],
         )
         host, port = self._server.server_address[:2]
-        log.info("listening", extra=fields(ae_title=listener.ae_title, host=host, port=port))
+        log.info("listening", extra=fields(ae_title=listener.ae_title, host=host, port=port,
+                                           tls=tls, peers=len(self._config.peers)))
         return host, port
 
     def stop(self) -> None:

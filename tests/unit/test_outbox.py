@@ -32,7 +32,8 @@ def result_file(tmp_path: Path, refdata: Path) -> Path:
 
 def test_delivered_to_a_real_scp(tmp_path: Path, result_file: Path) -> None:
     peer_config = NodeConfig(state_dir=tmp_path / "peer", listener={"port": free_port(),
-                                                                    "ae_title": "PEER"})
+                                                                    "ae_title": "PEER"},
+                             peers=[{"name": "node", "ae_title": "RADIOMICS", "host": "127.0.0.1"}])
     peer_index = Index(peer_config.index_path)
     peer = Receiver(peer_config, peer_index)
     peer.start()

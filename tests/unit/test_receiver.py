@@ -16,7 +16,8 @@ from tests.conftest import free_port
 
 @pytest.fixture
 def node(tmp_path: Path):
-    config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()})
+    config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
+                        peers=[{"name": "test", "ae_title": "TESTSCU", "host": "127.0.0.1"}])
     index = Index(config.index_path)
     receiver = Receiver(config, index)
     receiver.start()

@@ -16,7 +16,8 @@ from tests.conftest import free_port
 def test_store_refused_below_floor_and_accepted_when_space_returns(tmp_path: Path,
                                                                    refdata: Path) -> None:
     config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
-                        min_free_bytes=2**62)  # more than any disk has: "the disk is full"
+                        min_free_bytes=2**62,  # more than any disk has: "the disk is full"
+                        peers=[{"name": "scanner", "ae_title": "SCANNER", "host": "127.0.0.1"}])
     index = Index(config.index_path)
     receiver = Receiver(config, index)
     receiver.start()

@@ -1,0 +1,207 @@
+"""Checks an incoming instance must pass before the node stores it, each failing with the C-STORE
+status that PS3.4 B.2.3 (Table B.2-1) or PS3.7 Annex C gives for it and the tag at fault:
+
+- 0xA700 Refused: Out of Resources - larger than ``limits.max_instance_bytes``;
+- 0x0122 Refused: SOP Class not supported - a class the node does not store;
+- 0xA900 Error: Data Set does not match SOP Class - an image without Pixel Data or the Image
+  Pixel attributes, native Pixel Data whose length does not match Rows x Columns x frames x
+  samples x bits, identity UIDs differing from the C-STORE command;
+- 0xC000 Error: Cannot understand - no Part 10 header, missing, unsupported or untrue transfer
+  syntax, elements that cannot be decoded, IS/DS without a number, missing or invalid UIDs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from io import BytesIO
+
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.multival import MultiValue
+from pydicom.pixels.utils import get_expected_length
+from pydicom.tag import Tag
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
+from pynetdicom import sop_class
+
+OUT_OF_RESOURCES = 0xA700
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+NOT_AUTHORIZED = 0x0124
+DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+IMAGE_CLASSES: frozenset[str] = frozenset({
+    sop_class.CTImageStorage,
+    sop_class.EnhancedCTImageStorage,
+    sop_class.LegacyConvertedEnhancedCTImageStorage,
+    sop_class.MRImageStorage,
+    sop_class.EnhancedMRImageStorage,
+    sop_class.LegacyConvertedEnhancedMRImageStorage,
+    sop_class.SegmentationStorage,
+})
+"""Classes whose IOD requires the Image Pixel module with Pixel Data (PS3.3 A.3, A.4, A.36, A.38,
+A.51, A.70, A.71)."""
+
+STORAGE_CLASSES: tuple[str, ...] = (
+    *sorted(IMAGE_CLASSES),
+    sop_class.RTStructureSetStorage,
+    sop_class.Comprehensive3DSRStorage,
+)
+"""SOP classes the node stores (its DICOM Conformance Statement lists the same)."""
+
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    RLELossless,
+)
+"""Transfer syntaxes accepted: those the pipelines decode without extra codecs."""
+
+NATIVE_SYNTAXES = frozenset(TRANSFER_SYNTAXES) - {RLELossless}
+"""Transfer syntaxes with native (not encapsulated) Pixel Data, whose length is fixed by the
+Image Pixel module (PS3.5 8.1.1)."""
+
+IMAGE_PIXEL_TAGS = (
+    ("(0028,0002) SamplesPerPixel", "SamplesPerPixel"),
+    ("(0028,0004) PhotometricInterpretation", "PhotometricInterpretation"),
+    ("(0028,0010) Rows", "Rows"),
+    ("(0028,0011) Columns", "Columns"),
+    ("(0028,0100) BitsAllocated", "BitsAllocated"),
+)
+"""Type 1 attributes of the Image Pixel module (PS3.3 C.7.6.3) that size the Pixel Data."""
+
+
+@dataclass
+class Refusal(Exception):
+    """Why an instance was not accepted: the status to answer, the tag at fault, the reason."""
+
+    status: int
+    tag: str
+    reason: str
+
+
+def _tag_name(tag: int, keyword: str = "") -> str:
+    t = Tag(tag)
+    return f"({t.group:04X},{t.element:04X}) {keyword}".rstrip()
+
+
+def check_size(size: int, limit: int) -> None:
+    """Refuse with 0xA700 an instance larger than ``limit`` bytes (limits.max_instance_bytes)."""
+    if size > limit:
+        raise Refusal(OUT_OF_RESOURCES, "(dataset)",
+                      f"{size} bytes, more than limits.max_instance_bytes {limit}")
+
+
+VRS = frozenset({
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+})
+"""The value representations of PS3.5 Table 6.2-1, as an explicit VR element carries them."""
+
+
+def check_transfer_syntax(data: bytes) -> str:
+    """The Transfer Syntax UID (0002,0010) of the Part 10 bytes ``data`` (PS3.10 7.1), which must
+    be one the node decodes and must describe the data set that follows: the first element has a
+    VR field exactly when the syntax is explicit VR (PS3.5 7.1.2, 7.1.3). Raise Refusal 0xC000
+    otherwise."""
+    stream = BytesIO(data)
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)  # pydicom's own Part 10 header reader
+    except Exception as exc:  # pydicom raises several types on a broken header
+        raise Refusal(CANNOT_UNDERSTAND, "(0002,0000) File Meta Information",
+                      f"not a Part 10 header: {exc}") from exc
+    syntax = str(meta.get("TransferSyntaxUID", "") or "")
+    if not syntax:
+        raise Refusal(CANNOT_UNDERSTAND, "(0002,0010) TransferSyntaxUID", "missing")
+    if syntax not in TRANSFER_SYNTAXES:
+        raise Refusal(CANNOT_UNDERSTAND, "(0002,0010) TransferSyntaxUID",
+                      f"{syntax[:64]} is not accepted")
+    first = stream.read(6)
+    if syntax != DeflatedExplicitVRLittleEndian and len(first) == 6:
+        explicit = first[4:6] in VRS
+        if explicit != (syntax != ImplicitVRLittleEndian):
+            says = "implicit" if syntax == ImplicitVRLittleEndian else "explicit"
+            raise Refusal(CANNOT_UNDERSTAND, "(0002,0010) TransferSyntaxUID",
+                          f"says {says} VR, the data set is not")
+    return syntax
+
+
+def check_elements(dataset: Dataset) -> None:
+    """Decode every element, nested ones too; the first that cannot be decoded, or an IS or DS
+    element that holds no number, is named. Other VR violations (a string longer than its VR
+    allows, say) only warn, as pydicom does: they are common in clinical data and harmless to the
+    pipelines."""
+    for element in list(dataset.elements()):
+        try:
+            converted = dataset[element.tag]
+            value = converted.value
+        except Exception as exc:  # value conversion raises many types on malformed bytes
+            raise Refusal(CANNOT_UNDERSTAND, _tag_name(element.tag, keyword_for_tag(element.tag)),
+                          f"cannot decode: {exc}") from exc
+        if converted.VR in ("IS", "DS") and not _numbers(value):
+            raise Refusal(CANNOT_UNDERSTAND, _tag_name(element.tag, keyword_for_tag(element.tag)),
+                          f"not a {converted.VR} number: {str(value)[:24]!r}")
+        if converted.VR == "SQ":
+            for item in value:
+                check_elements(item)
+
+
+def _numbers(value: object) -> bool:
+    """True when a decoded IS or DS value holds only numbers (or is empty); pydicom keeps a string
+    it cannot read as a number as the string (PS3.5 Table 6.2-1 allows digits, sign, point,
+    exponent and spaces only)."""
+    values = value if isinstance(value, MultiValue) else [value]
+    return all(isinstance(v, int | float | Decimal) for v in values if v not in (None, ""))
+
+
+def _single_int(dataset: Dataset, tag: str, keyword: str) -> int:
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        raise Refusal(DOES_NOT_MATCH_SOP_CLASS, tag, "missing (Image Pixel module, type 1)")
+    if not isinstance(value, int) or value <= 0:
+        raise Refusal(DOES_NOT_MATCH_SOP_CLASS, tag, f"not a positive number: {str(value)[:30]!r}")
+    return value
+
+
+def check_sop_class(sop_class_uid: str) -> None:
+    """Refuse with 0x0122 a SOP class the node does not store (brought by pull or retrieve; over
+    the listener such a class has no presentation context)."""
+    if sop_class_uid not in STORAGE_CLASSES:
+        raise Refusal(SOP_CLASS_NOT_SUPPORTED, "(0008,0016) SOPClassUID",
+                      f"{sop_class_uid} is not stored by this node")
+
+
+def check_pixels(dataset: Dataset, sop_class_uid: str, transfer_syntax: str) -> None:
+    """An image class needs Pixel Data (7FE0,0010) and the Image Pixel attributes that size it;
+    native Pixel Data must be exactly as long as they say, plus one padding byte at most
+    (PS3.5 8.1.1, 7.1.1)."""
+    if sop_class_uid not in IMAGE_CLASSES:
+        return
+    if "PixelData" not in dataset:
+        raise Refusal(DOES_NOT_MATCH_SOP_CLASS, "(7FE0,0010) PixelData",
+                      "missing in an image SOP class")
+    for tag, keyword in IMAGE_PIXEL_TAGS:
+        if keyword == "PhotometricInterpretation":
+            if not str(dataset.get(keyword, "") or ""):
+                raise Refusal(DOES_NOT_MATCH_SOP_CLASS, tag, "missing (Image Pixel module, type 1)")
+        else:
+            _single_int(dataset, tag, keyword)
+    if "NumberOfFrames" in dataset:
+        _single_int(dataset, "(0028,0008) NumberOfFrames", "NumberOfFrames")
+    if transfer_syntax not in NATIVE_SYNTAXES:
+        return
+    expected = get_expected_length(dataset, "bytes")
+    actual = len(dataset.PixelData)
+    if actual not in (expected, expected + expected % 2):
+        raise Refusal(DOES_NOT_MATCH_SOP_CLASS, "(7FE0,0010) PixelData",
+                      f"{actual} bytes, {expected} expected")
