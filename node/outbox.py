@@ -110,7 +110,7 @@ class Outbox:
 
     def _present(self, destination: Destination, items: list[Item]) -> set[str]:
         return present(self._config.listener.ae_title, destination, [i.ref for i in items],
-                       self._config.outbox.timeout)
+                       self._config.outbox.timeout, self._config.tls)
 
     def _deliver(self, destination: Destination, batch: list[DeliveryRow]) -> None:
         items = self._read(batch)
@@ -154,7 +154,8 @@ class Outbox:
             return self._post(destination, items)
         try:
             statuses = c_store(self._config.listener.ae_title, destination,
-                               [i.dataset for i in items], self._config.outbox.timeout)
+                               [i.dataset for i in items], self._config.outbox.timeout,
+                               self._config.tls)
         except AssociationRefused as exc:
             for item in items:
                 self._failed(item.delivery, str(exc))

@@ -116,6 +116,9 @@ class Router:
                 if self._index.series(source) is None:
                     log.info("segmentation waits for its source series", extra=fields(
                         seg_sop_uid=instance.sop_instance_uid, source_series_uid=source))
+                    # node.retrieve fetches it from a queryable peer, or fails it in time
+                    self._index.request_retrieval(source, str(seg.StudyInstanceUID),
+                                                  instance.sop_instance_uid)
                     continue
                 queued += self._queue(source, instance.sop_instance_uid,
                                       self._image_rules(source))

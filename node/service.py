@@ -13,12 +13,14 @@ import time
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.config import NodeConfig
+from node.feed import Feed
 from node.index import Index
 from node.jobs import JobRunner
 from node.logs import fields
 from node.outbox import Outbox
 from node.receiver import Receiver
 from node.recovery import recover
+from node.retrieve import Retriever
 from node.router import Router
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ class Node:
         self.router = Router(config, self.index)
         self.jobs = JobRunner(config, self.index)
         self.outbox = Outbox(config, self.index)
+        self.retriever = Retriever(config, self.index)
+        self.feeds = [Feed(config, self.index, feed) for feed in config.orthanc_feeds]
         self._scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         )
@@ -58,6 +62,10 @@ class Node:
         self._scheduler.add_job(self.assemble, "interval", seconds=interval, id="assembly")
         self._scheduler.add_job(self.jobs.tick, "interval", seconds=interval, id="jobs")
         self._scheduler.add_job(self.outbox.tick, "interval", seconds=interval, id="outbox")
+        self._scheduler.add_job(self.retriever.tick, "interval", seconds=interval, id="retrieve")
+        for feed in self.feeds:
+            self._scheduler.add_job(feed.poll, "interval", seconds=feed.settings.poll_interval,
+                                    id=f"feed-{feed.settings.name}")
         self._scheduler.start()
         return self.address
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from node.config import Destination
+from node.config import Destination, TLSConfig
 from node.orthanc import OrthancClient
 from node.store_scu import associate
 
@@ -42,8 +42,9 @@ def method_of(destination: Destination) -> str:
 
 
 def present(calling_ae: str, destination: Destination, objects: Sequence[ObjectRef],
-            timeout: float) -> set[str]:
-    """The SOP Instance UIDs among ``objects`` that ``destination`` holds.
+            timeout: float, tls: TLSConfig | None = None) -> set[str]:
+    """The SOP Instance UIDs among ``objects`` that ``destination`` holds (asked over DICOM TLS
+    with ``tls`` when the destination has ``tls: true``).
 
     Raises AssociationRefused (DICOM peer unreachable), OrthancError (REST call failed) or
     VerificationError (the C-FIND itself failed).
@@ -55,7 +56,7 @@ def present(calling_ae: str, destination: Destination, objects: Sequence[ObjectR
                            timeout) as client:
             return {o.sop_instance_uid for o in objects if client.has_instance(o.sop_instance_uid)}
     assoc = associate(calling_ae, destination, [StudyRootQueryRetrieveInformationModelFind],
-                      timeout)
+                      timeout, tls=tls)
     found: set[str] = set()
     try:
         for ref in objects:

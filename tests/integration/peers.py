@@ -37,6 +37,12 @@ class OrthancServer:
     aet: str
     dicom_port: int
     http: httpx.Client
+    http_port: int
+
+    @property
+    def url(self) -> str:
+        """Base URL of the REST API."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     def find_series(self, study_uid: str, modality: str) -> list[str]:
         """Orthanc ids of the series of ``study_uid`` with ``modality`` (REST /tools/find)."""
@@ -60,11 +66,13 @@ def _stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
 
 
 @contextmanager
-def orthanc(workdir: Path, modalities: dict[str, list]) -> Iterator[OrthancServer]:
-    """Run Orthanc with its own storage on free ports; ``modalities`` as in DicomModalities."""
+def orthanc(workdir: Path, modalities: dict[str, list],
+            ports: tuple[int, int] | None = None) -> Iterator[OrthancServer]:
+    """Run Orthanc with its own storage in ``workdir`` on free ports, or on ``ports`` (DICOM,
+    HTTP) to start it again where it was; ``modalities`` as in DicomModalities."""
     require_tools(ORTHANC)
     workdir.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = ports or (free_port(), free_port())
     config = {
         "Name": "radiomics-node-test",
         "StorageDirectory": str(workdir / "storage"),
@@ -80,7 +88,7 @@ def orthanc(workdir: Path, modalities: dict[str, list]) -> Iterator[OrthancServe
     }
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
-    log = (workdir / "orthanc.log").open("w")
+    log = (workdir / "orthanc.log").open("a")
     process = subprocess.Popen([ORTHANC, str(config_path)], stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "TCP_NODELAY": "1"})
     http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30)
@@ -97,7 +105,7 @@ def orthanc(workdir: Path, modalities: dict[str, list]) -> Iterator[OrthancServe
             if time.monotonic() > deadline:
                 raise RuntimeError("Orthanc did not answer within 60 s")
             time.sleep(0.2)
-        yield OrthancServer("ORTHANC", dicom_port, http)
+        yield OrthancServer("ORTHANC", dicom_port, http, http_port)
     finally:
         http.close()
         _stop(process)
