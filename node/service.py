@@ -1,8 +1,10 @@
 """The running node: receiver, assembly, router, job runner and outbox wired to one index.
 
 apscheduler 3 drives the periodic work in background threads: one tick marks quiet series as
-stable and routes them, one starts queued jobs, one sends due deliveries. Each tick is a job with
-``max_instances=1`` and ``coalesce=True``, so a slow tick is never run twice at once.
+stable and routes them, one starts queued jobs, one sends due deliveries, one fetches missing
+source series (``node.retrieve``), and one per Orthanc feed polls its change feed
+(``node.feed``). Each tick is a job with ``max_instances=1`` and ``coalesce=True``, so a slow
+tick is never run twice at once.
 """
 
 from __future__ import annotations
