@@ -87,7 +87,8 @@ def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int |
         "log_file": state_dir / "node.log",
         "listener": listener,
         "destinations": [Destination(name="self", ae_title=listener.ae_title,
-                                     host="127.0.0.1", port=listener.port)],
+                                     host="127.0.0.1", port=listener.port,
+                                     verify=False)],  # the listener answers no C-FIND
         # the only peers: the demo's scanner, and the node itself sending its report back
         "peers": [Peer(name="demo-scanner", ae_title="DEMO_SCANNER", host="127.0.0.1"),
                   Peer(name="self", ae_title=listener.ae_title, host="127.0.0.1",

@@ -64,7 +64,8 @@ class SlowDestination:
         return 0x0000
 
     def settings(self) -> dict:
-        return {"name": "dest", "ae_title": "DEST", "host": "127.0.0.1", "port": self.port}
+        return {"name": "dest", "ae_title": "DEST", "host": "127.0.0.1", "port": self.port,
+                "verify": False}  # a C-STORE SCP only: no C-FIND to verify with
 
     def close(self) -> None:
         self._server.shutdown()
