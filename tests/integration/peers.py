@@ -124,6 +124,8 @@ class NodeService:
         self.log_path = workdir / "node.log"
         config = {"state_dir": str(self.state_dir), "listener": {"port": self.port},
                   "stable_after": 2, "scan_interval": 0.5, "log_file": str(self.log_path),
+                  # loopback test bench: any AE title from 127.0.0.1 unless a test lists peers
+                  "accept_unknown_peers": "peers" not in settings,
                   **settings}
         self.config_path = workdir / "node.yaml"
         self.config_path.write_text(yaml.safe_dump(config))

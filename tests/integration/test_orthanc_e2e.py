@@ -34,8 +34,13 @@ def test_study_in_report_back_in_orthanc(tmp_path: Path) -> None:
     study = write_synthetic_study(tmp_path / "study")
     with orthanc(tmp_path / "orthanc", {}) as pacs:
         destination = {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
-                       "port": pacs.dicom_port}
-        with node_service(tmp_path / "node", {"destinations": [destination]}) as node:
+                       "port": pacs.dicom_port,
+                       "verify": False}  # Orthanc answers C-FIND only to its DicomModalities
+        peers = [{"name": "scanner", "ae_title": "SCANNER", "host": "127.0.0.1"},
+                 {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",
+                  "port": pacs.dicom_port, "send": False, "receive_results": True}]
+        with node_service(tmp_path / "node", {"destinations": [destination],
+                                              "peers": peers}) as node:
             files = [str(p) for p in (*study.ct_paths, study.seg_path)]
             subprocess.run(
                 ["storescu", "--required", "-aet", "SCANNER", "-aec", node.ae_title, "127.0.0.1",
