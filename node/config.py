@@ -313,6 +313,9 @@ class NodeConfig(BaseSettings):
     )
     scan_interval: float = Field(default=1.0, gt=0, description="Seconds between scheduler ticks.")
     workers: int = Field(default=1, ge=1, description="Processes that run pipelines.")
+    max_job_attempts: int = Field(
+        default=3, ge=1, description="Runs of a job whose worker process died, before it fails."
+    )
     reprocess: Literal["on_change", "never", "always"] = Field(
         default="on_change",
         description="When a processed series or SEG is complete again: run again only when its "
