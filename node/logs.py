@@ -60,3 +60,6 @@ def configure(level: str = "INFO", path: Path | None = None) -> None:
         "pynetdicom", "apscheduler", "radiomics", "pykwalify", "highdicom", "httpx", "httpcore"
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pydicom warns about each invalid value it meets; the node reports refusals itself, with
+    # the tag, so those warnings would only repeat (or, in bulk, bury) the useful line.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
