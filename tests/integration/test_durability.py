@@ -139,6 +139,7 @@ def test_sigkill_while_receiving_loses_nothing_acknowledged(
     acknowledged: set[str] = set()
     rng = random.Random(20261122)
     kills = 0
+    acknowledged_at_kill: list[int] = []
     try:
         for _ in range(3):
             sender = _storescu(node, files)
@@ -147,6 +148,7 @@ def test_sigkill_while_receiving_loses_nothing_acknowledged(
             kills += 1
             output, _ = sender.communicate(timeout=60)
             acknowledged |= {uid_of[f] for f in _acknowledged(output)}
+            acknowledged_at_kill.append(len(acknowledged))
             node.start()
             indexed = _indexed(node)
             missing = acknowledged - indexed.keys()
@@ -167,7 +169,9 @@ def test_sigkill_while_receiving_loses_nothing_acknowledged(
         assert list(destination.received.values()) == [1]
     finally:
         node.stop()
+    assert 0 < acknowledged_at_kill[0] < len(files), "the first kill missed the transfer"
     _record(test="sigkill while receiving", kills=kills, instances=len(files),
+            acknowledged_at_each_kill=acknowledged_at_kill,
             acknowledged=len(acknowledged), indexed=len(indexed), jobs=1)
 
 
