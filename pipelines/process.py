@@ -1,5 +1,11 @@
-"""One job from files to result objects: read the series and its segmentation, extract features of
-every segment with a preset, encode a TID 1500 report. No network, no database, no clock."""
+"""One job from files to result objects: read the series and its segmentation, preprocess, build
+the preset's ROI variants of every lesion segment, extract their features, encode a TID 1500
+report. No network, no database, no clock.
+
+A segment the preset's ``rois.liver`` rule recognises as the liver is not a lesion: it is the
+reference region of a liver z-score and what rings are clipped to. Every other segment is a
+lesion and gets every ROI variant of the preset.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +15,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.features import extract_features
+import SimpleITK as sitk
+
+from pipelines.features import extract_lesions
+from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
 from pipelines.presets import Preset, load_preset
 from pipelines.report import RoiResult, build_measurement_report
-from pipelines.segmentation import read_segmentation
-from pipelines.series import read_series
+from pipelines.rois import build_variants, is_liver
+from pipelines.segmentation import DecodedSegmentation, Segment, read_segmentation
+from pipelines.series import SeriesVolume, read_series
+
+
+class ProcessError(ValueError):
+    """Inputs the preset cannot process (modality, missing liver segment); names both."""
 
 
 @dataclass(frozen=True)
 class LesionSummary:
-    """The features of one segment, as plain values that cross process boundaries."""
+    """The features of one ROI variant of one segment, as plain values that cross process
+    boundaries. ``roi_variant`` is the preset's variant name, e.g. "intra + 4 mm ring"."""
 
     segment_number: int
     label: str
+    roi_variant: str
     features: dict[str, float]
 
 
@@ -57,44 +73,104 @@ def _write_atomically(path: Path, writer: Callable[[Path], None]) -> None:
 
 def _write_features_csv(path: Path, preset: Preset, lesions: Sequence[LesionSummary],
                         source_series_uid: str) -> None:
-    """One row per segment and feature: long format, so presets with different features stack."""
+    """One row per ROI and feature: long format, so presets with different features stack."""
     def write(target: Path) -> None:
         with target.open("w", newline="", encoding="utf-8") as handle:
             out = csv.writer(handle)
-            out.writerow(["source_series_uid", "segment_number", "segment_label", "preset",
-                          "preset_hash", "feature", "value"])
+            out.writerow(["source_series_uid", "segment_number", "segment_label", "roi_variant",
+                          "preset", "preset_hash", "feature", "value"])
             for lesion in lesions:
                 for name, value in lesion.features.items():
                     out.writerow([source_series_uid, lesion.segment_number, lesion.label,
-                                  preset.name, preset.hash, name, repr(value)])
+                                  lesion.roi_variant, preset.name, preset.hash, name, repr(value)])
     _write_atomically(path, write)
 
 
+def _liver_mask(seg: DecodedSegmentation, preset: Preset) -> sitk.Image | None:
+    """Union of the segments the preset's liver rule recognises, or None."""
+    livers = [segment.mask for segment in seg.segments if is_liver(segment, preset.rois.liver)]
+    if not livers:
+        return None
+    union = livers[0]
+    for mask in livers[1:]:
+        union = union | mask
+    return union
+
+
+def _normalised(
+    volume: SeriesVolume, lesions: Sequence[Segment], liver: sitk.Image | None, preset: Preset,
+    seg_path: Path,
+) -> tuple[sitk.Image, list[tuple[float, float] | None]]:
+    """The image after N4 and a liver z-score, and each lesion's z-score for an ROI reference."""
+    image = volume.image
+    options = preset.preprocessing
+    if options.n4 is not None:
+        image = n4_correct(image, options.n4)
+    per_lesion: list[tuple[float, float] | None] = [None] * len(lesions)
+    if options.zscore is None:
+        return image, per_lesion
+    if options.zscore.reference == "liver":
+        if liver is None:
+            raise ProcessError(
+                f"{seg_path}: preset {preset.name} normalises against the liver segment, and no "
+                f"segment matches rois.liver (labels {[s.label for s in lesions]})"
+            )
+        return apply_zscore(image, *zscore_parameters(image, liver)), per_lesion
+    return image, [zscore_parameters(image, lesion.mask) for lesion in lesions]
+
+
 def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
-                  preset: str | Path | Preset, out_dir: str | Path) -> PipelineResult:
-    """Compute features of every segment of ``seg_path`` on the series ``image_paths`` and write the
-    TID 1500 SR (PS3.16 TID 1500) and a features CSV into ``out_dir``."""
+                  preset: str | Path | Preset, out_dir: str | Path,
+                  *, workers: int = 1) -> PipelineResult:
+    """Compute the features of every ROI variant of every lesion segment of ``seg_path`` on the
+    series ``image_paths`` and write the TID 1500 SR (PS3.16 TID 1500) and a features CSV into
+    ``out_dir``. ``workers`` > 1 extracts lesions in that many processes (the node runs jobs in a
+    process pool already and keeps 1)."""
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    volume = read_series([Path(p) for p in image_paths])
-    seg = read_segmentation(Path(seg_path), volume)
-    rois = [RoiResult(segment, extract_features(volume.image, segment.mask, preset))
-            for segment in seg.segments]
+    volume = read_series([Path(p) for p in image_paths],
+                         irregular_grid=preset.series.irregular_spacing)
+    if preset.modality is not None and volume.modality != preset.modality:
+        raise ProcessError(
+            f"{volume.paths[0]}: (0008,0060) Modality {volume.modality}; preset {preset.name} is "
+            f"for {preset.modality}"
+        )
+    seg = read_segmentation(Path(seg_path), volume,
+                            fractional_threshold=preset.segmentation.fractional_threshold)
+    liver = _liver_mask(seg, preset)
+    lesions = [s for s in seg.segments if not is_liver(s, preset.rois.liver)]
+    image, zscores = _normalised(volume, lesions, liver, preset, Path(seg_path))
+    variants = [
+        build_variants(volume.image, lesion, preset.rois.variants, preset.rois.hu_ranges, liver)
+        for lesion in lesions
+    ]
+    features = extract_lesions(
+        image, variants, preset, zscore=zscores, workers=workers,
+        names=[f"{seg_path}: segment {s.number} ({s.label})" for s in lesions],
+    )
+    rois = [
+        RoiResult(lesion, by_name[roi.name], roi.name)
+        for lesion, lesion_rois, by_name in zip(lesions, variants, features, strict=True)
+        for roi in lesion_rois
+    ]
     report = build_measurement_report(volume, seg, rois, preset)
     sr_path = out / f"{report.SOPInstanceUID}.dcm"
     _write_atomically(sr_path, lambda target: report.save_as(target, enforce_file_format=True))
-    lesions = tuple(LesionSummary(r.segment.number, r.segment.label, dict(r.features.values))
-                    for r in rois)
+    summaries = tuple(
+        LesionSummary(r.segment.number, r.segment.label, str(r.roi_variant),
+                      dict(r.features.values))
+        for r in rois
+    )
     features_csv = out / "features.csv"
-    _write_features_csv(features_csv, preset, lesions, volume.series_instance_uid)
+    _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
     return PipelineResult(
         source_series_uid=volume.series_instance_uid,
         seg_sop_instance_uid=seg.sop_instance_uid,
         study_instance_uid=volume.study_instance_uid,
         preset=preset.name,
         preset_hash=preset.hash,
-        lesions=lesions,
+        lesions=summaries,
         objects=(OutputObject(sr_path, str(report.SOPClassUID), str(report.SOPInstanceUID)),),
         features_csv=features_csv,
     )

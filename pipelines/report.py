@@ -5,7 +5,10 @@ Structure (PS3.16 TID 1500 "Measurement Report"):
 * Observation context (TID 1001/1004): the device observer radiomics-node.
 * Image Library (TID 1600): the source images the features were computed on.
 * One Volumetric ROI Measurements group (TID 1411) per ROI with its Tracking Identifier and
-  Tracking UID, the Referenced Segment (SEG SOP instance, segment number and the source series),
+  Tracking UID (the segment label for the segment as drawn, "<label> / <ROI variant>" such as
+  "Lesion 2 / intra + 4 mm ring" for a region the preset derived from it, see pipelines.rois;
+  its Referenced Segment is then the segment it was derived from), the Referenced Segment (SEG
+  SOP instance, segment number and the source series),
   Finding Type (the segment's Segmented Property Type) and, where the SEG gives one, the
   segment's Anatomic Region as Finding Site.
 * One NUM (TID 1419 / TID 300) per feature: concept and UCUM unit from :mod:`pipelines.codes`,
@@ -59,10 +62,22 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class RoiResult:
-    """Features of one segment."""
+    """Features of one segment, or of a ROI variant derived from it (``roi_variant`` other than
+    None and "intra")."""
 
     segment: Segment
     features: RoiFeatures
+    roi_variant: str | None = None
+
+    @property
+    def derived(self) -> bool:
+        """Whether the ROI is a variant derived from the segment rather than the segment."""
+        return self.roi_variant not in (None, "intra")
+
+    @property
+    def tracking_identifier(self) -> str:
+        """The segment label, or "<label> / <ROI variant>" for a derived ROI."""
+        return f"{self.segment.label} / {self.roi_variant}" if self.derived else self.segment.label
 
 
 def software_version() -> str:
@@ -98,7 +113,7 @@ def _check_finite(roi: RoiResult) -> None:
     for key, value in roi.features.values.items():
         if not math.isfinite(value):
             raise ReportError(
-                f"segment {roi.segment.number} ({roi.segment.label}): {key} is {value}, "
+                f"segment {roi.segment.number} ({roi.tracking_identifier}): {key} is {value}, "
                 "which a NUM content item cannot carry"
             )
 
@@ -143,11 +158,12 @@ def build_measurement_report(
     for roi in rois:
         _check_finite(roi)
         segment = roi.segment
+        variant = (str(roi.roi_variant),) if roi.derived else ()
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
-                    identifier=segment.label,
-                    uid=_uid(*entropy, "tracking", str(segment.number)),
+                    identifier=roi.tracking_identifier,
+                    uid=_uid(*entropy, "tracking", str(segment.number), *variant),
                 ),
                 referenced_segment=hd.sr.ReferencedSegment(
                     sop_class_uid=seg.sop_class_uid,

@@ -1,0 +1,93 @@
+"""ROI variants end to end: the full ct-liver-crlm preset on a small synthetic CT gives, through
+extract_lesions (cropped resampling, shared filters, two worker processes), for every lesion and ROI
+variant the values of plain pyradiomics (RadiomicsFeatureExtractor.execute on the whole image with
+that ROI's mask) to 1e-6 relative; process_study writes one TID 1411 group and one CSV ROI per
+variant."""
+
+import csv
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+
+from pipelines.features import extract_features, extract_lesions
+from pipelines.presets import load_preset
+from pipelines.process import ProcessError, process_study
+from pipelines.rois import build_variants, on_full_grid
+from pipelines.segmentation import read_segmentation
+from pipelines.series import read_series
+from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+
+RELATIVE_TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    return write_synthetic_study(tmp_path_factory.mktemp("crlm"), shape=(10, 48, 48))
+
+
+def _relative(got: float, want: float) -> float:
+    return abs(got - want) if want == 0 else abs(got / want - 1)
+
+
+def test_crlm_variants_equal_plain_pyradiomics_per_roi(study: SyntheticStudy) -> None:
+    preset = load_preset("ct-liver-crlm")
+    volume = read_series(list(study.ct_paths))
+    seg = read_segmentation(study.seg_path, volume)
+    lesions = [
+        build_variants(volume.image, segment, preset.rois.variants, preset.rois.hu_ranges)
+        for segment in seg.segments
+    ]
+    got = extract_lesions(volume.image, lesions, preset, workers=2)
+    assert [list(by_name) for by_name in got] == [[r.name for r in rois] for rois in lesions]
+    for rois, by_name in zip(lesions, got, strict=True):
+        for roi in rois:
+            plain = extract_features(volume.image, on_full_grid(roi, volume.image), preset).values
+            values = by_name[roi.name].values
+            assert set(values) == set(plain)
+            assert len(plain) == 14 + 93 * 11  # shape + (Original, 2 LoG, 8 wavelet) x 93
+            worst = max(plain, key=lambda name: _relative(values[name], plain[name]))
+            assert _relative(values[worst], plain[worst]) < RELATIVE_TOLERANCE, (roi.name, worst)
+
+
+def test_each_roi_variant_is_a_measurement_group_and_a_csv_roi(
+    study: SyntheticStudy, tmp_path: Path
+) -> None:
+    crlm = load_preset("ct-liver-crlm")
+    preset = crlm.model_copy(update={
+        "name": "crlm-firstorder",
+        "radiomics": {**crlm.radiomics, "imageType": {"Original": {}},
+                      "featureClass": {"firstorder": ["Mean", "Median"]}},
+    })
+    result = process_study(study.ct_paths, study.seg_path, preset, tmp_path)
+    names = [v.name for v in preset.rois.variants]
+    expected = [(label, name) for label in ("Lesion 1", "Lesion 2") for name in names]
+    assert [(lesion.label, lesion.roi_variant) for lesion in result.lesions] == expected
+    assert [lesion.segment_number for lesion in result.lesions] == [1] * 4 + [2] * 4
+
+    report = hd.sr.srread(result.objects[0].path)
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    assert [str(g.tracking_identifier) for g in groups] == [
+        label if name == "intra" else f"{label} / {name}" for label, name in expected
+    ]
+    assert "Lesion 2 / intra + 4 mm ring, without air/fat" in [
+        str(g.tracking_identifier) for g in groups
+    ]
+    assert len({g.tracking_uid for g in groups}) == len(groups)
+    assert [g.referenced_segment.referenced_segment_numbers for g in groups] == [
+        [lesion.segment_number] for lesion in result.lesions
+    ]
+    for group, lesion in zip(groups, result.lesions, strict=True):
+        [mean] = group.get_measurements(name=hd.sr.CodedConcept("Q4LE", "IBSI", "Mean"))
+        assert mean.value == pytest.approx(lesion.features["original_firstorder_Mean"])
+
+    with result.features_csv.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["segment_label"], r["roi_variant"]) for r in rows[::2]] == expected
+    assert {r["feature"] for r in rows} == {
+        "original_firstorder_Mean", "original_firstorder_Median"}
+
+
+def test_preset_for_another_modality_is_refused(study: SyntheticStudy, tmp_path: Path) -> None:
+    with pytest.raises(ProcessError, match=r"\(0008,0060\) Modality CT; preset mr-liver-hcc is"):
+        process_study(study.ct_paths, study.seg_path, "mr-liver-hcc", tmp_path)
