@@ -105,3 +105,77 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("- a list", encoding="utf-8")
     with pytest.raises(PresetError, match=r"bad\.yaml: expected a mapping"):
         load_preset(bad)
+
+
+@pytest.mark.parametrize(
+    ("update", "expected"),
+    [
+        ({"radiomics": {"setting": {"interpolator": "sitkNearestNeighbor"}}},
+         "nearest neighbour is refused for images"),
+        ({"radiomics": {"setting": {"interpolator": 1}}}, "nearest neighbour is refused"),
+        ({"radiomics": {"setting": {"resampledPixelSpacing": [1, 1, 1], "interpolator": None}}},
+         "pyradiomics would silently not resample"),
+        ({"radiomics": {"setting": {"resampledPixelSpacing": [1, 1, 1],
+                                    "interpolator": "sitkGaussian"}}},
+         "'sitkGaussian' is not supported for resampling"),
+        ({"radiomics": {"setting": {"binWidth": 25, "binCount": 32}}},
+         "binWidth and binCount are both set"),
+        ({"rois": {"variants": [{"kind": "ring"}]}}, "kind ring needs distance_mm"),
+        ({"rois": {"variants": [{"kind": "intra", "distance_mm": 2}]}}, "intra takes no distance"),
+        ({"rois": {"variants": [{"kind": "erosion", "distance_mm": 2, "exclude": ["air"]}]}},
+         "exclude and clip_to_liver apply to rings"),
+        ({"rois": {"variants": [{"kind": "ring", "distance_mm": 2, "exclude": ["air"]}]}},
+         "exclude names ['air'] not in rois.hu_ranges"),
+        ({"rois": {"variants": [{"kind": "intra"}, {"kind": "intra"}]}},
+         "duplicate variants ['intra']"),
+        ({"modality": "MR", "rois": {"hu_ranges": {"air": [None, -500]}, "variants": [
+            {"kind": "ring", "distance_mm": 2, "exclude": ["air"]}]}},
+         "HU exclusions need modality CT"),
+        ({"rois": {"hu_ranges": {"fat": [-30, -190]}}}, "lower bound -30.0 above upper"),
+        ({"rois": {"liver": {"label_regex": "(liver"}}}, "rois.liver.label_regex"),
+        ({"preprocessing": {"zscore": {"reference": "roi"}},
+          "radiomics": {"setting": {"normalize": True}}}, "choose one"),
+        ({"series": {"irregular_spacing": "interpolate"}}, "irregular_spacing"),
+        ({"segmentation": {"fractional_threshold": 0}}, "fractional_threshold"),
+    ],
+)
+def test_preprocessing_and_roi_sections_are_validated(
+    tmp_path: Path, update: dict, expected: str
+) -> None:
+    path = _write(tmp_path, {**_valid(), **update})
+    with pytest.raises(PresetError) as info:
+        load_preset(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert expected in str(info.value)
+
+
+def test_defaults_are_explicit_and_hashed() -> None:
+    basic = load_preset("ct-liver-basic")
+    assert basic.series.irregular_spacing == "refuse"
+    assert basic.segmentation.fractional_threshold == 0.5
+    assert [v.name for v in basic.rois.variants] == ["intra"]
+    dumped = basic.model_dump()
+    assert dumped["series"] == {"irregular_spacing": "refuse"}
+    changed = basic.model_copy(update={"segmentation": basic.segmentation.model_copy(
+        update={"fractional_threshold": 0.4})})
+    assert changed.hash != basic.hash
+
+
+def test_shipped_science_presets_match_their_recipes() -> None:
+    crlm = load_preset("ct-liver-crlm")
+    setting = crlm.radiomics["setting"]
+    assert (setting["resampledPixelSpacing"], setting["interpolator"], setting["binWidth"]) == (
+        [1, 1, 1], "sitkBSpline", 25)
+    assert crlm.radiomics["imageType"]["LoG"] == {"sigma": [3.0, 5.0]}
+    assert set(crlm.radiomics["imageType"]) == {"Original", "LoG", "Wavelet"}
+    assert set(crlm.radiomics["featureClass"]) == ALL_3D_CLASSES
+    assert [(v.kind, v.distance_mm) for v in crlm.rois.variants] == [
+        ("intra", None), ("intra_ring", 2), ("intra_ring", 4), ("intra_ring", 6)]
+    hcc = load_preset("mr-liver-hcc")
+    assert hcc.modality == "MR" and hcc.preprocessing.zscore.reference == "liver"
+    assert hcc.radiomics["setting"]["binCount"] == 32
+    assert set(hcc.radiomics["imageType"]) == {"Original", "LoG"}
+    ibsi = load_preset("ibsi-digital-phantom")
+    assert ibsi.radiomics["setting"]["binWidth"] == 1
+    assert ibsi.radiomics["setting"]["resampledPixelSpacing"] is None
+    assert ibsi.radiomics["setting"]["force2D"] is False
