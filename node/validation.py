@@ -26,7 +26,13 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
     RLELossless,
 )
 from pynetdicom import sop_class
@@ -62,10 +68,21 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     RLELossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
 )
-"""Transfer syntaxes accepted: those the pipelines decode without extra codecs."""
+"""Transfer syntaxes accepted: the uncompressed ones and the lossless compressed ones that pydicom
+decodes with pylibjpeg (tested in tests/unit/test_series.py). Lossy syntaxes are not accepted:
+lossy compression changes texture features."""
 
-NATIVE_SYNTAXES = frozenset(TRANSFER_SYNTAXES) - {RLELossless}
+NATIVE_SYNTAXES = frozenset(
+    {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+     ExplicitVRBigEndian}
+)
 """Transfer syntaxes with native (not encapsulated) Pixel Data, whose length is fixed by the
 Image Pixel module (PS3.5 8.1.1)."""
 

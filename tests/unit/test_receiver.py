@@ -78,3 +78,24 @@ def test_missing_uid_is_refused_and_quarantined(node, refdata: Path) -> None:
     record = json.loads(reasons[0].read_text())
     assert record["tag"] == "(0020,000E) SeriesInstanceUID" and record["reason"] == "missing"
     assert (config.quarantine_dir / record["file"]).stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                  "MR_small_jp2klossless.dcm", "MR_small_bigendian.dcm"])
+def test_lossless_compressed_and_big_endian_are_stored_as_sent(node, refdata: Path,
+                                                               name: str) -> None:
+    """The sender's transfer syntax is kept (no transcoding) and the stored file decodes to the
+    same pixels as the uncompressed original."""
+    config, index = node
+    sent = refdata / "pydicom" / "test_files" / name
+    ds = pydicom.dcmread(sent)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", config.listener.port, ae_title=config.listener.ae_title)
+    assert assoc.is_established
+    assert assoc.send_c_store(sent).Status == 0x0000  # a path: sent without decoding
+    assoc.release()
+    stored = pydicom.dcmread(index.instance(ds.SOPInstanceUID).path)
+    assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    reference = pydicom.dcmread(refdata / "pydicom" / "test_files" / "MR_small.dcm")
+    assert (stored.pixel_array == reference.pixel_array).all()
