@@ -7,6 +7,7 @@ restarted node resumes where it stopped.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -24,7 +25,8 @@ CREATE TABLE IF NOT EXISTS instances (
     path             TEXT NOT NULL,
     size             INTEGER NOT NULL,
     calling_ae       TEXT NOT NULL,
-    received_at      REAL NOT NULL
+    received_at      REAL NOT NULL,
+    peer_host        TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 CREATE TABLE IF NOT EXISTS series (
@@ -55,6 +57,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at        REAL NOT NULL,
     started_at        REAL,
     finished_at       REAL,
+    preset_hash       TEXT,
+    models            TEXT,
+    results_removed_at REAL,
     UNIQUE (source_series_uid, seg_sop_uid, preset, inputs_digest)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -91,7 +96,36 @@ CREATE TABLE IF NOT EXISTS retrievals (
     reason          TEXT,
     finished_at     REAL
 );
+CREATE TABLE IF NOT EXISTS totals (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id          INTEGER PRIMARY KEY,
+    at          REAL NOT NULL,
+    event       TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    study_uid   TEXT,
+    series_uid  TEXT,
+    job_id      INTEGER,
+    delivery_id INTEGER,
+    detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_study ON audit(study_uid);
+CREATE INDEX IF NOT EXISTS audit_job ON audit(job_id);
 """
+
+ADDED_COLUMNS = (
+    ("instances", "peer_host", "TEXT"),
+    ("jobs", "preset_hash", "TEXT"),
+    ("jobs", "models", "TEXT"),
+    ("jobs", "results_removed_at", "REAL"),
+)
+"""Columns added after the first release: an index made before them gets them at open."""
+
+NODE = "node"
+"""The audit actor for what the node does by itself; people are ``cli:<user>`` or
+``status-page:<user>``."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +137,7 @@ class InstanceRow:
     path: str
     size: int
     calling_ae: str
+    peer_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +197,10 @@ class Index:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        for table, column, declaration in ADDED_COLUMNS:
+            have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -194,12 +233,19 @@ class Index:
         now = time.time() if now is None else now
         with self._transaction() as db:
             cursor = db.execute(
-                "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?,?,?)",
+                """INSERT OR IGNORE INTO instances (sop_instance_uid, sop_class_uid, study_uid,
+                   series_uid, path, size, calling_ae, received_at, peer_host)
+                   VALUES (?,?,?,?,?,?,?,?,?)""",
                 (row.sop_instance_uid, row.sop_class_uid, row.study_uid, row.series_uid, row.path,
-                 row.size, row.calling_ae, now),
+                 row.size, row.calling_ae, now, row.peer_host),
             )
             if cursor.rowcount == 0:
                 return False
+            db.executemany(
+                """INSERT INTO totals VALUES (?,?)
+                   ON CONFLICT(name) DO UPDATE SET value=value+excluded.value""",
+                [("instances_received", 1), ("bytes_received", row.size)],
+            )
             db.execute(
                 """INSERT INTO series VALUES (?,?,?,?,?,1,NULL)
                    ON CONFLICT(series_uid) DO UPDATE SET
@@ -214,19 +260,13 @@ class Index:
         rows = self._query(
             "SELECT * FROM instances WHERE series_uid=? ORDER BY received_at", (series_uid,)
         )
-        return [
-            InstanceRow(r["sop_instance_uid"], r["sop_class_uid"], r["study_uid"],
-                        r["series_uid"], r["path"], r["size"], r["calling_ae"])
-            for r in rows
-        ]
+        return [_instance_row(r) for r in rows]
 
     def instance(self, sop_instance_uid: str) -> InstanceRow | None:
         rows = self._query("SELECT * FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,))
         if not rows:
             return None
-        r = rows[0]
-        return InstanceRow(r["sop_instance_uid"], r["sop_class_uid"], r["study_uid"],
-                           r["series_uid"], r["path"], r["size"], r["calling_ae"])
+        return _instance_row(rows[0])
 
     def series(self, series_uid: str) -> SeriesRow | None:
         rows = self._query("SELECT * FROM series WHERE series_uid=?", (series_uid,))
@@ -300,16 +340,25 @@ class Index:
                 "UPDATE jobs SET state='running', attempts=attempts+1, started_at=? WHERE id=?",
                 (time.time(), row["id"]),
             )
+            _audit_job(db, row["id"], "job started")
         return self.job(row["id"])
 
-    def finish_job(self, job_id: int, deliveries: list[tuple[str, str, str]]) -> None:
+    def finish_job(self, job_id: int, deliveries: list[tuple[str, str, str]],
+                   preset_hash: str | None = None,
+                   models: dict[str, str] | None = None) -> None:
         """Mark a job done and queue its (destination, path, SOP Instance UID) deliveries in the
-        same transaction, so a result is never done without its deliveries."""
+        same transaction, so a result is never done without its deliveries. ``preset_hash`` and
+        ``models`` (model id -> version) record what made the result, for the audit trail."""
         now = time.time()
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET state='done', reason=NULL, finished_at=? WHERE id=?", (now, job_id)
+                """UPDATE jobs SET state='done', reason=NULL, finished_at=?, preset_hash=?,
+                   models=? WHERE id=?""",
+                (now, preset_hash, json.dumps(models) if models is not None else None, job_id),
             )
+            _audit_job(db, job_id, "job done", detail={
+                "preset_hash": preset_hash, "models": models,
+                "deliveries": [[dest, uid] for dest, _, uid in deliveries]})
             db.executemany(
                 """INSERT OR IGNORE INTO outbox
                    (job_id, destination, path, sop_instance_uid, state, next_attempt_at)
@@ -323,11 +372,13 @@ class Index:
                 "UPDATE jobs SET state='failed', reason=?, finished_at=? WHERE id=?",
                 (reason, time.time(), job_id),
             )
+            _audit_job(db, job_id, "job failed", detail={"reason": reason})
 
     def requeue_job(self, job_id: int, reason: str) -> None:
         """Put a running job back in the queue, keeping why its last attempt ended."""
         with self._transaction() as db:
             db.execute("UPDATE jobs SET state='queued', reason=? WHERE id=?", (reason, job_id))
+            _audit_job(db, job_id, "job queued again", detail={"reason": reason})
 
     def requeue_interrupted_jobs(self) -> int:
         """Jobs left 'running' by a stopped node go back to the queue; returns how many."""
@@ -379,6 +430,9 @@ class Index:
                        WHERE id=?""",
                     (error, retry_at, delivery_id),
                 )
+            _audit_delivery(db, delivery_id,
+                            "delivery dead-lettered" if retry_at is None else "delivery failed",
+                            detail={"error": error, "retry_at": retry_at})
 
     def deliveries(self, job_id: int | None = None) -> list[sqlite3.Row]:
         if job_id is None:
@@ -417,6 +471,7 @@ class Index:
             )
             db.execute("INSERT OR REPLACE INTO delivery_checks VALUES (?,?,?)",
                        (delivery_id, method, now))
+            _audit_delivery(db, delivery_id, "delivered", detail={"verified_by": method})
 
     def delivery_rows(self, state: str | None = None) -> list[sqlite3.Row]:
         """Outbox rows with their verification method (NULL when not delivered), by id."""
@@ -426,9 +481,10 @@ class Index:
             return self._query(sql + " ORDER BY o.id")
         return self._query(sql + " WHERE o.state=? ORDER BY o.id", (state,))
 
-    def retry_deliveries(self, ids: list[int] | None = None) -> list[int]:
+    def retry_deliveries(self, ids: list[int] | None = None, actor: str = NODE) -> list[int]:
         """Send again: the deliveries ``ids`` (or, when None, every dead one) that are not
-        delivered go back to pending with attempts 0, due now. Returns the ids reset."""
+        delivered go back to pending with attempts 0, due now; the audit trail records that
+        ``actor`` (e.g. ``cli:alice``) asked. Returns the ids reset."""
         with self._transaction() as db:
             if ids is None:
                 rows = db.execute("SELECT id FROM outbox WHERE state='dead' ORDER BY id")
@@ -441,6 +497,8 @@ class Index:
                 "UPDATE outbox SET state='pending', attempts=0, next_attempt_at=? WHERE id=?",
                 [(time.time(), i) for i in reset],
             )
+            for delivery_id in reset:
+                _audit_delivery(db, delivery_id, "delivery retry requested", actor=actor)
         return reset
 
     # -- pull mode: position in each Orthanc change feed ----------------------------------------
@@ -504,6 +562,226 @@ class Index:
             rows = self._query(
                 "SELECT * FROM retrievals WHERE state=? ORDER BY requested_at", (state,))
         return [_retrieval_row(r) for r in rows]
+
+    # -- status page, metrics, audit trail and retention ----------------------------------------
+
+    def totals(self) -> dict[str, int]:
+        """Running totals kept across restarts and clean-ups: instances_received,
+        bytes_received."""
+        return {r["name"]: r["value"] for r in self._query("SELECT * FROM totals")}
+
+    def add_audit(self, event: str, actor: str = NODE, *, study_uid: str | None = None,
+                  series_uid: str | None = None, job_id: int | None = None,
+                  delivery_id: int | None = None, detail: dict | None = None) -> None:
+        """Append one row to the audit trail."""
+        with self._transaction() as db:
+            _audit(db, event, actor, study_uid=study_uid, series_uid=series_uid, job_id=job_id,
+                   delivery_id=delivery_id, detail=detail)
+
+    def audit_count(self, event: str) -> int:
+        """How many audit rows record ``event``."""
+        return self._query("SELECT count(*) AS n FROM audit WHERE event=?", (event,))[0]["n"]
+
+    def recent_studies(self, limit: int) -> list[sqlite3.Row]:
+        """Studies by last arrival: series and instance counts, senders (AE@host)."""
+        return self._query(
+            """SELECT study_uid, count(DISTINCT series_uid) AS n_series, count(*) AS n_instances,
+                      sum(size) AS bytes, min(received_at) AS first_received,
+                      max(received_at) AS last_received,
+                      group_concat(DISTINCT calling_ae || '@' || coalesce(peer_host, '?'))
+                        AS senders
+               FROM instances GROUP BY study_uid ORDER BY last_received DESC LIMIT ?""",
+            (limit,))
+
+    def recent_series(self, limit: int) -> list[sqlite3.Row]:
+        """Series by last arrival, with their state (receiving or stable)."""
+        return self._query(
+            "SELECT * FROM series ORDER BY last_received DESC LIMIT ?", (limit,))
+
+    def recent_jobs(self, limit: int) -> list[sqlite3.Row]:
+        """Jobs, newest first, with the study of their source series."""
+        return self._query(
+            """SELECT j.*, s.study_uid FROM jobs j
+               LEFT JOIN series s ON s.series_uid=j.source_series_uid
+               ORDER BY j.id DESC LIMIT ?""", (limit,))
+
+    def failed_jobs_matching(self, word: str, limit: int) -> list[sqlite3.Row]:
+        """Failed jobs whose reason contains ``word`` (case-insensitive), newest first."""
+        return self._query(
+            """SELECT * FROM jobs WHERE state='failed' AND reason LIKE ?
+               ORDER BY id DESC LIMIT ?""", (f"%{word}%", limit))
+
+    def jobs_by_state(self) -> dict[str, int]:
+        rows = self._query("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
+    def job_durations(self) -> list[float]:
+        """Seconds from start to end of every finished (done or failed) job run."""
+        rows = self._query(
+            """SELECT finished_at - started_at AS d FROM jobs WHERE state IN ('done', 'failed')
+               AND started_at IS NOT NULL AND finished_at IS NOT NULL""")
+        return [max(0.0, r["d"]) for r in rows]
+
+    def queue_depths(self) -> dict[str, int]:
+        """Work waiting: queued and running jobs, pending and dead deliveries, waiting
+        retrievals, series still receiving."""
+        row = self._query(
+            """SELECT (SELECT count(*) FROM jobs WHERE state='queued') AS jobs_queued,
+                      (SELECT count(*) FROM jobs WHERE state='running') AS jobs_running,
+                      (SELECT count(*) FROM outbox WHERE state='pending') AS deliveries_pending,
+                      (SELECT count(*) FROM outbox WHERE state='dead') AS deliveries_dead,
+                      (SELECT count(*) FROM retrievals WHERE state='waiting')
+                        AS retrievals_waiting,
+                      (SELECT count(*) FROM series WHERE stable_at IS NULL) AS series_receiving""")
+        return dict(row[0])
+
+    def versions_in_use(self) -> list[sqlite3.Row]:
+        """Preset, preset hash and model versions of done jobs: how many, and the last one."""
+        return self._query(
+            """SELECT preset, preset_hash, models, count(*) AS jobs,
+                      max(finished_at) AS last_finished
+               FROM jobs WHERE state='done' GROUP BY preset, preset_hash, models
+               ORDER BY last_finished DESC""")
+
+    def oldest_due_delivery(self, now: float | None = None) -> float | None:
+        """When the longest-waiting due pending delivery became due; None when none is due."""
+        now = time.time() if now is None else now
+        row = self._query("""SELECT min(next_attempt_at) AS t FROM outbox
+                             WHERE state='pending' AND next_attempt_at<=?""", (now,))
+        return row[0]["t"]
+
+    def spool_bytes(self) -> int:
+        """Bytes of the instances in the spool, by their index rows."""
+        return self._query("SELECT coalesce(sum(size), 0) AS n FROM instances")[0]["n"]
+
+    def study_trail(self, study_uid: str) -> dict[str, list[sqlite3.Row]]:
+        """What the index knows of a study: who sent each series (``received``), the jobs that
+        read its series, their deliveries, and its audit rows (``events``), oldest first."""
+        received = self._query(
+            """SELECT series_uid, sop_class_uid, calling_ae, peer_host, count(*) AS n_instances,
+                      sum(size) AS bytes, min(received_at) AS first_received,
+                      max(received_at) AS last_received
+               FROM instances WHERE study_uid=?
+               GROUP BY series_uid, sop_class_uid, calling_ae, peer_host
+               ORDER BY first_received""", (study_uid,))
+        jobs = self._query(
+            """SELECT DISTINCT j.* FROM jobs j WHERE j.id IN
+                 (SELECT job_id FROM audit WHERE study_uid=? AND job_id IS NOT NULL)
+               OR j.source_series_uid IN (SELECT series_uid FROM instances WHERE study_uid=?)
+               ORDER BY j.id""", (study_uid, study_uid))
+        job_ids = tuple(r["id"] for r in jobs)
+        marks = ",".join("?" * len(job_ids))
+        deliveries = self._query(
+            f"""SELECT o.*, c.method AS verified_by FROM outbox o
+                LEFT JOIN delivery_checks c ON c.delivery_id=o.id
+                WHERE o.job_id IN ({marks}) ORDER BY o.id""", job_ids) if job_ids else []
+        events = self._query(
+            f"""SELECT * FROM audit WHERE study_uid=?
+                {f"OR job_id IN ({marks})" if job_ids else ""} ORDER BY id""",
+            (study_uid, *job_ids))
+        return {"received": received, "jobs": jobs, "deliveries": deliveries, "events": events}
+
+    def remove_expired_series(self, received_before: float) -> list[InstanceRow]:
+        """Drop from the index every stable series last received before ``received_before``
+        that no unfinished work needs, and return its instances, whose files the caller deletes.
+
+        Needed means: a job reading it (as source or SEG) that is not done, a delivery of such a
+        job that is not delivered, or a waiting retrieval for it or for its SEG. Each series
+        removed leaves an audit row with who sent it, so the trail outlives the files.
+        """
+        removed: list[InstanceRow] = []
+        with self._transaction() as db:
+            expired = db.execute(
+                """SELECT s.* FROM series s WHERE s.stable_at IS NOT NULL
+                   AND s.last_received < ?
+                   AND NOT EXISTS (
+                     SELECT 1 FROM jobs j LEFT JOIN outbox o ON o.job_id=j.id
+                     WHERE (j.source_series_uid=s.series_uid OR j.seg_sop_uid IN
+                            (SELECT sop_instance_uid FROM instances WHERE series_uid=s.series_uid))
+                     AND (j.state!='done' OR o.state!='delivered'))
+                   AND NOT EXISTS (
+                     SELECT 1 FROM retrievals r WHERE r.state='waiting'
+                     AND (r.series_uid=s.series_uid OR r.seg_sop_uid IN
+                          (SELECT sop_instance_uid FROM instances WHERE series_uid=s.series_uid)))
+                   ORDER BY s.last_received""", (received_before,)).fetchall()
+            for series in expired:
+                rows = [_instance_row(r) for r in db.execute(
+                    "SELECT * FROM instances WHERE series_uid=?", (series["series_uid"],))]
+                senders = sorted({f"{r.calling_ae}@{r.peer_host or '?'}" for r in rows})
+                db.execute("DELETE FROM instances WHERE series_uid=?", (series["series_uid"],))
+                db.execute("DELETE FROM series WHERE series_uid=?", (series["series_uid"],))
+                _audit(db, "spool removed", study_uid=series["study_uid"],
+                       series_uid=series["series_uid"],
+                       detail={"modality": series["modality"], "instances": len(rows),
+                               "bytes": sum(r.size for r in rows), "senders": senders,
+                               "first_received": series["first_received"],
+                               "last_received": series["last_received"]})
+                removed += rows
+        return removed
+
+    def expired_results(self, finished_before: float) -> list[int]:
+        """Done jobs finished before ``finished_before`` whose every delivery is delivered and
+        whose results are not yet removed: the caller deletes their folders, then calls
+        ``mark_results_removed`` (a crash in between only repeats the deletion)."""
+        rows = self._query(
+            """SELECT j.id FROM jobs j WHERE j.state='done' AND j.finished_at < ?
+               AND j.results_removed_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id=j.id
+                               AND o.state!='delivered')
+               ORDER BY j.id""", (finished_before,))
+        return [r["id"] for r in rows]
+
+    def mark_results_removed(self, job_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET results_removed_at=? WHERE id=?", (time.time(), job_id))
+            _audit_job(db, job_id, "results removed")
+
+
+def _instance_row(r: sqlite3.Row) -> InstanceRow:
+    return InstanceRow(r["sop_instance_uid"], r["sop_class_uid"], r["study_uid"],
+                       r["series_uid"], r["path"], r["size"], r["calling_ae"], r["peer_host"])
+
+
+def _audit(db: sqlite3.Connection, event: str, actor: str = NODE, *, study_uid: str | None = None,
+           series_uid: str | None = None, job_id: int | None = None,
+           delivery_id: int | None = None, detail: dict | None = None) -> None:
+    """Append one row to the audit trail, inside the caller's transaction."""
+    db.execute(
+        """INSERT INTO audit (at, event, actor, study_uid, series_uid, job_id, delivery_id,
+           detail) VALUES (?,?,?,?,?,?,?,?)""",
+        (time.time(), event, actor, study_uid, series_uid, job_id, delivery_id,
+         json.dumps(detail, sort_keys=True) if detail else None),
+    )
+
+
+def _audit_job(db: sqlite3.Connection, job_id: int, event: str, actor: str = NODE,
+               detail: dict | None = None) -> None:
+    """An audit row for a job, filed under the study of its source series."""
+    row = db.execute(
+        """SELECT j.source_series_uid, j.preset, j.attempts, s.study_uid FROM jobs j
+           LEFT JOIN series s ON s.series_uid=j.source_series_uid WHERE j.id=?""",
+        (job_id,)).fetchone()
+    if row is None:
+        return
+    _audit(db, event, actor, study_uid=row["study_uid"], series_uid=row["source_series_uid"],
+           job_id=job_id, detail={"preset": row["preset"], "attempt": row["attempts"],
+                                  **(detail or {})})
+
+
+def _audit_delivery(db: sqlite3.Connection, delivery_id: int, event: str, actor: str = NODE,
+                    detail: dict | None = None) -> None:
+    """An audit row for a delivery, filed under the study of its job's source series."""
+    row = db.execute(
+        """SELECT o.job_id, o.destination, o.sop_instance_uid, j.source_series_uid, s.study_uid
+           FROM outbox o JOIN jobs j ON j.id=o.job_id
+           LEFT JOIN series s ON s.series_uid=j.source_series_uid WHERE o.id=?""",
+        (delivery_id,)).fetchone()
+    if row is None:
+        return
+    _audit(db, event, actor, study_uid=row["study_uid"], series_uid=row["source_series_uid"],
+           job_id=row["job_id"], delivery_id=delivery_id,
+           detail={"destination": row["destination"], "sop_instance_uid": row["sop_instance_uid"],
+                   **(detail or {})})
 
 
 def _retrieval_row(r: sqlite3.Row) -> RetrievalRow:

@@ -95,9 +95,10 @@ class Ingest:
 
     def accept(self, data: bytes, decode: Callable[[], Dataset], source: str,
                expected_class: str | None = None,
-               expected_instance: str | None = None) -> Outcome:
+               expected_instance: str | None = None, host: str | None = None) -> Outcome:
         """Take one instance: ``data`` is its Part 10 encoding, ``decode`` parses it, ``source``
-        says who brought it (e.g. the calling AE title). Never raises for bad input: the checks of
+        says who brought it (e.g. the calling AE title) and ``host`` from which address (kept in
+        the index for the audit trail). Never raises for bad input: the checks of
         ``node.validation`` (size, transfer syntax, every element decodable, identity, SOP class,
         Pixel Data against the Image Pixel module) refuse it with a status naming the tag."""
         try:
@@ -120,9 +121,10 @@ class Ingest:
                 source=source, status=f"0x{refusal.status:04X}", tag=refusal.tag,
                 reason=refusal.reason, quarantined=kept.name))
             return Outcome(refusal.status, f"{refusal.tag}: {refusal.reason}")
-        return self._store(identity, str(dataset.get("Modality", "") or ""), data, source)
+        return self._store(identity, str(dataset.get("Modality", "") or ""), data, source, host)
 
-    def _store(self, identity: dict[str, str], modality: str, data: bytes, source: str) -> Outcome:
+    def _store(self, identity: dict[str, str], modality: str, data: bytes, source: str,
+               host: str | None) -> Outcome:
         sop_uid = identity["SOPInstanceUID"]
         if self._index.has_instance(sop_uid):
             log.info("duplicate instance ignored", extra=fields(
@@ -143,9 +145,9 @@ class Ingest:
                                                          error=exc.strerror))
             return Outcome(OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}")
         row = InstanceRow(sop_uid, identity["SOPClassUID"], identity["StudyInstanceUID"],
-                          identity["SeriesInstanceUID"], str(target), len(data), source)
+                          identity["SeriesInstanceUID"], str(target), len(data), source, host)
         self._index.add_instance(row, modality)
         log.info("instance stored", extra=fields(
             sop_instance_uid=sop_uid, series_uid=row.series_uid, modality=modality,
-            source=source, bytes=row.size))
+            source=source, host=host, bytes=row.size))
         return Outcome(SUCCESS)

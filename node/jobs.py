@@ -87,7 +87,7 @@ class JobRunner:
             return
         deliveries = [(dest.name, str(obj.path), obj.sop_instance_uid)
                       for obj in result.objects for dest in self._config.destinations]
-        self._index.finish_job(job_id, deliveries)
+        self._index.finish_job(job_id, deliveries, preset_hash=result.preset_hash)
         log.info("job done", extra=fields(
             job_id=job_id, preset=result.preset, preset_hash=result.preset_hash,
             lesions=len(result.lesions), objects=[str(Path(o.path).name) for o in result.objects],
