@@ -1,8 +1,9 @@
-"""The ``radiomics-node`` command: serve, config check, demo, outbox list and retry."""
+"""The ``radiomics-node`` command: serve, config check, demo, outbox list and retry, audit."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import signal
 import sys
 import threading
@@ -112,7 +113,8 @@ def _outbox_retry(args: argparse.Namespace) -> int:
     if index is None:
         return 1
     try:
-        reset = index.retry_deliveries(None if args.all_dead else args.ids)
+        reset = index.retry_deliveries(None if args.all_dead else args.ids,
+                                       actor=f"cli:{getpass.getuser()}")
     finally:
         index.close()
     print(f"{len(reset)} deliver{'y' if len(reset) == 1 else 'ies'} due again now, attempts "
@@ -122,6 +124,24 @@ def _outbox_retry(args: argparse.Namespace) -> int:
         print(f"not retried (no such delivery, or already delivered): "
               f"{', '.join(map(str, skipped))}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """Print the audit trail of a study from the index."""
+    from node.audit import study_trail_lines
+
+    index = _outbox_index(args)
+    if index is None:
+        return 1
+    try:
+        lines = study_trail_lines(index, args.study_uid)
+    finally:
+        index.close()
+    if not lines:
+        print(f"the index knows nothing of study {args.study_uid}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
     return 0
 
 
@@ -211,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("ids", type=int, nargs="*", metavar="ID", help="delivery ids")
     retry.add_argument("--all-dead", action="store_true", help="every dead-lettered delivery")
     retry.set_defaults(func=_outbox_retry)
+
+    audit = commands.add_parser(
+        "audit", help="the audit trail of a study: senders, jobs, deliveries, retries")
+    audit.add_argument("study_uid", help="Study Instance UID")
+    audit.add_argument("--config", type=Path, help="YAML configuration (defaults when omitted)")
+    audit.set_defaults(func=_audit)
     return parser
 
 

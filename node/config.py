@@ -290,6 +290,61 @@ class LimitsConfig(Strict):
     )
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+class StatusConfig(Strict):
+    """The status web page, ``/healthz`` and ``/metrics`` served by the node over HTTP.
+
+    Bound to loopback by default. Bound anywhere else, it needs ``username`` and ``password``
+    (HTTP basic authentication, RFC 7617) or a ``token`` (``Authorization: Bearer``, RFC 6750),
+    or the node refuses to start; put it behind an HTTPS reverse proxy on an untrusted network.
+    """
+
+    enabled: bool = Field(default=True, description="Serve the status page, /healthz, /metrics.")
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(default=8080, ge=0, le=65535, description="TCP port; 0 = any free port.")
+    username: str | None = Field(default=None, description="HTTP basic authentication user.")
+    password: SecretStr | None = Field(default=None, description="HTTP basic authentication "
+                                       "password.")
+    token: SecretStr | None = Field(default=None, description="Bearer token accepted instead "
+                                    "of username and password.")
+    stuck_after: float = Field(
+        default=900.0, gt=0,
+        description="/healthz fails when a pending delivery has been due for longer (seconds).")
+    scheduler_stale_after: float = Field(
+        default=60.0, gt=0,
+        description="/healthz fails when the scheduler's heartbeat is older (seconds).")
+    recent: int = Field(default=50, ge=1, le=1000, description="Rows per table on the page.")
+
+    @model_validator(mode="after")
+    def _authenticated_off_loopback(self) -> StatusConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if self.enabled and self.host not in LOOPBACK_HOSTS and self.password is None \
+                and self.token is None:
+            raise ValueError(f"the status page on {self.host} (not loopback) needs username and "
+                             "password or token")
+        return self
+
+
+class RetentionConfig(Strict):
+    """How long processed data stays on disk once it is no longer needed.
+
+    Spool files of a series are removed ``spool_days`` after it was last received, once every job
+    that reads it is done and every delivery of those jobs delivered; a job's results folder is
+    removed ``results_days`` after the job finished, once its deliveries are delivered. Queued,
+    running or failed jobs, pending or dead deliveries and series a retrieval waits for keep
+    their files. ``null`` keeps them forever.
+    """
+
+    spool_days: float | None = Field(default=14.0, gt=0, description="Days received instances "
+                                     "are kept once processed and delivered; null: forever.")
+    results_days: float | None = Field(default=30.0, gt=0, description="Days result objects are "
+                                       "kept once delivered; null: forever.")
+    interval: float = Field(default=3600.0, gt=0, description="Seconds between clean-ups.")
+
+
 def default_rules() -> list[SeriesRule]:
     """The rule a fresh install runs: axial CT series with the basic liver preset."""
     return [SeriesRule(name="ct-liver", preset="ct-liver-basic", modality=["CT"])]
@@ -338,6 +393,8 @@ class NodeConfig(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     orthanc_feeds: list[OrthancFeed] = Field(default_factory=list)
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -86,6 +86,8 @@ def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int |
         "state_dir": state_dir,
         "log_file": state_dir / "node.log",
         "listener": listener,
+        # any free port: the demo must not fail where 8080 is taken
+        "status": config.status.model_copy(update={"port": 0}),
         "destinations": [Destination(name="self", ae_title=listener.ae_title,
                                      host="127.0.0.1", port=listener.port,
                                      verify=False)],  # the listener answers no C-FIND
@@ -102,6 +104,9 @@ def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int |
     node = Node(config)
     node.start()
     try:
+        if node.status_address is not None:
+            host, http_port = node.status_address
+            print(f"status page: http://{host}:{http_port}/", flush=True)
         print(f"node {listener.ae_title} listening on 127.0.0.1:{listener.port}; "
               f"sending {len(study.ct_paths)} CT slices and 1 SEG by C-STORE ...", flush=True)
         paths = [*study.ct_paths, study.seg_path]

@@ -43,7 +43,8 @@ class Receiver:
         """C-STORE (PS3.4 B.2): durable spool file, index row, then success."""
         outcome = self._ingest.accept(
             event.encoded_dataset(), lambda: event.dataset, event.assoc.requestor.ae_title,
-            event.request.AffectedSOPClassUID, event.request.AffectedSOPInstanceUID)
+            event.request.AffectedSOPClassUID, event.request.AffectedSOPInstanceUID,
+            host=event.assoc.requestor.address)
         return outcome.as_dataset() if outcome.status else SUCCESS
 
     def start(self) -> tuple[str, int]:
@@ -75,6 +76,11 @@ class Receiver:
         log.info("listening", extra=fields(ae_title=listener.ae_title, host=host, port=port,
                                            tls=tls, peers=len(self._config.peers)))
         return host, port
+
+    @property
+    def listening(self) -> bool:
+        """True while the listener's socket is open (for ``/healthz``)."""
+        return self._server is not None and self._server.socket.fileno() >= 0
 
     def stop(self) -> None:
         if self._server is not None:

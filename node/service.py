@@ -2,9 +2,11 @@
 
 apscheduler 3 drives the periodic work in background threads: one tick marks quiet series as
 stable and routes them, one starts queued jobs, one sends due deliveries, one fetches missing
-source series (``node.retrieve``), and one per Orthanc feed polls its change feed
-(``node.feed``). Each tick is a job with ``max_instances=1`` and ``coalesce=True``, so a slow
-tick is never run twice at once.
+source series (``node.retrieve``), one per Orthanc feed polls its change feed
+(``node.feed``), one removes expired spool and results (``node.retention``) and a heartbeat shows
+``/healthz`` that the scheduler runs. Each tick is a job with ``max_instances=1`` and
+``coalesce=True``, so a slow tick is never run twice at once. The status page, ``/healthz`` and
+``/metrics`` (``node.status``) are served over HTTP while the node runs.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.config import NodeConfig
 from node.feed import Feed
+from node.health import Health, check_health
 from node.index import Index
 from node.jobs import JobRunner
 from node.logs import fields
 from node.outbox import Outbox
 from node.receiver import Receiver
 from node.recovery import recover
+from node.retention import Retention
 from node.retrieve import Retriever
 from node.router import Router
+from node.status import StatusServer
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,11 @@ class Node:
         self.outbox = Outbox(config, self.index)
         self.retriever = Retriever(config, self.index)
         self.feeds = [Feed(config, self.index, feed) for feed in config.orthanc_feeds]
+        self.retention = Retention(config, self.index)
+        self.status = StatusServer(config, self.index, self.health) \
+            if config.status.enabled else None
+        self.status_address: tuple[str, int] | None = None
+        self.heartbeat: float | None = None
         self._scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         )
@@ -57,21 +67,38 @@ class Node:
             except Exception:
                 log.exception("routing failed", extra=fields(series_uid=series.series_uid))
 
+    def beat(self) -> None:
+        """The heartbeat tick: proves to ``/healthz`` that scheduled work runs."""
+        self.heartbeat = time.time()
+
+    def health(self) -> Health:
+        """The ``/healthz`` checks (``node.health``) of this node now."""
+        return check_health(self.config, self.index, self.receiver.listening,
+                            self._scheduler.running, self.heartbeat)
+
     def start(self) -> tuple[str, int]:
         recover(self.config, self.index)
+        if self.status is not None:  # first: a port in use stops the node before it listens
+            self.status_address = self.status.start()
         self.address = self.receiver.start()
         interval = self.config.scan_interval
         self._scheduler.add_job(self.assemble, "interval", seconds=interval, id="assembly")
         self._scheduler.add_job(self.jobs.tick, "interval", seconds=interval, id="jobs")
         self._scheduler.add_job(self.outbox.tick, "interval", seconds=interval, id="outbox")
         self._scheduler.add_job(self.retriever.tick, "interval", seconds=interval, id="retrieve")
+        self._scheduler.add_job(self.beat, "interval", seconds=interval, id="heartbeat")
+        self._scheduler.add_job(self.retention.tick, "interval",
+                                seconds=self.config.retention.interval, id="retention")
         for feed in self.feeds:
             self._scheduler.add_job(feed.poll, "interval", seconds=feed.settings.poll_interval,
                                     id=f"feed-{feed.settings.name}")
         self._scheduler.start()
+        self.beat()
         return self.address
 
     def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
         self.receiver.stop()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)

@@ -120,10 +120,12 @@ class NodeService:
         workdir.mkdir(parents=True, exist_ok=True)
         self.ae_title = "RADIOMICS"
         self.port = free_port()
+        self.status_port = free_port()
         self.state_dir = workdir / "state"
         self.log_path = workdir / "node.log"
         config = {"state_dir": str(self.state_dir), "listener": {"port": self.port},
                   "stable_after": 2, "scan_interval": 0.5, "log_file": str(self.log_path),
+                  "status": {"port": self.status_port},
                   # loopback test bench: any AE title from 127.0.0.1 unless a test lists peers
                   "accept_unknown_peers": "peers" not in settings,
                   **settings}
@@ -149,6 +151,11 @@ class NodeService:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"node did not listen within {timeout:.0f} s")
             time.sleep(0.05)
+
+    @property
+    def status_url(self) -> str:
+        """Base URL of the node's status page, /healthz and /metrics."""
+        return f"http://127.0.0.1:{self.status_port}"
 
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind, as a power cut or the OOM killer would do."""
