@@ -24,6 +24,21 @@ from tests.conftest import REPO, free_port
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
+NODE_LOGS: list[Path] = []
+"""The log files (JSON log and stderr) of every NodeService made in this process, in order: the
+integration conftest scans those of each test for patient identity."""
+
+
+def phi_leaks(paths: list[Path], values: list[str]) -> list[str]:
+    """``file:line: value`` for each line of ``paths`` that contains one of ``values``."""
+    leaks = []
+    for path in paths:
+        if not path.exists():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            leaks += [f"{path}:{number}: {value!r}" for value in values if value in line]
+    return leaks
+
 
 def require_tools(*names: str) -> None:
     """Fail (not skip) when a tool the integration tests rely on is missing."""
@@ -123,6 +138,7 @@ class NodeService:
         self.status_port = free_port()
         self.state_dir = workdir / "state"
         self.log_path = workdir / "node.log"
+        NODE_LOGS.extend([self.log_path, workdir / "stderr.log"])
         config = {"state_dir": str(self.state_dir), "listener": {"port": self.port},
                   "stable_after": 2, "scan_interval": 0.5, "log_file": str(self.log_path),
                   "status": {"port": self.status_port},
