@@ -54,7 +54,7 @@ main { padding: 8px 28px 28px; }
 h2 { font-size: 16px; margin: 22px 0 8px; color: #243b53; }
 table { border-collapse: collapse; width: 100%; background: #fff; box-shadow: 0 1px 2px #0002; }
 th, td { text-align: left; padding: 5px 10px; border-bottom: 1px solid #e4e7eb;
-         vertical-align: top; }
+         vertical-align: top; white-space: nowrap; }
 th { background: #e4e7eb; font-weight: 600; font-size: 12px; text-transform: uppercase;
      letter-spacing: .03em; color: #486581; }
 tr:nth-child(even) td { background: #f8fafc; }
@@ -72,7 +72,7 @@ code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; color: #334e68
 .empty { color: #829ab1; font-style: italic; padding: 6px 0; }
 button { background: #2680c2; color: #fff; border: 0; padding: 3px 12px; border-radius: 3px;
          cursor: pointer; }
-.reason { color: #a61b1b; max-width: 520px; }
+.reason { color: #a61b1b; white-space: normal; display: block; min-width: 180px; }
 """
 
 
@@ -103,7 +103,7 @@ def _uid(uid: str | None) -> str:
     """A UID shortened to its end (where UIDs differ), the whole one in the tooltip."""
     if not uid:
         return "-"
-    shown = uid if len(uid) <= 28 else "\u2026" + uid[-27:]
+    shown = uid if len(uid) <= 24 else "\u2026" + uid[-23:]
     return f'<code title="{html.escape(uid)}">{html.escape(shown)}</code>'
 
 
@@ -269,13 +269,6 @@ class StatusServer:
                                                    "deliveries_pending", "deliveries_dead",
                                                    "retrievals_waiting", "series_receiving")]],
                    ""),
-            _table("Disk", ["state directory", "size", "used", "free", "floor", "spool"],
-                   disk_rows, ""),
-            _table("Recent studies", ["study", "series", "instances", "size", "sent by",
-                                      "first received", "last received"], studies,
-                   "no study received yet"),
-            _table("Series", ["series", "study", "modality", "instances", "state",
-                              "last received"], series, "no series"),
             _table("Jobs", ["id", "state", "preset", "study", "source series", "attempts",
                             "queued", "duration", "reason"], jobs, "no job yet"),
             _table("QC failures", ["job", "preset", "source series", "failed", "reason"], qc,
@@ -284,6 +277,13 @@ class StatusServer:
                                                 "attempts", "last error", ""], dead,
                    "no dead-lettered delivery"),
             retry_all,
+            _table("Disk", ["state directory", "size", "used", "free", "floor", "spool"],
+                   disk_rows, ""),
+            _table("Recent studies", ["study", "series", "instances", "size", "sent by",
+                                      "first received", "last received"], studies,
+                   "no study received yet"),
+            _table("Series", ["series", "study", "modality", "instances", "state",
+                              "last received"], series, "no series"),
             _table("Presets and model versions in use", ["preset", "preset hash", "models",
                                                          "jobs done", "last"], models,
                    "no job done yet"),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up radiomics-node in ./.venv (Python >= 3.11). With --system-tools, also install the Debian
 # packages the integration tests use as real peers: orthanc (PACS), dcmtk (storescu, findscu,
-# dsr2xml) and dicom3tools (dciodvfy). Safe to run again: it installs only what is missing.
+# dsr2xml) and dicom3tools (dciodvfy), and chromium (headless screenshot of the status page; about
+# 20 s to install from a Debian mirror). Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ if [[ "${1:-}" == "--system-tools" ]]; then
     command -v Orthanc >/dev/null 2>&1 || [[ -x /usr/sbin/Orthanc ]] || missing+=(orthanc)
     command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
     command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     if ((${#missing[@]})); then
         sudo=""
         [[ $(id -u) -eq 0 ]] || sudo="sudo"
