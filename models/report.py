@@ -16,10 +16,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from models.card import ModelCard  # noqa: E402
-from models.training import Evaluation  # noqa: E402
+from models.card import ModelCard
+from models.training import Evaluation
 
 
 def _png(figure: Any) -> str:

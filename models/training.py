@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import sklearn
 import skops
+from pydantic import BaseModel, ConfigDict
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_curve
@@ -93,18 +94,22 @@ class Options:
     hl_groups: int = 10
 
 
-@dataclass(frozen=True)
-class CardTemplate:
-    """What the run cannot know: the model's identity, use, outcome and acquisition domain."""
+class CardTemplate(BaseModel):
+    """What the run cannot know: the model's identity, use, outcome, clinical inputs (columns of
+    the outcome table of the same names) and acquisition domain; read from a YAML file by
+    ``models train --template``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     version: str
     description: str
     intended_use: str
     not_for_clinical_use: bool
-    disclaimer: str
+    disclaimer: str = ""
     outcome: Outcome
     domain: AcquisitionDomain
+    clinical_inputs: tuple[ClinicalInput, ...] = ()
     categories: tuple[str, str] = ("low risk", "high risk")
     development_cohort: str = "development"
     external_cohort: str = "external"
@@ -270,7 +275,7 @@ def _metrics(evaluation: Evaluation) -> list[Metric]:
 
 
 def train(template: CardTemplate, features: FeatureTable, outcomes: OutcomeTable, *,
-          clinical: Sequence[ClinicalInput] = (), stability: FeatureTable | None = None,
+          stability: FeatureTable | None = None,
           external: tuple[FeatureTable, OutcomeTable] | None = None,
           options: Options = Options()) -> TrainingResult:
     """Run the recipe of the module docstring and return what makes the package and report.
@@ -281,6 +286,7 @@ def train(template: CardTemplate, features: FeatureTable, outcomes: OutcomeTable
     if features.preset is None or features.preset_hash is None:
         raise TableError(f"{features.path}: needs preset and preset_hash columns: a model is "
                          "tied to the preset its features came from")
+    clinical = template.clinical_inputs
     clinical_names = [c.name for c in clinical]
     dev = match(template.development_cohort, features, outcomes, clinical_names)
     finite = np.isfinite(dev.X).all(axis=0)
