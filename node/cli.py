@@ -1,4 +1,5 @@
-"""The ``radiomics-node`` command: serve, config check, demo, outbox list and retry, audit."""
+"""The ``radiomics-node`` command: serve, config check, demo, outbox list and retry, audit;
+models and export (node.model_commands)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from node import __version__, logs
 from node.config import ConfigError, load_config
+from node.model_commands import add_commands as add_model_commands
 
 if TYPE_CHECKING:
     from node.index import Index
@@ -237,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("study_uid", help="Study Instance UID")
     audit.add_argument("--config", type=Path, help="YAML configuration (defaults when omitted)")
     audit.set_defaults(func=_audit)
+
+    add_model_commands(commands)
     return parser
 
 

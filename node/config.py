@@ -345,6 +345,15 @@ class RetentionConfig(Strict):
     interval: float = Field(default=3600.0, gt=0, description="Seconds between clean-ups.")
 
 
+class ModelRef(Strict):
+    """A model package the node may run, pinned by the digest ``radiomics-node models install``
+    prints (models.package: sha256 over the package's files). A package whose digest differs
+    is not loaded."""
+
+    path: Path = Field(description="Package directory or zip.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 def default_rules() -> list[SeriesRule]:
     """The rule a fresh install runs: axial CT series with the basic liver preset."""
     return [SeriesRule(name="ct-liver", preset="ct-liver-basic", modality=["CT"])]
@@ -393,6 +402,10 @@ class NodeConfig(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     orthanc_feeds: list[OrthancFeed] = Field(default_factory=list)
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
+    models: list[ModelRef] = Field(
+        default_factory=list,
+        description="Model packages to run, each pinned by its sha256; none by default.",
+    )
     status: StatusConfig = Field(default_factory=StatusConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
@@ -452,6 +465,10 @@ class NodeConfig(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.state_dir / "results"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
 
     @property
     def quarantine_dir(self) -> Path:
