@@ -11,15 +11,20 @@ Structure (PS3.16 TID 1500 "Measurement Report"):
   SOP instance, segment number and the source series),
   Finding Type (the segment's Segmented Property Type) and, where the SEG gives one, the
   segment's Anatomic Region as Finding Site.
+* Algorithm Identification (TID 4019) of each group, naming radiomics-node, its version and, as
+  Algorithm Parameters, the preset name and the preset hash.
 * One NUM (TID 1419 / TID 300) per feature: concept and UCUM unit from :mod:`pipelines.codes`,
-  the image filter as Measurement Method (a ``99RADNODE`` ``filter.<image type>`` code), and
-  Algorithm Identification (TID 4019) naming radiomics-node, its version and, as Algorithm
-  Parameters, the preset name and the preset hash.
+  the image filter as Measurement Method (a ``99RADNODE`` ``filter.<image type>`` code).
+
+highdicom builds the document, each group and its first NUM; the other NUMs of a group are
+encoded by :func:`num_item`, which writes the same content item as ``highdicom.sr.Measurement``
+(a test compares the two), and inserted after that first one. highdicom's constructors check
+every content item against the whole tree, which takes minutes for the thousands of NUMs of a
+preset with filters and rings (1037 features x 4 ROI variants per lesion for ct-liver-crlm).
 
 A non-finite value is refused: PS3.3 C.18.1 would encode it as an empty Measured Value Sequence
-with a CID 42 Numeric Value Qualifier, but highdicom 0.28 cannot build such a NUM (its SR
-constructor re-reads every NUM's first Measured Value), and a NUM that hides the failure behind a
-number would be worse than no report.
+with a CID 42 Numeric Value Qualifier, which highdicom 0.28 cannot read back, and a NUM that
+hides the failure behind a number would be worse than no report.
 
 Series/SOP Instance UIDs and Tracking UIDs are derived with
 ``pydicom.uid.generate_uid(entropy_srcs=...)`` from the source series and every one of its
@@ -35,8 +40,12 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import highdicom as hd
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DS
 
 from pipelines.codes import coding_schemes, feature_concept, image_filter_concept
 from pipelines.features import RoiFeatures
@@ -54,6 +63,10 @@ _PROCEDURES = {
     "MR": codes.LN.MRIUnspecifiedBodyRegion,
     "PT": codes.LN.PETUnspecifiedBodyRegion,
 }
+
+
+_MEASUREMENT_METHOD = hd.sr.CodedConcept("370129005", "SCT", "Measurement Method")
+_CONTENT_SEQUENCE = 0x0040A730
 
 
 class ReportError(ValueError):
@@ -92,21 +105,70 @@ def _uid(*parts: str) -> str:
     return generate_uid(entropy_srcs=[ALGORITHM_NAME, *parts])
 
 
-def _measurement(
-    key: str,
-    value: float,
-    modality: str,
-    algorithm: hd.sr.AlgorithmIdentification,
-) -> hd.sr.Measurement:
-    """One NUM of TID 1419 with the image filter as Measurement Method."""
+def _measurement(key: str, value: float, modality: str) -> hd.sr.Measurement:
+    """One NUM of TID 1419 with the image filter as Measurement Method, built by highdicom."""
     concept = feature_concept(key, modality)
     return hd.sr.Measurement(
         name=concept.name,
         value=value,
         unit=concept.unit,
         method=image_filter_concept(concept.image_filter),
-        algorithm_id=algorithm,
     )
+
+
+def _code_item(concept: hd.sr.CodedConcept) -> Dataset:
+    """A Code Sequence item (PS3.3 8.8); values over 16 characters go in Long Code Value."""
+    item = Dataset()
+    if len(concept.value) > 16:
+        item.LongCodeValue = concept.value
+    else:
+        item.CodeValue = concept.value
+    item.CodingSchemeDesignator = concept.scheme_designator
+    if concept.scheme_version:
+        item.CodingSchemeVersion = concept.scheme_version
+    item.CodeMeaning = concept.meaning
+    return item
+
+
+def num_item(key: str, value: float, modality: str) -> Dataset:
+    """The NUM content item of ``_measurement`` (PS3.3 C.17.3.2.1, C.18.1), built with plain
+    pydicom: Concept Name, Measured Value Sequence with the UCUM unit, Numeric Value (DS) and
+    Floating Point Value (FD, the exact double), and the image filter as Measurement Method
+    (HAS CONCEPT MOD, SCT 370129005)."""
+    concept = feature_concept(key, modality)
+    measured = Dataset()
+    measured.MeasurementUnitsCodeSequence = [_code_item(concept.unit)]
+    measured.FloatingPointValue = float(value)
+    measured.NumericValue = DS(value, auto_format=True)
+    method = Dataset()
+    method.RelationshipType = "HAS CONCEPT MOD"
+    method.ValueType = "CODE"
+    method.ConceptNameCodeSequence = [_code_item(_MEASUREMENT_METHOD)]
+    method.ConceptCodeSequence = [_code_item(image_filter_concept(concept.image_filter))]
+    item = Dataset()
+    item.RelationshipType = "CONTAINS"
+    item.ValueType = "NUM"
+    item.ConceptNameCodeSequence = [_code_item(concept.name)]
+    item.MeasuredValueSequence = [measured]
+    item.ContentSequence = [method]
+    return item
+
+
+def _insert_measurements(sr: hd.sr.Comprehensive3DSR, rois: Sequence[RoiResult],
+                         modality: str) -> None:
+    """Insert every NUM but the first of each group right after the group's first NUM."""
+    [measurements] = [item for item in sr.ContentSequence
+                      if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    groups = [item for item in measurements.ContentSequence
+              if item.ConceptNameCodeSequence[0].CodeValue == "125007"]
+    for group, roi in zip(groups, rois, strict=True):
+        items = list(group.ContentSequence)
+        first = next(i for i, item in enumerate(items) if item.ValueType == "NUM")
+        rest = [num_item(key, value, modality)
+                for key, value in list(roi.features.values.items())[1:]]
+        # a plain pydicom Sequence: highdicom's ContentSequence indexes items it built itself
+        ordered = [*items[:first + 1], *rest, *items[first + 1:]]
+        group[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", PydicomSequence(ordered))
 
 
 def _check_finite(roi: RoiResult) -> None:
@@ -173,9 +235,10 @@ def build_measurement_report(
                 ),
                 finding_type=segment.property_type,
                 finding_sites=_finding_sites(seg, segment) or None,
+                algorithm_id=algorithm,
                 measurements=[
-                    _measurement(key, value, volume.modality, algorithm)
-                    for key, value in roi.features.values.items()
+                    _measurement(key, value, volume.modality)
+                    for key, value in list(roi.features.values.items())[:1]
                 ],
             )
         )
@@ -194,7 +257,7 @@ def build_measurement_report(
         referenced_images=list(volume.datasets),
     )
     source_series_number = volume.datasets[0].get("SeriesNumber")
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=[*volume.datasets, seg.dataset],
         content=report,
         series_instance_uid=_uid(*entropy, "series"),
@@ -207,3 +270,5 @@ def build_measurement_report(
         software_versions=sw_version,
         coding_schemes=coding_schemes(),
     )
+    _insert_measurements(sr, rois, volume.modality)
+    return sr

@@ -11,13 +11,14 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from pipelines.codes import feature_concept
+from pipelines.codes import feature_concept, image_filter_concept
 from pipelines.features import RoiFeatures, extract_features
 from pipelines.presets import Preset, load_preset
 from pipelines.report import (
     ReportError,
     RoiResult,
     build_measurement_report,
+    num_item,
     software_version,
 )
 from pipelines.segmentation import DecodedSegmentation, read_segmentation
@@ -128,9 +129,9 @@ def test_algorithm_identification_carries_version_preset_name_and_hash(
 ) -> None:
     dataset = pydicom.dcmread(written)
     parameters = [item.TextValue for item in _items(dataset) if _name(item) == ALGORITHM_PARAMETERS]
-    per_feature = sum(len(roi.features.values) for roi in inputs.rois)
-    assert parameters.count(inputs.preset.name) == per_feature
-    assert parameters.count(inputs.preset.hash) == per_feature
+    per_group = len(inputs.rois)  # TID 4019 in each TID 1411 group, for all its measurements
+    assert parameters.count(inputs.preset.name) == per_group
+    assert parameters.count(inputs.preset.hash) == per_group
     versions = {item.TextValue for item in _items(dataset) if _name(item).value == "111003"}
     assert versions == {software_version()}
 
@@ -236,3 +237,15 @@ def test_finding_site_comes_from_the_segments_anatomic_region(inputs: Inputs) ->
         build_measurement_report(
             inputs.volume, seg, [RoiResult(stray, inputs.rois[0].features)], inputs.preset
         )
+
+
+@pytest.mark.parametrize("key", ["original_firstorder_Mean", "original_shape_MeshVolume",
+                                 "log-sigma-3-0-mm-3D_glcm_Contrast",
+                                 "wavelet-LLH_gldm_GrayLevelVariance"])
+@pytest.mark.parametrize("value", [35.061234567891234, -1e-12, 123456789.25, 0.0])
+def test_num_item_is_the_content_item_highdicom_builds(key: str, value: float) -> None:
+    """The fast NUM encoder writes exactly what highdicom.sr.Measurement writes."""
+    concept = feature_concept(key, "CT")
+    expected = hd.sr.Measurement(name=concept.name, value=value, unit=concept.unit,
+                                 method=image_filter_concept(concept.image_filter))[0]
+    assert num_item(key, value, "CT").to_json_dict() == expected.to_json_dict()
