@@ -36,34 +36,24 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from pipelines.presets import load_preset
+    """Validate the file, then everything it points at (``node.check``); exit 1 on failures."""
+    from node.check import check_config, report
 
     try:
         config = load_config(args.file)
     except ConfigError as exc:
-        print(f"{exc.path or 'configuration'}: {len(exc.problems)} problem(s)")
+        print(f"FAIL  {exc.path or 'configuration'}: {len(exc.problems)} problem(s)")
         for problem in exc.problems:
             print(f"  - {problem}")
         return 1
-    problems = []
-    for rule in config.rules:
-        try:
-            load_preset(rule.preset)
-        except Exception as exc:
-            problems.append(f"rules.{rule.name}.preset: {exc}")
-    if problems:
-        print(f"{args.file}: {len(problems)} problem(s)")
-        for problem in problems:
-            print(f"  - {problem}")
-        return 1
     listener = config.listener
-    print(f"{args.file}: OK")
-    print(f"  listener   {listener.ae_title} on {listener.host}:{listener.port}")
-    print(f"  state      {config.state_dir.resolve()}")
-    print(f"  rules      {', '.join(f'{r.name} -> {r.preset}' for r in config.rules) or 'none'}")
-    peers = ", ".join(d.describe() for d in config.destinations)
-    print(f"  send to    {peers or 'nobody'}")
-    return 0
+    print(f"ok    {args.file}: valid; listener {listener.ae_title} on "
+          f"{listener.host}:{listener.port}, "
+          f"rules {', '.join(f'{r.name} -> {r.preset}' for r in config.rules) or 'none'}")
+    text, code = report(args.file, check_config(config, offline=args.offline,
+                                                timeout=args.timeout))
+    print(text)
+    return code
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -198,8 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
-    check = config_commands.add_parser("check", help="validate a configuration file")
+    check = config_commands.add_parser(
+        "check", help="validate a configuration and what it points at (peers by C-ECHO, "
+        "destinations, presets, models, TLS files)")
     check.add_argument("file", type=Path)
+    check.add_argument("--offline", action="store_true", help="do not contact peers")
+    check.add_argument("--timeout", type=float, default=5.0,
+                       help="seconds to wait for each peer (default 5)")
     check.set_defaults(func=_config_check)
 
     demo = commands.add_parser(

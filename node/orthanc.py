@@ -61,6 +61,10 @@ class OrthancClient:
 
     # -- the change feed (GET /changes) ---------------------------------------------------------
 
+    def system(self) -> dict[str, Any]:
+        """``GET /system``: Orthanc's version, name and DICOM AE title (a reachability check)."""
+        return self._json("GET", "/system")
+
     def changes(self, since: int, limit: int) -> dict[str, Any]:
         """Changes after sequence number ``since``: ``{"Changes": [...], "Done": bool,
         "Last": seq}``; each change has ``Seq``, ``ChangeType``, ``ResourceType``, ``ID``."""

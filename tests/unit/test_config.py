@@ -81,9 +81,10 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     good.write_text(
         "destinations:\n  - {name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: 4242}\n"
     )
-    assert main(["config", "check", str(good)]) == 0
+    assert main(["config", "check", "--offline", str(good)]) == 0
     out = capsys.readouterr().out
-    assert "OK" in out and "ORTHANC@127.0.0.1:4242" in out and "ct-liver -> ct-liver-basic" in out
+    assert "checks passed" in out and "ORTHANC@127.0.0.1:4242" in out
+    assert "ct-liver -> ct-liver-basic" in out
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("rules:\n  - {name: r, preset: no-such-preset}\nworkers: 0\n")
