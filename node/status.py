@@ -287,6 +287,9 @@ class StatusServer:
             _table("Presets and model versions in use", ["preset", "preset hash", "models",
                                                          "jobs done", "last"], models,
                    "no job done yet"),
+            _table("Model packages configured", ["package", "pinned sha256"],
+                   [[html.escape(str(ref.path)), f"<code>{html.escape(ref.sha256)}</code>"]
+                    for ref in self.config.models], "no model package configured"),
             "</main></body></html>",
         ])
 

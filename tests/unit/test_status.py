@@ -48,7 +48,8 @@ def _populate(index: Index, results: Path) -> dict[str, int]:
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
     config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
-                        status={"port": 0}, scan_interval=0.2)
+                        status={"port": 0}, scan_interval=0.2,
+                        models=[{"path": "/opt/models/crlm", "sha256": "ab" * 32}])
     running = Node(config)
     running.start()
     try:
@@ -127,7 +128,8 @@ def test_status_page_tables_and_retry_button(node: Node, tmp_path: Path) -> None
     text = page.text
     for expected in ("Recent studies", "SCANNER@10.0.0.7", "ct-liver-basic",
                      "crlm-recurrence 1.0.0", "f00d", "QC failed: (0018,0050) SliceThickness",
-                     "C-STORE status 0xA700", CT[-20:], "Dead-lettered deliveries"):
+                     "C-STORE status 0xA700", CT[-20:], "/opt/models/crlm", "ab" * 32,
+                     "Dead-lettered deliveries"):
         assert expected in text, expected
     token = re.search(r'name="csrf" value="([0-9a-f]+)"', text).group(1)
     form = {"csrf": token, "id": str(ids["dead"])}
