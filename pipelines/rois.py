@@ -174,6 +174,16 @@ def build_variants(
     return tuple(masks)
 
 
+def roi_from_mask(name: str, mask: sitk.Image) -> RoiMask | None:
+    """A full-grid 0/1 mask as a RoiMask cropped to its bounding box; None when it is empty."""
+    box = _bounding_box(mask)
+    if box is None:
+        return None
+    index, size = box
+    return RoiMask(name=name, mask=_crop(sitk.Cast(mask > 0, sitk.sitkUInt8), index, size),
+                   index=tuple(index))
+
+
 def on_full_grid(roi: RoiMask, reference: sitk.Image) -> sitk.Image:
     """The variant's mask as a sitkUInt8 image with the size and geometry of ``reference``."""
     full = sitk.Image(reference.GetSize(), sitk.sitkUInt8)

@@ -20,10 +20,11 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from pipelines.features import FeatureError, RoiFeatures, extract_features
+from pipelines.features import FeatureError, RoiFeatures, extract_features, extract_lesions
 from pipelines.presets import Preset
 from pipelines.qc.report import QCCheck, QCReport
 from pipelines.qc.settings import QCSettings
+from pipelines.rois import roi_from_mask
 
 _SCOPE = "roi"
 
@@ -84,9 +85,11 @@ def feature_robustness(
     for name, variant in perturbed_masks(mask, settings, label).items():
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(variant)))
         reason = "no voxel is left"
-        if voxels > 0:
+        roi = roi_from_mask(name, variant)
+        if roi is not None:
             try:
-                perturbed[name] = extract_features(image, variant, preset, label=1)
+                # the cropped path: the values of extract_features(image, variant, preset)
+                perturbed[name] = extract_lesions(image, [[roi]], preset, names=[subject])[0][name]
                 continue
             except FeatureError as error:
                 reason = str(error)
