@@ -20,6 +20,8 @@ import SimpleITK as sitk
 from pipelines.features import extract_lesions
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
 from pipelines.presets import Preset, load_preset
+from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
+from pipelines.qc import QCReport, QCSettings, assess_roi, assess_series, worst_status
 from pipelines.report import RoiResult, build_measurement_report
 from pipelines.rois import build_variants, is_liver
 from pipelines.segmentation import DecodedSegmentation, Segment, read_segmentation
@@ -62,6 +64,13 @@ class PipelineResult:
     lesions: tuple[LesionSummary, ...]
     objects: tuple[OutputObject, ...]
     features_csv: Path
+    qc: tuple[QCReport, ...]
+    qc_csv: Path
+
+    @property
+    def qc_status(self) -> str:
+        """The worst QC status of the series and of every lesion (pass, warn or fail)."""
+        return worst_status(report.status for report in self.qc)
 
 
 def _write_atomically(path: Path, writer: Callable[[Path], None]) -> None:
@@ -83,6 +92,16 @@ def _write_features_csv(path: Path, preset: Preset, lesions: Sequence[LesionSumm
                 for name, value in lesion.features.items():
                     out.writerow([source_series_uid, lesion.segment_number, lesion.label,
                                   lesion.roi_variant, preset.name, preset.hash, name, repr(value)])
+    _write_atomically(path, write)
+
+
+def _write_qc_csv(path: Path, reports: Sequence[QCReport]) -> None:
+    def write(target: Path) -> None:
+        with target.open("w", newline="", encoding="utf-8") as handle:
+            out = csv.DictWriter(handle, fieldnames=QC_CSV_COLUMNS)
+            out.writeheader()
+            for report in reports:
+                out.writerows(report.to_rows())
     _write_atomically(path, write)
 
 
@@ -121,11 +140,12 @@ def _normalised(
 
 def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                   preset: str | Path | Preset, out_dir: str | Path,
-                  *, workers: int = 1) -> PipelineResult:
+                  *, workers: int = 1, qc_settings: QCSettings | None = None) -> PipelineResult:
     """Compute the features of every ROI variant of every lesion segment of ``seg_path`` on the
     series ``image_paths`` and write the TID 1500 SR (PS3.16 TID 1500) and a features CSV into
     ``out_dir``. ``workers`` > 1 extracts lesions in that many processes (the node runs jobs in a
-    process pool already and keeps 1)."""
+    process pool already and keeps 1). Quality control (pipelines.qc) of the series and of each
+    lesion, with ``qc_settings`` (defaults when None), goes into ``qc.csv`` and the result."""
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,6 +169,16 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         image, variants, preset, zscore=zscores, workers=workers,
         names=[f"{seg_path}: segment {s.number} ({s.label})" for s in lesions],
     )
+    qc_settings = qc_settings or QCSettings()
+    qc = (
+        assess_series(volume, qc_settings),
+        *(
+            assess_roi(volume, lesion.mask, qc_settings, reference_mask=liver, preset=preset,
+                       features=by_name.get("intra"),
+                       subject=f"segment {lesion.number} ({lesion.label})")
+            for lesion, by_name in zip(lesions, features, strict=True)
+        ),
+    )
     rois = [
         RoiResult(lesion, by_name[roi.name], roi.name)
         for lesion, lesion_rois, by_name in zip(lesions, variants, features, strict=True)
@@ -164,6 +194,8 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     )
     features_csv = out / "features.csv"
     _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
+    qc_csv = out / "qc.csv"
+    _write_qc_csv(qc_csv, qc)
     return PipelineResult(
         source_series_uid=volume.series_instance_uid,
         seg_sop_instance_uid=seg.sop_instance_uid,
@@ -173,4 +205,6 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         lesions=summaries,
         objects=(OutputObject(sr_path, str(report.SOPClassUID), str(report.SOPInstanceUID)),),
         features_csv=features_csv,
+        qc=qc,
+        qc_csv=qc_csv,
     )

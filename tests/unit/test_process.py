@@ -91,3 +91,22 @@ def test_each_roi_variant_is_a_measurement_group_and_a_csv_roi(
 def test_preset_for_another_modality_is_refused(study: SyntheticStudy, tmp_path: Path) -> None:
     with pytest.raises(ProcessError, match=r"\(0008,0060\) Modality CT; preset mr-liver-hcc is"):
         process_study(study.ct_paths, study.seg_path, "mr-liver-hcc", tmp_path)
+
+
+def test_quality_control_of_series_and_each_lesion_is_in_the_result_and_qc_csv(
+    study: SyntheticStudy, tmp_path: Path
+) -> None:
+    import csv
+
+    result = process_study(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path)
+    assert [r.scope for r in result.qc] == ["series", "roi", "roi"]
+    assert result.qc[0].subject == study.ct_series_uid
+    assert [r.subject for r in result.qc[1:]] == ["segment 1 (Lesion 1)", "segment 2 (Lesion 2)"]
+    assert result.qc_status in ("pass", "warn", "fail")
+    lesion = result.qc[1]
+    assert lesion.check("mask.voxels").status == "pass"  # a sphere of thousands of voxels
+    assert any(c.name.startswith("robustness.") for c in lesion.checks)
+    with result.qc_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(len(r.checks) for r in result.qc)
+    assert {row["subject"] for row in rows} == {r.subject for r in result.qc}
