@@ -56,6 +56,14 @@ def _config_check(args: argparse.Namespace) -> int:
     return code
 
 
+def _config_reference(args: argparse.Namespace) -> int:
+    """Print the configuration reference (Markdown) rendered from the pydantic model."""
+    from node.reference import render_reference
+
+    sys.stdout.write(render_reference())
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from node.demo import run_demo
 
@@ -196,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=5.0,
                        help="seconds to wait for each peer (default 5)")
     check.set_defaults(func=_config_check)
+    reference = config_commands.add_parser(
+        "reference", help="print every configuration field with type, default and description "
+        "(Markdown; docs/configuration.md)")
+    reference.set_defaults(func=_config_reference)
 
     demo = commands.add_parser(
         "demo", help="send a synthetic liver CT and its SEG to a node started here; print results"

@@ -40,17 +40,19 @@ class Strict(BaseModel):
 class ListenerConfig(Strict):
     """The DICOM storage SCP that scanners and the PACS send to."""
 
-    ae_title: AETitle = "RADIOMICS"
-    host: str = "127.0.0.1"
-    port: Port = 11112
+    ae_title: AETitle = Field(default="RADIOMICS", description="The node's AE title (called AE "
+                              "title of associations to it).")
+    host: str = Field(default="127.0.0.1", description="Address to listen on; 0.0.0.0 for every "
+                      "interface.")
+    port: Port = Field(default=11112, description="TCP port of the DICOM listener.")
     max_pdu: int = Field(default=0, ge=0, description="Maximum PDU size received; 0 = unlimited.")
 
 
 class NumericRange(Strict):
     """A closed interval; either end may be open (None)."""
 
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(default=None, description="Lower end; null: open.")
+    max: float | None = Field(default=None, description="Upper end; null: open.")
 
     @model_validator(mode="after")
     def _ordered(self) -> NumericRange:
@@ -69,9 +71,11 @@ class SeriesRule(Strict):
     All given conditions must hold. Tag names are DICOM keywords (PS3.6).
     """
 
-    name: str
-    preset: str = "ct-liver-basic"
-    modality: list[str] = Field(default_factory=lambda: ["CT"])
+    name: str = Field(description="Unique name, used in logs and the index.")
+    preset: str = Field(default="ct-liver-basic", description="Preset name (pipelines/presets) or "
+                        "YAML path run on matching series.")
+    modality: list[str] = Field(default_factory=lambda: ["CT"],
+                                description="Modality (0008,0060) values accepted.")
     series_description: str | None = Field(
         default=None,
         description="Regular expression searched in SeriesDescription, case-insensitive.",
@@ -114,14 +118,17 @@ class RemotePeer(Strict):
     """A peer reached by DICOM (``kind: dicom``: AE title, host, port) or through Orthanc's REST
     API (``kind: orthanc-rest``: base URL, optional HTTP basic credentials)."""
 
-    name: str
-    kind: Literal["dicom", "orthanc-rest"] = "dicom"
-    ae_title: AETitle | None = None
-    host: str | None = None
-    port: Port | None = None
-    url: str | None = Field(default=None, pattern=r"^https?://")
-    username: str | None = None
-    password: SecretStr | None = None
+    name: str = Field(description="Unique name, used in logs and the index.")
+    kind: Literal["dicom", "orthanc-rest"] = Field(default="dicom", description="DICOM "
+                                                   "network or Orthanc's REST API.")
+    ae_title: AETitle | None = Field(default=None, description="Its AE title (dicom).")
+    host: str | None = Field(default=None, description="Host name or address (dicom).")
+    port: Port | None = Field(default=None, description="TCP port (dicom).")
+    url: str | None = Field(default=None, pattern=r"^https?://",
+                            description="Base URL of the REST API (orthanc-rest).")
+    username: str | None = Field(default=None, description="HTTP basic authentication user.")
+    password: SecretStr | None = Field(default=None, description="HTTP basic authentication "
+                                       "password.")
     tls: bool = Field(default=False, description="DICOM over TLS (PS3.15 B.12), see tls.")
 
     @model_validator(mode="after")
@@ -162,7 +169,8 @@ class RetrieveSource(RemotePeer):
 class RetrieveConfig(Strict):
     """Fetching the source series a segmentation references when the node does not have it."""
 
-    sources: list[RetrieveSource] = Field(default_factory=list)
+    sources: list[RetrieveSource] = Field(default_factory=list,
+                                          description="Peers asked in order.")
     wait: float = Field(
         default=600.0, gt=0,
         description="Seconds a segmentation waits for its source series before it fails.",
@@ -174,13 +182,16 @@ class RetrieveConfig(Strict):
 class OrthancFeed(Strict):
     """Pull mode: follow an Orthanc server's /changes feed and download what becomes stable."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    url: str = Field(pattern=r"^https?://")
-    username: str | None = None
-    password: SecretStr | None = None
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Instances pulled are recorded "
+                      "with source orthanc:<name>.")
+    url: str = Field(pattern=r"^https?://", description="Base URL of Orthanc's REST API.")
+    username: str | None = Field(default=None, description="HTTP basic authentication user.")
+    password: SecretStr | None = Field(default=None, description="HTTP basic authentication "
+                                       "password.")
     poll_interval: float = Field(default=5.0, gt=0, description="Seconds between polls.")
     change_types: list[Literal["StableSeries", "StableStudy"]] = Field(
-        default_factory=lambda: ["StableSeries"], min_length=1)
+        default_factory=lambda: ["StableSeries"], min_length=1,
+        description="Orthanc changes that make the node download a series (or a study's).")
     modalities: list[str] = Field(
         default_factory=lambda: ["CT", "MR", "SEG", "RTSTRUCT"],
         description="Series of other modalities (e.g. the node's own SR) are not downloaded.",
@@ -197,9 +208,12 @@ class OrthancFeed(Strict):
 class OutboxConfig(Strict):
     """Delivery retries: back-off doubles from ``backoff_initial`` up to ``backoff_max`` seconds."""
 
-    max_attempts: int = Field(default=10, ge=1)
-    backoff_initial: float = Field(default=2.0, gt=0)
-    backoff_max: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=10, ge=1, description="Attempts before a delivery is "
+                              "dead-lettered.")
+    backoff_initial: float = Field(default=2.0, gt=0, description="Seconds before the first "
+                                   "retry.")
+    backoff_max: float = Field(default=300.0, gt=0, description="Longest wait between retries "
+                               "(seconds).")
     timeout: float = Field(default=30.0, gt=0, description="ACSE/DIMSE/network timeout in seconds.")
 
 
@@ -212,10 +226,11 @@ class Peer(Strict):
     when the node sends to it or queries it.
     """
 
-    name: str
-    ae_title: AETitle
+    name: str = Field(description="Unique name, used in logs.")
+    ae_title: AETitle = Field(description="Calling AE title the peer uses.")
     host: str = Field(description="Host name or IP address the peer connects from and listens on.")
-    port: Port | None = None
+    port: Port | None = Field(default=None, description="Where it listens; needed when it "
+                              "receives results or is queried.")
     send: bool = Field(default=True, description="May send instances to the node (C-STORE).")
     receive_results: bool = Field(default=False, description="Receives the node's results.")
     query: bool = Field(default=False, description="The node may query and retrieve from it.")
@@ -351,7 +366,8 @@ class ModelRef(Strict):
     is not loaded."""
 
     path: Path = Field(description="Package directory or zip.")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="The package digest "
+                        "radiomics-node models install printed.")
 
 
 def default_rules() -> list[SeriesRule]:
@@ -370,7 +386,8 @@ class NodeConfig(BaseSettings):
     log_file: Path | None = Field(
         default=None, description="Append JSON log lines here; stderr when unset."
     )
-    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+                           description="Least severe level logged.")
     listener: ListenerConfig = Field(default_factory=ListenerConfig)
     stable_after: float = Field(
         default=10.0, gt=0, description="A series is complete after this many quiet seconds."
