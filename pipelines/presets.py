@@ -15,6 +15,8 @@ traces a value back to the settings that made it (DESIGN.md, "What a pipeline is
   mask interpolation with a partial-volume threshold (IBSI 1, section 2.4 "mask interpolation").
 * ``rois``: ROI variants derived from each lesion (``pipelines.rois``), HU ranges that rings may
   exclude, and how to find a liver segment in the SEG.
+* ``maps``: voxel-wise feature maps around each lesion (``pipelines.parametric_map``): which
+  features, the kernel radius, the margin around the lesion, and whether maps are made at all.
 
 docs/presets.md describes every field; the hash covers all of them, defaults included.
 """
@@ -281,6 +283,45 @@ class RoiOptions(_Section):
         return self
 
 
+_NOT_VOXEL_BASED = ("shape", "shape2D")  # pyradiomics computes shape per ROI only
+
+
+class MapOptions(_Section):
+    """Voxel-wise feature maps (pyradiomics voxel-based extraction, ``pipelines.parametric_map``).
+
+    ``features`` are ``<class>_<feature>`` names such as ``glcm_Contrast``, computed on the
+    Original image; ``kernel_radius`` (voxels of the extraction grid) sets the neighbourhood each
+    voxel's value describes; ``margin_mm`` the tissue around the lesion's bounding box that is
+    mapped too; ``masked_kernel`` whether kernels see only mapped voxels (pyradiomics
+    ``maskedKernel``); ``voxel_batch`` how many voxels pyradiomics computes at once (memory).
+    """
+
+    enabled: bool = False
+    features: tuple[str, ...] = ()
+    kernel_radius: int = Field(default=2, ge=1)
+    margin_mm: float = Field(default=10.0, ge=0.0)
+    masked_kernel: bool = False
+    voxel_batch: int = Field(default=1000, ge=1)
+
+    @model_validator(mode="after")
+    def _known_features(self) -> MapOptions:
+        if self.enabled and not self.features:
+            raise ValueError("maps.features: enabled maps need at least one feature")
+        classes = radiomics.getFeatureClasses()
+        for name in self.features:
+            feature_class, _, feature = name.partition("_")
+            if feature_class in _NOT_VOXEL_BASED or feature_class not in classes:
+                raise ValueError(
+                    f"maps.features: {name!r}: expected <class>_<feature> with a class among "
+                    f"{sorted(set(classes) - set(_NOT_VOXEL_BASED))}"
+                )
+            if feature not in classes[feature_class].getFeatureNames():
+                raise ValueError(f"maps.features: {name!r}: unknown {feature_class} feature")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"maps.features: duplicates in {list(self.features)}")
+        return self
+
+
 class Preset(BaseModel):
     """A named extraction recipe; see the module docstring."""
 
@@ -293,6 +334,7 @@ class Preset(BaseModel):
     segmentation: SegmentationOptions = SegmentationOptions()
     preprocessing: PreprocessingOptions = PreprocessingOptions()
     rois: RoiOptions = RoiOptions()
+    maps: MapOptions = MapOptions()
     radiomics: dict[str, Any]
 
     @field_validator("radiomics")

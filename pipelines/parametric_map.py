@@ -1,0 +1,289 @@
+"""Voxel-wise feature maps around each lesion, written as DICOM Parametric Maps.
+
+A map gives every voxel the value a feature takes in the kernel around it (pyradiomics
+voxel-based extraction, ``RadiomicsFeatureExtractor.execute(..., voxelBased=True)``, with the
+preset's ``maps.kernel_radius`` and ``maps.masked_kernel``; van Griethuysen et al., Cancer Res.
+2017, "voxel-based extraction"). The cost is bounded by computing only around each lesion:
+
+* the mapped region is the lesion's bounding box grown by ``maps.margin_mm`` on each side;
+* the image is cropped (SimpleITK ``RegionOfInterest``) to that region plus what the kernels and
+  the interpolator read beyond it, and pyradiomics maps every voxel of the region (the mask given
+  to pyradiomics is the whole region, so peritumoral tissue is mapped too);
+* with a resampling preset pyradiomics computes the map on its resampled grid; the region it maps
+  then reaches one resampled voxel beyond the written region, and the map is interpolated back
+  linearly onto the source grid (IBSI 1, section 2.4: interpolation of intensities is linear or
+  cubic); without resampling the map is on the source lattice and is copied.
+
+Grey levels are discretised over the voxels the kernels see (pyradiomics: over the whole cropped
+image unless ``masked_kernel``), so a map value is not the feature of the same kernel discretised
+over the lesion alone.
+
+One Parametric Map (PS3.3 A.75) per feature covers every lesion: float32 frames of the source grid
+(the slab of slices that holds any mapped region), zero outside the mapped regions; where two
+lesions' regions overlap the later lesion's values are written. Its Real World Value Mapping
+(PS3.3 C.7.6.16.2.11) names the quantity by the feature's concept (``pipelines.codes``: IBSI or
+``99RADNODE`` code) and its UCUM unit; the Referenced Series Sequence and each frame's Derivation
+Image Sequence point to the source images.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import SimpleITK as sitk
+from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+from pipelines.codes import coding_schemes, feature_concept, ucum_unit
+from pipelines.presets import IMAGE_INTERPOLATORS, Preset
+from pipelines.report import MANUFACTURER, software_version
+from pipelines.segmentation import Segment
+from pipelines.series import SeriesVolume
+from pipelines.uids import result_uid
+
+PM_SERIES_NUMBER_OFFSET = 1100  # map k (0-based, preset order) gets source SeriesNumber + 1100 + k
+
+
+class MapError(ValueError):
+    """A map that cannot be computed or encoded; names the lesion and the feature."""
+
+
+@dataclass(frozen=True)
+class LesionMaps:
+    """The maps of one lesion, keyed by ``<class>_<feature>``: float32 images on the region of the
+    source grid that starts at ``index`` (voxel (0, 0, 0) of each map is source voxel ``index``).
+
+    ``computed_voxels`` counts the voxels pyradiomics evaluated (on its grid, per feature).
+    """
+
+    segment_number: int
+    label: str
+    index: tuple[int, int, int]
+    maps: dict[str, sitk.Image]
+    computed_voxels: int
+
+
+def _bounding_box(mask: sitk.Image, where: str) -> tuple[np.ndarray, np.ndarray]:
+    stats = sitk.LabelShapeStatisticsImageFilter()
+    stats.Execute(sitk.Cast(mask > 0, sitk.sitkUInt8))
+    if not stats.HasLabel(1):
+        raise MapError(f"{where}: the mask has no voxel")
+    box = stats.GetBoundingBox(1)
+    return np.array(box[:3]), np.array(box[:3]) + np.array(box[3:])
+
+
+def _clipped(lower: np.ndarray, upper: np.ndarray, grow: np.ndarray,
+             size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    return np.maximum(lower - grow, 0), np.minimum(upper + grow, np.array(size))
+
+
+def _extractor(preset: Preset, features: Sequence[str]) -> RadiomicsFeatureExtractor:
+    """pyradiomics with the preset's settings, the Original image and the map features."""
+    options = preset.maps
+    settings = {**copy.deepcopy(preset.settings), "label": 1, "additionalInfo": False}
+    voxel_settings = {
+        "kernelRadius": options.kernel_radius,
+        "maskedKernel": options.masked_kernel,
+        "voxelBatch": options.voxel_batch,
+        "initValue": math.nan,  # a voxel pyradiomics did not map reads NaN, never a value
+    }
+    classes: dict[str, list[str]] = {}
+    for name in features:
+        feature_class, _, feature = name.partition("_")
+        classes.setdefault(feature_class, []).append(feature)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return RadiomicsFeatureExtractor({
+            "setting": settings, "voxelSetting": voxel_settings, "imageType": {"Original": {}},
+            "featureClass": classes,
+        })
+
+
+def compute_lesion_maps(image: sitk.Image, lesion: Segment, preset: Preset) -> LesionMaps:
+    """The preset's feature maps around ``lesion`` (a segment on ``image``'s grid), see the module
+    docstring.
+
+    Raises:
+        MapError: the lesion is empty, pyradiomics refused the region, or left a voxel of the
+            written region unmapped.
+    """
+    where = f"segment {lesion.number} ({lesion.label})"
+    options = preset.maps
+    features = list(options.features)
+    if not features:
+        raise MapError(f"{where}: preset {preset.name} names no maps.features")
+    spacing = np.array(image.GetSpacing())
+    size = image.GetSize()
+    settings = preset.settings
+    lower, upper = _bounding_box(lesion.mask, where)
+    lower, upper = _clipped(lower, upper, np.ceil(options.margin_mm / spacing - 1e-9).astype(int),
+                            size)
+    target = settings.get("resampledPixelSpacing")
+    if target is not None:
+        target = np.where(np.array(target, dtype=float) > 0, target, spacing)
+        interpolator = settings.get("interpolator", "sitkBSpline")
+        beyond = np.ceil(target / spacing).astype(int) + 1
+        read = np.ceil(options.kernel_radius * target / spacing).astype(int) + \
+            IMAGE_INTERPOLATORS[interpolator]
+    else:
+        beyond = np.zeros(3, dtype=int)
+        read = np.full(3, options.kernel_radius)
+    mapped_lower, mapped_upper = _clipped(lower, upper, beyond, size)
+    crop_lower, crop_upper = _clipped(mapped_lower, mapped_upper, read, size)
+    crop = sitk.RegionOfInterest(image, (crop_upper - crop_lower).tolist(), crop_lower.tolist())
+    mask_array = np.zeros(crop.GetSize()[::-1], dtype=np.uint8)
+    lo, hi = mapped_lower - crop_lower, mapped_upper - crop_lower
+    mask_array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = 1
+    mask = sitk.GetImageFromArray(mask_array)
+    mask.CopyInformation(crop)
+
+    extractor = _extractor(preset, features)
+    try:
+        result = extractor.execute(crop, mask, label=1, voxelBased=True)
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise MapError(f"{where}: preset {preset.name}: pyradiomics: {exc}") from exc
+    region = sitk.RegionOfInterest(image, (upper - lower).tolist(), lower.tolist())
+    interpolation = sitk.sitkLinear if target is not None else sitk.sitkNearestNeighbor
+    maps: dict[str, sitk.Image] = {}
+    computed = 0
+    for name in features:
+        computed_map = result[f"original_{name}"]
+        computed = int(np.count_nonzero(~np.isnan(sitk.GetArrayViewFromImage(computed_map))))
+        on_source = sitk.Resample(sitk.Cast(computed_map, sitk.sitkFloat64), region,
+                                  sitk.Transform(), interpolation, math.nan, sitk.sitkFloat32)
+        if np.isnan(sitk.GetArrayViewFromImage(on_source)).any():
+            raise MapError(
+                f"{where}: map {name}: pyradiomics left voxels of the region {lower.tolist()} to "
+                f"{upper.tolist()} unmapped"
+            )
+        maps[name] = on_source
+    return LesionMaps(lesion.number, lesion.label, tuple(int(i) for i in lower), maps, computed)
+
+
+def _affine(image: sitk.Image) -> np.ndarray:
+    """4 x 4 affine from (slice, row, column) indices to patient coordinates (LPS, mm), the index
+    order of highdicom's Volume and of ``sitk.GetArrayFromImage``."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    spacing = image.GetSpacing()
+    affine = np.eye(4)
+    affine[:3, 0] = direction[:, 2] * spacing[2]
+    affine[:3, 1] = direction[:, 1] * spacing[1]
+    affine[:3, 2] = direction[:, 0] * spacing[0]
+    affine[:3, 3] = image.GetOrigin()
+    return affine
+
+
+def slab(volume: SeriesVolume, z_range: tuple[int, int], array: np.ndarray) -> hd.Volume:
+    """``array`` (slices ``z_range`` of the source grid, full rows and columns) as a highdicom
+    Volume in the source Frame of Reference."""
+    affine = _affine(volume.image)
+    affine[:3, 3] = affine[:3, 3] + affine[:3, 0] * z_range[0]
+    return hd.Volume(array, affine, "PATIENT", volume.frame_of_reference_uid)
+
+
+def intensity_unit_free(preset: Preset) -> bool:
+    """Whether the preset rescales intensities (z-score or pyradiomics ``normalize``), which takes
+    intensity features off the modality's scale (e.g. HU)."""
+    return preset.preprocessing.zscore is not None or bool(preset.settings.get("normalize"))
+
+
+def _source_series_number(volume: SeriesVolume) -> int:
+    return int(volume.datasets[0].get("SeriesNumber") or 0)
+
+
+def build_parametric_maps(
+    volume: SeriesVolume,
+    lesion_maps: Sequence[LesionMaps],
+    preset: Preset,
+    *,
+    seg_sop_instance_uid: str,
+) -> list[hd.pm.ParametricMap]:
+    """One Parametric Map per feature of ``preset.maps`` holding every lesion's map (module
+    docstring), in the study of ``volume``. UIDs follow ``pipelines.uids`` with the feature name.
+    """
+    if not lesion_maps:
+        raise MapError("no lesion maps to encode")
+    size = volume.image.GetSize()
+    z_low = min(m.index[2] for m in lesion_maps)
+    z_high = max(m.index[2] + next(iter(m.maps.values())).GetSize()[2] for m in lesion_maps)
+    unit_free = intensity_unit_free(preset)
+    objects = []
+    for number, name in enumerate(preset.maps.features):
+        array = np.zeros((z_high - z_low, size[1], size[0]), dtype=np.float32)
+        for lesion in lesion_maps:
+            values = sitk.GetArrayFromImage(lesion.maps[name])
+            x, y, z = lesion.index
+            nz, ny, nx = values.shape
+            array[z - z_low:z - z_low + nz, y:y + ny, x:x + nx] = values
+        concept = feature_concept(f"original_{name}", volume.modality)
+        unit = ucum_unit("1") if unit_free and concept.unit.value != "1" else concept.unit
+        low, high = float(array.min()), float(array.max())
+        explanation = (f"{concept.name.meaning}, kernel radius {preset.maps.kernel_radius}")[:64]
+        mapping = hd.pm.RealWorldValueMapping(
+            lut_label=concept.name.value[:16],
+            lut_explanation=explanation,
+            unit=unit,
+            value_range=(low, high),
+            slope=1.0,
+            intercept=0.0,
+            quantity_definition=concept.name,
+        )
+        mapped = array[array != 0]
+        centre, width = ((float(np.percentile(mapped, 50)),
+                          float(np.percentile(mapped, 99) - np.percentile(mapped, 1)))
+                         if mapped.size else (0.0, 1.0))
+        parts = (seg_sop_instance_uid, preset.hash, "parametric map", name)
+        pm = hd.pm.ParametricMap(
+            source_images=list(volume.datasets),
+            pixel_array=slab(volume, (z_low, z_high), array),
+            series_instance_uid=result_uid(volume, *parts, "series"),
+            series_number=_source_series_number(volume) + PM_SERIES_NUMBER_OFFSET + number,
+            sop_instance_uid=result_uid(volume, *parts, "instance"),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=MANUFACTURER,
+            software_versions=software_version(),
+            device_serial_number="0",
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
+            voi_lut_transformations=[
+                hd.VOILUTTransformation(window_center=centre, window_width=max(width, 1e-6))
+            ],
+            content_label="RADIOMICS",
+            content_description=f"{name} map"[:64],
+            series_description=f"Radiomics map {name} ({preset.name})"[:64],
+        )
+        body_part = volume.datasets[0].get("BodyPartExamined")
+        if body_part:
+            # General Series Laterality (0020,0060) is required for a paired body part (PS3.3
+            # C.7.3.1); with the source's Body Part Examined a reader can tell it is not one.
+            pm.BodyPartExamined = body_part
+        declared = [item for item in coding_schemes()
+                    if item.CodingSchemeDesignator == concept.name.scheme_designator]
+        if declared:
+            # Non-standard designators are declared (PS3.3 C.12.1.1.5)
+            pm.CodingSchemeIdentificationSequence = declared
+        objects.append(pm)
+    return objects
+
+
+def parametric_maps(
+    volume: SeriesVolume,
+    image: sitk.Image,
+    lesions: Sequence[Segment],
+    preset: Preset,
+    *,
+    seg_sop_instance_uid: str,
+) -> list[hd.pm.ParametricMap]:
+    """Compute the maps of every lesion on ``image`` (the preprocessed image features were
+    extracted from, on ``volume``'s grid) and encode them (:func:`build_parametric_maps`);
+    nothing when the preset's maps are disabled or there is no lesion."""
+    if not preset.maps.enabled or not lesions:
+        return []
+    maps = [compute_lesion_maps(image, lesion, preset) for lesion in lesions]
+    return build_parametric_maps(volume, maps, preset, seg_sop_instance_uid=seg_sop_instance_uid)

@@ -1,0 +1,213 @@
+"""Parametric maps: the values pyradiomics' voxel-based extraction gives, checked against an
+independent local mean, on the region the preset bounds; encoded as a DICOM Parametric Map that
+highdicom reads back with the same values and geometry and dciodvfy accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+import yaml
+from scipy import ndimage
+
+from pipelines.parametric_map import (
+    LesionMaps,
+    MapError,
+    build_parametric_maps,
+    compute_lesion_maps,
+    parametric_maps,
+)
+from pipelines.presets import MapOptions, Preset, PresetError, load_preset
+from tests.conftest import REPO
+from tests.unit.outputs_case import OutputsCase, build_case, dciodvfy
+
+MARGIN_MM = 2.0
+
+
+def _with_maps(preset: Preset, features: tuple[str, ...], radius: int = 1,
+               **setting: object) -> Preset:
+    maps = MapOptions(enabled=True, features=features, kernel_radius=radius, margin_mm=MARGIN_MM)
+    radiomics = {**preset.radiomics, "setting": {**preset.settings, **setting}}
+    return preset.model_copy(update={"maps": maps, "radiomics": radiomics})
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory: pytest.TempPathFactory) -> OutputsCase:
+    return build_case(tmp_path_factory.mktemp("maps"))
+
+
+@pytest.fixture(scope="module")
+def mean_maps(case: OutputsCase) -> list[LesionMaps]:
+    preset = _with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast"))
+    return [compute_lesion_maps(case.volume.image, lesion, preset) for lesion in case.lesions]
+
+
+def test_map_region_is_the_lesion_box_plus_margin(case: OutputsCase,
+                                                  mean_maps: list[LesionMaps]) -> None:
+    spacing = np.array(case.volume.image.GetSpacing())
+    for lesion, maps in zip(case.lesions, mean_maps, strict=True):
+        z, y, x = np.nonzero(sitk.GetArrayFromImage(lesion.mask))
+        margin = np.ceil(MARGIN_MM / spacing).astype(int)
+        lower = np.maximum(np.array([x.min(), y.min(), z.min()]) - margin, 0)
+        upper = np.array([x.max(), y.max(), z.max()]) + 1 + margin
+        assert maps.index == tuple(lower)
+        assert maps.maps["firstorder_Mean"].GetSize() == tuple(upper - lower)
+        assert maps.maps["firstorder_Mean"].GetPixelID() == sitk.sitkFloat32
+
+
+def test_mean_map_is_the_local_mean_of_the_kernel(case: OutputsCase,
+                                                  mean_maps: list[LesionMaps]) -> None:
+    """Kernel radius 1, unmasked kernel: each voxel's value is the mean of its 3 x 3 x 3
+    neighbourhood of the source image (scipy, not pyradiomics)."""
+    hu = sitk.GetArrayFromImage(case.volume.image).astype(np.float64)
+    local_mean = ndimage.uniform_filter(hu, size=3, mode="nearest")
+    for maps in mean_maps:
+        values = sitk.GetArrayFromImage(maps.maps["firstorder_Mean"])
+        x, y, z = maps.index
+        nz, ny, nx = values.shape
+        want = local_mean[z:z + nz, y:y + ny, x:x + nx]
+        inner = (slice(1, -1),) * 3  # the image border has no full kernel; the crop is inside
+        np.testing.assert_allclose(values[inner], want[inner], rtol=0, atol=1e-3)
+
+
+def test_resampling_onto_the_source_spacing_gives_the_source_map(
+    case: OutputsCase, mean_maps: list[LesionMaps]
+) -> None:
+    """A preset that resamples to the source's own spacing exercises the resample-and-return
+    path; interpolation at the grid's own points must give back the unresampled map."""
+    spacing = list(case.volume.image.GetSpacing())
+    preset = _with_maps(case.preset, ("firstorder_Mean",), resampledPixelSpacing=spacing,
+                        interpolator="sitkBSpline")
+    lesion = case.lesions[1]
+    resampled = compute_lesion_maps(case.volume.image, lesion, preset)
+    plain = mean_maps[1]
+    assert resampled.index == plain.index
+    np.testing.assert_allclose(sitk.GetArrayFromImage(resampled.maps["firstorder_Mean"]),
+                               sitk.GetArrayFromImage(plain.maps["firstorder_Mean"]),
+                               rtol=0, atol=1e-2)
+
+
+def test_parametric_map_reads_back_with_the_computed_values(
+    case: OutputsCase, mean_maps: list[LesionMaps], tmp_path: Path
+) -> None:
+    preset = _with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast"))
+    objects = build_parametric_maps(case.volume, mean_maps, preset,
+                                    seg_sop_instance_uid=case.seg.sop_instance_uid)
+    assert [o.ContentDescription for o in objects] == ["firstorder_Mean map", "glcm_Contrast map"]
+    assert len({o.SeriesInstanceUID for o in objects}) == 2
+    hu = sitk.GetArrayFromImage(case.volume.image)
+    for pm, name, unit in zip(objects, ("firstorder_Mean", "glcm_Contrast"),
+                              ("[hnsf'U]", "1"), strict=True):
+        path = tmp_path / f"{name}.dcm"
+        pm.save_as(path, enforce_file_format=True)
+        errors, _ = dciodvfy(path)
+        assert errors == []
+        read = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(path))
+        assert read.StudyInstanceUID == case.volume.study_instance_uid
+        assert read.FrameOfReferenceUID == case.volume.frame_of_reference_uid
+        assert [s.SeriesInstanceUID for s in read.ReferencedSeriesSequence] == [
+            case.volume.series_instance_uid]
+        mapping = read.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+        assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == unit
+        quantity = mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0]
+        assert quantity.CodingSchemeDesignator == "IBSI"
+        assert quantity.CodeValue == {"firstorder_Mean": "Q4LE", "glcm_Contrast": "ACUI"}[name]
+
+        stored, z0 = _in_source_order(read.get_volume(), case.volume.image)
+        for maps in mean_maps:
+            values = sitk.GetArrayFromImage(maps.maps[name])
+            x, y, z = maps.index
+            nz, ny, nx = values.shape
+            got = stored[z - z0:z - z0 + nz, y:y + ny, x:x + nx]
+            if maps is mean_maps[-1]:  # the last lesion wins where regions overlap
+                np.testing.assert_array_equal(got, values)
+            else:
+                overlap = np.zeros(values.shape, dtype=bool)
+                for other in mean_maps[mean_maps.index(maps) + 1:]:
+                    ox, oy, oz = other.index
+                    osz = other.maps[name].GetSize()
+                    overlap[max(oz - z, 0):oz - z + osz[2], max(oy - y, 0):oy - y + osz[1],
+                            max(ox - x, 0):ox - x + osz[0]] = True
+                np.testing.assert_array_equal(got[~overlap], values[~overlap])
+        assert stored.shape[1:] == hu.shape[1:]
+
+
+def _in_source_order(volume: hd.Volume, image: sitk.Image) -> tuple[np.ndarray, int]:
+    """The read volume's array with its slices in the source's order, and the source slice of
+    its first one; fails unless every voxel lies on a source voxel centre."""
+    to_source = np.linalg.solve(_affine4(image), volume.affine)
+    steps, start = to_source[:3, :3], to_source[:3, 3]
+    sign = round(steps[0, 0])
+    np.testing.assert_allclose(steps, np.diag([sign, 1, 1]), atol=1e-6)
+    np.testing.assert_allclose(start, np.round(start), atol=1e-6)
+    assert round(start[1]) == 0 and round(start[2]) == 0
+    array = volume.array if sign == 1 else volume.array[::-1]
+    first = round(start[0]) if sign == 1 else round(start[0]) - volume.array.shape[0] + 1
+    return array, first
+
+
+def _affine4(image: sitk.Image) -> np.ndarray:
+    """(slice, row, column) index to LPS affine, written out from the SimpleITK geometry."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    sx, sy, sz = image.GetSpacing()
+    affine = np.eye(4)
+    affine[:3, :3] = np.column_stack([direction[:, 2] * sz, direction[:, 1] * sy,
+                                      direction[:, 0] * sx])
+    affine[:3, 3] = image.GetOrigin()
+    return affine
+
+
+def test_uids_are_deterministic_and_follow_the_preset(case: OutputsCase,
+                                                      mean_maps: list[LesionMaps]) -> None:
+    preset = _with_maps(case.preset, ("firstorder_Mean",))
+    first = build_parametric_maps(case.volume, mean_maps, preset,
+                                  seg_sop_instance_uid=case.seg.sop_instance_uid)[0]
+    again = build_parametric_maps(case.volume, mean_maps, preset,
+                                  seg_sop_instance_uid=case.seg.sop_instance_uid)[0]
+    other = build_parametric_maps(case.volume, mean_maps, preset.model_copy(
+        update={"description": "changed"}), seg_sop_instance_uid=case.seg.sop_instance_uid)[0]
+    assert first.SOPInstanceUID == again.SOPInstanceUID
+    assert first.SeriesInstanceUID == again.SeriesInstanceUID
+    assert other.SOPInstanceUID != first.SOPInstanceUID
+
+
+def test_disabled_maps_make_nothing(case: OutputsCase) -> None:
+    assert not case.preset.maps.enabled
+    assert parametric_maps(case.volume, case.volume.image, case.lesions, case.preset,
+                           seg_sop_instance_uid=case.seg.sop_instance_uid) == []
+
+
+def test_shipped_presets_map_settings() -> None:
+    assert not load_preset("ct-liver-basic").maps.enabled
+    crlm = load_preset("ct-liver-crlm").maps
+    assert crlm.enabled
+    assert crlm.features == ("firstorder_Entropy", "glcm_Contrast")
+
+
+@pytest.mark.parametrize(("maps", "reason"), [
+    ({"enabled": True}, "at least one feature"),
+    ({"features": ["shape_Sphericity"]}, "shape_Sphericity"),
+    ({"features": ["glcm_Nope"]}, "unknown glcm feature"),
+    ({"features": ["glcm_Contrast", "glcm_Contrast"]}, "duplicates"),
+    ({"kernel_radius": 0}, "kernel_radius"),
+])
+def test_map_options_are_validated(tmp_path: Path, maps: dict, reason: str) -> None:
+    data = yaml.safe_load((REPO / "pipelines/presets/ct-liver-basic.yaml").read_text())
+    data["maps"] = maps
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(PresetError, match=reason):
+        load_preset(path)
+
+
+def test_empty_lesion_is_refused(case: OutputsCase) -> None:
+    lesion = case.lesions[0]
+    empty = type(lesion)(lesion.number, lesion.label, lesion.mask * 0, lesion.category,
+                         lesion.property_type, lesion.algorithm_type)
+    preset = _with_maps(case.preset, ("firstorder_Mean",))
+    with pytest.raises(MapError, match=r"Lesion 1.*no voxel"):
+        compute_lesion_maps(case.volume.image, empty, preset)
