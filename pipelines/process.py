@@ -184,7 +184,11 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         for lesion, lesion_rois, by_name in zip(lesions, variants, features, strict=True)
         for roi in lesion_rois
     ]
-    report = build_measurement_report(volume, seg, rois, preset)
+    report = build_measurement_report(
+        volume, seg, rois, preset, series_qc=qc[0],
+        lesion_qc={lesion.number: lesion_report
+                   for lesion, lesion_report in zip(lesions, qc[1:], strict=True)},
+    )
     sr_path = out / f"{report.SOPInstanceUID}.dcm"
     _write_atomically(sr_path, lambda target: report.save_as(target, enforce_file_format=True))
     summaries = tuple(

@@ -35,7 +35,7 @@ objects, and a series that grew (a late instance) gives new ones.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -48,8 +48,10 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DS
 
 from pipelines.codes import coding_schemes, feature_concept, image_filter_concept
+from pipelines.evaluations import qc_evaluations, qc_findings
 from pipelines.features import RoiFeatures
 from pipelines.presets import Preset
+from pipelines.qc import QCReport
 from pipelines.segmentation import DecodedSegmentation, Segment
 from pipelines.series import SeriesVolume
 
@@ -154,20 +156,21 @@ def num_item(key: str, value: float, modality: str) -> Dataset:
     return item
 
 
-def _insert_measurements(sr: hd.sr.Comprehensive3DSR, rois: Sequence[RoiResult],
-                         modality: str) -> None:
-    """Insert every NUM but the first of each group right after the group's first NUM."""
+def _complete_groups(sr: hd.sr.Comprehensive3DSR, rois: Sequence[RoiResult], modality: str,
+                     appended: Sequence[Sequence[Dataset]]) -> None:
+    """Insert every NUM but the first of each group right after the group's first NUM, and
+    append the group's ``appended`` items (e.g. QC findings) at its end."""
     [measurements] = [item for item in sr.ContentSequence
                       if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
     groups = [item for item in measurements.ContentSequence
               if item.ConceptNameCodeSequence[0].CodeValue == "125007"]
-    for group, roi in zip(groups, rois, strict=True):
+    for group, roi, extra in zip(groups, rois, appended, strict=True):
         items = list(group.ContentSequence)
         first = next(i for i, item in enumerate(items) if item.ValueType == "NUM")
         rest = [num_item(key, value, modality)
                 for key, value in list(roi.features.values.items())[1:]]
         # a plain pydicom Sequence: highdicom's ContentSequence indexes items it built itself
-        ordered = [*items[:first + 1], *rest, *items[first + 1:]]
+        ordered = [*items[:first + 1], *rest, *items[first + 1:], *extra]
         group[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", PydicomSequence(ordered))
 
 
@@ -207,8 +210,14 @@ def build_measurement_report(
     seg: DecodedSegmentation,
     rois: Sequence[RoiResult],
     preset: Preset,
+    *,
+    series_qc: QCReport | None = None,
+    lesion_qc: Mapping[int, QCReport] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 report of ``rois`` (module docstring), in the study of ``volume``."""
+    """The TID 1500 report of ``rois`` (module docstring), in the study of ``volume``.
+
+    With ``series_qc`` and ``lesion_qc`` (the QC report of each lesion by segment number), each
+    group carries the quality control evaluations of :mod:`pipelines.evaluations`."""
     _check_inputs(volume, seg)
     sw_version = software_version()
     entropy = (volume.series_instance_uid, *volume.sop_instance_uids, seg.sop_instance_uid,
@@ -217,9 +226,16 @@ def build_measurement_report(
         name=ALGORITHM_NAME, version=sw_version, parameters=[preset.name, preset.hash]
     )
     groups = []
+    findings: list[list[Dataset]] = []
     for roi in rois:
         _check_finite(roi)
         segment = roi.segment
+        evaluations = None
+        if series_qc is not None and lesion_qc is not None:
+            evaluations = qc_evaluations(series_qc, lesion_qc[segment.number])
+            findings.append(qc_findings(series_qc, lesion_qc[segment.number]))
+        else:
+            findings.append([])
         variant = (str(roi.roi_variant),) if roi.derived else ()
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -240,6 +256,7 @@ def build_measurement_report(
                     _measurement(key, value, volume.modality)
                     for key, value in list(roi.features.values.items())[:1]
                 ],
+                qualitative_evaluations=evaluations,
             )
         )
     device = hd.sr.DeviceObserverIdentifyingAttributes(
@@ -270,5 +287,5 @@ def build_measurement_report(
         software_versions=sw_version,
         coding_schemes=coding_schemes(),
     )
-    _insert_measurements(sr, rois, volume.modality)
+    _complete_groups(sr, rois, volume.modality, findings)
     return sr

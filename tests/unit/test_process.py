@@ -110,3 +110,38 @@ def test_quality_control_of_series_and_each_lesion_is_in_the_result_and_qc_csv(
         rows = list(csv.DictReader(handle))
     assert len(rows) == sum(len(r.checks) for r in result.qc)
     assert {row["subject"] for row in rows} == {r.subject for r in result.qc}
+
+
+def test_quality_control_is_in_each_measurement_group(study: SyntheticStudy,
+                                                       tmp_path: Path) -> None:
+    import subprocess
+
+    import highdicom as hd
+    import pydicom
+
+    result = process_study(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path)
+    path = result.objects[0].path
+    dataset = pydicom.dcmread(path)
+    sr = hd.sr.Comprehensive3DSR.from_dataset(dataset)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    [container] = [item for item in dataset.ContentSequence
+                   if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    by_lesion = {r.subject: r for r in result.qc[1:]}
+    for group, raw in zip(groups, container.ContentSequence, strict=True):
+        evaluations = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
+        lesion = by_lesion[f"segment {group.referenced_segment.referenced_segment_numbers[0]} "
+                           f"({str(group.tracking_identifier).split(' / ')[0]})"]
+        assert evaluations == {"qc.series": f"qc.{result.qc[0].status}",
+                               "qc.roi": f"qc.{lesion.status}"}
+        texts = [item.TextValue for item in raw.ContentSequence
+                 if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue
+                 == "qc.finding"]
+        reported = [c.name for c in (*result.qc[0].checks, *lesion.checks)
+                    if (c.status in ("warn", "fail") and not (
+                        c.name.startswith("robustness.") and "_" in c.name))
+                    or (c.name == "robustness.unstable" and c.value)]
+        assert [t.split(":")[0] for t in texts] == reported
+        assert "robustness.unstable" in reported  # a 10-slice phantom: many features move
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    assert [line for line in (run.stdout + run.stderr).splitlines()
+            if line.startswith("Error")] == []
