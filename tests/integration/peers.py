@@ -82,9 +82,11 @@ def _stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
 
 @contextmanager
 def orthanc(workdir: Path, modalities: dict[str, list],
-            ports: tuple[int, int] | None = None) -> Iterator[OrthancServer]:
+            ports: tuple[int, int] | None = None,
+            settings: dict | None = None) -> Iterator[OrthancServer]:
     """Run Orthanc with its own storage in ``workdir`` on free ports, or on ``ports`` (DICOM,
-    HTTP) to start it again where it was; ``modalities`` as in DicomModalities."""
+    HTTP) to start it again where it was; ``modalities`` as in DicomModalities; ``settings``
+    added to its configuration (e.g. LuaScripts)."""
     require_tools(ORTHANC)
     workdir.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = ports or (free_port(), free_port())
@@ -100,6 +102,7 @@ def orthanc(workdir: Path, modalities: dict[str, list],
         "Plugins": [],
         "DicomModalities": modalities,
         "StableAge": 2,
+        **(settings or {}),
     }
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(config, indent=2))
@@ -186,6 +189,10 @@ class NodeService:
     def events(self) -> list[dict]:
         """The node's JSON log lines, parsed."""
         return [json.loads(line) for line in self.log_path.read_text().splitlines() if line]
+
+    def events_named(self, event: str) -> list[dict]:
+        """The node's log lines whose event is ``event``."""
+        return [e for e in self.events() if e["event"] == event]
 
 
 @contextmanager
