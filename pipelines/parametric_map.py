@@ -178,12 +178,14 @@ def _affine(image: sitk.Image) -> np.ndarray:
     return affine
 
 
-def slab(volume: SeriesVolume, z_range: tuple[int, int], array: np.ndarray) -> hd.Volume:
-    """``array`` (slices ``z_range`` of the source grid, full rows and columns) as a highdicom
-    Volume in the source Frame of Reference."""
-    affine = _affine(volume.image)
+def slab_geometry(volume: SeriesVolume, z_range: tuple[int, int]) -> hd.VolumeGeometry:
+    """Slices ``z_range`` of the source grid, full rows and columns, in the source Frame of
+    Reference: where each frame of a derived object lies (PS3.3 C.7.6.16.2.3, C.7.6.16.2.4)."""
+    image = volume.image
+    affine = _affine(image)
     affine[:3, 3] = affine[:3, 3] + affine[:3, 0] * z_range[0]
-    return hd.Volume(array, affine, "PATIENT", volume.frame_of_reference_uid)
+    shape = (z_range[1] - z_range[0], image.GetSize()[1], image.GetSize()[0])
+    return hd.VolumeGeometry(affine, shape, "PATIENT", volume.frame_of_reference_uid)
 
 
 def intensity_unit_free(preset: Preset) -> bool:
@@ -240,7 +242,7 @@ def build_parametric_maps(
         parts = (seg_sop_instance_uid, preset.hash, "parametric map", name)
         pm = hd.pm.ParametricMap(
             source_images=list(volume.datasets),
-            pixel_array=slab(volume, (z_low, z_high), array),
+            pixel_array=slab_geometry(volume, (z_low, z_high)).with_array(array),
             series_instance_uid=result_uid(volume, *parts, "series"),
             series_number=_source_series_number(volume) + PM_SERIES_NUMBER_OFFSET + number,
             sop_instance_uid=result_uid(volume, *parts, "instance"),

@@ -1,0 +1,200 @@
+"""The ROIs the node derived from each lesion, as a DICOM Segmentation of the source series.
+
+The features of a ring or an eroded core describe tissue that nobody drew; this SEG (PS3.3 A.51,
+BINARY) shows the radiologist exactly which voxels they are. It holds one segment per ROI variant
+that ``pipelines.rois`` derived (rings, lesion + ring, eroded cores, with their HU exclusions and
+liver clipping applied); the unchanged lesion (variant ``intra``) is left out, because it is the
+input SEG's own segment and the report references that one.
+
+Each segment (PS3.3 C.8.20.2, Segment Description):
+
+* Segment Label and Tracking ID: ``"<lesion label> / <variant>"``, e.g.
+  ``"Lesion 2 / intra + 4 mm ring"``, the Tracking Identifier the TID 1500 report gives the same
+  ROI; Tracking UID equal to the report's Tracking Unique Identifier for it (both from
+  ``pipelines.uids`` with ``"tracking"``, the segment number and the variant), so the SR's
+  measurement group and this segment are linked by UID;
+* Segmented Property Category and Type: a ring is tissue around the lesion, category SCT
+  85756007 "Tissue" (CID 7150) and type ``99RADNODE`` ``ROI.PeriLesional`` "Perilesional tissue"
+  (no SNOMED CT or DCM concept for a peritumoral region exists); lesion + ring and an eroded core
+  keep the input segment's category and type (e.g. Neoplasm) with a Segmented Property Type
+  Modifier (0062,0011) ``ROI.WithRing`` "Lesion with perilesional ring" or ``ROI.Eroded``
+  "Eroded lesion core";
+* Anatomic Region Sequence copied from the input segment (e.g. Liver);
+* Segment Algorithm Type AUTOMATIC with Segmentation Algorithm Identification radiomics-node, its
+  version, family DCM "Morphological operations" (CID 7162) and the preset name and hash.
+
+Only the slab of source slices that holds a derived voxel is encoded, and highdicom omits the
+empty frames in it. UIDs follow ``pipelines.uids``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import SimpleITK as sitk
+from pydicom.sr.codedict import codes
+
+from pipelines.codes import PRIVATE_SCHEME, coding_schemes
+from pipelines.parametric_map import slab_geometry
+from pipelines.presets import Preset
+from pipelines.report import ALGORITHM_NAME, MANUFACTURER, RoiResult, software_version
+from pipelines.rois import RoiMask
+from pipelines.segmentation import DecodedSegmentation
+from pipelines.series import SeriesVolume
+from pipelines.uids import result_uid
+
+SEG_SERIES_NUMBER_OFFSET = 1002  # derived SEG series number = source SeriesNumber + this offset
+_LABEL_LENGTH = 64  # Segment Label (0062,0005) is LO
+
+TISSUE = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
+PERILESIONAL = hd.sr.CodedConcept("ROI.PeriLesional", PRIVATE_SCHEME, "Perilesional tissue")
+WITH_RING = hd.sr.CodedConcept("ROI.WithRing", PRIVATE_SCHEME, "Lesion with perilesional ring")
+ERODED = hd.sr.CodedConcept("ROI.Eroded", PRIVATE_SCHEME, "Eroded lesion core")
+
+
+class DerivedSegmentationError(ValueError):
+    """ROIs and masks that do not belong together, or a label too long; names the ROI."""
+
+
+@dataclass(frozen=True)
+class DerivedSegmentation:
+    """The derived SEG and, for each ROI it holds, its segment number, keyed by
+    (input segment number, ROI variant name)."""
+
+    dataset: hd.seg.Segmentation
+    segment_numbers: dict[tuple[int, str], int]
+
+
+def _kind(preset: Preset, variant: str) -> str:
+    """The ``RoiVariant.kind`` of the preset's variant called ``variant``."""
+    kinds = {v.name: v.kind for v in preset.rois.variants}
+    if variant not in kinds:
+        raise DerivedSegmentationError(
+            f"ROI variant {variant!r} is not among preset {preset.name}'s {sorted(kinds)}")
+    return kinds[variant]
+
+
+def _anatomic_regions(seg: DecodedSegmentation, number: int) -> list[hd.sr.CodedConcept]:
+    for item in seg.dataset.SegmentSequence:
+        if int(item.SegmentNumber) == number:
+            return [hd.sr.CodedConcept.from_dataset(region)
+                    for region in item.get("AnatomicRegionSequence", [])]
+    raise DerivedSegmentationError(
+        f"{seg.path}: (0062,0004) SegmentNumber {number} not in (0062,0002) SegmentSequence")
+
+
+def _description(number: int, roi: RoiResult, seg: DecodedSegmentation, preset: Preset,
+                 volume: SeriesVolume, algorithm: hd.AlgorithmIdentificationSequence,
+                 ) -> hd.seg.SegmentDescription:
+    label = roi.tracking_identifier
+    if len(label) > _LABEL_LENGTH:
+        raise DerivedSegmentationError(
+            f"{label!r}: (0062,0005) Segment Label longer than {_LABEL_LENGTH} characters")
+    variant = str(roi.roi_variant)
+    kind = _kind(preset, variant)
+    segment = roi.segment
+    # Copies: a modifier is added inside the type's item, which must not reach the input segment
+    category, property_type = copy.deepcopy(
+        (TISSUE, PERILESIONAL) if kind == "ring" else (segment.category, segment.property_type)
+    )
+    description = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label,
+        segmented_property_category=category,
+        segmented_property_type=property_type,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        tracking_uid=result_uid(volume, seg.sop_instance_uid, preset.hash, "tracking",
+                                str(segment.number), variant),
+        tracking_id=label,
+        anatomic_regions=_anatomic_regions(seg, segment.number) or None,
+    )
+    if kind != "ring":
+        modifier = WITH_RING if kind == "intra_ring" else ERODED
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence \
+            = [modifier]
+    return description
+
+
+def build_derived_segmentation(
+    volume: SeriesVolume,
+    seg: DecodedSegmentation,
+    rois: Sequence[RoiResult],
+    masks: Sequence[RoiMask],
+    preset: Preset,
+) -> DerivedSegmentation | None:
+    """The SEG of the derived ROIs among ``rois`` (module docstring); None when every ROI is an
+    unchanged lesion. ``masks[k]`` is the mask of ``rois[k]`` (``pipelines.rois.build_variants``
+    output, flattened in the order process_study builds ``rois``).
+
+    Raises:
+        DerivedSegmentationError: ``rois`` and ``masks`` differ in length or variant names.
+    """
+    if len(rois) != len(masks):
+        raise DerivedSegmentationError(f"{len(rois)} ROIs but {len(masks)} masks")
+    for roi, mask in zip(rois, masks, strict=True):
+        if str(roi.roi_variant) != mask.name and roi.roi_variant is not None:
+            raise DerivedSegmentationError(
+                f"segment {roi.segment.number}: ROI {roi.roi_variant!r} paired with mask "
+                f"{mask.name!r}")
+    derived = [(roi, mask) for roi, mask in zip(rois, masks, strict=True) if roi.derived]
+    if not derived:
+        return None
+    size = volume.image.GetSize()
+    z_low = min(mask.index[2] for _, mask in derived)
+    z_high = max(mask.index[2] + mask.mask.GetSize()[2] for _, mask in derived)
+    array = np.zeros((z_high - z_low, size[1], size[0], len(derived)), dtype=bool)
+    for number, (_, mask) in enumerate(derived):
+        voxels = sitk.GetArrayFromImage(mask.mask).astype(bool)
+        x, y, z = mask.index
+        nz, ny, nx = voxels.shape
+        array[z - z_low:z - z_low + nz, y:y + ny, x:x + nx, number] = voxels
+
+    sw_version = software_version()
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=ALGORITHM_NAME, family=codes.cid7162.MorphologicalOperations, version=sw_version,
+        parameters={"preset": preset.name, "preset_hash": preset.hash},
+    )
+    descriptions = [
+        _description(number, roi, seg, preset, volume, algorithm)
+        for number, (roi, _) in enumerate(derived, start=1)
+    ]
+    source_series_number = int(volume.datasets[0].get("SeriesNumber") or 0)
+    geometry = slab_geometry(volume, (z_low, z_high))
+    dataset = hd.seg.Segmentation(
+        source_images=list(volume.datasets),
+        pixel_array=array,
+        plane_positions=geometry.get_plane_positions(),
+        plane_orientation=geometry.get_plane_orientation(),
+        pixel_measures=geometry.get_pixel_measures(),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=result_uid(volume, seg.sop_instance_uid, preset.hash,
+                                       "derived seg", "series"),
+        series_number=source_series_number + SEG_SERIES_NUMBER_OFFSET,
+        sop_instance_uid=result_uid(volume, seg.sop_instance_uid, preset.hash,
+                                    "derived seg", "instance"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MANUFACTURER,
+        software_versions=sw_version,
+        device_serial_number="0",
+        content_label="RADIOMICS_ROIS",
+        content_description=f"ROIs measured by {ALGORITHM_NAME} ({preset.name})"[:64],
+        series_description=f"Radiomics ROIs ({preset.name})"[:64],
+    )
+    body_part = volume.datasets[0].get("BodyPartExamined")
+    if body_part:
+        # Laterality (0020,0060) is required for a paired body part (PS3.3 C.7.3.1)
+        dataset.BodyPartExamined = body_part
+    # Non-standard designators are declared (PS3.3 C.12.1.1.5)
+    dataset.CodingSchemeIdentificationSequence = [
+        item for item in coding_schemes() if item.CodingSchemeDesignator == PRIVATE_SCHEME
+    ]
+    numbers = {(roi.segment.number, str(roi.roi_variant)): number
+               for number, (roi, _) in enumerate(derived, start=1)}
+    return DerivedSegmentation(dataset, numbers)
