@@ -149,6 +149,8 @@ def _process(args: argparse.Namespace) -> int:
     """Pair the segmentations in a folder with their series and run the pipeline on each pair."""
     from collections import Counter
 
+    from tqdm import tqdm
+
     from pipelines.discovery import discover
     from pipelines.presets import load_preset
     from pipelines.process import process_study
@@ -157,7 +159,10 @@ def _process(args: argparse.Namespace) -> int:
     found = discover(args.dir)
     per_series = Counter(pair.series.series_instance_uid for pair in found.pairs)
     failed = 0
-    for pair in found.pairs:
+    # a progress bar on stderr for people at a terminal; results stay plain lines on stdout
+    progress = tqdm(found.pairs, desc="processing", unit="pair", file=sys.stderr,
+                    disable=not sys.stderr.isatty())
+    for pair in progress:
         series, segmentation = pair.series, pair.segmentation
         out = args.out / series.series_instance_uid
         if per_series[series.series_instance_uid] > 1:
@@ -168,10 +173,12 @@ def _process(args: argparse.Namespace) -> int:
             result = process_study(series.paths, segmentation.path, preset, out)
         except Exception as exc:  # one failed pair must not stop the others; it is reported
             failed += 1
-            print(f"{where}: FAILED: {exc}")
+            tqdm.write(f"{where}: FAILED: {exc}", file=sys.stdout)
             continue
         features = sum(len(lesion.features) for lesion in result.lesions)
-        print(f"{where}: {len(result.lesions)} ROI(s), {features} values -> {out}")
+        tqdm.write(f"{where}: {len(result.lesions)} ROI(s), {features} values -> {out}",
+                   file=sys.stdout)
+    progress.close()
     for segmentation in found.unpaired:
         print(f"{segmentation.path}: {segmentation.kind} references series "
               f"{', '.join(sorted(segmentation.referenced_series)) or '(none)'}, not found under "
