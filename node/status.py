@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -149,7 +150,8 @@ class StatusServer:
     def start(self) -> tuple[str, int]:
         """Bind and serve; returns the bound (host, port)."""
         settings = self.config.status
-        server = ThreadingHTTPServer((settings.host, settings.port), _handler_for(self))
+        server_class = _IPv6Server if ":" in settings.host else ThreadingHTTPServer
+        server = server_class((settings.host, settings.port), _handler_for(self))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="status-http",
@@ -311,18 +313,20 @@ class StatusServer:
                 f"{', '.join(map(str, reset)) or 'none'}")
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def _same_origin(headers, host_header: str | None) -> bool:
-    """The request's Origin (or Referer) names this server (scheme and Host header)."""
+    """The request's Origin (or, lacking it, Referer) names the host the request was sent to
+    (http, or https behind a TLS-terminating proxy that keeps the Host header)."""
     if not host_header:
         return False
-    origin = headers.get("Origin")
-    if origin:
-        return origin == f"http://{host_header}"
-    referer = headers.get("Referer")
-    if referer:
-        parts = urlsplit(referer)
-        return parts.scheme == "http" and parts.netloc == host_header
-    return False
+    claimed = headers.get("Origin") or headers.get("Referer")
+    if not claimed:
+        return False
+    parts = urlsplit(claimed)
+    return parts.scheme in ("http", "https") and parts.netloc == host_header
 
 
 def _handler_for(status: StatusServer) -> type[BaseHTTPRequestHandler]:

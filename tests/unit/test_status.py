@@ -141,10 +141,14 @@ def test_status_page_tables_and_retry_button(node: Node, tmp_path: Path) -> None
     assert httpx.post(_url(node, "/deliveries/retry"), data={"id": form["id"]},
                       headers={"Origin": origin}).status_code == 403
     assert node.index.delivery_rows("dead")[0]["id"] == ids["dead"]
-    answer = httpx.post(_url(node, "/deliveries/retry"), data=form, headers={"Origin": origin})
+    answer = httpx.post(_url(node, "/deliveries/retry"), data=form,
+                        headers={"Referer": origin + "/"})  # a browser without Origin
     assert answer.status_code == 303
     assert "1%20delivery%20due%20again" in answer.headers["location"]
     assert node.index.delivery_rows("dead") == []
+    answer = httpx.post(_url(node, "/deliveries/retry"), data={"csrf": token, "all": "dead"},
+                        headers={"Origin": origin})
+    assert answer.status_code == 303 and "0%20deliveries" in answer.headers["location"]
     [retry] = [e for e in node.index.study_trail(STUDY)["events"]
                if e["event"] == "delivery retry requested"]
     assert retry["actor"] == "status-page:loopback" and retry["delivery_id"] == ids["dead"]
