@@ -58,6 +58,7 @@ TRUSTED_TYPES = frozenset({
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.tree._tree.Tree",  # the fitted trees of the random forest preset
 })
 SELFTEST_TOLERANCE = 1e-9
 
