@@ -78,12 +78,22 @@ def destination() -> Iterator[SlowDestination]:
     dest.close()
 
 
-def _storescu(node: NodeService, files: list[Path]) -> subprocess.Popen:
-    return subprocess.Popen(
-        ["storescu", "-v", "--required", "-aet", "SCANNER", "-aec", node.ae_title, "127.0.0.1",
-         str(node.port), *map(str, files)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "TCP_NODELAY": "1"})
+class Sender:
+    """DCMTK storescu (-v) sending ``files`` to the node; its log goes to a file, not a pipe,
+    so that a long verbose log can never block it."""
+
+    def __init__(self, node: NodeService, files: list[Path], log: Path):
+        self._log = log
+        with log.open("w") as handle:
+            self._process = subprocess.Popen(
+                ["storescu", "-v", "--required", "-aet", "SCANNER", "-aec", node.ae_title,
+                 "127.0.0.1", str(node.port), *map(str, files)],
+                stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"})
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """Wait for storescu to end; its exit code and log."""
+        code = self._process.wait(timeout)
+        return code, self._log.read_text()
 
 
 def _acknowledged(output: str) -> set[str]:
@@ -149,11 +159,11 @@ def test_sigkill_while_receiving_loses_nothing_acknowledged(
         # kill when the index holds a random number of instances: mid-transfer, every time
         for low, high in ((20, 90), (100, 180), (190, 280)):
             target = rng.randint(low, high)
-            sender = _storescu(node, files)
+            sender = Sender(node, files, tmp_path / f"storescu-{kills}.log")
             _wait(lambda target=target: _count(node) >= target, 60, node, f"{target} instances")
             node.kill()
             kills += 1
-            output, _ = sender.communicate(timeout=60)
+            _, output = sender.finish(timeout=60)
             acknowledged |= {uid_of[f] for f in _acknowledged(output)}
             acknowledged_at_kill.append(len(acknowledged))
             node.start()
@@ -161,9 +171,8 @@ def test_sigkill_while_receiving_loses_nothing_acknowledged(
             missing = acknowledged - indexed.keys()
             assert not missing, f"{len(missing)} acknowledged instances lost"
             assert not list(node.state_dir.rglob("*.part")), "a partial spool file is visible"
-        final = _storescu(node, files)
-        output, _ = final.communicate(timeout=120)
-        assert final.returncode == 0, output[-2000:]
+        code, output = Sender(node, files, tmp_path / "storescu-final.log").finish(timeout=120)
+        assert code == 0, output[-2000:]
         acknowledged |= {uid_of[f] for f in _acknowledged(output)}
         assert acknowledged == set(uid_of.values())
         indexed = _indexed(node)
@@ -189,9 +198,9 @@ def test_sigkill_during_job_and_delivery_gives_each_result_once(
     node = NodeService(tmp_path / "node", {"destinations": [slow.settings()], "stable_after": 1})
     node.start()
     try:
-        sender = _storescu(node, [*study.ct_paths, study.seg_path])
-        output, _ = sender.communicate(timeout=120)
-        assert sender.returncode == 0, output[-2000:]
+        sender = Sender(node, [*study.ct_paths, study.seg_path], tmp_path / "storescu.log")
+        code, output = sender.finish(timeout=120)
+        assert code == 0, output[-2000:]
         _wait(lambda: any(e["event"] == "job started" for e in node.events()), 60, node,
               "the job to start")
         node.kill()  # while the pipeline runs
