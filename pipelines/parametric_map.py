@@ -194,6 +194,17 @@ def intensity_unit_free(preset: Preset) -> bool:
     return preset.preprocessing.zscore is not None or bool(preset.settings.get("normalize"))
 
 
+def _window(centre: float, width: float) -> hd.VOILUTTransformation:
+    """A window over the map's values. LINEAR_EXACT (PS3.3 C.11.2.1.3.2) lets a window be narrower
+    than 1, which LINEAR forbids (C.11.2.1.2.1) and small-valued maps such as GLCM contrast need."""
+    width = max(width, 1e-6)
+    return hd.VOILUTTransformation(
+        window_center=centre, window_width=width,
+        voi_lut_function="LINEAR_EXACT" if width < 1 else "LINEAR",
+        window_explanation="1st to 99th percentile of the mapped voxels",
+    )
+
+
 def _source_series_number(volume: SeriesVolume) -> int:
     return int(volume.datasets[0].get("SeriesNumber") or 0)
 
@@ -253,9 +264,7 @@ def build_parametric_maps(
             device_serial_number="0",
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
-            voi_lut_transformations=[
-                hd.VOILUTTransformation(window_center=centre, window_width=max(width, 1e-6))
-            ],
+            voi_lut_transformations=[_window(centre, width)],
             content_label="RADIOMICS",
             content_description=f"{name} map"[:64],
             series_description=f"Radiomics map {name} ({preset.name})"[:64],

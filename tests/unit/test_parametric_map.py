@@ -211,3 +211,22 @@ def test_empty_lesion_is_refused(case: OutputsCase) -> None:
     preset = _with_maps(case.preset, ("firstorder_Mean",))
     with pytest.raises(MapError, match=r"Lesion 1.*no voxel"):
         compute_lesion_maps(case.volume.image, empty, preset)
+
+
+def test_small_valued_map_gets_a_window_dciodvfy_accepts(
+    case: OutputsCase, mean_maps: list[LesionMaps], tmp_path: Path
+) -> None:
+    """A map whose values span less than 1 (GLCM contrast of smooth tissue) needs a window
+    narrower than 1, which only VOI LUT Function LINEAR_EXACT allows (PS3.3 C.11.2.1.2.1)."""
+    preset = _with_maps(case.preset, ("firstorder_Mean",))
+    small = [LesionMaps(m.segment_number, m.label, m.index,
+                        {"firstorder_Mean": m.maps["firstorder_Mean"] * 1e-4}, m.computed_voxels)
+             for m in mean_maps]
+    [pm] = build_parametric_maps(case.volume, small, preset,
+                                 seg_sop_instance_uid=case.seg.sop_instance_uid)
+    voi = pm.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+    assert float(voi.WindowWidth) < 1 and voi.VOILUTFunction == "LINEAR_EXACT"
+    path = tmp_path / "small.dcm"
+    pm.save_as(path, enforce_file_format=True)
+    errors, _ = dciodvfy(path)
+    assert errors == []
