@@ -40,8 +40,13 @@ def test_lua_forwards_stable_series_and_the_report_comes_back(tmp_path: Path) ->
             while not (reports := pacs.find_series(study.study_instance_uid, "SR")):
                 assert time.monotonic() < deadline, node.log_path.read_text()[-3000:]
                 time.sleep(0.5)
-            [delivery] = node.events_named("delivered")
-            assert delivery["verified_by"] == "c-find"
+            [sr] = pacs.http.get(f"/series/{reports[0]}/instances").raise_for_status().json()
+            sr_uid = sr["MainDicomTags"]["SOPInstanceUID"]
+            while not (delivered := [e for e in node.events_named("delivered")
+                                     if e["sop_instance_uid"] == sr_uid]):
+                assert time.monotonic() < deadline, node.log_path.read_text()[-3000:]
+                time.sleep(0.2)  # Orthanc holds it; the node is asking it by C-FIND
+            assert delivered[0]["verified_by"] == "c-find"
             time.sleep(4)  # StableAge 2 s: the SR series is stable in Orthanc by now
             stored = [e for e in node.events() if e["event"] == "instance stored"]
             audit = subprocess.run(
