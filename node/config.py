@@ -46,6 +46,10 @@ class ListenerConfig(Strict):
                       "interface.")
     port: Port = Field(default=11112, description="TCP port of the DICOM listener.")
     max_pdu: int = Field(default=0, ge=0, description="Maximum PDU size received; 0 = unlimited.")
+    processes: int = Field(
+        default=1, ge=1, le=64,
+        description="Receiver processes listening on the port (SO_REUSEPORT, Linux): more than "
+        "one lets parallel associations use several CPUs (docs/performance.md).")
 
 
 class NumericRange(Strict):

@@ -1,0 +1,161 @@
+"""What the receiver does for speed: TCP_NODELAY on both ends of every association, several
+receiver processes on one port, and 50 concurrent associations all stored."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from node.config import NodeConfig, RemotePeer
+from node.index import Index
+from node.receiver import Receiver
+from node.store_scu import associate
+from tests.conftest import free_port
+
+
+def _nodelay(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+@pytest.fixture
+def ct(refdata: Path) -> pydicom.Dataset:
+    return pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
+
+
+def test_accepted_and_outbound_sockets_have_nodelay(tmp_path: Path) -> None:
+    config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
+                        accept_unknown_peers=True)
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    accepted: list[int] = []
+
+    def on_echo(event: evt.Event) -> int:  # runs on the node's side of the association
+        accepted.append(_nodelay(event.assoc.dul.socket.socket))
+        return 0
+
+    try:
+        assert receiver._server is not None
+        receiver._server.bind(evt.EVT_C_ECHO, on_echo)  # replaces the running server's handler
+        peer = RemotePeer(name="node", ae_title=config.listener.ae_title, host="127.0.0.1",
+                          port=config.listener.port)
+        assoc = associate("NODELAYTEST", peer, [Verification], timeout=10)
+        outbound = _nodelay(assoc.dul.socket.socket)
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+    finally:
+        receiver.stop()
+        index.close()
+    assert outbound != 0
+    assert accepted and accepted[0] != 0
+
+
+def test_plain_pynetdicom_socket_lacks_nodelay_without_the_hook(tmp_path: Path) -> None:
+    """The check above can fail: pynetdicom on its own leaves Nagle on."""
+    config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
+                        accept_unknown_peers=True)
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    try:
+        ae = AE(ae_title="PLAIN")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
+        assert assoc.is_established
+        assert _nodelay(assoc.dul.socket.socket) == 0
+        assoc.release()
+    finally:
+        receiver.stop()
+        index.close()
+
+
+def _store_one(port: int, dataset: pydicom.Dataset, statuses: list[int | None],
+               barrier: threading.Barrier) -> None:
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(CTImageStorage)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    barrier.wait()
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADIOMICS")
+    if not assoc.is_established:
+        statuses.append(None)
+        return
+    answer = assoc.send_c_store(dataset)
+    statuses.append(getattr(answer, "Status", None))
+    assoc.release()
+
+
+def test_fifty_concurrent_associations_over_two_receiver_processes(
+        tmp_path: Path, ct: pydicom.Dataset) -> None:
+    count = 50
+    config = NodeConfig(state_dir=tmp_path / "state",
+                        listener={"port": free_port(), "processes": 2},
+                        limits={"max_associations": count, "max_associations_per_peer": count},
+                        accept_unknown_peers=True)
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    datasets = []
+    for n in range(count):
+        ds = copy.deepcopy(ct)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.10.{n}"
+        datasets.append(ds)
+    statuses: list[int | None] = []
+    barrier = threading.Barrier(count)
+    threads = [threading.Thread(target=_store_one,
+                                args=(config.listener.port, ds, statuses, barrier))
+               for ds in datasets]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        receiver.stop()
+    assert statuses == [0] * count
+    rows = [index.instance(ds.SOPInstanceUID) for ds in datasets]
+    sources = {row.calling_ae for row in rows if row is not None}
+    assert sources == {"SCANNER"} and all(row is not None for row in rows)
+    series = index.series(ct.SeriesInstanceUID)
+    assert series is not None and series.n_instances == count
+    index.close()
+
+
+def test_node_wide_limit_counts_every_receiver_process(tmp_path: Path, ct: pydicom.Dataset
+                                                       ) -> None:
+    """With two processes and max_associations 2, a third concurrent association is rejected
+    (2/3/2) whichever process the kernel gave it to, and admitted again once one is released."""
+    config = NodeConfig(state_dir=tmp_path / "state",
+                        listener={"port": free_port(), "processes": 2},
+                        limits={"max_associations": 2, "max_associations_per_peer": 10},
+                        accept_unknown_peers=True)
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    try:
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(Verification)
+        held = [ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
+                for _ in range(2)]
+        assert all(a.is_established for a in held)
+        refused = [ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
+                   for _ in range(4)]
+        assert [a.is_rejected for a in refused] == [True] * 4
+        held[0].release()
+        again = ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
+        for _ in range(50):  # the release reaches the other process's counter asynchronously
+            if again.is_established:
+                break
+            again = ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
+        assert again.is_established
+        again.release()
+        held[1].release()
+    finally:
+        receiver.stop()
+        index.close()
