@@ -43,7 +43,7 @@ from pipelines.parametric_map import parametric_maps
 from pipelines.presets import load_preset
 from pipelines.process import process_study
 from pipelines.qc import assess_series
-from pipelines.report import RoiResult
+from pipelines.results import RoiResult
 from pipelines.rois import build_variants
 from pipelines.segmentation import read_segmentation
 from pipelines.series import read_series

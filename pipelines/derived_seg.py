@@ -41,10 +41,11 @@ from pydicom.sr.codedict import codes
 from pipelines.codes import PRIVATE_SCHEME, coding_schemes
 from pipelines.parametric_map import slab_geometry
 from pipelines.presets import Preset
-from pipelines.report import ALGORITHM_NAME, MANUFACTURER, RoiResult, software_version
+from pipelines.results import RoiResult
 from pipelines.rois import RoiMask
 from pipelines.segmentation import DecodedSegmentation
 from pipelines.series import SeriesVolume
+from pipelines.software import ALGORITHM_NAME, MANUFACTURER, software_version
 from pipelines.uids import result_uid
 
 SEG_SERIES_NUMBER_OFFSET = 1002  # derived SEG series number = source SeriesNumber + this offset

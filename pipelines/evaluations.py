@@ -10,6 +10,8 @@ passed or not, is in the result folder's qc.csv.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import highdicom as hd
 
 from pipelines.codes import PRIVATE_SCHEME
@@ -62,3 +64,18 @@ def qc_findings(series: QCReport, roi: QCReport) -> list[hd.sr.TextContentItem]:
         for check in report.checks
         if _reported(check)
     ]
+
+
+def qc_lines(reports: Sequence[QCReport]) -> list[str]:
+    """Short lines for the summary image: each report's status and what warned or failed, e.g.
+    ``segment 1 (Lesion 1): warn - mask.border, robustness.unstable 77``."""
+    lines = []
+    for report in reports:
+        named = [check.name if check.name != "robustness.unstable"
+                 else f"{check.name} {check.value}"
+                 for check in report.checks if _reported(check)]
+        shown = ", ".join(named[:6]) + (f" and {len(named) - 6} more" if len(named) > 6 else "")
+        subject = "Series" if report.scope == "series" else report.subject
+        lines.append(f"{subject}: {report.status}" + (f" - {shown}" if shown else
+                                                       f" ({len(report.checks)} checks)"))
+    return lines

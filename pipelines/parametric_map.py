@@ -41,9 +41,9 @@ from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from pipelines.codes import coding_schemes, feature_concept, ucum_unit
 from pipelines.presets import IMAGE_INTERPOLATORS, Preset
-from pipelines.report import MANUFACTURER, software_version
 from pipelines.segmentation import Segment
 from pipelines.series import SeriesVolume
+from pipelines.software import MANUFACTURER, software_version
 from pipelines.uids import result_uid
 
 PM_SERIES_NUMBER_OFFSET = 1100  # map k (0-based, preset order) gets source SeriesNumber + 1100 + k

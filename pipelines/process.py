@@ -16,16 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage
 
+from pipelines.derived_seg import build_derived_segmentation
+from pipelines.evaluations import qc_lines
 from pipelines.features import extract_lesions
+from pipelines.parametric_map import parametric_maps
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
 from pipelines.presets import Preset, load_preset
 from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
 from pipelines.qc import QCReport, QCSettings, assess_roi, assess_series, worst_status
-from pipelines.report import RoiResult, build_measurement_report
+from pipelines.report import build_measurement_report
+from pipelines.results import RoiResult
 from pipelines.rois import build_variants, is_liver
 from pipelines.segmentation import DecodedSegmentation, Segment, read_segmentation
 from pipelines.series import SeriesVolume, read_series
+from pipelines.summary import build_summary_image
 
 
 class ProcessError(ValueError):
@@ -68,6 +75,12 @@ class PipelineResult:
     qc_csv: Path
 
     @property
+    def report(self) -> OutputObject:
+        """The TID 1500 Comprehensive 3D SR among the objects."""
+        [sr] = [o for o in self.objects if o.sop_class_uid == Comprehensive3DSRStorage]
+        return sr
+
+    @property
     def qc_status(self) -> str:
         """The worst QC status of the series and of every lesion (pass, warn or fail)."""
         return worst_status(report.status for report in self.qc)
@@ -93,6 +106,13 @@ def _write_features_csv(path: Path, preset: Preset, lesions: Sequence[LesionSumm
                     out.writerow([source_series_uid, lesion.segment_number, lesion.label,
                                   lesion.roi_variant, preset.name, preset.hash, name, repr(value)])
     _write_atomically(path, write)
+
+
+def _write_object(out: Path, dataset: Dataset) -> OutputObject:
+    """Save a result object as ``<SOP Instance UID>.dcm`` (Part 10, atomically)."""
+    path = out / f"{dataset.SOPInstanceUID}.dcm"
+    _write_atomically(path, lambda target: dataset.save_as(target, enforce_file_format=True))
+    return OutputObject(path, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID))
 
 
 def _write_qc_csv(path: Path, reports: Sequence[QCReport]) -> None:
@@ -184,13 +204,26 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         for lesion, lesion_rois, by_name in zip(lesions, variants, features, strict=True)
         for roi in lesion_rois
     ]
+    masks = [mask for lesion_rois in variants for mask in lesion_rois]
+    derived = build_derived_segmentation(volume, seg, rois, masks, preset)
     report = build_measurement_report(
         volume, seg, rois, preset, series_qc=qc[0],
         lesion_qc={lesion.number: lesion_report
                    for lesion, lesion_report in zip(lesions, qc[1:], strict=True)},
+        derived=derived,
     )
-    sr_path = out / f"{report.SOPInstanceUID}.dcm"
-    _write_atomically(sr_path, lambda target: report.save_as(target, enforce_file_format=True))
+    summary = build_summary_image(
+        volume, rois, masks, preset_name=preset.name, preset_hash=preset.hash,
+        seg_sop_instance_uid=seg.sop_instance_uid, qc_lines=qc_lines(qc),
+        model_lines=[f"No model applied: none is configured for preset {preset.name}."],
+        not_for_diagnostic_use=True,
+        intensity_unit="HU" if volume.modality == "CT" and preset.preprocessing.zscore is None
+        else "1",
+    )
+    maps = parametric_maps(volume, image, lesions, preset,
+                           seg_sop_instance_uid=seg.sop_instance_uid)
+    written = [report, *([derived.dataset] if derived else []), summary, *maps]
+    objects = tuple(_write_object(out, dataset) for dataset in written)
     summaries = tuple(
         LesionSummary(r.segment.number, r.segment.label, str(r.roi_variant),
                       dict(r.features.values))
@@ -207,7 +240,7 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         preset=preset.name,
         preset_hash=preset.hash,
         lesions=summaries,
-        objects=(OutputObject(sr_path, str(report.SOPClassUID), str(report.SOPInstanceUID)),),
+        objects=objects,
         features_csv=features_csv,
         qc=qc,
         qc_csv=qc_csv,

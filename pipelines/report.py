@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 
 import highdicom as hd
 from pydicom.dataelem import DataElement
@@ -48,15 +46,16 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DS
 
 from pipelines.codes import coding_schemes, feature_concept, image_filter_concept
+from pipelines.derived_seg import DerivedSegmentation
 from pipelines.evaluations import qc_evaluations, qc_findings
-from pipelines.features import RoiFeatures
 from pipelines.presets import Preset
 from pipelines.qc import QCReport
+from pipelines.results import RoiResult
 from pipelines.segmentation import DecodedSegmentation, Segment
 from pipelines.series import SeriesVolume
+from pipelines.software import ALGORITHM_NAME, MANUFACTURER, software_version
+from pipelines.uids import result_uid
 
-ALGORITHM_NAME = "radiomics-node"
-MANUFACTURER = "radiomics-node"
 SR_SERIES_NUMBER_OFFSET = 1000  # SR series number = source SeriesNumber + this offset
 
 # PS3.16 CID 100 "Quantitative Diagnostic Imaging Procedures"
@@ -74,37 +73,6 @@ _CONTENT_SEQUENCE = 0x0040A730
 class ReportError(ValueError):
     """Inputs that cannot be reported together (e.g. a SEG of another study)."""
 
-
-@dataclass(frozen=True)
-class RoiResult:
-    """Features of one segment, or of a ROI variant derived from it (``roi_variant`` other than
-    None and "intra")."""
-
-    segment: Segment
-    features: RoiFeatures
-    roi_variant: str | None = None
-
-    @property
-    def derived(self) -> bool:
-        """Whether the ROI is a variant derived from the segment rather than the segment."""
-        return self.roi_variant not in (None, "intra")
-
-    @property
-    def tracking_identifier(self) -> str:
-        """The segment label, or "<label> / <ROI variant>" for a derived ROI."""
-        return f"{self.segment.label} / {self.roi_variant}" if self.derived else self.segment.label
-
-
-def software_version() -> str:
-    """Installed version of the radiomics-node distribution; 0.1.0 when run from a checkout."""
-    try:
-        return version("radiomics-node")
-    except PackageNotFoundError:
-        return "0.1.0"
-
-
-def _uid(*parts: str) -> str:
-    return generate_uid(entropy_srcs=[ALGORITHM_NAME, *parts])
 
 
 def _measurement(key: str, value: float, modality: str) -> hd.sr.Measurement:
@@ -174,6 +142,22 @@ def _complete_groups(sr: hd.sr.Comprehensive3DSR, rois: Sequence[RoiResult], mod
         group[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", PydicomSequence(ordered))
 
 
+def _referenced_segment(volume: SeriesVolume, seg: DecodedSegmentation, roi: RoiResult,
+                        derived: DerivedSegmentation | None) -> hd.sr.ReferencedSegment:
+    """TID 1411 Referenced Segment: the derived SEG's segment of a derived ROI when there is one,
+    else the input SEG's segment."""
+    key = (roi.segment.number, str(roi.roi_variant))
+    source = hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid)
+    if roi.derived and derived is not None and key in derived.segment_numbers:
+        return hd.sr.ReferencedSegment(
+            sop_class_uid=str(derived.dataset.SOPClassUID),
+            sop_instance_uid=str(derived.dataset.SOPInstanceUID),
+            segment_number=derived.segment_numbers[key], source_series=source)
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.sop_class_uid, sop_instance_uid=seg.sop_instance_uid,
+        segment_number=roi.segment.number, source_series=source)
+
+
 def _check_finite(roi: RoiResult) -> None:
     for key, value in roi.features.values.items():
         if not math.isfinite(value):
@@ -213,15 +197,16 @@ def build_measurement_report(
     *,
     series_qc: QCReport | None = None,
     lesion_qc: Mapping[int, QCReport] | None = None,
+    derived: DerivedSegmentation | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of ``rois`` (module docstring), in the study of ``volume``.
 
     With ``series_qc`` and ``lesion_qc`` (the QC report of each lesion by segment number), each
-    group carries the quality control evaluations of :mod:`pipelines.evaluations`."""
+    group carries the quality control evaluations of :mod:`pipelines.evaluations`. With
+    ``derived`` (the node's SEG of the ROI variants it built), a derived ROI's group references
+    its segment there; otherwise the input segment it was derived from."""
     _check_inputs(volume, seg)
     sw_version = software_version()
-    entropy = (volume.series_instance_uid, *volume.sop_instance_uids, seg.sop_instance_uid,
-               preset.hash, sw_version)
     algorithm = hd.sr.AlgorithmIdentification(
         name=ALGORITHM_NAME, version=sw_version, parameters=[preset.name, preset.hash]
     )
@@ -241,14 +226,10 @@ def build_measurement_report(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(
                     identifier=roi.tracking_identifier,
-                    uid=_uid(*entropy, "tracking", str(segment.number), *variant),
+                    uid=result_uid(volume, seg.sop_instance_uid, preset.hash, "tracking",
+                                   str(segment.number), *variant),
                 ),
-                referenced_segment=hd.sr.ReferencedSegment(
-                    sop_class_uid=seg.sop_class_uid,
-                    sop_instance_uid=seg.sop_instance_uid,
-                    segment_number=segment.number,
-                    source_series=hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid),
-                ),
+                referenced_segment=_referenced_segment(volume, seg, roi, derived),
                 finding_type=segment.property_type,
                 finding_sites=_finding_sites(seg, segment) or None,
                 algorithm_id=algorithm,
@@ -260,7 +241,8 @@ def build_measurement_report(
             )
         )
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=_uid("device"), name=ALGORITHM_NAME, manufacturer_name=MANUFACTURER
+        uid=generate_uid(entropy_srcs=[ALGORITHM_NAME, "device"]), name=ALGORITHM_NAME,
+        manufacturer_name=MANUFACTURER,
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
@@ -275,11 +257,11 @@ def build_measurement_report(
     )
     source_series_number = volume.datasets[0].get("SeriesNumber")
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[*volume.datasets, seg.dataset],
+        evidence=[*volume.datasets, seg.dataset, *([derived.dataset] if derived else [])],
         content=report,
-        series_instance_uid=_uid(*entropy, "series"),
+        series_instance_uid=result_uid(volume, seg.sop_instance_uid, preset.hash, "series"),
         series_number=int(source_series_number or 0) + SR_SERIES_NUMBER_OFFSET,
-        sop_instance_uid=_uid(*entropy, "instance"),
+        sop_instance_uid=result_uid(volume, seg.sop_instance_uid, preset.hash, "instance"),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,

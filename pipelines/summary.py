@@ -30,9 +30,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pipelines.report import MANUFACTURER, RoiResult, software_version
+from pipelines.results import RoiResult
 from pipelines.rois import RoiMask
 from pipelines.series import SeriesVolume
+from pipelines.software import MANUFACTURER, software_version
 from pipelines.uids import result_uid
 
 SC_SERIES_NUMBER_OFFSET = 1001  # summary series number = source SeriesNumber + this offset

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pydicom.uid import generate_uid
 
-from pipelines.report import ALGORITHM_NAME, software_version
 from pipelines.series import SeriesVolume
+from pipelines.software import ALGORITHM_NAME, software_version
 
 
 def result_uid(volume: SeriesVolume, seg_sop_instance_uid: str, preset_hash: str,

@@ -64,7 +64,7 @@ def test_study_in_report_back_in_orthanc(tmp_path: Path) -> None:
     assert dciodvfy_errors(sr_path) == []
 
     offline = process_study(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path / "offline")
-    assert offline.objects[0].sop_instance_uid == dataset.SOPInstanceUID  # deterministic UIDs
+    assert offline.report.sop_instance_uid == dataset.SOPInstanceUID  # deterministic UIDs
 
     seg = pydicom.dcmread(study.seg_path)
     sr = hd.sr.Comprehensive3DSR.from_dataset(dataset)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipelines.features import extract_lesions
 from pipelines.presets import Preset, RoiOptions, RoiVariant, load_preset
-from pipelines.report import RoiResult
+from pipelines.results import RoiResult
 from pipelines.rois import RoiMask, build_variants
 from pipelines.segmentation import DecodedSegmentation, Segment, read_segmentation
 from pipelines.series import SeriesVolume, read_series

@@ -52,7 +52,7 @@ def test_sr_values_equal_the_nrrd_features(
 
     result = process_study(converted.mr_paths, converted.seg_path, preset, tmp_path / "out")
 
-    (sr,) = result.objects
+    sr = result.report
     values = sr_values(sr.path)
     assert len(values) == len(expected) > 100
     for key, want in expected.items():

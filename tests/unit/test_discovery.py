@@ -133,8 +133,9 @@ def test_process_command_writes_results_per_series(
         [line] = [x for x in lines if study.ct_series_uid in x]
         assert "2 ROI(s), 4 values" in line
         written = out / study.ct_series_uid
-        (sr,) = written.glob("*.dcm")
-        assert pydicom.dcmread(sr).StudyInstanceUID == study.study_instance_uid
+        objects = [pydicom.dcmread(p, stop_before_pixels=True) for p in written.glob("*.dcm")]
+        assert {o.StudyInstanceUID for o in objects} == {study.study_instance_uid}
+        assert sorted(o.Modality for o in objects) == ["OT", "SR"]  # report, summary image
         with (written / "features.csv").open() as handle:
             rows = list(csv.DictReader(handle))
         assert {(r["segment_label"], r["feature"]) for r in rows} == {

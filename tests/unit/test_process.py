@@ -8,6 +8,7 @@ import csv
 from pathlib import Path
 
 import highdicom as hd
+import pydicom
 import pytest
 
 from pipelines.features import extract_features, extract_lesions
@@ -65,7 +66,7 @@ def test_each_roi_variant_is_a_measurement_group_and_a_csv_roi(
     assert [(lesion.label, lesion.roi_variant) for lesion in result.lesions] == expected
     assert [lesion.segment_number for lesion in result.lesions] == [1] * 4 + [2] * 4
 
-    report = hd.sr.srread(result.objects[0].path)
+    report = hd.sr.srread(result.report.path)
     groups = report.content.get_volumetric_roi_measurement_groups()
     assert [str(g.tracking_identifier) for g in groups] == [
         label if name == "intra" else f"{label} / {name}" for label, name in expected
@@ -74,9 +75,21 @@ def test_each_roi_variant_is_a_measurement_group_and_a_csv_roi(
         str(g.tracking_identifier) for g in groups
     ]
     assert len({g.tracking_uid for g in groups}) == len(groups)
-    assert [g.referenced_segment.referenced_segment_numbers for g in groups] == [
-        [lesion.segment_number] for lesion in result.lesions
-    ]
+    # the lesion itself: the input SEG's segment; a derived ROI: its segment in the node's SEG
+    input_seg = pydicom.dcmread(study.seg_path, stop_before_pixels=True)
+    [derived] = [pydicom.dcmread(o.path) for o in result.objects
+                 if o.sop_class_uid == pydicom.uid.SegmentationStorage]
+    derived_labels = {int(item.SegmentNumber): item.SegmentLabel
+                      for item in derived.SegmentSequence}
+    for group, lesion in zip(groups, result.lesions, strict=True):
+        reference = group.referenced_segment
+        if lesion.roi_variant == "intra":
+            assert reference.referenced_sop_instance_uid == input_seg.SOPInstanceUID
+            assert reference.referenced_segment_numbers == [lesion.segment_number]
+        else:
+            assert reference.referenced_sop_instance_uid == derived.SOPInstanceUID
+            [number] = reference.referenced_segment_numbers
+            assert derived_labels[number] == str(group.tracking_identifier)
     for group, lesion in zip(groups, result.lesions, strict=True):
         [mean] = group.get_measurements(name=hd.sr.CodedConcept("Q4LE", "IBSI", "Mean"))
         assert mean.value == pytest.approx(lesion.features["original_firstorder_Mean"])
@@ -120,7 +133,7 @@ def test_quality_control_is_in_each_measurement_group(study: SyntheticStudy,
     import pydicom
 
     result = process_study(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path)
-    path = result.objects[0].path
+    path = result.report.path
     dataset = pydicom.dcmread(path)
     sr = hd.sr.Comprehensive3DSR.from_dataset(dataset)
     groups = sr.content.get_volumetric_roi_measurement_groups()

@@ -14,15 +14,11 @@ import pytest
 from pipelines.codes import feature_concept, image_filter_concept
 from pipelines.features import RoiFeatures, extract_features
 from pipelines.presets import Preset, load_preset
-from pipelines.report import (
-    ReportError,
-    RoiResult,
-    build_measurement_report,
-    num_item,
-    software_version,
-)
+from pipelines.report import ReportError, build_measurement_report, num_item
+from pipelines.results import RoiResult
 from pipelines.segmentation import DecodedSegmentation, read_segmentation
 from pipelines.series import SeriesVolume, read_series
+from pipelines.software import software_version
 
 CT_DIR = Path("pydicom/test_files/dicomdirtests/77654033/CT2")
 # The SEG covers three of the four CT2 slices; the fourth (17106) lies 200 mm away.
