@@ -21,6 +21,7 @@ from node.config import NodeConfig, SeriesRule
 from node.index import Index, SeriesRow
 from node.logs import fields
 from pipelines.segmentation import referenced_series_uids
+from pipelines.software import MANUFACTURER
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,12 @@ class Router:
         queued: list[int] = []
         for instance in self._index.instances_of(series.series_uid):
             seg = pydicom.dcmread(instance.path, stop_before_pixels=True)
+            if (seg.get("Manufacturer"), seg.get("ManufacturerModelName")) == (
+                    MANUFACTURER, MANUFACTURER):
+                # the node's own derived SEG, sent back by a PACS: its ROIs are not lesions
+                log.info("own segmentation not processed", extra=fields(
+                    seg_sop_uid=instance.sop_instance_uid))
+                continue
             sources = referenced_series_uids(seg)
             self._index.add_seg_refs(instance.sop_instance_uid, series.series_uid, sources)
             for source in sorted(sources):

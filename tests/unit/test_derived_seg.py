@@ -100,3 +100,12 @@ def test_rois_and_masks_must_pair(case: OutputsCase) -> None:
     with pytest.raises(DerivedSegmentationError, match="paired with mask"):
         build_derived_segmentation(case.volume, case.seg, case.rois, case.masks[::-1],
                                    case.preset)
+
+
+def test_node_recognises_its_own_derived_seg(derived: DerivedSegmentation) -> None:
+    """node.router skips SEGs whose Manufacturer and model are the node's, so a PACS that sends
+    the derived SEG back does not get rings processed as lesions."""
+    from pipelines.software import MANUFACTURER
+
+    dataset = derived.dataset
+    assert (dataset.Manufacturer, dataset.ManufacturerModelName) == (MANUFACTURER, MANUFACTURER)

@@ -137,3 +137,19 @@ def test_always_reprocesses_unchanged_inputs_but_on_change_does_not(
         _stabilise(index, router, quiet_since=150.0)
         router.route(index.series(study.ct_series_uid))  # stable again, the same instances
         assert len(index.jobs()) == expected, policy
+
+
+def test_the_nodes_own_derived_seg_sent_back_is_not_processed(
+        tmp_path: Path, study: SyntheticStudy) -> None:
+    from pipelines.software import MANUFACTURER
+
+    own = pydicom.dcmread(study.seg_path)
+    own.Manufacturer = own.ManufacturerModelName = MANUFACTURER  # as derived_seg writes
+    own.SOPInstanceUID = own.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    own.SeriesInstanceUID = pydicom.uid.generate_uid()
+    path = tmp_path / "derived-seg.dcm"
+    own.save_as(path)
+    index, router = _node(tmp_path)
+    _receive(index, [*study.ct_paths, path], now=100.0)
+    assert _stabilise(index, router, quiet_since=150.0) == []
+    assert index.jobs() == []
