@@ -294,6 +294,24 @@ class TLSConfig(Strict):
         return self
 
 
+class ExecutorConfig(Strict):
+    """Where jobs run: ``local`` spawned processes (``workers`` of them), or the Dask cluster of
+    ``scheduler_address`` (docs/performance.md, "Scale-out")."""
+
+    kind: Literal["local", "dask"] = Field(default="local", description="local: a process pool "
+                                           "on this machine; dask: a dask.distributed cluster.")
+    scheduler_address: str | None = Field(
+        default=None, description="The Dask scheduler, e.g. tcp://10.0.0.5:8786 (kind dask).")
+    connect_timeout: float = Field(default=30.0, gt=0, description="Seconds to reach the "
+                                   "scheduler at start.")
+
+    @model_validator(mode="after")
+    def _scheduler_for_dask(self) -> ExecutorConfig:
+        if self.kind == "dask" and not self.scheduler_address:
+            raise ValueError("executor kind dask needs scheduler_address")
+        return self
+
+
 class LimitsConfig(Strict):
     """Association limits and timeouts (seconds) of the listener and the node's own clients."""
 
@@ -397,7 +415,9 @@ class NodeConfig(BaseSettings):
         default=10.0, gt=0, description="A series is complete after this many quiet seconds."
     )
     scan_interval: float = Field(default=1.0, gt=0, description="Seconds between scheduler ticks.")
-    workers: int = Field(default=1, ge=1, description="Processes that run pipelines.")
+    workers: int = Field(default=1, ge=1, description="Processes that run pipelines; with "
+                         "executor kind dask, jobs submitted to the cluster at once.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     max_job_attempts: int = Field(
         default=3, ge=1, description="Runs of a job whose worker process died, before it fails."
     )

@@ -1,0 +1,180 @@
+"""Where pipeline jobs run: a local pool of spawned processes, or a Dask cluster.
+
+``executor.kind: local`` (default) runs ``pipelines.process.process_study`` in a
+``ProcessPoolExecutor`` of ``workers`` spawned processes on the node's machine, with the spool
+files' paths. ``executor.kind: dask`` submits each job to the ``dask.distributed`` scheduler at
+``executor.scheduler_address``; its workers may be other machines that share no filesystem with
+the node and need only this package installed: the node reads the job's input files and ships
+their bytes, the worker writes them to a temporary folder, runs the same ``process_study`` and
+returns the result with the bytes of every file it wrote, which the node writes into the job's
+results folder. Dask re-runs a task whose worker died (up to the scheduler's
+``distributed.scheduler.allowed-failures``), so a job survives the loss of a worker. Both paths
+call the same function on the same bytes, so a job's result (feature values, result UIDs) is the
+same whichever executor ran it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from node import logs
+from node.config import NodeConfig
+from pipelines.process import PipelineResult, process_study
+
+
+class JobFuture(Protocol):
+    """What the job runner needs of a running job: a concurrent.futures.Future or a
+    distributed.Future."""
+
+    def result(self, timeout: float | None = None) -> PipelineResult: ...
+
+    def add_done_callback(self, fn: Any) -> None: ...
+
+
+class Executor(Protocol):
+    """Runs ``process_study(images, seg, preset, out_dir)`` somewhere and returns a future."""
+
+    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path) -> JobFuture:
+        """Start one job."""
+
+    def renew(self) -> None:
+        """Replace a broken pool (a worker process died); a no-op where the engine recovers."""
+
+    def shutdown(self) -> None:
+        """Stop at once; running jobs are abandoned (the index queues them again at start)."""
+
+
+class LocalExecutor:
+    """``workers`` spawned processes on this machine, reading the spool files directly."""
+
+    def __init__(self, config: NodeConfig):
+        self._config = config
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self._config.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=logs.configure,  # worker processes log JSON lines too
+            initargs=(self._config.log_level, self._config.log_file),
+        )
+
+    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path
+               ) -> Future[PipelineResult]:
+        return self._pool.submit(process_study, list(images), seg, preset, str(out_dir))
+
+    def renew(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            if child.name.startswith("SpawnProcess"):  # the pool's workers, not receivers
+                child.terminate()
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteResult:
+    """What a Dask worker sends back: the result with paths relative to the job's folder and
+    the bytes of every file the job wrote, by relative path."""
+
+    result: PipelineResult
+    files: dict[str, bytes]
+
+
+def _rebase(value: Any, old: Path, new: Path) -> Any:
+    """``value`` with every Path under ``old`` moved under ``new``: the paths in a
+    PipelineResult (dataclasses, tuples, lists, dicts of them) follow the files."""
+    if isinstance(value, Path):
+        return new / value.relative_to(old) if value.is_relative_to(old) else value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: _rebase(getattr(value, f.name), old, new)
+                   for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **changes)
+    if isinstance(value, tuple | list):
+        return type(value)(_rebase(item, old, new) for item in value)
+    if isinstance(value, dict):
+        return {key: _rebase(item, old, new) for key, item in value.items()}
+    return value
+
+
+def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str) -> RemoteResult:
+    """On a Dask worker: write the shipped files to a temporary folder, run ``process_study``
+    there and return its result and output files (paths relative to the output folder)."""
+    with tempfile.TemporaryDirectory(prefix="radiomics-job-") as tmp:
+        inputs, out = Path(tmp) / "in", Path(tmp) / "out"
+        inputs.mkdir()
+        paths = []
+        for number, data in enumerate(images):
+            path = inputs / f"{number:05d}.dcm"
+            path.write_bytes(data)
+            paths.append(path)
+        seg_path = inputs / "seg.dcm"
+        seg_path.write_bytes(seg)
+        result = process_study(paths, seg_path, preset, out)
+        files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+                 if p.is_file()}
+        return RemoteResult(_rebase(result, out, Path()), files)
+
+
+def unpack(remote: RemoteResult, out_dir: Path) -> PipelineResult:
+    """Write a worker's output files into ``out_dir``; the result with paths there."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in remote.files.items():
+        target = out_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return _rebase(remote.result, Path(), out_dir)
+
+
+class _UnpackedFuture:
+    """A distributed.Future of a RemoteResult seen as a future of the unpacked PipelineResult."""
+
+    def __init__(self, future: Any, out_dir: Path):
+        self._future = future
+        self._out_dir = out_dir
+
+    def result(self, timeout: float | None = None) -> PipelineResult:
+        return unpack(self._future.result(timeout), self._out_dir)
+
+    def add_done_callback(self, fn: Any) -> None:
+        self._future.add_done_callback(lambda _: fn(self))
+
+
+class DaskExecutor:
+    """Jobs on the Dask cluster whose scheduler is ``executor.scheduler_address``."""
+
+    def __init__(self, config: NodeConfig):
+        from distributed import Client  # only nodes configured for Dask import it
+
+        self._client = Client(config.executor.scheduler_address,
+                              timeout=config.executor.connect_timeout)
+
+    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path
+               ) -> _UnpackedFuture:
+        # The bytes are arguments of the task itself, not scattered data: the scheduler keeps
+        # them with the task, so it can run the task again on another worker when one dies
+        # (scattered data would die with the worker that holds it).
+        future = self._client.submit(run_shipped_job, [Path(p).read_bytes() for p in images],
+                                     Path(seg).read_bytes(), preset, pure=False)
+        return _UnpackedFuture(future, out_dir)
+
+    def renew(self) -> None:
+        """Dask re-runs the tasks of a dead worker itself."""
+
+    def shutdown(self) -> None:
+        self._client.close()
+
+
+def make_executor(config: NodeConfig) -> Executor:
+    """The executor ``config.executor`` names."""
+    if config.executor.kind == "dask":
+        return DaskExecutor(config)
+    return LocalExecutor(config)

@@ -1,0 +1,111 @@
+"""Jobs on a Dask cluster with real TCP workers in their own processes: the same result as the
+local process pool (feature values, result SOP Instance UIDs, every output file), with no
+filesystem shared through paths, and a worker killed mid-job does not lose the job."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.config import Destination, NodeConfig
+from node.executor import run_shipped_job, unpack
+from node.index import Index, InstanceRow
+from node.jobs import JobRunner
+from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    return write_synthetic_study(tmp_path_factory.mktemp("study"), shape=(12, 64, 64))
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[distributed.LocalCluster]:
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  host="127.0.0.1", protocol="tcp", dashboard_address=None,
+                                  silence_logs=40) as local:
+        yield local
+
+
+def _until(condition: Callable[[], bool], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _run_job(tmp_path: Path, study: SyntheticStudy, executor: dict) -> tuple[Index, int]:
+    config = NodeConfig(state_dir=tmp_path, executor=executor, destinations=[
+        Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=4242)])
+    index = Index(config.index_path)
+    for path in [*study.ct_paths, study.seg_path]:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        index.add_instance(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
+                                       ds.SeriesInstanceUID, str(path), 1, "SCANNER"),
+                           ds.Modality)
+    seg_uid = pydicom.dcmread(study.seg_path, stop_before_pixels=True).SOPInstanceUID
+    job_id = index.add_job(study.ct_series_uid, seg_uid, "rule", "ct-liver-basic", "digest")
+    runner = JobRunner(config, index)
+    try:
+        runner.tick()
+        _until(lambda: index.job(job_id).state in ("done", "failed"))
+    finally:
+        runner.stop()
+    assert index.job(job_id).state == "done", index.job(job_id).reason
+    return index, job_id
+
+
+def _outputs(index: Index, job_id: int) -> tuple[dict[str, bytes], list[dict[str, str]]]:
+    """Result objects by SOP Instance UID (pixel-free bytes compared through pydicom) and the
+    rows of features.csv."""
+    deliveries = index.deliveries(job_id)
+    objects = {row["sop_instance_uid"]: Path(row["path"]) for row in deliveries}
+    assert objects and all(path.is_file() for path in objects.values())
+    folder = next(iter(objects.values())).parent
+    with (folder / "features.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {uid: path.read_bytes() for uid, path in objects.items()}, rows
+
+
+def test_dask_job_equals_local_job(tmp_path: Path, study: SyntheticStudy,
+                                   cluster: distributed.LocalCluster) -> None:
+    local_index, local_job = _run_job(tmp_path / "local", study, {"kind": "local"})
+    dask_index, dask_job = _run_job(tmp_path / "dask", study, {
+        "kind": "dask", "scheduler_address": cluster.scheduler_address})
+    local_objects, local_rows = _outputs(local_index, local_job)
+    dask_objects, dask_rows = _outputs(dask_index, dask_job)
+    assert sorted(dask_objects) == sorted(local_objects)  # the same result UIDs
+    assert dask_rows == local_rows and len(local_rows) > 100  # every feature value, as text
+    for uid, data in local_objects.items():
+        ours, theirs = (pydicom.dcmread(io.BytesIO(b)) for b in (data, dask_objects[uid]))
+        assert theirs.SOPInstanceUID == ours.SOPInstanceUID == uid
+        assert theirs.SeriesInstanceUID == ours.SeriesInstanceUID
+    # the Dask result points into the node's results folder, not into a worker's temporary one
+    assert all(str(tmp_path / "dask") in row["path"] for row in dask_index.deliveries(dask_job))
+
+
+def test_worker_killed_mid_job_is_rerun_by_dask(tmp_path: Path, study: SyntheticStudy,
+                                                cluster: distributed.LocalCluster) -> None:
+    with distributed.Client(cluster.scheduler_address) as client:
+        future = client.submit(run_shipped_job, [p.read_bytes() for p in study.ct_paths],
+                               study.seg_path.read_bytes(), "ct-liver-basic", pure=False)
+        _until(lambda: any(client.processing().values()), timeout=60)
+        busy = [address for address, tasks in client.processing().items() if tasks]
+        pids = client.run(os.getpid, workers=busy)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        result = unpack(future.result(timeout=300), tmp_path / "out")
+        assert set(pids.values()).isdisjoint(client.run(os.getpid).values())  # they did die
+    assert result.objects and all(o.path.is_file() for o in result.objects)
+    assert all(o.path.parent == tmp_path / "out" for o in result.objects)
+    assert result.lesions and all(lesion.features for lesion in result.lesions)
