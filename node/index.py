@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     preset_hash       TEXT,
     models            TEXT,
     results_removed_at REAL,
+    rerun_of          INTEGER,
     UNIQUE (source_series_uid, seg_sop_uid, preset, inputs_digest)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -120,6 +121,7 @@ ADDED_COLUMNS = (
     ("jobs", "preset_hash", "TEXT"),
     ("jobs", "models", "TEXT"),
     ("jobs", "results_removed_at", "REAL"),
+    ("jobs", "rerun_of", "INTEGER"),
 )
 """Columns added after the first release: an index made before them gets them at open."""
 
@@ -306,16 +308,18 @@ class Index:
 
     def add_job(
         self, source_series_uid: str, seg_sop_uid: str, rule: str, preset: str,
-        inputs_digest: str,
+        inputs_digest: str, rerun_of: int | None = None,
     ) -> int | None:
-        """Queue a job; None when a job of the same inputs and preset already exists."""
+        """Queue a job; None when a job of the same inputs and preset already exists.
+        ``rerun_of`` is the earlier job of the same source, SEG and preset whose inputs changed."""
         with self._transaction() as db:
             cursor = db.execute(
                 """INSERT OR IGNORE INTO jobs
                    (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, state,
-                    created_at)
-                   VALUES (?,?,?,?,?,'queued',?)""",
-                (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, time.time()),
+                    created_at, rerun_of)
+                   VALUES (?,?,?,?,?,'queued',?,?)""",
+                (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, time.time(),
+                 rerun_of),
             )
             return cursor.lastrowid if cursor.rowcount else None
 

@@ -175,7 +175,8 @@ class Router:
                     source_series_uid=source, seg_sop_uid=seg_sop_uid, preset=preset,
                     earlier_job_id=earlier[-1].id))
                 continue
-            job_id = self._index.add_job(source, seg_sop_uid, rule, preset, digest)
+            job_id = self._index.add_job(source, seg_sop_uid, rule, preset, digest,
+                                         rerun_of=earlier[-1].id if earlier else None)
             if job_id is None:
                 continue
             if earlier:

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -79,6 +80,13 @@ button { background: #2680c2; color: #fff; border: 0; padding: 3px 12px; border-
 
 def _when(stamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stamp)) if stamp else "-"
+
+
+def _job_note(job: sqlite3.Row) -> str:
+    """The job's reason, after "new result: inputs changed since job N" for a rerun (the
+    reprocess policy of node.router)."""
+    rerun = f"new result: inputs changed since job {job['rerun_of']}" if job["rerun_of"] else ""
+    return "; ".join(part for part in (rerun, job["reason"] or "") if part)
 
 
 def _duration(seconds: float | None) -> str:
@@ -231,7 +239,7 @@ class StatusServer:
                          _uid(r["study_uid"]), _uid(r["source_series_uid"]),
                          f"num:{r['attempts']}", _when(r["created_at"]),
                          f"num:{_duration(duration)}",
-                         f'<span class="reason">{html.escape(r["reason"] or "")}</span>'])
+                         f'<span class="reason">{html.escape(_job_note(r))}</span>'])
         qc = [[f"num:{r['id']}", html.escape(r["preset"]), _uid(r["source_series_uid"]),
                _when(r["finished_at"]), f'<span class="reason">{html.escape(r["reason"])}</span>']
               for r in index.failed_jobs_matching("QC", limit)]

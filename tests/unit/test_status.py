@@ -189,3 +189,10 @@ def test_credentials_are_checked(tmp_path: Path) -> None:
         assert httpx.get(_url(node, "/nothing"), auth=("it", "pw")).status_code == 404
     finally:
         node.stop()
+
+
+def test_status_page_says_when_a_job_reprocesses_changed_inputs(node: Node) -> None:
+    first = node.index.add_job(CT, SEG_SOP, "ct-liver", "ct-liver-basic", "digest-1")
+    node.index.add_job(CT, SEG_SOP, "ct-liver", "ct-liver-basic", "digest-2", rerun_of=first)
+    text = httpx.get(_url(node)).text
+    assert f"new result: inputs changed since job {first}" in text
