@@ -1,0 +1,84 @@
+"""The demonstration model that ships: it loads with its pinned digest, says what it is, needs
+the shipped ct-liver-crlm preset as it is now, and runs end to end on the synthetic study through
+process_study, QC and apply_model; outside its domain it is not applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from models.package import ModelPackage, load_package
+from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
+from pipelines.presets import load_preset
+from pipelines.process import PipelineResult, process_study
+from pipelines.qc import QCReport, assess_series
+from pipelines.series import SeriesVolume, read_series
+from pipelines.synthetic import write_synthetic_study
+
+PACKAGE = Path(__file__).resolve().parents[2] / "models" / "packages" / "crlm-recurrence-demo"
+SHA256 = "37d5ab0ae8156e739aa798725e0a7dc483b7a572d361bf01bf25c8e55a77fc84"
+
+
+@pytest.fixture(scope="module")
+def package() -> ModelPackage:
+    return load_package(PACKAGE, SHA256)
+
+
+def test_card_says_what_it_is(package: ModelPackage) -> None:
+    card = package.card
+    assert card.not_for_clinical_use
+    assert card.disclaimer == ("Demonstration model, trained on synthetic data, not for "
+                               "clinical use.")
+    assert [c.role for c in card.cohorts] == ["development", "internal", "external"]
+    assert {m.ci_method for m in card.metrics if m.name == "AUC"} == {
+        "DeLong, normal approximation", "percentile bootstrap"}
+
+
+def test_needs_the_shipped_preset_as_it_is(package: ModelPackage) -> None:
+    preset = load_preset("ct-liver-crlm")
+    assert package.card.preset.name == preset.name
+    assert package.card.preset.hash == preset.hash, (
+        "ct-liver-crlm changed: rebuild the demo model (docs/model-card.md, 'The shipped model')")
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory: pytest.TempPathFactory
+              ) -> tuple[PipelineResult, SeriesVolume, QCReport]:
+    directory = tmp_path_factory.mktemp("study")
+    study = write_synthetic_study(directory, shape=(24, 128, 128), seed=0)
+    result = process_study(study.ct_paths, study.seg_path, "ct-liver-crlm", directory / "out")
+    volume = read_series(list(study.ct_paths))
+    return result, volume, assess_series(volume)
+
+
+def test_runs_on_the_synthetic_study(
+    package: ModelPackage, processed: tuple[PipelineResult, SeriesVolume, QCReport]
+) -> None:
+    result, volume, qc = processed
+    by_segment = lesion_features(result.lesions)
+    assert set(by_segment) == {1, 2}
+    for number, features in by_segment.items():
+        output = apply_model(package, features=features, preset_hash=result.preset_hash,
+                             qc_reports=[qc], headers=volume.datasets,
+                             seg=seg_values(by_segment, number))
+        assert isinstance(output, ModelOutput), output
+        assert 0.0 < output.probability < 1.0
+        assert output.model.disclaimer.startswith("Demonstration model")
+        assert output.inputs["max_lesion_diameter_mm"] == pytest.approx(
+            max(f["intra/original_shape_Maximum3DDiameter"] for f in by_segment.values()))
+
+
+def test_not_applied_outside_its_domain(
+    package: ModelPackage, processed: tuple[PipelineResult, SeriesVolume, QCReport]
+) -> None:
+    result, volume, qc = processed
+    by_segment = lesion_features(result.lesions)
+    headers = [ds.copy() for ds in volume.datasets]
+    for ds in headers:
+        ds.ConvolutionKernel = "LUNG"
+        ds.SeriesDescription = "Arterial phase"
+    output = apply_model(package, features=by_segment[1], preset_hash=load_preset(
+        "ct-liver-basic").hash, qc_reports=[qc], headers=headers, seg=seg_values(by_segment, 1))
+    assert isinstance(output, NotApplied)
+    assert [r.condition for r in output.reasons] == ["preset", "domain", "domain"]
