@@ -1,4 +1,5 @@
-"""Quality control as SR content of a TID 1411 group (PS3.16 TID 1411 "Qualitative Evaluations").
+"""Quality control and model results as SR content of a TID 1411 group (PS3.16 TID 1411
+"Qualitative Evaluations"), and as lines of the summary image.
 
 Each measurement group carries two coded evaluations, the worst status of the series checks and
 of the checks of the lesion the ROI belongs to (private codes ``qc.series`` and ``qc.roi`` with
@@ -13,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import highdicom as hd
+from pydicom.dataset import Dataset
 
 from pipelines.codes import PRIVATE_SCHEME
+from pipelines.inference import ModelIdentity, ModelOutput, NotApplied
 from pipelines.qc import QCCheck, QCReport
 
 SERIES_QC = hd.sr.CodedConcept("qc.series", PRIVATE_SCHEME, "Series quality control")
@@ -79,3 +82,54 @@ def qc_lines(reports: Sequence[QCReport]) -> list[str]:
         lines.append(f"{subject}: {report.status}" + (f" - {shown}" if shown else
                                                        f" ({len(report.checks)} checks)"))
     return lines
+
+
+MODEL_PROBABILITY_UNIT = hd.sr.CodedConcept("1", "UCUM", "no units")
+MODEL_CATEGORY = hd.sr.CodedConcept("model.category", PRIVATE_SCHEME, "Model risk category")
+MODEL_IDENTITY = hd.sr.CodedConcept("model.identity", PRIVATE_SCHEME, "Model")
+MODEL_NOT_APPLIED = hd.sr.CodedConcept("model.notapplied", PRIVATE_SCHEME, "Model not applied")
+MODEL_DISCLAIMER = hd.sr.CodedConcept("model.disclaimer", PRIVATE_SCHEME, "Model disclaimer")
+
+
+def _identity_text(model: ModelIdentity) -> str:
+    return (f"{model.name} {model.version} (package sha256 {model.sha256}); intended use: "
+            f"{model.intended_use}")[:1024]
+
+
+def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(name=name, value=value[:1024], relationship_type="CONTAINS")
+
+
+def model_items(result: ModelOutput | NotApplied) -> list[Dataset]:
+    """SR content of one model on one lesion, for the lesion's own group (PS3.16 TID 1411
+    allows measurements and evaluations of the finding): which model (name, version, package
+    sha256, intended use); when it ran, the probability of its outcome as a NUM (UCUM ``1``,
+    private code ``model.prob``) and the risk category at the card's threshold; when it did not,
+    ``model.notapplied`` with every failed condition; and the card's disclaimer when the model is
+    not for clinical use."""
+    items: list[Dataset] = [_text(MODEL_IDENTITY, _identity_text(result.model))]
+    if isinstance(result, ModelOutput):
+        items.append(hd.sr.NumContentItem(
+            name=hd.sr.CodedConcept("model.prob", PRIVATE_SCHEME,
+                                    f"Probability of {result.outcome}"[:64]),
+            value=result.probability, unit=MODEL_PROBABILITY_UNIT,
+            relationship_type="CONTAINS"))
+        items.append(_text(MODEL_CATEGORY,
+                           f"{result.category} (threshold {result.threshold:g})"))
+    else:
+        reasons = "; ".join(reason.message for reason in result.reasons)
+        items.append(_text(MODEL_NOT_APPLIED, f"{result.model.name} not applied: {reasons}"))
+    if result.model.not_for_clinical_use:
+        items.append(_text(MODEL_DISCLAIMER, result.model.disclaimer or "Not for clinical use."))
+    return items
+
+
+def model_line(label: str, result: ModelOutput | NotApplied) -> str:
+    """One line of the summary image about one model on one lesion."""
+    model = f"{result.model.name} {result.model.version}"
+    if isinstance(result, ModelOutput):
+        return (f"{label}: {model}: P({result.outcome}) = {result.probability:.2f}, "
+                f"{result.category} (threshold {result.threshold:g})")
+    first = result.reasons[0].message if result.reasons else "no reason recorded"
+    more = f" (+{len(result.reasons) - 1} more)" if len(result.reasons) > 1 else ""
+    return f"{label}: {model} not applied: {first}{more}"

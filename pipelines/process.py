@@ -19,9 +19,11 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage
 
+from models.package import ModelPackageError, load_package
 from pipelines.derived_seg import build_derived_segmentation
-from pipelines.evaluations import qc_lines
+from pipelines.evaluations import model_line, qc_lines
 from pipelines.features import extract_lesions
+from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
 from pipelines.parametric_map import parametric_maps
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
 from pipelines.presets import Preset, load_preset
@@ -51,6 +53,45 @@ class LesionSummary:
 
 
 @dataclass(frozen=True)
+class LesionModelResult:
+    """One model on one lesion: its output, or every reason it did not run."""
+
+    segment_number: int
+    outcome: ModelOutput | NotApplied
+
+
+@dataclass(frozen=True)
+class AppliedModels:
+    results: tuple[LesionModelResult, ...]
+    errors: tuple[str, ...]  # packages that failed their checks, one sentence each
+
+
+def _apply_models(models: Sequence[tuple[str | Path, str]], preset: Preset,
+                  lesions: Sequence[LesionSummary], series_qc: QCReport,
+                  lesion_qc: dict[int, QCReport], volume: SeriesVolume) -> AppliedModels:
+    """Load each pinned package (models.package checks it) and run those made for ``preset``
+    on every lesion (pipelines.inference.apply_model gates them on preset hash, QC, acquisition
+    domain and clinical inputs). A package that fails its checks is reported, not run."""
+    results: list[LesionModelResult] = []
+    errors: list[str] = []
+    by_segment = lesion_features(lesions)
+    for path, sha256 in models:
+        try:
+            package = load_package(path, sha256)
+        except ModelPackageError as error:
+            errors.append(f"model package not loaded: {error}")
+            continue
+        if package.card.preset.name != preset.name:
+            continue
+        for number, features in by_segment.items():
+            results.append(LesionModelResult(number, apply_model(
+                package, features=features, preset_hash=preset.hash,
+                qc_reports=[series_qc, lesion_qc[number]], headers=volume.datasets,
+                seg=seg_values(by_segment, number), external={})))
+    return AppliedModels(tuple(results), tuple(errors))
+
+
+@dataclass(frozen=True)
 class OutputObject:
     """A DICOM object the pipeline wrote, with the identity the outbox needs."""
 
@@ -73,6 +114,8 @@ class PipelineResult:
     features_csv: Path
     qc: tuple[QCReport, ...]
     qc_csv: Path
+    models: tuple[LesionModelResult, ...] = ()
+    model_errors: tuple[str, ...] = ()
 
     @property
     def report(self) -> OutputObject:
@@ -160,12 +203,15 @@ def _normalised(
 
 def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                   preset: str | Path | Preset, out_dir: str | Path,
-                  *, workers: int = 1, qc_settings: QCSettings | None = None) -> PipelineResult:
+                  *, workers: int = 1, qc_settings: QCSettings | None = None,
+                  models: Sequence[tuple[str | Path, str]] = ()) -> PipelineResult:
     """Compute the features of every ROI variant of every lesion segment of ``seg_path`` on the
     series ``image_paths`` and write the TID 1500 SR (PS3.16 TID 1500) and a features CSV into
     ``out_dir``. ``workers`` > 1 extracts lesions in that many processes (the node runs jobs in a
     process pool already and keeps 1). Quality control (pipelines.qc) of the series and of each
-    lesion, with ``qc_settings`` (defaults when None), goes into ``qc.csv`` and the result."""
+    lesion, with ``qc_settings`` (defaults when None), goes into ``qc.csv`` and the result.
+    ``models`` are (package path, pinned sha256) pairs: each package made for this preset runs
+    on every lesion, or says why not, in the result, the report and the summary image."""
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,18 +250,27 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         for lesion, lesion_rois, by_name in zip(lesions, variants, features, strict=True)
         for roi in lesion_rois
     ]
+    summaries = tuple(
+        LesionSummary(r.segment.number, r.segment.label, str(r.roi_variant),
+                      dict(r.features.values))
+        for r in rois
+    )
+    lesion_qc = {lesion.number: report for lesion, report in zip(lesions, qc[1:], strict=True)}
+    applied = _apply_models(models, preset, summaries, qc[0], lesion_qc, volume)
     masks = [mask for lesion_rois in variants for mask in lesion_rois]
     derived = build_derived_segmentation(volume, seg, rois, masks, preset)
     report = build_measurement_report(
-        volume, seg, rois, preset, series_qc=qc[0],
-        lesion_qc={lesion.number: lesion_report
-                   for lesion, lesion_report in zip(lesions, qc[1:], strict=True)},
-        derived=derived,
+        volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, derived=derived,
+        models={number: [r.outcome for r in applied.results if r.segment_number == number]
+                for number in lesion_qc},
     )
+    labels = {lesion.number: lesion.label for lesion in lesions}
     summary = build_summary_image(
         volume, rois, masks, preset_name=preset.name, preset_hash=preset.hash,
         seg_sop_instance_uid=seg.sop_instance_uid, qc_lines=qc_lines(qc),
-        model_lines=[f"No model applied: none is configured for preset {preset.name}."],
+        model_lines=[*(model_line(labels[r.segment_number], r.outcome) for r in applied.results),
+                     *applied.errors]
+        or [f"No model applied: none is configured for preset {preset.name}."],
         not_for_diagnostic_use=True,
         intensity_unit="HU" if volume.modality == "CT" and preset.preprocessing.zscore is None
         else "1",
@@ -224,11 +279,6 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                            seg_sop_instance_uid=seg.sop_instance_uid)
     written = [report, *([derived.dataset] if derived else []), summary, *maps]
     objects = tuple(_write_object(out, dataset) for dataset in written)
-    summaries = tuple(
-        LesionSummary(r.segment.number, r.segment.label, str(r.roi_variant),
-                      dict(r.features.values))
-        for r in rois
-    )
     features_csv = out / "features.csv"
     _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
     qc_csv = out / "qc.csv"
@@ -244,4 +294,6 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         features_csv=features_csv,
         qc=qc,
         qc_csv=qc_csv,
+        models=applied.results,
+        model_errors=applied.errors,
     )

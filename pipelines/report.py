@@ -47,7 +47,8 @@ from pydicom.valuerep import DS
 
 from pipelines.codes import coding_schemes, feature_concept, image_filter_concept
 from pipelines.derived_seg import DerivedSegmentation
-from pipelines.evaluations import qc_evaluations, qc_findings
+from pipelines.evaluations import model_items, qc_evaluations, qc_findings
+from pipelines.inference import ModelOutput, NotApplied
 from pipelines.presets import Preset
 from pipelines.qc import QCReport
 from pipelines.results import RoiResult
@@ -198,13 +199,15 @@ def build_measurement_report(
     series_qc: QCReport | None = None,
     lesion_qc: Mapping[int, QCReport] | None = None,
     derived: DerivedSegmentation | None = None,
+    models: Mapping[int, Sequence[ModelOutput | NotApplied]] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of ``rois`` (module docstring), in the study of ``volume``.
 
     With ``series_qc`` and ``lesion_qc`` (the QC report of each lesion by segment number), each
     group carries the quality control evaluations of :mod:`pipelines.evaluations`. With
     ``derived`` (the node's SEG of the ROI variants it built), a derived ROI's group references
-    its segment there; otherwise the input segment it was derived from."""
+    its segment there; otherwise the input segment it was derived from. ``models`` (by segment
+    number) go into the group of the lesion as drawn (:func:`pipelines.evaluations.model_items`)."""
     _check_inputs(volume, seg)
     sw_version = software_version()
     algorithm = hd.sr.AlgorithmIdentification(
@@ -216,11 +219,14 @@ def build_measurement_report(
         _check_finite(roi)
         segment = roi.segment
         evaluations = None
+        appended: list[Dataset] = []
         if series_qc is not None and lesion_qc is not None:
             evaluations = qc_evaluations(series_qc, lesion_qc[segment.number])
-            findings.append(qc_findings(series_qc, lesion_qc[segment.number]))
-        else:
-            findings.append([])
+            appended += qc_findings(series_qc, lesion_qc[segment.number])
+        if models and not roi.derived:
+            appended += [item for result in models.get(segment.number, ())
+                         for item in model_items(result)]
+        findings.append(appended)
         variant = (str(roi.roi_variant),) if roi.derived else ()
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(

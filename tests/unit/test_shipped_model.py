@@ -47,7 +47,8 @@ def processed(tmp_path_factory: pytest.TempPathFactory
               ) -> tuple[PipelineResult, SeriesVolume, QCReport]:
     directory = tmp_path_factory.mktemp("study")
     study = write_synthetic_study(directory, shape=(24, 128, 128), seed=0)
-    result = process_study(study.ct_paths, study.seg_path, "ct-liver-crlm", directory / "out")
+    result = process_study(study.ct_paths, study.seg_path, "ct-liver-crlm", directory / "out",
+                           models=[(PACKAGE, SHA256)])
     volume = read_series(list(study.ct_paths))
     return result, volume, assess_series(volume)
 
@@ -82,3 +83,41 @@ def test_not_applied_outside_its_domain(
         "ct-liver-basic").hash, qc_reports=[qc], headers=headers, seg=seg_values(by_segment, 1))
     assert isinstance(output, NotApplied)
     assert [r.condition for r in output.reasons] == ["preset", "domain", "domain"]
+
+
+def test_process_study_runs_the_pinned_model_into_the_report_and_summary(
+    processed: tuple[PipelineResult, SeriesVolume, QCReport]
+) -> None:
+    """The node's path: process_study(models=...) applies the package to each lesion (series
+    and lesion QC as gates) and writes the outcome into the lesion's group of the SR."""
+    import highdicom as hd
+    import pydicom
+
+    result, _, _ = processed
+    assert result.model_errors == ()
+    assert sorted(r.segment_number for r in result.models) == [1, 2]
+    dataset = pydicom.dcmread(result.report.path)
+    [container] = [item for item in dataset.ContentSequence
+                   if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    by_label: dict[str, list[pydicom.Dataset]] = {}
+    for group in container.ContentSequence:
+        label = next(item.TextValue for item in group.ContentSequence
+                     if item.ConceptNameCodeSequence[0].CodeValue == "112039")
+        by_label[label] = list(group.ContentSequence)
+    for lesion in result.models:
+        items = by_label[f"Lesion {lesion.segment_number}"]
+        codes = [item.ConceptNameCodeSequence[0].CodeValue for item in items]
+        assert "model.identity" in codes and "model.disclaimer" in codes
+        if isinstance(lesion.outcome, ModelOutput):
+            [probability] = [item for item in items
+                             if item.ConceptNameCodeSequence[0].CodeValue == "model.prob"]
+            assert float(probability.MeasuredValueSequence[0].NumericValue) == pytest.approx(
+                lesion.outcome.probability, rel=1e-9)
+        else:
+            assert isinstance(lesion.outcome, NotApplied)
+            assert "model.notapplied" in codes
+    derived_groups = [label for label in by_label if " / " in label]
+    assert derived_groups and all(
+        "model.identity" not in [i.ConceptNameCodeSequence[0].CodeValue for i in by_label[g]]
+        for g in derived_groups)
+    hd.sr.Comprehensive3DSR.from_dataset(dataset)  # highdicom still reads the whole report
