@@ -81,7 +81,7 @@ class SelfTestCase:
     probability: float
 
 
-def _files_of(path: Path) -> dict[str, bytes]:
+def package_files(path: Path) -> dict[str, bytes]:
     """Relative POSIX path -> bytes of every file of a package directory or zip."""
     if path.is_dir():
         return {
@@ -121,7 +121,7 @@ def digest_of(files: Mapping[str, bytes]) -> str:
 
 def package_sha256(path: str | Path) -> str:
     """The digest of the package at ``path`` (directory or zip), as a site pins it."""
-    return digest_of(_files_of(Path(path)))
+    return digest_of(package_files(Path(path)))
 
 
 def _card(path: Path, text: bytes) -> ModelCard:
@@ -240,7 +240,7 @@ def load_package(path: str | Path, sha256: str | None = None) -> ModelPackage:
         ModelPackageError: naming the file and the check that failed.
     """
     path = Path(path)
-    files = _files_of(path)
+    files = package_files(path)
     digest = digest_of(files)
     if sha256 is not None and digest != sha256.lower():
         raise ModelPackageError(path, "sha256", f"digest {digest}, pinned {sha256.lower()}")
@@ -304,7 +304,7 @@ def install_package(source: str | Path, models_dir: str | Path) -> tuple[Path, s
             return target, package.sha256
         raise ModelPackageError(target, "install", "exists with different contents; remove it "
                                 "or raise the card's version")
-    files = _files_of(Path(source))
+    files = package_files(Path(source))
     staging = target.with_name(f".{target.name}.part")
     shutil.rmtree(staging, ignore_errors=True)
     for name, data in files.items():

@@ -23,6 +23,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from models.package import package_files
 from node import logs
 from node.config import NodeConfig
 from pipelines.process import PipelineResult, process_study
@@ -38,9 +39,11 @@ class JobFuture(Protocol):
 
 
 class Executor(Protocol):
-    """Runs ``process_study(images, seg, preset, out_dir)`` somewhere and returns a future."""
+    """Runs ``process_study(images, seg, preset, out_dir, models=models)`` somewhere and returns
+    a future; ``models`` are (package path, pinned sha256) pairs."""
 
-    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path) -> JobFuture:
+    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
+               models: Sequence[tuple[str, str]] = ()) -> JobFuture:
         """Start one job."""
 
     def renew(self) -> None:
@@ -65,9 +68,10 @@ class LocalExecutor:
             initargs=(self._config.log_level, self._config.log_file),
         )
 
-    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path
-               ) -> Future[PipelineResult]:
-        return self._pool.submit(process_study, list(images), seg, preset, str(out_dir))
+    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
+               models: Sequence[tuple[str, str]] = ()) -> Future[PipelineResult]:
+        return self._pool.submit(process_study, list(images), seg, preset, str(out_dir),
+                                 models=list(models))
 
     def renew(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -105,9 +109,11 @@ def _rebase(value: Any, old: Path, new: Path) -> Any:
     return value
 
 
-def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str) -> RemoteResult:
-    """On a Dask worker: write the shipped files to a temporary folder, run ``process_study``
-    there and return its result and output files (paths relative to the output folder)."""
+def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str,
+                    models: Sequence[tuple[dict[str, bytes], str]] = ()) -> RemoteResult:
+    """On a Dask worker: write the shipped files (images, SEG, the files of each model package
+    with its pinned sha256) to a temporary folder, run ``process_study`` there and return its
+    result and output files (paths relative to the output folder)."""
     with tempfile.TemporaryDirectory(prefix="radiomics-job-") as tmp:
         inputs, out = Path(tmp) / "in", Path(tmp) / "out"
         inputs.mkdir()
@@ -118,7 +124,14 @@ def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str) -> RemoteR
             paths.append(path)
         seg_path = inputs / "seg.dcm"
         seg_path.write_bytes(seg)
-        result = process_study(paths, seg_path, preset, out)
+        packages = []
+        for number, (files, sha256) in enumerate(models):
+            package = Path(tmp) / f"model-{number}"
+            for name, data in files.items():
+                (package / name).parent.mkdir(parents=True, exist_ok=True)
+                (package / name).write_bytes(data)
+            packages.append((package, sha256))
+        result = process_study(paths, seg_path, preset, out, models=packages)
         files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
                  if p.is_file()}
         return RemoteResult(_rebase(result, out, Path()), files)
@@ -157,13 +170,15 @@ class DaskExecutor:
         self._client = Client(config.executor.scheduler_address,
                               timeout=config.executor.connect_timeout)
 
-    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path
-               ) -> _UnpackedFuture:
+    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
+               models: Sequence[tuple[str, str]] = ()) -> _UnpackedFuture:
         # The bytes are arguments of the task itself, not scattered data: the scheduler keeps
         # them with the task, so it can run the task again on another worker when one dies
         # (scattered data would die with the worker that holds it).
         future = self._client.submit(run_shipped_job, [Path(p).read_bytes() for p in images],
-                                     Path(seg).read_bytes(), preset, pure=False)
+                                     Path(seg).read_bytes(), preset,
+                                     [(package_files(Path(path)), sha256)
+                                      for path, sha256 in models], pure=False)
         return _UnpackedFuture(future, out_dir)
 
     def renew(self) -> None:

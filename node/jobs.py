@@ -63,7 +63,8 @@ class JobRunner:
         log.info("job started", extra=fields(
             job_id=job.id, preset=job.preset, attempt=job.attempts, images=len(images),
             source_series_uid=job.source_series_uid, seg_sop_uid=job.seg_sop_uid))
-        future = self._executor.submit(images, seg.path, job.preset, out_dir)
+        models = [(str(ref.path), ref.sha256) for ref in self._config.models]
+        future = self._executor.submit(images, seg.path, job.preset, out_dir, models)
         self._running[job.id] = (future, time.monotonic())
         future.add_done_callback(lambda done, job_id=job.id: self._finished(job_id, done))
 
@@ -84,11 +85,16 @@ class JobRunner:
             return
         deliveries = [(dest.name, str(obj.path), obj.sop_instance_uid)
                       for obj in result.objects for dest in self._config.destinations]
-        self._index.finish_job(job_id, deliveries, preset_hash=result.preset_hash)
+        models = {r.outcome.model.name: r.outcome.model.version for r in result.models}
+        self._index.finish_job(job_id, deliveries, preset_hash=result.preset_hash,
+                               models=models)
+        for error in result.model_errors:
+            log.error("model package not run", extra=fields(job_id=job_id, error=error))
         log.info("job done", extra=fields(
             job_id=job_id, preset=result.preset, preset_hash=result.preset_hash,
             lesions=len(result.lesions), objects=[str(Path(o.path).name) for o in result.objects],
-            deliveries=len(deliveries), duration_s=round(time.monotonic() - started, 3)))
+            deliveries=len(deliveries), models=models,
+            duration_s=round(time.monotonic() - started, 3)))
 
     def _worker_died(self, job_id: int, exc: Exception) -> None:
         """A worker process ended abruptly (killed, out of memory): a new pool, and the job runs
