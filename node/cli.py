@@ -68,7 +68,7 @@ def _demo(args: argparse.Namespace) -> int:
     from node.demo import run_demo
 
     return run_demo(config_path=args.config, workdir=args.workdir, out_dir=args.out,
-                    port=args.port, timeout=args.timeout)
+                    port=args.port, timeout=args.timeout, preset=args.preset)
 
 
 def _outbox_index(args: argparse.Namespace) -> Index | None:
@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("out"))
     demo.add_argument("--port", type=int, help="listener port (default: the configuration's)")
     demo.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the SR")
+    demo.add_argument("--preset", default="ct-liver-crlm",
+                      help="the pipeline preset (default: ct-liver-crlm, which the shipped "
+                      "demonstration model is for)")
     demo.set_defaults(func=_demo)
 
     process = commands.add_parser(

@@ -1,9 +1,10 @@
 """``radiomics-node demo``: the whole path on one machine, with embedded defaults.
 
 Writes a synthetic abdominal CT with two liver lesions and their DICOM SEG, starts a node
-(SQLite index, local spool) whose only destination is itself, sends the study to it with a real
-C-STORE client, waits until the node has received its own TID 1500 report back, prints the main
-numbers from that report and copies it to the output folder.
+(SQLite index, local spool) whose only destination is itself, with the colorectal-liver-metastasis
+preset and the shipped demonstration model pinned, sends the study to it with a real C-STORE
+client, waits until the node has received all its result objects back, prints the main numbers and
+the model's output from the TID 1500 report and copies the objects to the output folder.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from pathlib import Path
 
 import highdicom as hd
 import pydicom
+from pydicom.uid import Comprehensive3DSRStorage
 
+from models.shipped import DEMO_PACKAGE, DEMO_SHA256
 from node import logs
-from node.config import Destination, Peer, load_config
+from node.config import Destination, ModelRef, Peer, SeriesRule, load_config
+from node.index import InstanceRow
 from node.service import Node
 from node.store_scu import c_store
 from pipelines.codes import feature_concept
@@ -57,26 +61,50 @@ def _print_table(rows: list[list[str]]) -> None:
                         for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
 
 
-def _wait_for_report(node: Node, study_uid: str, timeout: float) -> Path:
-    """Poll the index until an SR of ``study_uid`` has come back to the node; its spool path."""
+def _wait_for_results(node: Node, timeout: float) -> list[InstanceRow]:
+    """Poll the index until the job is done and every result object it made has come back to
+    the node; their index rows (the SR first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         failed = node.index.jobs("failed")
         if failed:
             raise RuntimeError(f"job {failed[0].id} failed: {failed[0].reason}")
-        for delivery in node.index.deliveries():
-            if delivery["state"] == "dead":
-                raise RuntimeError(f"delivery dead-lettered: {delivery['last_error']}")
-            if delivery["state"] == "delivered":
-                row = node.index.instance(delivery["sop_instance_uid"])
-                if row is not None and row.study_uid == study_uid:
-                    return Path(row.path)
+        deliveries = node.index.deliveries()
+        dead = [d for d in deliveries if d["state"] == "dead"]
+        if dead:
+            raise RuntimeError(f"delivery dead-lettered: {dead[0]['last_error']}")
+        rows = [node.index.instance(d["sop_instance_uid"]) for d in deliveries]
+        if node.index.jobs("done") and deliveries and all(
+                d["state"] == "delivered" for d in deliveries) and all(rows):
+            return sorted(rows, key=lambda r: r.sop_class_uid != Comprehensive3DSRStorage)
         time.sleep(0.2)
     raise TimeoutError(f"no report after {timeout:.0f} s")
 
 
+def model_lines(sr_path: Path) -> list[str]:
+    """The model output of each lesion, as the report states it (pipelines.evaluations)."""
+    lines = []
+    [measurements] = [item for item in pydicom.dcmread(sr_path).ContentSequence
+                      if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    for group in measurements.ContentSequence:
+        items = {item.ConceptNameCodeSequence[0].CodeValue: item for item in group.ContentSequence}
+        if "model.identity" not in items:
+            continue
+        label = items["112039"].TextValue
+        if "model.prob" in items:
+            probability = float(items["model.prob"].MeasuredValueSequence[0].NumericValue)
+            meaning = items["model.prob"].ConceptNameCodeSequence[0].CodeMeaning
+            lines.append(f"{label}: {meaning} {probability:.2f}, "
+                         f"{items['model.category'].TextValue}")
+        else:
+            lines.append(f"{label}: {items['model.notapplied'].TextValue}")
+        if "model.disclaimer" in items:
+            lines.append(f"  {items['model.disclaimer'].TextValue}")
+    return lines
+
+
 def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int | None,
-             timeout: float) -> int:
+             timeout: float, preset: str = "ct-liver-crlm") -> int:
     """Run the demo; returns the process exit code."""
     config = load_config(config_path)
     listener = config.listener.model_copy(update={"port": port or config.listener.port})
@@ -84,6 +112,8 @@ def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int |
     shutil.rmtree(state_dir, ignore_errors=True)  # a fresh node, so the study is new to it
     config = config.model_copy(update={
         "state_dir": state_dir,
+        "rules": [SeriesRule(name="demo", preset=preset, modality=["CT"])],
+        "models": [ModelRef(path=DEMO_PACKAGE, sha256=DEMO_SHA256)],
         "log_file": state_dir / "node.log",
         "listener": listener,
         # any free port: the demo must not fail where 8080 is taken
@@ -120,15 +150,24 @@ def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int |
         sent_at = time.monotonic()
         print(f"waiting {config.stable_after:g} s for the series to be stable, then processing ...",
               flush=True)
-        sr_path = _wait_for_report(node, study.study_instance_uid, timeout)
+        results = _wait_for_results(node, timeout)
         elapsed = time.monotonic() - sent_at
     finally:
         node.stop()
     out_dir.mkdir(parents=True, exist_ok=True)
-    kept = out_dir / f"radiomics-sr-{study.study_instance_uid}.dcm"
-    shutil.copyfile(sr_path, kept)
-    print(f"\nTID 1500 report back in study {study.study_instance_uid} "
-          f"{elapsed:.1f} s after the last instance was sent:\n")
-    _print_table(report_table(kept))
-    print(f"\nSR: {kept}\nnode log: {state_dir / 'node.log'}")
+    kept = []
+    for row in results:
+        kind = pydicom.dcmread(row.path, stop_before_pixels=True).Modality.lower()
+        kept.append(out_dir / f"radiomics-{kind}-{row.sop_instance_uid}.dcm")
+        shutil.copyfile(row.path, kept[-1])
+    print(f"\n{len(results)} result objects back in study {study.study_instance_uid} "
+          f"{elapsed:.1f} s after the last instance was sent (preset {preset}):\n")
+    _print_table(report_table(kept[0]))
+    print("\nModel (shipped demonstration model):")
+    for line in model_lines(kept[0]):
+        print(f"  {line}")
+    print("\nWritten:")
+    for path in kept:
+        print(f"  {path}")
+    print(f"node log: {state_dir / 'node.log'}")
     return 0

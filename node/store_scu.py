@@ -72,12 +72,20 @@ def c_store(calling_ae: str, destination: RemotePeer, datasets: Sequence[Dataset
             timeout: float = 30.0, tls: TLSConfig | None = None) -> list[int | None]:
     """Send ``datasets`` to ``destination`` over one association, in the order given.
 
-    Returns the Status (0000,0900) of each C-STORE response, None where no response came.
+    Returns the Status (0000,0900) of each C-STORE response; None where no response came or
+    the peer accepted no presentation context for the dataset's SOP class and transfer syntax.
     Raises AssociationRefused when the peer cannot be reached or rejects the association.
     """
     contexts = sorted({str(ds.SOPClassUID) for ds in datasets})
     assoc = associate(calling_ae, destination, contexts, timeout, tls=tls)
     try:
-        return [getattr(assoc.send_c_store(ds), "Status", None) for ds in datasets]
+        return [_store_one(assoc, ds) for ds in datasets]
     finally:
         assoc.release()
+
+
+def _store_one(assoc: Association, dataset: Dataset) -> int | None:
+    try:
+        return getattr(assoc.send_c_store(dataset), "Status", None)
+    except ValueError:  # pynetdicom: no accepted presentation context for this dataset
+        return None

@@ -51,16 +51,20 @@ IMAGE_CLASSES: frozenset[str] = frozenset({
     sop_class.EnhancedMRImageStorage,
     sop_class.LegacyConvertedEnhancedMRImageStorage,
     sop_class.SegmentationStorage,
+    sop_class.SecondaryCaptureImageStorage,
 })
 """Classes whose IOD requires the Image Pixel module with Pixel Data (PS3.3 A.3, A.4, A.36, A.38,
-A.51, A.70, A.71)."""
+A.51, A.70, A.71, A.8)."""
 
 STORAGE_CLASSES: tuple[str, ...] = (
     *sorted(IMAGE_CLASSES),
     sop_class.RTStructureSetStorage,
     sop_class.Comprehensive3DSRStorage,
+    sop_class.ParametricMapStorage,
 )
-"""SOP classes the node stores (its DICOM Conformance Statement lists the same)."""
+"""SOP classes the node stores (its DICOM Conformance Statement lists the same): its inputs, and
+the classes of its own results (SR, SEG, Secondary Capture, Parametric Map), so that a node can
+be the destination of another, or of itself as in the demo."""
 
 TRANSFER_SYNTAXES: tuple[str, ...] = (
     ExplicitVRLittleEndian,

@@ -23,7 +23,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Comprehensive3DSRStorage
+from pynetdicom.sop_class import (
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from pipelines.process import process_study
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
@@ -53,7 +57,8 @@ class SlowDestination:
         self.first_request = threading.Event()
         self._delay = delay
         ae = AE(ae_title="DEST")
-        ae.add_supported_context(Comprehensive3DSRStorage)
+        for uid in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage):
+            ae.add_supported_context(uid)
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._store)])
 
@@ -179,10 +184,10 @@ def test_sigkill_while_receiving_loses_nothing_acknowledged(
         assert indexed.keys() == acknowledged
         for path in indexed.values():
             pydicom.dcmread(path)  # every stored file is complete and parses
-        _wait(lambda: sum(destination.received.values()) >= 1, 180, node, "the result")
+        _wait(lambda: _delivered(node), 180, node, "the results")
         time.sleep(3 * 0.5 + 1)  # a few more ticks: nothing else may be queued or sent
         assert [(state, attempts) for _, state, attempts in _jobs(node)] == [("done", 1)]
-        assert list(destination.received.values()) == [1]
+        assert list(destination.received.values()) == [1, 1]  # report and summary, once each
     finally:
         node.stop()
     assert acknowledged_at_kill[-1] < len(files), "the last kill came after the transfer"

@@ -113,8 +113,10 @@ def test_pull_mode_round_trip_with_rest_push(tmp_path: Path, study: SyntheticStu
             upload(pacs, [*study.ct_paths, study.seg_path])
             [sr] = wait_for(lambda: sr_instances(pacs, study.study_instance_uid), 120,
                             "SR pushed back to Orthanc", node.log_path)
-            # the SR becomes a stable series in Orthanc too; the feed must not pull it back
-            wait_for(lambda: len(stable_changes(pacs)) == 3, 30, "SR series stable in Orthanc")
+            # the SR and the summary image become stable series in Orthanc too; the feed must
+            # not pull them back
+            wait_for(lambda: len(stable_changes(pacs)) == 4, 60,
+                     "SR and summary series stable in Orthanc")
             wait_for(lambda: any(e.get("event") == "series not pulled: modality not followed"
                                  for e in node.events()), 10, "SR skipped by the feed",
                      node.log_path)
@@ -122,9 +124,10 @@ def test_pull_mode_round_trip_with_rest_push(tmp_path: Path, study: SyntheticStu
             node.stop()
     assert pydicom.dcmread(io.BytesIO(sr)).Modality == "SR"
     index = Index(node.state_dir / "index.sqlite3")
-    [delivery] = index.delivery_rows()
-    assert (delivery["state"], delivery["attempts"], delivery["verified_by"]) == \
-        ("delivered", 1, "orthanc-lookup")
+    deliveries = index.delivery_rows()
+    assert len(deliveries) == 2  # ct-liver-basic: the report and the summary image
+    assert {(d["state"], d["attempts"], d["verified_by"]) for d in deliveries} == \
+        {("delivered", 1, "orthanc-lookup")}
     assert {r.calling_ae for r in index.instances_of(study.ct_series_uid)} == {"orthanc:pacs"}
     assert [job.state for job in index.jobs()] == ["done"]
 
@@ -215,8 +218,9 @@ def test_seg_only_node_fetches_by_c_get_and_verifies_by_c_find(
     index = Index(node.state_dir / "index.sqlite3")
     assert [(r.series_uid, r.state) for r in index.retrievals()] == \
         [(study.ct_series_uid, "fetched")]
-    [delivery] = index.delivery_rows()
-    assert (delivery["state"], delivery["verified_by"]) == ("delivered", "c-find")
+    deliveries = index.delivery_rows()
+    assert len(deliveries) == 2  # the report and the summary image
+    assert {(d["state"], d["verified_by"]) for d in deliveries} == {("delivered", "c-find")}
 
 
 # -- a destination that is down for a while ------------------------------------------------------
@@ -251,8 +255,9 @@ def test_destination_down_gets_everything_once_back_in_order(tmp_path: Path) -> 
     try:
         for one in studies:
             storescu(node_port, [*one.ct_paths, one.seg_path])
-        wait_for(lambda: len(failures()) == 2 and min(failures().values()) >= 2, 120,
-                 "both deliveries failing", node.log_path)
+        # two result objects per study (report, summary image): four deliveries
+        wait_for(lambda: len(failures()) == 4 and min(failures().values()) >= 2, 120,
+                 "all deliveries failing", node.log_path)
         with orthanc(tmp_path / "orthanc", modalities, ports) as pacs:
             for one in studies:
                 wait_for(lambda one=one: sr_instances(pacs, one.study_instance_uid), 60,
@@ -270,7 +275,7 @@ def test_destination_down_gets_everything_once_back_in_order(tmp_path: Path) -> 
         node.stop()
     assert counts == [1, 1]  # exactly once
     assert arrivals == orthanc_ids  # in outbox order
-    assert [r["state"] for r in rows] == ["delivered", "delivered"]
+    assert [r["state"] for r in rows] == ["delivered"] * 4
     assert all(r["attempts"] >= 3 and r["verified_by"] == "c-find" for r in rows)
     print(f"\ndestination down: failed attempts per delivery {failures()}, then "
           f"{[r['attempts'] for r in rows]} attempts in all; each SR stored once, in order")

@@ -73,3 +73,37 @@ def test_unreachable_peer_is_retried_then_dead_lettered(tmp_path: Path,
         outbox.tick()
     row = index.deliveries()[0]
     assert row["state"] == "dead" and row["attempts"] == 3
+
+
+def test_a_class_the_peer_refuses_fails_that_delivery_and_the_outbox_goes_on(
+        tmp_path: Path, result_file: Path, refdata: Path) -> None:
+    """A peer that accepts the association but no presentation context for one result's SOP
+    class (an SCP of MR only, sent an MR and a CT) gets the MR; the CT's delivery fails with a
+    reason, and the tick does not raise."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import MRImageStorage
+
+    ae = AE(ae_title="MRONLY")
+    ae.add_supported_context(MRImageStorage)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+    mr = tmp_path / "mr.dcm"
+    shutil.copyfile(refdata / "pydicom" / "test_files" / "MR_small.dcm", mr)
+    try:
+        destination = Destination(name="mr", ae_title="MRONLY", host="127.0.0.1", port=port,
+                                  verify=False)
+        config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination])
+        index = Index(config.index_path)
+        job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
+        index.claim_job()
+        index.finish_job(job_id, [
+            ("mr", str(mr), "1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"),
+            ("mr", str(result_file), "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322")])
+        Outbox(config, index).tick()
+        mr_row, ct_row = index.deliveries()
+        assert mr_row["state"] == "delivered"
+        assert ct_row["state"] == "pending" and ct_row["attempts"] == 1
+        assert "no response" in ct_row["last_error"]
+    finally:
+        server.shutdown()

@@ -4,11 +4,10 @@ process_study, QC and apply_model; outside its domain it is not applied."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from models.package import ModelPackage, load_package
+from models.shipped import DEMO_PACKAGE, DEMO_SHA256
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
 from pipelines.presets import load_preset
 from pipelines.process import PipelineResult, process_study
@@ -16,8 +15,7 @@ from pipelines.qc import QCReport, assess_series
 from pipelines.series import SeriesVolume, read_series
 from pipelines.synthetic import write_synthetic_study
 
-PACKAGE = Path(__file__).resolve().parents[2] / "models" / "packages" / "crlm-recurrence-demo"
-SHA256 = "37d5ab0ae8156e739aa798725e0a7dc483b7a572d361bf01bf25c8e55a77fc84"
+PACKAGE, SHA256 = DEMO_PACKAGE, DEMO_SHA256
 
 
 @pytest.fixture(scope="module")
