@@ -54,7 +54,12 @@ from pipelines.qc import QCReport
 from pipelines.results import RoiResult
 from pipelines.segmentation import DecodedSegmentation, Segment
 from pipelines.series import SeriesVolume
-from pipelines.software import ALGORITHM_NAME, MANUFACTURER, software_version
+from pipelines.software import (
+    ALGORITHM_NAME,
+    MANUFACTURER,
+    contributing_equipment,
+    software_version,
+)
 from pipelines.uids import result_uid
 
 SR_SERIES_NUMBER_OFFSET = 1000  # SR series number = source SeriesNumber + this offset
@@ -276,4 +281,8 @@ def build_measurement_report(
         coding_schemes=coding_schemes(),
     )
     _complete_groups(sr, rois, volume.modality, findings)
+    sr.ContributingEquipmentSequence = [
+        *sr.get("ContributingEquipmentSequence", []),
+        contributing_equipment(f"radiomics features, preset {preset.name} (sha256 {preset.hash})"),
+    ]
     return sr

@@ -245,3 +245,17 @@ def test_num_item_is_the_content_item_highdicom_builds(key: str, value: float) -
     expected = hd.sr.Measurement(name=concept.name, value=value, unit=concept.unit,
                                  method=image_filter_concept(concept.image_filter))[0]
     assert num_item(key, value, "CT").to_json_dict() == expected.to_json_dict()
+
+
+def test_header_names_the_processing_equipment_and_library_versions(
+    inputs: Inputs, written: Path
+) -> None:
+    report = pydicom.dcmread(written)
+    [equipment] = [item for item in report.ContributingEquipmentSequence
+                   if item.Manufacturer == "radiomics-node"]  # beside highdicom's own item
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    versions = list(equipment.SoftwareVersions)
+    assert versions[0] == f"radiomics-node {software_version()}"
+    assert any(v.startswith("pyradiomics-bhklab 3.1") for v in versions)
+    assert any(v.startswith("highdicom ") for v in versions)
+    assert inputs.preset.hash in equipment.ContributionDescription
