@@ -164,6 +164,19 @@ def _referenced_segment(volume: SeriesVolume, seg: DecodedSegmentation, roi: Roi
         segment_number=roi.segment.number, source_series=source)
 
 
+def _settings_that_decide_values(preset: Preset) -> list[str]:
+    """Discretisation, resampling and resegmentation of the preset as Algorithm Parameters
+    (TID 4019), so that a reader sees them without looking the preset hash up; the hash covers
+    every other setting."""
+    settings = preset.settings
+    shown = [f"{key} {settings[key]}" for key in ("binWidth", "binCount") if settings.get(key)]
+    for key in ("resampledPixelSpacing", "interpolator", "resegmentRange"):
+        if settings.get(key) is not None and (key != "interpolator"
+                                              or settings.get("resampledPixelSpacing")):
+            shown.append(f"{key} {settings[key]}")
+    return shown
+
+
 def _check_finite(roi: RoiResult) -> None:
     for key, value in roi.features.values.items():
         if not math.isfinite(value):
@@ -216,7 +229,8 @@ def build_measurement_report(
     _check_inputs(volume, seg)
     sw_version = software_version()
     algorithm = hd.sr.AlgorithmIdentification(
-        name=ALGORITHM_NAME, version=sw_version, parameters=[preset.name, preset.hash]
+        name=ALGORITHM_NAME, version=sw_version,
+        parameters=[preset.name, preset.hash, *_settings_that_decide_values(preset)],
     )
     groups = []
     findings: list[list[Dataset]] = []

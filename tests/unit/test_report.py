@@ -259,3 +259,13 @@ def test_header_names_the_processing_equipment_and_library_versions(
     assert any(v.startswith("pyradiomics-bhklab 3.1") for v in versions)
     assert any(v.startswith("highdicom ") for v in versions)
     assert inputs.preset.hash in equipment.ContributionDescription
+
+
+def test_discretisation_and_resampling_are_algorithm_parameters(inputs: Inputs) -> None:
+    crlm = load_preset("ct-liver-crlm")
+    report = build_measurement_report(inputs.volume, inputs.seg, inputs.rois, crlm)
+    parameters = {item.TextValue for item in _items(report)
+                  if _name(item) == ALGORITHM_PARAMETERS}
+    assert "binWidth 25" in parameters
+    assert "resampledPixelSpacing [1, 1, 1]" in parameters
+    assert "interpolator sitkBSpline" in parameters
