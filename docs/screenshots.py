@@ -34,31 +34,18 @@ from pathlib import Path
 
 import httpx
 import pydicom
+from pydicom.uid import SecondaryCaptureImageStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.derived_seg import build_derived_segmentation
-from pipelines.features import RoiFeatures
-from pipelines.parametric_map import parametric_maps
-from pipelines.presets import load_preset
+from models.shipped import DEMO_PACKAGE, DEMO_SHA256
 from pipelines.process import process_study
-from pipelines.qc import assess_series
-from pipelines.results import RoiResult
-from pipelines.rois import build_variants
-from pipelines.segmentation import read_segmentation
-from pipelines.series import read_series
-from pipelines.summary import build_summary_image
 from pipelines.synthetic import write_synthetic_study
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 WEB_VIEWER_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancWebViewer.so")
 PRESET = "ct-liver-crlm"
-COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SHAPE = (40, 256, 256)
-MODEL_LINES = (
-    "No model applied: no model is configured for this preset.",
-    "Intended use: research on liver lesion radiomics; not for clinical decisions.",
-)
 
 
 def _free_port() -> int:
@@ -161,40 +148,15 @@ def _scrolled_to_measurements(html: Path) -> Path:
 
 
 def build_objects(workdir: Path) -> tuple[list[Path], Path, Path]:
-    """(every file to store, the SR, the summary SC) for the synthetic study."""
-    preset = load_preset(PRESET)
+    """(every file to store, the SR, the summary SC) for the synthetic study: the CT, its SEG and
+    the objects process_study writes, with the shipped demonstration model pinned."""
     study = write_synthetic_study(workdir / "study", shape=SHAPE)
-    result = process_study(study.ct_paths, study.seg_path, preset, workdir / "result")
-    [sr_path] = [o.path for o in result.objects if o.sop_class_uid == COMPREHENSIVE_3D_SR]
-    volume = read_series(list(study.ct_paths))
-    seg = read_segmentation(study.seg_path, volume)
-    features = {(f.segment_number, f.roi_variant): f.features for f in result.lesions}
-    rois, masks = [], []
-    for lesion in seg.segments:
-        for mask in build_variants(volume.image, lesion, preset.rois.variants,
-                                   preset.rois.hu_ranges):
-            rois.append(RoiResult(lesion, RoiFeatures(features[(lesion.number, mask.name)], {}),
-                                  mask.name))
-            masks.append(mask)
-    qc = assess_series(volume)
-    qc_lines = [f"Series: {qc.status} ({len(qc.checks)} checks)",
-                *(f"{c.name}: {c.status} ({c.message})" for c in qc.failing())]
-    summary = build_summary_image(
-        volume, rois, masks, preset_name=preset.name, preset_hash=preset.hash,
-        seg_sop_instance_uid=seg.sop_instance_uid, qc_lines=qc_lines, model_lines=MODEL_LINES,
-        not_for_diagnostic_use=True)
-    derived = build_derived_segmentation(volume, seg, rois, masks, preset)
-    maps = parametric_maps(volume, volume.image, seg.segments, preset,
-                           seg_sop_instance_uid=seg.sop_instance_uid)
-    objects = [("summary", summary), *((f"map-{k}", m) for k, m in enumerate(maps))]
-    if derived is not None:
-        objects.append(("derived-seg", derived.dataset))
-    written = []
-    for name, dataset in objects:
-        path = workdir / "result" / f"{name}.dcm"
-        dataset.save_as(path, enforce_file_format=True)
-        written.append(path)
-    return [*study.ct_paths, study.seg_path, sr_path, *written], sr_path, written[0]
+    result = process_study(study.ct_paths, study.seg_path, PRESET, workdir / "result",
+                           models=[(DEMO_PACKAGE, DEMO_SHA256)])
+    [summary] = [o.path for o in result.objects
+                 if o.sop_class_uid == SecondaryCaptureImageStorage]
+    return ([*study.ct_paths, study.seg_path, *(o.path for o in result.objects)],
+            result.report.path, summary)
 
 
 def main(argv: list[str] | None = None) -> int:
