@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     models            TEXT,
     results_removed_at REAL,
     rerun_of          INTEGER,
+    timings           TEXT,
     UNIQUE (source_series_uid, seg_sop_uid, preset, inputs_digest)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -74,6 +75,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_at  REAL NOT NULL,
     last_error       TEXT,
     delivered_at     REAL,
+    sent_at          REAL,
     UNIQUE (destination, sop_instance_uid)
 );
 CREATE TABLE IF NOT EXISTS delivery_checks (
@@ -122,6 +124,8 @@ ADDED_COLUMNS = (
     ("jobs", "models", "TEXT"),
     ("jobs", "results_removed_at", "REAL"),
     ("jobs", "rerun_of", "INTEGER"),
+    ("jobs", "timings", "TEXT"),
+    ("outbox", "sent_at", "REAL"),
 )
 """Columns added after the first release: an index made before them gets them at open."""
 
@@ -175,6 +179,31 @@ class RetrievalRow:
     attempts: int
     requested_at: float
     reason: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryTimes:
+    """When the destination answered the send of one result object with a success status
+    (``sent_at``) and when the node found it there (``delivered_at``); epoch seconds or None."""
+
+    destination: str
+    sop_instance_uid: str
+    sent_at: float | None
+    delivered_at: float | None
+
+
+@dataclass(frozen=True)
+class JobTimeline:
+    """Where one job's time went: when it was queued, claimed by the runner and finished (epoch
+    seconds), the seconds of each pipeline stage (``pipelines.process.StageTimes``; empty before
+    it is done) and the times of each of its deliveries."""
+
+    job_id: int
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    stages: dict[str, float]
+    deliveries: tuple[DeliveryTimes, ...]
 
 
 @dataclass(frozen=True)
@@ -349,16 +378,19 @@ class Index:
 
     def finish_job(self, job_id: int, deliveries: list[tuple[str, str, str]],
                    preset_hash: str | None = None,
-                   models: dict[str, str] | None = None) -> None:
+                   models: dict[str, str] | None = None,
+                   timings: dict[str, float] | None = None) -> None:
         """Mark a job done and queue its (destination, path, SOP Instance UID) deliveries in the
         same transaction, so a result is never done without its deliveries. ``preset_hash`` and
-        ``models`` (model id -> version) record what made the result, for the audit trail."""
+        ``models`` (model id -> version) record what made the result, for the audit trail;
+        ``timings`` the seconds of each pipeline stage."""
         now = time.time()
         with self._transaction() as db:
             db.execute(
                 """UPDATE jobs SET state='done', reason=NULL, finished_at=?, preset_hash=?,
-                   models=? WHERE id=?""",
-                (now, preset_hash, json.dumps(models) if models is not None else None, job_id),
+                   models=?, timings=? WHERE id=?""",
+                (now, preset_hash, json.dumps(models) if models is not None else None,
+                 json.dumps(timings) if timings is not None else None, job_id),
             )
             _audit_job(db, job_id, "job done", detail={
                 "preset_hash": preset_hash, "models": models,
@@ -411,6 +443,27 @@ class Index:
                         r["attempts"])
             for r in rows
         ]
+
+    def mark_sent(self, delivery_ids: list[int], now: float | None = None) -> None:
+        """Record that the destination answered the send of these deliveries with a success
+        status (they are delivered once verified, ``mark_verified``)."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            db.executemany("UPDATE outbox SET sent_at=? WHERE id=?",
+                           [(now, delivery_id) for delivery_id in delivery_ids])
+
+    def job_timeline(self, job_id: int) -> JobTimeline:
+        """When job ``job_id`` was queued, started and finished, its pipeline stages, and when
+        each of its result objects was stored and verified at each destination."""
+        job = self._query("SELECT * FROM jobs WHERE id=?", (job_id,))[0]
+        deliveries = self._query(
+            """SELECT destination, sop_instance_uid, sent_at, delivered_at FROM outbox
+               WHERE job_id=? ORDER BY id""", (job_id,))
+        return JobTimeline(
+            job_id, job["created_at"], job["started_at"], job["finished_at"],
+            json.loads(job["timings"]) if job["timings"] else {},
+            tuple(DeliveryTimes(r["destination"], r["sop_instance_uid"], r["sent_at"],
+                                r["delivered_at"]) for r in deliveries))
 
     def mark_delivered(self, delivery_id: int) -> None:
         with self._transaction() as db:

@@ -4,7 +4,7 @@ The node never computes a feature itself: it hands file paths and a preset name 
 ``pipelines.process.process_study`` through an executor (``node.executor``: a local process pool
 or a Dask cluster) and records the outcome. A job's state is a
 row (queued -> running -> done | failed); a node stopped mid-job finds it 'running' at start and
-queues it again.
+queues it again. A done job keeps the seconds of each pipeline stage (``Index.job_timeline``).
 """
 
 from __future__ import annotations
@@ -86,15 +86,16 @@ class JobRunner:
         deliveries = [(dest.name, str(obj.path), obj.sop_instance_uid)
                       for obj in result.objects for dest in self._config.destinations]
         models = {r.outcome.model.name: r.outcome.model.version for r in result.models}
+        stages = {stage: round(seconds, 3) for stage, seconds in result.timings.as_dict().items()}
         self._index.finish_job(job_id, deliveries, preset_hash=result.preset_hash,
-                               models=models)
+                               models=models, timings=stages)
         for error in result.model_errors:
             log.error("model package not run", extra=fields(job_id=job_id, error=error))
         log.info("job done", extra=fields(
             job_id=job_id, preset=result.preset, preset_hash=result.preset_hash,
             lesions=len(result.lesions), objects=[str(Path(o.path).name) for o in result.objects],
             deliveries=len(deliveries), models=models,
-            duration_s=round(time.monotonic() - started, 3)))
+            duration_s=round(time.monotonic() - started, 3), stages_s=stages))
 
     def _worker_died(self, job_id: int, exc: Exception) -> None:
         """A worker process ended abruptly (killed, out of memory): a new pool, and the job runs

@@ -1,6 +1,7 @@
 """One job from files to result objects: read the series and its segmentation, preprocess, build
 the preset's ROI variants of every lesion segment, extract their features, encode a TID 1500
-report. No network, no database, no clock.
+report. No network, no database, no wall clock: the only time read is a monotonic counter, for
+the duration of each stage (``StageTimes``).
 
 A segment the preset's ``rois.liver`` rule recognises as the liver is not a lesion: it is the
 reference region of a liver z-score and what rings are clipped to. Every other segment is a
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -24,7 +26,7 @@ from pipelines.derived_seg import build_derived_segmentation
 from pipelines.evaluations import model_line, qc_lines
 from pipelines.features import extract_lesions
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
-from pipelines.parametric_map import parametric_maps
+from pipelines.parametric_map import build_parametric_maps, compute_lesion_maps
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
 from pipelines.presets import Preset, load_preset
 from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
@@ -101,6 +103,56 @@ class OutputObject:
 
 
 @dataclass(frozen=True)
+class StageTimes:
+    """Seconds each stage of one ``process_study`` call took (``time.perf_counter``), in order;
+    the stages follow one another, so their sum is the call's duration.
+
+    ``extraction`` is the feature computation (per-ROI features and the voxel-wise maps); the
+    ``encode_*`` stages build the DICOM objects in memory, ``writing`` saves them and the CSVs.
+    """
+
+    read_series: float
+    read_segmentation: float
+    preprocessing: float  # normalisation and the preset's ROI variants of every lesion
+    extraction: float
+    qc: float
+    models: float
+    encode_report: float
+    encode_derived_seg: float
+    encode_summary: float
+    encode_maps: float
+    writing: float
+
+    @property
+    def encoding(self) -> float:
+        """The four ``encode_*`` stages together."""
+        return (self.encode_report + self.encode_derived_seg + self.encode_summary
+                + self.encode_maps)
+
+    @property
+    def total(self) -> float:
+        """Every stage together: the duration of the call."""
+        return sum(self.as_dict().values())
+
+    def as_dict(self) -> dict[str, float]:
+        """Stage name -> seconds, in stage order (for logs and the job index)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class _Laps:
+    """A stopwatch whose laps are stages: ``lap(name)`` adds the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
+@dataclass(frozen=True)
 class PipelineResult:
     """What one run produced, with the inputs and settings that make it traceable."""
 
@@ -114,6 +166,7 @@ class PipelineResult:
     features_csv: Path
     qc: tuple[QCReport, ...]
     qc_csv: Path
+    timings: StageTimes
     models: tuple[LesionModelResult, ...] = ()
     model_errors: tuple[str, ...] = ()
 
@@ -211,12 +264,15 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     process pool already and keeps 1). Quality control (pipelines.qc) of the series and of each
     lesion, with ``qc_settings`` (defaults when None), goes into ``qc.csv`` and the result.
     ``models`` are (package path, pinned sha256) pairs: each package made for this preset runs
-    on every lesion, or says why not, in the result, the report and the summary image."""
+    on every lesion, or says why not, in the result, the report and the summary image. The
+    result's ``timings`` give the seconds of each stage (``StageTimes``)."""
+    laps = _Laps()
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     volume = read_series([Path(p) for p in image_paths],
                          irregular_grid=preset.series.irregular_spacing)
+    laps.lap("read_series")
     if preset.modality is not None and volume.modality != preset.modality:
         raise ProcessError(
             f"{volume.paths[0]}: (0008,0060) Modality {volume.modality}; preset {preset.name} is "
@@ -224,6 +280,7 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         )
     seg = read_segmentation(Path(seg_path), volume,
                             fractional_threshold=preset.segmentation.fractional_threshold)
+    laps.lap("read_segmentation")
     liver = _liver_mask(seg, preset)
     lesions = [s for s in seg.segments if not is_liver(s, preset.rois.liver)]
     image, zscores = _normalised(volume, lesions, liver, preset, Path(seg_path))
@@ -231,10 +288,14 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         build_variants(volume.image, lesion, preset.rois.variants, preset.rois.hu_ranges, liver)
         for lesion in lesions
     ]
+    laps.lap("preprocessing")
     features = extract_lesions(
         image, variants, preset, zscore=zscores, workers=workers,
         names=[f"{seg_path}: segment {s.number} ({s.label})" for s in lesions],
     )
+    lesion_maps = [compute_lesion_maps(image, lesion, preset) for lesion in lesions] \
+        if preset.maps.enabled else []
+    laps.lap("extraction")
     qc_settings = qc_settings or QCSettings()
     qc = (
         assess_series(volume, qc_settings),
@@ -256,14 +317,18 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         for r in rois
     )
     lesion_qc = {lesion.number: report for lesion, report in zip(lesions, qc[1:], strict=True)}
+    laps.lap("qc")
     applied = _apply_models(models, preset, summaries, qc[0], lesion_qc, volume)
+    laps.lap("models")
     masks = [mask for lesion_rois in variants for mask in lesion_rois]
     derived = build_derived_segmentation(volume, seg, rois, masks, preset)
+    laps.lap("encode_derived_seg")
     report = build_measurement_report(
         volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, derived=derived,
         models={number: [r.outcome for r in applied.results if r.segment_number == number]
                 for number in lesion_qc},
     )
+    laps.lap("encode_report")
     labels = {lesion.number: lesion.label for lesion in lesions}
     summary = build_summary_image(
         volume, rois, masks, preset_name=preset.name, preset_hash=preset.hash,
@@ -275,14 +340,17 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         intensity_unit="HU" if volume.modality == "CT" and preset.preprocessing.zscore is None
         else "1",
     )
-    maps = parametric_maps(volume, image, lesions, preset,
-                           seg_sop_instance_uid=seg.sop_instance_uid)
+    laps.lap("encode_summary")
+    maps = build_parametric_maps(volume, lesion_maps, preset,
+                                 seg_sop_instance_uid=seg.sop_instance_uid) if lesion_maps else []
+    laps.lap("encode_maps")
     written = [report, *([derived.dataset] if derived else []), summary, *maps]
     objects = tuple(_write_object(out, dataset) for dataset in written)
     features_csv = out / "features.csv"
     _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
     qc_csv = out / "qc.csv"
     _write_qc_csv(qc_csv, qc)
+    laps.lap("writing")
     return PipelineResult(
         source_series_uid=volume.series_instance_uid,
         seg_sop_instance_uid=seg.sop_instance_uid,
@@ -294,6 +362,7 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         features_csv=features_csv,
         qc=qc,
         qc_csv=qc_csv,
+        timings=StageTimes(**laps.seconds),
         models=applied.results,
         model_errors=applied.errors,
     )

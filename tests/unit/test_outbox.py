@@ -48,6 +48,8 @@ def test_delivered_to_a_real_scp(tmp_path: Path, result_file: Path) -> None:
         [row] = index.deliveries()
         assert row["state"] == "delivered" and row["attempts"] == 1
         assert peer_index.instance(row["sop_instance_uid"]) is not None
+        # stored at the peer (success status), then marked delivered
+        assert row["sent_at"] is not None and row["sent_at"] <= row["delivered_at"]
         Outbox(config, index).tick()  # nothing due any more
         assert index.deliveries()[0]["attempts"] == 1
     finally:
@@ -73,6 +75,7 @@ def test_unreachable_peer_is_retried_then_dead_lettered(tmp_path: Path,
         outbox.tick()
     row = index.deliveries()[0]
     assert row["state"] == "dead" and row["attempts"] == 3
+    assert row["sent_at"] is None
 
 
 def test_a_class_the_peer_refuses_fails_that_delivery_and_the_outbox_goes_on(
