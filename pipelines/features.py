@@ -19,7 +19,11 @@ repeating work (issue 4, "Speed of extraction"):
   them across windows would change the values (docs/presets.md, "Speed");
 * without resampling pyradiomics filters the whole image, so the pipeline filters it once for
   all lesions and ROI variants and crops the filtered images around each lesion;
-* lesions run in parallel processes when ``workers`` > 1.
+* the work is split into one task per lesion and image type (LoG: per sigma), each computing
+  that image type's features of all the lesion's ROI variants on arrays (no SimpleITK object
+  crosses a process boundary), merged back into pyradiomics' keys and order; the tasks run in
+  this process, in ``workers`` spawned processes, or through a caller's map function (the node
+  passes one that runs them on its Dask cluster).
 
 Feature definitions follow IBSI 1 (Zwanenburg et al., Radiology 2020) where pyradiomics does;
 ``pipelines.codes`` records where it does not.
@@ -35,7 +39,7 @@ import copy
 import logging
 import multiprocessing
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -120,19 +124,87 @@ FilteredImage = tuple[sitk.Image, str, dict[str, Any]]  # pyradiomics image-type
 
 
 @dataclass(frozen=True)
+class ArrayImage:
+    """A SimpleITK image as a NumPy array (z, y, x) and its geometry: the form in which images
+    travel to other processes and machines (no SimpleITK object is pickled; with pickle
+    protocol 5, as Dask uses it, the array's buffer is sent as it is)."""
+
+    array: np.ndarray
+    origin: tuple[float, ...]
+    spacing: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> ArrayImage:
+        """The pixels and geometry of ``image``, copied."""
+        return cls(sitk.GetArrayFromImage(image), image.GetOrigin(), image.GetSpacing(),
+                   image.GetDirection())
+
+    def image(self) -> sitk.Image:
+        """The SimpleITK image again: the same pixel type, values and geometry."""
+        image = sitk.GetImageFromArray(self.array)
+        image.SetOrigin(self.origin)
+        image.SetSpacing(self.spacing)
+        image.SetDirection(self.direction)
+        return image
+
+
+@dataclass(frozen=True)
+class ImageTypeUnit:
+    """One pyradiomics image type (``imageType`` entry) with its custom settings; LoG with one
+    sigma, as ``getLoGImage`` filters each sigma on its own."""
+
+    image_type: str
+    custom: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WindowData:
+    """One pyradiomics window of a lesion, ready for the feature classes: the (normalised,
+    resampled) image, each ROI variant's mask on it, and, without resampling, the task's image
+    types computed on the whole image and cropped to the window (None: computed from ``image``)."""
+
+    image: ArrayImage
+    masks: tuple[tuple[str, ArrayImage], ...]  # (ROI variant name, 0/1 mask)
+    filtered: tuple[tuple[ArrayImage, str, dict[str, Any]], ...] | None
+
+
+@dataclass(frozen=True)
+class FeatureTask:
+    """The unit of work of :func:`extract_lesions`: one image type of one lesion, for every ROI
+    variant of that lesion. ``head`` tasks (one per lesion) also compute pyradiomics' general
+    diagnostics and the shape features, which do not depend on the image type; ``unit`` None
+    is a head task of a preset whose image types yield no image."""
+
+    preset: Preset
+    where: str  # the lesion, for error messages
+    unit: ImageTypeUnit | None
+    head: bool
+    windows: tuple[WindowData, ...]
+
+
+TaskResult = dict[str, dict[str, Any]]  # ROI variant name -> pyradiomics keys and values
+TaskMap = Callable[[Callable[[FeatureTask], TaskResult], Iterable[FeatureTask]],
+                   Iterable[TaskResult]]
+"""Runs a function on every task and returns the results in task order, like the builtin
+``map``: ``extract_lesions`` takes one to run its tasks elsewhere (e.g. on a Dask cluster)."""
+
+
+@dataclass(frozen=True)
 class LesionJob:
-    """One lesion's inputs, small enough to send to a worker process.
+    """One lesion's inputs as cut from the source image.
 
     ``rois`` are on regions of the ``source`` grid; ``image`` is the region of the (preprocessed)
     source at ``image_index``. With resampling it holds what interpolation onto every window
-    reads; without, it holds every ROI, and ``filtered`` holds pyradiomics' image types computed
-    on the whole source and cropped like ``image``.
+    reads; without, it holds every ROI, and ``filtered`` holds, per :class:`ImageTypeUnit`,
+    pyradiomics' images computed on the whole source and cropped like ``image`` (None: no image
+    type other than Original).
     """
 
     source: Grid
     image_index: tuple[int, ...]
     image: sitk.Image
-    filtered: tuple[FilteredImage, ...] | None
+    filtered: tuple[tuple[FilteredImage, ...], ...] | None
     rois: tuple[RoiMask, ...]
     windows: tuple[Window, ...]  # pyradiomics' window of each ROI, in ``rois`` order
 
@@ -165,44 +237,62 @@ def _paste_box(roi: RoiMask, region: Grid, region_index: Sequence[int]) -> sitk.
     )
 
 
-def _image_types(
-    extractor: RadiomicsFeatureExtractor, image: sitk.Image, settings: dict[str, Any]
+def _units(preset: Preset) -> list[ImageTypeUnit]:
+    """The preset's image types in pyradiomics' order, LoG split into one unit per sigma."""
+    settings = _window_settings(preset)
+    units: list[ImageTypeUnit] = []
+    for image_type, custom in _extractor(preset.radiomics).enabledImagetypes.items():
+        if image_type == "LoG":
+            sigmas = {**settings, **custom}.get("sigma", [])
+            units.extend(ImageTypeUnit(image_type, {**custom, "sigma": [s]}) for s in sigmas)
+        else:
+            units.append(ImageTypeUnit(image_type, dict(custom)))
+    return units
+
+
+def _unit_images(
+    unit: ImageTypeUnit | None, image: sitk.Image, settings: dict[str, Any]
 ) -> list[FilteredImage]:
-    """pyradiomics' image types of ``image``, as ``execute`` builds them (step 6). The generators
-    pyradiomics ships ignore the mask argument."""
-    items: list[FilteredImage] = []
-    for image_type, custom in extractor.enabledImagetypes.items():
-        generator = getattr(imageoperations, f"get{image_type}Image")
-        items.extend(generator(image, None, **{**settings, **custom}))
-    return items
+    """pyradiomics' images of one image type of ``image``, as ``execute`` builds them (step 6).
+    The generators pyradiomics ships ignore the mask argument."""
+    if unit is None:
+        return []
+    generator = getattr(imageoperations, f"get{unit.image_type}Image")
+    return list(generator(image, None, **{**settings, **unit.custom}))
 
 
-def _roi_features(
+def _roi_values(
     extractor: RadiomicsFeatureExtractor,
     settings: dict[str, Any],
     image: sitk.Image,
     mask: sitk.Image,
     images: Iterable[FilteredImage],
+    head: bool,
     where: str,
-) -> RoiFeatures:
-    """pyradiomics ``execute`` steps 2 to 6 on an already loaded window, with its image types
-    given (computed once for all ROIs of the window)."""
+) -> dict[str, Any]:
+    """pyradiomics ``execute`` steps 2 to 6 on an already loaded window, with the images of some
+    of its image types given; general diagnostics and shape only when ``head``."""
     try:
         mask = imageoperations.getMask(mask, **settings)
         box, _ = imageoperations.checkMask(image, mask, **settings)
-        info = generalinfo.GeneralInfo()
-        info.addGeneralSettings(settings)
-        info.addEnabledImageTypes(extractor.enabledImagetypes)
-        info.addMaskElements(image, mask, 1)
+        info = generalinfo.GeneralInfo() if head else None
+        if info is not None:
+            info.addGeneralSettings(settings)
+            info.addEnabledImageTypes(extractor.enabledImagetypes)
+            info.addMaskElements(image, mask, 1)
         resegmented = None
         if settings.get("resegmentRange") is not None:
             resegmented = imageoperations.resegmentMask(image, mask, **settings)
             box, _ = imageoperations.checkMask(image, resegmented, **settings)
-            info.addMaskElements(image, resegmented, 1, "resegmented")
-        result: dict[str, Any] = dict(info.getGeneralInfo())
-        if settings.get("resegmentShape", False) and resegmented is not None:
-            mask = resegmented
-        result.update(extractor.computeShape(image, mask, box, **settings))
+            if info is not None:
+                info.addMaskElements(image, resegmented, 1, "resegmented")
+        result: dict[str, Any] = {}
+        if info is not None:
+            result.update(info.getGeneralInfo())
+            if settings.get("resegmentShape", False) and resegmented is not None:
+                result.update(extractor.computeShape(image, resegmented, box, **settings))
+            else:
+                result.update(extractor.computeShape(image, mask, box, **settings))
         if resegmented is not None:
             mask = resegmented
         for filtered, name, kwargs in images:
@@ -210,7 +300,7 @@ def _roi_features(
             result.update(extractor.computeFeatures(cropped, cropped_mask, name, **kwargs))
     except (ValueError, RuntimeError, IndexError) as exc:
         raise FeatureError(f"{where}: pyradiomics: {exc}") from exc
-    return _as_features(result, where)
+    return result
 
 
 def _window_settings(preset: Preset) -> dict[str, Any]:
@@ -236,21 +326,18 @@ def _interpolated_mask(
     return sitk.Cast(fraction >= threshold, sitk.sitkUInt8)
 
 
-def _extract_lesion(job: LesionJob, preset: Preset, where: str) -> dict[str, RoiFeatures]:
-    """Features of every ROI variant of one lesion (module docstring)."""
-    settings = _window_settings(preset)
-    extractor = _extractor({**preset.radiomics, "setting": settings})
-    results: dict[str, RoiFeatures] = {}
-
-    if job.filtered is not None:
+def _lesion_windows(
+    job: LesionJob, preset: Preset
+) -> list[tuple[sitk.Image, list[tuple[str, sitk.Image]], tuple[tuple[FilteredImage, ...], ...]
+                | None]]:
+    """The windows pyradiomics computes the lesion's ROI variants on (module docstring): image,
+    (ROI name, mask) pairs and, without resampling, the per-unit filtered crops."""
+    if not resampling_enabled(preset.settings):
         region = Grid.of(job.image)
-        for roi in job.rois:
-            mask = _paste_box(roi, region, job.image_index)
-            results[roi.name] = _roi_features(
-                extractor, settings, job.image, mask, job.filtered, f"{where}, ROI {roi.name}"
-            )
-        return results
+        masks = [(roi.name, _paste_box(roi, region, job.image_index)) for roi in job.rois]
+        return [(job.image, masks, job.filtered)]
 
+    settings = _window_settings(preset)
     members: dict[Grid, list[tuple[RoiMask, Window]]] = {}
     for roi, window in zip(job.rois, job.windows, strict=True):
         members.setdefault(window.grid, []).append((roi, window))
@@ -262,36 +349,68 @@ def _extract_lesion(job: LesionJob, preset: Preset, where: str) -> dict[str, Roi
         interpolator = settings.get("interpolator", "sitkBSpline")
         unions[spacing] = (union, resample(job.image, union, interpolator))
     threshold = preset.preprocessing.mask_partial_volume_threshold
+    windows = []
     for grid, group in members.items():
         if group[0][1].interpolated:
             union, union_image = unions[grid.spacing]
             _, (_, offset) = union_grid([union, grid])
             image = crop(union_image, offset, grid.size)
             image.SetOrigin(grid.origin)
-            masks = [_interpolated_mask(roi, job.source, grid, threshold) for roi, _ in group]
+            masks = [(roi.name, _interpolated_mask(roi, job.source, grid, threshold))
+                     for roi, _ in group]
         else:
             region_index = _index_on(job.source, grid.origin)
             offset = [r - i for r, i in zip(region_index, job.image_index, strict=True)]
             image = crop(job.image, offset, grid.size)
-            masks = [_paste_box(roi, grid, region_index) for roi, _ in group]
-        images = _image_types(extractor, image, settings)
-        for (roi, _), mask in zip(group, masks, strict=True):
-            results[roi.name] = _roi_features(
-                extractor, settings, image, mask, images, f"{where}, ROI {roi.name}"
-            )
-    return {roi.name: results[roi.name] for roi in job.rois}
+            masks = [(roi.name, _paste_box(roi, grid, region_index)) for roi, _ in group]
+        windows.append((image, masks, None))
+    return windows
+
+
+def _lesion_tasks(job: LesionJob, preset: Preset, units: Sequence[ImageTypeUnit],
+                  where: str) -> list[FeatureTask]:
+    """One task per image type unit of the lesion (a single head task when there is none),
+    every window converted to arrays once and shared by the tasks."""
+    windows = [
+        (ArrayImage.of(image), tuple((name, ArrayImage.of(mask)) for name, mask in masks),
+         filtered)
+        for image, masks, filtered in _lesion_windows(job, preset)
+    ]
+    tasks = []
+    for number, unit in enumerate(units or [None]):
+        data = tuple(
+            WindowData(image, masks, None if filtered is None else tuple(
+                (ArrayImage.of(item), name, kwargs) for item, name, kwargs in filtered[number]))
+            for image, masks, filtered in windows
+        )
+        tasks.append(FeatureTask(preset, where, unit, number == 0, data))
+    return tasks
+
+
+def run_feature_task(task: FeatureTask) -> TaskResult:
+    """Compute one task (in any process, on any machine with this package): pyradiomics keys and
+    values of each of the lesion's ROI variants for the task's image type."""
+    radiomics.setVerbosity(60)
+    logging.getLogger("radiomics").setLevel(logging.WARNING)
+    settings = _window_settings(task.preset)
+    extractor = _extractor({**task.preset.radiomics, "setting": settings})
+    results: TaskResult = {}
+    for window in task.windows:
+        image = window.image.image()
+        if window.filtered is None:
+            images = _unit_images(task.unit, image, settings)
+        else:
+            images = [(item.image(), name, kwargs) for item, name, kwargs in window.filtered]
+        for name, mask in window.masks:
+            results[name] = _roi_values(extractor, settings, image, mask.image(), images,
+                                        task.head, f"{task.where}, ROI {name}")
+    return results
 
 
 def _region_of(boxes: Sequence[tuple[Sequence[int], Sequence[int]]]) -> tuple[list[int], list[int]]:
     lower = np.min([b[0] for b in boxes], axis=0)
     upper = np.max([np.add(b[0], b[1]) for b in boxes], axis=0)
     return lower.tolist(), (upper - lower).tolist()
-
-
-def _run(job: LesionJob, preset: Preset, where: str) -> dict[str, RoiFeatures]:
-    radiomics.setVerbosity(60)
-    logging.getLogger("radiomics").setLevel(logging.WARNING)
-    return _extract_lesion(job, preset, where)
 
 
 def extract_lesions(
@@ -302,6 +421,7 @@ def extract_lesions(
     zscore: Sequence[tuple[float, float] | None] | None = None,
     workers: int = 1,
     names: Sequence[str] | None = None,
+    map_tasks: TaskMap | None = None,
 ) -> list[dict[str, RoiFeatures]]:
     """Features of every ROI variant of every lesion: the values plain pyradiomics gives for
     ``extract_features(image, on_full_grid(roi, image), preset)`` (to 1e-6 relative; see the
@@ -309,7 +429,15 @@ def extract_lesions(
 
     ``zscore`` gives, per lesion, (mean, SD) to normalise the image with before extraction
     (preprocessing.zscore with the ROI as reference), or None. ``names`` label the lesions in
-    error messages. ``workers`` > 1 runs lesions in that many processes.
+    error messages.
+
+    The work is split into tasks (:class:`FeatureTask`, :func:`run_feature_task`), one per
+    lesion and image type (one LoG sigma each), whose results are merged into the keys and
+    order of one pyradiomics ``execute`` per ROI. ``map_tasks`` runs them (e.g. on a Dask
+    cluster; like the builtin ``map``, results in task order); without it ``workers`` > 1 runs
+    them in that many spawned processes and 1 in this process, one lesion prepared at a time.
+    Every way gives the same values: each task computes what the serial path computes for its
+    image type, on the same arrays.
 
     Raises:
         FeatureError: pyradiomics refused a ROI; the message names lesion and ROI variant.
@@ -321,11 +449,13 @@ def extract_lesions(
     zscore = list(zscore) if zscore is not None else [None] * len(lesions)
     names = list(names) if names is not None else [f"lesion {n}" for n in range(len(lesions))]
     resampled = resampling_enabled(settings)
-    whole_filtered: dict[tuple[float, float] | None, list[FilteredImage]] = {}
-    jobs = []
-    for rois, affine in zip(lesions, zscore, strict=True):
+    units = _units(preset)
+    whole_filtered: dict[tuple[float, float] | None, list[list[FilteredImage]]] = {}
+
+    def lesion_job(rois: Sequence[RoiMask], affine: tuple[float, float] | None) -> LesionJob:
         boxes = [_roi_box(roi) for roi in rois]
         windows = tuple(pyradiomics_grid(source, lo, size, settings) for lo, size in boxes)
+        filtered = None
         if resampled:
             interpolator = settings.get("interpolator", "sitkBSpline")
             regions = [
@@ -335,33 +465,44 @@ def extract_lesions(
                 for w in windows
             ]
             index, size = _region_of(regions)
-            filtered = None
         else:
             index, size = _region_of(boxes)
-            filtered = None
             if _uses_filters(preset):
                 if affine not in whole_filtered:
                     whole = apply_zscore(image, *affine) if affine is not None else image
-                    whole_filtered[affine] = _image_types(
-                        _extractor(preset.radiomics), whole, _window_settings(preset)
-                    )
+                    whole_filtered[affine] = [
+                        _unit_images(unit, whole, _window_settings(preset)) for unit in units
+                    ]
                 filtered = tuple(
-                    (crop(item, index, size), name, kwargs)
-                    for item, name, kwargs in whole_filtered[affine]
+                    tuple((crop(item, index, size), name, kwargs) for item, name, kwargs in items)
+                    for items in whole_filtered[affine]
                 )
         region = crop(image, index, size)
         if affine is not None:
             region = apply_zscore(region, *affine)
-        if not resampled and filtered is None:
-            filtered = tuple(_image_types(_extractor(preset.radiomics), region,
-                                          _window_settings(preset)))
-        jobs.append(LesionJob(source, tuple(index), region, filtered, tuple(rois), windows))
+        return LesionJob(source, tuple(index), region, filtered, tuple(rois), windows)
 
-    if workers <= 1 or len(jobs) <= 1:
-        return [_extract_lesion(job, preset, name) for job, name in zip(jobs, names, strict=True)]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(_run, jobs, [preset] * len(jobs), names))
+    def tasks() -> Iterator[FeatureTask]:
+        for rois, affine, name in zip(lesions, zscore, names, strict=True):
+            yield from _lesion_tasks(lesion_job(rois, affine), preset, units, name)
+
+    if map_tasks is not None:
+        results = iter(map_tasks(run_feature_task, tasks()))
+    elif workers > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            results = iter(list(pool.map(run_feature_task, tasks())))
+    else:
+        results = map(run_feature_task, tasks())
+    merged = []
+    for rois, name in zip(lesions, names, strict=True):
+        values: dict[str, dict[str, Any]] = {roi.name: {} for roi in rois}
+        for _ in units or [None]:
+            for roi_name, result in next(results).items():
+                values[roi_name].update(result)
+        merged.append({roi: _as_features(result, f"{name}, ROI {roi}")
+                       for roi, result in values.items()})
+    return merged
 
 
 def _uses_filters(preset: Preset) -> bool:

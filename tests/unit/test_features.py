@@ -1,17 +1,28 @@
 """Feature extraction reproduces pyradiomics' published baselines through the Preset machinery:
 every column of brain2 and breast1 (default, _2d, _FBN, _combined, _flatRegion, _normalization,
-_resampling, _resegmentation) through extract_lesions, the pipeline's multi-ROI path."""
+_resampling, _resegmentation) through extract_lesions, the pipeline's multi-ROI path; its tasks
+give the same values wherever they run."""
 
 import ast
 import csv
 import logging
+import pickle
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
 
-from pipelines.features import FeatureError, RoiFeatures, extract_features, extract_lesions
+from pipelines.features import (
+    ArrayImage,
+    FeatureError,
+    FeatureTask,
+    RoiFeatures,
+    TaskResult,
+    extract_features,
+    extract_lesions,
+)
 from pipelines.presets import Preset, load_preset
 from pipelines.rois import RoiMask
 
@@ -140,3 +151,51 @@ def test_pyradiomics_info_logging_is_kept_off_stderr(
         extract_features(image, mask, preset)
     assert capfd.readouterr().err == ""
     assert not [r for r in caplog.records if r.name.startswith("radiomics") and r.levelno < 30]
+
+
+def test_tasks_run_anywhere_give_the_serial_values_in_the_serial_order(tmp_path: Path) -> None:
+    """extract_lesions' tasks (one per lesion and image type, LoG per sigma) through a map that
+    pickles each task and its result, as a Dask worker receives them: the same values, keys and
+    diagnostics, in the same order, as the serial path; no SimpleITK object in a task."""
+    from pipelines.rois import build_variants
+    from pipelines.segmentation import read_segmentation
+    from pipelines.series import read_series
+    from pipelines.synthetic import write_synthetic_study
+
+    study = write_synthetic_study(tmp_path, shape=(10, 48, 48))
+    volume = read_series(list(study.ct_paths))
+    preset = load_preset("ct-liver-crlm")  # resampling; Original, LoG 3 and 5 mm, Wavelet
+    lesions = [build_variants(volume.image, segment, preset.rois.variants, preset.rois.hu_ranges)
+               for segment in read_segmentation(study.seg_path, volume).segments]
+    shipped: list[FeatureTask] = []
+
+    def pickling_map(fn: Callable[[FeatureTask], TaskResult],
+                     tasks: Iterable[FeatureTask]) -> Iterator[TaskResult]:
+        for task in tasks:
+            data = pickle.dumps(task, protocol=5)
+            assert b"SimpleITK" not in data
+            shipped.append(pickle.loads(data))
+            yield pickle.loads(pickle.dumps(fn(shipped[-1]), protocol=5))
+
+    serial = extract_lesions(volume.image, lesions, preset)
+    mapped = extract_lesions(volume.image, lesions, preset, map_tasks=pickling_map)
+
+    units = [(t.unit.image_type, t.unit.custom.get("sigma")) for t in shipped[:4]]
+    assert units == [("Original", None), ("LoG", [3.0]), ("LoG", [5.0]), ("Wavelet", None)]
+    assert len(shipped) == 4 * len(lesions) == 8
+    assert [t.head for t in shipped] == [True, False, False, False] * len(lesions)
+    for by_name, by_name_mapped, rois in zip(serial, mapped, lesions, strict=True):
+        assert list(by_name) == list(by_name_mapped) == [roi.name for roi in rois]
+        for name, features in by_name.items():
+            assert list(features.values.items()) == list(by_name_mapped[name].values.items())
+            assert features.diagnostics == by_name_mapped[name].diagnostics
+            assert len(features.values) == 14 + 93 * 11  # shape + 11 images x 93 features
+
+
+def test_array_image_keeps_pixels_type_and_geometry(refdata: Path) -> None:
+    image, _ = _image_and_mask(refdata / "pyradiomics" / "data", "breast1")
+    again = ArrayImage.of(image).image()
+    assert again.GetPixelID() == image.GetPixelID()
+    assert (again.GetOrigin(), again.GetSpacing(), again.GetDirection()) == \
+        (image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    assert (sitk.GetArrayViewFromImage(again) == sitk.GetArrayViewFromImage(image)).all()
