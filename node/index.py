@@ -317,6 +317,13 @@ class Index:
             )
         return [_series_row(r) for r in rows]
 
+    def quietest_receiving(self) -> float | None:
+        """The last arrival of the series still receiving (not stable) that has been quiet the
+        longest: it is the next to become stable, ``stable_after`` seconds after this. None when
+        every series is stable."""
+        return self._query(
+            "SELECT min(last_received) AS t FROM series WHERE stable_at IS NULL")[0]["t"]
+
     # -- segmentation references ----------------------------------------------------------------
 
     def add_seg_refs(self, seg_sop_uid: str, seg_series_uid: str, sources: set[str]) -> None:

@@ -13,6 +13,7 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -31,12 +32,16 @@ def _worker_lost(exc: BaseException) -> bool:
 
 
 class JobRunner:
-    """Runs at most ``config.workers`` jobs at a time on the configured executor."""
+    """Runs at most ``config.workers`` jobs at a time on the configured executor; ``on_done`` is
+    called with the id of each job once it is done and its deliveries are queued (the node wakes
+    the outbox with it)."""
 
-    def __init__(self, config: NodeConfig, index: Index, executor: Executor | None = None):
+    def __init__(self, config: NodeConfig, index: Index, executor: Executor | None = None,
+                 on_done: Callable[[int], None] | None = None):
         self._config = config
         self._index = index
         self._executor = executor or make_executor(config)
+        self._on_done = on_done
         self._running: dict[int, tuple[JobFuture, float]] = {}
         self._lock = threading.Lock()
         self._stopping = False
@@ -96,6 +101,8 @@ class JobRunner:
             lesions=len(result.lesions), objects=[str(Path(o.path).name) for o in result.objects],
             deliveries=len(deliveries), models=models,
             duration_s=round(time.monotonic() - started, 3), stages_s=stages))
+        if self._on_done is not None:
+            self._on_done(job_id)
 
     def _worker_died(self, job_id: int, exc: Exception) -> None:
         """A worker process ended abruptly (killed, out of memory): a new pool, and the job runs

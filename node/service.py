@@ -5,14 +5,18 @@ stable and routes them, one starts queued jobs, one sends due deliveries, one fe
 source series (``node.retrieve``), one per Orthanc feed polls its change feed
 (``node.feed``), one removes expired spool and results (``node.retention``) and a heartbeat shows
 ``/healthz`` that the scheduler runs. Each tick is a job with ``max_instances=1`` and
-``coalesce=True``, so a slow tick is never run twice at once. The status page, ``/healthz`` and
-``/metrics`` (``node.status``) are served over HTTP while the node runs.
+``coalesce=True``, so a slow tick is never run twice at once. The ticks also run early when
+there is work for them, so a study does not wait for the next tick at each step: the assembly
+tick at the moment the next receiving series has been quiet for ``stable_after`` seconds, the
+jobs tick as soon as the router queued a job, the outbox tick as soon as a job is done. The status
+page, ``/healthz`` and ``/metrics`` (``node.status``) are served over HTTP while the node runs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -32,6 +36,10 @@ from node.status import StatusServer
 
 log = logging.getLogger(__name__)
 
+STABLE_MARGIN = 0.005
+"""Seconds after a series' last arrival + ``stable_after`` at which the assembly tick is woken:
+``Index.mark_stable`` wants the last arrival strictly before ``now - stable_after``."""
+
 
 class Node:
     """One radiomics node on one machine; ``start`` returns once it listens."""
@@ -42,7 +50,7 @@ class Node:
         self.index = Index(config.index_path)
         self.receiver = Receiver(config, self.index)
         self.router = Router(config, self.index)
-        self.jobs = JobRunner(config, self.index)
+        self.jobs = JobRunner(config, self.index, on_done=lambda _job_id: self.wake("outbox"))
         self.outbox = Outbox(config, self.index)
         self.retriever = Retriever(config, self.index)
         self.feeds = [Feed(config, self.index, feed) for feed in config.orthanc_feeds]
@@ -57,15 +65,34 @@ class Node:
         self.address: tuple[str, int] | None = None
 
     def assemble(self) -> None:
-        """Mark series quiet for ``stable_after`` seconds as stable and route each (DESIGN.md)."""
+        """Mark series quiet for ``stable_after`` seconds as stable and route each (DESIGN.md);
+        wake the jobs tick when a job was queued, and this tick again when the next receiving
+        series is due to be stable."""
+        queued = False
         for series in self.index.mark_stable(time.time() - self.config.stable_after):
             log.info("series stable", extra=fields(
                 series_uid=series.series_uid, modality=series.modality,
                 instances=series.n_instances))
             try:
-                self.router.route(series)
+                queued = bool(self.router.route(series)) or queued
             except Exception:
                 log.exception("routing failed", extra=fields(series_uid=series.series_uid))
+        if queued:
+            self.wake("jobs")
+        quiet = self.index.quietest_receiving()
+        if quiet is not None:
+            self.wake("assembly", at=quiet + self.config.stable_after + STABLE_MARGIN)
+
+    def wake(self, tick: str, at: float | None = None) -> None:
+        """Run the scheduled ``tick`` (its id) at ``at`` (epoch seconds; now when None) when that
+        is before its next regular run; a tick still running then skips the early run, and
+        its interval goes on from there."""
+        job = self._scheduler.get_job(tick) if self._scheduler.running else None
+        if job is None:
+            return
+        when = datetime.fromtimestamp(time.time() if at is None else at, UTC)
+        if job.next_run_time is None or when < job.next_run_time:
+            self._scheduler.modify_job(tick, next_run_time=when)
 
     def beat(self) -> None:
         """The heartbeat tick: proves to ``/healthz`` that scheduled work runs."""

@@ -1,0 +1,99 @@
+"""A study does not wait for the next scheduler tick at each step: the assembly tick is woken when
+the next receiving series is due to be stable, the jobs tick when the router queued a job, the
+outbox tick when a job is done. The regular ticks here are ten minutes apart, so everything that
+happens sooner happened because of a wake-up."""
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.config import Destination, NodeConfig, SeriesRule
+from node.index import Index, InstanceRow
+from node.receiver import Receiver
+from node.service import STABLE_MARGIN, Node
+from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from tests.conftest import free_port
+
+SCAN_INTERVAL = 600.0
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    return write_synthetic_study(tmp_path_factory.mktemp("study"), shape=(12, 64, 64))
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[tuple[NodeConfig, Index]]:
+    """A second receiver that takes the node's results."""
+    config = NodeConfig(state_dir=tmp_path / "peer", listener={"port": free_port(),
+                                                               "ae_title": "PEER"},
+                        status={"enabled": False},
+                        peers=[{"name": "node", "ae_title": "RADIOMICS", "host": "127.0.0.1"}])
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    yield config, index
+    receiver.stop()
+    index.close()
+
+
+def _node(tmp_path: Path, peer_port: int, stable_after: float) -> Node:
+    return Node(NodeConfig(
+        state_dir=tmp_path / "node", listener={"port": free_port()}, status={"enabled": False},
+        scan_interval=SCAN_INTERVAL, stable_after=stable_after,
+        rules=[SeriesRule(name="liver", preset="ct-liver-basic", modality=["CT"])],
+        destinations=[Destination(name="peer", ae_title="PEER", host="127.0.0.1",
+                                  port=peer_port, verify=False)]))  # the receiver has no C-FIND
+
+
+def _index(index: Index, paths: list[Path], received: float) -> None:
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        index.add_instance(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
+                                       ds.SeriesInstanceUID, str(path), 1, "SCANNER"),
+                           ds.Modality, now=received)
+
+
+def _until(condition: Callable[[], bool], timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_assembly_is_woken_when_the_next_series_is_due_to_be_stable(
+        tmp_path: Path, study: SyntheticStudy) -> None:
+    node = _node(tmp_path, free_port(), stable_after=300)
+    node.start()
+    try:
+        received = time.time()
+        _index(node.index, list(study.ct_paths), received)
+        _index(node.index, [study.seg_path], received - 5)  # quiet for longer: stable first
+        node.assemble()
+        due = node._scheduler.get_job("assembly").next_run_time.timestamp()
+        assert due == pytest.approx(received - 5 + 300 + STABLE_MARGIN, abs=1e-3)
+    finally:
+        node.stop()
+
+
+def test_a_study_is_processed_and_delivered_without_waiting_for_ticks(
+        tmp_path: Path, study: SyntheticStudy, peer: tuple[NodeConfig, Index]) -> None:
+    peer_config, peer_index = peer
+    node = _node(tmp_path, peer_config.listener.port, stable_after=1)
+    node.start()
+    try:
+        _index(node.index, [*study.ct_paths, study.seg_path], time.time() - 10)
+        node.assemble()  # as the first regular tick would: both series stable, a job queued
+        [job] = node.index.jobs()
+        _until(lambda: all(d["state"] == "delivered" for d in node.index.deliveries())
+               and bool(node.index.deliveries()))
+        timeline = node.index.job_timeline(job.id)
+        assert node.index.job(job.id).state == "done"
+        assert len(timeline.deliveries) == 2  # the report and the summary image
+        for delivery in timeline.deliveries:
+            assert peer_index.instance(delivery.sop_instance_uid) is not None
+    finally:
+        node.stop()
