@@ -1,0 +1,222 @@
+"""Benchmark: one study end to end, from the last instance sent to the last result object stored
+in a real Orthanc, and where that time goes.
+
+The demo study (``pipelines.synthetic``: a 60 x 512 x 512 liver CT with two lesions and its SEG,
+the ``ct-liver-crlm`` preset with the shipped demonstration model pinned, as ``radiomics-node
+demo`` runs it) is sent by DCMTK ``storescu`` to ``radiomics-node serve`` (its own process),
+whose only destination is Debian's Orthanc (C-STORE, verified by C-FIND; Orthanc lists the node
+in its DicomModalities). Both run on 127.0.0.1 on free ports with ``TCP_NODELAY=1``. The node's
+index records when each instance arrived, when each series became stable, when the job was
+queued, started and finished with the seconds of each pipeline stage, and when Orthanc answered
+the C-STORE of each result object (``node.index.Index.job_timeline``); this script reads them
+after the run and prints the consecutive spans from the last instance sent to the last result
+stored, which add up to the total:
+
+    wait for stable   last instance sent -> both series stable (``stable_after`` + detection)
+    routing           -> the job queued
+    queue             -> the job runner claimed it
+    worker hand-off   claim -> finish minus the pipeline's own stages (process start, arguments,
+                      result, recording)
+    pipeline stages   read series, read SEG, preprocessing, extraction, QC, models, encoding,
+                      writing (``pipelines.process.StageTimes``)
+    delivery          job finished -> Orthanc's success status for the last result object
+
+The node's overhead is the total less the extraction and less the configured ``stable_after``
+(issue 8: under 5 %). Peak resident memory of the node with its worker processes and of Orthanc
+is sampled every 50 ms (psutil).
+
+    python bench/e2e.py                       # the demo study, ct-liver-crlm, stable_after 2 s
+    python bench/e2e.py --stable-after 10     # the node's default stable wait
+    python bench/e2e.py --smoke               # CI smoke run: 12 x 64 x 64, ct-liver-basic
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.ingest import ENV, PeakMemory, _orthanc_pid
+from models.shipped import DEMO_PACKAGE, DEMO_SHA256
+from node.config import NodeConfig
+from node.index import Index, JobTimeline
+from pipelines.synthetic import write_synthetic_study
+from tests.conftest import free_port
+from tests.integration.peers import NodeService, orthanc, require_tools
+
+DEMO_SHAPE = (60, 512, 512)
+SMOKE_SHAPE = (12, 64, 64)
+
+
+@dataclass(frozen=True)
+class Arrivals:
+    """What the node's index says of the input: first and last instance received, and when the
+    last of its series became stable (epoch seconds)."""
+
+    first_received: float
+    last_received: float
+    stable: float
+
+
+def arrivals(index_path: Path, study_uid: str) -> Arrivals:
+    """Read the arrival and stability times of ``study_uid``'s series from the node's index."""
+    with sqlite3.connect(f"file:{index_path}?mode=ro", uri=True) as db:
+        first, last, stable = db.execute(
+            """SELECT min(first_received), max(last_received), max(stable_at) FROM series
+               WHERE study_uid=?""", (study_uid,)).fetchone()
+    return Arrivals(first, last, stable)
+
+
+def wait_for_results(node: NodeService, index_path: Path, pacs: httpx.Client,
+                     timeout: float) -> JobTimeline:
+    """Poll the node's index (SQLite WAL: readable beside the node) until its job is done and
+    every delivery verified, then check with Orthanc's REST API (``/tools/lookup``) that each
+    result object is there; the job's times. The times come from the node's index, so the
+    polling interval does not enter them."""
+    deadline = time.monotonic() + timeout
+    index = Index(index_path)  # the node made it before it listened
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no results in Orthanc after {timeout:.0f} s:\n"
+                                   + node.log_path.read_text()[-3000:])
+            time.sleep(0.1)
+            jobs = index.jobs()
+            if any(job.state == "failed" for job in jobs):
+                raise RuntimeError(f"job failed: {[job.reason for job in jobs]}")
+            if not jobs or jobs[0].state != "done":
+                continue
+            timeline = index.job_timeline(jobs[0].id)
+            if timeline.deliveries and all(d.delivered_at for d in timeline.deliveries):
+                break
+    finally:
+        index.close()
+    for delivery in timeline.deliveries:
+        found = pacs.post("/tools/lookup", content=delivery.sop_instance_uid).raise_for_status()
+        if not found.json():
+            raise RuntimeError(f"{delivery.sop_instance_uid} delivered but not in Orthanc")
+    return timeline
+
+
+def _row(name: str, seconds: float, note: str = "") -> str:
+    return f"  {name:24s}{seconds:9.3f} s{('  ' + note) if note else ''}"
+
+
+def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_after: float,
+           scan_interval: float) -> list[str]:
+    """The lines that split the time from the last instance sent (its arrival at the node) to
+    the last result stored in Orthanc (its C-STORE success status at the node), and the node's
+    overhead."""
+    assert timeline.started_at is not None and timeline.finished_at is not None
+    stages = timeline.stages
+    stored = max(d.sent_at for d in timeline.deliveries if d.sent_at is not None)
+    verified = max(d.delivered_at for d in timeline.deliveries if d.delivered_at is not None)
+    sent = seen.last_received
+    total = stored - sent
+    pipeline = sum(stages.values())
+    spans = [
+        ("wait for stable", seen.stable - sent, f"configured stable_after {stable_after:g} s, "
+         f"scan_interval {scan_interval:g} s"),
+        ("routing", timeline.queued_at - seen.stable, ""),
+        ("queue", timeline.started_at - timeline.queued_at, ""),
+        ("worker hand-off", timeline.finished_at - timeline.started_at - pipeline,
+         "process start, arguments and result, recording"),
+        ("read series", stages["read_series"], ""),
+        ("read SEG", stages["read_segmentation"], ""),
+        ("preprocessing", stages["preprocessing"], "normalisation, ROI variants"),
+        ("extraction", stages["extraction"], "features and voxel-wise maps"),
+        ("QC and models", stages["qc"] + stages["models"], ""),
+        ("encoding", sum(v for k, v in stages.items() if k.startswith("encode_")),
+         ", ".join(f"{k.removeprefix('encode_')} {v:.2f}" for k, v in stages.items()
+                   if k.startswith("encode_"))),
+        ("writing", stages["writing"], "result objects and CSVs"),
+        ("delivery", stored - timeline.finished_at,
+         f"{len(timeline.deliveries)} objects, C-FIND before and C-STORE"),
+    ]
+    overhead = total - stages["extraction"] - stable_after
+    lines = [
+        _row("receive", seen.last_received - seen.first_received,
+             f"first..last instance at the node (storescu ran {storescu_s:.3f} s)"),
+        f"last instance sent -> last result stored in Orthanc: {total:.3f} s",
+        *(_row(name, seconds, note) for name, seconds, note in spans),
+        _row("sum of the spans", sum(s for _, s, _ in spans), ""),
+        _row("(verified by C-FIND)", verified - stored, "after the last store, not in the total"),
+        f"node overhead (total - extraction - stable_after): {overhead:.3f} s = "
+        f"{100 * overhead / total:.1f} % of the total (issue 8: under 5 %)",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"{SMOKE_SHAPE} CT, ct-liver-basic, no model (CI smoke run)")
+    parser.add_argument("--stable-after", type=float, default=2.0,
+                        help="the node's stable_after in seconds (default 2)")
+    default_scan = NodeConfig.model_fields["scan_interval"].default
+    parser.add_argument("--scan-interval", type=float, default=default_scan,
+                        help=f"the node's scan_interval in seconds (default {default_scan:g}, "
+                        "the node's default)")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    args = parser.parse_args(argv)
+    shape = SMOKE_SHAPE if args.smoke else DEMO_SHAPE
+    preset = "ct-liver-basic" if args.smoke else "ct-liver-crlm"
+    require_tools("storescu")
+
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        work = Path(tmp)
+        study = write_synthetic_study(work / "study", shape=shape)
+        files = [str(p) for p in (*study.ct_paths, study.seg_path)]
+        size = sum(Path(f).stat().st_size for f in files)
+        orthanc_ports = (free_port(), free_port())
+        destination = {"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1",
+                       "port": orthanc_ports[0]}
+        node = NodeService(work / "node", {
+            "rules": [{"name": "bench", "preset": preset, "modality": ["CT"]}],
+            "models": [] if args.smoke else [{"path": str(DEMO_PACKAGE), "sha256": DEMO_SHA256}],
+            "destinations": [destination], "stable_after": args.stable_after,
+            "scan_interval": args.scan_interval,
+        })
+        index_path = NodeConfig(state_dir=node.state_dir).index_path
+        # Orthanc answers C-FIND (the node's delivery check) only to its DicomModalities
+        modalities = {"radiomics": [node.ae_title, "127.0.0.1", node.port]}
+        with orthanc(work / "orthanc", modalities, ports=orthanc_ports) as pacs:
+            node.start()
+            try:
+                assert node._process is not None
+                with PeakMemory(node._process.pid) as node_memory, \
+                        PeakMemory(_orthanc_pid(pacs.dicom_port)) as orthanc_memory:
+                    start = time.time()
+                    subprocess.run(["storescu", "--required", "-aet", "BENCH", "-aec",
+                                    node.ae_title, "127.0.0.1", str(node.port), *files],
+                                   check=True, capture_output=True, env=ENV)
+                    sent = time.time()
+                    timeline = wait_for_results(node, index_path, pacs.http, args.timeout)
+            finally:
+                node.stop()
+        seen = arrivals(index_path, study.study_instance_uid)
+
+    lines = report(timeline, seen, sent - start, args.stable_after, args.scan_interval)
+    print(f"{shape[0]} x {shape[1]} x {shape[2]} CT + SEG ({len(files)} instances, "
+          f"{size / 1e6:.1f} MB), preset {preset}"
+          f"{'' if args.smoke else ' + shipped model'}, {os.cpu_count()} CPUs, loopback, "
+          f"TCP_NODELAY=1")
+    for line in lines:
+        print(line)
+    print(f"peak RSS: node + worker processes {node_memory.peak / 2**20:.0f} MiB, "
+          f"Orthanc {orthanc_memory.peak / 2**20:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
