@@ -7,10 +7,14 @@ files' paths. ``executor.kind: dask`` submits each job to the ``dask.distributed
 the node and need only this package installed: the node reads the job's input files and ships
 their bytes, the worker writes them to a temporary folder, runs the same ``process_study`` and
 returns the result with the bytes of every file it wrote, which the node writes into the job's
-results folder. Dask re-runs a task whose worker died (up to the scheduler's
-``distributed.scheduler.allowed-failures``), so a job survives the loss of a worker. Both paths
-call the same function on the same bytes, so a job's result (feature values, result UIDs) is the
-same whichever executor ran it.
+results folder. Inside that job task, feature extraction is split into one task per lesion and
+image type (``pipelines.features.FeatureTask``: the lesion's windows as NumPy arrays), which the
+job submits to the same cluster (:func:`on_cluster`), so one study's lesions and filters spread
+over every worker while reading, QC and encoding stay with the job. Dask re-runs a task whose
+worker died (up to the scheduler's ``distributed.scheduler.allowed-failures``), so a job survives
+the loss of a worker, whether it ran the job or one of its lesion tasks. Both paths call the same
+function on the same bytes, and the tasks compute what the serial path computes, so a job's
+result (feature values, result UIDs) is the same whichever executor ran it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +30,8 @@ from typing import Any, Protocol
 from models.package import package_files
 from node import logs
 from node.config import NodeConfig
+from pipelines.features import FeatureTask, TaskResult
+from pipelines.presets import Preset
 from pipelines.process import PipelineResult, process_study
 
 
@@ -109,11 +115,26 @@ def _rebase(value: Any, old: Path, new: Path) -> Any:
     return value
 
 
-def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str,
+def on_cluster(fn: Callable[[FeatureTask], TaskResult], tasks: Iterable[FeatureTask]
+               ) -> list[TaskResult]:
+    """``extract_lesions``' map function inside a Dask task: every feature task becomes a task of
+    the cluster this worker belongs to, the results come back in order. ``worker_client`` takes
+    the waiting job task out of the worker's thread pool (no deadlock when all threads run
+    jobs); priority 1 runs the lesion tasks of jobs already started before new jobs. The tasks'
+    arguments (arrays) are kept by the scheduler, so a lesion task whose worker died runs again
+    on another one."""
+    from distributed import worker_client
+
+    with worker_client() as client:
+        return client.gather(client.map(fn, list(tasks), pure=False, priority=1))
+
+
+def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str | Preset,
                     models: Sequence[tuple[dict[str, bytes], str]] = ()) -> RemoteResult:
     """On a Dask worker: write the shipped files (images, SEG, the files of each model package
-    with its pinned sha256) to a temporary folder, run ``process_study`` there and return its
-    result and output files (paths relative to the output folder)."""
+    with its pinned sha256) to a temporary folder, run ``process_study`` there with its feature
+    tasks on the cluster (:func:`on_cluster`) and return its result and output files (paths
+    relative to the output folder). ``preset`` is a preset name or a Preset."""
     with tempfile.TemporaryDirectory(prefix="radiomics-job-") as tmp:
         inputs, out = Path(tmp) / "in", Path(tmp) / "out"
         inputs.mkdir()
@@ -131,7 +152,8 @@ def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str,
                 (package / name).parent.mkdir(parents=True, exist_ok=True)
                 (package / name).write_bytes(data)
             packages.append((package, sha256))
-        result = process_study(paths, seg_path, preset, out, models=packages)
+        result = process_study(paths, seg_path, preset, out, models=packages,
+                               map_tasks=on_cluster)
         files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
                  if p.is_file()}
         return RemoteResult(_rebase(result, out, Path()), files)

@@ -1,6 +1,7 @@
 """Jobs on a Dask cluster with real TCP workers in their own processes: the same result as the
 local process pool (feature values, result SOP Instance UIDs, every output file), with no
-filesystem shared through paths, and a worker killed mid-job does not lose the job."""
+filesystem shared through paths, the features computed as one cluster task per lesion and image
+type, and a worker killed while it runs one of them does not lose the job."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import io
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -19,9 +21,13 @@ from node.config import Destination, NodeConfig
 from node.executor import run_shipped_job, unpack
 from node.index import Index, InstanceRow
 from node.jobs import JobRunner
+from pipelines.presets import load_preset
+from pipelines.process import process_study
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 distributed = pytest.importorskip("distributed")
+from distributed.diagnostics.plugin import SchedulerPlugin  # noqa: E402
+from distributed.utils import key_split  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +83,20 @@ def _outputs(index: Index, job_id: int) -> tuple[dict[str, bytes], list[dict[str
     return {uid: path.read_bytes() for uid, path in objects.items()}, rows
 
 
+def _task_names(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The function names of the tasks in a task stream, sorted."""
+    return sorted(key_split(record["key"]) for record in records)
+
+
 def test_dask_job_equals_local_job(tmp_path: Path, study: SyntheticStudy,
                                    cluster: distributed.LocalCluster) -> None:
     local_index, local_job = _run_job(tmp_path / "local", study, {"kind": "local"})
-    dask_index, dask_job = _run_job(tmp_path / "dask", study, {
-        "kind": "dask", "scheduler_address": cluster.scheduler_address})
+    with distributed.Client(cluster.scheduler_address) as client, \
+            distributed.get_task_stream(client) as stream:
+        dask_index, dask_job = _run_job(tmp_path / "dask", study, {
+            "kind": "dask", "scheduler_address": cluster.scheduler_address})
+    # one task for the job, one per lesion (two) and image type (ct-liver-basic: Original)
+    assert _task_names(stream.data) == ["run_feature_task"] * 2 + ["run_shipped_job"]
     local_objects, local_rows = _outputs(local_index, local_job)
     dask_objects, dask_rows = _outputs(dask_index, dask_job)
     assert sorted(dask_objects) == sorted(local_objects)  # the same result UIDs
@@ -94,18 +109,41 @@ def test_dask_job_equals_local_job(tmp_path: Path, study: SyntheticStudy,
     assert all(str(tmp_path / "dask") in row["path"] for row in dask_index.deliveries(dask_job))
 
 
-def test_worker_killed_mid_job_is_rerun_by_dask(tmp_path: Path, study: SyntheticStudy,
-                                                cluster: distributed.LocalCluster) -> None:
-    with distributed.Client(cluster.scheduler_address) as client:
-        future = client.submit(run_shipped_job, [p.read_bytes() for p in study.ct_paths],
-                               study.seg_path.read_bytes(), "ct-liver-basic", pure=False)
-        _until(lambda: any(client.processing().values()), timeout=60)
-        busy = [address for address, tasks in client.processing().items() if tasks]
-        pids = client.run(os.getpid, workers=busy)
-        for pid in pids.values():
-            os.kill(pid, signal.SIGKILL)
-        result = unpack(future.result(timeout=300), tmp_path / "out")
-        assert set(pids.values()).isdisjoint(client.run(os.getpid).values())  # they did die
-    assert result.objects and all(o.path.is_file() for o in result.objects)
+class _KillFirstFeatureTaskWorker(SchedulerPlugin):
+    """SIGKILLs the worker the scheduler gives the first feature task to, as it gives it."""
+
+    def __init__(self, scheduler: distributed.Scheduler):
+        self.scheduler = scheduler
+        self.killed: int | None = None
+
+    def transition(self, key: str, start: str, finish: str, *args: object,
+                   **kwargs: object) -> None:
+        if self.killed is None and finish == "processing" \
+                and key_split(key) == "run_feature_task":
+            self.killed = self.scheduler.tasks[key].processing_on.pid
+            os.kill(self.killed, signal.SIGKILL)
+
+
+def test_worker_killed_running_a_feature_task_does_not_change_the_result(
+        tmp_path: Path, study: SyntheticStudy, cluster: distributed.LocalCluster) -> None:
+    basic = load_preset("ct-liver-basic")
+    preset = basic.model_copy(update={"name": "basic-log", "radiomics": {
+        **basic.radiomics, "imageType": {"Original": {}, "LoG": {"sigma": [2.0, 3.0]}}}})
+    local = process_study(study.ct_paths, study.seg_path, preset, tmp_path / "local")
+    killer = _KillFirstFeatureTaskWorker(cluster.scheduler)
+    cluster.scheduler.add_plugin(killer, name="kill-first-feature-task")
+    try:
+        with distributed.Client(cluster.scheduler_address) as client:
+            future = client.submit(run_shipped_job, [p.read_bytes() for p in study.ct_paths],
+                                   study.seg_path.read_bytes(), preset, pure=False)
+            result = unpack(future.result(timeout=300), tmp_path / "out")
+            assert killer.killed is not None
+            _until(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=60)
+            assert killer.killed not in client.run(os.getpid).values()  # it did die
+    finally:
+        cluster.scheduler.remove_plugin(name="kill-first-feature-task")
     assert all(o.path.parent == tmp_path / "out" for o in result.objects)
-    assert result.lesions and all(lesion.features for lesion in result.lesions)
+    assert [o.sop_instance_uid for o in result.objects] == \
+        [o.sop_instance_uid for o in local.objects]
+    assert result.lesions == local.lesions  # every value of Original, LoG 2 mm and 3 mm
+    assert len(result.lesions[0].features) == 14 + 93 * 3
