@@ -10,7 +10,8 @@ index records when each instance arrived, when each series became stable, when t
 queued, started and finished with the seconds of each pipeline stage, and when Orthanc answered
 the C-STORE of each result object (``node.index.Index.job_timeline``); this script reads them
 after the run and prints the consecutive spans from the last instance sent to the last result
-stored, which add up to the total:
+stored, which add up to the total (and, as the reference for the delivery, the time ``storescu``
+takes to store the same result objects in the same Orthanc):
 
     wait for stable   last instance sent -> both series stable (``stable_after`` + detection)
     routing           -> the job queued
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -108,12 +110,25 @@ def wait_for_results(node: NodeService, index_path: Path, pacs: httpx.Client,
     return timeline
 
 
+def store_again(pacs: httpx.Client, port: int, files: list[Path]) -> float:
+    """The reference for the delivery span: delete ``files`` (the node's result objects) from
+    Orthanc and send them again with ``storescu`` over one association; its seconds."""
+    for path in files:
+        uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        for found in pacs.post("/tools/lookup", content=uid).raise_for_status().json():
+            pacs.delete(f"/instances/{found['ID']}").raise_for_status()
+    start = time.perf_counter()
+    subprocess.run(["storescu", "--required", "-aet", "BENCH", "-aec", "ORTHANC", "127.0.0.1",
+                    str(port), *map(str, files)], check=True, capture_output=True, env=ENV)
+    return time.perf_counter() - start
+
+
 def _row(name: str, seconds: float, note: str = "") -> str:
     return f"  {name:24s}{seconds:9.3f} s{('  ' + note) if note else ''}"
 
 
 def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_after: float,
-           scan_interval: float) -> list[str]:
+           scan_interval: float, reference_s: float) -> list[str]:
     """The lines that split the time from the last instance sent (its arrival at the node) to
     the last result stored in Orthanc (its C-STORE success status at the node), and the node's
     overhead."""
@@ -141,7 +156,8 @@ def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_afte
                    if k.startswith("encode_"))),
         ("writing", stages["writing"], "result objects and CSVs"),
         ("delivery", stored - timeline.finished_at,
-         f"{len(timeline.deliveries)} objects, C-FIND before and C-STORE"),
+         f"{len(timeline.deliveries)} objects, C-FIND before and C-STORE; storescu of the same "
+         f"objects to Orthanc: {reference_s:.3f} s"),
     ]
     overhead = total - stages["extraction"] - stable_after
     lines = [
@@ -204,9 +220,13 @@ def main(argv: list[str] | None = None) -> int:
                     timeline = wait_for_results(node, index_path, pacs.http, args.timeout)
             finally:
                 node.stop()
+            results = sorted((NodeConfig(state_dir=node.state_dir).results_dir
+                              / f"job-{timeline.job_id}").glob("*.dcm"))
+            reference_s = store_again(pacs.http, pacs.dicom_port, results)
         seen = arrivals(index_path, study.study_instance_uid)
 
-    lines = report(timeline, seen, sent - start, args.stable_after, args.scan_interval)
+    lines = report(timeline, seen, sent - start, args.stable_after, args.scan_interval,
+                   reference_s)
     print(f"{shape[0]} x {shape[1]} x {shape[2]} CT + SEG ({len(files)} instances, "
           f"{size / 1e6:.1f} MB), preset {preset}"
           f"{'' if args.smoke else ' + shipped model'}, {os.cpu_count()} CPUs, loopback, "
