@@ -41,6 +41,7 @@ from node.peers import (
     SOURCE_PROVIDER_PRESENTATION,
     PeerPolicy,
 )
+from node.reactor import EventAssociation
 from node.store_scu import set_nodelay
 from node.tls import server_context
 from node.validation import STORAGE_CLASSES, TRANSFER_SYNTAXES
@@ -78,9 +79,12 @@ class _RequestHandler(RequestHandler):
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        # same object, same state (the connection indication is already queued): only the class
-        # changes, to read PDUs faster
+        # same objects, same state (the connection indication is already queued): only the
+        # classes change, to read PDUs faster and to wait for work instead of polling
         assoc.dul.socket.__class__ = _PduSocket
+        assoc.__class__ = EventAssociation
+        assert isinstance(assoc, EventAssociation)
+        assoc.adopt()
         return assoc
 
 

@@ -17,6 +17,7 @@ from decimal import Decimal
 from io import BytesIO
 
 from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
@@ -160,11 +161,17 @@ def check_transfer_syntax(data: bytes) -> str:
 def check_elements(dataset: Dataset) -> None:
     """Decode every element, nested ones too; the first that cannot be decoded, or an IS or DS
     element that holds no number, is named. Other VR violations (a string longer than its VR
-    allows, say) only warn, as pydicom does: they are common in clinical data and harmless to the
-    pipelines."""
+    allows, say) only warn, as pydicom does: they are common in clinical
+    data and harmless to the pipelines.
+
+    Each raw element is converted on its own (``convert_raw_data_element``) and the dataset is
+    left as read: storing the converted elements back would run pydicom's value validation on
+    each and take several times longer (docs/performance.md, "Ingest")."""
+    encoding = dataset._character_set
     for element in list(dataset.elements()):
         try:
-            converted = dataset[element.tag]
+            converted = convert_raw_data_element(element, encoding=encoding, ds=dataset) \
+                if isinstance(element, RawDataElement) else element
             value = converted.value
         except Exception as exc:  # value conversion raises many types on malformed bytes
             raise Refusal(CANNOT_UNDERSTAND, _tag_name(element.tag, keyword_for_tag(element.tag)),

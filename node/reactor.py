@@ -1,0 +1,225 @@
+"""Event-driven reactors for the receiver's associations, in place of pynetdicom's polling loops.
+
+pynetdicom (3.0) runs two threads per association: the DUL reactor (PS3.8 9.2, the Upper Layer
+state machine: it reads PDUs from the socket and sends the primitives queued for it) and the
+association reactor (it takes decoded DIMSE messages and runs the service, here C-STORE). Both
+poll: the DUL thread sleeps 1 ms whenever a pass finds nothing to do and the association thread
+sleeps 1 ms on every pass. On one association a C-STORE therefore waits up to three such naps
+(the last PDU arrives while the DUL sleeps, the message waits for the association thread, the
+response waits for the DUL thread), several milliseconds per instance when the rest of the work
+takes a few (docs/performance.md, "Ingest").
+
+Here both threads block until there is work instead:
+
+- the DUL thread waits in ``select`` on its socket and on a wake-up pipe that is written when a
+  primitive is queued for it to send (``to_provider_queue``) or when it is told to stop;
+- the association thread waits on an event that is set when a DIMSE message is complete
+  (``DIMSEServiceProvider.msg_queue``), when the DUL hands the user a primitive (A-RELEASE,
+  A-ABORT: ``to_user_queue``) and when the DUL thread ends.
+
+Timers (ARTIM, the network idle timeout) are still checked on every pass; the waits are bounded by
+``TIMER_GRANULARITY`` so that they expire on time. Each pass does what pynetdicom's does, through
+the same methods, so the state machine, events and timeouts behave as they do there
+(tests/unit/test_receiver.py and test_receiver_speed.py run the receiver through them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import threading
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.utils import make_target
+
+from node.logs import fields
+
+log = logging.getLogger(__name__)
+
+TIMER_GRANULARITY = 0.1
+"""Longest wait (s) of either thread before it looks at its timers and stop flags again."""
+
+
+class _WakingQueue(queue.Queue):
+    """A queue that calls ``wake`` after every ``put``."""
+
+    def __init__(self, wake: Any):
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class EventDUL(DULServiceProvider):
+    """pynetdicom's DUL service provider whose reactor blocks on the socket and a wake-up pipe."""
+
+    _wake_read: int
+    _wake_write: int
+    _wake_lock: threading.Lock
+    _assoc_wake: threading.Event
+
+    def _setup_wakeups(self, assoc_wake: threading.Event) -> None:
+        """Replace the queues between the threads by waking ones (before the thread starts)."""
+        self._wake_lock = threading.Lock()
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._assoc_wake = assoc_wake
+        self.to_provider_queue = _WakingQueue(self._poke)
+        self.to_user_queue = _WakingQueue(assoc_wake.set)
+        # the thread's target was bound to the base class's reactor when it was created
+        self._target = make_target(self.run_reactor)
+
+    def _poke(self) -> None:
+        with self._wake_lock, contextlib.suppress(BlockingIOError):  # full: a wake-up is pending
+            if self._wake_write >= 0:  # closed when the reactor ended
+                os.write(self._wake_write, b"\0")
+
+    def kill_dul(self) -> None:
+        """Stop the reactor, waking it to see the flag."""
+        super().kill_dul()
+        self._poke()
+
+    def _wait(self) -> None:
+        """Block until the socket is readable, a primitive is queued or a timer may expire."""
+        sock = self.socket.socket if self.socket is not None else None
+        readers = [self._wake_read]
+        if sock is not None and sock.fileno() >= 0:
+            pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but not yet read
+            if pending is not None and pending():
+                return
+            readers.append(sock.fileno())
+        try:
+            ready, _, _ = select.select(readers, [], [], TIMER_GRANULARITY)
+        except (OSError, ValueError):  # socket closed under us: the next pass sees it
+            return
+        if self._wake_read in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_read, 4096):
+                    pass
+
+    def run_reactor(self) -> None:
+        """The DUL reactor (see ``DULServiceProvider.run_reactor``), waiting instead of sleeping
+        when a pass found nothing to do."""
+        try:
+            self._react()
+        finally:
+            self._assoc_wake.set()
+            with self._wake_lock:
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+                self._wake_read = self._wake_write = -1
+
+    def _react(self) -> None:
+        self._idle_timer.start()
+        self.assoc._dul_ready.set()
+        idle = False
+        while True:
+            if idle:
+                self._wait()
+            if self._kill_thread:
+                return
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")  # ARTIM timer expired (PS3.8 9.2.1)
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception:
+                self._abort_on_error()
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            idle = False
+
+    def _abort_on_error(self) -> None:
+        """An error in the reactor: send an A-ABORT outside the state machine, whose state is no
+        longer known, and end the association (as pynetdicom does)."""
+        log.exception("error in the DUL reactor: association aborted")
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = 0x00
+        if self.socket is not None:
+            self.socket.send(abort.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+
+
+class EventAssociation(Association):
+    """pynetdicom's acceptor association whose reactor waits for a message, a user primitive or
+    the end of the DUL thread instead of sleeping 1 ms per pass."""
+
+    _wake: threading.Event
+
+    def adopt(self) -> None:
+        """Switch a freshly created acceptor association (not yet started) to the event-driven
+        reactors."""
+        self._wake = threading.Event()
+        self.dul.__class__ = EventDUL
+        dul = self.dul
+        assert isinstance(dul, EventDUL)
+        dul._setup_wakeups(self._wake)
+        self.dimse.msg_queue = _WakingQueue(self._wake.set)
+
+    def kill(self) -> None:
+        """Kill the association thread (waking it)."""
+        super().kill()
+        self._wake.set()
+
+    def _run_reactor(self) -> None:
+        """The acceptor's reactor (see ``Association._run_reactor``): serve each complete DIMSE
+        message, then answer a release request, an abort, a lost DUL or the idle timeout."""
+        self._is_paused = False
+        while not self._kill:
+            if self.dimse.msg_queue.empty():
+                self._wake.wait(TIMER_GRANULARITY)
+            self._wake.clear()
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+            if not self.dul.is_alive():
+                self.kill()
+                return
+            if self.dul.idle_timer_expired():
+                log.warning("network timeout: association ended", extra=fields(
+                    calling_ae=str(self.requestor.ae_title).strip()))
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True  # release() waits for this reactor to pause
+                    self.release()
+                else:
+                    self.abort()
+                self.kill()
+                return
