@@ -1,20 +1,29 @@
-"""Benchmark: jobs per minute on a Dask cluster of 1, 2, 4, ... workers, and parallel efficiency.
+"""Benchmark: jobs per minute on a Dask cluster of 1, 2, 4, ... workers, parallel efficiency,
+the time of one job alone and peak memory.
 
 N copies of the synthetic liver study (``pipelines.synthetic``, one per seed) are processed as the
 node's Dask executor runs them (``node.executor.run_shipped_job``: the files travel as bytes, the
-outputs come back as bytes) on a ``distributed.LocalCluster`` of W single-threaded worker
-processes talking TCP, for each W given. Efficiency is throughput(W) / (W x throughput(1)). On
-one machine the workers share its CPUs: efficiency falls once W exceeds the cores; across
-machines, start ``dask worker`` on each (docs/performance.md).
+job's feature tasks, one per lesion and image type, go to the same cluster as arrays, the outputs
+come back as bytes) on a ``distributed.LocalCluster`` of W single-threaded worker processes
+talking TCP, for each W given. Throughput is N jobs submitted at once; efficiency is
+throughput(W) / (W / W0 x throughput(W0)) against the smallest W0 measured. "One job" is a single
+job alone on the cluster: its lesions and image types are what spreads it over workers. Peak
+memory is the largest resident set of one worker process and the sum of every worker's (an upper
+bound of them together; ``getrusage`` ru_maxrss, covering the single job too), and of this
+process, which holds the N jobs' bytes as the node would. On one machine the workers share its
+CPUs: efficiency falls once W exceeds the free cores; across machines, start ``dask worker`` on
+each (docs/performance.md, "Scale-out on Dask").
 
     python bench/scale.py                         # 8 jobs of 60 x 512 x 512 on 1, 2, 4 workers
-    python bench/scale.py --small                 # CI smoke run: 2 jobs of 12 x 64 x 64, 1 and 2
+    python bench/scale.py --small                 # smoke run: 2 jobs of 8 x 48 x 48, 1 and 2
+    python bench/scale.py --workers 1 2 4 8 16 --jobs 32
     python bench/scale.py --scheduler tcp://host:8786   # an existing cluster, as it is
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -27,18 +36,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from node.executor import run_shipped_job
 from pipelines.synthetic import write_synthetic_study
 
+Case = tuple[list[bytes], bytes]  # the CT slices' bytes and the SEG's, as the node ships them
 
-def run(client: distributed.Client, cases: list[tuple[list[bytes], bytes]], preset: str
-        ) -> float:
-    """Seconds to process every case on the cluster behind ``client``."""
+
+def run(client: distributed.Client, cases: list[Case], preset: str) -> float:
+    """Seconds to process every case on the cluster behind ``client``, all submitted at once."""
     start = time.perf_counter()
     futures = [client.submit(run_shipped_job, images, seg, preset, pure=False)
                for images, seg in cases]
     results = client.gather(futures)
     elapsed = time.perf_counter() - start
-    if not all(r.result.objects for r in results):
-        raise RuntimeError("a job returned no result object")
+    if not all(r.result.objects and r.result.lesions for r in results):
+        raise RuntimeError("a job returned no result object or no lesion")
     return elapsed
+
+
+def _load_pipeline() -> None:
+    """Import what a job needs, so that the first timed job does not pay for it."""
+    import node.executor  # noqa: F401
+    import pipelines.process  # noqa: F401
+
+
+def _peak_mib() -> float:
+    """This process's peak resident set (Linux: ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(client: distributed.Client, cases: list[Case], preset: str) -> dict[str, float]:
+    """One job alone, then all cases at once, and the workers' peak memory."""
+    client.run(_load_pipeline)
+    single = run(client, cases[:1], preset)
+    together = run(client, cases, preset)
+    peaks = list(client.run(_peak_mib).values())
+    return {"workers": len(peaks), "single": single, "together": together,
+            "peak_worker": max(peaks), "peak_workers": sum(peaks)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small", action="store_true", help="2 tiny jobs on 1 and 2 workers")
     parser.add_argument("--jobs", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--slices", type=int, default=60)
+    parser.add_argument("--matrix", type=int, default=512, help="rows and columns of the CT")
     parser.add_argument("--preset", default="ct-liver-basic")
     parser.add_argument("--scheduler", help="use this cluster instead of local ones")
     args = parser.parse_args(argv)
-    shape = (12, 64, 64) if args.small else (60, 512, 512)
+    shape = (8, 48, 48) if args.small else (args.slices, args.matrix, args.matrix)
     if args.small:
         args.jobs, args.workers = 2, [1, 2]
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
@@ -57,26 +90,28 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.jobs):
             study = write_synthetic_study(Path(tmp) / f"s{seed}", shape=shape, seed=seed)
             cases.append(([p.read_bytes() for p in study.ct_paths], study.seg_path.read_bytes()))
-    print(f"{args.jobs} jobs, {shape[0]} x {shape[1]} x {shape[2]} CT, preset {args.preset}")
-    timings: dict[int, float] = {}
+    print(f"{args.jobs} jobs, {shape[0]} x {shape[1]} x {shape[2]} CT, two lesions each, "
+          f"preset {args.preset}")
+    rows = []
     if args.scheduler:
         with distributed.Client(args.scheduler) as client:
-            workers = len(client.scheduler_info()["workers"])
-            timings[workers] = run(client, cases, args.preset)
+            rows.append(measure(client, cases, args.preset))
     else:
         for workers in args.workers:
             with distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
-                                          processes=True, dashboard_address=None,
-                                          silence_logs=40) as cluster, \
+                                          processes=True, protocol="tcp", host="127.0.0.1",
+                                          dashboard_address=None, silence_logs=40) as cluster, \
                     distributed.Client(cluster) as client:
-                run(client, cases[:1], args.preset)  # warm: imports in every worker it reached
-                timings[workers] = run(client, cases, args.preset)
-    base = min(timings)
-    for workers, seconds in timings.items():
-        rate = args.jobs / seconds * 60
-        efficiency = (timings[base] * base) / (seconds * workers)
-        print(f"{workers:3d} worker(s): {seconds:7.1f} s  {rate:6.2f} jobs/min  "
-              f"efficiency {efficiency:5.2f}")
+                rows.append(measure(client, cases, args.preset))
+    base = min(rows, key=lambda row: row["workers"])
+    for row in rows:
+        rate = args.jobs / row["together"] * 60
+        efficiency = (base["together"] * base["workers"]) / (row["together"] * row["workers"])
+        print(f"{row['workers']:3.0f} worker(s): {args.jobs} jobs {row['together']:7.1f} s  "
+              f"{rate:6.2f} jobs/min  efficiency {efficiency:4.2f}  "
+              f"one job {row['single']:6.1f} s  peak RSS one worker "
+              f"{row['peak_worker']:6.0f} MiB, all workers {row['peak_workers']:6.0f} MiB")
+    print(f"peak RSS of the submitting process {_peak_mib():.0f} MiB")
     return 0
 
 
