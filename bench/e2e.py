@@ -160,6 +160,9 @@ def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_afte
          f"objects to Orthanc: {reference_s:.3f} s"),
     ]
     overhead = total - stages["extraction"] - stable_after
+    seconds = {name: value for name, value, _ in spans}
+    service = seconds["wait for stable"] - stable_after + sum(
+        seconds[name] for name in ("routing", "queue", "worker hand-off", "delivery"))
     lines = [
         _row("receive", seen.last_received - seen.first_received,
              f"first..last instance at the node (storescu ran {storescu_s:.3f} s)"),
@@ -169,6 +172,10 @@ def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_afte
         _row("(verified by C-FIND)", verified - stored, "after the last store, not in the total"),
         f"node overhead (total - extraction - stable_after): {overhead:.3f} s = "
         f"{100 * overhead / total:.1f} % of the total (issue 8: under 5 %)",
+        f"  in the node's service (stable detection, routing, queue, hand-off, delivery): "
+        f"{service:.3f} s = {100 * service / total:.1f} %",
+        f"  in the pipeline beside extraction (reading, preprocessing, QC, models, encoding, "
+        f"writing): {overhead - service:.3f} s = {100 * (overhead - service) / total:.1f} %",
     ]
     return lines
 
