@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from node.config import NodeConfig
 from node.index import Index, InstanceRow
 from node.logs import fields
+from node.part10 import Part10
 from node.quarantine import quarantine
 from node.spool import is_uid, spool_path, write_durably
 from node.validation import (
@@ -26,6 +27,7 @@ from node.validation import (
     DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
     Refusal,
+    check_data_set_encoding,
     check_elements,
     check_pixels,
     check_size,
@@ -93,10 +95,11 @@ class Ingest:
         self._index = index
         config.spool_dir.mkdir(parents=True, exist_ok=True)
 
-    def accept(self, data: bytes, decode: Callable[[], Dataset], source: str,
+    def accept(self, data: bytes | Part10, decode: Callable[[], Dataset], source: str,
                expected_class: str | None = None,
                expected_instance: str | None = None, host: str | None = None) -> Outcome:
-        """Take one instance: ``data`` is its Part 10 encoding, ``decode`` parses it, ``source``
+        """Take one instance: ``data`` is its Part 10 encoding (as one buffer, or as a header and
+        the data set as received: ``node.part10``), ``decode`` parses it, ``source``
         says who brought it (e.g. the calling AE title) and ``host`` from which address (kept in
         the index for the audit trail). Never raises for bad input: the checks of
         ``node.validation`` (size, transfer syntax, every element decodable, identity, SOP class,
@@ -104,7 +107,11 @@ class Ingest:
         try:
             try:
                 check_size(len(data), self._config.limits.max_instance_bytes)
-                syntax = check_transfer_syntax(data)
+                if isinstance(data, Part10):
+                    syntax = data.transfer_syntax
+                    check_data_set_encoding(syntax, data.body[:6])
+                else:
+                    syntax = check_transfer_syntax(data)
                 dataset = decode()
                 check_elements(dataset)
                 identity = identify(dataset, expected_class, expected_instance)
@@ -115,7 +122,7 @@ class Ingest:
             except Exception as exc:  # pydicom raises many types on malformed input
                 raise Refusal(CANNOT_UNDERSTAND, "(dataset)", f"cannot decode: {exc}") from exc
         except Refusal as refusal:
-            kept = quarantine(self._config.quarantine_dir, data, source=source,
+            kept = quarantine(self._config.quarantine_dir, bytes(data), source=source,
                               tag=refusal.tag, reason=refusal.reason)
             log.warning("instance refused", extra=fields(
                 source=source, status=f"0x{refusal.status:04X}", tag=refusal.tag,
@@ -123,7 +130,7 @@ class Ingest:
             return Outcome(refusal.status, f"{refusal.tag}: {refusal.reason}")
         return self._store(identity, str(dataset.get("Modality", "") or ""), data, source, host)
 
-    def _store(self, identity: dict[str, str], modality: str, data: bytes, source: str,
+    def _store(self, identity: dict[str, str], modality: str, data: bytes | Part10, source: str,
                host: str | None) -> Outcome:
         sop_uid = identity["SOPInstanceUID"]
         if self._index.has_instance(sop_uid):
@@ -139,7 +146,7 @@ class Ingest:
         target = spool_path(self._config.spool_dir, identity["StudyInstanceUID"],
                             identity["SeriesInstanceUID"], sop_uid)
         try:
-            write_durably(target, data)
+            write_durably(target, *(data.chunks if isinstance(data, Part10) else (data,)))
         except OSError as exc:
             log.error("spool write failed", extra=fields(sop_instance_uid=sop_uid,
                                                          error=exc.strerror))

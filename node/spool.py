@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -28,15 +29,29 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_durably(target: Path, data: bytes) -> None:
-    """Write ``data`` to ``target`` atomically and durably (temp file, fsync, rename, fsync dir)."""
+def _write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> None:
+    """Write ``chunks`` in order with ``writev``, continuing after a short write."""
+    views = [memoryview(chunk) for chunk in chunks if len(chunk)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def write_durably(target: Path, *chunks: bytes | memoryview) -> None:
+    """Write the concatenation of ``chunks`` to ``target`` atomically and durably (temp file,
+    fsync, rename, fsync dir)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            _write_all(fd, chunks)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

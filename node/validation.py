@@ -132,9 +132,8 @@ VRS = frozenset({
 
 def check_transfer_syntax(data: bytes) -> str:
     """The Transfer Syntax UID (0002,0010) of the Part 10 bytes ``data`` (PS3.10 7.1), which must
-    be one the node decodes and must describe the data set that follows: the first element has a
-    VR field exactly when the syntax is explicit VR (PS3.5 7.1.2, 7.1.3). Raise Refusal 0xC000
-    otherwise."""
+    be one the node decodes and must describe the data set that follows
+    (``check_data_set_encoding``). Raise Refusal 0xC000 otherwise."""
     stream = BytesIO(data)
     try:
         read_preamble(stream, False)
@@ -148,14 +147,20 @@ def check_transfer_syntax(data: bytes) -> str:
     if syntax not in TRANSFER_SYNTAXES:
         raise Refusal(CANNOT_UNDERSTAND, "(0002,0010) TransferSyntaxUID",
                       f"{syntax[:64]} is not accepted")
-    first = stream.read(6)
-    if syntax != DeflatedExplicitVRLittleEndian and len(first) == 6:
-        explicit = first[4:6] in VRS
+    check_data_set_encoding(syntax, stream.read(6))
+    return syntax
+
+
+def check_data_set_encoding(syntax: str, first: bytes) -> None:
+    """The data set's first bytes ``first`` must agree with ``syntax``: its first element has a
+    VR field exactly when the syntax is explicit VR (PS3.5 7.1.2, 7.1.3). Raise Refusal 0xC000
+    otherwise."""
+    if syntax != DeflatedExplicitVRLittleEndian and len(first) >= 6:
+        explicit = bytes(first[4:6]) in VRS
         if explicit != (syntax != ImplicitVRLittleEndian):
             says = "implicit" if syntax == ImplicitVRLittleEndian else "explicit"
             raise Refusal(CANNOT_UNDERSTAND, "(0002,0010) TransferSyntaxUID",
                           f"says {says} VR, the data set is not")
-    return syntax
 
 
 def check_elements(dataset: Dataset) -> None:
