@@ -1,18 +1,19 @@
 """Benchmark: jobs per minute on a Dask cluster of 1, 2, 4, ... workers, parallel efficiency,
-the time of one job alone and peak memory.
+the time of one job alone against the same job in this process, and peak memory.
 
 N copies of the synthetic liver study (``pipelines.synthetic``, one per seed) are processed as the
 node's Dask executor runs them (``node.executor.run_shipped_job``: the files travel as bytes, the
 job's feature tasks, one per lesion and image type, go to the same cluster as arrays, the outputs
 come back as bytes) on a ``distributed.LocalCluster`` of W single-threaded worker processes
-talking TCP, for each W given. Throughput is N jobs submitted at once; efficiency is
-throughput(W) / (W / W0 x throughput(W0)) against the smallest W0 measured. "One job" is a single
-job alone on the cluster: its lesions and image types are what spreads it over workers. Peak
-memory is the largest resident set of one worker process and the sum of every worker's (an upper
-bound of them together; ``getrusage`` ru_maxrss, covering the single job too), and of this
-process, which holds the N jobs' bytes as the node would. On one machine the workers share its
-CPUs: efficiency falls once W exceeds the free cores; across machines, start ``dask worker`` on
-each (docs/performance.md, "Scale-out on Dask").
+talking TCP, for each W given, after one untimed job. Throughput is N jobs submitted at once;
+efficiency is throughput(W) / (W / W0 x throughput(W0)) against the smallest W0 measured. "One
+job" is a single job alone on the cluster (its lesions and image types are what spreads it over
+workers), also as a ratio to the same job run by ``process_study`` in this process without Dask
+(the baseline, as the local executor runs it). Peak memory is the largest resident set of one
+worker process and the sum of every worker's (an upper bound of them together; ``getrusage``
+ru_maxrss), and of this process, which holds the N jobs' bytes as the node would. On one machine
+the workers share its CPUs: efficiency falls once W exceeds the free cores; across machines,
+start ``dask worker`` on each (docs/performance.md, "Scale-out on Dask").
 
     python bench/scale.py                         # 8 jobs of 60 x 512 x 512 on 1, 2, 4 workers
     python bench/scale.py --small                 # smoke run: 2 jobs of 8 x 48 x 48, 1 and 2
@@ -34,6 +35,7 @@ import distributed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.executor import run_shipped_job
+from pipelines.process import process_study
 from pipelines.synthetic import write_synthetic_study
 
 Case = tuple[list[bytes], bytes]  # the CT slices' bytes and the SEG's, as the node ships them
@@ -62,9 +64,27 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def in_process(case: Case, preset: str) -> float:
+    """Seconds of ``process_study`` on one case in this process, no Dask (the local executor's
+    work; after a first untimed run that loads everything)."""
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        paths = []
+        for number, data in enumerate(case[0]):
+            paths.append(Path(tmp) / f"{number:05d}.dcm")
+            paths[-1].write_bytes(data)
+        seg = Path(tmp) / "seg.dcm"
+        seg.write_bytes(case[1])
+        process_study(paths, seg, preset, Path(tmp) / "warm")
+        start = time.perf_counter()
+        process_study(paths, seg, preset, Path(tmp) / "out")
+        return time.perf_counter() - start
+
+
 def measure(client: distributed.Client, cases: list[Case], preset: str) -> dict[str, float]:
-    """One job alone, then all cases at once, and the workers' peak memory."""
+    """One job alone (after an untimed one), then all cases at once, and the workers' peak
+    memory."""
     client.run(_load_pipeline)
+    run(client, cases[:1], preset)
     single = run(client, cases[:1], preset)
     together = run(client, cases, preset)
     peaks = list(client.run(_peak_mib).values())
@@ -92,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             cases.append(([p.read_bytes() for p in study.ct_paths], study.seg_path.read_bytes()))
     print(f"{args.jobs} jobs, {shape[0]} x {shape[1]} x {shape[2]} CT, two lesions each, "
           f"preset {args.preset}")
+    baseline = in_process(cases[0], args.preset)
+    print(f"one job in this process, no Dask: {baseline:.1f} s")
     rows = []
     if args.scheduler:
         with distributed.Client(args.scheduler) as client:
@@ -109,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         efficiency = (base["together"] * base["workers"]) / (row["together"] * row["workers"])
         print(f"{row['workers']:3.0f} worker(s): {args.jobs} jobs {row['together']:7.1f} s  "
               f"{rate:6.2f} jobs/min  efficiency {efficiency:4.2f}  "
-              f"one job {row['single']:6.1f} s  peak RSS one worker "
+              f"one job {row['single']:6.1f} s ({row['single'] / baseline:4.2f}x)  "
+              f"peak RSS one worker "
               f"{row['peak_worker']:6.0f} MiB, all workers {row['peak_workers']:6.0f} MiB")
     print(f"peak RSS of the submitting process {_peak_mib():.0f} MiB")
     return 0
