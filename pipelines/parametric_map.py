@@ -41,7 +41,7 @@ from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from pipelines.codes import coding_schemes, feature_concept, ucum_unit
 from pipelines.presets import IMAGE_INTERPOLATORS, Preset
-from pipelines.segmentation import Segment
+from pipelines.segmentation import Segment, voxel_box
 from pipelines.series import SeriesVolume
 from pipelines.software import MANUFACTURER, software_version
 from pipelines.uids import result_uid
@@ -68,13 +68,13 @@ class LesionMaps:
     computed_voxels: int
 
 
-def _bounding_box(mask: sitk.Image, where: str) -> tuple[np.ndarray, np.ndarray]:
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(sitk.Cast(mask > 0, sitk.sitkUInt8))
-    if not stats.HasLabel(1):
+def _bounding_box(lesion: Segment, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) source indices of the box of the lesion's voxels, upper exclusive."""
+    box = voxel_box(lesion.region)
+    if box is None:
         raise MapError(f"{where}: the mask has no voxel")
-    box = stats.GetBoundingBox(1)
-    return np.array(box[:3]), np.array(box[:3]) + np.array(box[3:])
+    lower = np.array(box[0]) + np.array(lesion.index)
+    return lower, lower + np.array(box[1])
 
 
 def _clipped(lower: np.ndarray, upper: np.ndarray, grow: np.ndarray,
@@ -120,7 +120,7 @@ def compute_lesion_maps(image: sitk.Image, lesion: Segment, preset: Preset) -> L
     spacing = np.array(image.GetSpacing())
     size = image.GetSize()
     settings = preset.settings
-    lower, upper = _bounding_box(lesion.mask, where)
+    lower, upper = _bounding_box(lesion, where)
     lower, upper = _clipped(lower, upper, np.ceil(options.margin_mm / spacing - 1e-9).astype(int),
                             size)
     target = settings.get("resampledPixelSpacing")

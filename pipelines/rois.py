@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pipelines.presets import LiverSegmentRule, RoiVariant
-from pipelines.segmentation import Segment
+from pipelines.segmentation import Segment, voxel_box
 
 
 class RoiError(ValueError):
@@ -60,17 +60,6 @@ def is_liver(segment: Segment, rule: LiverSegmentRule) -> bool:
     ):
         return True
     return rule.label_regex is not None and re.search(rule.label_regex, segment.label) is not None
-
-
-def _bounding_box(mask: sitk.Image) -> tuple[list[int], list[int]] | None:
-    """(lower index, size) of the mask's nonzero voxels, or None when it has none."""
-    stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.Execute(sitk.Cast(mask > 0, sitk.sitkUInt8))
-    if not stats.HasLabel(1):
-        return None
-    box = stats.GetBoundingBox(1)
-    dimension = mask.GetDimension()
-    return list(box[:dimension]), list(box[dimension:])
 
 
 def _crop(image: sitk.Image, index: Sequence[int], size: Sequence[int]) -> sitk.Image:
@@ -117,10 +106,11 @@ def build_variants(
     Raises:
         RoiError: the lesion's mask is empty, or a variant ends up with no voxel.
     """
-    found = _bounding_box(lesion.mask)
+    found = voxel_box(lesion.region)
     if found is None:
         raise RoiError(f"segment {lesion.number} ({lesion.label}): the mask has no voxel")
-    lower, size = found
+    lower = [lo + i for lo, i in zip(found[0], lesion.index, strict=True)]
+    size = found[1]
     spacing = np.array(image.GetSpacing())
     reach = max(
         (v.distance_mm or 0.0 for v in variants if v.kind in ("ring", "intra_ring")), default=0.0
@@ -131,9 +121,14 @@ def build_variants(
     upper = [min(n, lo + s + m) for lo, s, m, n in zip(lower, size, margin, full, strict=True)]
     crop_size = [u - i for u, i in zip(upper, index, strict=True)]
 
-    lesion_crop = sitk.Cast(_crop(lesion.mask, index, crop_size) > 0, sitk.sitkUInt8)
+    image_crop = _crop(image, index, crop_size)
+    lesion_crop = sitk.Image(crop_size, sitk.sitkUInt8)
+    lesion_crop.CopyInformation(image_crop)
+    lesion_crop[tuple(
+        slice(lo - i, lo - i + n) for lo, i, n in zip(lower, index, size, strict=True)
+    )] = _crop(lesion.region, found[0], size) > 0
     inside = sitk.GetArrayFromImage(lesion_crop).astype(bool)
-    values = sitk.GetArrayFromImage(_crop(image, index, crop_size))
+    values = sitk.GetArrayFromImage(image_crop)
     liver_voxels = None
     if liver is not None:
         liver_voxels = sitk.GetArrayFromImage(_crop(liver, index, crop_size)) > 0
@@ -176,7 +171,7 @@ def build_variants(
 
 def roi_from_mask(name: str, mask: sitk.Image) -> RoiMask | None:
     """A full-grid 0/1 mask as a RoiMask cropped to its bounding box; None when it is empty."""
-    box = _bounding_box(mask)
+    box = voxel_box(mask)
     if box is None:
         return None
     index, size = box

@@ -80,10 +80,11 @@ def _panel(axes, volume: SeriesVolume, lesion_rois: Sequence[tuple[RoiResult, Ro
            colours: dict[str, str]) -> None:
     """Key slice of one lesion with the contours of its ROIs."""
     segment = lesion_rois[0][0].segment
-    z = _key_slice(segment.mask)
+    x_low, y_low, z_low = segment.index
+    z = z_low + _key_slice(segment.region)
     image = sitk.GetArrayViewFromImage(volume.image)[z]
-    lesion = sitk.GetArrayViewFromImage(segment.mask)[z] > 0
-    rows, columns = np.nonzero(lesion)
+    rows, columns = np.nonzero(sitk.GetArrayViewFromImage(segment.region)[z - z_low] > 0)
+    rows, columns = rows + y_low, columns + x_low
     spacing_x, spacing_y = volume.image.GetSpacing()[:2]
     margin_x = int(np.ceil(PANEL_MARGIN_MM / spacing_x))
     margin_y = int(np.ceil(PANEL_MARGIN_MM / spacing_y))

@@ -34,7 +34,7 @@ def _segment(mask, label="Lesion 1", property_type=codes.SCT.Neoplasm):
     return Segment(
         number=1,
         label=label,
-        mask=mask,
+        region=mask,
         category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
         property_type=property_type,
         algorithm_type="MANUAL",
