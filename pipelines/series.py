@@ -268,16 +268,22 @@ def read_series(paths: Sequence[Path], irregular_grid: IrregularGrid = "refuse")
     if (not grid.uniform_spacing or grid.tilted) and irregular_grid == "refuse":
         _refuse_irregular(slices, grid, slice_spacing, min(pixel_spacing))
 
-    stack = np.stack([_decoded(item) for item in slices]).astype(np.float32, copy=False)
+    # Slice by slice into one float32 stack; an instance's Pixel Data (and pydicom's decoded
+    # array) is dropped once its last slice is in, so the encoded series, its decoded copy and the
+    # stack are never held together.
+    last_slice = {id(item.dataset): k for k, item in enumerate(slices)}
+    stack = np.empty((len(slices), int(first.dataset.Rows), int(first.dataset.Columns)),
+                     dtype=np.float32)
+    for k, item in enumerate(slices):
+        stack[k] = _decoded(item)
+        if last_slice[id(item.dataset)] == k:
+            del item.dataset.PixelData
     if not grid.uniform_spacing or grid.tilted:
         grid = replace(grid, resampled=True)
         stack = resample_stack(stack, grid, pixel_spacing, slice_spacing, order=1)
     instances: dict[str, _Slice] = {}
     for item in slices:
         instances.setdefault(str(item.dataset.SOPInstanceUID), item)
-    for item in instances.values():
-        if "PixelData" in item.dataset:
-            del item.dataset.PixelData
 
     image = sitk.GetImageFromArray(stack, isVector=False)
     image.SetOrigin(tuple(float(v) for v in slices[0].position))
