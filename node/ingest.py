@@ -134,7 +134,7 @@ class Ingest:
                host: str | None) -> Outcome:
         sop_uid = identity["SOPInstanceUID"]
         if self._index.has_instance(sop_uid):
-            log.info("duplicate instance ignored", extra=fields(
+            log.debug("duplicate instance ignored", extra=fields(
                 sop_instance_uid=sop_uid, source=source))
             return Outcome(SUCCESS)
         free = shutil.disk_usage(self._config.spool_dir).free
@@ -154,7 +154,7 @@ class Ingest:
         row = InstanceRow(sop_uid, identity["SOPClassUID"], identity["StudyInstanceUID"],
                           identity["SeriesInstanceUID"], str(target), len(data), source, host)
         self._index.add_instance(row, modality)
-        log.info("instance stored", extra=fields(
+        log.debug("instance stored", extra=fields(
             sop_instance_uid=sop_uid, series_uid=row.series_uid, modality=modality,
             source=source, host=host, bytes=row.size))
         return Outcome(SUCCESS)

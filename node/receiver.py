@@ -21,6 +21,9 @@ import logging
 import multiprocessing
 import socket
 import threading
+import time
+import weakref
+from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
@@ -138,6 +141,24 @@ class _SharedLimit:
             self._counter.value -= 1
 
 
+@dataclass
+class _Tally:
+    """What one association brought: instances stored (duplicates included) and refused, bytes
+    received, and since when (monotonic seconds)."""
+
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    refused: int = 0
+    bytes: int = 0
+
+    def count(self, status: int, size: int) -> None:
+        if status == SUCCESS:
+            self.stored += 1
+        else:
+            self.refused += 1
+        self.bytes += size
+
+
 class Receiver:
     """Stores what peers send; one instance serves all associations of the listener in this
     process, and starts the other receiver processes when ``listener.processes`` > 1."""
@@ -147,6 +168,9 @@ class Receiver:
         self._ingest = Ingest(config, index)
         self._policy = PeerPolicy(config, STORAGE_CLASSES)
         self._server: ThreadedAssociationServer | None = None
+        self._tallies: weakref.WeakKeyDictionary[Association, _Tally] = \
+            weakref.WeakKeyDictionary()
+        self._tallies_lock = threading.Lock()
         self._children: list[multiprocessing.process.BaseProcess] = []
         self._stop_children: Any = None
         processes = config.listener.processes
@@ -176,6 +200,8 @@ class Receiver:
 
     def handle_store(self, event: Event) -> Dataset | int:
         """C-STORE (PS3.4 B.2): durable spool file, index row, then success."""
+        with self._tallies_lock:
+            tally = self._tallies.setdefault(event.assoc, _Tally())
         request = event.request
         syntax = str(event.context.transfer_syntax)
         data = Part10(file_meta_header(request.AffectedSOPClassUID,
@@ -185,7 +211,22 @@ class Receiver:
             data, lambda: event.dataset, event.assoc.requestor.ae_title,
             request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
             host=event.assoc.requestor.address)
+        tally.count(outcome.status, len(data))
         return outcome.as_dataset() if outcome.status else SUCCESS
+
+    def on_conn_close(self, event: Event) -> None:
+        """``EVT_CONN_CLOSE``: one log line for an association that stored or was refused
+        instances (each instance is logged at DEBUG by ``node.ingest``)."""
+        with self._tallies_lock:
+            tally = self._tallies.pop(event.assoc, None)
+        if tally is None:
+            return
+        seconds = time.monotonic() - tally.started
+        log.info("association ended", extra=fields(
+            calling_ae=str(event.assoc.requestor.ae_title).strip(),
+            host=event.assoc.requestor.address, stored=tally.stored, refused=tally.refused,
+            bytes=tally.bytes, seconds=round(seconds, 3),
+            mb_per_s=round(tally.bytes / seconds / 1e6, 1) if seconds > 0 else None))
 
     def start(self) -> tuple[str, int]:
         """Listen in background threads; returns the bound (host, port). With
@@ -239,7 +280,7 @@ class Receiver:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         Path(self._config.spool_dir).mkdir(parents=True, exist_ok=True)
         handlers = [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_C_ECHO, self.handle_echo),
-                    (evt.EVT_C_STORE, self.handle_store)]
+                    (evt.EVT_C_STORE, self.handle_store), (evt.EVT_CONN_CLOSE, self.on_conn_close)]
         if self._limit is not None:
             handlers.append((evt.EVT_CONN_CLOSE, self._limit.release))
         server = (_SharedPortServer if reuse_port else _Server)(

@@ -48,7 +48,7 @@ def test_lua_forwards_stable_series_and_the_report_comes_back(tmp_path: Path) ->
                 time.sleep(0.2)  # Orthanc holds it; the node is asking it by C-FIND
             assert delivered[0]["verified_by"] == "c-find"
             time.sleep(4)  # StableAge 2 s: the SR series is stable in Orthanc by now
-            stored = [e for e in node.events() if e["event"] == "instance stored"]
+            stored = node.events_named("association ended")
             audit = subprocess.run(
                 [sys.executable, "-m", "node.cli", "audit", study.study_instance_uid,
                  "--config", str(node.config_path)],
@@ -57,7 +57,7 @@ def test_lua_forwards_stable_series_and_the_report_comes_back(tmp_path: Path) ->
             node.stop()
         assert len(reports) == 1
     # everything the node stored came from Orthanc: 12 CT slices and the SEG, the SR not again
-    assert len(stored) == 13
-    assert {(e["source"], e["host"]) for e in stored} == {("ORTHANC", "127.0.0.1")}
+    assert sum(e["stored"] for e in stored) == 13 and not any(e["refused"] for e in stored)
+    assert {(e["calling_ae"], e["host"]) for e in stored} == {("ORTHANC", "127.0.0.1")}
     assert "from ORTHANC@127.0.0.1" in audit
     assert "delivered  by node" in audit and "job done  by node" in audit

@@ -1,6 +1,8 @@
 """The storage SCP, driven by a real pynetdicom SCU over loopback."""
 
 import json
+import logging
+import time
 from pathlib import Path
 
 import pydicom
@@ -99,3 +101,28 @@ def test_lossless_compressed_and_big_endian_are_stored_as_sent(node, refdata: Pa
     assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
     reference = pydicom.dcmread(refdata / "pydicom" / "test_files" / "MR_small.dcm")
     assert (stored.pixel_array == reference.pixel_array).all()
+
+
+def test_one_log_line_per_association_with_its_tally(node, refdata: Path, caplog) -> None:
+    config, _ = node
+    ds = pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
+    caplog.set_level(logging.INFO)
+    assoc = _associate(config, CTImageStorage)
+    for number in range(3):
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.7.{number}"
+        assert assoc.send_c_store(ds).Status == 0
+    del ds.SeriesInstanceUID  # refused: (0020,000E) missing
+    assert assoc.send_c_store(ds).Status == 0xC000
+    assoc.release()
+    deadline = time.monotonic() + 10
+    while not (ended := [r for r in caplog.records if r.getMessage() == "association ended"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [record] = ended
+    tally = record.fields
+    assert (tally["calling_ae"], tally["host"]) == ("TESTSCU", "127.0.0.1")
+    assert (tally["stored"], tally["refused"]) == (3, 1)
+    assert tally["bytes"] > 4 * len(ds.PixelData) and tally["seconds"] > 0
+    # each instance is logged at DEBUG only: a 300-slice series is one line at INFO
+    assert not [r for r in caplog.records
+                if r.getMessage() == "instance stored" and r.levelno >= logging.INFO]
