@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig
 from node.index import Index
-from node.receiver import Receiver
+from node.receiver import TRACE_EVENTS, Receiver
 from tests.conftest import free_port
 
 
@@ -126,3 +126,17 @@ def test_one_log_line_per_association_with_its_tally(node, refdata: Path, caplog
     # each instance is logged at DEBUG only: a 300-slice series is one line at INFO
     assert not [r for r in caplog.records
                 if r.getMessage() == "instance stored" and r.levelno >= logging.INFO]
+
+
+def test_pynetdicom_trace_handlers_are_not_bound(tmp_path: Path) -> None:
+    config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()})
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    try:
+        assert receiver._server is not None
+        assert all(receiver._server.get_handlers(event) == [] for event in TRACE_EVENTS)
+        assert receiver._server.get_handlers(evt.EVT_C_STORE)  # the node's own stay
+    finally:
+        receiver.stop()
+        index.close()
