@@ -379,7 +379,7 @@ def _lesion_tasks(job: LesionJob, preset: Preset, units: Sequence[ImageTypeUnit]
     tasks = []
     for number, unit in enumerate(units or [None]):
         data = tuple(
-            WindowData(image, masks, None if filtered is None else tuple(
+            WindowData(image, masks, None if filtered is None or unit is None else tuple(
                 (ArrayImage.of(item), name, kwargs) for item, name, kwargs in filtered[number]))
             for image, masks, filtered in windows
         )
