@@ -99,6 +99,9 @@ class _RequestHandler(RequestHandler):
         assert isinstance(assoc, EventAssociation)
         assoc.adopt()
         assoc.dimse.__class__ = StoreResponseDIMSE  # C-STORE responses encoded directly
+        for event in TRACE_EVENTS:  # pynetdicom's own trace logging, bound by default
+            for handler, _ in assoc.get_handlers(event):
+                assoc.unbind(event, handler)
         return assoc
 
 
@@ -296,9 +299,6 @@ class Receiver:
             ae, (listener.host, listener.port), listener.ae_title, ae.supported_contexts,
             ssl_context=server_context(self._config.tls) if self._config.tls.listener else None,
             evt_handlers=handlers, request_handler=_RequestHandler)
-        for event in TRACE_EVENTS:  # pynetdicom's own trace logging, bound by default
-            for handler, _ in server.get_handlers(event):
-                server.unbind(event, handler)
         threading.Thread(target=server.serve_forever, name="receiver", daemon=True).start()
         ae._servers.append(server)
         self._server = server

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -128,15 +129,13 @@ def test_one_log_line_per_association_with_its_tally(node, refdata: Path, caplog
                 if r.getMessage() == "instance stored" and r.levelno >= logging.INFO]
 
 
-def test_pynetdicom_trace_handlers_are_not_bound(tmp_path: Path) -> None:
-    config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()})
-    index = Index(config.index_path)
-    receiver = Receiver(config, index)
-    receiver.start()
+def test_pynetdicom_trace_handlers_are_not_bound(node) -> None:
+    config, _ = node
+    assoc = _associate(config, Verification)
     try:
-        assert receiver._server is not None
-        assert all(receiver._server.get_handlers(event) == [] for event in TRACE_EVENTS)
-        assert receiver._server.get_handlers(evt.EVT_C_STORE)  # the node's own stay
+        [ours] = [a for a in threading.enumerate() if "AcceptorThread" in a.name
+                  and a._server.server_address[1] == config.listener.port]
+        assert all(ours.get_handlers(event) == [] for event in TRACE_EVENTS)
+        assert ours.get_handlers(evt.EVT_C_STORE)  # the node's own stay
     finally:
-        receiver.stop()
-        index.close()
+        assoc.release()
