@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,7 +51,9 @@ def _until(condition: Callable[[], bool], timeout: float = 180.0) -> None:
         time.sleep(0.05)
 
 
-def _run_job(tmp_path: Path, study: SyntheticStudy, executor: dict) -> tuple[Index, int]:
+def _queued_job(tmp_path: Path, study: SyntheticStudy, executor: dict
+                ) -> tuple[NodeConfig, Index, int]:
+    """A node's config and index with the study's instances and one queued ct-liver-basic job."""
     config = NodeConfig(state_dir=tmp_path, executor=executor, destinations=[
         Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=4242)])
     index = Index(config.index_path)
@@ -61,12 +64,22 @@ def _run_job(tmp_path: Path, study: SyntheticStudy, executor: dict) -> tuple[Ind
                            ds.Modality)
     seg_uid = pydicom.dcmread(study.seg_path, stop_before_pixels=True).SOPInstanceUID
     job_id = index.add_job(study.ct_series_uid, seg_uid, "rule", "ct-liver-basic", "digest")
+    return config, index, job_id
+
+
+def _run_once(config: NodeConfig, index: Index, job_id: int) -> None:
+    """Start the queued job and wait until it is no longer running."""
     runner = JobRunner(config, index)
     try:
         runner.tick()
-        _until(lambda: index.job(job_id).state in ("done", "failed"))
+        _until(lambda: index.job(job_id).state != "running")
     finally:
         runner.stop()
+
+
+def _run_job(tmp_path: Path, study: SyntheticStudy, executor: dict) -> tuple[Index, int]:
+    config, index, job_id = _queued_job(tmp_path, study, executor)
+    _run_once(config, index, job_id)
     assert index.job(job_id).state == "done", index.job(job_id).reason
     return index, job_id
 
@@ -147,3 +160,24 @@ def test_worker_killed_running_a_feature_task_does_not_change_the_result(
         [o.sop_instance_uid for o in local.objects]
     assert result.lesions == local.lesions  # every value of Original, LoG 2 mm and 3 mm
     assert len(result.lesions[0].features) == 14 + 93 * 3
+
+
+def test_feature_task_whose_workers_all_died_queues_the_job_again(
+        tmp_path: Path, study: SyntheticStudy, cluster: distributed.LocalCluster) -> None:
+    """Dask's KilledWorker of a feature task reaches the node through the job task (or directly,
+    when the killed worker ran the job too): the node's 'worker died' path, queued again."""
+    config, index, job_id = _queued_job(tmp_path, study, {
+        "kind": "dask", "scheduler_address": cluster.scheduler_address})
+    killer = _KillFirstFeatureTaskWorker(cluster.scheduler)
+    cluster.scheduler.add_plugin(killer, name="kill-first-feature-task")
+    allowed, cluster.scheduler.allowed_failures = cluster.scheduler.allowed_failures, 0
+    try:
+        _run_once(config, index, job_id)
+    finally:
+        cluster.scheduler.allowed_failures = allowed
+        cluster.scheduler.remove_plugin(name="kill-first-feature-task")
+    job = index.job(job_id)
+    assert killer.killed is not None
+    assert (job.state, job.attempts) == ("queued", 1)
+    # KilledWorker of the feature task, or of the job task when both ran on the killed worker
+    assert re.match(r"worker process died: .*'(run_feature_task|run_shipped_job)-", job.reason)
