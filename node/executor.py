@@ -59,20 +59,31 @@ class Executor(Protocol):
         """Stop at once; running jobs are abandoned (the index queues them again at start)."""
 
 
+def _ready() -> None:
+    """A task that does nothing, submitted once per worker to a new pool: the pool starts its
+    processes at once, and unpickling this function there imports this module and with it the
+    pipeline (``pipelines.process``), so the first job waits for neither (seconds of process
+    start and imports, ``bench/e2e.py``'s worker hand-off)."""
+
+
 class LocalExecutor:
-    """``workers`` spawned processes on this machine, reading the spool files directly."""
+    """``workers`` spawned processes on this machine, reading the spool files directly; started
+    with the pool, not at the first job."""
 
     def __init__(self, config: NodeConfig):
         self._config = config
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
+        pool = ProcessPoolExecutor(
             max_workers=self._config.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=logs.configure,  # worker processes log JSON lines too
             initargs=(self._config.log_level, self._config.log_file),
         )
+        for _ in range(self._config.workers):
+            pool.submit(_ready)
+        return pool
 
     def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
                models: Sequence[tuple[str, str]] = ()) -> Future[PipelineResult]:
