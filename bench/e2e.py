@@ -9,9 +9,10 @@ in its DicomModalities). Both run on 127.0.0.1 on free ports with ``TCP_NODELAY=
 index records when each instance arrived, when each series became stable, when the job was
 queued, started and finished with the seconds of each pipeline stage, and when Orthanc answered
 the C-STORE of each result object (``node.index.Index.job_timeline``); this script reads them
-after the run and prints the consecutive spans from the last instance sent to the last result
-stored, which add up to the total (and, as the reference for the delivery, the time ``storescu``
-takes to store the same result objects in the same Orthanc):
+after the run and prints the consecutive spans from the last instance sent (its arrival at the
+node) to the last result stored (Orthanc's C-STORE success status), which add up to the total,
+and as the reference for the delivery the time ``storescu`` takes to store the same result
+objects in the same Orthanc:
 
     wait for stable   last instance sent -> both series stable (``stable_after`` + detection)
     routing           -> the job queued

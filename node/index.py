@@ -183,8 +183,9 @@ class RetrievalRow:
 
 @dataclass(frozen=True)
 class DeliveryTimes:
-    """When the destination answered the send of one result object with a success status
-    (``sent_at``) and when the node found it there (``delivered_at``); epoch seconds or None."""
+    """When the send that carried one result object ended with a success status for it
+    (``sent_at``: once that association was released, or that HTTP upload answered) and when
+    the node found it at the destination (``delivered_at``); epoch seconds or None."""
 
     destination: str
     sop_instance_uid: str
