@@ -47,6 +47,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 from pydicom.tag import Tag
@@ -90,6 +91,9 @@ DUPLICATE_POSITION_TOLERANCE_MM = 1e-3
 # A slice may lie off its place on the regular grid by this fraction of the slice spacing, along the
 # normal; and off the stack's axis by this fraction of the smallest pixel spacing, within the plane.
 GRID_TOLERANCE_FRACTION = 0.1
+
+# Values longer than this (Pixel Data) are read from the file when first used (pydicom defer_size).
+DEFER_BYTES = 64 * 1024
 
 IrregularGrid = Literal["refuse", "resample"]
 
@@ -356,9 +360,17 @@ def _acquisition_key(dataset: pydicom.Dataset) -> str:
     return ""
 
 
+def _empty(dataset: pydicom.Dataset, keyword: str) -> bool:
+    """Whether the attribute is missing or has no value, without reading a deferred value."""
+    element = dataset.get_item(keyword, keep_deferred=True)
+    if isinstance(element, RawDataElement) and element.value is None:  # deferred, not read yet
+        return element.length == 0
+    return dataset.get(keyword) in (None, "")
+
+
 def _require(path: Path, dataset: pydicom.Dataset, keywords: Sequence[str]) -> None:
     for keyword in keywords:
-        if dataset.get(keyword) in (None, ""):
+        if _empty(dataset, keyword):
             raise SeriesError(
                 f"{path}: {tag_name(keyword)} is missing or empty; it is required by "
                 f"{_REQUIRED_BY[keyword]}"
@@ -375,7 +387,9 @@ def _vector(path: str, keyword: str, value: object, size: int) -> np.ndarray:
 def _read_instance(path: Path) -> list[_Slice]:
     """The slices of one file: one for a single-frame image, one per frame for a multi-frame."""
     try:
-        dataset = pydicom.dcmread(path)
+        # Pixel Data stays on disk until the slice is decoded (read_series): the whole encoded
+        # series is never in memory at once.
+        dataset = pydicom.dcmread(path, defer_size=DEFER_BYTES)
     except (InvalidDicomError, OSError) as error:
         raise SeriesError(f"{path}: not a readable DICOM file ({error})") from error
     samples = int(dataset.get("SamplesPerPixel", 1))
