@@ -106,25 +106,45 @@ def _code_item(concept: hd.sr.CodedConcept) -> Dataset:
     return item
 
 
-def num_item(key: str, value: float, modality: str) -> Dataset:
+CodeItems = dict[tuple[str, str, str, str | None], Dataset]
+
+
+def _shared_code_item(concept: hd.sr.CodedConcept, shared: CodeItems | None) -> Dataset:
+    """``_code_item(concept)``, the same Dataset object for equal concepts when ``shared`` (a
+    cache for one report) is given."""
+    if shared is None:
+        return _code_item(concept)
+    key = (concept.value, concept.scheme_designator, concept.meaning, concept.scheme_version)
+    if key not in shared:
+        shared[key] = _code_item(concept)
+    return shared[key]
+
+
+def num_item(key: str, value: float, modality: str, shared: CodeItems | None = None) -> Dataset:
     """The NUM content item of ``_measurement`` (PS3.3 C.17.3.2.1, C.18.1), built with plain
     pydicom: Concept Name, Measured Value Sequence with the UCUM unit, Numeric Value (DS) and
     Floating Point Value (FD, the exact double), and the image filter as Measurement Method
-    (HAS CONCEPT MOD, SCT 370129005)."""
+    (HAS CONCEPT MOD, SCT 370129005).
+
+    With ``shared``, the Code Sequence items (concept name, unit, method, filter) are one object
+    per concept across every NUM built with it: they repeat in every ROI, and separate objects
+    for the 46k NUMs of ten lesions with ct-liver-crlm took 530 MB instead of 280 MB. The item
+    encodes the same bytes either way; a shared item must not be changed."""
     concept = feature_concept(key, modality)
     measured = Dataset()
-    measured.MeasurementUnitsCodeSequence = [_code_item(concept.unit)]
+    measured.MeasurementUnitsCodeSequence = [_shared_code_item(concept.unit, shared)]
     measured.FloatingPointValue = float(value)
     measured.NumericValue = DS(value, auto_format=True)
     method = Dataset()
     method.RelationshipType = "HAS CONCEPT MOD"
     method.ValueType = "CODE"
-    method.ConceptNameCodeSequence = [_code_item(_MEASUREMENT_METHOD)]
-    method.ConceptCodeSequence = [_code_item(image_filter_concept(concept.image_filter))]
+    method.ConceptNameCodeSequence = [_shared_code_item(_MEASUREMENT_METHOD, shared)]
+    method.ConceptCodeSequence = [
+        _shared_code_item(image_filter_concept(concept.image_filter), shared)]
     item = Dataset()
     item.RelationshipType = "CONTAINS"
     item.ValueType = "NUM"
-    item.ConceptNameCodeSequence = [_code_item(concept.name)]
+    item.ConceptNameCodeSequence = [_shared_code_item(concept.name, shared)]
     item.MeasuredValueSequence = [measured]
     item.ContentSequence = [method]
     return item
@@ -138,10 +158,11 @@ def _complete_groups(sr: hd.sr.Comprehensive3DSR, rois: Sequence[RoiResult], mod
                       if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
     groups = [item for item in measurements.ContentSequence
               if item.ConceptNameCodeSequence[0].CodeValue == "125007"]
+    shared: CodeItems = {}
     for group, roi, extra in zip(groups, rois, appended, strict=True):
         items = list(group.ContentSequence)
         first = next(i for i, item in enumerate(items) if item.ValueType == "NUM")
-        rest = [num_item(key, value, modality)
+        rest = [num_item(key, value, modality, shared)
                 for key, value in list(roi.features.values.items())[1:]]
         # a plain pydicom Sequence: highdicom's ContentSequence indexes items it built itself
         ordered = [*items[:first + 1], *rest, *items[first + 1:], *extra]

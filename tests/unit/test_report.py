@@ -269,3 +269,19 @@ def test_discretisation_and_resampling_are_algorithm_parameters(inputs: Inputs) 
     assert "binWidth 25" in parameters
     assert "resampledPixelSpacing [1, 1, 1]" in parameters
     assert "interpolator sitkBSpline" in parameters
+
+
+def test_num_items_of_one_report_share_their_code_items_and_encode_the_same() -> None:
+    shared: dict = {}
+    mean = num_item("original_firstorder_Mean", 1.5, "CT", shared)
+    again = num_item("wavelet-LLH_firstorder_Mean", -2.25, "CT", shared)
+    assert mean.ConceptNameCodeSequence[0] is again.ConceptNameCodeSequence[0]
+    assert (mean.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
+            is again.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0])
+    assert (mean.ContentSequence[0].ConceptNameCodeSequence[0]
+            is again.ContentSequence[0].ConceptNameCodeSequence[0])
+    assert (mean.ContentSequence[0].ConceptCodeSequence[0]
+            is not again.ContentSequence[0].ConceptCodeSequence[0])  # another image filter
+    assert mean.to_json_dict() == num_item("original_firstorder_Mean", 1.5, "CT").to_json_dict()
+    assert again.to_json_dict() == num_item("wavelet-LLH_firstorder_Mean", -2.25,
+                                            "CT").to_json_dict()
