@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
+import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -59,6 +62,22 @@ class Executor(Protocol):
         """Stop at once; running jobs are abandoned (the index queues them again at start)."""
 
 
+def _end_with_parent() -> None:
+    """Wait until the node's process has ended, then end this worker: after SIGKILL or the OOM
+    killer nobody shuts the pool down, and its idle workers would wait for tasks forever,
+    holding their memory (``multiprocessing.parent_process().sentinel`` is ready then)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+
+def _start_worker(log_level: str, log_file: Path | None) -> None:
+    """Pool initializer: worker processes log JSON lines too, and end when the node ends."""
+    logs.configure(log_level, log_file)
+    threading.Thread(target=_end_with_parent, name="end-with-node", daemon=True).start()
+
+
 def _ready() -> None:
     """A task that does nothing, submitted once per worker to a new pool: the pool starts its
     processes at once, and unpickling this function there imports this module and with it the
@@ -78,7 +97,7 @@ class LocalExecutor:
         pool = ProcessPoolExecutor(
             max_workers=self._config.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=logs.configure,  # worker processes log JSON lines too
+            initializer=_start_worker,
             initargs=(self._config.log_level, self._config.log_file),
         )
         for _ in range(self._config.workers):

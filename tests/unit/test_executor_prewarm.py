@@ -1,11 +1,33 @@
 """The local pool starts its worker processes when it is made (and so imports the pipeline there
-before any job), instead of at the first job, which otherwise waits for both."""
+before any job), instead of at the first job, which otherwise waits for both; its workers end
+when the node's process is killed, instead of waiting for tasks forever."""
 
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import psutil
 
 from node.config import NodeConfig
 from node.executor import LocalExecutor
+from tests.conftest import REPO
+
+NODE = """
+import multiprocessing, sys, time
+from pathlib import Path
+from node.config import NodeConfig
+from node.executor import LocalExecutor
+executor = LocalExecutor(NodeConfig(state_dir=Path(sys.argv[1])))
+# a job that fails at once (no such preset): the worker is up, idle, waiting for the next task
+executor.submit([], "seg.dcm", "no-such-preset", Path(sys.argv[1])).exception()
+print(*[c.pid for c in multiprocessing.active_children() if c.name.startswith("SpawnProcess")],
+      flush=True)
+time.sleep(600)
+"""
 
 
 def _pool_workers(before: set[int]) -> list[multiprocessing.Process]:
@@ -23,3 +45,27 @@ def test_local_pool_starts_its_workers_before_the_first_job(tmp_path: Path) -> N
         assert len(_pool_workers(before | {child.pid for child in first})) == 2
     finally:
         executor.shutdown()
+
+
+def _ended(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_workers_end_when_the_node_is_killed(tmp_path: Path) -> None:
+    node = subprocess.Popen([sys.executable, "-c", NODE, str(tmp_path)], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        workers = [psutil.Process(int(pid)) for pid in node.stdout.readline().split()]
+        assert len(workers) == 1
+        os.kill(node.pid, signal.SIGKILL)
+        node.wait()
+        deadline = time.monotonic() + 120
+        while not all(_ended(worker) for worker in workers):
+            assert time.monotonic() < deadline, "pool workers outlived the killed node"
+            time.sleep(0.1)
+    finally:
+        if node.poll() is None:
+            node.kill()
