@@ -4,11 +4,11 @@ or by Orthanc's REST ``POST /instances``, each confirmed at the destination befo
 Per destination and tick: the due deliveries, in outbox order (a destination never receives a
 later result before an earlier one that is still pending), are first looked up at the destination
 (an object already there, e.g. sent just before the node was killed, is not sent twice), then
-sent (the time of the success status is kept: ``sent_at``), then looked up again
-(``node.verify``). A delivery is marked delivered only once found
-there, or on a success status alone for a destination with ``verify: false``. A failed or
-unverified attempt is retried with back-off doubling from ``backoff_initial`` to ``backoff_max``;
-after ``max_attempts`` it is dead-lettered, and ``radiomics-node outbox retry`` sends it again.
+sent (when the destination answered with a success status is kept: ``sent_at``), then looked up
+again (``node.verify``). A delivery is marked delivered only once found there, or on a success
+status alone for a destination with ``verify: false``. A failed or unverified attempt is retried
+with back-off doubling from ``backoff_initial`` to ``backoff_max``; after ``max_attempts`` it is
+dead-lettered, and ``radiomics-node outbox retry`` sends it again.
 """
 
 from __future__ import annotations
