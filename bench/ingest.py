@@ -8,8 +8,9 @@ Every process runs with ``TCP_NODELAY=1`` (DCMTK and Orthanc read it from the en
 
 Printed: MB/s of each target for one association, and for ``--parallel`` associations at once
 (the series split among that many ``storescu`` processes; storescp then runs with ``--fork``),
-the node's ratio to each reference, and the peak resident memory of each receiver's process
-tree (sampled every 50 ms with psutil).
+the node's ratio to each reference, the CPU time each receiver spent per instance (its process
+tree, user + system: less sensitive to a busy machine than the rate) and the peak resident memory
+of each receiver's process tree (sampled every 50 ms with psutil).
 
     python bench/ingest.py                       # 300 slices, 3 rounds, 1 and 4 associations
     python bench/ingest.py --small               # CI smoke run: 20 slices, one round
@@ -31,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -68,35 +70,75 @@ def write_series(template: pydicom.Dataset, out_dir: Path, slices: int, seed: in
 
 
 class PeakMemory:
-    """Peak resident memory (bytes) of a process and all its descendants, sampled in a thread."""
+    """Peak resident memory (bytes) of a process and all its descendants, sampled in a thread;
+    also the CPU time (user + system, seconds) they used while it ran, from the first and last
+    sample of each process (a process started in between counts from zero; one that ended
+    counts to its last sample, at most one interval short)."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         self._root = psutil.Process(pid)
         self._interval = interval
         self.peak = 0
+        self._cpu: dict[int, tuple[float, float]] = {}  # descendant pid -> first, last CPU s
+        self._root_start = self._root_cpu(self._root.cpu_times())
+        self._root_used = 0.0
+        self._alive_at_exit: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the root and its descendants between enter and exit: the root's own,
+        those of children it reaped meanwhile (storescp --fork's per-association processes), and
+        those of descendants still alive at exit, from their first sample."""
+        return self._root_used + sum(last - first for pid, (first, last) in self._cpu.items()
+                                     if pid in self._alive_at_exit)
+
+    def _root_cpu(self, times: Any) -> tuple[float, float]:
+        return times.user + times.system, times.children_user + times.children_system
+
+    def _sample(self, first: bool = False) -> int:
         total = 0
-        for process in [self._root, *self._root.children(recursive=True)]:
+        for process in self._root.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 total += process.memory_info().rss
-        return total
+                times = process.cpu_times()
+                used = times.user + times.system
+                start = self._cpu[process.pid][0] if process.pid in self._cpu else \
+                    (used if first else 0.0)
+                self._cpu[process.pid] = (start, used)
+        return total + self._root.memory_info().rss
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self._interval):
             with contextlib.suppress(psutil.Error):
                 self.peak = max(self.peak, self._sample())
-            self._stop.wait(self._interval)
 
     def __enter__(self) -> PeakMemory:
+        with contextlib.suppress(psutil.Error):
+            self.peak = self._sample(first=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        with contextlib.suppress(psutil.Error):
+            self.peak = max(self.peak, self._sample())
+            self._alive_at_exit = {p.pid for p in self._root.children(recursive=True)}
+            own, reaped = self._root_cpu(self._root.cpu_times())
+            self._root_used = own - self._root_start[0] + reaped - self._root_start[1]
+
+
+def settle(pid: int, quiet_s: float = 0.05, within: float = 60.0) -> None:
+    """Wait until process ``pid`` and its descendants use less than ``quiet_s`` CPU seconds in a
+    second (e.g. the node's job worker done importing the pipeline), at most ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with PeakMemory(pid) as meter:
+            time.sleep(1.0)
+        if meter.cpu_seconds < quiet_s:
+            return
 
 
 @dataclass
@@ -108,12 +150,14 @@ class Target:
     port: int
     pid: int
     rates: dict[int, list[float]] = field(default_factory=dict)
+    cpu_ms: dict[int, list[float]] = field(default_factory=dict)  # CPU ms per instance
     peak: int = 0
     stored: Path | None = None  # where the node spools: every instance sent must be there
 
 
 def send(target: Target, files: list[Path], associations: int) -> float:
-    """Send ``files`` to ``target`` over ``associations`` storescu processes; MB/s."""
+    """Send ``files`` to ``target`` over ``associations`` storescu processes; MB/s. The
+    receiver's CPU milliseconds per instance go to ``target.cpu_ms``."""
     size = sum(p.stat().st_size for p in files)
     chunks = [files[i::associations] for i in range(associations)]
     with tempfile.TemporaryDirectory() as logs, PeakMemory(target.pid) as memory:
@@ -128,6 +172,7 @@ def send(target: Target, files: list[Path], associations: int) -> float:
         elapsed = time.perf_counter() - start
     if any(codes):
         raise RuntimeError(f"storescu to {target.name} exited with {codes}")
+    target.cpu_ms.setdefault(associations, []).append(memory.cpu_seconds * 1e3 / len(files))
     target.peak = max(target.peak, memory.peak)
     return size / elapsed / 1e6
 
@@ -160,6 +205,7 @@ def node(workdir: Path, receivers: int) -> Iterator[Target]:
     service.start()
     try:
         assert service._process is not None
+        settle(service._process.pid)  # its job worker starts with it and imports the pipeline
         yield Target(f"node ({receivers} receiver{'s' if receivers > 1 else ''})",
                      service.ae_title, service.port, service._process.pid,
                      stored=service.state_dir / "spool")
@@ -221,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         medians = {t.name: statistics.median(t.rates[associations]) for t in targets}
         for target in targets:
             rates = " ".join(f"{r:6.1f}" for r in target.rates[associations])
+            cpu = statistics.median(target.cpu_ms[associations])
             print(f"  {target.name:22s} median {medians[target.name]:7.1f} MB/s  (rounds: "
-                  f"{rates})  peak RSS {target.peak / 2**20:6.0f} MiB")
+                  f"{rates})  CPU {cpu:5.2f} ms/instance  peak RSS {target.peak / 2**20:6.0f} MiB")
         [ours] = [name for name in medians if name.startswith("node")]
         for name, rate in medians.items():
             if name != ours:
