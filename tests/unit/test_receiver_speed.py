@@ -1,11 +1,13 @@
-"""What the receiver does for speed: TCP_NODELAY on both ends of every association, several
-receiver processes on one port, and 50 concurrent associations all stored."""
+"""What the node does for speed: TCP_NODELAY on both ends of every association and on the Orthanc
+REST client's connections, several receiver processes on one port, and 50 concurrent
+associations all stored."""
 
 from __future__ import annotations
 
 import copy
 import socket
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pydicom
@@ -15,6 +17,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig, RemotePeer
 from node.index import Index
+from node.orthanc import OrthancClient
 from node.receiver import Receiver
 from node.store_scu import associate
 from tests.conftest import free_port
@@ -159,3 +162,28 @@ def test_node_wide_limit_counts_every_receiver_process(tmp_path: Path, ct: pydic
     finally:
         receiver.stop()
         index.close()
+
+
+def test_orthanc_rest_client_sockets_have_nodelay() -> None:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"Version": "test"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with OrthancClient(f"http://127.0.0.1:{server.server_address[1]}") as client:
+            assert client.system() == {"Version": "test"}
+            with client._http.stream("GET", "/system") as response:  # socket still open
+                sock = response.extensions["network_stream"].get_extra_info("socket")
+                assert _nodelay(sock) != 0
+    finally:
+        server.shutdown()
