@@ -8,13 +8,14 @@ the node and need only this package installed: the node reads the job's input fi
 their bytes, the worker writes them to a temporary folder, runs the same ``process_study`` and
 returns the result with the bytes of every file it wrote, which the node writes into the job's
 results folder. Inside that job task, feature extraction is split into one task per lesion and
-image type (``pipelines.features.FeatureTask``: the lesion's windows as NumPy arrays), which the
-job submits to the same cluster (:func:`on_cluster`), so one study's lesions and filters spread
-over every worker while reading, QC and encoding stay with the job. Dask re-runs a task whose
-worker died (up to the scheduler's ``distributed.scheduler.allowed-failures``), so a job survives
-the loss of a worker, whether it ran the job or one of its lesion tasks. Both paths call the same
-function on the same bytes, and the tasks compute what the serial path computes, so a job's
-result (feature values, result UIDs) is the same whichever executor ran it.
+image type (``pipelines.features.FeatureTask``: the lesion's windows as NumPy arrays), and the
+parametric maps into one task per lesion and feature class (``pipelines.parametric_map.MapTask``),
+which the job submits to the same cluster (:func:`on_cluster`), so one study's lesions, filters
+and maps spread over every worker while reading, QC and encoding stay with the job. Dask re-runs
+a task whose worker died (up to the scheduler's ``distributed.scheduler.allowed-failures``), so a
+job survives the loss of a worker, whether it ran the job or one of its lesion tasks. Both paths
+call the same function on the same bytes, and the tasks compute what the serial path computes,
+so a job's result (feature values, maps, result UIDs) is the same whichever executor ran it.
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from models.package import package_files
 from node import logs
 from node.config import NodeConfig
-from pipelines.features import FeatureTask, TaskResult
 from pipelines.presets import Preset
 from pipelines.process import PipelineResult, process_study
+
+_Task = TypeVar("_Task")
+_Result = TypeVar("_Result")
 
 
 class JobFuture(Protocol):
@@ -145,14 +148,13 @@ def _rebase(value: Any, old: Path, new: Path) -> Any:
     return value
 
 
-def on_cluster(fn: Callable[[FeatureTask], TaskResult], tasks: Iterable[FeatureTask]
-               ) -> list[TaskResult]:
-    """``extract_lesions``' map function inside a Dask task: every feature task becomes a task of
-    the cluster this worker belongs to, the results come back in order. ``worker_client`` takes
-    the waiting job task out of the worker's thread pool (no deadlock when all threads run
-    jobs); priority 1 runs the lesion tasks of jobs already started before new jobs. The tasks'
-    arguments (arrays) are kept by the scheduler, so a lesion task whose worker died runs again
-    on another one."""
+def on_cluster(fn: Callable[[_Task], _Result], tasks: Iterable[_Task]) -> list[_Result]:
+    """The map function of ``extract_lesions`` and ``compute_maps`` inside a Dask task: every
+    feature or map task becomes a task of the cluster this worker belongs to, the results come
+    back in order. ``worker_client`` takes the waiting job task out of the worker's thread pool
+    (no deadlock when all threads run jobs); priority 1 runs the lesion tasks of jobs already
+    started before new jobs. The tasks' arguments (arrays) are kept by the scheduler, so a lesion
+    task whose worker died runs again on another one."""
     from distributed import worker_client
 
     with worker_client() as client:

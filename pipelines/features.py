@@ -42,7 +42,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import radiomics
@@ -184,10 +184,17 @@ class FeatureTask:
 
 
 TaskResult = dict[str, dict[str, Any]]  # ROI variant name -> pyradiomics keys and values
-TaskMap = Callable[[Callable[[FeatureTask], TaskResult], Iterable[FeatureTask]],
-                   Iterable[TaskResult]]
-"""Runs a function on every task and returns the results in task order, like the builtin
-``map``: ``extract_lesions`` takes one to run its tasks elsewhere (e.g. on a Dask cluster)."""
+_Task = TypeVar("_Task")
+_Result = TypeVar("_Result")
+
+
+class TaskMap(Protocol):
+    """Runs a function on every task and returns the results in task order, like the builtin
+    ``map``: ``extract_lesions`` (and ``pipelines.parametric_map.compute_maps``) take one to run
+    their tasks elsewhere (e.g. on a Dask cluster)."""
+
+    def __call__(self, fn: Callable[[_Task], _Result], tasks: Iterable[_Task], /
+                 ) -> Iterable[_Result]: ...
 
 
 @dataclass(frozen=True)
