@@ -14,6 +14,12 @@ preset's ``maps.kernel_radius`` and ``maps.masked_kernel``; van Griethuysen et a
   linearly onto the source grid (IBSI 1, section 2.4: interpolation of intensities is linear or
   cubic); without resampling the map is on the source lattice and is copied.
 
+The work is split into one task per lesion and pyradiomics feature class (:class:`MapTask`:
+the crop as a NumPy array and the grids as numbers, no SimpleITK object and no path), which run
+in this process, in spawned processes, or through a caller's map function (the node passes one
+that runs them on its Dask cluster), as the feature tasks of ``pipelines.features`` do; each
+returns float32 arrays, and the lesion's maps are put together from them in preset order.
+
 Grey levels are discretised over the voxels the kernels see (pyradiomics: over the whole cropped
 image unless ``masked_kernel``), so a map value is not the feature of the same kernel discretised
 over the lesion alone.
@@ -29,17 +35,23 @@ Image Sequence point to the source images.
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import multiprocessing
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
+import radiomics
 import SimpleITK as sitk
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from pipelines.codes import coding_schemes, feature_concept, ucum_unit
+from pipelines.features import ArrayImage, TaskMap
+from pipelines.preprocess import Grid
 from pipelines.presets import IMAGE_INTERPOLATORS, Preset
 from pipelines.segmentation import Segment, voxel_box
 from pipelines.series import SeriesVolume
@@ -104,13 +116,42 @@ def _extractor(preset: Preset, features: Sequence[str]) -> RadiomicsFeatureExtra
         })
 
 
-def compute_lesion_maps(image: sitk.Image, lesion: Segment, preset: Preset) -> LesionMaps:
-    """The preset's feature maps around ``lesion`` (a segment on ``image``'s grid), see the module
-    docstring.
+@dataclass(frozen=True)
+class MapTask:
+    """The unit of work of :func:`compute_maps`: the maps of one lesion for one pyradiomics
+    feature class (``features``, ``<class>_<feature>`` in preset order), on arrays only, so that
+    it runs in any process or on any machine with this package (no SimpleITK object, no path).
+
+    ``crop`` is the image pyradiomics reads, ``mapped`` the box of ``crop`` indices it maps
+    ((x, y, z) lower, upper exclusive; the mask is that box), ``region`` the region of the source
+    grid the maps are written on (its voxel (0, 0, 0) is source voxel ``region_index``),
+    ``interpolated`` whether the maps come back onto it linearly (pyradiomics resampled the crop)
+    or by copy.
+    """
+
+    preset: Preset
+    where: str  # the lesion, for error messages
+    features: tuple[str, ...]
+    crop: ArrayImage
+    mapped: tuple[tuple[int, ...], tuple[int, ...]]
+    region: Grid
+    region_index: tuple[int, ...]
+    interpolated: bool
+
+
+MapTaskResult = dict[str, tuple[np.ndarray, int]]
+"""Feature name -> (float32 map on the task's region, (z, y, x); voxels pyradiomics computed)."""
+
+
+def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset) -> list[MapTask]:
+    """The tasks of ``lesion``'s maps (a segment on ``image``'s grid), one per feature class of
+    ``preset.maps.features``: the region, crop and mask of the module docstring, as arrays.
+    pyradiomics computes each feature class on its own (its own discretisation of the same
+    image and mask, van Griethuysen et al. 2017), so a class computed alone gives the values it
+    gives beside the others.
 
     Raises:
-        MapError: the lesion is empty, pyradiomics refused the region, or left a voxel of the
-            written region unmapped.
+        MapError: the preset names no map feature, or the lesion is empty.
     """
     where = f"segment {lesion.number} ({lesion.label})"
     options = preset.maps
@@ -135,34 +176,115 @@ def compute_lesion_maps(image: sitk.Image, lesion: Segment, preset: Preset) -> L
         read = np.full(3, options.kernel_radius)
     mapped_lower, mapped_upper = _clipped(lower, upper, beyond, size)
     crop_lower, crop_upper = _clipped(mapped_lower, mapped_upper, read, size)
-    crop = sitk.RegionOfInterest(image, (crop_upper - crop_lower).tolist(), crop_lower.tolist())
-    mask_array = np.zeros(crop.GetSize()[::-1], dtype=np.uint8)
-    lo, hi = mapped_lower - crop_lower, mapped_upper - crop_lower
+    crop = ArrayImage.of(
+        sitk.RegionOfInterest(image, (crop_upper - crop_lower).tolist(), crop_lower.tolist()))
+    mapped = (tuple(int(i) for i in mapped_lower - crop_lower),
+              tuple(int(i) for i in mapped_upper - crop_lower))
+    region = Grid.of(sitk.RegionOfInterest(image, (upper - lower).tolist(), lower.tolist()))
+    groups: dict[str, list[str]] = {}
+    for name in features:
+        groups.setdefault(name.partition("_")[0], []).append(name)
+    return [MapTask(preset, where, tuple(group), crop, mapped, region,
+                    tuple(int(i) for i in lower), target is not None)
+            for group in groups.values()]
+
+
+def run_map_task(task: MapTask) -> MapTaskResult:
+    """Compute one task (in any process): pyradiomics' voxel-based maps of the task's features
+    on its crop, brought back onto its region (module docstring).
+
+    Raises:
+        MapError: pyradiomics refused the region, or left a voxel of the region unmapped.
+    """
+    radiomics.setVerbosity(60)  # as pipelines.features: quiet in a fresh worker process too
+    logging.getLogger("radiomics").setLevel(logging.WARNING)
+    crop = task.crop.image()
+    mask_array = np.zeros(task.crop.array.shape, dtype=np.uint8)
+    lo, hi = task.mapped
     mask_array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = 1
     mask = sitk.GetImageFromArray(mask_array)
     mask.CopyInformation(crop)
-
-    extractor = _extractor(preset, features)
+    extractor = _extractor(task.preset, task.features)
     try:
         result = extractor.execute(crop, mask, label=1, voxelBased=True)
     except (ValueError, RuntimeError, IndexError) as exc:
-        raise MapError(f"{where}: preset {preset.name}: pyradiomics: {exc}") from exc
-    region = sitk.RegionOfInterest(image, (upper - lower).tolist(), lower.tolist())
-    interpolation = sitk.sitkLinear if target is not None else sitk.sitkNearestNeighbor
-    maps: dict[str, sitk.Image] = {}
-    computed = 0
-    for name in features:
+        raise MapError(f"{task.where}: preset {task.preset.name}: pyradiomics: {exc}") from exc
+    region = task.region.blank()
+    interpolation = sitk.sitkLinear if task.interpolated else sitk.sitkNearestNeighbor
+    maps: MapTaskResult = {}
+    for name in task.features:
         computed_map = result[f"original_{name}"]
         computed = int(np.count_nonzero(~np.isnan(sitk.GetArrayViewFromImage(computed_map))))
-        on_source = sitk.Resample(sitk.Cast(computed_map, sitk.sitkFloat64), region,
-                                  sitk.Transform(), interpolation, math.nan, sitk.sitkFloat32)
-        if np.isnan(sitk.GetArrayViewFromImage(on_source)).any():
+        on_source = sitk.GetArrayFromImage(sitk.Resample(
+            sitk.Cast(computed_map, sitk.sitkFloat64), region, sitk.Transform(), interpolation,
+            math.nan, sitk.sitkFloat32))
+        if np.isnan(on_source).any():
+            upper = np.add(task.region_index, task.region.size)
             raise MapError(
-                f"{where}: map {name}: pyradiomics left voxels of the region {lower.tolist()} to "
-                f"{upper.tolist()} unmapped"
+                f"{task.where}: map {name}: pyradiomics left voxels of the region "
+                f"{list(task.region_index)} to {upper.tolist()} unmapped"
             )
-        maps[name] = on_source
-    return LesionMaps(lesion.number, lesion.label, tuple(int(i) for i in lower), maps, computed)
+        maps[name] = (on_source, computed)
+    return maps
+
+
+def _lesion_maps(lesion: Segment, tasks: Sequence[MapTask], results: Sequence[MapTaskResult],
+                 preset: Preset) -> LesionMaps:
+    """The lesion's maps from its tasks' results, keyed in preset order; ``computed_voxels`` is
+    the last feature's count."""
+    merged = {name: value for result in results for name, value in result.items()}
+    region = tasks[0].region
+    maps: dict[str, sitk.Image] = {}
+    for name in preset.maps.features:
+        image = sitk.GetImageFromArray(merged[name][0])
+        image.SetOrigin(region.origin)
+        image.SetSpacing(region.spacing)
+        image.SetDirection(region.direction)
+        maps[name] = image
+    computed = merged[preset.maps.features[-1]][1]
+    return LesionMaps(lesion.number, lesion.label, tasks[0].region_index, maps, computed)
+
+
+def compute_maps(image: sitk.Image, lesions: Sequence[Segment], preset: Preset, *,
+                 workers: int = 1, map_tasks: TaskMap | None = None) -> list[LesionMaps]:
+    """The preset's feature maps around every lesion (segments on ``image``'s grid), in lesion
+    order. The work is split into tasks (:class:`MapTask`, :func:`run_map_task`), one per lesion
+    and feature class; ``map_tasks`` runs them (e.g. on a Dask cluster; like the builtin
+    ``map``, results in task order); without it ``workers`` > 1 runs them in that many spawned
+    processes and 1 in this process. Every way computes the same tasks on the same arrays, so
+    the maps are the same.
+
+    Raises:
+        MapError: a lesion is empty, pyradiomics refused a region, or left a voxel of a written
+            region unmapped.
+    """
+    per_lesion = [lesion_map_tasks(image, lesion, preset) for lesion in lesions]
+    tasks = [task for lesion_tasks in per_lesion for task in lesion_tasks]
+    if map_tasks is not None:
+        results = list(map_tasks(run_map_task, tasks))
+    elif workers > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            results = list(pool.map(run_map_task, tasks))
+    else:
+        results = [run_map_task(task) for task in tasks]
+    maps = []
+    start = 0
+    for lesion, lesion_tasks in zip(lesions, per_lesion, strict=True):
+        maps.append(_lesion_maps(lesion, lesion_tasks,
+                                 results[start:start + len(lesion_tasks)], preset))
+        start += len(lesion_tasks)
+    return maps
+
+
+def compute_lesion_maps(image: sitk.Image, lesion: Segment, preset: Preset) -> LesionMaps:
+    """The preset's feature maps around ``lesion`` (a segment on ``image``'s grid), computed in
+    this process (:func:`compute_maps` of one lesion).
+
+    Raises:
+        MapError: as :func:`compute_maps`.
+    """
+    return compute_maps(image, [lesion], preset)[0]
 
 
 def _affine(image: sitk.Image) -> np.ndarray:
@@ -296,5 +418,5 @@ def parametric_maps(
     nothing when the preset's maps are disabled or there is no lesion."""
     if not preset.maps.enabled or not lesions:
         return []
-    maps = [compute_lesion_maps(image, lesion, preset) for lesion in lesions]
+    maps = compute_maps(image, lesions, preset)
     return build_parametric_maps(volume, maps, preset, seg_sop_instance_uid=seg_sop_instance_uid)

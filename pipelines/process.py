@@ -26,7 +26,7 @@ from pipelines.derived_seg import build_derived_segmentation
 from pipelines.evaluations import model_line, qc_lines
 from pipelines.features import TaskMap, extract_lesions
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
-from pipelines.parametric_map import build_parametric_maps, compute_lesion_maps
+from pipelines.parametric_map import build_parametric_maps, compute_maps
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
 from pipelines.presets import Preset, load_preset
 from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
@@ -261,11 +261,13 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                   map_tasks: TaskMap | None = None) -> PipelineResult:
     """Compute the features of every ROI variant of every lesion segment of ``seg_path`` on the
     series ``image_paths`` and write the TID 1500 SR (PS3.16 TID 1500) and a features CSV into
-    ``out_dir``. ``workers`` > 1 extracts lesions in that many processes (the node runs jobs in a
-    process pool already and keeps 1); ``map_tasks`` runs extraction's per-lesion, per-image-type
-    tasks instead (``pipelines.features.extract_lesions``; the node's Dask executor passes one
-    that runs them on the cluster). Quality control (pipelines.qc) of the series and of each
-    lesion, with ``qc_settings`` (defaults when None), goes into ``qc.csv`` and the result.
+    ``out_dir``. ``workers`` > 1 extracts lesions and maps in that many processes (the node runs
+    jobs in a process pool already and keeps 1); ``map_tasks`` runs extraction's per-lesion,
+    per-image-type tasks and the maps' per-lesion, per-feature-class tasks instead
+    (``pipelines.features.extract_lesions``, ``pipelines.parametric_map.compute_maps``; the
+    node's Dask executor passes one that runs them on the cluster). Quality control
+    (pipelines.qc) of the series and of each lesion, with ``qc_settings`` (defaults when None),
+    goes into ``qc.csv`` and the result.
     ``models`` are (package path, pinned sha256) pairs: each package made for this preset runs
     on every lesion, or says why not, in the result, the report and the summary image. The
     result's ``timings`` give the seconds of each stage (``StageTimes``)."""
@@ -296,7 +298,7 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         image, variants, preset, zscore=zscores, workers=workers, map_tasks=map_tasks,
         names=[f"{seg_path}: segment {s.number} ({s.label})" for s in lesions],
     )
-    lesion_maps = [compute_lesion_maps(image, lesion, preset) for lesion in lesions] \
+    lesion_maps = compute_maps(image, lesions, preset, workers=workers, map_tasks=map_tasks) \
         if preset.maps.enabled else []
     laps.lap("extraction")
     qc_settings = qc_settings or QCSettings()

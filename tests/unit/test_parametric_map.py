@@ -1,10 +1,16 @@
 """Parametric maps: the values pyradiomics' voxel-based extraction gives, checked against an
-independent local mean, on the region the preset bounds; encoded as a DICOM Parametric Map that
-highdicom reads back with the same values and geometry and dciodvfy accepts."""
+independent local mean, on the region the preset bounds; computed as picklable array tasks (one
+per lesion and feature class) whose maps equal one extraction of every feature, in this process
+or in others; encoded as a DICOM Parametric Map that highdicom reads back with the same values
+and geometry and dciodvfy accepts."""
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -17,9 +23,14 @@ from scipy import ndimage
 from pipelines.parametric_map import (
     LesionMaps,
     MapError,
+    MapTask,
+    MapTaskResult,
     build_parametric_maps,
     compute_lesion_maps,
+    compute_maps,
+    lesion_map_tasks,
     parametric_maps,
+    run_map_task,
 )
 from pipelines.presets import MapOptions, Preset, PresetError, load_preset
 from tests.conftest import REPO
@@ -44,6 +55,95 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> OutputsCase:
 def mean_maps(case: OutputsCase) -> list[LesionMaps]:
     preset = _with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast"))
     return [compute_lesion_maps(case.volume.image, lesion, preset) for lesion in case.lesions]
+
+
+def _objects_in(value: Any) -> Iterable[Any]:
+    """``value`` and everything its dataclass fields, tuples, lists and dicts hold."""
+    yield value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _objects_in(getattr(value, field.name))
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _objects_in(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _objects_in(key)
+            yield from _objects_in(item)
+
+
+def _assert_same_maps(got: list[LesionMaps], want: list[LesionMaps]) -> None:
+    """Bit for bit: index, voxel counts, feature order, geometry, pixel type and values."""
+    assert len(got) == len(want)
+    for ours, theirs in zip(got, want, strict=True):
+        assert (ours.segment_number, ours.label, ours.index, ours.computed_voxels) == \
+            (theirs.segment_number, theirs.label, theirs.index, theirs.computed_voxels)
+        assert list(ours.maps) == list(theirs.maps)
+        for name, image in ours.maps.items():
+            other = theirs.maps[name]
+            assert image.GetPixelID() == other.GetPixelID()
+            assert (image.GetOrigin(), image.GetSpacing(), image.GetDirection(),
+                    image.GetSize()) == (other.GetOrigin(), other.GetSpacing(),
+                                         other.GetDirection(), other.GetSize())
+            assert sitk.GetArrayFromImage(image).tobytes() == \
+                sitk.GetArrayFromImage(other).tobytes()
+
+
+def test_map_tasks_are_arrays_per_feature_class_and_survive_pickling(case: OutputsCase) -> None:
+    preset = _with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast", "firstorder_Entropy"))
+    tasks = lesion_map_tasks(case.volume.image, case.lesions[0], preset)
+    # one task per feature class, the features in preset order within it
+    assert [t.features for t in tasks] == [("firstorder_Mean", "firstorder_Entropy"),
+                                           ("glcm_Contrast",)]
+    for task in tasks:
+        contents = list(_objects_in(task))
+        assert any(isinstance(item, np.ndarray) for item in contents)
+        assert not any(isinstance(item, sitk.Image | Path) for item in contents)
+        shipped = pickle.loads(pickle.dumps(task, protocol=5))
+        assert isinstance(shipped, MapTask)
+        here, there = run_map_task(task), run_map_task(shipped)
+        assert list(here) == list(there) == list(task.features)
+        for name, (values, computed) in here.items():
+            assert values.dtype == np.float32 and values.shape == task.region.size[::-1]
+            assert values.tobytes() == there[name][0].tobytes() and computed == there[name][1]
+
+
+def test_maps_of_the_class_tasks_equal_one_extraction_of_every_feature(
+    case: OutputsCase, mean_maps: list[LesionMaps]
+) -> None:
+    """Each feature class computed in its own task gives, bit for bit, the maps of one
+    pyradiomics extraction of all the map features (one task holding every feature), whether the
+    tasks run in this process, in two spawned processes or through a caller's map function."""
+    preset = _with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast"))
+    one_extraction = []
+    for lesion in case.lesions:
+        tasks = lesion_map_tasks(case.volume.image, lesion, preset)
+        assert len(tasks) == 2
+        result = run_map_task(dataclasses.replace(tasks[0], features=preset.maps.features))
+        images = {}
+        for name, (values, _) in result.items():
+            image = sitk.GetImageFromArray(values)
+            image.SetOrigin(tasks[0].region.origin)
+            image.SetSpacing(tasks[0].region.spacing)
+            image.SetDirection(tasks[0].region.direction)
+            images[name] = image
+        one_extraction.append(LesionMaps(lesion.number, lesion.label, tasks[0].region_index,
+                                         images, result["glcm_Contrast"][1]))
+    _assert_same_maps(mean_maps, one_extraction)
+
+    shipped: list[MapTask] = []
+
+    def through_pickle(fn: Callable[[MapTask], MapTaskResult], tasks: Iterable[MapTask]
+                       ) -> list[MapTaskResult]:
+        for task in tasks:
+            shipped.append(task)
+        return [fn(pickle.loads(pickle.dumps(task, protocol=5))) for task in shipped]
+
+    _assert_same_maps(compute_maps(case.volume.image, case.lesions, preset,
+                                   map_tasks=through_pickle), mean_maps)
+    assert len(shipped) == 2 * len(case.lesions)
+    _assert_same_maps(compute_maps(case.volume.image, case.lesions, preset, workers=2),
+                      mean_maps)
 
 
 def test_map_region_is_the_lesion_box_plus_margin(case: OutputsCase,
