@@ -1,7 +1,8 @@
 """Jobs on a Dask cluster with real TCP workers in their own processes: the same result as the
 local process pool (feature values, result SOP Instance UIDs, every output file), with no
 filesystem shared through paths, the features computed as one cluster task per lesion and image
-type, and a worker killed while it runs one of them does not lose the job."""
+type and the parametric maps as one per lesion and feature class (the same maps, bit for bit),
+and a worker killed while it runs a feature task does not lose the job."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from node.config import Destination, NodeConfig
 from node.executor import run_shipped_job, unpack
 from node.index import Index, InstanceRow
 from node.jobs import JobRunner
-from pipelines.presets import load_preset
+from pipelines.presets import MapOptions, load_preset
 from pipelines.process import process_study
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
@@ -120,6 +121,32 @@ def test_dask_job_equals_local_job(tmp_path: Path, study: SyntheticStudy,
         assert theirs.SeriesInstanceUID == ours.SeriesInstanceUID
     # the Dask result points into the node's results folder, not into a worker's temporary one
     assert all(str(tmp_path / "dask") in row["path"] for row in dask_index.deliveries(dask_job))
+
+
+def test_map_tasks_run_on_the_cluster_and_give_the_local_maps(
+        tmp_path: Path, study: SyntheticStudy, cluster: distributed.LocalCluster) -> None:
+    basic = load_preset("ct-liver-basic")
+    preset = basic.model_copy(update={"name": "basic-maps", "maps": MapOptions(
+        enabled=True, features=("firstorder_Mean", "glcm_Contrast"), kernel_radius=1,
+        margin_mm=2.0)})
+    local = process_study(study.ct_paths, study.seg_path, preset, tmp_path / "local")
+    with distributed.Client(cluster.scheduler_address) as client, \
+            distributed.get_task_stream(client) as stream:
+        future = client.submit(run_shipped_job, [p.read_bytes() for p in study.ct_paths],
+                               study.seg_path.read_bytes(), preset, pure=False)
+        result = unpack(future.result(timeout=300), tmp_path / "dask")
+    # per lesion (two): one feature task (Original) and one map task per feature class (two)
+    assert _task_names(stream.data) == \
+        ["run_feature_task"] * 2 + ["run_map_task"] * 4 + ["run_shipped_job"]
+    assert [o.sop_instance_uid for o in result.objects] == \
+        [o.sop_instance_uid for o in local.objects]
+    maps = 0
+    for ours, theirs in zip(local.objects, result.objects, strict=True):
+        here, there = pydicom.dcmread(ours.path), pydicom.dcmread(theirs.path)
+        if "FloatPixelData" in here:  # a Parametric Map: the maps' values, bit for bit
+            maps += 1
+            assert there.FloatPixelData == here.FloatPixelData
+    assert maps == 2  # one Parametric Map per feature
 
 
 class _KillFirstFeatureTaskWorker(SchedulerPlugin):
