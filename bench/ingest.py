@@ -15,6 +15,7 @@ of each receiver's process tree (sampled every 50 ms with psutil).
     python bench/ingest.py                       # 300 slices, 3 rounds, 1 and 4 associations
     python bench/ingest.py --small               # CI smoke run: 20 slices, one round
     python bench/ingest.py --receivers 4         # the node with listener.processes: 4
+    python bench/ingest.py --workdir /dev/shm    # all storage in memory: no flush latency
 """
 
 from __future__ import annotations
@@ -220,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parallel", type=int, default=4,
                         help="associations at once in the parallel runs (0: none)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the series and every receiver's storage go (default: the "
+                        "system temporary folder); /dev/shm takes the disk's flush time out")
     parser.add_argument("--receivers", type=int, default=4,
                         help="listener.processes of the node for the parallel runs")
     args = parser.parse_args(argv)
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         args.slices, args.rounds = 20, 1
     require_tools("storescu", "storescp")
 
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=args.workdir) as tmp:
         work = Path(tmp)
         template = pydicom.dcmread(
             write_synthetic_study(work / "template", shape=(8, 512, 512)).ct_paths[0])
@@ -260,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
 
     size = args.slices * 512 * 512 * 2 / 1e6
     print(f"{args.slices} slices of 512 x 512 ({size:.0f} MB of pixel data), {args.rounds} "
-          f"round(s), loopback, TCP_NODELAY=1, {os.cpu_count()} CPUs")
+          f"round(s), loopback, TCP_NODELAY=1, {os.cpu_count()} CPUs, storage in "
+          f"{args.workdir or tempfile.gettempdir()}")
     ok = True
     for associations, targets in results:
         print(f"\n{associations} association(s) at once:")
