@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
 from pipelines.segmentation import (
+    Segment,
     SegmentationError,
     read_segmentation,
     referenced_series_uids,
@@ -102,6 +103,12 @@ def test_binary_masks_land_on_their_source_slices(
     np.testing.assert_array_equal(_array(segment.mask), expected)
     assert _array(segment.mask).sum(axis=(1, 2)).tolist() == [127, 256, 255]
     _assert_on_grid(segment.mask, contiguous)
+    # only the box of the voxels is held, at its place on the source grid
+    z, y, x = np.nonzero(expected)
+    assert segment.index == (x.min(), y.min(), z.min())
+    assert segment.region.GetSize() == tuple(int(np.ptp(v)) + 1 for v in (x, y, z))
+    assert segment.region.GetOrigin() == contiguous.image.TransformIndexToPhysicalPoint(
+        segment.index)
     assert (segment.number, segment.label, segment.algorithm_type) == (
         1,
         "first segment",
@@ -421,3 +428,25 @@ def test_ibsi_deprecated_seg_on_its_legacy_converted_mr(refdata: Path) -> None:
     # The frames name no source image: each is placed by its Plane Position (Patient).
     raw = pydicom.dcmread(phantom / "dicom_deprecated/mask/mask.deprecated")
     assert "DerivationImageSequence" not in raw.PerFrameFunctionalGroupsSequence[0]
+
+
+def test_a_segment_from_a_full_grid_mask_keeps_its_box_and_rebuilds_the_mask() -> None:
+    array = np.zeros((6, 20, 30), dtype=np.uint8)
+    array[2:4, 5:9, 10:13] = 1
+    array[3, 6, 11] = 0
+    mask = sitk.GetImageFromArray(array)
+    mask.SetSpacing((0.8, 0.7, 2.5))
+    mask.SetOrigin((-5.0, 3.0, 7.5))
+    code = hd.sr.CodedConcept("108369006", "SCT", "Neoplasm")
+    segment = Segment(1, "Lesion", mask, code, code, "MANUAL")
+    assert segment.index == (10, 5, 2)
+    assert segment.region.GetSize() == (3, 4, 2)
+    assert segment.region.GetOrigin() == mask.TransformIndexToPhysicalPoint((10, 5, 2))
+    full = segment.mask
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(full), array)
+    assert (full.GetOrigin(), full.GetSpacing(), full.GetDirection()) == (
+        mask.GetOrigin(), mask.GetSpacing(), mask.GetDirection())
+
+    empty = Segment(2, "Empty", mask * 0, code, code, "MANUAL")
+    assert empty.region.GetSize() == (1, 1, 1)
+    assert not sitk.GetArrayFromImage(empty.mask).any()
