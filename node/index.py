@@ -1,8 +1,11 @@
 """The durable index: every instance, series, job and delivery is a row in one SQLite database.
 
-WAL journal with ``synchronous=FULL``: a committed row survives a power cut, so the receiver may
-answer C-STORE success once its row is committed. Every state change is a row update, so a
-restarted node resumes where it stopped.
+WAL journal. Connections are ``synchronous=FULL`` (a committed row survives a power cut), except
+the receivers' own (``synchronous=NORMAL``: a committed row survives the node's crash, and a
+power cut may take back the last rows; the spool file of each acknowledged instance is durable
+before its row is written, and start-up recovery indexes spool files without a row again,
+``node.recovery``). Every state change is a row update, so a restarted node resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -220,13 +224,15 @@ class DeliveryRow:
 class Index:
     """Thread-safe access to the node's SQLite database (one connection, one lock)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL"):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
         for table, column, declaration in ADDED_COLUMNS:

@@ -327,7 +327,7 @@ def _serve_child(config: NodeConfig, shared: Synchronized, stop: Any, ready: Any
     """A spawned receiver process: its own index connection and listener on the shared port,
     until ``stop`` is set (or the node process is gone)."""
     logs.configure(config.log_level, config.log_file)
-    index = Index(config.index_path)
+    index = Index(config.index_path, synchronous="NORMAL")  # as the node's own receiver's
     receiver = Receiver(config, index, shared=shared)
     try:
         receiver._listen(reuse_port=True)

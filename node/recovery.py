@@ -3,8 +3,10 @@ job left 'running'.
 
 A spool file appears under its final name only after fsync and rename (node.spool), so a file
 with a final name is complete even when the node died before its index row was committed; such
-an instance was never acknowledged, but it is good data and is indexed now. Temporary files of
-interrupted writes are removed.
+an instance was never acknowledged, but it is good data and is indexed now. The same holds when a
+power cut took back rows the receiver had committed (its index connection does not wait for the
+disk, ``node.index``): those instances were acknowledged, their files are durable, and they are
+indexed again here. Temporary files of interrupted writes are removed.
 """
 
 from __future__ import annotations

@@ -48,7 +48,10 @@ class Node:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(config.index_path)
-        self.receiver = Receiver(config, self.index)
+        # the receiver's own connection commits without waiting for the disk (node.index): the
+        # spool file it wrote first is the durable record of what it acknowledged
+        self.ingest_index = Index(config.index_path, synchronous="NORMAL")
+        self.receiver = Receiver(config, self.ingest_index)
         self.router = Router(config, self.index)
         self.jobs = JobRunner(config, self.index, on_done=lambda _job_id: self.wake("outbox"))
         self.outbox = Outbox(config, self.index)
@@ -127,6 +130,7 @@ class Node:
         if self.status is not None:
             self.status.stop()
         self.receiver.stop()
+        self.ingest_index.close()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=True)
         self.jobs.stop()

@@ -8,6 +8,7 @@ import pydicom
 
 from node.config import NodeConfig
 from node.index import Index
+from node.ingest import Ingest
 from node.recovery import RECOVERED, Recovery, recover
 from node.spool import spool_path
 
@@ -37,3 +38,28 @@ def test_recover_after_a_crash(tmp_path: Path, refdata: Path) -> None:
     assert index.series(ds.SeriesInstanceUID).n_instances == 1
     assert index.job(job).state == "queued"
     assert recover(config, index) == Recovery(0, 0, 0)  # idempotent
+
+
+def test_receiver_connection_commits_without_fsync_and_recovery_restores_lost_rows(
+        tmp_path: Path, refdata: Path) -> None:
+    """The receiver's index connection is synchronous=NORMAL: a power cut may take back its last
+    rows. The spool file was durable before the row was written, so recovery indexes it again."""
+    config = NodeConfig(state_dir=tmp_path)
+    index = Index(config.index_path)
+    receiving = Index(config.index_path, synchronous="NORMAL")
+    assert index._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert receiving._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    source = refdata / "pydicom" / "test_files" / "CT_small.dcm"
+    data = source.read_bytes()
+    assert Ingest(config, receiving).accept(
+        data, lambda: pydicom.dcmread(source), "SCANNER", host="10.0.0.1").status == 0
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    assert index.instance(ds.SOPInstanceUID).calling_ae == "SCANNER"  # visible to the node
+    # the power cut: the row and its series count are gone, the file is not
+    index._db.execute("DELETE FROM instances")
+    index._db.execute("DELETE FROM series")
+    assert recover(config, index).instances_indexed == 1
+    row = index.instance(ds.SOPInstanceUID)
+    assert row is not None and row.calling_ae == RECOVERED and Path(row.path).read_bytes() == data
+    receiving.close()
+    index.close()
