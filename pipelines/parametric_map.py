@@ -14,11 +14,13 @@ preset's ``maps.kernel_radius`` and ``maps.masked_kernel``; van Griethuysen et a
   linearly onto the source grid (IBSI 1, section 2.4: interpolation of intensities is linear or
   cubic); without resampling the map is on the source lattice and is copied.
 
-The work is split into one task per lesion and pyradiomics feature class (:class:`MapTask`:
-the crop as a NumPy array and the grids as numbers, no SimpleITK object and no path), which run
-in this process, in spawned processes, or through a caller's map function (the node passes one
-that runs them on its Dask cluster), as the feature tasks of ``pipelines.features`` do; each
-returns float32 arrays, and the lesion's maps are put together from them in preset order.
+The work is split into tasks (:class:`MapTask`: the crop as a NumPy array and the grids as
+numbers, no SimpleITK object and no path), one per lesion, pyradiomics feature class and run of
+``BATCHES_PER_TASK`` of pyradiomics' voxel batches (``maps.voxel_batch`` voxels each, computed
+independently of one another), which run in this process, in spawned processes, or through a
+caller's map function (the node passes one that runs them on its Dask cluster), as the feature
+tasks of ``pipelines.features`` do. Each returns pyradiomics' maps at its voxels; the job merges
+them and brings them back onto the source grid, so the maps are those of one extraction.
 
 Grey levels are discretised over the voxels the kernels see (pyradiomics: over the whole cropped
 image unless ``masked_kernel``), so a map value is not the feature of the same kernel discretised
@@ -35,6 +37,7 @@ Image Sequence point to the source images.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -42,12 +45,13 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 import radiomics
 import SimpleITK as sitk
-from radiomics.featureextractor import RadiomicsFeatureExtractor
+from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
 from pipelines.codes import coding_schemes, feature_concept, ucum_unit
 from pipelines.features import ArrayImage, TaskMap
@@ -94,8 +98,46 @@ def _clipped(lower: np.ndarray, upper: np.ndarray, grow: np.ndarray,
     return np.maximum(lower - grow, 0), np.minimum(upper + grow, np.array(size))
 
 
-def _extractor(preset: Preset, features: Sequence[str]) -> RadiomicsFeatureExtractor:
-    """pyradiomics with the preset's settings, the Original image and the map features."""
+BATCHES_PER_TASK = 8  # pyradiomics voxel batches (``maps.voxel_batch`` voxels each) per task
+
+
+class _BatchRangeExtractor(RadiomicsFeatureExtractor):
+    """pyradiomics' extractor that computes, in voxel-based extraction, only part ``k`` of ``n``
+    of each feature class's voxel batches: runs of ``voxelBatch`` voxels, in pyradiomics' order,
+    which ``RadiomicsFeaturesBase._calculateVoxels`` computes one after another, each on its own
+    voxels' kernels over the same discretised image; the other voxels keep ``initValue``. Every
+    batch is the batch the whole extraction computes, so its values are the same."""
+
+    def __init__(self, params: dict[str, Any], part: tuple[int, int]):
+        super().__init__(params)
+        self.part = part
+
+    def computeFeatures(self, image: sitk.Image, mask: sitk.Image, image_type: str,
+                        **kwargs: Any) -> dict[str, Any]:
+        """pyradiomics' ``computeFeatures`` (feature classes other than shape, enabled features
+        only), each class's voxels narrowed to this part's batches."""
+        vector: dict[str, Any] = {}
+        classes = getFeatureClasses()
+        number, parts = self.part
+        for class_name, names in self.enabledFeatures.items():
+            feature_class = classes[class_name](image, mask, **kwargs)
+            for name in names:
+                feature_class.enableFeatureByName(name)
+            voxels = feature_class.labelledVoxelCoordinates
+            batch = feature_class.settings.get("voxelBatch", -1)
+            batch = batch if batch > 0 else max(voxels.shape[1], 1)
+            batches = -(-voxels.shape[1] // batch)
+            first, last = batches * number // parts, batches * (number + 1) // parts
+            feature_class.labelledVoxelCoordinates = voxels[:, first * batch:last * batch]
+            for name, value in feature_class.execute().items():
+                vector[f"{image_type}_{class_name}_{name}"] = value
+        return vector
+
+
+def _extractor(preset: Preset, features: Sequence[str], part: tuple[int, int]
+               ) -> RadiomicsFeatureExtractor:
+    """pyradiomics with the preset's settings, the Original image and the map features, for
+    part ``part`` (k, n) of the voxel batches."""
     options = preset.maps
     settings = {**copy.deepcopy(preset.settings), "label": 1, "additionalInfo": False}
     voxel_settings = {
@@ -110,17 +152,18 @@ def _extractor(preset: Preset, features: Sequence[str]) -> RadiomicsFeatureExtra
         classes.setdefault(feature_class, []).append(feature)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return RadiomicsFeatureExtractor({
+        return _BatchRangeExtractor({
             "setting": settings, "voxelSetting": voxel_settings, "imageType": {"Original": {}},
             "featureClass": classes,
-        })
+        }, part)
 
 
 @dataclass(frozen=True)
 class MapTask:
-    """The unit of work of :func:`compute_maps`: the maps of one lesion for one pyradiomics
-    feature class (``features``, ``<class>_<feature>`` in preset order), on arrays only, so that
-    it runs in any process or on any machine with this package (no SimpleITK object, no path).
+    """The unit of work of :func:`compute_maps`: part ``part`` (k of n) of pyradiomics' voxel
+    batches of one lesion's maps for one pyradiomics feature class (``features``,
+    ``<class>_<feature>`` in preset order), on arrays only, so that it runs in any process or on
+    any machine with this package (no SimpleITK object, no path).
 
     ``crop`` is the image pyradiomics reads, ``mapped`` the box of ``crop`` indices it maps
     ((x, y, z) lower, upper exclusive; the mask is that box), ``region`` the region of the source
@@ -132,6 +175,7 @@ class MapTask:
     preset: Preset
     where: str  # the lesion, for error messages
     features: tuple[str, ...]
+    part: tuple[int, int]
     crop: ArrayImage
     mapped: tuple[tuple[int, ...], tuple[int, ...]]
     region: Grid
@@ -139,16 +183,17 @@ class MapTask:
     interpolated: bool
 
 
-MapTaskResult = dict[str, tuple[np.ndarray, int]]
-"""Feature name -> (float32 map on the task's region, (z, y, x); voxels pyradiomics computed)."""
+MapTaskResult = dict[str, ArrayImage]
+"""Feature name -> pyradiomics' map on its grid (float64), NaN but at the part's voxels."""
 
 
 def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset) -> list[MapTask]:
-    """The tasks of ``lesion``'s maps (a segment on ``image``'s grid), one per feature class of
-    ``preset.maps.features``: the region, crop and mask of the module docstring, as arrays.
-    pyradiomics computes each feature class on its own (its own discretisation of the same
-    image and mask, van Griethuysen et al. 2017), so a class computed alone gives the values it
-    gives beside the others.
+    """The tasks of ``lesion``'s maps (a segment on ``image``'s grid): the region, crop and mask
+    of the module docstring, as arrays, per feature class of ``preset.maps.features`` and per
+    run of ``BATCHES_PER_TASK`` voxel batches (estimated from the mapped box on pyradiomics'
+    grid; the task counts them exactly). pyradiomics computes each feature class on its own (its
+    own discretisation of the same image and mask, van Griethuysen et al. 2017) and each voxel
+    batch on its own, so a task gives the values the whole extraction gives at its voxels.
 
     Raises:
         MapError: the preset names no map feature, or the lesion is empty.
@@ -181,20 +226,22 @@ def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset) -> list
     mapped = (tuple(int(i) for i in mapped_lower - crop_lower),
               tuple(int(i) for i in mapped_upper - crop_lower))
     region = Grid.of(sitk.RegionOfInterest(image, (upper - lower).tolist(), lower.tolist()))
+    extent = (mapped_upper - mapped_lower) * (spacing / target if target is not None else 1)
+    parts = max(1, math.ceil(float(np.prod(extent)) / options.voxel_batch / BATCHES_PER_TASK))
     groups: dict[str, list[str]] = {}
     for name in features:
         groups.setdefault(name.partition("_")[0], []).append(name)
-    return [MapTask(preset, where, tuple(group), crop, mapped, region,
+    return [MapTask(preset, where, tuple(group), (number, parts), crop, mapped, region,
                     tuple(int(i) for i in lower), target is not None)
-            for group in groups.values()]
+            for group in groups.values() for number in range(parts)]
 
 
 def run_map_task(task: MapTask) -> MapTaskResult:
     """Compute one task (in any process): pyradiomics' voxel-based maps of the task's features
-    on its crop, brought back onto its region (module docstring).
+    on its crop, at the voxels of its part of the batches (NaN elsewhere), on pyradiomics' grid.
 
     Raises:
-        MapError: pyradiomics refused the region, or left a voxel of the region unmapped.
+        MapError: pyradiomics refused the region.
     """
     radiomics.setVerbosity(60)  # as pipelines.features: quiet in a fresh worker process too
     logging.getLogger("radiomics").setLevel(logging.WARNING)
@@ -204,45 +251,45 @@ def run_map_task(task: MapTask) -> MapTaskResult:
     mask_array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = 1
     mask = sitk.GetImageFromArray(mask_array)
     mask.CopyInformation(crop)
-    extractor = _extractor(task.preset, task.features)
+    extractor = _extractor(task.preset, task.features, task.part)
     try:
         result = extractor.execute(crop, mask, label=1, voxelBased=True)
     except (ValueError, RuntimeError, IndexError) as exc:
         raise MapError(f"{task.where}: preset {task.preset.name}: pyradiomics: {exc}") from exc
+    return {name: ArrayImage.of(result[f"original_{name}"]) for name in task.features}
+
+
+def _lesion_maps(lesion: Segment, tasks: Sequence[MapTask], results: Sequence[MapTaskResult],
+                 preset: Preset) -> LesionMaps:
+    """The lesion's maps from its tasks' results: each feature's parts merged (every voxel is
+    computed by one part) and brought back onto the region (module docstring), in preset order;
+    ``computed_voxels`` counts the last feature's.
+
+    Raises:
+        MapError: pyradiomics left a voxel of the region unmapped.
+    """
+    task = tasks[0]
     region = task.region.blank()
     interpolation = sitk.sitkLinear if task.interpolated else sitk.sitkNearestNeighbor
-    maps: MapTaskResult = {}
-    for name in task.features:
-        computed_map = result[f"original_{name}"]
-        computed = int(np.count_nonzero(~np.isnan(sitk.GetArrayViewFromImage(computed_map))))
-        on_source = sitk.GetArrayFromImage(sitk.Resample(
-            sitk.Cast(computed_map, sitk.sitkFloat64), region, sitk.Transform(), interpolation,
-            math.nan, sitk.sitkFloat32))
-        if np.isnan(on_source).any():
+    maps: dict[str, sitk.Image] = {}
+    computed = 0
+    for name in preset.maps.features:
+        parts = [result[name] for result in results if name in result]
+        values = parts[0].array.copy()
+        for part in parts[1:]:
+            np.copyto(values, part.array, where=~np.isnan(part.array))
+        computed = int(np.count_nonzero(~np.isnan(values)))
+        computed_map = dataclasses.replace(parts[0], array=values).image()
+        on_source = sitk.Resample(sitk.Cast(computed_map, sitk.sitkFloat64), region,
+                                  sitk.Transform(), interpolation, math.nan, sitk.sitkFloat32)
+        if np.isnan(sitk.GetArrayViewFromImage(on_source)).any():
             upper = np.add(task.region_index, task.region.size)
             raise MapError(
                 f"{task.where}: map {name}: pyradiomics left voxels of the region "
                 f"{list(task.region_index)} to {upper.tolist()} unmapped"
             )
-        maps[name] = (on_source, computed)
-    return maps
-
-
-def _lesion_maps(lesion: Segment, tasks: Sequence[MapTask], results: Sequence[MapTaskResult],
-                 preset: Preset) -> LesionMaps:
-    """The lesion's maps from its tasks' results, keyed in preset order; ``computed_voxels`` is
-    the last feature's count."""
-    merged = {name: value for result in results for name, value in result.items()}
-    region = tasks[0].region
-    maps: dict[str, sitk.Image] = {}
-    for name in preset.maps.features:
-        image = sitk.GetImageFromArray(merged[name][0])
-        image.SetOrigin(region.origin)
-        image.SetSpacing(region.spacing)
-        image.SetDirection(region.direction)
-        maps[name] = image
-    computed = merged[preset.maps.features[-1]][1]
-    return LesionMaps(lesion.number, lesion.label, tasks[0].region_index, maps, computed)
+        maps[name] = on_source
+    return LesionMaps(lesion.number, lesion.label, task.region_index, maps, computed)
 
 
 def compute_maps(image: sitk.Image, lesions: Sequence[Segment], preset: Preset, *,

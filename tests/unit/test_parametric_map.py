@@ -7,7 +7,9 @@ and geometry and dciodvfy accepts."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import yaml
+from radiomics.featureextractor import RadiomicsFeatureExtractor
 from scipy import ndimage
 
 from pipelines.parametric_map import (
@@ -89,61 +92,92 @@ def _assert_same_maps(got: list[LesionMaps], want: list[LesionMaps]) -> None:
                 sitk.GetArrayFromImage(other).tobytes()
 
 
-def test_map_tasks_are_arrays_per_feature_class_and_survive_pickling(case: OutputsCase) -> None:
-    preset = _with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast", "firstorder_Entropy"))
+def _batched(preset: Preset, voxel_batch: int) -> Preset:
+    return preset.model_copy(update={"maps": preset.maps.model_copy(
+        update={"voxel_batch": voxel_batch})})
+
+
+def _pyradiomics_maps(task: MapTask) -> dict[str, np.ndarray]:
+    """Plain pyradiomics: one voxel-based extraction of every map feature of the preset on the
+    task's crop and mapped box, on pyradiomics' grid (what the maps were before tasks)."""
+    options = task.preset.maps
+    classes: dict[str, list[str]] = {}
+    for name in options.features:
+        feature_class, _, feature = name.partition("_")
+        classes.setdefault(feature_class, []).append(feature)
+    with warnings.catch_warnings():  # pykwalify's deprecated load_module()
+        warnings.simplefilter("ignore", DeprecationWarning)
+        extractor = RadiomicsFeatureExtractor({
+            "setting": {**task.preset.settings, "label": 1, "additionalInfo": False},
+            "voxelSetting": {"kernelRadius": options.kernel_radius,
+                             "maskedKernel": options.masked_kernel,
+                             "voxelBatch": options.voxel_batch, "initValue": math.nan},
+            "imageType": {"Original": {}}, "featureClass": classes,
+        })
+    crop = task.crop.image()
+    mask = np.zeros(task.crop.array.shape, dtype=np.uint8)
+    (x0, y0, z0), (x1, y1, z1) = task.mapped
+    mask[z0:z1, y0:y1, x0:x1] = 1
+    mask_image = sitk.GetImageFromArray(mask)
+    mask_image.CopyInformation(crop)
+    result = extractor.execute(crop, mask_image, label=1, voxelBased=True)
+    return {name: sitk.GetArrayFromImage(result[f"original_{name}"]) for name in options.features}
+
+
+def test_map_tasks_are_arrays_and_their_parts_make_one_extraction(case: OutputsCase) -> None:
+    """One task per feature class and run of voxel batches; each, pickled as a worker receives
+    it, computes its own voxels (NaN elsewhere) and together they give, bit for bit, what one
+    pyradiomics extraction of every map feature gives."""
+    preset = _batched(_with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast",
+                                               "firstorder_Entropy")), 40)
     tasks = lesion_map_tasks(case.volume.image, case.lesions[0], preset)
-    # one task per feature class, the features in preset order within it
-    assert [t.features for t in tasks] == [("firstorder_Mean", "firstorder_Entropy"),
-                                           ("glcm_Contrast",)]
+    parts = tasks[0].part[1]
+    assert parts > 1
+    # per feature class, in preset order within it, then per part of the voxel batches
+    assert [(t.features, t.part) for t in tasks] == [
+        *((("firstorder_Mean", "firstorder_Entropy"), (k, parts)) for k in range(parts)),
+        *((("glcm_Contrast",), (k, parts)) for k in range(parts))]
+    reference = _pyradiomics_maps(tasks[0])
+    merged: dict[str, np.ndarray] = {}
     for task in tasks:
         contents = list(_objects_in(task))
         assert any(isinstance(item, np.ndarray) for item in contents)
         assert not any(isinstance(item, sitk.Image | Path) for item in contents)
-        shipped = pickle.loads(pickle.dumps(task, protocol=5))
-        assert isinstance(shipped, MapTask)
-        here, there = run_map_task(task), run_map_task(shipped)
-        assert list(here) == list(there) == list(task.features)
-        for name, (values, computed) in here.items():
-            assert values.dtype == np.float32 and values.shape == task.region.size[::-1]
-            assert values.tobytes() == there[name][0].tobytes() and computed == there[name][1]
+        result = run_map_task(pickle.loads(pickle.dumps(task, protocol=5)))
+        assert list(result) == list(task.features)
+        for name, part in result.items():
+            computed = ~np.isnan(part.array)
+            assert computed.any()
+            if name not in merged:
+                merged[name] = part.array.copy()
+            else:  # no voxel is computed by two parts
+                assert np.isnan(merged[name][computed]).all()
+                merged[name][computed] = part.array[computed]
+    assert list(merged) == ["firstorder_Mean", "firstorder_Entropy", "glcm_Contrast"]
+    for name, values in merged.items():
+        assert values.tobytes() == reference[name].tobytes(), name
 
 
-def test_maps_of_the_class_tasks_equal_one_extraction_of_every_feature(
+def test_maps_are_the_same_in_this_process_in_two_and_through_a_map_function(
     case: OutputsCase, mean_maps: list[LesionMaps]
 ) -> None:
-    """Each feature class computed in its own task gives, bit for bit, the maps of one
-    pyradiomics extraction of all the map features (one task holding every feature), whether the
-    tasks run in this process, in two spawned processes or through a caller's map function."""
     preset = _with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast"))
-    one_extraction = []
-    for lesion in case.lesions:
-        tasks = lesion_map_tasks(case.volume.image, lesion, preset)
-        assert len(tasks) == 2
-        result = run_map_task(dataclasses.replace(tasks[0], features=preset.maps.features))
-        images = {}
-        for name, (values, _) in result.items():
-            image = sitk.GetImageFromArray(values)
-            image.SetOrigin(tasks[0].region.origin)
-            image.SetSpacing(tasks[0].region.spacing)
-            image.SetDirection(tasks[0].region.direction)
-            images[name] = image
-        one_extraction.append(LesionMaps(lesion.number, lesion.label, tasks[0].region_index,
-                                         images, result["glcm_Contrast"][1]))
-    _assert_same_maps(mean_maps, one_extraction)
-
+    here = compute_maps(case.volume.image, case.lesions, preset)
+    _assert_same_maps(here, mean_maps)
     shipped: list[MapTask] = []
 
     def through_pickle(fn: Callable[[MapTask], MapTaskResult], tasks: Iterable[MapTask]
                        ) -> list[MapTaskResult]:
-        for task in tasks:
-            shipped.append(task)
+        shipped.extend(tasks)
         return [fn(pickle.loads(pickle.dumps(task, protocol=5))) for task in shipped]
 
     _assert_same_maps(compute_maps(case.volume.image, case.lesions, preset,
-                                   map_tasks=through_pickle), mean_maps)
-    assert len(shipped) == 2 * len(case.lesions)
-    _assert_same_maps(compute_maps(case.volume.image, case.lesions, preset, workers=2),
-                      mean_maps)
+                                   map_tasks=through_pickle), here)
+    assert len(shipped) == sum(len(lesion_map_tasks(case.volume.image, lesion, preset))
+                               for lesion in case.lesions)
+    batched = _batched(preset, 40)  # several parts per feature class
+    _assert_same_maps(compute_maps(case.volume.image, case.lesions, batched, workers=2),
+                      compute_maps(case.volume.image, case.lesions, batched))
 
 
 def test_map_region_is_the_lesion_box_plus_margin(case: OutputsCase,
