@@ -37,7 +37,6 @@ Image Sequence point to the source images.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import multiprocessing
@@ -183,8 +182,18 @@ class MapTask:
     interpolated: bool
 
 
-MapTaskResult = dict[str, ArrayImage]
-"""Feature name -> pyradiomics' map on its grid (float64), NaN but at the part's voxels."""
+@dataclass(frozen=True)
+class MapPart:
+    """One feature's values from one task: pyradiomics' map grid, and the values (float64) at
+    the voxels the task computed, by flat (z, y, x) index; the rest of the grid is another
+    task's (or NaN: not mapped)."""
+
+    grid: Grid
+    indices: np.ndarray
+    values: np.ndarray
+
+
+MapTaskResult = dict[str, MapPart]  # feature name -> its part
 
 
 def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset) -> list[MapTask]:
@@ -238,7 +247,7 @@ def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset) -> list
 
 def run_map_task(task: MapTask) -> MapTaskResult:
     """Compute one task (in any process): pyradiomics' voxel-based maps of the task's features
-    on its crop, at the voxels of its part of the batches (NaN elsewhere), on pyradiomics' grid.
+    on its crop, at the voxels of its part of the batches, on pyradiomics' grid.
 
     Raises:
         MapError: pyradiomics refused the region.
@@ -256,7 +265,13 @@ def run_map_task(task: MapTask) -> MapTaskResult:
         result = extractor.execute(crop, mask, label=1, voxelBased=True)
     except (ValueError, RuntimeError, IndexError) as exc:
         raise MapError(f"{task.where}: preset {task.preset.name}: pyradiomics: {exc}") from exc
-    return {name: ArrayImage.of(result[f"original_{name}"]) for name in task.features}
+    parts: MapTaskResult = {}
+    for name in task.features:
+        computed_map = result[f"original_{name}"]
+        values = sitk.GetArrayViewFromImage(computed_map).ravel()
+        indices = np.flatnonzero(~np.isnan(values))
+        parts[name] = MapPart(Grid.of(computed_map), indices, values[indices])
+    return parts
 
 
 def _lesion_maps(lesion: Segment, tasks: Sequence[MapTask], results: Sequence[MapTaskResult],
@@ -275,11 +290,12 @@ def _lesion_maps(lesion: Segment, tasks: Sequence[MapTask], results: Sequence[Ma
     computed = 0
     for name in preset.maps.features:
         parts = [result[name] for result in results if name in result]
-        values = parts[0].array.copy()
-        for part in parts[1:]:
-            np.copyto(values, part.array, where=~np.isnan(part.array))
+        grid = parts[0].grid
+        values = np.full(grid.size[::-1], math.nan)
+        for part in parts:
+            values.flat[part.indices] = part.values
         computed = int(np.count_nonzero(~np.isnan(values)))
-        computed_map = dataclasses.replace(parts[0], array=values).image()
+        computed_map = ArrayImage(values, grid.origin, grid.spacing, grid.direction).image()
         on_source = sitk.Resample(sitk.Cast(computed_map, sitk.sitkFloat64), region,
                                   sitk.Transform(), interpolation, math.nan, sitk.sitkFloat32)
         if np.isnan(sitk.GetArrayViewFromImage(on_source)).any():
@@ -295,11 +311,11 @@ def _lesion_maps(lesion: Segment, tasks: Sequence[MapTask], results: Sequence[Ma
 def compute_maps(image: sitk.Image, lesions: Sequence[Segment], preset: Preset, *,
                  workers: int = 1, map_tasks: TaskMap | None = None) -> list[LesionMaps]:
     """The preset's feature maps around every lesion (segments on ``image``'s grid), in lesion
-    order. The work is split into tasks (:class:`MapTask`, :func:`run_map_task`), one per lesion
-    and feature class; ``map_tasks`` runs them (e.g. on a Dask cluster; like the builtin
-    ``map``, results in task order); without it ``workers`` > 1 runs them in that many spawned
-    processes and 1 in this process. Every way computes the same tasks on the same arrays, so
-    the maps are the same.
+    order. The work is split into tasks (:class:`MapTask`, :func:`run_map_task`), one per
+    lesion, feature class and run of voxel batches; ``map_tasks`` runs them (e.g. on a Dask
+    cluster; like the builtin ``map``, results in task order); without it ``workers`` > 1 runs
+    them in that many spawned processes and 1 in this process. Every way computes the same
+    tasks on the same arrays, so the maps are the same.
 
     Raises:
         MapError: a lesion is empty, pyradiomics refused a region, or left a voxel of a written

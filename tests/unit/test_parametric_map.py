@@ -126,8 +126,8 @@ def _pyradiomics_maps(task: MapTask) -> dict[str, np.ndarray]:
 
 def test_map_tasks_are_arrays_and_their_parts_make_one_extraction(case: OutputsCase) -> None:
     """One task per feature class and run of voxel batches; each, pickled as a worker receives
-    it, computes its own voxels (NaN elsewhere) and together they give, bit for bit, what one
-    pyradiomics extraction of every map feature gives."""
+    it, returns the values of its own voxels, and together they give, bit for bit, what one
+    pyradiomics extraction of every map feature gives (NaN where nothing is mapped)."""
     preset = _batched(_with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast",
                                                "firstorder_Entropy")), 40)
     tasks = lesion_map_tasks(case.volume.image, case.lesions[0], preset)
@@ -146,13 +146,10 @@ def test_map_tasks_are_arrays_and_their_parts_make_one_extraction(case: OutputsC
         result = run_map_task(pickle.loads(pickle.dumps(task, protocol=5)))
         assert list(result) == list(task.features)
         for name, part in result.items():
-            computed = ~np.isnan(part.array)
-            assert computed.any()
-            if name not in merged:
-                merged[name] = part.array.copy()
-            else:  # no voxel is computed by two parts
-                assert np.isnan(merged[name][computed]).all()
-                merged[name][computed] = part.array[computed]
+            assert part.indices.size and part.grid.size[::-1] == reference[name].shape
+            values = merged.setdefault(name, np.full(reference[name].shape, np.nan))
+            assert np.isnan(values.flat[part.indices]).all()  # no voxel is in two parts
+            values.flat[part.indices] = part.values
     assert list(merged) == ["firstorder_Mean", "firstorder_Entropy", "glcm_Contrast"]
     for name, values in merged.items():
         assert values.tobytes() == reference[name].tobytes(), name
