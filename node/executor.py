@@ -9,13 +9,14 @@ their bytes, the worker writes them to a temporary folder, runs the same ``proce
 returns the result with the bytes of every file it wrote, which the node writes into the job's
 results folder. Inside that job task, feature extraction is split into one task per lesion and
 image type (``pipelines.features.FeatureTask``: the lesion's windows as NumPy arrays), and the
-parametric maps into one task per lesion and feature class (``pipelines.parametric_map.MapTask``),
-which the job submits to the same cluster (:func:`on_cluster`), so one study's lesions, filters
-and maps spread over every worker while reading, QC and encoding stay with the job. Dask re-runs
-a task whose worker died (up to the scheduler's ``distributed.scheduler.allowed-failures``), so a
-job survives the loss of a worker, whether it ran the job or one of its lesion tasks. Both paths
-call the same function on the same bytes, and the tasks compute what the serial path computes,
-so a job's result (feature values, maps, result UIDs) is the same whichever executor ran it.
+parametric maps into tasks per lesion, feature class and run of voxel batches
+(``pipelines.parametric_map.MapTask``), which the job submits to the same cluster
+(:func:`on_cluster`), so one study's lesions, filters and maps spread over every worker while
+reading, QC and encoding stay with the job. Dask re-runs a task whose worker died (up to the
+scheduler's ``distributed.scheduler.allowed-failures``), so a job survives the loss of a worker,
+whether it ran the job or one of its lesion tasks. Both paths call the same function on the same
+bytes, and the tasks compute what the serial path computes, so a job's result (feature values,
+maps, result UIDs) is the same whichever executor ran it.
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     series ``image_paths`` and write the TID 1500 SR (PS3.16 TID 1500) and a features CSV into
     ``out_dir``. ``workers`` > 1 extracts lesions and maps in that many processes (the node runs
     jobs in a process pool already and keeps 1); ``map_tasks`` runs extraction's per-lesion,
-    per-image-type tasks and the maps' per-lesion, per-feature-class tasks instead
+    per-image-type tasks and the maps' tasks (per lesion, feature class and voxel batches) instead
     (``pipelines.features.extract_lesions``, ``pipelines.parametric_map.compute_maps``; the
     node's Dask executor passes one that runs them on the cluster). Quality control
     (pipelines.qc) of the series and of each lesion, with ``qc_settings`` (defaults when None),
