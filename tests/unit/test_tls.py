@@ -83,6 +83,34 @@ def test_client_with_certificate_stores(node, pki) -> None:
     assert index.instance(ct.SOPInstanceUID) is not None
 
 
+def test_many_pdus_back_to_back_over_tls(tmp_path: Path, pki, refdata: Path) -> None:
+    """Small PDUs over TLS (the node accepts 4 KiB PDUs, so each slice comes in a dozen): the
+    decrypted bytes the SSL layer holds back are read (the event-driven DUL asks the socket for
+    pending bytes before it waits in select, node.reactor)."""
+    config = NodeConfig(state_dir=tmp_path / "state",
+                        listener={"port": free_port(), "max_pdu": 4096},
+                        tls=_tls(pki, listener=True),
+                        peers=[{"name": "scanner", "ae_title": "SCANNER", "host": "127.0.0.1"}])
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    ct = pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
+    uids = [f"1.2.826.0.1.3680043.10.9.{n}" for n in range(8)]
+    try:
+        assoc = _associate(config, _client(pki, with_certificate=True))
+        assert assoc.is_established
+        for uid in uids:
+            ct.SOPInstanceUID = uid
+            assert assoc.send_c_store(ct).Status == 0x0000
+        assoc.release()
+        for uid in uids:
+            row = index.instance(uid)
+            assert row is not None and pydicom.dcmread(row.path).PixelData == ct.PixelData
+    finally:
+        receiver.stop()
+        index.close()
+
+
 def test_client_without_certificate_is_refused(node, pki) -> None:
     config, index, ct = node
     assoc = _associate(config, _client(pki, with_certificate=False))
