@@ -1,20 +1,24 @@
-"""The deployment files: the systemd unit passes ``systemd-analyze verify`` and scores as well
-hardened; the configurations shipped for the systemd install and the container validate (the
-container's only with the status token from the environment); the compose file runs Orthanc's
-official image with the Lua script and health-checks the node on /healthz."""
+"""The deployment files: the systemd units (the node's, the Dask scheduler's and workers') pass
+``systemd-analyze verify`` and score as well hardened, and the Dask units' command lines run a
+task on this package; the configurations shipped for the systemd install and the container
+validate (the container's only with the status token from the environment); the compose file
+runs Orthanc's official image with the Lua script and health-checks the node on /healthz."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from node.config import ConfigError, load_config
-from tests.conftest import REPO
+from pipelines.software import software_version
+from tests.conftest import REPO, free_port
 
 DEPLOY = REPO / "deploy"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -64,3 +68,72 @@ def test_compose_runs_orthanc_with_the_lua_script_and_checks_health() -> None:
     dockerfile = (DEPLOY / "container" / "Dockerfile").read_text()
     assert dockerfile.startswith("# radiomics-node image") and "FROM python:3.11-slim" in dockerfile
     assert (REPO / node["build"]["dockerfile"]).resolve() == DEPLOY / "container" / "Dockerfile"
+
+
+DASK_UNITS = ("radiomics-dask-scheduler", "radiomics-dask-worker")
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("name", DASK_UNITS)
+def test_dask_units_verify_and_are_hardened(name: str, tmp_path: Path) -> None:
+    unit = (DEPLOY / "systemd" / f"{name}.service").read_text()
+    local = tmp_path / f"{name}.service"
+    local.write_text(unit.replace("/opt/radiomics-node/venv/bin/dask", "/bin/true"))
+    verify = subprocess.run([str(SYSTEMD_ANALYZE), "verify", str(local)], capture_output=True,
+                            text=True, check=False)
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    security = subprocess.run([str(SYSTEMD_ANALYZE), "security", "--offline=yes", str(local)],
+                              capture_output=True, text=True, check=False)
+    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
+    assert exposure is not None and float(exposure.group(1)) <= 2.0, security.stdout[-2000:]
+    for setting in ("User=radiomics-node", "ProtectSystem=strict",
+                    "ReadWritePaths=/var/lib/radiomics-dask", "NoNewPrivileges=yes",
+                    "Restart=on-failure", "EnvironmentFile=-/etc/radiomics-node/dask.env"):
+        assert setting in unit.splitlines(), setting
+
+
+def _exec_start(name: str, env: dict[str, str], replace: dict[str, str]) -> list[str]:
+    """The unit's ExecStart as argv, ${VAR} from its Environment= defaults updated by ``env``,
+    and the install paths in ``replace`` swapped for this machine's."""
+    unit = (DEPLOY / "systemd" / f"{name}.service").read_text()
+    values: dict[str, str] = {}
+    for line in unit.splitlines():
+        if line.startswith("Environment="):
+            values.update(item.split("=", 1) for item in line[len("Environment="):].split())
+    values.update(env)
+    [command] = [line[len("ExecStart="):] for line in unit.splitlines()
+                 if line.startswith("ExecStart=")]
+    for old, new in replace.items():
+        command = command.replace(old, new)
+    return [re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], word) for word in command.split()]
+
+
+def test_dask_units_command_lines_run_a_task_on_this_package(tmp_path: Path) -> None:
+    """The scheduler and worker started with the units' own command lines (on free loopback
+    ports, stopped by PID) run a task that imports the pipeline on the worker."""
+    from distributed import Client
+
+    port = free_port()
+    dask = str(Path(sys.executable).parent / "dask")
+    replace = {"/opt/radiomics-node/venv/bin/dask": dask,
+               "/var/lib/radiomics-dask": str(tmp_path),
+               "127.0.0.1:8787": f"127.0.0.1:{free_port()}"}
+    env = {"DASK_HOST": "127.0.0.1", "DASK_PORT": str(port),
+           "DASK_SCHEDULER": f"tcp://127.0.0.1:{port}", "DASK_NWORKERS": "1",
+           "DASK_MEMORY_LIMIT": "2GiB"}
+    # the package as installed on a worker machine (here: this checkout, wherever pytest runs)
+    process_env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    processes = [subprocess.Popen(_exec_start(name, env, replace), cwd=tmp_path, env=process_env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for name in DASK_UNITS]
+    try:
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
+            client.wait_for_workers(1, timeout=120)
+            future = client.submit(software_version, pure=False)  # imports pipelines there
+            assert future.result(timeout=120) == software_version()
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+
