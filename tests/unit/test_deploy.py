@@ -24,12 +24,28 @@ DEPLOY = REPO / "deploy"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
+HARDENING = ("User=radiomics-node", "ProtectSystem=strict", "NoNewPrivileges=yes",
+             "PrivateTmp=yes", "Restart=on-failure")
+UNITS = {
+    "radiomics-node": ("radiomics-node", ("ReadWritePaths=/var/lib/radiomics-node",
+                                          "StateDirectory=radiomics-node")),
+    "radiomics-dask-scheduler": ("dask", ("ReadWritePaths=/var/lib/radiomics-dask",
+                                          "EnvironmentFile=-/etc/radiomics-node/dask.env")),
+    "radiomics-dask-worker": ("dask", ("ReadWritePaths=/var/lib/radiomics-dask",
+                                       "EnvironmentFile=-/etc/radiomics-node/dask.env")),
+}
+"""Each unit in deploy/systemd: the program it starts from the venv, and settings it must have
+beyond HARDENING."""
+
+
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
-def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
-    unit = (DEPLOY / "systemd" / "radiomics-node.service").read_text()
+@pytest.mark.parametrize("name", UNITS)
+def test_systemd_units_verify_and_are_hardened(name: str, tmp_path: Path) -> None:
+    program, settings = UNITS[name]
+    unit = (DEPLOY / "systemd" / f"{name}.service").read_text()
     # verify checks that ExecStart binaries exist: point them at one that does
-    local = tmp_path / "radiomics-node.service"
-    local.write_text(unit.replace("/opt/radiomics-node/venv/bin/radiomics-node", "/bin/true"))
+    local = tmp_path / f"{name}.service"
+    local.write_text(unit.replace(f"/opt/radiomics-node/venv/bin/{program}", "/bin/true"))
     verify = subprocess.run([str(SYSTEMD_ANALYZE), "verify", str(local)], capture_output=True,
                             text=True, check=False)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
@@ -38,9 +54,7 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
     assert exposure is not None, security.stdout[-2000:] + security.stderr
     assert float(exposure.group(1)) <= 2.0  # "OK" on systemd's 0 (safe) to 10 scale
-    for setting in ("User=radiomics-node", "ProtectSystem=strict",
-                    "ReadWritePaths=/var/lib/radiomics-node", "NoNewPrivileges=yes",
-                    "PrivateTmp=yes", "Restart=on-failure", "StateDirectory=radiomics-node"):
+    for setting in (*HARDENING, *settings):
         assert setting in unit.splitlines(), setting
 
 
@@ -71,25 +85,6 @@ def test_compose_runs_orthanc_with_the_lua_script_and_checks_health() -> None:
 
 
 DASK_UNITS = ("radiomics-dask-scheduler", "radiomics-dask-worker")
-
-
-@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
-@pytest.mark.parametrize("name", DASK_UNITS)
-def test_dask_units_verify_and_are_hardened(name: str, tmp_path: Path) -> None:
-    unit = (DEPLOY / "systemd" / f"{name}.service").read_text()
-    local = tmp_path / f"{name}.service"
-    local.write_text(unit.replace("/opt/radiomics-node/venv/bin/dask", "/bin/true"))
-    verify = subprocess.run([str(SYSTEMD_ANALYZE), "verify", str(local)], capture_output=True,
-                            text=True, check=False)
-    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
-    security = subprocess.run([str(SYSTEMD_ANALYZE), "security", "--offline=yes", str(local)],
-                              capture_output=True, text=True, check=False)
-    exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
-    assert exposure is not None and float(exposure.group(1)) <= 2.0, security.stdout[-2000:]
-    for setting in ("User=radiomics-node", "ProtectSystem=strict",
-                    "ReadWritePaths=/var/lib/radiomics-dask", "NoNewPrivileges=yes",
-                    "Restart=on-failure", "EnvironmentFile=-/etc/radiomics-node/dask.env"):
-        assert setting in unit.splitlines(), setting
 
 
 def _exec_start(name: str, env: dict[str, str], replace: dict[str, str]) -> list[str]:
