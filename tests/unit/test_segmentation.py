@@ -92,6 +92,27 @@ def _assert_on_grid(mask: sitk.Image, volume: SeriesVolume) -> None:
     assert mask.GetDirection() == volume.image.GetDirection()
 
 
+def _segmentation(sources: list, pixels: np.ndarray, kind: hd.seg.SegmentationTypeValues,
+                  like: pydicom.Dataset, series_number: int) -> hd.seg.Segmentation:
+    """A SEG of ``pixels`` on ``sources`` with the segment descriptions of the SEG ``like``."""
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=kind,
+        segment_descriptions=[
+            hd.seg.SegmentDescription.from_dataset(item) for item in like.SegmentSequence
+        ],
+        series_instance_uid=generate_uid(),
+        series_number=series_number,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+    )
+
+
 @pytest.mark.parametrize("name", ["seg_image_ct_binary.dcm", "seg_image_ct_binary_fractional.dcm"])
 def test_binary_masks_land_on_their_source_slices(
     refdata: Path, contiguous: SeriesVolume, name: str
@@ -325,22 +346,8 @@ def test_label_map_seg_gives_the_binary_seg_masks(
     for segment in binary.segments:
         labels[_array(segment.mask) > 0] = segment.number
     order = [list(volume.sop_instance_uids).index(uid) for uid in uids]
-    labelmap = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=labels[order],
-        segmentation_type=hd.seg.SegmentationTypeValues.LABELMAP,
-        segment_descriptions=[
-            hd.seg.SegmentDescription.from_dataset(item) for item in binary.dataset.SegmentSequence
-        ],
-        series_instance_uid=generate_uid(),
-        series_number=7,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="test",
-        manufacturer_model_name="test",
-        software_versions="0",
-        device_serial_number="0",
-    )
+    labelmap = _segmentation(sources, labels[order], hd.seg.SegmentationTypeValues.LABELMAP,
+                             binary.dataset, series_number=7)
     assert labelmap.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
     path = tmp_path / "labelmap.dcm"
     labelmap.save_as(path)
@@ -382,22 +389,8 @@ def test_seg_of_a_multiframe_source_uses_referenced_frame_numbers(
     ]
     z_of = {s.position: k for k, s in enumerate(single.slices)}
     masks = np.stack([_array(s.mask) for s in binary.segments], axis=-1)
-    seg = hd.seg.Segmentation(
-        source_images=[enhanced],
-        pixel_array=masks[[z_of[p] for p in positions]],
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[
-            hd.seg.SegmentDescription.from_dataset(item) for item in binary.dataset.SegmentSequence
-        ],
-        series_instance_uid=generate_uid(),
-        series_number=8,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="test",
-        manufacturer_model_name="test",
-        software_versions="0",
-        device_serial_number="0",
-    )
+    seg = _segmentation([enhanced], masks[[z_of[p] for p in positions]],
+                        hd.seg.SegmentationTypeValues.BINARY, binary.dataset, series_number=8)
     path = tmp_path / "seg_on_enhanced.dcm"
     seg.save_as(path)
     assert (
