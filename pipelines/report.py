@@ -17,10 +17,11 @@ Structure (PS3.16 TID 1500 "Measurement Report"):
   the image filter as Measurement Method (a ``99RADNODE`` ``filter.<image type>`` code).
 
 highdicom builds the document, each group and its first NUM; the other NUMs of a group are
-encoded by :func:`num_item`, which writes the same content item as ``highdicom.sr.Measurement``
-(a test compares the two), and inserted after that first one. highdicom's constructors check
-every content item against the whole tree, which takes minutes for the thousands of NUMs of a
-preset with filters and rings (1037 features x 4 ROI variants per lesion for ct-liver-crlm).
+encoded to bytes by :func:`pipelines.sr_encoding.num_item`, which writes the same content item
+as ``highdicom.sr.Measurement`` (a test compares the two), and inserted after that first one.
+highdicom's constructors check every content item against the whole tree, which takes minutes
+for the thousands of NUMs of a preset with filters and rings (1037 features x 4 ROI variants per
+lesion for ct-liver-crlm), and pydicom datasets of them took seconds to build and to write.
 
 A non-finite value is refused: PS3.3 C.18.1 would encode it as an empty Measured Value Sequence
 with a CID 42 Numeric Value Qualifier, which highdicom 0.28 cannot read back, and a NUM that
@@ -38,12 +39,10 @@ import math
 from collections.abc import Mapping, Sequence
 
 import highdicom as hd
-from pydicom.dataelem import DataElement
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
-from pydicom.valuerep import DS
 
 from pipelines.codes import coding_schemes, feature_concept, image_filter_concept
 from pipelines.derived_seg import DerivedSegmentation
@@ -60,6 +59,7 @@ from pipelines.software import (
     contributing_equipment,
     software_version,
 )
+from pipelines.sr_encoding import encoded_items, num_item, raw_content_sequence, written_as_is
 from pipelines.uids import result_uid
 
 SR_SERIES_NUMBER_OFFSET = 1000  # SR series number = source SeriesNumber + this offset
@@ -72,7 +72,6 @@ _PROCEDURES = {
 }
 
 
-_MEASUREMENT_METHOD = hd.sr.CodedConcept("370129005", "SCT", "Measurement Method")
 _CONTENT_SEQUENCE = 0x0040A730
 
 
@@ -92,81 +91,33 @@ def _measurement(key: str, value: float, modality: str) -> hd.sr.Measurement:
     )
 
 
-def _code_item(concept: hd.sr.CodedConcept) -> Dataset:
-    """A Code Sequence item (PS3.3 8.8); values over 16 characters go in Long Code Value."""
-    item = Dataset()
-    if len(concept.value) > 16:
-        item.LongCodeValue = concept.value
-    else:
-        item.CodeValue = concept.value
-    item.CodingSchemeDesignator = concept.scheme_designator
-    if concept.scheme_version:
-        item.CodingSchemeVersion = concept.scheme_version
-    item.CodeMeaning = concept.meaning
-    return item
-
-
-CodeItems = dict[tuple[str, str, str, str | None], Dataset]
-
-
-def _shared_code_item(concept: hd.sr.CodedConcept, shared: CodeItems | None) -> Dataset:
-    """``_code_item(concept)``, the same Dataset object for equal concepts when ``shared`` (a
-    cache for one report) is given."""
-    if shared is None:
-        return _code_item(concept)
-    key = (concept.value, concept.scheme_designator, concept.meaning, concept.scheme_version)
-    if key not in shared:
-        shared[key] = _code_item(concept)
-    return shared[key]
-
-
-def num_item(key: str, value: float, modality: str, shared: CodeItems | None = None) -> Dataset:
-    """The NUM content item of ``_measurement`` (PS3.3 C.17.3.2.1, C.18.1), built with plain
-    pydicom: Concept Name, Measured Value Sequence with the UCUM unit, Numeric Value (DS) and
-    Floating Point Value (FD, the exact double), and the image filter as Measurement Method
-    (HAS CONCEPT MOD, SCT 370129005).
-
-    With ``shared``, the Code Sequence items (concept name, unit, method, filter) are one object
-    per concept across every NUM built with it: they repeat in every ROI, and separate objects
-    for the 46k NUMs of ten lesions with ct-liver-crlm took 530 MB instead of 280 MB. The item
-    encodes the same bytes either way; a shared item must not be changed."""
-    concept = feature_concept(key, modality)
-    measured = Dataset()
-    measured.MeasurementUnitsCodeSequence = [_shared_code_item(concept.unit, shared)]
-    measured.FloatingPointValue = float(value)
-    measured.NumericValue = DS(value, auto_format=True)
-    method = Dataset()
-    method.RelationshipType = "HAS CONCEPT MOD"
-    method.ValueType = "CODE"
-    method.ConceptNameCodeSequence = [_shared_code_item(_MEASUREMENT_METHOD, shared)]
-    method.ConceptCodeSequence = [
-        _shared_code_item(image_filter_concept(concept.image_filter), shared)]
-    item = Dataset()
-    item.RelationshipType = "CONTAINS"
-    item.ValueType = "NUM"
-    item.ConceptNameCodeSequence = [_shared_code_item(concept.name, shared)]
-    item.MeasuredValueSequence = [measured]
-    item.ContentSequence = [method]
-    return item
-
-
 def _complete_groups(sr: hd.sr.Comprehensive3DSR, rois: Sequence[RoiResult], modality: str,
                      appended: Sequence[Sequence[Dataset]]) -> None:
     """Insert every NUM but the first of each group right after the group's first NUM, and
-    append the group's ``appended`` items (e.g. QC findings) at its end."""
+    append the group's ``appended`` items (e.g. QC findings) at its end.
+
+    The group's Content Sequence becomes one raw element (:mod:`pipelines.sr_encoding`): the
+    items highdicom built and ``appended`` encoded by pydicom, the NUMs from templates; the
+    report, the Imaging Measurements container and each group are marked so that pydicom writes
+    it as it is."""
+    encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
     [measurements] = [item for item in sr.ContentSequence
                       if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
     groups = [item for item in measurements.ContentSequence
               if item.ConceptNameCodeSequence[0].CodeValue == "125007"]
-    shared: CodeItems = {}
     for group, roi, extra in zip(groups, rois, appended, strict=True):
         items = list(group.ContentSequence)
         first = next(i for i, item in enumerate(items) if item.ValueType == "NUM")
-        rest = [num_item(key, value, modality, shared)
-                for key, value in list(roi.features.values.items())[1:]]
-        # a plain pydicom Sequence: highdicom's ContentSequence indexes items it built itself
-        ordered = [*items[:first + 1], *rest, *items[first + 1:], *extra]
-        group[_CONTENT_SEQUENCE] = DataElement(_CONTENT_SEQUENCE, "SQ", PydicomSequence(ordered))
+        rest = list(roi.features.values.items())[1:]
+        content = b"".join([
+            encoded_items(items[:first + 1], encodings),
+            *(num_item(key, value, modality, encodings) for key, value in rest),
+            encoded_items([*items[first + 1:], *extra], encodings),
+        ])
+        group[_CONTENT_SEQUENCE] = raw_content_sequence(content)
+        written_as_is(group)
+    written_as_is(measurements)
+    written_as_is(sr)
 
 
 def _referenced_segment(volume: SeriesVolume, seg: DecodedSegmentation, roi: RoiResult,

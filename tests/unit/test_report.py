@@ -11,10 +11,10 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from pipelines.codes import feature_concept, image_filter_concept
+from pipelines.codes import feature_concept
 from pipelines.features import RoiFeatures, extract_features
 from pipelines.presets import Preset, load_preset
-from pipelines.report import ReportError, build_measurement_report, num_item
+from pipelines.report import ReportError, build_measurement_report
 from pipelines.results import RoiResult
 from pipelines.segmentation import DecodedSegmentation, read_segmentation
 from pipelines.series import SeriesVolume, read_series
@@ -235,18 +235,6 @@ def test_finding_site_comes_from_the_segments_anatomic_region(inputs: Inputs) ->
         )
 
 
-@pytest.mark.parametrize("key", ["original_firstorder_Mean", "original_shape_MeshVolume",
-                                 "log-sigma-3-0-mm-3D_glcm_Contrast",
-                                 "wavelet-LLH_gldm_GrayLevelVariance"])
-@pytest.mark.parametrize("value", [35.061234567891234, -1e-12, 123456789.25, 0.0])
-def test_num_item_is_the_content_item_highdicom_builds(key: str, value: float) -> None:
-    """The fast NUM encoder writes exactly what highdicom.sr.Measurement writes."""
-    concept = feature_concept(key, "CT")
-    expected = hd.sr.Measurement(name=concept.name, value=value, unit=concept.unit,
-                                 method=image_filter_concept(concept.image_filter))[0]
-    assert num_item(key, value, "CT").to_json_dict() == expected.to_json_dict()
-
-
 def test_header_names_the_processing_equipment_and_library_versions(
     inputs: Inputs, written: Path
 ) -> None:
@@ -269,19 +257,3 @@ def test_discretisation_and_resampling_are_algorithm_parameters(inputs: Inputs) 
     assert "binWidth 25" in parameters
     assert "resampledPixelSpacing [1, 1, 1]" in parameters
     assert "interpolator sitkBSpline" in parameters
-
-
-def test_num_items_of_one_report_share_their_code_items_and_encode_the_same() -> None:
-    shared: dict = {}
-    mean = num_item("original_firstorder_Mean", 1.5, "CT", shared)
-    again = num_item("wavelet-LLH_firstorder_Mean", -2.25, "CT", shared)
-    assert mean.ConceptNameCodeSequence[0] is again.ConceptNameCodeSequence[0]
-    assert (mean.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
-            is again.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0])
-    assert (mean.ContentSequence[0].ConceptNameCodeSequence[0]
-            is again.ContentSequence[0].ConceptNameCodeSequence[0])
-    assert (mean.ContentSequence[0].ConceptCodeSequence[0]
-            is not again.ContentSequence[0].ConceptCodeSequence[0])  # another image filter
-    assert mean.to_json_dict() == num_item("original_firstorder_Mean", 1.5, "CT").to_json_dict()
-    assert again.to_json_dict() == num_item("wavelet-LLH_firstorder_Mean", -2.25,
-                                            "CT").to_json_dict()

@@ -1,0 +1,78 @@
+"""NUM items encoded from templates, and the report's raw Content Sequences: the bytes pydicom
+writes for the same items, read back by pydicom and highdicom, in either VR encoding."""
+
+import io
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+from pydicom.charset import convert_encodings
+from pydicom.dataelem import RawDataElement
+from pydicom.uid import ImplicitVRLittleEndian
+
+from pipelines.codes import feature_concept, image_filter_concept
+from pipelines.report import build_measurement_report
+from pipelines.sr_encoding import encoded_items, num_item
+from tests.unit.test_report import Inputs, inputs  # noqa: F401 (fixture)
+
+KEYS = ["original_firstorder_Mean", "original_shape_MeshVolume",
+        "log-sigma-3-0-mm-3D_glcm_Contrast", "wavelet-LLH_gldm_GrayLevelVariance",
+        "log-sigma-1-0-mm-3D_glszm_SmallAreaHighGrayLevelEmphasis"]  # Long Code Value filter
+VALUES = [35.061234567891234, -1e-12, 123456789.25, 0.0, 2.0, 1e300, -0.1]
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192"])
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("value", VALUES)
+def test_num_item_is_the_item_highdicom_builds_as_pydicom_writes_it(
+    key: str, value: float, charset: str
+) -> None:
+    concept = feature_concept(key, "CT")
+    expected = hd.sr.Measurement(name=concept.name, value=value, unit=concept.unit,
+                                 method=image_filter_concept(concept.image_filter))[0]
+    encodings = tuple(convert_encodings(charset))
+    assert num_item(key, value, "CT", encodings) == encoded_items([expected], encodings)
+
+
+def _report(inputs: Inputs) -> hd.sr.Comprehensive3DSR:  # noqa: F811
+    return build_measurement_report(inputs.volume, inputs.seg, inputs.rois, inputs.preset)
+
+
+def _groups(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:
+    [measurements] = [item for item in dataset.ContentSequence
+                      if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    return [item for item in measurements.ContentSequence
+            if item.ConceptNameCodeSequence[0].CodeValue == "125007"]
+
+
+def test_group_content_is_written_as_is_and_is_what_pydicom_writes(
+    inputs: Inputs,  # noqa: F811
+) -> None:
+    report = _report(inputs)
+    assert all(isinstance(group.get_item(0x0040A730), RawDataElement)
+               for group in _groups(report))
+    written = io.BytesIO()
+    report.save_as(written, enforce_file_format=True)
+    assert all(isinstance(group.get_item(0x0040A730), RawDataElement)
+               for group in _groups(report)), "writing decoded the raw content"
+    # pydicom decodes every item of the file and writes it again: the same bytes
+    decoded = pydicom.dcmread(io.BytesIO(written.getvalue()))
+    again = io.BytesIO()
+    decoded.save_as(again, enforce_file_format=True)
+    assert again.getvalue() == written.getvalue()
+
+
+def test_report_in_implicit_vr_decodes_the_raw_content(
+    inputs: Inputs, tmp_path: Path,  # noqa: F811
+) -> None:
+    report = _report(inputs)
+    report.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    report.save_as(tmp_path / "implicit.dcm", enforce_file_format=True)
+    read = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(tmp_path / "implicit.dcm"))
+    [group, *_] = read.content.get_volumetric_roi_measurement_groups()
+    values = {m.name.meaning: m.value for m in group.get_measurements()}
+    roi = inputs.rois[0]
+    assert len(group.get_measurements()) == len(roi.features.values)
+    mean = feature_concept("original_firstorder_Mean", "CT").name.meaning
+    assert values[mean] == pytest.approx(roi.features.values["original_firstorder_Mean"])
