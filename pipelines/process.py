@@ -24,16 +24,17 @@ from pydicom.uid import Comprehensive3DSRStorage
 from models.package import ModelPackageError, load_package
 from pipelines.derived_seg import build_derived_segmentation
 from pipelines.evaluations import model_line, qc_lines
-from pipelines.features import TaskMap, extract_lesions
+from pipelines.features import FeatureError, RoiFeatures, TaskMap, extract_lesions
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
 from pipelines.parametric_map import build_parametric_maps, compute_maps
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
 from pipelines.presets import Preset, load_preset
 from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
 from pipelines.qc import QCReport, QCSettings, assess_roi, assess_series, worst_status
+from pipelines.qc.robustness import Perturbed, perturbed_features
 from pipelines.report import build_measurement_report
 from pipelines.results import RoiResult
-from pipelines.rois import build_variants, is_liver
+from pipelines.rois import RoiMask, build_variants, is_liver
 from pipelines.segmentation import DecodedSegmentation, Segment, read_segmentation
 from pipelines.series import SeriesVolume, read_series
 from pipelines.summary import build_summary_image
@@ -254,6 +255,31 @@ def _normalised(
     return image, [zscore_parameters(image, lesion.mask) for lesion in lesions]
 
 
+def _lesions_as_drawn(image: sitk.Image, lesions: Sequence[Segment],
+                      features: Sequence[dict[str, RoiFeatures]], preset: Preset,
+                      settings: QCSettings, zscores: Sequence[tuple[float, float] | None],
+                      names: Sequence[str], workers: int, map_tasks: TaskMap | None
+                      ) -> list[RoiFeatures | None]:
+    """The features of each lesion as drawn, the reference of the robustness check: its
+    ``intra`` variant, or, for a preset without one, extracted here from the same image with the
+    same z-score (None when the check is off or pyradiomics refuses the lesion; the check then
+    extracts it itself and reports why not)."""
+    drawn = [by_name.get("intra") for by_name in features]
+    missing = [n for n, original in enumerate(drawn) if original is None]
+    if not settings.feature_robustness or not missing:
+        return drawn
+    try:
+        extracted = extract_lesions(
+            image, [[RoiMask("intra", lesions[n].region, lesions[n].index)] for n in missing],
+            preset, zscore=[zscores[n] for n in missing], names=[names[n] for n in missing],
+            workers=workers, map_tasks=map_tasks)
+    except FeatureError:
+        return drawn
+    for n, by_name in zip(missing, extracted, strict=True):
+        drawn[n] = by_name["intra"]
+    return drawn
+
+
 def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                   preset: str | Path | Preset, out_dir: str | Path,
                   *, workers: int = 1, qc_settings: QCSettings | None = None,
@@ -294,21 +320,26 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         for lesion in lesions
     ]
     laps.lap("preprocessing")
-    features = extract_lesions(
-        image, variants, preset, zscore=zscores, workers=workers, map_tasks=map_tasks,
-        names=[f"{seg_path}: segment {s.number} ({s.label})" for s in lesions],
-    )
+    names = [f"{seg_path}: segment {s.number} ({s.label})" for s in lesions]
+    features = extract_lesions(image, variants, preset, zscore=zscores, workers=workers,
+                               map_tasks=map_tasks, names=names)
+    qc_settings = qc_settings or QCSettings()
+    drawn = _lesions_as_drawn(image, lesions, features, preset, qc_settings, zscores, names,
+                              workers, map_tasks)
+    perturbed: list[Perturbed | None] = perturbed_features(
+        image, [(lesion.region, lesion.index) for lesion in lesions], preset, qc_settings,
+        zscore=zscores, names=names, workers=workers, map_tasks=map_tasks,
+    ) if qc_settings.feature_robustness else [None] * len(lesions)
     lesion_maps = compute_maps(image, lesions, preset, workers=workers, map_tasks=map_tasks) \
         if preset.maps.enabled else []
     laps.lap("extraction")
-    qc_settings = qc_settings or QCSettings()
     qc = (
         assess_series(volume, qc_settings),
         *(
             assess_roi(volume, lesion.mask, qc_settings, reference_mask=liver, preset=preset,
-                       features=by_name.get("intra"),
+                       features=original, perturbed=lesion_perturbed,
                        subject=f"segment {lesion.number} ({lesion.label})")
-            for lesion, by_name in zip(lesions, features, strict=True)
+            for lesion, original, lesion_perturbed in zip(lesions, drawn, perturbed, strict=True)
         ),
     )
     rois = [

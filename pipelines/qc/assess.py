@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import SimpleITK as sitk
 
 from pipelines.features import RoiFeatures
@@ -18,7 +20,7 @@ from pipelines.qc.image import (
 from pipelines.qc.integrity import hu_range_check, integrity_checks
 from pipelines.qc.masks import grid_difference, mask_checks
 from pipelines.qc.report import QCCheck, QCReport
-from pipelines.qc.robustness import feature_robustness
+from pipelines.qc.robustness import Perturbation, feature_robustness
 from pipelines.qc.settings import QCSettings
 from pipelines.series import SeriesVolume
 
@@ -61,13 +63,16 @@ def assess_roi(
     preset: Preset | None = None,
     features: RoiFeatures | None = None,
     subject: str | None = None,
+    perturbed: Mapping[str, Perturbation] | None = None,
 ) -> QCReport:
     """Mask checks, image checks and (with ``preset``) feature robustness of ``mask == label``.
 
     ``reference_mask`` (non-zero voxels, on the image grid) is the homogeneous tissue to measure
     noise and bias field in, e.g. a liver segment; without it a shell around the ROI is used.
     ``preset`` turns on the robustness checks when ``settings.feature_robustness`` is set;
-    ``features`` is the plain extraction of this ROI with that preset, if the caller has it.
+    ``features`` is the plain extraction of this ROI with that preset and ``perturbed`` the
+    features of its eroded and dilated versions
+    (:func:`pipelines.qc.robustness.perturbed_features`), if the caller has them.
     Image and robustness checks are skipped when the mask is empty or off the image grid.
 
     Raises:
@@ -112,7 +117,8 @@ def assess_roi(
     report = report.extended(image_checks)
     if preset is not None and settings.feature_robustness:
         robustness = feature_robustness(image, mask, preset, settings, label=label,
-                                        original=features, subject=subject)
+                                        original=features, subject=subject,
+                                        perturbed=perturbed)
         report = report.extended(robustness.checks)
     return report
 

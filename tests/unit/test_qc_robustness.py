@@ -9,8 +9,12 @@ from scipy import ndimage
 
 import pipelines.qc.robustness as robustness
 from pipelines.features import extract_features
+from pipelines.preprocess import apply_zscore
 from pipelines.presets import Preset, load_preset
 from pipelines.qc import QCReport, QCSettings, assess_roi, feature_robustness
+from pipelines.qc.robustness import Perturbation, perturbed_features, perturbed_rois
+from pipelines.rois import RoiMask, on_full_grid
+from pipelines.segmentation import voxel_box
 from tests.unit.qc_volumes import ball, make_volume, mask_like
 
 SHAPE = (16, 24, 24)
@@ -124,3 +128,79 @@ def test_assess_roi_runs_robustness_only_with_a_preset_and_the_setting(preset: P
     with_robustness = names(assess_roi(volume, mask, preset=preset))
     assert "robustness.original_firstorder_Mean" in with_robustness
     assert "robustness.unstable" in with_robustness
+
+
+def _full_grid(roi: RoiMask | None, reference: sitk.Image) -> np.ndarray:
+    if roi is None:
+        return np.zeros(sitk.GetArrayViewFromImage(reference).shape, bool)
+    return sitk.GetArrayFromImage(on_full_grid(roi, reference)).astype(bool)
+
+
+@pytest.mark.parametrize("where", ["inside", "at the border"])
+def test_perturbed_rois_of_a_region_are_the_full_grid_erosion_and_dilation(where: str) -> None:
+    image = _image(np.zeros(SHAPE))
+    roi = ball(SHAPE, CENTRE if where == "inside" else (0.0, 12.0, 12.0), 4.0, SPACING)
+    mask = mask_like(image, roi)
+    lower, size = voxel_box(mask)
+    region = sitk.RegionOfInterest(mask, size, lower)
+
+    rois = perturbed_rois(region, lower, image.GetSize(), QCSettings())
+
+    binary = sitk.Cast(mask == 1, sitk.sitkUInt8)
+    eroded = sitk.BinaryErode(binary, [1, 1, 1], sitk.sitkBall, 0.0, 1.0)
+    dilated = sitk.BinaryDilate(binary, [1, 1, 1], sitk.sitkBall, 0.0, 1.0)
+    assert np.array_equal(_full_grid(rois["erosion"], image),
+                          sitk.GetArrayFromImage(eroded).astype(bool))
+    assert np.array_equal(_full_grid(rois["dilation"], image),
+                          sitk.GetArrayFromImage(dilated).astype(bool))
+    if where == "at the border":  # the border counts as foreground: slice 0 keeps voxels
+        assert _full_grid(rois["erosion"], image)[0].any()
+
+
+def test_perturbed_features_use_the_lesions_z_score(preset: Preset) -> None:
+    """Perturbed ROIs are measured on the image their lesion's own features come from: with a
+    per-lesion z-score, the normalised image, not the raw one."""
+    rng = np.random.default_rng(4)
+    image = _image(400.0 + rng.normal(0.0, 30.0, SHAPE))
+    mask = mask_like(image, ball(SHAPE, CENTRE, 5.0, SPACING))
+    lower, size = voxel_box(mask)
+    affine = (400.0, 30.0)
+
+    [perturbed] = perturbed_features(image, [(sitk.RegionOfInterest(mask, size, lower), lower)],
+                                     preset, QCSettings(), zscore=[affine])
+
+    eroded = sitk.BinaryErode(sitk.Cast(mask, sitk.sitkUInt8), [1, 1, 1], sitk.sitkBall, 0.0, 1.0)
+    plain = extract_features(apply_zscore(image, *affine), eroded, preset)
+    got = perturbed["erosion"].features
+    assert got is not None and perturbed["erosion"].voxels == int(
+        sitk.GetArrayViewFromImage(eroded).sum())
+    for key in ("original_firstorder_Mean", "original_glcm_Contrast",
+                "original_shape_VoxelVolume"):
+        assert got.values[key] == pytest.approx(plain.values[key], rel=1e-6, abs=1e-9)
+    assert abs(got.values["original_firstorder_Mean"]) < 1.0  # z-scored, not about 400
+
+
+def test_a_refused_perturbed_roi_names_its_reason_and_spares_the_other_lesions(
+    preset: Preset,
+) -> None:
+    rng = np.random.default_rng(5)
+    image = _image(100.0 + rng.normal(0.0, 10.0, SHAPE))
+    big = mask_like(image, ball(SHAPE, CENTRE, 5.0, SPACING))
+    thin = np.zeros(SHAPE, bool)
+    thin[3, 2:5, 2] = True  # 3 voxels in a line: eroded away; its dilation is a thin slab
+    lesions = []
+    for mask in (big, mask_like(image, thin)):
+        lower, size = voxel_box(mask)
+        lesions.append((sitk.RegionOfInterest(mask, size, lower), lower))
+    settings = QCSettings()
+    strict = preset.model_copy(update={"radiomics": {
+        **preset.radiomics, "setting": {**preset.radiomics["setting"], "minimumROISize": 40}}})
+
+    big_result, thin_result = perturbed_features(image, lesions, strict, settings)
+
+    assert big_result["erosion"].features is not None
+    assert big_result["dilation"].features is not None
+    assert thin_result["erosion"] == Perturbation(0, None, "no voxel is left")
+    assert thin_result["dilation"].features is None
+    assert thin_result["dilation"].reason.startswith("lesion 1, ROI dilation: pyradiomics: Size")
+    assert thin_result["dilation"].voxels > 0
