@@ -1,23 +1,45 @@
-"""The C-STORE response the receiver sends for each stored instance, encoded directly.
+"""The receiver's DIMSE layer: incoming messages assembled from P-DATA fragments without copying
+them into a growing buffer, and C-STORE responses encoded directly.
 
-pynetdicom turns the response primitive into a DIMSE message by building a pydicom ``Dataset``
-for the command set, validating and encoding it twice (once to learn the Command Group Length):
-on a 512 x 512 CT slice about a sixth of the receiver's interpreter time went to answering
-(py-spy, docs/performance.md "Ingest"). A plain response (no Error Comment, Offending Element or
-other optional attribute: every success, and a failure whose status says it all) has a fixed
-layout, encoded here in Implicit VR Little Endian as PS3.7 6.3.1 requires for command sets, with
-the elements of PS3.7 Table 9.3-2 in tag order; it goes to the peer as one PDV, the last fragment
-of a command (PS3.8 E.2: control header 0x03). Any other response takes pynetdicom's path. The
-bytes equal pynetdicom's (tests/unit/test_dimse.py).
+**Incoming messages.** pynetdicom's ``DIMSEMessage.decode_msg`` writes every data set fragment,
+after slicing off its control header (a copy), into a ``BytesIO`` that grows as they come (more
+copies, and fresh pages of memory for each instance): on a 512 x 512 CT slice about a seventh
+of the receiver's interpreter time (py-spy, docs/performance.md "Ingest"). Here the fragments are
+kept as views of the received PDUs (``node.reactor`` reads each P-DATA-TF PDU into one buffer and
+does not copy its PDVs) and joined once when the last one arrives; the data set is a ``BytesIO``
+over those bytes, which Python shares without copying. Command fragments, the command set's
+decoding, the message class, the primitive and the queueing are pynetdicom's own, in the same
+order with the same outcomes (tests/unit/test_dimse.py assembles the same messages both ways).
+
+**Responses.** pynetdicom turns the response primitive into a DIMSE message by building a pydicom
+``Dataset`` for the command set, validating and encoding it twice (once to learn the Command
+Group Length): on a 512 x 512 CT slice about a sixth of the receiver's interpreter time went to
+answering (py-spy, docs/performance.md "Ingest"). A plain response (no Error Comment, Offending
+Element or other optional attribute: every success, and a failure whose status says it all) has
+a fixed layout, encoded here in Implicit VR Little Endian as PS3.7 6.3.1 requires for command
+sets, with the elements of PS3.7 Table 9.3-2 in tag order; it goes to the peer as one PDV, the
+last fragment of a command (PS3.8 E.2: control header 0x03). Any other response takes
+pynetdicom's path. The bytes equal pynetdicom's (tests/unit/test_dimse.py).
 """
 
 from __future__ import annotations
 
+import logging
 import struct
+import threading
+from io import BytesIO
+from typing import cast
 
+from pynetdicom import _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import _MESSAGE_TYPES, DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
+from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.utils import make_target
+
+PYNETDICOM_LOG = logging.getLogger("pynetdicom.dimse")
+"""pynetdicom's DIMSE logger: the messages it would log, it logs here in the same words."""
 
 C_STORE_RSP = 0x8001
 """Command Field of a C-STORE response (PS3.7 Table E.1-1)."""
@@ -70,8 +92,94 @@ def plain_store_response(primitive: object) -> bool:
     return all(getattr(primitive, name, None) in (None, "", []) for name in _EXTRAS)
 
 
-class StoreResponseDIMSE(DIMSEServiceProvider):
-    """pynetdicom's DIMSE service provider that encodes plain C-STORE responses itself."""
+NO_DATA_SET_TYPE = 0x0101
+"""Command Data Set Type (0000,0800) saying that no data set follows (PS3.7 Table E.1-1)."""
+
+
+def assemble(message: DIMSEMessage, fragments: list, primitive: P_DATA) -> bool:
+    """Add the PDVs of ``primitive`` to ``message``, as ``DIMSEMessage.decode_msg`` does with
+    STORE_RECV_CHUNKED_DATASET off, except that data set fragments are appended to ``fragments``
+    (views, not copies) and become ``message.data_set`` only when the message is complete.
+    True when it is.
+
+    As pynetdicom does (PS3.8 E.2: bit 0 of the control header says command, bit 1 last
+    fragment): command fragments are written to ``encoded_command_set``; the last one is decoded
+    (Implicit VR Little Endian, PS3.7 6.3.1), sets ``context_id`` and the message's class from
+    its Command Field, and completes the message when the Command Data Set Type says no data set
+    follows; the last data set fragment completes it otherwise. PDVs after the one that completes
+    the message are ignored, as there.
+    """
+    if primitive.__class__ != P_DATA:
+        return False
+    for context_id, data in primitive.presentation_data_value_list:
+        control = data[0]
+        if control & 1:
+            message.encoded_command_set.write(data[1:])
+            if control & 2:
+                message.context_id = context_id
+                message.command_set = decode(message.encoded_command_set, True, True)
+                message.__class__ = _MESSAGE_TYPES[cast(int, message.command_set.CommandField)][1]
+                if message.command_set.CommandDataSetType == NO_DATA_SET_TYPE:
+                    _join(message, fragments)
+                    return True
+        else:
+            fragments.append(data[1:])
+            if control & 2:
+                _join(message, fragments)
+                return True
+    return False
+
+
+def _join(message: DIMSEMessage, fragments: list) -> None:
+    """The data set fragments received so far as ``message.data_set`` (positioned at its end, as
+    pynetdicom leaves it after writing); an empty ``BytesIO`` stays when there were none."""
+    if fragments:
+        data_set = BytesIO(b"".join(fragments))  # the one copy; BytesIO shares these bytes
+        data_set.seek(0, 2)
+        message.data_set = data_set
+        fragments.clear()
+
+
+class AcceptorDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE service provider that assembles incoming messages without growing a
+    buffer (``assemble``) and encodes plain C-STORE responses itself."""
+
+    _fragments: list
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        """``DIMSEServiceProvider.receive_primitive`` with ``assemble`` in place of
+        ``DIMSEMessage.decode_msg``; the rest is pynetdicom's, step for step. With
+        ``STORE_RECV_CHUNKED_DATASET`` (data sets spooled to a temporary file) pynetdicom's."""
+        if _config.STORE_RECV_CHUNKED_DATASET:
+            super().receive_primitive(primitive)
+            return
+        if self.message is None:
+            self.message = DIMSEMessage()
+            self._fragments = []
+        if not assemble(self.message, self._fragments, primitive):
+            return
+        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
+        context_id = cast(int, self.message.context_id)
+        try:
+            d_primitive = self.message.message_to_primitive()
+        except Exception as exc:
+            PYNETDICOM_LOG.error("Received an invalid DIMSE message")
+            PYNETDICOM_LOG.exception(exc)
+            self.dul.event_queue.put("Evt19")
+            return
+        if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
+            self.cancel_req[cast(int, d_primitive.MessageIDBeingRespondedTo)] = d_primitive
+        elif isinstance(d_primitive, N_EVENT_REPORT) and d_primitive.is_valid_request:
+            threading.Thread(target=make_target(self.assoc._serve_request),
+                             args=(d_primitive, context_id)).start()
+        else:
+            self.msg_queue.put((context_id, d_primitive))
+        # as pynetdicom: the message lets go of its buffers (pynetdicom issue #41)
+        self.message.encoded_command_set = BytesIO()
+        self.message.data_set = BytesIO()
+        self.message._data_set_file = None
+        self.message._data_set_path = None
+        self.message = None
 
     def send_msg(self, primitive, context_id: int) -> None:  # type: ignore[no-untyped-def]
         """Send ``primitive`` on ``context_id``: a plain C-STORE response as one PDV, anything

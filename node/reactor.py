@@ -17,6 +17,13 @@ Here both threads block until there is work instead:
   (``DIMSEServiceProvider.msg_queue``), when the DUL hands the user a primitive (A-RELEASE,
   A-ABORT: ``to_user_queue``) and when the DUL thread ends.
 
+The DUL thread also reads a P-DATA-TF PDU (PS3.8 9.3.5) into one buffer and hands its
+presentation data values on as views of it (``read_pdu``): pynetdicom copies the PDU into a
+``bytes`` object and each PDV into another before the DIMSE layer copies them again. Every other
+PDU, and a P-DATA-TF PDU while a handler watches the PDUs as pynetdicom decodes them
+(``EVT_DATA_RECV``, ``EVT_PDU_RECV``), goes through pynetdicom's decoding. Either way the PDU
+enters the state machine as event 10, so the transitions are pynetdicom's.
+
 Timers (ARTIM, the network idle timeout) are still checked on every pass; the waits are bounded by
 ``TIMER_GRANULARITY`` so that they expire on time. Each pass does what pynetdicom's does, through
 the same methods, so the state machine, events and timeouts behave as they do there
@@ -30,6 +37,7 @@ import logging
 import os
 import queue
 import select
+import struct
 import threading
 from typing import Any
 
@@ -37,11 +45,25 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import make_target
 
 from node.logs import fields
 
 log = logging.getLogger(__name__)
+
+PYNETDICOM_LOG = logging.getLogger("pynetdicom.dul")
+"""pynetdicom's DUL logger: the PDU read errors are logged there in pynetdicom's words."""
+
+P_DATA_TF = 0x04
+"""PDU type of a P-DATA-TF PDU (PS3.8 Table 9-22)."""
+
+PDU_TYPES = frozenset(range(0x01, 0x08))
+"""The PDU types of PS3.8 9.3.1; any other is an unrecognised PDU (event 19)."""
+
+PDV_WATCHERS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV)
+"""Notifications that hand a handler the received PDU as pynetdicom decodes it: while one is bound,
+P-DATA-TF PDUs take pynetdicom's path so that it gets the same objects."""
 
 TIMER_GRANULARITY = 0.1
 """Longest wait (s) of either thread before it looks at its timers and stop flags again."""
@@ -57,6 +79,36 @@ class _WakingQueue(queue.Queue):
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
         self._wake()
+
+
+class PDataTF:
+    """A received P-DATA-TF PDU whose presentation data values are views of its buffer.
+
+    Decoded as ``pynetdicom.pdu.P_DATA_TF.decode`` does (PS3.8 9.3.5.1: items of a 4-byte length,
+    the presentation context ID and the value, whose first byte is the message control header)
+    and refused where it fails: an item header cut short or an item running past the PDU (its
+    length counts the context ID, so less than 1 is one that cannot hold it)."""
+
+    def __init__(self, body: bytearray):
+        view = memoryview(body)
+        items: list[tuple[int, memoryview]] = []
+        offset, end = 0, len(body)
+        while offset < end:
+            (length,) = struct.unpack(">I", view[offset:offset + 4])  # error when cut short
+            (context_id,) = struct.unpack(">B", view[offset + 4:offset + 5])
+            data = view[offset + 5:offset + 4 + length]
+            if len(data) != length - 1:
+                raise ValueError(f"PDV item of {length} bytes at offset {offset} runs past the "
+                                 f"{end}-byte PDU")
+            items.append((context_id, data))
+            offset += 4 + length
+        self.items = items
+
+    def to_primitive(self) -> P_DATA:
+        """The P-DATA indication (``P_DATA_TF.to_primitive``), the views as its values."""
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.extend(self.items)
+        return primitive
 
 
 class EventDUL(DULServiceProvider):
@@ -106,6 +158,55 @@ class EventDUL(DULServiceProvider):
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_read, 4096):
                     pass
+
+    def _read_pdu_data(self) -> None:
+        """Read one PDU from the socket and queue its event (``DULServiceProvider._read_pdu_data``,
+        the same steps, events and log messages), P-DATA-TF as ``PDataTF`` unless a handler
+        watches received PDUs."""
+        assert self.socket is not None
+        try:
+            header = self.socket.recv(6)
+        except (OSError, TimeoutError) as exc:
+            PYNETDICOM_LOG.error("Connection closed before the entire PDU was received")
+            PYNETDICOM_LOG.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        try:
+            pdu_type, _, pdu_length = struct.unpack(">BBL", header)
+        except struct.error:
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type not in PDU_TYPES:
+            PYNETDICOM_LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        try:
+            body = self.socket.recv(pdu_length)
+        except (OSError, TimeoutError) as exc:
+            PYNETDICOM_LOG.error("Connection closed before the entire PDU was received")
+            PYNETDICOM_LOG.exception(exc)
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != pdu_length:
+            PYNETDICOM_LOG.error(
+                f"The received PDU is shorter than expected ({6 + len(body)} of "
+                f"{6 + pdu_length} bytes received)")
+            self.event_queue.put("Evt17")
+            return
+        try:
+            if pdu_type == P_DATA_TF and not any(self.assoc.get_handlers(event)
+                                                 for event in PDV_WATCHERS):
+                pdu: Any = PDataTF(body)
+                event = "Evt10"
+            else:
+                pdu, event = self._decode_pdu(bytearray(header) + body)
+            self.event_queue.put(event)
+        except Exception as exc:
+            PYNETDICOM_LOG.error("Unable to decode the received PDU data")
+            PYNETDICOM_LOG.exception(exc)
+            self.event_queue.put("Evt19")
+            return
+        self._recv_pdu.put(pdu)
 
     def run_reactor(self) -> None:
         """The DUL reactor (see ``DULServiceProvider.run_reactor``), waiting instead of sleeping

@@ -6,8 +6,9 @@ indexes the instance before the handler answers success (PS3.4 B.2.3 status 0x00
 
 Speed (docs/performance.md): every accepted socket gets TCP_NODELAY (``store_scu.set_nodelay``);
 a PDU is read with one ``recv_into`` loop into a buffer of its length instead of pynetdicom's
-4 KiB reads; the association's threads wait for work instead of polling (``node.reactor``);
-C-STORE responses are encoded directly (``node.dimse``).
+4 KiB reads, and a P-DATA-TF PDU's values are passed on as views of that buffer; the
+association's threads wait for work instead of polling (``node.reactor``); DIMSE messages are
+assembled without a growing buffer and C-STORE responses encoded directly (``node.dimse``).
 With ``listener.processes`` N > 1 the node runs N listeners on the same port with SO_REUSEPORT (the
 kernel spreads connections among them): this process and N - 1 spawned receiver processes, each with
 its own pynetdicom AE, its own SQLite connection to the index (WAL: concurrent writers wait on the
@@ -37,7 +38,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from node import logs
 from node.config import NodeConfig
-from node.dimse import StoreResponseDIMSE
+from node.dimse import AcceptorDIMSE
 from node.index import Index
 from node.ingest import SUCCESS, Ingest
 from node.logs import fields
@@ -98,7 +99,7 @@ class _RequestHandler(RequestHandler):
         assoc.__class__ = EventAssociation
         assert isinstance(assoc, EventAssociation)
         assoc.adopt()
-        assoc.dimse.__class__ = StoreResponseDIMSE  # C-STORE responses encoded directly
+        assoc.dimse.__class__ = AcceptorDIMSE  # messages assembled, responses encoded directly
         for event in TRACE_EVENTS:  # pynetdicom's own trace logging, bound by default
             for handler, _ in assoc.get_handlers(event):
                 assoc.unbind(event, handler)

@@ -1,13 +1,22 @@
-"""node.dimse: the C-STORE responses the receiver encodes itself are byte for byte what pynetdicom
-encodes, and responses with optional attributes still go through pynetdicom."""
+"""node.dimse: incoming messages assembled from fragment views are what pynetdicom's decode_msg
+assembles from the same P-DATA primitives; the C-STORE responses the receiver encodes itself are
+byte for byte what pynetdicom encodes, and responses with optional attributes still go through
+pynetdicom."""
 
 from __future__ import annotations
 
-import pytest
-from pynetdicom.dimse_messages import C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from io import BytesIO
+from pathlib import Path
 
-from node.dimse import LAST_COMMAND_FRAGMENT, encode_store_response, plain_store_response
+import pydicom
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.pdu_primitives import P_DATA
+
+from node.dimse import LAST_COMMAND_FRAGMENT, assemble, encode_store_response, plain_store_response
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -46,3 +55,113 @@ def test_responses_with_an_error_comment_or_of_other_services_are_not_plain() ->
     request.AffectedSOPInstanceUID = "1.2.3"
     assert not plain_store_response(request)
     assert not plain_store_response(object())
+
+
+def _store_request(refdata: Path) -> C_STORE:
+    ct = pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ct)
+    request = C_STORE()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = CT
+    request.AffectedSOPInstanceUID = ct.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = BytesIO(body.getvalue())
+    return request
+
+
+def _echo_request() -> C_ECHO:
+    request = C_ECHO()
+    request.MessageID = 3
+    request.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    return request
+
+
+def _encoded(request: C_STORE | C_ECHO, max_pdu: int) -> list[P_DATA]:
+    message = C_STORE_RQ() if isinstance(request, C_STORE) else C_ECHO_RQ()
+    message.primitive_to_message(request)
+    return list(message.encode_msg(5, max_pdu))
+
+
+def _as_views(primitive: P_DATA) -> P_DATA:
+    """The primitive with each value a view of a buffer, as node.reactor.PDataTF passes them."""
+    views = P_DATA()
+    views.presentation_data_value_list.extend(
+        (context_id, memoryview(bytearray(value)))
+        for context_id, value in primitive.presentation_data_value_list)
+    return views
+
+
+def _both(primitives: list[P_DATA]) -> tuple[DIMSEMessage, DIMSEMessage, list[bool], list[bool]]:
+    theirs, ours, fragments = DIMSEMessage(), DIMSEMessage(), []
+    done_theirs = [theirs.decode_msg(p) for p in primitives]
+    done_ours = [assemble(ours, fragments, _as_views(p)) for p in primitives]
+    return theirs, ours, done_theirs, done_ours
+
+
+def _same(theirs: DIMSEMessage, ours: DIMSEMessage) -> None:
+    assert type(ours) is type(theirs)
+    assert ours.context_id == theirs.context_id
+    assert ours.encoded_command_set.getvalue() == theirs.encoded_command_set.getvalue()
+    assert ours.command_set == theirs.command_set
+    assert ours.data_set.getvalue() == theirs.data_set.getvalue()
+    assert ours.data_set.tell() == theirs.data_set.tell()
+    mine, pynetdicom = ours.message_to_primitive(), theirs.message_to_primitive()
+    for name in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority"):
+        assert getattr(mine, name, None) == getattr(pynetdicom, name, None)
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 4096, 120])
+def test_store_request_assembles_as_pynetdicom_decodes_it(refdata: Path, max_pdu: int) -> None:
+    request = _store_request(refdata)
+    primitives = _encoded(request, max_pdu)
+    if max_pdu == 120:
+        assert len(primitives) > 100  # the command set itself comes in several fragments
+    theirs, ours, done_theirs, done_ours = _both(primitives)
+    assert done_ours == done_theirs and done_ours[-1] and not any(done_ours[:-1])
+    _same(theirs, ours)
+    assert ours.data_set.getvalue() == request.DataSet.getvalue()
+
+
+def test_several_fragments_in_one_primitive_and_a_message_without_data_set(refdata: Path) -> None:
+    merged = P_DATA()
+    for primitive in _encoded(_store_request(refdata), 2048):
+        merged.presentation_data_value_list.extend(primitive.presentation_data_value_list)
+    theirs, ours, done_theirs, done_ours = _both([merged])
+    assert done_ours == done_theirs == [True]
+    _same(theirs, ours)
+    echo = _encoded(_echo_request(), 16384)
+    theirs, ours, done_theirs, done_ours = _both(echo)
+    assert done_ours == done_theirs == [True]
+    _same(theirs, ours)
+    assert ours.data_set.getvalue() == b""
+
+
+def test_odd_fragment_orders_end_as_in_pynetdicom(refdata: Path) -> None:
+    """PDVs after the fragment that completes a message are ignored, and data fragments before
+    the command belong to the data set, in both."""
+    store = _encoded(_store_request(refdata), 4096)
+    echo = _encoded(_echo_request(), 16384)
+    trailing = P_DATA()
+    trailing.presentation_data_value_list.extend(
+        echo[0].presentation_data_value_list + store[-1].presentation_data_value_list)
+    theirs, ours, done_theirs, done_ours = _both([trailing])
+    assert done_ours == done_theirs == [True]
+    _same(theirs, ours)
+    assert ours.data_set.getvalue() == b""
+    data_first = [store[1], *echo]  # a data fragment, then a command saying no data set follows
+    assert store[1].presentation_data_value_list[0][1][0] == 0x00
+    theirs, ours, done_theirs, done_ours = _both(data_first)
+    assert done_ours == done_theirs == [False, True]
+    _same(theirs, ours)
+    assert ours.data_set.getvalue() == store[1].presentation_data_value_list[0][1][1:]
+
+
+def test_a_command_set_that_cannot_be_decoded_fails_in_both() -> None:
+    broken = P_DATA()
+    broken.presentation_data_value_list.append((1, b"\x03" + b"\x00\x00\x00\x01\xff\xff"))
+    with pytest.raises(Exception) as pynetdicom_error:
+        DIMSEMessage().decode_msg(broken)
+    with pytest.raises(type(pynetdicom_error.value)):
+        assemble(DIMSEMessage(), [], _as_views(broken))

@@ -1,21 +1,25 @@
 """The receiver's event-driven association reactors (node.reactor): they run on every accepted
 association, release and abort end them, the network idle timeout still fires, and every
-association's wake-up pipe is closed when it ends."""
+association's wake-up pipe is closed when it ends. P-DATA-TF PDUs read as views decode as
+pynetdicom decodes them, fail where it fails, and a broken one aborts only its association."""
 
 from __future__ import annotations
 
 import os
+import struct
 import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig
 from node.index import Index
-from node.reactor import EventAssociation, EventDUL
+from node.reactor import EventAssociation, EventDUL, PDataTF
 from node.receiver import Receiver
 from tests.conftest import free_port
 
@@ -101,3 +105,68 @@ def test_wake_up_pipes_are_closed_when_associations_end(receiver) -> None:
     assert _wait_until(lambda: not _active(node))
     assert _wait_until(lambda: _open_fds() <= before, timeout=5), \
         f"{_open_fds() - before} descriptors left open after 10 associations"
+
+
+def _pdu_body(values: list[tuple[int, bytes]]) -> bytes:
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.extend(values)
+    return P_DATA_TF(primitive).encode()[6:]
+
+
+@pytest.mark.parametrize("values", [
+    [(1, b"\x03" + b"c" * 80)],
+    [(1, b"\x02" + bytes(range(256)) * 500)],
+    [(3, b"\x01abc"), (3, b"\x03de"), (5, b"\x00" + b"x" * 1001), (5, b"\x02")],
+    [],
+])
+def test_p_data_views_are_what_pynetdicom_decodes(values: list[tuple[int, bytes]]) -> None:
+    body = _pdu_body(values)
+    theirs = P_DATA_TF()
+    theirs.decode(bytes([0x04, 0]) + struct.pack(">I", len(body)) + body)
+    ours = PDataTF(bytearray(body)).to_primitive()
+    expected = theirs.to_primitive().presentation_data_value_list
+    got = ours.presentation_data_value_list
+    assert [(c, bytes(v)) for c, v in got] == expected == values
+    assert all(isinstance(v, memoryview) for _, v in got)
+
+
+@pytest.mark.parametrize("body", [
+    b"\x00\x00\x00\x05\x01\x02ab",  # item length 5, 4 bytes follow
+    b"\x00\x00\x00\x00\x01",  # item length 0 cannot hold the context ID
+    _pdu_body([(1, b"\x03abc")]) + b"\x00\x00",  # a second item cut short in its length
+    _pdu_body([(1, b"\x03abc")]) + b"\x00\x00\x00\x03",  # ... before its context ID
+])
+def test_broken_p_data_fails_where_pynetdicom_fails(body: bytes) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - pynetdicom's decoder raises several types
+        P_DATA_TF().decode(bytes([0x04, 0]) + struct.pack(">I", len(body)) + body)
+    with pytest.raises((ValueError, struct.error)):
+        PDataTF(bytearray(body))
+
+
+def test_a_broken_p_data_pdu_aborts_its_association_only(receiver) -> None:
+    config, node = receiver
+    assoc = _scu(config)
+    aborted: list[bool] = []
+    assoc.bind(evt.EVT_ABORTED, lambda event: aborted.append(True))
+    body = b"\x00\x00\x00\x40\x01\x03ab"  # an item that says 64 bytes, holds 3
+    assoc.dul.socket.send(bytes([0x04, 0]) + struct.pack(">I", len(body)) + body)
+    assert _wait_until(lambda: not _active(node))
+    assert _wait_until(lambda: bool(aborted) and assoc.is_aborted)
+    again = _scu(config)
+    assert again.send_c_echo().Status == 0
+    again.release()
+
+
+def test_p_data_goes_through_pynetdicom_while_a_handler_watches_pdus(receiver,
+                                                                     refdata: Path) -> None:
+    config, node = receiver
+    seen: list[int] = []  # PDU types handed to EVT_DATA_RECV, raised by pynetdicom's decoding
+    assert node._server is not None
+    node._server.bind(evt.EVT_DATA_RECV, lambda event: seen.append(event.data[0]))
+    assoc = _scu(config)
+    ct = pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
+    assert assoc.send_c_store(ct).Status == 0
+    assoc.release()
+    assert seen.count(0x04) >= 2  # the command and the data set at least
+    assert (config.spool_dir / ct.StudyInstanceUID / ct.SeriesInstanceUID /
+            f"{ct.SOPInstanceUID}.dcm").stat().st_size > len(ct.PixelData)
