@@ -33,6 +33,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_sequence_item
 from pydicom.sr.coding import Code
 from pydicom.tag import Tag
+from pydicom.valuerep import AMBIGUOUS_VR as AMBIGUOUS_VRS
 from pydicom.valuerep import format_number_as_ds
 
 from pipelines.codes import feature_concept, image_filter_concept
@@ -144,6 +145,21 @@ def written_as_is(dataset: Dataset) -> Dataset:
     pydicom writes its raw elements without decoding them; returns it."""
     dataset.set_original_encoding(False, True, dataset._character_set)
     return dataset
+
+
+def written_as_is_throughout(dataset: Dataset) -> Dataset:
+    """:func:`written_as_is` for ``dataset`` and every dataset nested in it whose elements have
+    no ambiguous VR (PS3.5 Annex A.1 (c); those are left to pydicom to resolve), without
+    decoding raw elements; returns ``dataset``. pydicom otherwise resolves ambiguous VRs in
+    every nested dataset again at each level of nesting it writes."""
+    ambiguous = False
+    for element in dataset.elements():
+        if element.VR in AMBIGUOUS_VRS:
+            ambiguous = True
+        elif element.VR == "SQ" and not isinstance(element, RawDataElement):
+            for item in element.value:
+                written_as_is_throughout(item)
+    return dataset if ambiguous else written_as_is(dataset)
 
 
 def raw_content_sequence(content: bytes) -> RawDataElement:

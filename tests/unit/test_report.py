@@ -159,6 +159,13 @@ def test_image_library_lists_the_source_images(inputs: Inputs, written: Path) ->
         if "ReferencedSOPSequence" in entry
     }
     assert referenced == set(inputs.volume.sop_instance_uids)
+    # where highdicom's MeasurementReport puts it: after Procedure Reported, before the
+    # Imaging Measurements, and what highdicom's ImageLibrary builds for these images
+    names = [item.ConceptNameCodeSequence[0].CodeValue for item in dataset.ContentSequence]
+    assert names.index("111028") == names.index("126010") - 1
+    assert names.index("121058") < names.index("111028")  # Procedure reported
+    expected = hd.sr.ImageLibrary(list(inputs.volume.datasets))[0]
+    assert library.to_json_dict() == expected.to_json_dict()
 
 
 def test_written_report_passes_dciodvfy_and_dsr2xml(written: Path) -> None:

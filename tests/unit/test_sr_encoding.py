@@ -13,7 +13,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from pipelines.codes import feature_concept, image_filter_concept
 from pipelines.report import build_measurement_report
-from pipelines.sr_encoding import encoded_items, num_item
+from pipelines.sr_encoding import encoded_items, num_item, written_as_is_throughout
 from tests.unit.test_report import Inputs, inputs  # noqa: F401 (fixture)
 
 KEYS = ["original_firstorder_Mean", "original_shape_MeshVolume",
@@ -76,3 +76,27 @@ def test_report_in_implicit_vr_decodes_the_raw_content(
     assert len(group.get_measurements()) == len(roi.features.values)
     mean = feature_concept("original_firstorder_Mean", "CT").name.meaning
     assert values[mean] == pytest.approx(roi.features.values["original_firstorder_Mean"])
+
+
+def test_nested_datasets_are_marked_unless_they_hold_an_ambiguous_vr() -> None:
+    """An element whose VR depends on the transfer syntax (US or SS here) keeps pydicom's
+    resolution; the rest is written without it, and both read back as they were."""
+    lut = pydicom.Dataset()
+    lut.PixelRepresentation = 1
+    lut.add_new(0x00283002, "US or SS", [256, -10, 16])  # LUT Descriptor
+    item = pydicom.Dataset()
+    item.CodeMeaning = "plain"
+    root = pydicom.Dataset()
+    root.SpecificCharacterSet = "ISO_IR 192"
+    root.ContentSequence = [item]
+    root.ModalityLUTSequence = [lut]
+
+    written_as_is_throughout(root)
+
+    assert root.original_encoding == (False, True) == item.original_encoding
+    assert lut.original_encoding == (None, None)
+    out = io.BytesIO()
+    pydicom.dcmwrite(out, root, implicit_vr=False, little_endian=True)
+    back = pydicom.dcmread(io.BytesIO(out.getvalue()), force=True)
+    assert back.ContentSequence[0].CodeMeaning == "plain"
+    assert back.ModalityLUTSequence[0][0x00283002].VR == "SS"
