@@ -12,11 +12,13 @@ status that PS3.4 B.2.3 (Table B.2-1) or PS3.7 Annex C gives for it and the tag 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from io import BytesIO
 
-from pydicom.datadict import keyword_for_tag
+from pydicom import config, hooks
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
@@ -163,6 +165,71 @@ def check_data_set_encoding(syntax: str, first: bytes) -> None:
                           f"says {says} VR, the data set is not")
 
 
+ALWAYS_DECODED_VRS = frozenset({
+    "AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR",  # decoded as ISO 8859-1: any byte is a char
+    "OB", "OD", "OF", "OL", "OW", "OV",  # kept as bytes
+})
+"""VRs whose raw value pydicom converts without failing, whatever the bytes, under
+``plain_pydicom_settings`` (``pydicom.values.converters``: the strings are decoded with the
+default ISO 8859-1 encoding, dates and times stay strings, the O* values stay bytes)."""
+
+TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT"})
+"""Text VRs decoded with the data set's character set: ``pydicom.charset.decode_bytes`` replaces
+what it cannot decode (with a warning) unless reading validation is RAISE; values with an escape
+sequence (ISO 2022 code extensions) take its other path and are left to pydicom here."""
+
+NUMBER_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8}
+"""Bytes per value of the binary number VRs: pydicom's ``convert_numbers`` fails exactly when the
+value's length is not a multiple (PS3.5 Table 6.2-1)."""
+
+_DS_VALUE = rb" *[+-]?(?:[0-9]{1,16}(?:\.[0-9]{0,16})?|\.[0-9]{1,16})(?:[eE][+-]?[0-9]{1,3})? *"
+_IS_VALUE = rb" *[+-]?[0-9]{1,12} *"
+PLAIN_DS = re.compile(rb"(?:%s)?(?:\\(?:%s)?)*" % (_DS_VALUE, _DS_VALUE))
+PLAIN_IS = re.compile(rb"(?:%s)?(?:\\(?:%s)?)*" % (_IS_VALUE, _IS_VALUE))
+"""DS and IS values that pydicom certainly reads as numbers: each of the backslash-separated
+values empty or a plain decimal (DS) or integer (IS) between spaces (PS3.5 Table 6.2-1), no
+longer than the VR allows. Anything else is left to pydicom to decide."""
+
+
+def plain_pydicom_settings() -> bool:
+    """Whether pydicom reads as ``_certainly_decodes`` assumes: its default hooks, no element
+    callback, reading validation not RAISE, no date/time, Decimal or numpy conversion."""
+    return (config.settings.reading_validation_mode != config.RAISE
+            and not config.datetime_conversion and not config.use_DS_decimal
+            and not config.use_DS_numpy and not config.use_IS_numpy
+            and config.data_element_callback is None
+            and hooks.hooks.raw_element_vr is hooks.raw_element_vr
+            and hooks.hooks.raw_element_value is hooks.raw_element_value)
+
+
+def _certainly_decodes(element: RawDataElement) -> bool:
+    """True when ``check_elements`` would accept ``element`` after converting it: its VR (as
+    pydicom looks it up: the explicit VR, or the dictionary's for implicit VR; UN, which pydicom
+    may replace, and unknown VRs are not decided here) converts without failing for any value,
+    or its value has a form that converts (numbers, DS, IS). False means "convert it and see"."""
+    vr = element.VR
+    if vr is None:
+        try:
+            vr = dictionary_VR(element.tag)
+        except KeyError:
+            return False
+    value = element.value
+    if value is None:
+        return False
+    if vr in ALWAYS_DECODED_VRS:
+        return True
+    if vr in TEXT_VRS:
+        return b"\x1b" not in value
+    size = NUMBER_SIZES.get(vr)
+    if size is not None:
+        return len(value) % size == 0
+    if vr == "DS":
+        return PLAIN_DS.fullmatch(value) is not None
+    if vr == "IS":
+        return PLAIN_IS.fullmatch(value) is not None
+    return False
+
+
 def check_elements(dataset: Dataset) -> None:
     """Decode every element, nested ones too; the first that cannot be decoded, or an IS or DS
     element that holds no number, is named. Other VR violations (a string longer than its VR
@@ -171,9 +238,14 @@ def check_elements(dataset: Dataset) -> None:
 
     Each raw element is converted on its own (``convert_raw_data_element``) and the dataset is
     left as read: storing the converted elements back would run pydicom's value validation on
-    each and take several times longer (docs/performance.md, "Ingest")."""
+    each and take several times longer (docs/performance.md, "Ingest"). Elements whose
+    conversion cannot fail (``_certainly_decodes``: most of a CT header, and Pixel Data) are not
+    converted at all; every other is, so the refusals are the same."""
     encoding = dataset._character_set
+    plain = plain_pydicom_settings()
     for element in list(dataset.elements()):
+        if plain and isinstance(element, RawDataElement) and _certainly_decodes(element):
+            continue
         try:
             converted = convert_raw_data_element(element, encoding=encoding, ds=dataset) \
                 if isinstance(element, RawDataElement) else element
