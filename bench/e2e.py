@@ -187,6 +187,10 @@ def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_afte
         f"{service:.3f} s = {100 * service / total:.1f} %",
         f"  in the pipeline beside extraction (reading, preprocessing, QC, models, encoding, "
         f"writing): {overhead - service:.3f} s = {100 * (overhead - service) / total:.1f} %",
+        f"  of which the PACS storing the results (storescu of the same objects): "
+        f"{reference_s:.3f} s = {100 * reference_s / total:.1f} %; the node's own overhead "
+        f"beside it: {overhead - reference_s:.3f} s = "
+        f"{100 * (overhead - reference_s) / total:.1f} %",
     ]
     return lines
 
