@@ -17,17 +17,24 @@ An accepted peer sees only the presentation contexts it may use: Verification al
 only when ``send`` is true and then only its ``sop_classes``; other contexts are rejected with
 abstract-syntax-not-supported (PS3.8 9.3.3.2, result 3). Nothing logged here names a patient: only
 AE titles, addresses and the reason.
+
+With several receiver processes on the port (``listener.processes``), each peer's associations are
+counted across all of them in shared memory (``SharedPeerCounts``), as ``limits.max_associations``
+is: the kernel hands a peer's connections to any of the processes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import logging
+import multiprocessing
 import socket
 import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pynetdicom import evt, sop_class
 from pynetdicom.association import Association
@@ -77,16 +84,83 @@ def _normal(address: str) -> str:
     return str(ip)
 
 
-class PeerPolicy:
-    """Decides on association requests from the configured ``peers``."""
+AE_TITLE_BYTES = 16
+"""An AE title is at most 16 characters (PS3.5 Table 6.2-1, AE)."""
 
-    def __init__(self, config: NodeConfig, storage_classes: Sequence[str]):
+
+class _Slot(ctypes.Structure):
+    """One calling AE title and how many associations it holds, in shared memory."""
+
+    _fields_ = [("ae_title", ctypes.c_char * AE_TITLE_BYTES), ("held", ctypes.c_int)]
+
+
+class SharedPeerCounts:
+    """Associations held per calling AE title, counted across receiver processes in shared memory.
+
+    A table of ``slots`` (AE title, count) under one lock; a slot whose count falls to zero is
+    free for another AE title. With ``slots`` = ``limits.max_associations``, which is counted
+    before the peers are, a free slot is always there for an admitted association. Passed to the
+    spawned receiver processes when they start (``multiprocessing`` shared ctypes)."""
+
+    def __init__(self, slots: int, context: Any = None):
+        context = context or multiprocessing.get_context("spawn")
+        self._table = context.Array(_Slot, slots)
+
+    @staticmethod
+    def _key(calling_ae: str) -> bytes:
+        return calling_ae.encode("ascii", "replace")[:AE_TITLE_BYTES]
+
+    def admit(self, calling_ae: str, limit: int) -> bool:
+        """Count one more association of ``calling_ae`` unless it holds ``limit`` already (or,
+        which the node-wide limit rules out, every slot is taken by other AE titles)."""
+        key = self._key(calling_ae)
+        with self._table.get_lock():
+            free = None
+            for slot in self._table.get_obj():
+                if slot.held > 0 and slot.ae_title == key:
+                    if slot.held >= limit:
+                        return False
+                    slot.held += 1
+                    return True
+                if slot.held <= 0 and free is None:
+                    free = slot
+            if free is None:
+                return False
+            free.ae_title, free.held = key, 1
+            return True
+
+    def release(self, calling_ae: str) -> None:
+        """One association of ``calling_ae`` counted by ``admit`` has ended."""
+        key = self._key(calling_ae)
+        with self._table.get_lock():
+            for slot in self._table.get_obj():
+                if slot.held > 0 and slot.ae_title == key:
+                    slot.held -= 1
+                    return
+
+    def held(self, calling_ae: str) -> int:
+        """How many associations ``calling_ae`` holds now, in all receiver processes."""
+        key = self._key(calling_ae)
+        with self._table.get_lock():
+            return sum(slot.held for slot in self._table.get_obj()
+                       if slot.held > 0 and slot.ae_title == key)
+
+
+class PeerPolicy:
+    """Decides on association requests from the configured ``peers``; with ``shared``, each
+    peer's associations are counted there, across the receiver processes (then
+    ``on_conn_close`` must be bound to ``EVT_CONN_CLOSE``), otherwise in this process."""
+
+    def __init__(self, config: NodeConfig, storage_classes: Sequence[str],
+                 shared: SharedPeerCounts | None = None):
         self._peers = config.peers
         self._accept_unknown = config.accept_unknown_peers
         self._per_peer = config.limits.max_associations_per_peer
         self._storage_classes = frozenset(storage_classes)
         self._lock = threading.Lock()
         self._admitted: weakref.WeakKeyDictionary[Association, str] = weakref.WeakKeyDictionary()
+        self._shared = shared
+        self._counted: dict[int, str] = {}  # id(association) -> calling AE title, in _shared
 
     def identify(self, calling_ae: str, address: str) -> tuple[Peer | None, Rejection | None]:
         """The peer a request comes from, or the rejection an unknown requestor gets.
@@ -119,6 +193,12 @@ class PeerPolicy:
     def _over_limit(self, assoc: Association, calling_ae: str, peer: Peer | None) -> bool:
         """Admit ``assoc`` unless the peer already holds its limit; atomic under the lock."""
         limit = peer.max_associations if peer and peer.max_associations else self._per_peer
+        if self._shared is not None:
+            if not self._shared.admit(calling_ae, limit):
+                return True
+            with self._lock:
+                self._counted[id(assoc)] = calling_ae
+            return False
         with self._lock:
             active = sum(1 for other, ae_title in self._admitted.items()
                          if ae_title == calling_ae and other.is_alive()
@@ -127,6 +207,13 @@ class PeerPolicy:
                 return True
             self._admitted[assoc] = calling_ae
             return False
+
+    def on_conn_close(self, event: Event) -> None:
+        """``EVT_CONN_CLOSE`` handler: an association counted in the shared table ended."""
+        with self._lock:
+            calling_ae = self._counted.pop(id(event.assoc), None)
+        if calling_ae is not None and self._shared is not None:
+            self._shared.release(calling_ae)
 
     def decide(self, assoc: Association) -> tuple[Peer | None, Rejection | None]:
         """Identify the requestor of ``assoc`` and count it against its limit."""

@@ -13,8 +13,8 @@ With ``listener.processes`` N > 1 the node runs N listeners on the same port wit
 kernel spreads connections among them): this process and N - 1 spawned receiver processes, each with
 its own pynetdicom AE, its own SQLite connection to the index (WAL: concurrent writers wait on the
 busy timeout) and its own threads, so parallel associations are not serialised by one interpreter
-lock. ``limits.max_associations`` is counted over all of them in shared memory;
-``max_associations_per_peer`` is counted per receiver process.
+lock. ``limits.max_associations`` and each peer's limit (``max_associations_per_peer``, a peer's
+own ``max_associations``) are counted over all of them in shared memory.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from node.peers import (
     REJECTED_TRANSIENT,
     SOURCE_PROVIDER_PRESENTATION,
     PeerPolicy,
+    SharedPeerCounts,
 )
 from node.reactor import EventAssociation
 from node.store_scu import set_nodelay
@@ -154,6 +155,20 @@ class _SharedLimit:
             self._counter.value -= 1
 
 
+@dataclass(frozen=True)
+class Shared:
+    """What the receiver processes count together: associations in all, and per peer."""
+
+    associations: Synchronized
+    peers: SharedPeerCounts
+
+    @classmethod
+    def create(cls, config: NodeConfig) -> Shared:
+        context = multiprocessing.get_context("spawn")
+        return cls(context.Value("i", 0),
+                   SharedPeerCounts(config.limits.max_associations, context))
+
+
 @dataclass
 class _Tally:
     """What one association brought: instances stored (duplicates included) and refused, bytes
@@ -176,21 +191,22 @@ class Receiver:
     """Stores what peers send; one instance serves all associations of the listener in this
     process, and starts the other receiver processes when ``listener.processes`` > 1."""
 
-    def __init__(self, config: NodeConfig, index: Index, *, shared: Synchronized | None = None):
+    def __init__(self, config: NodeConfig, index: Index, *, shared: Shared | None = None):
         self._config = config
         self._ingest = Ingest(config, index)
-        self._policy = PeerPolicy(config, STORAGE_CLASSES)
+        processes = config.listener.processes
+        if shared is None and processes > 1:
+            shared = Shared.create(config)
+        self._shared = shared
+        self._policy = PeerPolicy(config, STORAGE_CLASSES,
+                                  shared.peers if shared is not None else None)
         self._server: ThreadedAssociationServer | None = None
         self._tallies: weakref.WeakKeyDictionary[Association, _Tally] = \
             weakref.WeakKeyDictionary()
         self._tallies_lock = threading.Lock()
         self._children: list[multiprocessing.process.BaseProcess] = []
         self._stop_children: Any = None
-        processes = config.listener.processes
-        if shared is None and processes > 1:
-            shared = multiprocessing.get_context("spawn").Value("i", 0)
-        self._shared = shared
-        self._limit = _SharedLimit(shared, config.limits.max_associations) \
+        self._limit = _SharedLimit(shared.associations, config.limits.max_associations) \
             if shared is not None else None
 
     def on_requested(self, event: Event) -> None:
@@ -296,6 +312,8 @@ class Receiver:
                     (evt.EVT_C_STORE, self.handle_store), (evt.EVT_CONN_CLOSE, self.on_conn_close)]
         if self._limit is not None:
             handlers.append((evt.EVT_CONN_CLOSE, self._limit.release))
+        if self._shared is not None:
+            handlers.append((evt.EVT_CONN_CLOSE, self._policy.on_conn_close))
         server = (_SharedPortServer if reuse_port else _Server)(
             ae, (listener.host, listener.port), listener.ae_title, ae.supported_contexts,
             ssl_context=server_context(self._config.tls) if self._config.tls.listener else None,
@@ -324,7 +342,7 @@ class Receiver:
             self._server = None
 
 
-def _serve_child(config: NodeConfig, shared: Synchronized, stop: Any, ready: Any) -> None:
+def _serve_child(config: NodeConfig, shared: Shared, stop: Any, ready: Any) -> None:
     """A spawned receiver process: its own index connection and listener on the shared port,
     until ``stop`` is set (or the node process is gone)."""
     logs.configure(config.log_level, config.log_file)

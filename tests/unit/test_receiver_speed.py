@@ -1,12 +1,14 @@
 """What the node does for speed: TCP_NODELAY on both ends of every association and on the Orthanc
 REST client's connections, several receiver processes on one port, and 50 concurrent
-associations all stored."""
+associations all stored; the node-wide and per-peer association limits hold across the receiver
+processes."""
 
 from __future__ import annotations
 
 import copy
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from node.config import NodeConfig, RemotePeer
 from node.index import Index
 from node.orthanc import OrthancClient
+from node.peers import SharedPeerCounts
 from node.receiver import Receiver
 from node.store_scu import associate
 from tests.conftest import free_port
@@ -156,6 +159,64 @@ def test_node_wide_limit_counts_every_receiver_process(tmp_path: Path, ct: pydic
             if again.is_established:
                 break
             again = ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
+        assert again.is_established
+        again.release()
+        held[1].release()
+    finally:
+        receiver.stop()
+        index.close()
+
+
+def test_shared_peer_counts_limit_free_and_reuse_slots() -> None:
+    counts = SharedPeerCounts(2)
+    assert counts.admit("SCANNER", 2) and counts.admit("SCANNER", 2)
+    assert not counts.admit("SCANNER", 2)
+    assert counts.admit("SCANNER", 3)  # a peer's own, higher max_associations
+    assert counts.held("SCANNER") == 3
+    assert counts.admit("OTHER", 1) and not counts.admit("OTHER", 1)
+    assert not counts.admit("THIRD", 5)  # both slots taken
+    counts.release("OTHER")
+    assert counts.held("OTHER") == 0 and counts.admit("THIRD", 5)  # the freed slot is reused
+    for _ in range(3):
+        counts.release("SCANNER")
+    counts.release("SCANNER")  # one release too many changes nothing
+    assert counts.held("SCANNER") == 0 and counts.admit("SCANNER", 1)
+
+
+def test_per_peer_limit_counts_every_receiver_process(tmp_path: Path) -> None:
+    """With two processes and max_associations_per_peer 2, a third association of the same peer is
+    rejected (2/3/2) whichever process the kernel gave it to, another peer is not, and the peer
+    is admitted again once one of its associations is released."""
+    config = NodeConfig(state_dir=tmp_path / "state",
+                        listener={"port": free_port(), "processes": 2},
+                        limits={"max_associations": 10, "max_associations_per_peer": 2},
+                        accept_unknown_peers=True)
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+
+    def associate(calling: str):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Verification)
+        return ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
+
+    try:
+        held = [associate("SCANNER") for _ in range(2)]
+        assert all(a.is_established for a in held)
+        refused = [associate("SCANNER") for _ in range(6)]
+        assert [a.is_rejected for a in refused] == [True] * 6
+        primitive = refused[0].acceptor.primitive
+        assert (primitive.result, primitive.result_source, primitive.diagnostic) == (2, 3, 2)
+        other = associate("OTHER")
+        assert other.is_established
+        other.release()
+        held[0].release()
+        again = associate("SCANNER")
+        for _ in range(50):  # the release reaches the shared table when the connection closes
+            if again.is_established:
+                break
+            time.sleep(0.05)
+            again = associate("SCANNER")
         assert again.is_established
         again.release()
         held[1].release()
