@@ -5,6 +5,7 @@ pynetdicom."""
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 from pathlib import Path
 
@@ -16,7 +17,13 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEM
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from node.dimse import LAST_COMMAND_FRAGMENT, assemble, encode_store_response, plain_store_response
+from node.dimse import (
+    LAST_COMMAND_FRAGMENT,
+    assemble,
+    encode_store_response,
+    plain_store_request,
+    plain_store_response,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -165,3 +172,93 @@ def test_a_command_set_that_cannot_be_decoded_fails_in_both() -> None:
         DIMSEMessage().decode_msg(broken)
     with pytest.raises(type(pynetdicom_error.value)):
         assemble(DIMSEMessage(), [], _as_views(broken))
+
+
+def _element(element: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def _us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+STORE_ELEMENTS = [(0x0002, CT.encode() + b"\0"), (0x0100, _us(0x0001)), (0x0110, _us(9)),
+                  (0x0700, _us(2)), (0x0800, _us(0x0000)), (0x1000, b"1.2.3.4 ")]
+
+
+def _command(elements: list[tuple[int, bytes]]) -> bytes:
+    body = b"".join(_element(e, v) for e, v in elements)
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def _message(command: bytes, data: bytes = b"\x08\x00\x16\x00UI\x02\x001\x00") -> list[P_DATA]:
+    primitives = []
+    for control, value in ((0x03, command), (0x02, data)):
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.append((3, bytes([control]) + value))
+        primitives.append(primitive)
+    return primitives
+
+
+def _primitives(primitives: list[P_DATA]) -> tuple[C_STORE, C_STORE]:
+    """The C-STORE indication pynetdicom makes, and the one made from the plain request."""
+    theirs, ours, fragments = DIMSEMessage(), DIMSEMessage(), []
+    for primitive in primitives:
+        theirs.decode_msg(primitive)
+        done = assemble(ours, fragments, _as_views(primitive), plain=True)
+    assert done and isinstance(ours, C_STORE_RQ)
+    assert "CommandField" not in ours.command_set  # read directly, not decoded by pydicom
+    return theirs.message_to_primitive(), ours.plain_request.primitive(ours.data_set,
+                                                                        ours.context_id)
+
+
+FIELDS = ("MessageID", "Priority", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
+          "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID", "_context_id",
+          "_dataset_path", "_dataset_file")
+
+
+@pytest.mark.parametrize("elements", [
+    STORE_ELEMENTS,
+    [*STORE_ELEMENTS, (0x1030, b" MOVER  "), (0x1031, _us(65535))],
+    [(e, b"1.2.840.10008.5.1.4.1.1.4" if e == 0x0002 else v) for e, v in STORE_ELEMENTS],
+    [(e, _us(0) if e == 0x0110 else v) for e, v in STORE_ELEMENTS],
+])
+def test_plain_store_request_makes_the_primitive_pynetdicom_makes(elements) -> None:
+    theirs, ours = _primitives(_message(_command(elements)))
+    for name in FIELDS:
+        assert getattr(ours, name) == getattr(theirs, name), name
+        assert type(getattr(ours, name)) is type(getattr(theirs, name)), name
+    assert ours.DataSet.getvalue() == theirs.DataSet.getvalue()
+
+
+@pytest.mark.parametrize("max_pdu", [0, 4096, 120])
+def test_pynetdicom_encoded_store_requests_are_plain(refdata: Path, max_pdu: int) -> None:
+    request = _store_request(refdata)
+    request.MoveOriginatorApplicationEntityTitle = "MOVESCU"
+    request.MoveOriginatorMessageID = 4
+    theirs, ours = _primitives(_encoded(request, max_pdu))
+    for name in FIELDS:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.DataSet.getvalue() == request.DataSet.getvalue()
+
+
+@pytest.mark.parametrize("elements", [
+    [*STORE_ELEMENTS, (0x0900, _us(0))],  # an element a C-STORE request does not have
+    [(e, _us(0x0030) if e == 0x0100 else v) for e, v in STORE_ELEMENTS],  # C-ECHO-RQ
+    [(e, b"1.2.3\\4.5" if e == 0x1000 else v) for e, v in STORE_ELEMENTS],  # two UIDs
+    [(e, b"" if e == 0x0002 else v) for e, v in STORE_ELEMENTS],  # empty UID
+    [(e, b"\x01\x00\x00\x00" if e == 0x0110 else v) for e, v in STORE_ELEMENTS],  # UL as US
+    [STORE_ELEMENTS[1], STORE_ELEMENTS[0], *STORE_ELEMENTS[2:]],  # out of order
+    [(0x0002, CT.encode()), *STORE_ELEMENTS],  # twice
+    STORE_ELEMENTS[1:],  # no Affected SOP Class UID
+])
+def test_other_commands_are_left_to_pynetdicom(elements) -> None:
+    assert plain_store_request(_command(elements)) is None
+
+
+def test_a_cut_command_set_is_left_to_pynetdicom() -> None:
+    command = _command(STORE_ELEMENTS)
+    assert plain_store_request(command) is not None
+    assert plain_store_request(command[:-3]) is None
+    assert plain_store_request(command + b"\x00\x00") is None
+    assert plain_store_request(struct.pack("<HHI", 0x0008, 0x0016, 0) + command) is None
