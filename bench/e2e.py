@@ -30,6 +30,7 @@ is sampled every 50 ms (psutil).
     python bench/e2e.py                       # the demo study, ct-liver-crlm, stable_after 2 s
     python bench/e2e.py --stable-after 10     # the node's default stable wait
     python bench/e2e.py --warm                # the node's second job: worker processes warm
+    python bench/e2e.py --task-processes 2    # a job's tasks in two processes of its own
     python bench/e2e.py --smoke               # CI smoke run: 12 x 64 x 64, ct-liver-basic
 """
 
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", action="store_true",
                         help="send a small warm-up study first and measure the node's second "
                         "job (worker processes started, libraries loaded)")
+    parser.add_argument("--task-processes", type=int, default=0,
+                        help="the node's executor.task_processes: processes that run a job's "
+                        "feature and map tasks (default 0: in the job's own process)")
     parser.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args(argv)
     shape = SMOKE_SHAPE if args.smoke else DEMO_SHAPE
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             "models": [] if args.smoke else [{"path": str(DEMO_PACKAGE), "sha256": DEMO_SHA256}],
             "destinations": [destination], "stable_after": args.stable_after,
             "scan_interval": args.scan_interval,
+            "executor": {"kind": "local", "task_processes": args.task_processes},
         })
         index_path = NodeConfig(state_dir=node.state_dir).index_path
         # Orthanc answers C-FIND (the node's delivery check) only to its DicomModalities
@@ -258,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{size / 1e6:.1f} MB), preset {preset}"
           f"{'' if args.smoke else ' + shipped model'}, {os.cpu_count()} CPUs, loopback, "
           f"TCP_NODELAY=1, {'second job (after a warm-up study)' if args.warm else 'first job'} "
-          f"after the node started")
+          f"after the node started, task_processes {args.task_processes}")
     for line in lines:
         print(line)
     print(f"peak RSS: node + worker processes {node_memory.peak / 2**20:.0f} MiB, "

@@ -304,6 +304,10 @@ class ExecutorConfig(Strict):
         default=None, description="The Dask scheduler, e.g. tcp://10.0.0.5:8786 (kind dask).")
     connect_timeout: float = Field(default=30.0, gt=0, description="Seconds to reach the "
                                    "scheduler at start.")
+    task_processes: int = Field(
+        default=0, ge=0, description="kind local: processes beside each job worker that run "
+        "the job's feature and parametric-map tasks in parallel (one study on several cores); "
+        "0 runs them in the job's own process.")
 
     @model_validator(mode="after")
     def _scheduler_for_dask(self) -> ExecutorConfig:

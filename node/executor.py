@@ -29,6 +29,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -76,10 +77,42 @@ def _end_with_parent() -> None:
         os._exit(1)
 
 
-def _start_worker(log_level: str, log_file: Path | None) -> None:
-    """Pool initializer: worker processes log JSON lines too, and end when the node ends."""
+def _start_worker(log_level: str, log_file: Path | None, task_processes: int = 0) -> None:
+    """Pool initializer: worker processes log JSON lines too, and end when the node ends; with
+    ``task_processes``, each job worker starts its own pool of task processes
+    (:func:`_job_tasks`), which end when it ends."""
     logs.configure(log_level, log_file)
     threading.Thread(target=_end_with_parent, name="end-with-node", daemon=True).start()
+    global _TASKS
+    if task_processes:
+        _TASKS = ProcessPoolExecutor(
+            max_workers=task_processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker, initargs=(log_level, log_file))
+        for _ in range(task_processes):
+            _TASKS.submit(_ready)
+
+
+_TASKS: ProcessPoolExecutor | None = None  # a job worker's task processes, if any
+
+
+def _job_tasks(fn: Callable[[_Task], _Result], tasks: Iterable[_Task]) -> list[_Result]:
+    """The map function of ``extract_lesions`` and ``compute_maps`` in a local job worker: the
+    tasks run in the worker's task processes, results in task order. A task process that dies
+    (e.g. the OOM killer) ends the job worker too, so the node sees what it sees when a job's
+    worker dies (the job is run again, up to ``max_job_attempts``) and starts a new pool."""
+    assert _TASKS is not None
+    try:
+        return list(_TASKS.map(fn, tasks))
+    except BrokenProcessPool:
+        os._exit(1)
+
+
+def run_local_job(images: Sequence[str], seg: str, preset: str, out_dir: str,
+                  models: Sequence[tuple[str, str]] = ()) -> PipelineResult:
+    """A job in a local worker: ``process_study`` with its tasks in the worker's task
+    processes when it has them (``executor.task_processes``), else in the worker itself."""
+    return process_study(images, seg, preset, out_dir, models=models,
+                         map_tasks=_job_tasks if _TASKS is not None else None)
 
 
 def _ready() -> None:
@@ -91,7 +124,8 @@ def _ready() -> None:
 
 class LocalExecutor:
     """``workers`` spawned processes on this machine, reading the spool files directly; started
-    with the pool, not at the first job."""
+    with the pool, not at the first job. With ``executor.task_processes`` N, each of them has N
+    spawned task processes of its own that run its jobs' feature and map tasks."""
 
     def __init__(self, config: NodeConfig):
         self._config = config
@@ -102,7 +136,8 @@ class LocalExecutor:
             max_workers=self._config.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(self._config.log_level, self._config.log_file),
+            initargs=(self._config.log_level, self._config.log_file,
+                      self._config.executor.task_processes),
         )
         for _ in range(self._config.workers):
             pool.submit(_ready)
@@ -110,7 +145,7 @@ class LocalExecutor:
 
     def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
                models: Sequence[tuple[str, str]] = ()) -> Future[PipelineResult]:
-        return self._pool.submit(process_study, list(images), seg, preset, str(out_dir),
+        return self._pool.submit(run_local_job, list(images), seg, preset, str(out_dir),
                                  models=list(models))
 
     def renew(self) -> None:
