@@ -33,6 +33,7 @@ from node.validation import (
     check_size,
     check_sop_class,
     check_transfer_syntax,
+    element_value,
 )
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def identify(dataset: Dataset, expected_class: str | None = None,
     """
     values: dict[str, str] = {}
     for tag, keyword in IDENTITY:
-        value = str(dataset.get(keyword, "") or "")
+        value = str(element_value(dataset, keyword, "") or "")
         if not is_uid(value):
             reason = "missing" if not value else f"not a valid UID: {value[:40]!r}"
             raise Refusal(CANNOT_UNDERSTAND, tag, reason)
@@ -128,7 +129,8 @@ class Ingest:
                 source=source, status=f"0x{refusal.status:04X}", tag=refusal.tag,
                 reason=refusal.reason, quarantined=kept.name))
             return Outcome(refusal.status, f"{refusal.tag}: {refusal.reason}")
-        return self._store(identity, str(dataset.get("Modality", "") or ""), data, source, host)
+        return self._store(identity, str(element_value(dataset, "Modality", "") or ""), data,
+                           source, host)
 
     def _store(self, identity: dict[str, str], modality: str, data: bytes | Part10, source: str,
                host: str | None) -> Outcome:

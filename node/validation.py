@@ -13,12 +13,13 @@ status that PS3.4 B.2.3 (Table B.2-1) or PS3.7 Annex C gives for it and the tag 
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from decimal import Decimal
 from io import BytesIO
 
 from pydicom import config, hooks
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
@@ -269,13 +270,58 @@ def _numbers(value: object) -> bool:
     return all(isinstance(v, int | float | Decimal) for v in values if v not in (None, ""))
 
 
+PLAIN_VALUE_VRS = frozenset({"UI", "CS", "US"})
+"""VRs ``element_value`` reads from the raw bytes (a single value)."""
+
+
+def element_value(dataset: Dataset, keyword: str, default: object = None) -> object:
+    """``dataset.get(keyword, default)``, read from the raw bytes without converting (and storing)
+    the element when it is a single UI, CS or US value and pydicom's settings are plain
+    (``plain_pydicom_settings``): a UI as the ``str`` of pydicom's ``UID`` (NUL and space padding
+    stripped, then surrounding white space), a CS without trailing NUL and space padding, a US of
+    two bytes as its number (PS3.5 6.2). Anything else (several values, another VR, an
+    unexpected length, a converted element) from ``dataset.get``. Used for the dozen attributes
+    the receiver reads from every instance: converting them was as costly as decoding the data
+    set."""
+    tag = tag_for_keyword(keyword)
+    element = dataset.get_item(tag) if tag is not None else None
+    if element is None:
+        return default if tag is not None else dataset.get(keyword, default)
+    if isinstance(element, RawDataElement) and element.value is not None \
+            and b"\\" not in element.value and plain_pydicom_settings():
+        vr = element.VR or dictionary_VR(tag)
+        value = element.value
+        if vr == "UI":
+            return value.decode("latin-1").rstrip(" \0").strip()
+        if vr == "CS":
+            return value.decode("latin-1").rstrip(" \0")
+        if vr == "US" and len(value) == 2:
+            return struct.unpack("<H" if element.is_little_endian else ">H", value)[0]
+    return dataset.get(keyword, default)
+
+
 def _single_int(dataset: Dataset, tag: str, keyword: str) -> int:
-    value = dataset.get(keyword)
+    value = element_value(dataset, keyword)
     if value is None or value == "":
         raise Refusal(DOES_NOT_MATCH_SOP_CLASS, tag, "missing (Image Pixel module, type 1)")
     if not isinstance(value, int) or value <= 0:
         raise Refusal(DOES_NOT_MATCH_SOP_CLASS, tag, f"not a positive number: {str(value)[:30]!r}")
     return value
+
+
+def expected_length(rows: int, columns: int, samples: int, bits_allocated: int, frames: int,
+                    photometric: str) -> int:
+    """Bytes of native Pixel Data the Image Pixel module describes, without the padding byte:
+    pydicom's ``get_expected_length(ds, "bytes")`` from the values already checked (1-bit pixels
+    packed, YBR_FULL_422 two thirds; PS3.5 8.1.1, PS3.3 C.7.6.3.1.2)."""
+    length = rows * columns * samples * frames
+    if bits_allocated == 1:
+        length = length // 8 + (length % 8 > 0)
+    else:
+        length *= bits_allocated // 8
+    if photometric == "YBR_FULL_422":
+        length = length // 3 * 2
+    return length
 
 
 def check_sop_class(sop_class_uid: str) -> None:
@@ -295,18 +341,27 @@ def check_pixels(dataset: Dataset, sop_class_uid: str, transfer_syntax: str) -> 
     if "PixelData" not in dataset:
         raise Refusal(DOES_NOT_MATCH_SOP_CLASS, "(7FE0,0010) PixelData",
                       "missing in an image SOP class")
+    size: dict[str, int] = {}
     for tag, keyword in IMAGE_PIXEL_TAGS:
         if keyword == "PhotometricInterpretation":
-            if not str(dataset.get(keyword, "") or ""):
+            photometric = str(element_value(dataset, keyword, "") or "")
+            if not photometric:
                 raise Refusal(DOES_NOT_MATCH_SOP_CLASS, tag, "missing (Image Pixel module, type 1)")
         else:
-            _single_int(dataset, tag, keyword)
+            size[keyword] = _single_int(dataset, tag, keyword)
+    frames = 1
     if "NumberOfFrames" in dataset:
-        _single_int(dataset, "(0028,0008) NumberOfFrames", "NumberOfFrames")
+        frames = _single_int(dataset, "(0028,0008) NumberOfFrames", "NumberOfFrames")
     if transfer_syntax not in NATIVE_SYNTAXES:
         return
-    expected = get_expected_length(dataset, "bytes")
-    actual = len(dataset.PixelData)
+    if plain_pydicom_settings():
+        expected = expected_length(size["Rows"], size["Columns"], size["SamplesPerPixel"],
+                                   size["BitsAllocated"], frames, photometric)
+    else:
+        expected = get_expected_length(dataset, "bytes")
+    pixels = dataset.get_item(0x7FE00010)
+    actual = len(pixels.value) if isinstance(pixels, RawDataElement) and \
+        pixels.value is not None else len(dataset.PixelData)
     if actual not in (expected, expected + expected % 2):
         raise Refusal(DOES_NOT_MATCH_SOP_CLASS, "(7FE0,0010) PixelData",
                       f"{actual} bytes, {expected} expected")

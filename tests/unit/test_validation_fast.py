@@ -1,7 +1,9 @@
 """node.validation.check_elements skips converting the elements whose conversion cannot fail: the
 skip rule (``_certainly_decodes``) never passes a value pydicom would refuse, and on mutated
 instances the check refuses exactly what converting every element refuses, with the same tag and
-reason."""
+reason. The identity and Image Pixel attributes read from the raw bytes (``element_value``,
+``expected_length``) are what ``Dataset.get`` and pydicom's ``get_expected_length`` give, and
+the checks on them decide as before on mutated values."""
 
 from __future__ import annotations
 
@@ -19,10 +21,13 @@ from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import data_element_generator
 from pydicom.filewriter import write_dataset
+from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.dsutils import decode
 
 import node.validation as validation
+from node.ingest import identify
 from node.validation import (
     ALWAYS_DECODED_VRS,
     NUMBER_SIZES,
@@ -31,6 +36,9 @@ from node.validation import (
     _certainly_decodes,
     _numbers,
     check_elements,
+    check_pixels,
+    element_value,
+    expected_length,
     plain_pydicom_settings,
 )
 
@@ -182,3 +190,93 @@ def test_the_differential_check_can_tell_a_refusal(ct_body: bytes) -> None:
     body = ct_body[:at + 8] + b"x" * length + ct_body[at + 8 + length:]
     assert _outcome(body) == (0xC000, "(0028,0030) PixelSpacing",
                               f"not a DS number: {'x' * length!r}")
+
+
+READ = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows",
+        "Columns", "SamplesPerPixel", "BitsAllocated", "PhotometricInterpretation", "Modality",
+        "NumberOfFrames", "PatientName", "NoSuchKeyword")
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm",
+                                  "MR_small_implicit.dcm", "MR_small_RLE.dcm"])
+def test_element_value_is_what_dataset_get_gives(refdata: Path, name: str) -> None:
+    source = pydicom.dcmread(refdata / "pydicom" / "test_files" / name)
+    syntax = source.file_meta.TransferSyntaxUID
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = syntax.is_little_endian, syntax.is_implicit_VR
+    write_dataset(body, source)
+    for keyword in READ:
+        fast = element_value(decode(BytesIO(body.getvalue()), syntax.is_implicit_VR,
+                                    syntax.is_little_endian), keyword, "absent")
+        slow = decode(BytesIO(body.getvalue()), syntax.is_implicit_VR,
+                      syntax.is_little_endian).get(keyword, "absent")
+        assert fast == slow and str(fast) == str(slow), keyword
+        assert isinstance(fast, int) == isinstance(slow, int), keyword
+
+
+@pytest.mark.parametrize("bits", [1, 8, 16, 32])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "RGB", "YBR_FULL_422"])
+@pytest.mark.parametrize(("rows", "columns", "samples", "frames"),
+                         [(512, 512, 1, 1), (7, 5, 3, 1), (3, 3, 1, 7), (1, 1, 1, 1)])
+def test_expected_length_is_pydicoms(bits: int, photometric: str, rows: int, columns: int,
+                                     samples: int, frames: int) -> None:
+    ds = pydicom.Dataset()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = rows, columns, samples, bits
+    ds.PhotometricInterpretation, ds.NumberOfFrames = photometric, frames
+    assert expected_length(rows, columns, samples, bits, frames, photometric) == \
+        get_expected_length(ds, "bytes")
+
+
+def _set_value(body: bytes, tag: int, value: bytes) -> bytes:
+    """``body`` (explicit VR little endian) with the first element ``tag`` (a short-length VR)
+    holding ``value``."""
+    at = body.index(struct.pack("<HH", tag >> 16, tag & 0xFFFF))
+    (length,) = struct.unpack("<H", body[at + 6:at + 8])
+    return body[:at + 6] + struct.pack("<H", len(value)) + value + body[at + 8 + length:]
+
+
+IDENTITY_TAGS = [0x00080016, 0x00080018, 0x0020000D, 0x0020000E, 0x00280010, 0x00280011,
+                 0x00280002, 0x00280100, 0x00280004, 0x00080060]
+
+VALUES = st.one_of(
+    st.binary(max_size=12),
+    st.sampled_from([b"", b"\x00\x00", b"\x00\x02", b"\x01\x00", b"\x10\x00\x10\x00", b"1.2.3",
+                     b"1.2.3\x00", b" 1.2.3 ", b"1.2\\3.4", b"MONOCHROME2 ", b"YBR_FULL_422",
+                     b"CT", b"CT\\MR", b"\xa01.2\xa0", b"RGB\x00", b"\x85"]))
+
+
+@given(data=st.data())
+@CHECKS
+def test_identity_and_pixel_checks_read_as_dataset_get_would(
+        ct_body: bytes, data: st.DataObject, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = ct_body
+    for _ in range(data.draw(st.integers(1, 3))):
+        body = _set_value(body, data.draw(st.sampled_from(IDENTITY_TAGS)), data.draw(VALUES))
+
+    def outcome() -> object:
+        dataset = decode(BytesIO(body), False, True)
+        try:
+            identity = identify(dataset)
+            check_pixels(dataset, identity["SOPClassUID"], ExplicitVRLittleEndian)
+        except Refusal as refusal:
+            return refusal.status, refusal.tag, refusal.reason
+        except Exception as exc:
+            return type(exc).__name__
+        return identity, str(element_value(dataset, "Modality", "") or "")
+
+    fast = outcome()
+    with monkeypatch.context() as patch:
+        patch.setattr(validation, "plain_pydicom_settings", lambda: False)
+        slow = outcome()
+    assert fast == slow
+
+
+def test_the_identity_comparison_can_tell_a_refusal(ct_body: bytes) -> None:
+    rows = _set_value(ct_body, 0x00280010, b"\x00\x00")
+    dataset = decode(BytesIO(rows), False, True)
+    with pytest.raises(Refusal, match="not a positive number: '0'"):
+        check_pixels(dataset, identify(dataset)["SOPClassUID"], ExplicitVRLittleEndian)
+    wrong = _set_value(ct_body, 0x00280010, b"\x40\x00")  # 64 of 128 rows: Pixel Data too long
+    dataset = decode(BytesIO(wrong), False, True)
+    with pytest.raises(Refusal, match="32768 bytes, 16384 expected"):
+        check_pixels(dataset, identify(dataset)["SOPClassUID"], ExplicitVRLittleEndian)
