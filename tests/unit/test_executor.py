@@ -109,8 +109,9 @@ def test_dask_job_equals_local_job(tmp_path: Path, study: SyntheticStudy,
             distributed.get_task_stream(client) as stream:
         dask_index, dask_job = _run_job(tmp_path / "dask", study, {
             "kind": "dask", "scheduler_address": cluster.scheduler_address})
-    # one task for the job, one per lesion (two) and image type (ct-liver-basic: Original)
-    assert _task_names(stream.data) == ["run_feature_task"] * 2 + ["run_shipped_job"]
+    # one task for the job, one per lesion (two) and image type (ct-liver-basic: Original), and
+    # as many for the eroded and dilated lesions of QC's robustness check
+    assert _task_names(stream.data) == ["run_feature_task"] * 4 + ["run_shipped_job"]
     local_objects, local_rows = _outputs(local_index, local_job)
     dask_objects, dask_rows = _outputs(dask_index, dask_job)
     assert sorted(dask_objects) == sorted(local_objects)  # the same result UIDs
@@ -135,9 +136,10 @@ def test_map_tasks_run_on_the_cluster_and_give_the_local_maps(
         future = client.submit(run_shipped_job, [p.read_bytes() for p in study.ct_paths],
                                study.seg_path.read_bytes(), preset, pure=False)
         result = unpack(future.result(timeout=300), tmp_path / "dask")
-    # per lesion (two): one feature task (Original) and one map task per feature class (two)
+    # per lesion (two): one feature task (Original), one for its eroded and dilated versions
+    # (robustness) and one map task per feature class (two)
     assert _task_names(stream.data) == \
-        ["run_feature_task"] * 2 + ["run_map_task"] * 4 + ["run_shipped_job"]
+        ["run_feature_task"] * 4 + ["run_map_task"] * 4 + ["run_shipped_job"]
     assert [o.sop_instance_uid for o in result.objects] == \
         [o.sop_instance_uid for o in local.objects]
     maps = 0
