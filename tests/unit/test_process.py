@@ -158,3 +158,34 @@ def test_quality_control_is_in_each_measurement_group(study: SyntheticStudy,
     run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
     assert [line for line in (run.stdout + run.stderr).splitlines()
             if line.startswith("Error")] == []
+
+
+def test_robustness_compares_with_the_lesion_as_drawn_in_a_preset_without_intra(
+    study: SyntheticStudy, tmp_path: Path
+) -> None:
+    """The robustness check's reference is the lesion's own features, extracted like the
+    perturbed ROIs (here on the image z-scored in the lesion) even when no ROI variant is the
+    lesion as drawn."""
+    from pipelines.preprocess import apply_zscore, zscore_parameters
+    from pipelines.presets import PreprocessingOptions, RoiVariant, ZScoreOptions
+    from pipelines.qc import QCSettings, feature_robustness
+
+    basic = load_preset("ct-liver-basic")
+    preset = basic.model_copy(update={
+        "name": "ring-only-zscore",
+        "preprocessing": PreprocessingOptions(zscore=ZScoreOptions(reference="roi")),
+        "radiomics": {**basic.radiomics,
+                      "setting": {**basic.radiomics["setting"], "binWidth": 0.1}},
+        "rois": basic.rois.model_copy(
+            update={"variants": (RoiVariant(kind="ring", distance_mm=2.0),)})})
+    result = process_study(study.ct_paths, study.seg_path, preset, tmp_path)
+    volume = read_series(list(study.ct_paths))
+    seg = read_segmentation(study.seg_path, volume)
+    for segment, report in zip(seg.segments, result.qc[1:], strict=True):
+        zscored = apply_zscore(volume.image, *zscore_parameters(volume.image, segment.mask))
+        expected = feature_robustness(zscored, segment.mask, preset, QCSettings())
+        got = {c.name: c.value for c in report.checks if c.name.startswith("robustness.")}
+        want = {c.name: c.value for c in expected.checks}
+        assert "robustness.original" not in got and len(got) > 100
+        assert got.keys() == want.keys()
+        assert all(got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-9) for k in got)
