@@ -1,5 +1,5 @@
-"""The NUM content items of a TID 1500 report encoded straight to bytes, and the Content Sequence
-of a measurement group handed to pydicom as one raw element.
+"""The bulk of a TID 1500 report encoded straight to bytes: the NUM items of the measurement
+groups and the Image Library entries, each handed to pydicom inside one raw Content Sequence.
 
 A ``ct-liver-crlm`` report holds 1037 NUMs per ROI variant, 4 variants per lesion: 8 288 content
 items for two lesions, 46 000 for ten. Built as pydicom ``Dataset`` objects (7 datasets and 9
@@ -10,8 +10,14 @@ Floating Point Value, the Numeric Value and the three length fields that depend 
 Encoding: Explicit VR Little Endian (PS3.5 7.1.2, the transfer syntax highdicom gives the SR),
 every sequence and item with an explicit length (PS3.5 7.5.1), values padded to even length
 (PS3.5 6.2: text with a space, PS3.5 6.2 for DS), text in the report's Specific Character Set
-(PS3.5 6.1). These are the bytes pydicom writes for the same items (a test compares them with
-``highdicom.sr.Measurement`` written by pydicom).
+(PS3.5 6.1). These are the bytes pydicom writes for the same items (tests compare them with
+``highdicom.sr.Measurement`` and ``highdicom.sr.ImageLibrary`` written by pydicom).
+
+The Image Library (TID 1600) has an entry per source image of about 25 content items; highdicom
+builds one in about 8 ms, 2.3 s for a 300-slice series. :func:`image_library` encodes the
+entries of classic CT, MR and PET images (TID 1601 with the TID 1604 cross-sectional
+descriptors, as ``highdicom.sr.ImageLibraryEntryDescriptors`` gives them) and leaves every other
+image to highdicom.
 
 The group's Content Sequence becomes a ``RawDataElement``: pydicom writes a raw element's value
 as it is (``pydicom.filewriter.write_data_element``) if the dataset holding it says it was
@@ -26,15 +32,22 @@ import struct
 from collections.abc import Iterable, Sequence
 from functools import cache
 
+import highdicom as hd
 from pydicom.charset import encode_string
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_sequence_item
+from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.tag import Tag
+from pydicom.uid import (
+    CTImageStorage,
+    MRImageStorage,
+    PositronEmissionTomographyImageStorage,
+)
 from pydicom.valuerep import AMBIGUOUS_VR as AMBIGUOUS_VRS
-from pydicom.valuerep import format_number_as_ds
+from pydicom.valuerep import DS, format_number_as_ds
 
 from pipelines.codes import feature_concept, image_filter_concept
 
@@ -127,6 +140,127 @@ def num_item(key: str, value: float, modality: str, encodings: tuple[str, ...]) 
         _element(0x0040A30A, "DS", number + b" " if len(number) % 2 else number),
     ])
     return _item(head + _element(0x0040A300, "SQ", _item(measured)) + tail)
+
+
+_ACQUISITION_CONTEXT = "HAS ACQ CONTEXT"
+_CLASSIC_IMAGES = {  # SOP Class UID -> CID 29 Acquisition Modality, as highdicom maps them
+    CTImageStorage: codes.cid29.ComputedTomography,
+    MRImageStorage: codes.cid29.MagneticResonance,
+    PositronEmissionTomographyImageStorage: codes.cid29.PositronEmissionTomography,
+}
+_PIXELS = Code("{pixels}", "UCUM", "Pixels")
+_DIRECTION = Code("{-1:1}", "UCUM", "{-1:1}")
+_SOURCE = Code("260753009", "SCT", "Source")
+_ORIENTATION = (codes.DCM.ImageOrientationPatientRowX, codes.DCM.ImageOrientationPatientRowY,
+                codes.DCM.ImageOrientationPatientRowZ, codes.DCM.ImageOrientationPatientColumnX,
+                codes.DCM.ImageOrientationPatientColumnY,
+                codes.DCM.ImageOrientationPatientColumnZ)
+_POSITION = (codes.DCM.ImagePositionPatientX, codes.DCM.ImagePositionPatientY,
+             codes.DCM.ImagePositionPatientZ)
+
+
+def _uid(tag: int, value: str) -> bytes:
+    """A UI element, padded with NUL to even length (PS3.5 6.2)."""
+    data = str(value).encode("ascii")
+    return _element(tag, "UI", data + b"\0" if len(data) % 2 else data)
+
+
+def _descriptor(value_type: str, name: Code, value: bytes, encodings: Sequence[str]) -> bytes:
+    """An Image Library Entry Descriptor content item (HAS ACQ CONTEXT) with its value
+    elements."""
+    return b"".join([
+        _text(0x0040A010, "CS", _ACQUISITION_CONTEXT, encodings),
+        _text(0x0040A040, "CS", value_type, encodings),
+        _sequence(0x0040A043, _concept(name, encodings)),
+        value,
+    ])
+
+
+def _acquisition_num(name: Code, value: float, unit: Code, encodings: Sequence[str]) -> bytes:
+    """A NUM descriptor as ``highdicom.sr.NumContentItem`` encodes it: Numeric Value as pydicom's
+    ``DS(value, auto_format=True)``, Floating Point Value only for a float."""
+    number = str(DS(value, auto_format=True)).encode("ascii")
+    measured = [_sequence(0x004008EA, _concept(unit, encodings))]
+    if isinstance(value, float):
+        measured.append(_element(0x0040A161, "FD", struct.pack("<d", value)))
+    measured.append(_element(0x0040A30A, "DS", number + b" " if len(number) % 2 else number))
+    return _descriptor("NUM", name, _element(0x0040A300, "SQ", _item(b"".join(measured))),
+                       encodings)
+
+
+def _classic(image: Dataset) -> bool:
+    """Whether ``image`` is a single-frame CT, MR or PET image with the attributes of the
+    cross-sectional descriptors, whose entry :func:`_entry` encodes."""
+    return (str(image.get("SOPClassUID", "")) in _CLASSIC_IMAGES
+            and image.get("Modality") in ("CT", "MR", "PT")
+            and all(image.get(keyword) is not None for keyword in (
+                "Rows", "Columns", "PixelSpacing", "SliceThickness", "ImagePositionPatient",
+                "ImageOrientationPatient")))
+
+
+def _entry(image: Dataset, encodings: Sequence[str]) -> bytes:
+    """The body of one Image Library Entry (TID 1601): an IMAGE item referencing ``image``
+    (concept SCT 260753009 "Source") with the descriptors of TID 1602 and TID 1604 in
+    highdicom's order: modality, frame of reference, rows, columns, horizontal and vertical
+    pixel spacing, slice thickness, position x/y/z, orientation, spacing between slices."""
+    modality = _CLASSIC_IMAGES[str(image.SOPClassUID)]
+    descriptors = [_descriptor("CODE", codes.DCM.Modality,
+                               _sequence(0x0040A168, _concept(modality, encodings)), encodings)]
+    if "FrameOfReferenceUID" in image:
+        descriptors.append(_descriptor("UIDREF", codes.DCM.FrameOfReferenceUID,
+                                       _uid(0x0040A124, image.FrameOfReferenceUID), encodings))
+    descriptors += [
+        _acquisition_num(codes.DCM.PixelDataRows, image.Rows, _PIXELS, encodings),
+        _acquisition_num(codes.DCM.PixelDataColumns, image.Columns, _PIXELS, encodings),
+        _acquisition_num(codes.DCM.HorizontalPixelSpacing, image.PixelSpacing[1],
+                         codes.UCUM.Millimeter, encodings),
+        _acquisition_num(codes.DCM.VerticalPixelSpacing, image.PixelSpacing[0],
+                         codes.UCUM.Millimeter, encodings),
+        _acquisition_num(codes.DCM.SliceThickness, image.SliceThickness,
+                         codes.UCUM.Millimeter, encodings),
+        *(_acquisition_num(name, value, codes.UCUM.Millimeter, encodings)
+          for name, value in zip(_POSITION, image.ImagePositionPatient, strict=True)),
+        *(_acquisition_num(name, value, _DIRECTION, encodings)
+          for name, value in zip(_ORIENTATION, image.ImageOrientationPatient, strict=True)),
+    ]
+    if hasattr(image, "SpacingBetweenSlices"):
+        descriptors.append(_acquisition_num(codes.DCM.SpacingBetweenSlices,
+                                            image.SpacingBetweenSlices, codes.UCUM.Millimeter,
+                                            encodings))
+    return b"".join([
+        _sequence(0x00081199, _uid(0x00081150, image.SOPClassUID)
+                  + _uid(0x00081155, image.SOPInstanceUID)),
+        _text(0x0040A010, "CS", "CONTAINS", encodings),
+        _text(0x0040A040, "CS", "IMAGE", encodings),
+        _sequence(0x0040A043, _concept(_SOURCE, encodings)),
+        _sequence(_CONTENT_SEQUENCE, *descriptors),
+    ])
+
+
+def image_library(images: Sequence[Dataset], encodings: Sequence[str]) -> Dataset:
+    """The Image Library container (TID 1600) of ``images``, as ``highdicom.sr.ImageLibrary``
+    builds it: one Image Library Group per modality and frame of reference (in order of first
+    appearance) with its images' entries (highdicom 0.28 gives the group no Frame of Reference
+    UID item of its own; each entry has one). For classic CT, MR and
+    PET images the groups' Content Sequences are raw elements of entries encoded here
+    (:func:`_entry`); otherwise highdicom builds the whole library."""
+    if not images or not all(_classic(image) for image in images):
+        return hd.sr.ImageLibrary(list(images))[0]
+    groups: dict[tuple[str, ...], list[Dataset]] = {}
+    for image in images:
+        key = (str(image.SOPClassUID), *([str(image.FrameOfReferenceUID)]
+                                         if "FrameOfReferenceUID" in image else []))
+        groups.setdefault(key, []).append(image)
+    group_items = []
+    for members in groups.values():
+        group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup,
+                                           relationship_type="CONTAINS")
+        group[_CONTENT_SEQUENCE] = raw_content_sequence(
+            b"".join(_item(_entry(image, encodings)) for image in members))
+        group_items.append(written_as_is(group))
+    library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type="CONTAINS")
+    library[_CONTENT_SEQUENCE] = raw_content_sequence(encoded_items(group_items, encodings))
+    return written_as_is(library)
 
 
 def encoded_items(items: Iterable[Dataset], encodings: Sequence[str]) -> bytes:

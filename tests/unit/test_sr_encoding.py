@@ -9,11 +9,16 @@ import pydicom
 import pytest
 from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import ImplicitVRLittleEndian, PositronEmissionTomographyImageStorage
 
 from pipelines.codes import feature_concept, image_filter_concept
 from pipelines.report import build_measurement_report
-from pipelines.sr_encoding import encoded_items, num_item, written_as_is_throughout
+from pipelines.sr_encoding import (
+    encoded_items,
+    image_library,
+    num_item,
+    written_as_is_throughout,
+)
 from tests.unit.test_report import Inputs, inputs  # noqa: F401 (fixture)
 
 KEYS = ["original_firstorder_Mean", "original_shape_MeshVolume",
@@ -100,3 +105,42 @@ def test_nested_datasets_are_marked_unless_they_hold_an_ambiguous_vr() -> None:
     back = pydicom.dcmread(io.BytesIO(out.getvalue()), force=True)
     assert back.ContentSequence[0].CodeMeaning == "plain"
     assert back.ModalityLUTSequence[0][0x00283002].VR == "SS"
+
+
+def _images(refdata: Path) -> dict[str, list[pydicom.Dataset]]:
+    """Source images of several kinds: CT with Spacing Between Slices, MR, PET, two frames of
+    reference, a CT without Frame of Reference UID."""
+    ct = pydicom.dcmread(refdata / "pydicom/test_files/CT_small.dcm", stop_before_pixels=True)
+    mr = pydicom.dcmread(refdata / "pydicom/test_files/MR_small.dcm", stop_before_pixels=True)
+    slices = []
+    for number in range(3):
+        copy = ct.copy()
+        copy.SOPInstanceUID = f"1.2.3.{number + 1}"
+        copy.ImagePositionPatient = [-158.1, -179.0, -75.7 + 2.5 * number]
+        slices.append(copy)
+    pet = ct.copy()
+    pet.SOPClassUID, pet.Modality = PositronEmissionTomographyImageStorage, "PT"
+    other = ct.copy()
+    other.SOPInstanceUID, other.FrameOfReferenceUID = "1.2.3.9", "1.2.3.99"
+    bare = ct.copy()
+    del bare.FrameOfReferenceUID
+    del bare.SpacingBetweenSlices
+    return {"CT": slices, "MR": [mr], "PET": [pet], "two frames of reference": [ct, other],
+            "no frame of reference": [bare], "CT and MR": [ct, mr]}
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192"])
+def test_image_library_is_highdicoms(refdata: Path, charset: str) -> None:
+    encodings = tuple(convert_encodings(charset))
+    for kind, images in _images(refdata).items():
+        expected = encoded_items([hd.sr.ImageLibrary(images)[0]], encodings)
+        assert encoded_items([image_library(images, encodings)], encodings) == expected, kind
+
+
+def test_image_library_of_other_images_is_left_to_highdicom(refdata: Path) -> None:
+    ct = pydicom.dcmread(refdata / "pydicom/test_files/CT_small.dcm", stop_before_pixels=True)
+    ct.Modality = "OT"  # not cross-sectional for highdicom: no TID 1604 descriptors
+    library = image_library([ct], ("iso8859",))
+    assert not isinstance(library.get_item(0x0040A730), RawDataElement)
+    assert encoded_items([library], ("iso8859",)) == encoded_items(
+        [hd.sr.ImageLibrary([ct])[0]], ("iso8859",))
