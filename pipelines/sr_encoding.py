@@ -47,7 +47,7 @@ from pydicom.uid import (
     PositronEmissionTomographyImageStorage,
 )
 from pydicom.valuerep import AMBIGUOUS_VR as AMBIGUOUS_VRS
-from pydicom.valuerep import DS, format_number_as_ds
+from pydicom.valuerep import DS
 
 from pipelines.codes import feature_concept, image_filter_concept
 
@@ -99,6 +99,12 @@ def _code(value: str, scheme: str, meaning: str, version: str | None,
     return b"".join(parts)
 
 
+def _numeric_value(value: float) -> bytes:
+    """Numeric Value (0040,A30A) as highdicom sets it, ``DS(value, auto_format=True)``."""
+    number = str(DS(value, auto_format=True)).encode("ascii")
+    return _element(0x0040A30A, "DS", number + b" " if len(number) % 2 else number)
+
+
 def _concept(concept: Code, encodings: Sequence[str]) -> bytes:
     return _code(concept.value, concept.scheme_designator, concept.meaning,
                  concept.scheme_version, encodings)
@@ -133,12 +139,8 @@ def num_item(key: str, value: float, modality: str, encodings: tuple[str, ...]) 
     as Measurement Method (HAS CONCEPT MOD, SCT 370129005), as :mod:`pipelines.codes` names
     them. ``encodings`` are the report's (``pydicom.charset.convert_encodings``)."""
     head, unit, tail = _template(key, modality, encodings)
-    number = format_number_as_ds(float(value)).encode("ascii")
-    measured = b"".join([
-        unit,
-        _element(0x0040A161, "FD", struct.pack("<d", value)),
-        _element(0x0040A30A, "DS", number + b" " if len(number) % 2 else number),
-    ])
+    measured = b"".join([unit, _element(0x0040A161, "FD", struct.pack("<d", value)),
+                         _numeric_value(float(value))])
     return _item(head + _element(0x0040A300, "SQ", _item(measured)) + tail)
 
 
@@ -179,11 +181,10 @@ def _descriptor(value_type: str, name: Code, value: bytes, encodings: Sequence[s
 def _acquisition_num(name: Code, value: float, unit: Code, encodings: Sequence[str]) -> bytes:
     """A NUM descriptor as ``highdicom.sr.NumContentItem`` encodes it: Numeric Value as pydicom's
     ``DS(value, auto_format=True)``, Floating Point Value only for a float."""
-    number = str(DS(value, auto_format=True)).encode("ascii")
     measured = [_sequence(0x004008EA, _concept(unit, encodings))]
     if isinstance(value, float):
         measured.append(_element(0x0040A161, "FD", struct.pack("<d", value)))
-    measured.append(_element(0x0040A30A, "DS", number + b" " if len(number) % 2 else number))
+    measured.append(_numeric_value(value))
     return _descriptor("NUM", name, _element(0x0040A300, "SQ", _item(b"".join(measured))),
                        encodings)
 
