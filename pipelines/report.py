@@ -64,7 +64,6 @@ from pipelines.sr_encoding import (
     image_library,
     num_item,
     raw_content_sequence,
-    written_as_is,
     written_as_is_throughout,
 )
 from pipelines.uids import result_uid
@@ -98,7 +97,8 @@ def _measurement(key: str, value: float, modality: str) -> hd.sr.Measurement:
     )
 
 
-def _insert_image_library(sr: hd.sr.Comprehensive3DSR, images: Sequence[Dataset]) -> None:
+def _insert_image_library(sr: hd.sr.Comprehensive3DSR, images: Sequence[Dataset],
+                          encodings: tuple[str, ...]) -> None:
     """Put the Image Library (TID 1600) of ``images`` (:func:`pipelines.sr_encoding.image_library`,
     what highdicom's ``ImageLibrary`` builds) where ``MeasurementReport`` puts it, before the
     Imaging Measurements container. Built apart from the report, because highdicom's SR
@@ -107,20 +107,17 @@ def _insert_image_library(sr: hd.sr.Comprehensive3DSR, images: Sequence[Dataset]
     content = sr.ContentSequence
     position = next(i for i, item in enumerate(content)
                     if item.ConceptNameCodeSequence[0].CodeValue == "126010")
-    encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
     content.insert(position, image_library(images, encodings))
 
 
 def _complete_groups(sr: hd.sr.Comprehensive3DSR, rois: Sequence[RoiResult], modality: str,
-                     appended: Sequence[Sequence[Dataset]]) -> None:
+                     appended: Sequence[Sequence[Dataset]], encodings: tuple[str, ...]) -> None:
     """Insert every NUM but the first of each group right after the group's first NUM, and
     append the group's ``appended`` items (e.g. QC findings) at its end.
 
     The group's Content Sequence becomes one raw element (:mod:`pipelines.sr_encoding`): the
-    items highdicom built and ``appended`` encoded by pydicom, the NUMs from templates; the
-    report, the Imaging Measurements container and each group are marked so that pydicom writes
-    it as it is."""
-    encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
+    items highdicom built and ``appended`` encoded by pydicom, the NUMs from templates, in the
+    report's character set ``encodings``."""
     [measurements] = [item for item in sr.ContentSequence
                       if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
     groups = [item for item in measurements.ContentSequence
@@ -135,9 +132,6 @@ def _complete_groups(sr: hd.sr.Comprehensive3DSR, rois: Sequence[RoiResult], mod
             encoded_items([*items[first + 1:], *extra], encodings),
         ])
         group[_CONTENT_SEQUENCE] = raw_content_sequence(content)
-        written_as_is(group)
-    written_as_is(measurements)
-    written_as_is(sr)
 
 
 def _referenced_segment(volume: SeriesVolume, seg: DecodedSegmentation, roi: RoiResult,
@@ -285,10 +279,11 @@ def build_measurement_report(
         software_versions=sw_version,
         coding_schemes=coding_schemes(),
     )
-    _insert_image_library(sr, volume.datasets)
-    _complete_groups(sr, rois, volume.modality, findings)
+    encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
+    _insert_image_library(sr, volume.datasets, encodings)
+    _complete_groups(sr, rois, volume.modality, findings, encodings)
     sr.ContributingEquipmentSequence = [
         *sr.get("ContributingEquipmentSequence", []),
         contributing_equipment(f"radiomics features, preset {preset.name} (sha256 {preset.hash})"),
     ]
-    return written_as_is_throughout(sr)
+    return written_as_is_throughout(sr)  # the raw Content Sequences are written as they are
