@@ -161,7 +161,7 @@ def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_afte
         ("read series", stages["read_series"], ""),
         ("read SEG", stages["read_segmentation"], ""),
         ("preprocessing", stages["preprocessing"], "normalisation, ROI variants"),
-        ("extraction", stages["extraction"], "features and voxel-wise maps"),
+        ("extraction", stages["extraction"], "features, robustness ROIs, voxel-wise maps"),
         ("QC and models", stages["qc"] + stages["models"], ""),
         ("encoding", sum(v for k, v in stages.items() if k.startswith("encode_")),
          ", ".join(f"{k.removeprefix('encode_')} {v:.2f}" for k, v in stages.items()

@@ -108,7 +108,8 @@ class StageTimes:
     """Seconds each stage of one ``process_study`` call took (``time.perf_counter``), in order;
     the stages follow one another, so their sum is the call's duration.
 
-    ``extraction`` is the feature computation (per-ROI features and the voxel-wise maps); the
+    ``extraction`` is the feature computation (per-ROI features, the eroded and dilated lesions of
+    the robustness check, and the voxel-wise maps); the
     ``encode_*`` stages build the DICOM objects in memory, ``writing`` saves them and the CSVs.
     """
 
