@@ -67,15 +67,36 @@ message to the ``pynetdicom`` logger, which the node keeps at WARNING, so the te
 (5 % of the interpreter time per CT slice, measured with py-spy) is never written."""
 
 
+PDU_READ_CHUNK = 16 * 2**20
+"""Most bytes of a PDU allocated before they have arrived: a PDU's length is what the peer
+declares (up to 4 GiB, before any association is accepted), so a longer one is read in pieces of
+this size and memory grows only with what really comes."""
+
+
 class _PduSocket(AssociationSocket):
     """pynetdicom's socket wrapper reading ``nr_bytes`` with ``recv_into`` one buffer.
 
     ``AssociationSocket.recv`` reads 4 KiB at a time and extends a bytearray: for a 512 KiB
     C-STORE that is over a hundred system calls and copies per PDU when the sender uses large
-    PDUs. Same contract: returns fewer bytes only when the peer closed the connection.
+    PDUs. Same contract: returns fewer bytes only when the peer closed the connection. At most
+    ``PDU_READ_CHUNK`` bytes are allocated ahead of the data.
     """
 
     def recv(self, nr_bytes: int) -> bytearray:
+        assert self.socket is not None
+        if nr_bytes <= PDU_READ_CHUNK:
+            return self._recv_into(nr_bytes)
+        buffer = bytearray()
+        while len(buffer) < nr_bytes:
+            wanted = min(PDU_READ_CHUNK, nr_bytes - len(buffer))
+            part = self._recv_into(wanted)
+            buffer += part
+            if len(part) < wanted:  # the peer closed the connection
+                break
+        return buffer
+
+    def _recv_into(self, nr_bytes: int) -> bytearray:
+        """``nr_bytes`` read into one new buffer, or fewer when the peer closes."""
         assert self.socket is not None
         buffer = bytearray(nr_bytes)
         view = memoryview(buffer)

@@ -6,9 +6,12 @@ processes."""
 from __future__ import annotations
 
 import copy
+import os
 import socket
+import struct
 import threading
 import time
+import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from node.config import NodeConfig, RemotePeer
 from node.index import Index
 from node.orthanc import OrthancClient
 from node.peers import SharedPeerCounts
-from node.receiver import Receiver
+from node.receiver import PDU_READ_CHUNK, Receiver, _PduSocket
 from node.store_scu import associate
 from tests.conftest import free_port
 
@@ -248,3 +251,62 @@ def test_orthanc_rest_client_sockets_have_nodelay() -> None:
                 assert _nodelay(sock) != 0
     finally:
         server.shutdown()
+
+
+def _pdu_socket(sock: socket.socket) -> _PduSocket:
+    reader = _PduSocket.__new__(_PduSocket)  # only the socket is needed to read
+    reader.socket = sock
+    return reader
+
+
+def test_pdu_reads_allocate_only_what_arrives() -> None:
+    """A peer may declare a PDU of up to 4 GiB and send a few bytes: the reader allocates memory
+    as the bytes come, not as declared; a long PDU that does arrive is read whole and in order."""
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.sendall(b"x" * 100)
+        theirs.close()
+        tracemalloc.start()
+        got = _pdu_socket(ours).recv(0xFFFF_FFF0)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert bytes(got) == b"x" * 100
+        assert peak < 64 * 2**20  # the declared 4 GiB is never allocated
+    finally:
+        ours.close()
+    ours, theirs = socket.socketpair()
+    data = os.urandom(2 * PDU_READ_CHUNK + 12345)
+    sender = threading.Thread(target=theirs.sendall, args=(data,))
+    sender.start()
+    try:
+        assert bytes(_pdu_socket(ours).recv(len(data))) == data
+    finally:
+        sender.join()
+        ours.close()
+        theirs.close()
+
+
+def test_a_huge_declared_pdu_before_association_does_not_take_memory(tmp_path: Path) -> None:
+    """An A-ASSOCIATE-RQ header declaring 4 GiB, a few bytes, then nothing: the node allocates
+    little (it used to allocate the declared length at once) and serves the next peer."""
+    config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
+                        accept_unknown_peers=True, limits={"acse_timeout": 2})
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    tracemalloc.start()
+    try:
+        with socket.create_connection(("127.0.0.1", config.listener.port), timeout=10) as sock:
+            sock.sendall(struct.pack(">BBI", 0x01, 0, 0xFFFF_FFF0) + b"\x00" * 64)
+            time.sleep(0.5)
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak < 128 * 2**20
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0
+        assoc.release()
+    finally:
+        tracemalloc.stop()
+        receiver.stop()
+        index.close()
