@@ -5,6 +5,7 @@ processes."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import socket
@@ -12,6 +13,7 @@ import struct
 import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -136,18 +138,28 @@ def test_fifty_concurrent_associations_over_two_receiver_processes(
     index.close()
 
 
-def test_node_wide_limit_counts_every_receiver_process(tmp_path: Path, ct: pydicom.Dataset
-                                                       ) -> None:
-    """With two processes and max_associations 2, a third concurrent association is rejected
-    (2/3/2) whichever process the kernel gave it to, and admitted again once one is released."""
+@contextlib.contextmanager
+def _two_receiver_processes(tmp_path: Path, **limits: int) -> Iterator[NodeConfig]:
+    """A receiver with two SO_REUSEPORT processes, unknown peers accepted, these ``limits``."""
     config = NodeConfig(state_dir=tmp_path / "state",
                         listener={"port": free_port(), "processes": 2},
-                        limits={"max_associations": 2, "max_associations_per_peer": 10},
-                        accept_unknown_peers=True)
+                        limits=limits, accept_unknown_peers=True)
     index = Index(config.index_path)
     receiver = Receiver(config, index)
     receiver.start()
     try:
+        yield config
+    finally:
+        receiver.stop()
+        index.close()
+
+
+def test_node_wide_limit_counts_every_receiver_process(tmp_path: Path, ct: pydicom.Dataset
+                                                       ) -> None:
+    """With two processes and max_associations 2, a third concurrent association is rejected
+    (2/3/2) whichever process the kernel gave it to, and admitted again once one is released."""
+    with _two_receiver_processes(tmp_path, max_associations=2,
+                                 max_associations_per_peer=10) as config:
         ae = AE(ae_title="SCANNER")
         ae.add_requested_context(Verification)
         held = [ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
@@ -165,9 +177,6 @@ def test_node_wide_limit_counts_every_receiver_process(tmp_path: Path, ct: pydic
         assert again.is_established
         again.release()
         held[1].release()
-    finally:
-        receiver.stop()
-        index.close()
 
 
 def test_shared_peer_counts_limit_free_and_reuse_slots() -> None:
@@ -190,20 +199,13 @@ def test_per_peer_limit_counts_every_receiver_process(tmp_path: Path) -> None:
     """With two processes and max_associations_per_peer 2, a third association of the same peer is
     rejected (2/3/2) whichever process the kernel gave it to, another peer is not, and the peer
     is admitted again once one of its associations is released."""
-    config = NodeConfig(state_dir=tmp_path / "state",
-                        listener={"port": free_port(), "processes": 2},
-                        limits={"max_associations": 10, "max_associations_per_peer": 2},
-                        accept_unknown_peers=True)
-    index = Index(config.index_path)
-    receiver = Receiver(config, index)
-    receiver.start()
-
     def associate(calling: str):
         ae = AE(ae_title=calling)
         ae.add_requested_context(Verification)
         return ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS")
 
-    try:
+    with _two_receiver_processes(tmp_path, max_associations=10,
+                                 max_associations_per_peer=2) as config:
         held = [associate("SCANNER") for _ in range(2)]
         assert all(a.is_established for a in held)
         refused = [associate("SCANNER") for _ in range(6)]
@@ -223,9 +225,6 @@ def test_per_peer_limit_counts_every_receiver_process(tmp_path: Path) -> None:
         assert again.is_established
         again.release()
         held[1].release()
-    finally:
-        receiver.stop()
-        index.close()
 
 
 def test_orthanc_rest_client_sockets_have_nodelay() -> None:
