@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import cast
 
+from pydicom import config as pydicom_config
 from pydicom.uid import UID
 from pynetdicom import _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -42,7 +43,7 @@ from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.utils import make_target
+from pynetdicom.utils import make_target, set_uid
 
 PYNETDICOM_LOG = logging.getLogger("pynetdicom.dimse")
 """pynetdicom's DIMSE logger: the messages it would log, it logs here in the same words."""
@@ -113,6 +114,55 @@ _STORE_OPTIONAL = frozenset({0x0000, 0x1030, 0x1031})
 """Command Group Length and the Move Originator AE title and Message ID (C-MOVE sub-operations)."""
 
 
+_UIDS: dict[tuple, UID] = {}
+"""``checked_uid``'s conformant values seen last, by value, parameter and validation settings."""
+
+_UIDS_KEPT = 256
+"""At most this many: the class UIDs of an association's contexts, and each SOP instance UID
+from the request to its response."""
+
+
+def checked_uid(value: str | UID, name: str) -> UID | None:
+    """``pynetdicom.utils.set_uid(value, name) or None``, what a DIMSE primitive's UID setter
+    stores for ``value`` (PS3.7 9.3: the Affected SOP Class and Instance UIDs of C-STORE).
+
+    ``set_uid`` checks the value three times (pydicom's ``UID``, pynetdicom's UI validator, UID
+    conformance) and each C-STORE sets each of its two UIDs twice, in the request and in the
+    response: a sixth of the receiver's interpreter time per CT slice (py-spy). A value that
+    conforms as it is (``UID.is_valid``, PS3.5 9.1, and no padding to strip: then none of the
+    checks logs, warns or raises) is
+    remembered with the settings the checks read, and given again without them; any other value
+    goes through ``set_uid`` every time, with its log messages and errors."""
+    key = (str(value), name, _config.ENFORCE_UID_CONFORMANCE, _config.VALIDATORS["UI"],
+           pydicom_config.settings.reading_validation_mode)
+    uid = _UIDS.get(key)
+    if uid is not None:
+        return uid
+    uid = set_uid(value, name) or None
+    if uid is not None and uid.is_valid and uid == key[0]:  # not padded: nothing to warn of
+        if len(_UIDS) >= _UIDS_KEPT:
+            _UIDS.clear()
+        _UIDS[key] = uid
+    return uid
+
+
+_SETS_PRIVATELY = all(hasattr(C_STORE(), attribute) for attribute in (
+    "_affected_sop_class_uid", "_affected_sop_instance_uid"))
+"""Whether pynetdicom's C_STORE keeps its UIDs where ``set_uids`` writes them (else: setters)."""
+
+
+def set_uids(primitive: C_STORE, sop_class_uid: str | UID, sop_instance_uid: str | UID) -> None:
+    """Set the Affected SOP Class and Instance UIDs of ``primitive`` to what its setters store,
+    through ``checked_uid``."""
+    if not _SETS_PRIVATELY:
+        primitive.AffectedSOPClassUID = sop_class_uid
+        primitive.AffectedSOPInstanceUID = sop_instance_uid
+        return
+    primitive._affected_sop_class_uid = checked_uid(sop_class_uid, "Affected SOP Class UID")
+    primitive._affected_sop_instance_uid = checked_uid(sop_instance_uid,
+                                                       "Affected SOP Instance UID")
+
+
 @dataclass(frozen=True)
 class PlainStoreRequest:
     """A C-STORE request's command set read directly, with the values pydicom would decode:
@@ -127,13 +177,12 @@ class PlainStoreRequest:
     move_originator_id: int | None
 
     def primitive(self, data_set: BytesIO, context_id: int) -> C_STORE:
-        """The C-STORE indication ``message_to_primitive`` makes: the same values set through
-        the same setters, in the same (tag) order."""
+        """The C-STORE indication ``message_to_primitive`` makes: the same values, set through
+        the same setters (the UIDs through ``set_uids``)."""
         primitive = C_STORE()
-        primitive.AffectedSOPClassUID = self.sop_class_uid
         primitive.MessageID = self.message_id
         primitive.Priority = self.priority
-        primitive.AffectedSOPInstanceUID = self.sop_instance_uid
+        set_uids(primitive, self.sop_class_uid, self.sop_instance_uid)
         if self.move_originator_ae is not None:
             primitive.MoveOriginatorApplicationEntityTitle = self.move_originator_ae
         if self.move_originator_id is not None:
@@ -272,11 +321,14 @@ class AcceptorDIMSE(DIMSEServiceProvider):
             PYNETDICOM_LOG.exception(exc)
             self.dul.event_queue.put("Evt19")
             return
+        inline = False
         if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
             self.cancel_req[cast(int, d_primitive.MessageIDBeingRespondedTo)] = d_primitive
         elif isinstance(d_primitive, N_EVENT_REPORT) and d_primitive.is_valid_request:
             threading.Thread(target=make_target(self.assoc._serve_request),
                              args=(d_primitive, context_id)).start()
+        elif request is not None and hasattr(self.assoc, "serve_inline"):
+            inline = True  # served below, by this thread, when the message is let go
         else:
             self.msg_queue.put((context_id, d_primitive))
         # as pynetdicom: the message lets go of its buffers (pynetdicom issue #41)
@@ -285,6 +337,8 @@ class AcceptorDIMSE(DIMSEServiceProvider):
         self.message._data_set_file = None
         self.message._data_set_path = None
         self.message = None
+        if inline and not self.assoc.serve_inline(d_primitive, context_id):
+            self.msg_queue.put((context_id, d_primitive))
 
     def send_msg(self, primitive, context_id: int) -> None:  # type: ignore[no-untyped-def]
         """Send ``primitive`` on ``context_id``: a plain C-STORE response as one PDV, anything

@@ -6,6 +6,7 @@ pynetdicom."""
 from __future__ import annotations
 
 import struct
+import warnings
 from io import BytesIO
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from pydicom.filewriter import write_dataset
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.utils import set_uid
 
 from node.dimse import (
     LAST_COMMAND_FRAGMENT,
     assemble,
+    checked_uid,
     encode_store_response,
     plain_store_request,
     plain_store_response,
@@ -222,6 +225,7 @@ FIELDS = ("MessageID", "Priority", "AffectedSOPClassUID", "AffectedSOPInstanceUI
     [*STORE_ELEMENTS, (0x1030, b" MOVER  "), (0x1031, _us(65535))],
     [(e, b"1.2.840.10008.5.1.4.1.1.4" if e == 0x0002 else v) for e, v in STORE_ELEMENTS],
     [(e, _us(0) if e == 0x0110 else v) for e, v in STORE_ELEMENTS],
+    [(e, b"1.02.3.4" if e == 0x1000 else v) for e, v in STORE_ELEMENTS],  # not conformant
 ])
 def test_plain_store_request_makes_the_primitive_pynetdicom_makes(elements) -> None:
     theirs, ours = _primitives(_message(_command(elements)))
@@ -262,3 +266,35 @@ def test_a_cut_command_set_is_left_to_pynetdicom() -> None:
     assert plain_store_request(command[:-3]) is None
     assert plain_store_request(command + b"\x00\x00") is None
     assert plain_store_request(struct.pack("<HHI", 0x0008, 0x0016, 0) + command) is None
+
+
+@pytest.mark.parametrize("value", ["1.2.840.10008.5.1.4.1.1.2", "1.2.3.4 ", "1.02.3",
+                                   "1.2.3.4\0", "1.2.3.a"])
+def test_checked_uid_is_set_uid_and_logs_as_it_does_every_time(value: str, caplog,
+                                                               monkeypatch) -> None:
+    import node.dimse
+
+    calls: list[str] = []
+    monkeypatch.setattr(node.dimse, "set_uid", lambda *args: calls.append(args[0]) or set_uid(
+        *args))
+    expected = set_uid(value, "Affected SOP Instance UID") or None
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as warned_by_pydicom:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            got = checked_uid(value, "Affected SOP Instance UID")
+            assert got == expected and type(got) is type(expected)
+    conformant = expected is not None and expected.is_valid and expected == value
+    warned = [r for r in caplog.records if "Non-conformant" in r.getMessage()]
+    if conformant:  # checked once, then remembered; nothing to warn of
+        assert len(calls) == 1 and not warned and not warned_by_pydicom
+    else:  # checked each time, with every warning each time, as the setter gives them
+        assert len(calls) == 2 and (warned or warned_by_pydicom)
+        assert len(warned) % 2 == 0 and len(warned_by_pydicom) % 2 == 0
+
+
+def test_checked_uid_raises_where_set_uid_raises() -> None:
+    with pytest.raises(ValueError):
+        set_uid("1." + "2" * 70, "Affected SOP Instance UID")
+    with pytest.raises(ValueError):
+        checked_uid("1." + "2" * 70, "Affected SOP Instance UID")

@@ -1,12 +1,15 @@
 """The receiver's event-driven association reactors (node.reactor): they run on every accepted
 association, release and abort end them, the network idle timeout still fires, and every
 association's wake-up pipe is closed when it ends. P-DATA-TF PDUs read as views decode as
-pynetdicom decodes them, fail where it fails, and a broken one aborts only its association."""
+pynetdicom decodes them, fail where it fails, and a broken one aborts only its association. A
+C-STORE request is served by the DUL thread that read it, unless the association thread is busy;
+handler errors and aborts there end as they do in pynetdicom."""
 
 from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig
 from node.index import Index
+from node.ingest import Outcome
 from node.reactor import EventAssociation, EventDUL, PDataTF
 from node.receiver import Receiver
 from tests.conftest import free_port
@@ -170,3 +174,143 @@ def test_p_data_goes_through_pynetdicom_while_a_handler_watches_pdus(receiver,
     assert seen.count(0x04) >= 2  # the command and the data set at least
     assert (config.spool_dir / ct.StudyInstanceUID / ct.SeriesInstanceUID /
             f"{ct.SOPInstanceUID}.dcm").stat().st_size > len(ct.PixelData)
+
+
+def _ct(refdata: Path, number: int) -> pydicom.Dataset:
+    ct = pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
+    ct.SOPInstanceUID = f"1.2.826.0.1.3680043.10.2.{number}"
+    return ct
+
+
+def _record_threads(node: Receiver, monkeypatch) -> list[threading.Thread]:
+    """The threads that run the node's store handler, one per instance."""
+    threads: list[threading.Thread] = []
+    accept = node._ingest.accept
+
+    def recording(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return accept(*args, **kwargs)
+
+    monkeypatch.setattr(node._ingest, "accept", recording)
+    return threads
+
+
+def test_c_store_is_served_by_the_dul_thread_c_echo_by_the_association_thread(
+        receiver, refdata: Path, monkeypatch) -> None:
+    config, node = receiver
+    threads = _record_threads(node, monkeypatch)
+    echoes: list[threading.Thread] = []
+    node._server.bind(evt.EVT_C_ECHO, lambda event: echoes.append(
+        threading.current_thread()) or 0)  # replaces the node's handler (intervention event)
+    assoc = _scu(config)
+    [ours] = _active(node)
+    for number in range(3):
+        assert assoc.send_c_store(_ct(refdata, number)).Status == 0
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    assert threads == [ours.dul] * 3  # the DUL thread that read the request
+    assert echoes and echoes[0] is not ours.dul and isinstance(echoes[0], EventAssociation)
+    assert node._ingest._index.has_instance("1.2.826.0.1.3680043.10.2.2")
+
+
+def test_a_c_store_waits_for_the_association_thread_while_it_serves(
+        receiver, refdata: Path, monkeypatch) -> None:
+    config, node = receiver
+    threads = _record_threads(node, monkeypatch)
+    assoc = _scu(config)
+    [ours] = _active(node)
+    answers: list[int] = []
+    with ours._serve_lock:  # as while the association thread serves an earlier message
+        sender = threading.Thread(target=lambda: answers.append(
+            assoc.send_c_store(_ct(refdata, 10)).Status))
+        sender.start()
+        assert _wait_until(lambda: not ours.dimse.msg_queue.empty())  # queued, not served
+        assert not threads and not answers
+    sender.join(10)
+    assert answers == [0]
+    assert threads == [ours]  # served by the association thread, in order
+    assert assoc.send_c_store(_ct(refdata, 11)).Status == 0  # and the next inline again
+    assert threads == [ours, ours.dul]
+    assoc.release()
+
+
+def test_a_handler_error_in_the_dul_thread_answers_0xc211_and_keeps_the_association(
+        receiver, refdata: Path, monkeypatch) -> None:
+    config, node = receiver
+    accept = node._ingest.accept
+    calls = []
+
+    def failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("handler bug")
+        return accept(*args, **kwargs)
+
+    monkeypatch.setattr(node._ingest, "accept", failing_once)
+    assoc = _scu(config)
+    assert assoc.send_c_store(_ct(refdata, 20)).Status == 0xC211  # as pynetdicom answers
+    assert assoc.send_c_store(_ct(refdata, 21)).Status == 0
+    assoc.release()
+    assert assoc.is_released
+
+
+def test_a_handler_may_abort_or_kill_from_the_dul_thread(receiver, refdata: Path,
+                                                         monkeypatch) -> None:
+    config, node = receiver
+    for ending in ("abort", "kill"):
+        monkeypatch.setattr(node._ingest, "accept", lambda *args, ending=ending, **kwargs: (
+            getattr(threading.current_thread().assoc, ending)(), Outcome(0))[1])
+        assoc = _scu(config)
+        [ours] = _active(node)
+        assoc.send_c_store(_ct(refdata, 30))
+        if ending == "abort":  # the peer hears the A-ABORT
+            assert _wait_until(lambda assoc=assoc: assoc.is_aborted)
+        else:  # (pynetdicom's kill would wait forever for the DUL thread it is called in)
+            assoc.abort()
+        assert _wait_until(lambda ours=ours: not ours.dul.is_alive() and not _active(node))
+
+
+def test_a_c_store_before_the_association_is_established_waits_for_it(
+        receiver, refdata: Path, monkeypatch) -> None:
+    """A peer may send its first request as soon as the A-ASSOCIATE-AC is out, before the
+    association thread has marked the association established: it is served then, and
+    answered."""
+    config, node = receiver
+    threads = _record_threads(node, monkeypatch)
+    assoc = _scu(config)
+    [ours] = _active(node)
+    ours._reactor_checkpoint.clear()  # the association thread not yet in its reactor ...
+    ours.is_established = False  # ... between the A-ASSOCIATE-AC and the end of acceptance
+    answers: list[int] = []
+    sender = threading.Thread(target=lambda: answers.append(
+        assoc.send_c_store(_ct(refdata, 40)).Status))
+    sender.start()
+    assert _wait_until(lambda: not ours.dimse.msg_queue.empty())  # waits, not served inline
+    assert not threads
+    ours.is_established = True
+    ours._reactor_checkpoint.set()
+    sender.join(10)
+    assert answers == [0] and threads == [ours]
+    assoc.release()
+
+
+def test_the_idle_timeout_does_not_end_an_association_while_its_request_is_served(
+        receiver, refdata: Path, monkeypatch) -> None:
+    config, node = receiver  # network_timeout 1 s
+    accept = node._ingest.accept
+
+    def slow(*args, **kwargs):
+        time.sleep(2.5)
+        return accept(*args, **kwargs)
+
+    monkeypatch.setattr(node._ingest, "accept", slow)
+    assoc = _scu(config)
+    received: list[str] = []
+    assoc.bind(evt.EVT_PDU_RECV, lambda event: received.append(type(event.pdu).__name__))
+    assert assoc.send_c_store(_ct(refdata, 50)).Status == 0
+    assert node._ingest._index.has_instance("1.2.826.0.1.3680043.10.2.50")
+    # the timeout is seen after the request is answered, as pynetdicom's association thread
+    # sees it after serving: the response comes before the A-RELEASE-RQ or A-ABORT
+    ends = {"A_RELEASE_RQ", "A_ABORT_RQ"}
+    assert _wait_until(lambda: ends & set(received))
+    assert received[0] == "P_DATA_TF" and received[1] in ends

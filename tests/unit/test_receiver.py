@@ -139,3 +139,11 @@ def test_pynetdicom_trace_handlers_are_not_bound(node) -> None:
         assert ours.get_handlers(evt.EVT_C_STORE)  # the node's own stay
     finally:
         assoc.release()
+
+
+def test_receiver_processes_keep_freed_heap_memory_on_glibc() -> None:
+    import platform
+
+    from node.receiver import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
