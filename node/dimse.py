@@ -29,6 +29,7 @@ pynetdicom's path. The bytes equal pynetdicom's (tests/unit/test_dimse.py).
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import threading
 from dataclasses import dataclass
@@ -36,8 +37,9 @@ from io import BytesIO
 from typing import cast
 
 from pydicom import config as pydicom_config
-from pydicom.uid import UID
+from pydicom.uid import RE_VALID_UID, UID
 from pynetdicom import _config, evt
+from pynetdicom._validators import validate_ui
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
@@ -133,17 +135,42 @@ def checked_uid(value: str | UID, name: str) -> UID | None:
     checks logs, warns or raises) is
     remembered with the settings the checks read, and given again without them; any other value
     goes through ``set_uid`` every time, with its log messages and errors."""
-    key = (str(value), name, _config.ENFORCE_UID_CONFORMANCE, _config.VALIDATORS["UI"],
+    text = str(value)
+    key = (text, name, _config.ENFORCE_UID_CONFORMANCE, _config.VALIDATORS["UI"],
            pydicom_config.settings.reading_validation_mode)
     uid = _UIDS.get(key)
     if uid is not None:
         return uid
-    uid = set_uid(value, name) or None
-    if uid is not None and uid.is_valid and uid == key[0]:  # not padded: nothing to warn of
+    if _config.VALIDATORS["UI"] is validate_ui and _conformant(text):
+        uid = _unchecked_uid(text)  # what set_uid makes of it, silently
+    else:
+        uid = set_uid(value, name) or None
+    if uid is not None and uid.is_valid and uid == text:  # not padded: nothing to warn of
         if len(_UIDS) >= _UIDS_KEPT:
             _UIDS.clear()
         _UIDS[key] = uid
     return uid
+
+
+_VALID_UID = re.compile(RE_VALID_UID)
+
+
+def _conformant(text: str) -> bool:
+    """``UID(text).is_valid`` without making the UID: digits and dots, no leading zero, at most
+    64 characters (PS3.5 9.1)."""
+    return len(text) <= 64 and _VALID_UID.match(text) is not None
+
+
+def _unchecked_uid(text: str) -> UID:
+    """``UID(text)`` for a conformant ``text``, which pydicom's validation of UI values (in
+    any validation mode) lets through silently: the same value without checking it again."""
+    return UID(text, pydicom_config.IGNORE)
+
+
+def _command_uid(text: str) -> UID:
+    """``UID(text)`` as pydicom decodes it from a command set, checked only where it may
+    warn."""
+    return _unchecked_uid(text) if _conformant(text) else UID(text)
 
 
 _SETS_PRIVATELY = all(hasattr(C_STORE(), attribute) for attribute in (
@@ -226,8 +253,8 @@ def plain_store_request(command: bytes) -> PlainStoreRequest | None:
         return None
     return PlainStoreRequest(
         message_id=us[0x0110], priority=us[0x0700],
-        sop_class_uid=UID(values[0x0002].decode("latin-1").rstrip("\0 ")),
-        sop_instance_uid=UID(values[0x1000].decode("latin-1").rstrip("\0 ")),
+        sop_class_uid=_command_uid(values[0x0002].decode("latin-1").rstrip("\0 ")),
+        sop_instance_uid=_command_uid(values[0x1000].decode("latin-1").rstrip("\0 ")),
         data_set_type=us[0x0800],
         move_originator_ae=values[0x1030].decode("latin-1").strip() if 0x1030 in values
         else None,

@@ -286,8 +286,8 @@ def test_checked_uid_is_set_uid_and_logs_as_it_does_every_time(value: str, caplo
             assert got == expected and type(got) is type(expected)
     conformant = expected is not None and expected.is_valid and expected == value
     warned = [r for r in caplog.records if "Non-conformant" in r.getMessage()]
-    if conformant:  # checked once, then remembered; nothing to warn of
-        assert len(calls) == 1 and not warned and not warned_by_pydicom
+    if conformant:  # nothing to check or warn of: made directly, then remembered
+        assert not calls and not warned and not warned_by_pydicom
     else:  # checked each time, with every warning each time, as the setter gives them
         assert len(calls) == 2 and (warned or warned_by_pydicom)
         assert len(warned) % 2 == 0 and len(warned_by_pydicom) % 2 == 0
@@ -298,3 +298,28 @@ def test_checked_uid_raises_where_set_uid_raises() -> None:
         set_uid("1." + "2" * 70, "Affected SOP Instance UID")
     with pytest.raises(ValueError):
         checked_uid("1." + "2" * 70, "Affected SOP Instance UID")
+
+
+@pytest.mark.parametrize("text", ["1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.02.3", "1.2.3.a",
+                                  "", "0", "1." + "2" * 63, "1.2..3"])
+def test_command_set_uids_are_what_pydicom_decodes_with_the_same_warnings(text: str) -> None:
+    from pydicom.uid import UID
+
+    from node.dimse import _command_uid
+
+    with warnings.catch_warnings(record=True) as theirs:
+        warnings.simplefilter("always")
+        expected = UID(text)
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        got = _command_uid(text)
+    assert got == expected and type(got) is type(expected)
+    assert [str(w.message) for w in ours] == [str(w.message) for w in theirs]
+
+
+def test_checked_uid_uses_a_replaced_ui_validator(monkeypatch) -> None:
+    from pynetdicom import _config
+
+    monkeypatch.setitem(_config.VALIDATORS, "UI", lambda value: (False, "refused by the test"))
+    with pytest.raises(ValueError, match="refused by the test"):
+        checked_uid("1.2.840.10008.5.1.4.1.1.2", "Affected SOP Class UID")
