@@ -96,11 +96,29 @@ def _as_features(result: dict[str, Any], where: str) -> RoiFeatures:
         if key.startswith(_DIAGNOSTICS_PREFIX):
             diagnostics[key] = str(value)
             continue
-        try:
-            values[key] = float(value)
-        except (TypeError, ValueError) as exc:
-            raise FeatureError(f"{where}: {key}: not a number ({value!r})") from exc
+        values[key] = _real(value, f"{where}: {key}")
     return RoiFeatures(values=values, diagnostics=diagnostics)
+
+
+_IMAGINARY_TOLERANCE = 1e-9
+"""Largest imaginary part, relative to the value's size, taken for rounding."""
+
+
+def _real(value: Any, where: str) -> float:
+    """``value`` as a float. pyradiomics takes eigenvalues with ``numpy.linalg.eigvals`` (shape
+    axes, GLCM MCC), which NumPy may give as complex numbers whose imaginary part is zero or a
+    rounding error (seen with NumPy 2.5); ``float()`` of a NumPy complex silently keeps the real
+    part, so a value whose imaginary part is more than rounding (:data:`_IMAGINARY_TOLERANCE`
+    of its size) is refused instead of being reported as a real number."""
+    if np.iscomplexobj(value):
+        real, imaginary = float(np.real(value)), float(np.imag(value))
+        if abs(imaginary) > _IMAGINARY_TOLERANCE * max(1.0, abs(real)):
+            raise FeatureError(f"{where}: not a real number ({value!r})")
+        value = real
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise FeatureError(f"{where}: not a number ({value!r})") from exc
 
 
 def extract_features(

@@ -7,10 +7,12 @@ import ast
 import csv
 import logging
 import pickle
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -199,3 +201,20 @@ def test_array_image_keeps_pixels_type_and_geometry(refdata: Path) -> None:
     assert (again.GetOrigin(), again.GetSpacing(), again.GetDirection()) == \
         (image.GetOrigin(), image.GetSpacing(), image.GetDirection())
     assert (sitk.GetArrayViewFromImage(again) == sitk.GetArrayViewFromImage(image)).all()
+
+
+def test_complex_values_with_a_rounding_imaginary_part_are_taken_as_real_and_others_refused():
+    """NumPy may give pyradiomics' eigenvalue-based features as complex numbers (NumPy 2.5.2
+    warned on every job); one with a zero or rounding-size imaginary part is its real part, with
+    no ComplexWarning, and one with a real imaginary part fails the extraction, naming the key."""
+    from pipelines.features import _as_features
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        features = _as_features({"original_shape_MajorAxisLength": np.complex128(12.5 + 0j),
+                                 "original_glcm_MCC": np.complex128(0.5 + 1e-12j),
+                                 "original_firstorder_Mean": np.float64(3.0)}, "test ROI")
+    assert features.values == {"original_shape_MajorAxisLength": 12.5, "original_glcm_MCC": 0.5,
+                               "original_firstorder_Mean": 3.0}
+    with pytest.raises(FeatureError, match="original_glcm_MCC: not a real number"):
+        _as_features({"original_glcm_MCC": np.complex128(0.5 + 0.01j)}, "test ROI")
