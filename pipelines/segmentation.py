@@ -26,6 +26,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
+from pydicom.sr.codedict import codes
 
 from pipelines.preprocess import Grid
 from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID, RTStructError, read_rtstruct
@@ -283,6 +284,19 @@ def _frame_segment(path: Path, seg: hd.seg.Segmentation, frame: int) -> int:
             f"{tag_name('SegmentIdentificationSequence')} (PS3.3 C.8.20.3)"
         )
     return int(item.ReferencedSegmentNumber)
+
+
+def load_standard_tables() -> None:
+    """Have highdicom read its tables of the standard's modules and attributes (PS3.3, shipped
+    as JSON and parsed on first use: about 0.4 s) now, as :func:`read_segmentation` would on the
+    first SEG it opens, by reading back one Segment Description (PS3.3 C.8.20.4). A job worker
+    calls this when it starts, so that the first study after a start does not wait for it."""
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="tables",
+        segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    hd.seg.SegmentDescription.from_dataset(description)
 
 
 def _read(path: Path, dataset: pydicom.Dataset) -> hd.seg.Segmentation:
