@@ -1,6 +1,7 @@
-"""The local pool starts its worker processes when it is made (and so imports the pipeline there
-before any job), instead of at the first job, which otherwise waits for both; its workers end
-when the node's process is killed, instead of waiting for tasks forever."""
+"""The local pool starts its worker processes when it is made (and so imports the pipeline and
+loads highdicom's tables there before any job), instead of at the first job, which otherwise
+waits for both; its workers end when the node's process is killed, instead of waiting for tasks
+forever."""
 
 import multiprocessing
 import os
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -69,3 +71,22 @@ def test_workers_end_when_the_node_is_killed(tmp_path: Path) -> None:
     finally:
         if node.poll() is None:
             node.kill()
+
+
+def _standard_tables_loaded() -> int:
+    from highdicom._standard_utils import get_module_attribute_map
+
+    return get_module_attribute_map.cache_info().currsize
+
+
+def test_a_local_job_worker_reads_highdicoms_tables_when_it_starts(tmp_path: Path) -> None:
+    """The tables the first SEG read would parse (pipelines.segmentation.load_standard_tables)
+    are in the job worker's cache before it runs anything, and not in a fresh interpreter."""
+    config = NodeConfig(state_dir=tmp_path, executor={"kind": "local"})
+    local = LocalExecutor(config)
+    try:
+        assert local._pool.submit(_standard_tables_loaded).result(timeout=120) == 1
+    finally:
+        local.shutdown()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(_standard_tables_loaded).result(timeout=120) == 0

@@ -13,7 +13,6 @@ import psutil
 import pytest
 
 import node.executor as executor
-from node.config import NodeConfig
 from node.jobs import JobRunner
 from pipelines.synthetic import SyntheticStudy
 from tests.unit.test_executor import _outputs, _queued_job, _run_job, _until, study  # noqa: F401
@@ -67,22 +66,3 @@ def test_a_dead_task_process_ends_the_job_worker() -> None:
     worker.start()
     worker.join(120)
     assert worker.exitcode == 1
-
-
-def _standard_tables_loaded() -> int:
-    from highdicom._standard_utils import get_module_attribute_map
-
-    return get_module_attribute_map.cache_info().currsize
-
-
-def test_a_local_job_worker_reads_highdicoms_tables_when_it_starts(tmp_path: Path) -> None:
-    """The tables the first SEG read would parse (pipelines.segmentation.load_standard_tables)
-    are in the job worker's cache before it runs anything, and not in a fresh interpreter."""
-    config = NodeConfig(state_dir=tmp_path, executor={"kind": "local"})
-    local = executor.LocalExecutor(config)
-    try:
-        assert local._pool.submit(_standard_tables_loaded).result(timeout=120) == 1
-    finally:
-        local.shutdown()
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        assert pool.submit(_standard_tables_loaded).result(timeout=120) == 0
