@@ -94,7 +94,8 @@ class Ingest:
     def __init__(self, config: NodeConfig, index: Index):
         self._config = config
         self._index = index
-        config.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._spool_dir = config.spool_dir  # (a property that joins paths on every call)
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
 
     def accept(self, data: bytes | Part10, decode: Callable[[], Dataset], source: str,
                expected_class: str | None = None,
@@ -139,13 +140,13 @@ class Ingest:
             log.debug("duplicate instance ignored", extra=fields(
                 sop_instance_uid=sop_uid, source=source))
             return Outcome(SUCCESS)
-        free = shutil.disk_usage(self._config.spool_dir).free
+        free = shutil.disk_usage(self._spool_dir).free
         if free < self._config.min_free_bytes:
             log.error("disk below floor: store refused", extra=fields(
                 sop_instance_uid=sop_uid, free_bytes=free,
                 min_free_bytes=self._config.min_free_bytes))
             return Outcome(OUT_OF_RESOURCES, f"free disk {free // 2**20} MiB below the floor")
-        target = spool_path(self._config.spool_dir, identity["StudyInstanceUID"],
+        target = spool_path(self._spool_dir, identity["StudyInstanceUID"],
                             identity["SeriesInstanceUID"], sop_uid)
         try:
             write_durably(target, *(data.chunks if isinstance(data, Part10) else (data,)))
@@ -156,7 +157,8 @@ class Ingest:
         row = InstanceRow(sop_uid, identity["SOPClassUID"], identity["StudyInstanceUID"],
                           identity["SeriesInstanceUID"], str(target), len(data), source, host)
         self._index.add_instance(row, modality)
-        log.debug("instance stored", extra=fields(
-            sop_instance_uid=sop_uid, series_uid=row.series_uid, modality=modality,
-            source=source, host=host, bytes=row.size))
+        if log.isEnabledFor(logging.DEBUG):  # (the fields are not built for nothing)
+            log.debug("instance stored", extra=fields(
+                sop_instance_uid=sop_uid, series_uid=row.series_uid, modality=modality,
+                source=source, host=host, bytes=row.size))
         return Outcome(SUCCESS)

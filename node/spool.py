@@ -7,9 +7,9 @@ and acknowledge it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,11 +41,32 @@ def _write_all(fd: int, chunks: Sequence[bytes | memoryview]) -> None:
             views[0] = views[0][written:]
 
 
+_TEMPORARY_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
+    getattr(os, "O_CLOEXEC", 0)
+"""How ``tempfile.mkstemp`` opens its file: created here and now, by this process only."""
+
+_temporaries = itertools.count()
+
+
+def _create_temporary(directory: Path) -> tuple[int, str]:
+    """A new file ``.incoming-<pid>-<n>.part`` in ``directory``, open (as ``mkstemp`` makes it:
+    exclusive creation, mode 0600); its descriptor and path. Named by process and a counter
+    rather than by ``mkstemp``'s random letters (3 % of the receiver's interpreter time per CT
+    slice, py-spy); a name left by an earlier process with the same ID is skipped."""
+    for _ in range(10_000):
+        path = os.path.join(directory, f".incoming-{os.getpid()}-{next(_temporaries)}.part")
+        try:
+            return os.open(path, _TEMPORARY_FLAGS, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
+
+
 def write_durably(target: Path, *chunks: bytes | memoryview) -> None:
     """Write the concatenation of ``chunks`` to ``target`` atomically and durably (temp file,
     fsync, rename, fsync dir)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".part")
+    fd, tmp = _create_temporary(target.parent)
     try:
         try:
             _write_all(fd, chunks)
