@@ -37,6 +37,8 @@ is sampled every 50 ms (psutil).
 from __future__ import annotations
 
 import argparse
+import calendar
+import json
 import os
 import sqlite3
 import subprocess
@@ -137,6 +139,18 @@ def store_again(pacs: httpx.Client, port: int, files: list[Path]) -> float:
 
 def _row(name: str, seconds: float, note: str = "") -> str:
     return f"  {name:24s}{seconds:9.3f} s{('  ' + note) if note else ''}"
+
+
+def workers_ready(log_path: Path) -> list[float]:
+    """Epoch seconds of the node's "job worker ready" log lines (``node.executor``), in order."""
+    times = []
+    for line in log_path.read_text().splitlines():
+        entry = json.loads(line) if line.startswith("{") else {}
+        if entry.get("event") == "job worker ready":
+            stamp, millis = entry["ts"].rstrip("Z").split(".")
+            times.append(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+                         + int(millis) / 1000)
+    return times
 
 
 def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_after: float,
@@ -256,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                               / f"job-{timeline.job_id}").glob("*.dcm"))
             reference_s = store_again(pacs.http, pacs.dicom_port, results)
         seen = arrivals(index_path, study.study_instance_uid)
+        ready = workers_ready(node.log_path)
 
     lines = report(timeline, seen, storescu_s, args.stable_after, args.scan_interval,
                    reference_s)
@@ -266,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
           f"after the node started, task_processes {args.task_processes}")
     for line in lines:
         print(line)
+    if ready and timeline.started_at is not None:
+        lead = timeline.started_at - ready[-1]
+        print(f"job worker ready (imports, highdicom's tables) {lead:.3f} s before the job was "
+              f"claimed{' (negative: the job waited for it)' if lead < 0 else ''}")
     print(f"peak RSS: node + worker processes {node_memory.peak / 2**20:.0f} MiB, "
           f"Orthanc {orthanc_memory.peak / 2**20:.0f} MiB")
     return 0

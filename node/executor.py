@@ -22,11 +22,13 @@ maps, result UIDs) is the same whichever executor ran it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -39,6 +41,8 @@ from node.config import NodeConfig
 from pipelines.presets import Preset
 from pipelines.process import PipelineResult, process_study
 from pipelines.segmentation import load_standard_tables
+
+log = logging.getLogger(__name__)
 
 _Task = TypeVar("_Task")
 _Result = TypeVar("_Result")
@@ -99,7 +103,10 @@ def _start_job_worker(log_level: str, log_file: Path | None, task_processes: int
     after a start otherwise waited for while reading its SEG (0.52 against 0.06 s,
     docs/performance.md "End to end")."""
     _start_worker(log_level, log_file, task_processes)
+    start = time.perf_counter()
     load_standard_tables()
+    log.info("job worker ready", extra=logs.fields(
+        pid=os.getpid(), tables_s=round(time.perf_counter() - start, 3)))
 
 
 _TASKS: ProcessPoolExecutor | None = None  # a job worker's task processes, if any
