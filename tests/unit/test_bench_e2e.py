@@ -40,3 +40,7 @@ def test_bench_e2e_smoke_delivers_to_orthanc_and_splits_the_time() -> None:
     assert _seconds(lines, "sum of the spans") == pytest.approx(total, abs=0.002)
     assert "node overhead" in done.stdout and "% of the total" in done.stdout
     assert re.search(r"peak RSS: node \+ worker processes \d+ MiB, Orthanc \d+ MiB", done.stdout)
+    # --warm: the measured job is the second, so its worker was ready before it was claimed
+    ready = re.search(r"job worker ready \(imports, highdicom's tables\) (-?\d+\.\d+) s before "
+                      r"the job was claimed", done.stdout)
+    assert ready and float(ready.group(1)) > 0, done.stdout
