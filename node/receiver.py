@@ -77,8 +77,8 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 """``mallopt`` parameters (glibc's malloc.h)."""
 
-HEAP_MMAP_THRESHOLD = 8 * 2**20
-HEAP_TRIM_THRESHOLD = 64 * 2**20
+HEAP_MMAP_THRESHOLD = 4 * 2**20
+HEAP_TRIM_THRESHOLD = 8 * 2**20
 """Allocations below ``HEAP_MMAP_THRESHOLD`` come from the heap, and up to
 ``HEAP_TRIM_THRESHOLD`` of freed memory at the top of a heap is kept for the next ones."""
 
