@@ -105,11 +105,11 @@ _IMAGINARY_TOLERANCE = 1e-9
 
 
 def _real(value: Any, where: str) -> float:
-    """``value`` as a float. pyradiomics takes eigenvalues with ``numpy.linalg.eigvals`` (shape
-    axes, GLCM MCC), which NumPy may give as complex numbers whose imaginary part is zero or a
-    rounding error (seen with NumPy 2.5); ``float()`` of a NumPy complex silently keeps the real
-    part, so a value whose imaginary part is more than rounding (:data:`_IMAGINARY_TOLERANCE`
-    of its size) is refused instead of being reported as a real number."""
+    """``value`` as a float. With NumPy 2.5.2 some pyradiomics values arrive as NumPy complex
+    numbers (a ComplexWarning on every job; its ``numpy.linalg.eigvals``, for the shape axes and
+    GLCM MCC, can give them), and ``float()`` of one keeps the real part with only a warning. A
+    value whose imaginary part is more than rounding (:data:`_IMAGINARY_TOLERANCE` of its size)
+    is refused instead of being reported as a real number."""
     if np.iscomplexobj(value):
         real, imaginary = float(np.real(value)), float(np.imag(value))
         if abs(imaginary) > _IMAGINARY_TOLERANCE * max(1.0, abs(real)):
