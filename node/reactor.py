@@ -29,9 +29,9 @@ A C-STORE request (PS3.7 9.1.1) whose command set the DIMSE layer read directly
 complete (``EventAssociation.serve_inline``): the ``EVT_C_STORE`` handler runs there and the
 response is queued for the next pass of the same reactor, instead of waking the association
 thread, waiting for it, and waking the DUL thread again through the pipe (two thread hand-offs
-per instance under the interpreter lock, about a tenth of the receiver's CPU per CT slice).
-Every other message, and a C-STORE while the association thread is busy with an earlier one, is
-served by the association thread as before, in arrival order.
+per instance under the interpreter lock; docs/performance.md, "Ingest", third round). Every
+other message, and a C-STORE while the association thread is busy with an earlier one or still
+accepting the association, is served by the association thread as before, in arrival order.
 
 Timers (ARTIM, the network idle timeout) are still checked on every pass; the waits are bounded by
 ``TIMER_GRANULARITY`` so that they expire on time. Each pass does what pynetdicom's does, through
@@ -328,10 +328,10 @@ class EventAssociation(Association):
 
     def serve_inline(self, request: C_STORE, context_id: int) -> bool:
         """Serve the C-STORE request ``request`` in the calling thread, the DUL thread that has
-        just assembled it, with pynetdicom's own ``_serve_request`` (the Storage Service Class
-        SCP of PS3.4 B.2: the ``EVT_C_STORE`` handler, then the response primitive queued for
-        the DUL). False, and nothing done, where the association thread must serve it instead,
-        as pynetdicom would:
+        just assembled it, as pynetdicom's ``_serve_request`` serves it (``_serve_store``: the
+        Storage Service Class SCP of PS3.4 B.2, the ``EVT_C_STORE`` handler, then the response
+        primitive queued for the DUL). True when served; False, and nothing done, where the
+        association thread must serve it instead, as pynetdicom would:
 
         - it is busy with an earlier message or one is waiting for it (messages are served in
           the order they arrive);
