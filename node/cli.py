@@ -21,11 +21,16 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from node.service import Node
+    from node.executor import make_executor
 
     config = load_config(args.config)
     logs.configure(config.log_level, config.log_file)
-    node = Node(config)
+    # the job workers start first: they import the pipeline while this process imports the rest
+    # of the node (seconds each), so the first study after a start does not wait for them
+    executor = make_executor(config)
+    from node.service import Node
+
+    node = Node(config, executor=executor)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -33,14 +33,14 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from models.package import package_files
 from node import logs
 from node.config import NodeConfig
-from pipelines.presets import Preset
-from pipelines.process import PipelineResult, process_study
-from pipelines.segmentation import load_standard_tables
+
+if TYPE_CHECKING:  # imported where used: the node spawns its workers before it imports them
+    from pipelines.presets import Preset
+    from pipelines.process import PipelineResult
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,11 @@ def _end_with_parent() -> None:
 def _start_worker(log_level: str, log_file: Path | None, task_processes: int = 0) -> None:
     """Pool initializer: worker processes log JSON lines too, and end when the node ends; with
     ``task_processes``, each job worker starts its own pool of task processes
-    (:func:`_job_tasks`), which end when it ends."""
+    (:func:`_job_tasks`), which end when it ends. The pipeline is imported here, before any
+    job or task arrives (this module imports it only where it is used, so that the node can
+    start its pool before it imports the rest of itself: ``node.cli``)."""
+    import pipelines.process  # noqa: F401
+
     logs.configure(log_level, log_file)
     threading.Thread(target=_end_with_parent, name="end-with-node", daemon=True).start()
     global _TASKS
@@ -102,6 +106,8 @@ def _start_job_worker(log_level: str, log_file: Path | None, task_processes: int
     standard are read (:func:`pipelines.segmentation.load_standard_tables`), which the first job
     after a start otherwise waited for while reading its SEG (0.52 against 0.06 s,
     docs/performance.md "End to end")."""
+    from pipelines.segmentation import load_standard_tables
+
     _start_worker(log_level, log_file, task_processes)
     start = time.perf_counter()
     load_standard_tables()
@@ -128,15 +134,17 @@ def run_local_job(images: Sequence[str], seg: str, preset: str, out_dir: str,
                   models: Sequence[tuple[str, str]] = ()) -> PipelineResult:
     """A job in a local worker: ``process_study`` with its tasks in the worker's task
     processes when it has them (``executor.task_processes``), else in the worker itself."""
+    from pipelines.process import process_study
+
     return process_study(images, seg, preset, out_dir, models=models,
                          map_tasks=_job_tasks if _TASKS is not None else None)
 
 
 def _ready() -> None:
     """A task that does nothing, submitted once per worker to a new pool: the pool starts its
-    processes at once, and unpickling this function there imports this module and with it the
-    pipeline (``pipelines.process``), so the first job waits for neither (seconds of process
-    start and imports, ``bench/e2e.py``'s worker hand-off)."""
+    processes at once, and their initializer imports the pipeline (``pipelines.process``), so
+    the first job waits for neither (seconds of process start and imports, ``bench/e2e.py``'s
+    worker hand-off)."""
 
 
 class LocalExecutor:
@@ -220,6 +228,8 @@ def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str | Preset,
     with its pinned sha256) to a temporary folder, run ``process_study`` there with its feature
     tasks on the cluster (:func:`on_cluster`) and return its result and output files (paths
     relative to the output folder). ``preset`` is a preset name or a Preset."""
+    from pipelines.process import process_study
+
     with tempfile.TemporaryDirectory(prefix="radiomics-job-") as tmp:
         inputs, out = Path(tmp) / "in", Path(tmp) / "out"
         inputs.mkdir()
@@ -279,6 +289,8 @@ class DaskExecutor:
 
     def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
                models: Sequence[tuple[str, str]] = ()) -> _UnpackedFuture:
+        from models.package import package_files
+
         # The bytes are arguments of the task itself, not scattered data: the scheduler keeps
         # them with the task, so it can run the task again on another worker when one dies
         # (scattered data would die with the worker that holds it).

@@ -21,6 +21,7 @@ from node.config import NodeConfig
 from node.executor import Executor, JobFuture, make_executor
 from node.index import Index, JobRow
 from node.logs import fields
+from pipelines.process import PipelineResult  # see JobRunner._finished
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ class JobRunner:
         if self._stopping:
             return  # left 'running' in the index: the next start queues it again
         try:
-            result = future.result()
+            # unpickled into the pipeline's classes: imported with this module, at the node's
+            # start, not at the first result (seconds of imports in that job's hand-off)
+            result: PipelineResult = future.result()
         except Exception as exc:
             if _worker_lost(exc):
                 self._worker_died(job_id, exc)

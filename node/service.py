@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.config import NodeConfig
+from node.executor import Executor
 from node.feed import Feed
 from node.health import Health, check_health
 from node.index import Index
@@ -42,9 +43,11 @@ STABLE_MARGIN = 0.005
 
 
 class Node:
-    """One radiomics node on one machine; ``start`` returns once it listens."""
+    """One radiomics node on one machine; ``start`` returns once it listens. ``executor`` runs
+    its jobs: by default the one ``config.executor`` names, made here (``node.cli`` makes it
+    before it imports this module, so that the job workers start first)."""
 
-    def __init__(self, config: NodeConfig):
+    def __init__(self, config: NodeConfig, executor: Executor | None = None):
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.index = Index(config.index_path)
@@ -53,7 +56,8 @@ class Node:
         self.ingest_index = Index(config.index_path, synchronous="NORMAL")
         self.receiver = Receiver(config, self.ingest_index)
         self.router = Router(config, self.index)
-        self.jobs = JobRunner(config, self.index, on_done=lambda _job_id: self.wake("outbox"))
+        self.jobs = JobRunner(config, self.index, executor,
+                              on_done=lambda _job_id: self.wake("outbox"))
         self.outbox = Outbox(config, self.index)
         self.retriever = Retriever(config, self.index)
         self.feeds = [Feed(config, self.index, feed) for feed in config.orthanc_feeds]

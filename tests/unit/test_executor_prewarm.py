@@ -3,6 +3,7 @@ loads highdicom's tables there before any job), instead of at the first job, whi
 waits for both; its workers end when the node's process is killed, instead of waiting for tasks
 forever."""
 
+import json
 import multiprocessing
 import os
 import signal
@@ -90,3 +91,33 @@ def test_a_local_job_worker_reads_highdicoms_tables_when_it_starts(tmp_path: Pat
         local.shutdown()
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(_standard_tables_loaded).result(timeout=120) == 0
+
+
+SERVE_ORDER = """
+import argparse, json, sys
+from pathlib import Path
+import node.executor
+
+def made(config):  # stands in for the pool: what had this process imported by then?
+    print(json.dumps({name: name in sys.modules
+                      for name in ("node.service", "pipelines.process", "SimpleITK")}))
+    raise SystemExit(0)
+
+node.executor.make_executor = made
+from node import cli
+cli._serve(argparse.Namespace(config=Path(sys.argv[1])))
+"""
+
+
+def test_serve_starts_the_job_workers_before_it_imports_the_rest_of_the_node(
+        tmp_path: Path) -> None:
+    """``radiomics-node serve`` makes its executor (the pool spawns its workers, which import the
+    pipeline) before it imports the service and with it the pipeline, so the two imports overlap
+    and a study that comes right after a start does not wait for the workers."""
+    config = tmp_path / "node.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    done = subprocess.run([sys.executable, "-c", SERVE_ORDER, str(config)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "node.service": False, "pipelines.process": False, "SimpleITK": False}
