@@ -47,8 +47,10 @@ def _populate(index: Index, results: Path) -> dict[str, int]:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
+    """A node whose scheduler ticks do not run during a test (an hour apart): its job runner
+    and outbox would otherwise race the test for the jobs and deliveries it sets up."""
     config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
-                        status={"port": 0}, scan_interval=0.2,
+                        status={"port": 0}, scan_interval=3600,
                         models=[{"path": "/opt/models/crlm", "sha256": "ab" * 32}])
     running = Node(config)
     running.start()

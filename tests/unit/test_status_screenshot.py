@@ -58,8 +58,10 @@ def _populate(index: Index) -> None:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
+    """A node whose scheduler ticks do not run during the test (an hour apart): its job runner
+    would otherwise claim the jobs ``_populate`` claims itself."""
     running = Node(NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
-                              status={"port": 0}))
+                              status={"port": 0}, scan_interval=3600))
     running.start()
     try:
         yield running
