@@ -434,6 +434,11 @@ class NodeConfig(BaseSettings):
         default=128 * 1024**2, ge=0,
         description="Below this much free disk in the spool, C-STORE is answered 0xA700.",
     )
+    spool_direct_io: bool = Field(
+        default=True,
+        description="Write received instances to the spool past the page cache (O_DIRECT) where "
+        "its file system allows; off: through the page cache.",
+    )
     rules: list[SeriesRule] = Field(default_factory=default_rules)
     destinations: list[Destination] = Field(default_factory=list)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)

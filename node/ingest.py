@@ -149,7 +149,8 @@ class Ingest:
         target = spool_path(self._spool_dir, identity["StudyInstanceUID"],
                             identity["SeriesInstanceUID"], sop_uid)
         try:
-            write_durably(target, *(data.chunks if isinstance(data, Part10) else (data,)))
+            write_durably(target, *(data.chunks if isinstance(data, Part10) else (data,)),
+                          direct=self._config.spool_direct_io)
         except OSError as exc:
             log.error("spool write failed", extra=fields(sop_instance_uid=sop_uid,
                                                          error=exc.strerror))

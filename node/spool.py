@@ -7,11 +7,14 @@ and acknowledge it.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+
+from node import direct_io
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -48,28 +51,39 @@ _TEMPORARY_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW"
 _temporaries = itertools.count()
 
 
-def _create_temporary(directory: Path) -> tuple[int, str]:
+def _create_temporary(directory: Path, direct: bool = False) -> tuple[int, str]:
     """A new file ``.incoming-<pid>-<n>.part`` in ``directory``, open (as ``mkstemp`` makes it:
-    exclusive creation, mode 0600); its descriptor and path. Named by process and a counter
-    rather than by ``mkstemp``'s random letters (3 % of the receiver's interpreter time per CT
-    slice, py-spy); a name left by an earlier process with the same ID is skipped."""
+    exclusive creation, mode 0600), with ``O_DIRECT`` when ``direct``; its descriptor and path.
+    Named by process and a counter rather than by ``mkstemp``'s random letters (3 % of the
+    receiver's interpreter time per CT slice, py-spy); a name left by an earlier process with
+    the same ID is skipped."""
+    flags = _TEMPORARY_FLAGS | (os.O_DIRECT if direct else 0)
     for _ in range(10_000):
         path = os.path.join(directory, f".incoming-{os.getpid()}-{next(_temporaries)}.part")
         try:
-            return os.open(path, _TEMPORARY_FLAGS, 0o600), path
+            return os.open(path, flags, 0o600), path
         except FileExistsError:
             continue
+        except OSError as exc:
+            if not direct or exc.errno != errno.EINVAL:
+                raise
+            direct_io.refused(str(directory))  # this file system does not take O_DIRECT
+            flags &= ~os.O_DIRECT
+            direct = False
     raise FileExistsError(f"no free temporary name in {directory}")
 
 
-def write_durably(target: Path, *chunks: bytes | memoryview) -> None:
+def write_durably(target: Path, *chunks: bytes | memoryview, direct: bool = False) -> None:
     """Write the concatenation of ``chunks`` to ``target`` atomically and durably (temp file,
-    fsync, rename, fsync dir)."""
+    fsync, rename, fsync dir). ``direct``: past the page cache where the file system allows it
+    (``node.direct_io``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temporary(target.parent)
+    direct = direct and direct_io.direct_wanted(str(target.parent), sum(map(len, chunks)))
+    fd, tmp = _create_temporary(target.parent, direct)
     try:
         try:
-            _write_all(fd, chunks)
+            if not (direct and direct_io.write_direct(fd, chunks)):
+                _write_all(fd, chunks)
             os.fsync(fd)
         finally:
             os.close(fd)
