@@ -2,7 +2,8 @@
 every size around the alignment and window boundaries and any split into chunks; a file of a
 whole aligned block or more is opened with O_DIRECT, a smaller one not; a file system that refuses
 O_DIRECT, at open or at the first write, gets the same file through the page cache and is not
-asked again; the windows are reused."""
+asked again; a full disk is the sender's 0xA700 with nothing left behind; the windows are
+reused."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ import itertools
 import os
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from node import direct_io, spool
+from node.config import NodeConfig
 from node.direct_io import ALIGNMENT, WINDOW
+from node.index import Index
+from node.ingest import Ingest
 from node.spool import write_durably
+from tests.unit.malformed import decode, part10
 
 SIZES = [0, 1, ALIGNMENT - 1, ALIGNMENT, ALIGNMENT + 1, 525_338, WINDOW - 1, WINDOW, WINDOW + 1,
          2 * WINDOW + ALIGNMENT + 7]
@@ -121,6 +127,32 @@ def test_an_error_past_the_first_write_is_raised_and_leaves_nothing(
         write_durably(tmp_path / "a.dcm", os.urandom(2 * WINDOW), direct=True)
     assert raised.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_out_of_resources_for_the_sender(
+        tmp_path: Path, refdata: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC at the direct write: C-STORE status 0xA700 naming the reason, nothing indexed or
+    left in the spool; once there is room the same instance is stored, byte for byte."""
+    config = NodeConfig(state_dir=tmp_path / "state")
+    index = Index(config.index_path)
+    ct = pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
+    data = part10(ct)
+    assert len(data) > ALIGNMENT  # written directly
+    real = os.write
+
+    def full(fd: int, payload) -> int:  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(direct_io.os, "write", full)
+    outcome = Ingest(config, index).accept(data, lambda: decode(data), "test")
+    assert (outcome.status, outcome.comment) == (0xA700, "spool write failed: No space left on "
+                                                         "device")
+    assert index.instance(ct.SOPInstanceUID) is None
+    assert [p for p in config.spool_dir.rglob("*") if p.is_file()] == []
+    monkeypatch.setattr(direct_io.os, "write", real)
+    assert Ingest(config, index).accept(data, lambda: decode(data), "test").status == 0x0000
+    assert Path(index.instance(ct.SOPInstanceUID).path).read_bytes() == data
+    index.close()
 
 
 def test_windows_are_reused_and_bounded() -> None:
