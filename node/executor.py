@@ -17,6 +17,11 @@ scheduler's ``distributed.scheduler.allowed-failures``), so a job survives the l
 whether it ran the job or one of its lesion tasks. Both paths call the same function on the same
 bytes, and the tasks compute what the serial path computes, so a job's result (feature values,
 maps, result UIDs) is the same whichever executor ran it.
+
+A local job queues the result objects its pipeline writes before the parametric maps (the
+report, the derived SEG, the summary image) for delivery itself, from the worker
+(:class:`EarlyDelivery`), so the outbox sends them while the maps are computed; a Dask job's
+worker has no index to queue them in, and its objects are all queued when it is done.
 """
 
 from __future__ import annotations
@@ -57,12 +62,37 @@ class JobFuture(Protocol):
     def add_done_callback(self, fn: Any) -> None: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class EarlyDelivery:
+    """``process_study``'s ``on_early_objects`` in a local job worker: queues the objects the
+    pipeline wrote before its parametric maps for each of ``destinations``, as deliveries of job
+    ``job_id`` in the index at ``index_path`` (``Index.queue_early_deliveries``); the node's
+    outbox sends them at its next tick."""
+
+    index_path: str
+    job_id: int
+    destinations: tuple[str, ...]
+
+    def __call__(self, objects: Sequence[Any]) -> None:
+        from node.index import Index
+
+        index = Index(Path(self.index_path))
+        try:
+            index.queue_early_deliveries(self.job_id, [
+                (destination, str(obj.path), obj.sop_instance_uid)
+                for obj in objects for destination in self.destinations])
+        finally:
+            index.close()
+
+
 class Executor(Protocol):
     """Runs ``process_study(images, seg, preset, out_dir, models=models)`` somewhere and returns
-    a future; ``models`` are (package path, pinned sha256) pairs."""
+    a future; ``models`` are (package path, pinned sha256) pairs; ``early`` queues the objects
+    written before the parametric maps where the executor can (local jobs)."""
 
     def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
-               models: Sequence[tuple[str, str]] = ()) -> JobFuture:
+               models: Sequence[tuple[str, str]] = (),
+               early: EarlyDelivery | None = None) -> JobFuture:
         """Start one job."""
 
     def renew(self) -> None:
@@ -131,13 +161,16 @@ def _job_tasks(fn: Callable[[_Task], _Result], tasks: Iterable[_Task]) -> list[_
 
 
 def run_local_job(images: Sequence[str], seg: str, preset: str, out_dir: str,
-                  models: Sequence[tuple[str, str]] = ()) -> PipelineResult:
+                  models: Sequence[tuple[str, str]] = (),
+                  early: EarlyDelivery | None = None) -> PipelineResult:
     """A job in a local worker: ``process_study`` with its tasks in the worker's task
-    processes when it has them (``executor.task_processes``), else in the worker itself."""
+    processes when it has them (``executor.task_processes``), else in the worker itself; the
+    objects written before the maps queued by ``early``."""
     from pipelines.process import process_study
 
     return process_study(images, seg, preset, out_dir, models=models,
-                         map_tasks=_job_tasks if _TASKS is not None else None)
+                         map_tasks=_job_tasks if _TASKS is not None else None,
+                         on_early_objects=early)
 
 
 def _ready() -> None:
@@ -169,9 +202,10 @@ class LocalExecutor:
         return pool
 
     def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
-               models: Sequence[tuple[str, str]] = ()) -> Future[PipelineResult]:
+               models: Sequence[tuple[str, str]] = (),
+               early: EarlyDelivery | None = None) -> Future[PipelineResult]:
         return self._pool.submit(run_local_job, list(images), seg, preset, str(out_dir),
-                                 models=list(models))
+                                 models=list(models), early=early)
 
     def renew(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -288,7 +322,10 @@ class DaskExecutor:
                               timeout=config.executor.connect_timeout)
 
     def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
-               models: Sequence[tuple[str, str]] = ()) -> _UnpackedFuture:
+               models: Sequence[tuple[str, str]] = (),
+               early: EarlyDelivery | None = None) -> _UnpackedFuture:
+        """The job as one cluster task; ``early`` is not used (the worker has no index: all
+        objects are queued when the job is done)."""
         from models.package import package_files
 
         # The bytes are arguments of the task itself, not scattered data: the scheduler keeps

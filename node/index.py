@@ -416,6 +416,24 @@ class Index:
                 [(job_id, dest, path, uid, now) for dest, path, uid in deliveries],
             )
 
+    def queue_early_deliveries(self, job_id: int,
+                               deliveries: list[tuple[str, str, str]]) -> None:
+        """Queue (destination, path, SOP Instance UID) deliveries of a job that is still running:
+        the objects its pipeline wrote before its parametric maps
+        (``pipelines.process.process_study``'s ``on_early_objects``). ``finish_job`` queues them
+        again with the rest, which changes nothing (one row per destination and object)."""
+        now = time.time()
+        with self._transaction() as db:
+            cursor = db.executemany(
+                """INSERT OR IGNORE INTO outbox
+                   (job_id, destination, path, sop_instance_uid, state, next_attempt_at)
+                   VALUES (?,?,?,?,'pending',?)""",
+                [(job_id, dest, path, uid, now) for dest, path, uid in deliveries],
+            )
+            if cursor.rowcount:
+                _audit_job(db, job_id, "results queued before the job finished", detail={
+                    "deliveries": [[dest, uid] for dest, _, uid in deliveries]})
+
     def fail_job(self, job_id: int, reason: str) -> None:
         with self._transaction() as db:
             db.execute(

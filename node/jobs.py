@@ -18,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from node.config import NodeConfig
-from node.executor import Executor, JobFuture, make_executor
+from node.executor import EarlyDelivery, Executor, JobFuture, make_executor
 from node.index import Index, JobRow
 from node.logs import fields
 from pipelines.process import PipelineResult  # see JobRunner._finished
@@ -70,7 +70,10 @@ class JobRunner:
             job_id=job.id, preset=job.preset, attempt=job.attempts, images=len(images),
             source_series_uid=job.source_series_uid, seg_sop_uid=job.seg_sop_uid))
         models = [(str(ref.path), ref.sha256) for ref in self._config.models]
-        future = self._executor.submit(images, seg.path, job.preset, out_dir, models)
+        early = EarlyDelivery(str(self._config.index_path), job.id,
+                              tuple(dest.name for dest in self._config.destinations)) \
+            if self._config.destinations else None
+        future = self._executor.submit(images, seg.path, job.preset, out_dir, models, early)
         self._running[job.id] = (future, time.monotonic())
         future.add_done_callback(lambda done, job_id=job.id: self._finished(job_id, done))
 

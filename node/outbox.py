@@ -100,11 +100,21 @@ class Outbox:
             sop_instance_uid=item.delivery.sop_instance_uid, verified_by=method))
 
     def _read(self, batch: list[DeliveryRow]) -> list[Item]:
+        """The deliveries' files, read and parsed; one that cannot be read is a failed attempt,
+        except a file missing because its job is running again (a rerun empties the job's
+        folder and writes the same objects anew): the batch ends before it, and it is due
+        again at the next tick, so no later delivery overtakes it."""
         items = []
         for delivery in batch:
             try:
                 data = Path(delivery.path).read_bytes()
                 items.append(Item(delivery, data, pydicom.dcmread(io.BytesIO(data))))
+            except FileNotFoundError as exc:
+                if self._index.job(delivery.job_id).state in ("queued", "running"):
+                    log.debug("result not written yet: its job runs again", extra=fields(
+                        delivery_id=delivery.id, job_id=delivery.job_id))
+                    break
+                self._failed(delivery, f"cannot read {delivery.path}: {exc}")
             except (OSError, pydicom.errors.InvalidDicomError) as exc:
                 self._failed(delivery, f"cannot read {delivery.path}: {exc}")
         return items

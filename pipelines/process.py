@@ -106,10 +106,12 @@ class OutputObject:
 @dataclass(frozen=True)
 class StageTimes:
     """Seconds each stage of one ``process_study`` call took (``time.perf_counter``), in order;
-    the stages follow one another, so their sum is the call's duration.
+    the stages follow one another (``extraction`` and ``writing`` twice: the maps and their
+    objects come after the other objects are written), so their sum is the call's duration.
 
     ``extraction`` is the feature computation (per-ROI features, the eroded and dilated lesions of
-    the robustness check, and the voxel-wise maps); the
+    the robustness check, and the voxel-wise maps, which ``process_study`` computes after the
+    other objects are written); the
     ``encode_*`` stages build the DICOM objects in memory, ``writing`` saves them and the CSVs.
     """
 
@@ -287,7 +289,9 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                   preset: str | Path | Preset, out_dir: str | Path,
                   *, workers: int = 1, qc_settings: QCSettings | None = None,
                   models: Sequence[tuple[str | Path, str]] = (),
-                  map_tasks: TaskMap | None = None) -> PipelineResult:
+                  map_tasks: TaskMap | None = None,
+                  on_early_objects: Callable[[tuple[OutputObject, ...]], None] | None = None,
+                  ) -> PipelineResult:
     """Compute the features of every ROI variant of every lesion segment of ``seg_path`` on the
     series ``image_paths`` and write the TID 1500 SR (PS3.16 TID 1500) and a features CSV into
     ``out_dir``. ``workers`` > 1 extracts lesions and maps in that many processes (the node runs
@@ -299,7 +303,15 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     goes into ``qc.csv`` and the result.
     ``models`` are (package path, pinned sha256) pairs: each package made for this preset runs
     on every lesion, or says why not, in the result, the report and the summary image. The
-    result's ``timings`` give the seconds of each stage (``StageTimes``)."""
+    result's ``timings`` give the seconds of each stage (``StageTimes``).
+
+    The voxel-wise parametric maps depend on no feature, and no other object depends on them, so
+    they are computed last: the report, the derived SEG and the summary image (and the CSVs) are
+    written first, and ``on_early_objects`` is called with those objects then (when the preset
+    computes maps), so that a caller can send them on while the maps are computed (the node's
+    outbox delivers them; on the demo study the maps are three quarters of the extraction's
+    time: docs/performance.md, "End to end"). The result lists every object, the early ones
+    too."""
     laps = _Laps()
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
@@ -333,8 +345,6 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         image, [(lesion.region, lesion.index) for lesion in lesions], preset, qc_settings,
         zscore=zscores, names=names, workers=workers, map_tasks=map_tasks,
     ) if qc_settings.feature_robustness else [None] * len(lesions)
-    lesion_maps = compute_maps(image, lesions, preset, workers=workers, map_tasks=map_tasks) \
-        if preset.maps.enabled else []
     laps.lap("extraction")
     qc = (
         assess_series(volume, qc_settings),
@@ -380,15 +390,23 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         else "1",
     )
     laps.lap("encode_summary")
-    maps = build_parametric_maps(volume, lesion_maps, preset,
-                                 seg_sop_instance_uid=seg.sop_instance_uid) if lesion_maps else []
-    laps.lap("encode_maps")
-    written = [report, *([derived.dataset] if derived else []), summary, *maps]
-    objects = tuple(_write_object(out, dataset) for dataset in written)
+    early = tuple(_write_object(out, dataset)
+                  for dataset in (report, *([derived.dataset] if derived else []), summary))
+    del report, derived, summary  # written: not held while the maps are computed
     features_csv = out / "features.csv"
     _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
     qc_csv = out / "qc.csv"
     _write_qc_csv(qc_csv, qc)
+    if on_early_objects is not None and preset.maps.enabled:
+        on_early_objects(early)
+    laps.lap("writing")
+    lesion_maps = compute_maps(image, lesions, preset, workers=workers, map_tasks=map_tasks) \
+        if preset.maps.enabled else []
+    laps.lap("extraction")
+    maps = build_parametric_maps(volume, lesion_maps, preset,
+                                 seg_sop_instance_uid=seg.sop_instance_uid) if lesion_maps else []
+    laps.lap("encode_maps")
+    objects = early + tuple(_write_object(out, dataset) for dataset in maps)
     laps.lap("writing")
     return PipelineResult(
         source_series_uid=volume.series_instance_uid,

@@ -1,6 +1,7 @@
 """The job runner with real worker processes: a pipeline error fails the job with its reason; a
 worker killed mid-job is replaced and the job runs again."""
 
+import json
 import multiprocessing
 import os
 import signal
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import yaml
 
 from node.config import Destination, NodeConfig
 from node.index import Index, InstanceRow
 from node.jobs import JobRunner
+from pipelines.presets import load_preset
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 
@@ -78,5 +81,36 @@ def test_killed_worker_is_replaced_and_the_job_runs_again(tmp_path: Path,
         assert len(deliveries) == 2  # ct-liver-basic: the report and the summary image
         for delivery in deliveries:
             assert delivery["destination"] == "pacs" and Path(delivery["path"]).is_file()
+    finally:
+        runner.stop()
+
+
+def test_the_worker_queues_the_early_objects_before_the_job_is_done(
+        tmp_path: Path, study: SyntheticStudy) -> None:
+    """A local job worker queues the report and the summary image, written before the maps, in
+    the index itself; the job's completion queues them again with the maps, which adds a row
+    per map only."""
+    basic = load_preset("ct-liver-basic")
+    with_maps = tmp_path / "basic-with-maps.yaml"
+    with_maps.write_text(yaml.safe_dump(
+        {**basic.model_dump(mode="json", exclude_none=True), "name": "basic-with-maps",
+         "maps": {**basic.maps.model_dump(mode="json"), "enabled": True}}))
+    index, runner, job_id = _runner(tmp_path, study, str(with_maps))
+    try:
+        runner.tick()
+        _until(lambda: index.job(job_id).state == "done")
+        events = index.study_trail(study.study_instance_uid)["events"]
+        [early] = [e for e in events if e["event"] == "results queued before the job finished"]
+        [done] = [e for e in events if e["event"] == "job done"]
+        assert early["job_id"] == job_id and early["id"] < done["id"]
+        assert early["actor"] == "node"
+        deliveries = index.deliveries()
+        queued_early = [f"{uid}.dcm" for _, uid in json.loads(early["detail"])["deliveries"]]
+        assert len(queued_early) == 2  # the report and the summary image
+        assert [Path(d["path"]).name for d in deliveries][:2] == queued_early
+        maps = [pydicom.dcmread(d["path"], stop_before_pixels=True).SOPClassUID
+                for d in deliveries[2:]]
+        assert maps and set(maps) == {pydicom.uid.ParametricMapStorage}
+        assert {d["job_id"] for d in deliveries} == {job_id}
     finally:
         runner.stop()

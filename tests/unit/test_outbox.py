@@ -110,3 +110,61 @@ def test_a_class_the_peer_refuses_fails_that_delivery_and_the_outbox_goes_on(
         assert "no response" in ct_row["last_error"]
     finally:
         server.shutdown()
+
+
+def test_a_running_jobs_early_results_are_sent_and_wait_for_a_rerun_to_write_them(
+        tmp_path: Path, refdata: Path) -> None:
+    """Deliveries queued while their job runs (``queue_early_deliveries``) are sent at the next
+    tick; a file missing because the job runs again ends the batch without an attempt (nothing
+    overtakes it), and is sent once the rerun wrote it; once the job failed, a missing file is
+    a failed attempt like any other."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage, MRImageStorage
+
+    stored: list[str] = []
+
+    def store(event) -> int:  # type: ignore[no-untyped-def]
+        stored.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="PEER")
+    ae.add_supported_context(CTImageStorage)
+    ae.add_supported_context(MRImageStorage)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, store)])
+    ct_uid = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
+    mr_uid = "1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"
+    results = tmp_path / "results"
+    results.mkdir()
+    try:
+        destination = Destination(name="peer", ae_title="PEER", host="127.0.0.1", port=port,
+                                  verify=False)
+        config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination])
+        index = Index(config.index_path)
+        job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
+        index.claim_job()
+        ct, mr = results / "ct.dcm", results / "mr.dcm"
+        shutil.copyfile(refdata / "pydicom" / "test_files" / "MR_small.dcm", mr)
+        index.queue_early_deliveries(job_id, [("peer", str(ct), ct_uid),
+                                              ("peer", str(mr), mr_uid)])
+        outbox = Outbox(config, index)
+        outbox.tick()  # ct.dcm not written yet (the job runs again): neither is sent
+        assert stored == []
+        assert [(r["state"], r["attempts"]) for r in index.deliveries()] == [("pending", 0)] * 2
+        shutil.copyfile(refdata / "pydicom" / "test_files" / "CT_small.dcm", ct)
+        outbox.tick()
+        assert stored == [ct_uid, mr_uid]  # in outbox order
+        assert [r["state"] for r in index.deliveries()] == ["delivered"] * 2
+        assert index.job(job_id).state == "running"  # sent before the job finished
+        index.finish_job(job_id, [("peer", str(ct), ct_uid), ("peer", str(mr), mr_uid)])
+        assert len(index.deliveries()) == 2  # queued once
+        failed = index.add_job("1.2.5", "1.2.5.4", "rule", "preset", "digest")
+        index.claim_job()
+        index.queue_early_deliveries(failed, [("peer", str(results / "gone.dcm"), "1.2.5.9")])
+        index.fail_job(failed, "pipeline error")
+        outbox.tick()
+        [row] = [r for r in index.deliveries() if r["job_id"] == failed]
+        assert row["attempts"] == 1 and "cannot read" in row["last_error"]
+    finally:
+        server.shutdown()

@@ -189,3 +189,34 @@ def test_robustness_compares_with_the_lesion_as_drawn_in_a_preset_without_intra(
         assert "robustness.original" not in got and len(got) > 100
         assert got.keys() == want.keys()
         assert all(got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-9) for k in got)
+
+
+def test_report_seg_and_summary_are_written_and_announced_before_the_maps(
+    study: SyntheticStudy, tmp_path: Path
+) -> None:
+    """``on_early_objects`` is called once, with the report, the derived SEG and the summary
+    image already on disk and no parametric map yet; the result lists them, then the maps."""
+    crlm = load_preset("ct-liver-crlm")
+    preset = crlm.model_copy(update={
+        "name": "crlm-firstorder-maps",
+        "radiomics": {**crlm.radiomics, "imageType": {"Original": {}},
+                      "featureClass": {"firstorder": ["Mean"]}},
+    })
+    assert preset.maps.enabled
+    calls = []
+
+    def early(objects: tuple) -> None:
+        on_disk = {p.name for p in tmp_path.glob("*.dcm")}
+        calls.append(([o.sop_class_uid for o in objects], on_disk,
+                      {f"{o.sop_instance_uid}.dcm" for o in objects}))
+
+    result = process_study(study.ct_paths, study.seg_path, preset, tmp_path,
+                           on_early_objects=early)
+    [(classes, on_disk, announced)] = calls
+    assert classes == [pydicom.uid.Comprehensive3DSRStorage, pydicom.uid.SegmentationStorage,
+                       pydicom.uid.SecondaryCaptureImageStorage]
+    assert on_disk == announced  # written, and nothing else yet: no map
+    maps = [o for o in result.objects if o.sop_class_uid == pydicom.uid.ParametricMapStorage]
+    assert maps
+    assert [o.sop_class_uid for o in result.objects] == [*classes, *(m.sop_class_uid
+                                                                     for m in maps)]
