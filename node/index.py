@@ -409,12 +409,7 @@ class Index:
             _audit_job(db, job_id, "job done", detail={
                 "preset_hash": preset_hash, "models": models,
                 "deliveries": [[dest, uid] for dest, _, uid in deliveries]})
-            db.executemany(
-                """INSERT OR IGNORE INTO outbox
-                   (job_id, destination, path, sop_instance_uid, state, next_attempt_at)
-                   VALUES (?,?,?,?,'pending',?)""",
-                [(job_id, dest, path, uid, now) for dest, path, uid in deliveries],
-            )
+            _queue_deliveries(db, job_id, deliveries, now)
 
     def queue_early_deliveries(self, job_id: int,
                                deliveries: list[tuple[str, str, str]]) -> None:
@@ -422,15 +417,8 @@ class Index:
         the objects its pipeline wrote before its parametric maps
         (``pipelines.process.process_study``'s ``on_early_objects``). ``finish_job`` queues them
         again with the rest, which changes nothing (one row per destination and object)."""
-        now = time.time()
         with self._transaction() as db:
-            cursor = db.executemany(
-                """INSERT OR IGNORE INTO outbox
-                   (job_id, destination, path, sop_instance_uid, state, next_attempt_at)
-                   VALUES (?,?,?,?,'pending',?)""",
-                [(job_id, dest, path, uid, now) for dest, path, uid in deliveries],
-            )
-            if cursor.rowcount:
+            if _queue_deliveries(db, job_id, deliveries, time.time()):
                 _audit_job(db, job_id, "results queued before the job finished", detail={
                     "deliveries": [[dest, uid] for dest, _, uid in deliveries]})
 
@@ -841,6 +829,19 @@ def _audit(db: sqlite3.Connection, event: str, actor: str = NODE, *, study_uid: 
         (time.time(), event, actor, study_uid, series_uid, job_id, delivery_id,
          json.dumps(detail, sort_keys=True) if detail else None),
     )
+
+
+def _queue_deliveries(db: sqlite3.Connection, job_id: int,
+                      deliveries: list[tuple[str, str, str]], now: float) -> int:
+    """Pending outbox rows, due ``now``, for (destination, path, SOP Instance UID) deliveries of
+    job ``job_id``; one already there for a destination and object is kept as it is. How many
+    rows were added."""
+    return db.executemany(
+        """INSERT OR IGNORE INTO outbox
+           (job_id, destination, path, sop_instance_uid, state, next_attempt_at)
+           VALUES (?,?,?,?,'pending',?)""",
+        [(job_id, dest, path, uid, now) for dest, path, uid in deliveries],
+    ).rowcount
 
 
 def _audit_job(db: sqlite3.Connection, job_id: int, event: str, actor: str = NODE,

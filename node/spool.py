@@ -7,6 +7,7 @@ and acknowledge it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -67,7 +68,11 @@ def _create_temporary(directory: Path, direct: bool = False) -> tuple[int, str]:
         except OSError as exc:
             if not direct or exc.errno != errno.EINVAL:
                 raise
-            direct_io.refused(str(directory))  # this file system does not take O_DIRECT
+            # this file system does not take O_DIRECT; Linux may have created the file before
+            # it refused the flag (O_EXCL: nobody else's file)
+            direct_io.refused(str(directory))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             flags &= ~os.O_DIRECT
             direct = False
     raise FileExistsError(f"no free temporary name in {directory}")
