@@ -2,15 +2,37 @@
 
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from node.config import Destination, NodeConfig, OutboxConfig
 from node.index import Index
 from node.outbox import Outbox, next_attempt_delay
 from node.receiver import Receiver
 from tests.conftest import free_port
+
+
+@contextmanager
+def _storage_scp(name: str, ae_title: str, sop_classes: list[str],
+                 on_store: Callable) -> Iterator[Destination]:
+    """A pynetdicom Storage SCP of ``sop_classes`` on a free port, answering each C-STORE with
+    ``on_store(event)``; the destination ``name`` that reaches it (no C-FIND SCP: verify off)."""
+    ae = AE(ae_title=ae_title)
+    for sop_class in sop_classes:
+        ae.add_supported_context(sop_class)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        yield Destination(name=name, ae_title=ae_title, host="127.0.0.1", port=port,
+                          verify=False)
+    finally:
+        server.shutdown()
 
 
 def test_back_off_doubles_and_is_capped() -> None:
@@ -83,19 +105,9 @@ def test_a_class_the_peer_refuses_fails_that_delivery_and_the_outbox_goes_on(
     """A peer that accepts the association but no presentation context for one result's SOP
     class (an SCP of MR only, sent an MR and a CT) gets the MR; the CT's delivery fails with a
     reason, and the tick does not raise."""
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import MRImageStorage
-
-    ae = AE(ae_title="MRONLY")
-    ae.add_supported_context(MRImageStorage)
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
     mr = tmp_path / "mr.dcm"
     shutil.copyfile(refdata / "pydicom" / "test_files" / "MR_small.dcm", mr)
-    try:
-        destination = Destination(name="mr", ae_title="MRONLY", host="127.0.0.1", port=port,
-                                  verify=False)
+    with _storage_scp("mr", "MRONLY", [MRImageStorage], lambda event: 0x0000) as destination:
         config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination])
         index = Index(config.index_path)
         job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
@@ -108,8 +120,6 @@ def test_a_class_the_peer_refuses_fails_that_delivery_and_the_outbox_goes_on(
         assert mr_row["state"] == "delivered"
         assert ct_row["state"] == "pending" and ct_row["attempts"] == 1
         assert "no response" in ct_row["last_error"]
-    finally:
-        server.shutdown()
 
 
 def test_a_running_jobs_early_results_are_sent_and_wait_for_a_rerun_to_write_them(
@@ -118,28 +128,17 @@ def test_a_running_jobs_early_results_are_sent_and_wait_for_a_rerun_to_write_the
     tick; a file missing because the job runs again ends the batch without an attempt (nothing
     overtakes it), and is sent once the rerun wrote it; once the job failed, a missing file is
     a failed attempt like any other."""
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import CTImageStorage, MRImageStorage
-
     stored: list[str] = []
 
     def store(event) -> int:  # type: ignore[no-untyped-def]
         stored.append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
-    ae = AE(ae_title="PEER")
-    ae.add_supported_context(CTImageStorage)
-    ae.add_supported_context(MRImageStorage)
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, store)])
     ct_uid = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
     mr_uid = "1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"
     results = tmp_path / "results"
     results.mkdir()
-    try:
-        destination = Destination(name="peer", ae_title="PEER", host="127.0.0.1", port=port,
-                                  verify=False)
+    with _storage_scp("peer", "PEER", [CTImageStorage, MRImageStorage], store) as destination:
         config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination])
         index = Index(config.index_path)
         job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
@@ -166,5 +165,3 @@ def test_a_running_jobs_early_results_are_sent_and_wait_for_a_rerun_to_write_the
         outbox.tick()
         [row] = [r for r in index.deliveries() if r["job_id"] == failed]
         assert row["attempts"] == 1 and "cannot read" in row["last_error"]
-    finally:
-        server.shutdown()
