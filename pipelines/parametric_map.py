@@ -196,22 +196,38 @@ class MapPart:
 MapTaskResult = dict[str, MapPart]  # feature name -> its part
 
 
-def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset) -> list[MapTask]:
-    """The tasks of ``lesion``'s maps (a segment on ``image``'s grid): the region, crop and mask
-    of the module docstring, as arrays, per feature class of ``preset.maps.features`` and per
-    run of ``BATCHES_PER_TASK`` voxel batches (estimated from the mapped box on pyradiomics'
-    grid; the task counts them exactly). pyradiomics computes each feature class on its own (its
-    own discretisation of the same image and mask, van Griethuysen et al. 2017) and each voxel
-    batch on its own, so a task gives the values the whole extraction gives at its voxels.
+def map_feature_groups(preset: Preset) -> list[tuple[str, ...]]:
+    """``preset.maps.features`` by pyradiomics feature class (the ``<class>_`` prefix), classes
+    in the order they first appear, features in preset order. pyradiomics computes each class
+    on its own (its own discretisation of the same image and mask, van Griethuysen et al. 2017),
+    so each group's maps can be computed, encoded and sent without the others."""
+    groups: dict[str, list[str]] = {}
+    for name in preset.maps.features:
+        groups.setdefault(name.partition("_")[0], []).append(name)
+    return [tuple(group) for group in groups.values()]
+
+
+def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset,
+                     features: Sequence[str] | None = None) -> list[MapTask]:
+    """The tasks of ``lesion``'s maps (a segment on ``image``'s grid) of ``features`` (all of
+    ``preset.maps.features`` when None): the region, crop and mask of the module docstring, as
+    arrays, per feature class (:func:`map_feature_groups`) and per run of ``BATCHES_PER_TASK``
+    voxel batches (estimated from the mapped box on pyradiomics' grid; the task counts them
+    exactly). pyradiomics computes each feature class on its own and each voxel batch on its
+    own, so a task gives the values the whole extraction gives at its voxels.
 
     Raises:
-        MapError: the preset names no map feature, or the lesion is empty.
+        MapError: the preset names no map feature, ``features`` names one it does not map, or
+            the lesion is empty.
     """
     where = f"segment {lesion.number} ({lesion.label})"
     options = preset.maps
-    features = list(options.features)
-    if not features:
+    if not options.features:
         raise MapError(f"{where}: preset {preset.name} names no maps.features")
+    wanted = set(options.features if features is None else features)
+    if not wanted <= set(options.features):
+        raise MapError(f"{where}: preset {preset.name} maps no "
+                       f"{', '.join(sorted(wanted - set(options.features)))}")
     spacing = np.array(image.GetSpacing())
     size = image.GetSize()
     settings = preset.settings
@@ -237,12 +253,11 @@ def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset) -> list
     region = Grid.of(sitk.RegionOfInterest(image, (upper - lower).tolist(), lower.tolist()))
     extent = (mapped_upper - mapped_lower) * (spacing / target if target is not None else 1)
     parts = max(1, math.ceil(float(np.prod(extent)) / options.voxel_batch / BATCHES_PER_TASK))
-    groups: dict[str, list[str]] = {}
-    for name in features:
-        groups.setdefault(name.partition("_")[0], []).append(name)
-    return [MapTask(preset, where, tuple(group), (number, parts), crop, mapped, region,
+    groups = [tuple(name for name in group if name in wanted)
+              for group in map_feature_groups(preset)]
+    return [MapTask(preset, where, group, (number, parts), crop, mapped, region,
                     tuple(int(i) for i in lower), target is not None)
-            for group in groups.values() for number in range(parts)]
+            for group in groups if group for number in range(parts)]
 
 
 def run_map_task(task: MapTask) -> MapTaskResult:
@@ -275,10 +290,10 @@ def run_map_task(task: MapTask) -> MapTaskResult:
 
 
 def _lesion_maps(lesion: Segment, tasks: Sequence[MapTask], results: Sequence[MapTaskResult],
-                 preset: Preset) -> LesionMaps:
-    """The lesion's maps from its tasks' results: each feature's parts merged (every voxel is
-    computed by one part) and brought back onto the region (module docstring), in preset order;
-    ``computed_voxels`` counts the last feature's.
+                 features: Sequence[str]) -> LesionMaps:
+    """The lesion's maps of ``features`` from its tasks' results: each feature's parts merged
+    (every voxel is computed by one part) and brought back onto the region (module docstring),
+    in the order of ``features``; ``computed_voxels`` counts the last feature's.
 
     Raises:
         MapError: pyradiomics left a voxel of the region unmapped.
@@ -288,7 +303,7 @@ def _lesion_maps(lesion: Segment, tasks: Sequence[MapTask], results: Sequence[Ma
     interpolation = sitk.sitkLinear if task.interpolated else sitk.sitkNearestNeighbor
     maps: dict[str, sitk.Image] = {}
     computed = 0
-    for name in preset.maps.features:
+    for name in features:
         parts = [result[name] for result in results if name in result]
         grid = parts[0].grid
         values = np.full(grid.size[::-1], math.nan)
@@ -309,19 +324,22 @@ def _lesion_maps(lesion: Segment, tasks: Sequence[MapTask], results: Sequence[Ma
 
 
 def compute_maps(image: sitk.Image, lesions: Sequence[Segment], preset: Preset, *,
-                 workers: int = 1, map_tasks: TaskMap | None = None) -> list[LesionMaps]:
-    """The preset's feature maps around every lesion (segments on ``image``'s grid), in lesion
-    order. The work is split into tasks (:class:`MapTask`, :func:`run_map_task`), one per
-    lesion, feature class and run of voxel batches; ``map_tasks`` runs them (e.g. on a Dask
-    cluster; like the builtin ``map``, results in task order); without it ``workers`` > 1 runs
-    them in that many spawned processes and 1 in this process. Every way computes the same
-    tasks on the same arrays, so the maps are the same.
+                 features: Sequence[str] | None = None, workers: int = 1,
+                 map_tasks: TaskMap | None = None) -> list[LesionMaps]:
+    """The maps of ``features`` (every feature of ``preset.maps`` when None, else a subset of
+    them, e.g. one of :func:`map_feature_groups`) around every lesion (segments on ``image``'s
+    grid), in lesion order. The work is split into tasks (:class:`MapTask`,
+    :func:`run_map_task`), one per lesion, feature class and run of voxel batches;
+    ``map_tasks`` runs them (e.g. on a Dask cluster; like the builtin ``map``, results in task
+    order); without it ``workers`` > 1 runs them in that many spawned processes and 1 in this
+    process. Every way computes the same tasks on the same arrays, so the maps are the same.
 
     Raises:
         MapError: a lesion is empty, pyradiomics refused a region, or left a voxel of a written
             region unmapped.
     """
-    per_lesion = [lesion_map_tasks(image, lesion, preset) for lesion in lesions]
+    names = tuple(preset.maps.features if features is None else features)
+    per_lesion = [lesion_map_tasks(image, lesion, preset, names) for lesion in lesions]
     tasks = [task for lesion_tasks in per_lesion for task in lesion_tasks]
     if map_tasks is not None:
         results = list(map_tasks(run_map_task, tasks))
@@ -335,7 +353,7 @@ def compute_maps(image: sitk.Image, lesions: Sequence[Segment], preset: Preset, 
     start = 0
     for lesion, lesion_tasks in zip(lesions, per_lesion, strict=True):
         maps.append(_lesion_maps(lesion, lesion_tasks,
-                                 results[start:start + len(lesion_tasks)], preset))
+                                 results[start:start + len(lesion_tasks)], names))
         start += len(lesion_tasks)
     return maps
 
@@ -401,17 +419,28 @@ def build_parametric_maps(
     *,
     seg_sop_instance_uid: str,
 ) -> list[hd.pm.ParametricMap]:
-    """One Parametric Map per feature of ``preset.maps`` holding every lesion's map (module
-    docstring), in the study of ``volume``. UIDs follow ``pipelines.uids`` with the feature name.
+    """One Parametric Map per feature of ``lesion_maps`` (all of ``preset.maps`` or a group of
+    them, :func:`map_feature_groups`) holding every lesion's map (module docstring), in the
+    study of ``volume``, in preset order. UIDs follow ``pipelines.uids`` with the feature name,
+    Series Number the feature's position in the preset, so a map is the same object whether it
+    was encoded with the others or on its own.
+
+    Raises:
+        MapError: no lesion map, or the lesions' maps are not of the same features.
     """
     if not lesion_maps:
         raise MapError("no lesion maps to encode")
+    computed = set(lesion_maps[0].maps)
+    if any(set(m.maps) != computed for m in lesion_maps):
+        raise MapError("the lesions' maps are not of the same features")
     size = volume.image.GetSize()
     z_low = min(m.index[2] for m in lesion_maps)
     z_high = max(m.index[2] + next(iter(m.maps.values())).GetSize()[2] for m in lesion_maps)
     unit_free = intensity_unit_free(preset)
     objects = []
     for number, name in enumerate(preset.maps.features):
+        if name not in computed:
+            continue
         array = np.zeros((z_high - z_low, size[1], size[0]), dtype=np.float32)
         for lesion in lesion_maps:
             values = sitk.GetArrayFromImage(lesion.maps[name])

@@ -26,7 +26,7 @@ from pipelines.derived_seg import build_derived_segmentation
 from pipelines.evaluations import model_line, qc_lines
 from pipelines.features import FeatureError, RoiFeatures, TaskMap, extract_lesions
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
-from pipelines.parametric_map import build_parametric_maps, compute_maps
+from pipelines.parametric_map import build_parametric_maps, compute_maps, map_feature_groups
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
 from pipelines.presets import Preset, load_preset
 from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
@@ -105,14 +105,14 @@ class OutputObject:
 
 @dataclass(frozen=True)
 class StageTimes:
-    """Seconds each stage of one ``process_study`` call took (``time.perf_counter``), in order;
-    the stages follow one another (``extraction`` and ``writing`` twice: the maps and their
-    objects come after the other objects are written), so their sum is the call's duration.
+    """Seconds each stage of one ``process_study`` call took (``time.perf_counter``), summed
+    over the times a stage ran: the stages follow one another (``extraction``, ``encode_maps``
+    and ``writing`` again for each feature class of the maps, which come after the other
+    objects are written), so their sum is the call's duration.
 
-    ``extraction`` is the feature computation (per-ROI features, the eroded and dilated lesions of
-    the robustness check, and the voxel-wise maps, which ``process_study`` computes after the
-    other objects are written); the
-    ``encode_*`` stages build the DICOM objects in memory, ``writing`` saves them and the CSVs.
+    ``extraction`` is the feature computation (per-ROI features, the eroded and dilated lesions
+    of the robustness check, and the voxel-wise maps); the ``encode_*`` stages build the DICOM
+    objects in memory, ``writing`` saves them and the CSVs.
     """
 
     read_series: float
@@ -310,8 +310,10 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     written first, and ``on_early_objects`` is called with those objects then (when the preset
     computes maps), so that a caller can send them on while the maps are computed (the node's
     outbox delivers them; on the demo study the maps are three quarters of the extraction's
-    time: docs/performance.md, "End to end"). The result lists every object, the early ones
-    too."""
+    time: docs/performance.md, "End to end"). The maps are then computed, encoded and written
+    one pyradiomics feature class at a time (``pipelines.parametric_map.map_feature_groups``),
+    and ``on_early_objects`` is called with each class's maps but the last, which go out with
+    the result. The result lists every object, the early ones too."""
     laps = _Laps()
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
@@ -397,17 +399,25 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
     qc_csv = out / "qc.csv"
     _write_qc_csv(qc_csv, qc)
-    if on_early_objects is not None and preset.maps.enabled:
+    groups = map_feature_groups(preset) if preset.maps.enabled and lesions else []
+    if on_early_objects is not None and groups:
         on_early_objects(early)
     laps.lap("writing")
-    lesion_maps = compute_maps(image, lesions, preset, workers=workers, map_tasks=map_tasks) \
-        if preset.maps.enabled else []
-    laps.lap("extraction")
-    maps = build_parametric_maps(volume, lesion_maps, preset,
-                                 seg_sop_instance_uid=seg.sop_instance_uid) if lesion_maps else []
-    laps.lap("encode_maps")
-    objects = early + tuple(_write_object(out, dataset) for dataset in maps)
-    laps.lap("writing")
+    objects = early
+    for position, group in enumerate(groups):
+        lesion_maps = compute_maps(image, lesions, preset, features=group, workers=workers,
+                                   map_tasks=map_tasks)
+        laps.lap("extraction")
+        maps = build_parametric_maps(volume, lesion_maps, preset,
+                                     seg_sop_instance_uid=seg.sop_instance_uid)
+        del lesion_maps
+        laps.lap("encode_maps")
+        written = tuple(_write_object(out, dataset) for dataset in maps)
+        del maps
+        if on_early_objects is not None and position < len(groups) - 1:
+            on_early_objects(written)
+        objects += written
+        laps.lap("writing")
     return PipelineResult(
         source_series_uid=volume.series_instance_uid,
         seg_sop_instance_uid=seg.sop_instance_uid,
@@ -419,7 +429,7 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         features_csv=features_csv,
         qc=qc,
         qc_csv=qc_csv,
-        timings=StageTimes(**laps.seconds),
+        timings=StageTimes(**{f.name: laps.seconds.get(f.name, 0.0) for f in fields(StageTimes)}),
         models=applied.results,
         model_errors=applied.errors,
     )

@@ -32,6 +32,7 @@ from pipelines.parametric_map import (
     compute_lesion_maps,
     compute_maps,
     lesion_map_tasks,
+    map_feature_groups,
     parametric_maps,
     run_map_task,
 )
@@ -175,6 +176,33 @@ def test_maps_are_the_same_in_this_process_in_two_and_through_a_map_function(
     batched = _batched(preset, 40)  # several parts per feature class
     _assert_same_maps(compute_maps(case.volume.image, case.lesions, batched, workers=2),
                       compute_maps(case.volume.image, case.lesions, batched))
+
+
+def test_maps_of_one_feature_class_at_a_time_are_the_maps_of_all_at_once(
+    case: OutputsCase, mean_maps: list[LesionMaps]
+) -> None:
+    """``process_study`` computes, encodes and sends the maps one feature class at a time: each
+    group's maps, and the Parametric Maps made of them (UIDs, Series Number, pixels), are those
+    of one computation of every map feature; a feature the preset does not map is refused."""
+    preset = _with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast"))
+    groups = map_feature_groups(preset)
+    assert groups == [("firstorder_Mean",), ("glcm_Contrast",)]
+    assert map_feature_groups(_with_maps(case.preset, (
+        "glcm_Contrast", "firstorder_Mean", "glcm_Idm"))) == [
+        ("glcm_Contrast", "glcm_Idm"), ("firstorder_Mean",)]
+    at_once = build_parametric_maps(case.volume, mean_maps, preset,
+                                    seg_sop_instance_uid=case.seg.sop_instance_uid)
+    one_by_one = []
+    for group in groups:
+        lesion_maps = compute_maps(case.volume.image, case.lesions, preset, features=group)
+        assert all(list(m.maps) == list(group) for m in lesion_maps)
+        one_by_one += build_parametric_maps(case.volume, lesion_maps, preset,
+                                            seg_sop_instance_uid=case.seg.sop_instance_uid)
+    assert [(pm.SOPInstanceUID, pm.SeriesInstanceUID, pm.SeriesNumber) for pm in one_by_one] == \
+        [(pm.SOPInstanceUID, pm.SeriesInstanceUID, pm.SeriesNumber) for pm in at_once]
+    assert [pm.FloatPixelData for pm in one_by_one] == [pm.FloatPixelData for pm in at_once]
+    with pytest.raises(MapError, match="maps no glcm_Idm"):
+        compute_maps(case.volume.image, case.lesions, preset, features=("glcm_Idm",))
 
 
 def test_map_region_is_the_lesion_box_plus_margin(case: OutputsCase,

@@ -194,8 +194,10 @@ def test_robustness_compares_with_the_lesion_as_drawn_in_a_preset_without_intra(
 def test_report_seg_and_summary_are_written_and_announced_before_the_maps(
     study: SyntheticStudy, tmp_path: Path
 ) -> None:
-    """``on_early_objects`` is called once, with the report, the derived SEG and the summary
-    image already on disk and no parametric map yet; the result lists them, then the maps."""
+    """``on_early_objects`` is called with the report, the derived SEG and the summary image
+    already on disk and no parametric map yet, then with the first feature class's map
+    (firstorder entropy) before the last class's (GLCM contrast) is on disk; the last map is
+    not announced (it goes out with the result); the result lists every object in that order."""
     crlm = load_preset("ct-liver-crlm")
     preset = crlm.model_copy(update={
         "name": "crlm-firstorder-maps",
@@ -212,11 +214,16 @@ def test_report_seg_and_summary_are_written_and_announced_before_the_maps(
 
     result = process_study(study.ct_paths, study.seg_path, preset, tmp_path,
                            on_early_objects=early)
-    [(classes, on_disk, announced)] = calls
+    assert tuple(preset.maps.features) == ("firstorder_Entropy", "glcm_Contrast")
+    [(classes, on_disk, announced), (map_classes, on_disk_then, announced_map)] = calls
     assert classes == [pydicom.uid.Comprehensive3DSRStorage, pydicom.uid.SegmentationStorage,
                        pydicom.uid.SecondaryCaptureImageStorage]
     assert on_disk == announced  # written, and nothing else yet: no map
+    assert map_classes == [pydicom.uid.ParametricMapStorage]
+    assert on_disk_then == announced | announced_map  # the entropy map, not yet the contrast one
     maps = [o for o in result.objects if o.sop_class_uid == pydicom.uid.ParametricMapStorage]
-    assert maps
+    assert len(maps) == 2 and f"{maps[0].sop_instance_uid}.dcm" in announced_map
+    assert pydicom.dcmread(maps[0].path).ContentDescription == "firstorder_Entropy map"
+    assert pydicom.dcmread(maps[1].path).ContentDescription == "glcm_Contrast map"
     assert [o.sop_class_uid for o in result.objects] == [*classes, *(m.sop_class_uid
                                                                      for m in maps)]
