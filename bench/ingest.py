@@ -71,13 +71,10 @@ def write_series(template: pydicom.Dataset, out_dir: Path, slices: int, seed: in
 
 
 class PeakMemory:
-    """Peak resident memory (bytes) of a process and all its descendants, sampled in a thread,
-    as the sum of their proportional set sizes (PSS: each shared page counted once in all,
-    split among the processes sharing it; a forked child's pages it has not written are its
-    parent's, and the sum of RSS would count them twice); also the CPU time (user + system,
-    seconds) they used while it ran, from the first and last sample of each process (a process
-    started in between counts from zero; one that ended counts to its last sample, at most one
-    interval short)."""
+    """Peak resident memory (bytes) of a process and all its descendants, sampled in a thread;
+    also the CPU time (user + system, seconds) they used while it ran, from the first and last
+    sample of each process (a process started in between counts from zero; one that ended
+    counts to its last sample, at most one interval short)."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         self._root = psutil.Process(pid)
@@ -105,13 +102,13 @@ class PeakMemory:
         total = 0
         for process in self._root.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                total += process.memory_full_info().pss
+                total += process.memory_info().rss
                 times = process.cpu_times()
                 used = times.user + times.system
                 start = self._cpu[process.pid][0] if process.pid in self._cpu else \
                     (used if first else 0.0)
                 self._cpu[process.pid] = (start, used)
-        return total + self._root.memory_full_info().pss
+        return total + self._root.memory_info().rss
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -277,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             rates = " ".join(f"{r:6.1f}" for r in target.rates[associations])
             cpu = statistics.median(target.cpu_ms[associations])
             print(f"  {target.name:22s} median {medians[target.name]:7.1f} MB/s  (rounds: "
-                  f"{rates})  CPU {cpu:5.2f} ms/instance  peak PSS {target.peak / 2**20:6.0f} MiB")
+                  f"{rates})  CPU {cpu:5.2f} ms/instance  peak RSS {target.peak / 2**20:6.0f} MiB")
         [ours] = [name for name in medians if name.startswith("node")]
         for name, rate in medians.items():
             if name != ours:

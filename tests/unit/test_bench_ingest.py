@@ -24,5 +24,5 @@ def test_bench_ingest_small_runs_and_stores_everything() -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("20 slices of 512 x 512")
     rates = [line for line in lines if "MB/s" in line]
-    assert len(rates) == 6 and all("peak PSS" in line for line in rates)
+    assert len(rates) == 6 and all("peak RSS" in line for line in rates)
     assert sum("node / " in line for line in lines) == 4

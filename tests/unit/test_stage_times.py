@@ -19,8 +19,7 @@ from pipelines.process import StageTimes, process_study
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 STAGES = ["read_series", "read_segmentation", "preprocessing", "extraction", "qc", "models",
-          "encode_report", "encode_derived_seg", "encode_summary", "encode_maps", "writing",
-          "beside_maps"]
+          "encode_report", "encode_derived_seg", "encode_summary", "encode_maps", "writing"]
 
 
 @pytest.fixture(scope="module")
