@@ -22,8 +22,9 @@ objects in the same Orthanc:
     pipeline stages   read series, read SEG, preprocessing, extraction, QC, models, encoding,
                       writing (``pipelines.process.StageTimes``)
     delivery          job finished -> Orthanc's success status for the last result object
-                      (the report, derived SEG and summary image go out while the job
-                      computes its parametric maps; the maps after it finished)
+                      (the report, derived SEG and summary image, and the maps of every
+                      feature class but the last, go out while the job computes the maps;
+                      the last class's maps after it finished)
 
 The node's overhead is the total less the extraction and less the configured ``stable_after``
 (issue 8: under 5 %). Peak resident memory of the node with its worker processes and of Orthanc
