@@ -131,18 +131,33 @@ def _start_worker(log_level: str, log_file: Path | None, task_processes: int = 0
             _TASKS.submit(_ready)
 
 
-def _start_job_worker(log_level: str, log_file: Path | None, task_processes: int) -> None:
+def _start_job_worker(log_level: str, log_file: Path | None, task_processes: int,
+                      presets: tuple[str, ...] = ()) -> None:
     """Initializer of a local job worker: :func:`_start_worker`, then highdicom's tables of the
     standard are read (:func:`pipelines.segmentation.load_standard_tables`), which the first job
-    after a start otherwise waited for while reading its SEG (0.52 against 0.06 s,
-    docs/performance.md "End to end")."""
+    after a start otherwise waited for while reading its SEG (0.52 against 0.06 s), and the
+    report's templates of every feature of the rules' ``presets`` are made
+    (:func:`pipelines.report.prepare_report`), which the first report otherwise made (0.13 s
+    for ``ct-liver-crlm``; docs/performance.md "End to end"). A preset that cannot be loaded is
+    logged and left to its jobs, which fail with the same reason."""
+    from pipelines.presets import load_preset
+    from pipelines.report import prepare_report
     from pipelines.segmentation import load_standard_tables
 
     _start_worker(log_level, log_file, task_processes)
     start = time.perf_counter()
     load_standard_tables()
+    tables = time.perf_counter() - start
+    templates = 0
+    for preset in presets:
+        try:
+            templates += prepare_report(load_preset(preset))
+        except (OSError, ValueError) as exc:  # PresetError is a ValueError
+            log.warning("report templates not prepared", extra=logs.fields(
+                preset=preset, error=f"{type(exc).__name__}: {exc}"))
     log.info("job worker ready", extra=logs.fields(
-        pid=os.getpid(), tables_s=round(time.perf_counter() - start, 3)))
+        pid=os.getpid(), tables_s=round(tables, 3), report_templates=templates,
+        templates_s=round(time.perf_counter() - start - tables, 3)))
 
 
 _TASKS: ProcessPoolExecutor | None = None  # a job worker's task processes, if any
@@ -195,7 +210,8 @@ class LocalExecutor:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_job_worker,
             initargs=(self._config.log_level, self._config.log_file,
-                      self._config.executor.task_processes),
+                      self._config.executor.task_processes,
+                      tuple(dict.fromkeys(rule.preset for rule in self._config.rules))),
         )
         for _ in range(self._config.workers):
             pool.submit(_ready)

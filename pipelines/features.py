@@ -48,7 +48,7 @@ import numpy as np
 import radiomics
 import SimpleITK as sitk
 from radiomics import generalinfo, imageoperations
-from radiomics.featureextractor import RadiomicsFeatureExtractor
+from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
 from pipelines.preprocess import (
     Grid,
@@ -334,6 +334,36 @@ def _window_settings(preset: Preset) -> dict[str, Any]:
     settings.update(preset.settings)
     settings.update(label=1, normalize=False, resampledPixelSpacing=None)
     return settings
+
+
+FEATURE_KEYS_CUBE = 24  # voxels per side of the image pyradiomics' filters name their images on
+
+
+def feature_keys(preset: Preset) -> list[str]:
+    """The feature keys an extraction with ``preset`` gives (``<image type>_<class>_<feature>``,
+    as in :class:`RoiFeatures`), without extracting: the names of the filtered images are those
+    pyradiomics' own image-type generators give on a small noise cube (one LoG image per sigma,
+    one per wavelet decomposition, ...), the features those the preset enables per class (all
+    but the deprecated ones where it lists none), shape on the original image only, as
+    ``RadiomicsFeatureExtractor.execute`` computes it. For what a process prepares before its
+    first job (``pipelines.report.prepare_report``)."""
+    extractor = _extractor(preset.radiomics)
+    settings = _window_settings(preset)
+    cube = sitk.GetImageFromArray(np.random.default_rng(0).normal(
+        100.0, 20.0, (FEATURE_KEYS_CUBE,) * 3))
+    image_types = [name for unit in _units(preset)
+                   for _, name, _ in _unit_images(unit, cube, settings)]
+    classes = getFeatureClasses()
+    keys = []
+    for image_type in image_types:
+        for class_name, enabled in extractor.enabledFeatures.items():
+            if class_name.startswith("shape") and image_type != "original":
+                continue
+            names = enabled or [name for name, deprecated
+                                in classes[class_name].getFeatureNames().items()
+                                if not deprecated]
+            keys += [f"{image_type}_{class_name}_{name}" for name in names]
+    return keys
 
 
 def _interpolated_mask(

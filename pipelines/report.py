@@ -47,6 +47,7 @@ from pydicom.uid import generate_uid
 from pipelines.codes import coding_schemes, feature_concept, image_filter_concept
 from pipelines.derived_seg import DerivedSegmentation
 from pipelines.evaluations import model_items, qc_evaluations, qc_findings
+from pipelines.features import feature_keys
 from pipelines.inference import ModelOutput, NotApplied
 from pipelines.presets import Preset
 from pipelines.qc import QCReport
@@ -63,6 +64,7 @@ from pipelines.sr_encoding import (
     encoded_items,
     image_library,
     num_item,
+    prepare_templates,
     raw_content_sequence,
     written_as_is_throughout,
 )
@@ -192,6 +194,16 @@ def _check_inputs(volume: SeriesVolume, seg: DecodedSegmentation) -> None:
             f"{seg.path}: (0020,000D) StudyInstanceUID {seg_study} differs from the source "
             f"series' {volume.study_instance_uid}"
         )
+
+
+def prepare_report(preset: Preset) -> int:
+    """Make the NUM templates of every feature ``preset`` extracts
+    (:func:`pipelines.features.feature_keys`), for its modality (CT and MR when it names none),
+    so that the first report of a process does not (``pipelines.sr_encoding``); a job worker
+    calls this when it starts. Returns the number of templates made."""
+    keys = feature_keys(preset)
+    return sum(prepare_templates(keys, modality)
+               for modality in ([preset.modality] if preset.modality else ["CT", "MR"]))
 
 
 def build_measurement_report(

@@ -4,6 +4,7 @@ that dies ends its job worker, as the job runner expects of a dead worker."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -13,7 +14,10 @@ import psutil
 import pytest
 
 import node.executor as executor
+from node.config import NodeConfig
 from node.jobs import JobRunner
+from pipelines.features import feature_keys
+from pipelines.presets import load_preset
 from pipelines.synthetic import SyntheticStudy
 from tests.unit.test_executor import _outputs, _queued_job, _run_job, _until, study  # noqa: F401
 
@@ -66,3 +70,24 @@ def test_a_dead_task_process_ends_the_job_worker() -> None:
     worker.start()
     worker.join(120)
     assert worker.exitcode == 1
+
+
+def test_job_workers_prepare_the_report_templates_of_the_rules_presets(tmp_path: Path) -> None:
+    """A local job worker makes the report's templates of every preset its rules name before
+    its first job; a preset it cannot load is logged, and the worker starts all the same."""
+    log_file = tmp_path / "node.log"
+    config = NodeConfig(state_dir=tmp_path, log_file=log_file, rules=[
+        {"name": "ct", "preset": "ct-liver-basic", "modality": ["CT"]},
+        {"name": "ct again", "preset": "ct-liver-basic", "modality": ["CT"]},
+        {"name": "broken", "preset": str(tmp_path / "missing.yaml"), "modality": ["CT"]}])
+    pool = executor.LocalExecutor(config)
+    try:
+        _until(lambda: log_file.exists() and "job worker ready" in log_file.read_text())
+    finally:
+        pool.shutdown()
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    [ready] = [e for e in events if e["event"] == "job worker ready"]
+    # ct-liver-basic names no modality: its 107 features for CT and for MR, once
+    assert ready["report_templates"] == 2 * len(feature_keys(load_preset("ct-liver-basic")))
+    [warning] = [e for e in events if e["event"] == "report templates not prepared"]
+    assert warning["preset"].endswith("missing.yaml") and "missing.yaml" in warning["error"]

@@ -12,13 +12,19 @@ from pydicom.dataelem import RawDataElement
 from pydicom.uid import ImplicitVRLittleEndian, PositronEmissionTomographyImageStorage
 
 from pipelines.codes import feature_concept, image_filter_concept
-from pipelines.report import build_measurement_report
+from pipelines.features import extract_features, feature_keys
+from pipelines.presets import load_preset
+from pipelines.report import build_measurement_report, prepare_report
+from pipelines.segmentation import read_segmentation
+from pipelines.series import read_series
 from pipelines.sr_encoding import (
+    _template,
     encoded_items,
     image_library,
     num_item,
     written_as_is_throughout,
 )
+from pipelines.synthetic import write_synthetic_study
 from tests.unit.test_report import Inputs, inputs  # noqa: F401 (fixture)
 
 KEYS = ["original_firstorder_Mean", "original_shape_MeshVolume",
@@ -27,11 +33,17 @@ KEYS = ["original_firstorder_Mean", "original_shape_MeshVolume",
 VALUES = [35.061234567891234, -1e-12, 123456789.25, 0.0, 2.0, 1e300, -0.1]
 
 
-@pytest.mark.parametrize("charset", ["ISO_IR 100", "ISO_IR 192"])
+# single-byte, UTF-8, GB18030 and ISO 2022 with a multi-byte set: a NUM's texts are ASCII, and
+# its template, made once without the report's character set, is what pydicom writes in each
+CHARSETS = ["ISO_IR 100", "ISO_IR 192", "ISO_IR 144", "GB18030",
+            ["ISO 2022 IR 6", "ISO 2022 IR 87"]]
+
+
+@pytest.mark.parametrize("charset", CHARSETS)
 @pytest.mark.parametrize("key", KEYS)
 @pytest.mark.parametrize("value", VALUES)
 def test_num_item_is_the_item_highdicom_builds_as_pydicom_writes_it(
-    key: str, value: float, charset: str
+    key: str, value: float, charset: str | list[str]
 ) -> None:
     concept = feature_concept(key, "CT")
     expected = hd.sr.Measurement(name=concept.name, value=value, unit=concept.unit,
@@ -144,3 +156,32 @@ def test_image_library_of_other_images_is_left_to_highdicom(refdata: Path) -> No
     assert not isinstance(library.get_item(0x0040A730), RawDataElement)
     assert encoded_items([library], ("iso8859",)) == encoded_items(
         [hd.sr.ImageLibrary([ct])[0]], ("iso8859",))
+
+
+@pytest.mark.parametrize("preset", ["ct-liver-basic", "ct-liver-crlm"])
+def test_feature_keys_are_the_keys_an_extraction_gives(tmp_path: Path, preset: str) -> None:
+    """Original, LoG per sigma and wavelet decompositions (crlm), shape on the original only,
+    on a series large enough for every filter (pyradiomics skips a LoG sigma wider than the
+    image: a thinner series has fewer keys, whose templates are then made but not used)."""
+    chosen = load_preset(preset)
+    study = write_synthetic_study(tmp_path, shape=(24, 64, 64))
+    volume = read_series(list(study.ct_paths))
+    segment = read_segmentation(study.seg_path, volume).segments[-1]
+    extracted = extract_features(volume.image, segment.mask, chosen)
+    assert sorted(feature_keys(chosen)) == sorted(extracted.values)
+
+
+def test_a_report_after_prepare_report_makes_no_template(
+    inputs: Inputs,  # noqa: F811
+) -> None:
+    """A job worker prepares its presets' templates when it starts; its first report then
+    makes none, and is the report made without them."""
+    _template.cache_clear()
+    before = _report(inputs)
+    _template.cache_clear()
+    modalities = 1 if inputs.preset.modality else 2  # none named: CT and MR
+    assert prepare_report(inputs.preset) == modalities * len(feature_keys(inputs.preset))
+    made = _template.cache_info().misses
+    after = _report(inputs)
+    assert _template.cache_info().misses == made
+    assert _groups(after) == _groups(before)
