@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from pipelines.qc.masks import bounding_box
 from pipelines.qc.report import QCCheck, Status
 from pipelines.qc.settings import QCSettings
 
@@ -40,12 +41,10 @@ def crop_box(regions: list[np.ndarray], spacing_zyx: tuple[float, float, float],
              margin_mm: float) -> tuple[slice, slice, slice]:
     """Bounding box of the union of ``regions``, grown by ``margin_mm`` plus one voxel."""
     union = np.logical_or.reduce(regions)
-    found = np.argwhere(union)
-    low, high = found.min(0), found.max(0) + 1
     grow = [int(np.ceil(margin_mm / s)) + 1 for s in spacing_zyx]
     return tuple(  # type: ignore[return-value]
-        slice(max(0, int(lo) - g), min(n, int(hi) + g))
-        for lo, hi, g, n in zip(low, high, grow, union.shape, strict=True))
+        slice(max(0, box.start - g), min(n, box.stop + g))
+        for box, g, n in zip(bounding_box(union), grow, union.shape, strict=True))
 
 
 def distance_outside(roi: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:

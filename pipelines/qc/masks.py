@@ -50,7 +50,7 @@ def mask_checks(
     through the rescale); for CT, values below ``settings.ct_hu_range`` count as outside too and
     the caller passes that bound here.
     """
-    roi = sitk.GetArrayFromImage(mask) == label
+    roi = sitk.GetArrayViewFromImage(mask) == label
     count = int(np.count_nonzero(roi))
     voxel_mm3 = float(np.prod(mask.GetSpacing()))
     difference = grid_difference(image, mask, settings)
@@ -71,7 +71,7 @@ def mask_checks(
     if count == 0:
         return checks
     checks.append(_inside(image, mask, roi, difference, outside_value))
-    checks.append(_components(mask, label, settings))
+    checks.append(_components(mask, roi, label, settings))
     checks.append(_border(roi))
     return checks
 
@@ -104,8 +104,25 @@ def _inside(image: sitk.Image, mask: sitk.Image, roi: np.ndarray, difference: st
                    else "every ROI voxel lies in the reconstructed field of view")
 
 
-def _components(mask: sitk.Image, label: int, settings: QCSettings) -> QCCheck:
-    components = sitk.ConnectedComponent(mask == label, settings.fully_connected)
+def bounding_box(region: np.ndarray) -> tuple[slice, ...]:
+    """The (z, y, x) slices of the bounding box of ``region``'s true voxels (it has one), from
+    its projections on each axis: as ``np.argwhere``'s minimum and maximum, without listing the
+    voxels."""
+    box = []
+    for axis in range(region.ndim):
+        hits = np.flatnonzero(region.any(axis=tuple(a for a in range(region.ndim) if a != axis)))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def _components(mask: sitk.Image, roi: np.ndarray, label: int, settings: QCSettings) -> QCCheck:
+    """Connected components of ``mask == label`` (``roi``, not empty), labelled on its bounding
+    box: every ROI voxel and every neighbour of one that is in the ROI lie in it, so the
+    components and their sizes are those of the whole mask."""
+    z, y, x = bounding_box(roi)
+    cropped = sitk.RegionOfInterest(mask, [x.stop - x.start, y.stop - y.start, z.stop - z.start],
+                                    [x.start, y.start, z.start])
+    components = sitk.ConnectedComponent(cropped == label, settings.fully_connected)
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(components)
     sizes = sorted((stats.GetNumberOfPixels(c) for c in stats.GetLabels()), reverse=True)

@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipelines.qc import QCSettings, assess_roi
+from pipelines.qc.masks import bounding_box
 from pipelines.series import SeriesVolume
 from tests.unit.qc_volumes import ball, make_volume, mask_like
 
@@ -214,3 +215,29 @@ def test_3t_uses_the_lower_uniformity_limit() -> None:
     assert 82.0 < low_field.value < 87.5
     assert (low_field.status, high_field.status) == ("warn", "pass")
     assert high_field.threshold == ">= 82 %"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bounding_box_is_argwheres_extent(seed: int) -> None:
+    """The projections give the box ``np.argwhere`` gives, for a few scattered voxels and for
+    regions touching the array's faces."""
+    rng = np.random.default_rng(seed)
+    region = rng.random((9, 13, 11)) > (0.995 if seed % 2 else 0.6)
+    region[tuple(rng.integers(0, n) for n in region.shape)] = True
+    found = np.argwhere(region)
+    assert bounding_box(region) == tuple(
+        slice(int(lo), int(hi) + 1) for lo, hi in zip(found.min(0), found.max(0), strict=True))
+
+
+def test_components_are_counted_on_the_box_as_on_the_whole_mask(clean: SeriesVolume) -> None:
+    """Three components, one of them a single voxel on the box's corner: counted and sized as
+    ``ConnectedComponent`` counts them on the whole mask."""
+    voxels = ball(SHAPE, CENTRE, 6.0, SPACING)
+    voxels[2, 3, 4] = voxels[SHAPE[0] - 3, SHAPE[1] - 2, SHAPE[2] - 5] = True
+    mask = mask_like(clean.image, voxels)
+    whole = sitk.LabelShapeStatisticsImageFilter()
+    whole.Execute(sitk.ConnectedComponent(mask, True))
+    sizes = sorted((whole.GetNumberOfPixels(c) for c in whole.GetLabels()), reverse=True)
+    check = assess_roi(clean, mask).check("mask.components")
+    assert check.value == len(sizes) == 3 and sizes[1:] == [1, 1]
+    assert check.message.endswith("voxels: " + ", ".join(map(str, sizes)))
