@@ -40,7 +40,6 @@ import copy
 import logging
 import math
 import multiprocessing
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ import SimpleITK as sitk
 from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
 from pipelines.codes import coding_schemes, feature_concept, ucum_unit
-from pipelines.features import ArrayImage, TaskMap
+from pipelines.features import ArrayImage, TaskMap, validated_extractor
 from pipelines.preprocess import Grid
 from pipelines.presets import IMAGE_INTERPOLATORS, Preset
 from pipelines.segmentation import Segment, voxel_box
@@ -107,7 +106,7 @@ class _BatchRangeExtractor(RadiomicsFeatureExtractor):
     voxels' kernels over the same discretised image; the other voxels keep ``initValue``. Every
     batch is the batch the whole extraction computes, so its values are the same."""
 
-    def __init__(self, params: dict[str, Any], part: tuple[int, int]):
+    def __init__(self, params: dict[str, Any], part: tuple[int, int] = (0, 1)):
         super().__init__(params)
         self.part = part
 
@@ -149,12 +148,12 @@ def _extractor(preset: Preset, features: Sequence[str], part: tuple[int, int]
     for name in features:
         feature_class, _, feature = name.partition("_")
         classes.setdefault(feature_class, []).append(feature)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return _BatchRangeExtractor({
-            "setting": settings, "voxelSetting": voxel_settings, "imageType": {"Original": {}},
-            "featureClass": classes,
-        }, part)
+    extractor = validated_extractor({
+        "setting": settings, "voxelSetting": voxel_settings, "imageType": {"Original": {}},
+        "featureClass": classes,
+    }, _BatchRangeExtractor)
+    extractor.part = part
+    return extractor
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from pipelines.features import (
     ArrayImage,
@@ -24,6 +25,7 @@ from pipelines.features import (
     TaskResult,
     extract_features,
     extract_lesions,
+    validated_extractor,
 )
 from pipelines.presets import Preset, load_preset
 from pipelines.rois import RoiMask
@@ -218,3 +220,30 @@ def test_complex_values_with_a_rounding_imaginary_part_are_taken_as_real_and_oth
                                "original_firstorder_Mean": 3.0}
     with pytest.raises(FeatureError, match="original_glcm_MCC: not a real number"):
         _as_features({"original_glcm_MCC": np.complex128(0.5 + 0.01j)}, "test ROI")
+
+
+def test_validated_extractors_are_copies_made_once_per_parameters() -> None:
+    """pyradiomics validates its parameters (pykwalify) once per process and parameters; each
+    caller gets its own copy, with the same settings, and invalid parameters are refused every
+    time."""
+    made: list[dict] = []
+
+    class Counted(RadiomicsFeatureExtractor):
+        def __init__(self, params: dict) -> None:
+            made.append(params)
+            super().__init__(params)
+
+    preset = load_preset("ct-liver-crlm")
+    first = validated_extractor(preset.radiomics, Counted)
+    second = validated_extractor(preset.radiomics, Counted)
+    assert len(made) == 1 and first is not second and isinstance(first, Counted)
+    assert first.settings == second.settings and first.enabledImagetypes == \
+        second.enabledImagetypes and first.enabledFeatures == second.enabledFeatures
+    first.settings["binWidth"] = 1
+    assert validated_extractor(preset.radiomics, Counted).settings["binWidth"] == 25
+    other = {**preset.radiomics, "setting": {**preset.settings, "binWidth": 10}}
+    assert validated_extractor(other, Counted).settings["binWidth"] == 10 and len(made) == 2
+    bad = {**preset.radiomics, "setting": {**preset.settings, "binWidth": "wide"}}
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="binWidth"):  # pykwalify's SchemaError
+            validated_extractor(bad, Counted)
