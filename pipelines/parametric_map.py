@@ -17,9 +17,10 @@ preset's ``maps.kernel_radius`` and ``maps.masked_kernel``; van Griethuysen et a
 The work is split into tasks (:class:`MapTask`: the crop as a NumPy array and the grids as
 numbers, no SimpleITK object and no path), one per lesion, pyradiomics feature class and run of
 ``BATCHES_PER_TASK`` of pyradiomics' voxel batches (``maps.voxel_batch`` voxels each, computed
-independently of one another), which run in this process, in spawned processes, or through a
-caller's map function (the node passes one that runs them on its Dask cluster), as the feature
-tasks of ``pipelines.features`` do. Each returns pyradiomics' maps at its voxels; the job merges
+independently of one another), which run in spawned processes or through a caller's map
+function (the node passes one that runs them on its Dask cluster), as the feature tasks of
+``pipelines.features`` do; in this process, one task per lesion and class (each task resamples
+its crop once). Each returns pyradiomics' maps at its voxels; the job merges
 them and brings them back onto the source grid, so the maps are those of one extraction.
 
 Grey levels are discretised over the voxels the kernels see (pyradiomics: over the whole cropped
@@ -207,13 +208,17 @@ def map_feature_groups(preset: Preset) -> list[tuple[str, ...]]:
 
 
 def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset,
-                     features: Sequence[str] | None = None) -> list[MapTask]:
+                     features: Sequence[str] | None = None, *, split: bool = True
+                     ) -> list[MapTask]:
     """The tasks of ``lesion``'s maps (a segment on ``image``'s grid) of ``features`` (all of
     ``preset.maps.features`` when None): the region, crop and mask of the module docstring, as
-    arrays, per feature class (:func:`map_feature_groups`) and per run of ``BATCHES_PER_TASK``
-    voxel batches (estimated from the mapped box on pyradiomics' grid; the task counts them
-    exactly). pyradiomics computes each feature class on its own and each voxel batch on its
-    own, so a task gives the values the whole extraction gives at its voxels.
+    arrays, per feature class (:func:`map_feature_groups`) and, with ``split``, per run of
+    ``BATCHES_PER_TASK`` voxel batches (estimated from the mapped box on pyradiomics' grid; the
+    task counts them exactly), for tasks run in parallel; without it one task per class, which
+    pyradiomics resamples once (every task resamples its crop: 86 tasks took 5 s of the demo
+    study's maps in one process). pyradiomics computes each feature class on its own and each
+    voxel batch on its own, so a task gives the values the whole extraction gives at its
+    voxels.
 
     Raises:
         MapError: the preset names no map feature, ``features`` names one it does not map, or
@@ -251,7 +256,8 @@ def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset,
               tuple(int(i) for i in mapped_upper - crop_lower))
     region = Grid.of(sitk.RegionOfInterest(image, (upper - lower).tolist(), lower.tolist()))
     extent = (mapped_upper - mapped_lower) * (spacing / target if target is not None else 1)
-    parts = max(1, math.ceil(float(np.prod(extent)) / options.voxel_batch / BATCHES_PER_TASK))
+    parts = max(1, math.ceil(float(np.prod(extent)) / options.voxel_batch / BATCHES_PER_TASK)) \
+        if split else 1
     groups = [tuple(name for name in group if name in wanted)
               for group in map_feature_groups(preset)]
     return [MapTask(preset, where, group, (number, parts), crop, mapped, region,
@@ -328,17 +334,20 @@ def compute_maps(image: sitk.Image, lesions: Sequence[Segment], preset: Preset, 
     """The maps of ``features`` (every feature of ``preset.maps`` when None, else a subset of
     them, e.g. one of :func:`map_feature_groups`) around every lesion (segments on ``image``'s
     grid), in lesion order. The work is split into tasks (:class:`MapTask`,
-    :func:`run_map_task`), one per lesion, feature class and run of voxel batches;
-    ``map_tasks`` runs them (e.g. on a Dask cluster; like the builtin ``map``, results in task
+    :func:`run_map_task`), one per lesion, feature class and run of voxel batches, which
+    ``map_tasks`` runs (e.g. on a Dask cluster; like the builtin ``map``, results in task
     order); without it ``workers`` > 1 runs them in that many spawned processes and 1 in this
-    process. Every way computes the same tasks on the same arrays, so the maps are the same.
+    process, one task per lesion and class (``lesion_map_tasks(split=False)``). Every task
+    computes the voxel batches the whole extraction computes, so the maps are the same.
 
     Raises:
         MapError: a lesion is empty, pyradiomics refused a region, or left a voxel of a written
             region unmapped.
     """
     names = tuple(preset.maps.features if features is None else features)
-    per_lesion = [lesion_map_tasks(image, lesion, preset, names) for lesion in lesions]
+    parallel = map_tasks is not None or workers > 1
+    per_lesion = [lesion_map_tasks(image, lesion, preset, names, split=parallel)
+                  for lesion in lesions]
     tasks = [task for lesion_tasks in per_lesion for task in lesion_tasks]
     if map_tasks is not None:
         results = list(map_tasks(run_map_task, tasks))

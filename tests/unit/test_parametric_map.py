@@ -23,6 +23,7 @@ import yaml
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 from scipy import ndimage
 
+import pipelines.parametric_map as parametric_map
 from pipelines.parametric_map import (
     LesionMaps,
     MapError,
@@ -389,3 +390,25 @@ def test_small_valued_map_gets_a_window_dciodvfy_accepts(
     pm.save_as(path, enforce_file_format=True)
     errors, _ = dciodvfy(path)
     assert errors == []
+
+
+def test_in_this_process_each_lesion_and_class_is_one_task(
+        case: OutputsCase, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one process the voxel batches are not split into tasks (each task resamples its
+    crop): one task per lesion and feature class, with the maps of the split tasks."""
+    preset = _batched(_with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast")), 40)
+    assert lesion_map_tasks(case.volume.image, case.lesions[0], preset)[0].part[1] > 1
+    run: list[MapTask] = []
+
+    def counted(task: MapTask) -> MapTaskResult:
+        run.append(task)
+        return run_map_task(task)
+
+    monkeypatch.setattr(parametric_map, "run_map_task", counted)
+    here = compute_maps(case.volume.image, case.lesions, preset)
+    assert [(t.where, t.features, t.part) for t in run] == [
+        (t.where, t.features, (0, 1)) for lesion in case.lesions
+        for t in lesion_map_tasks(case.volume.image, lesion, preset, split=False)]
+    assert len(run) == 2 * len(case.lesions)
+    _assert_same_maps(here, compute_maps(case.volume.image, case.lesions, preset,
+                                         map_tasks=lambda fn, tasks: [fn(t) for t in tasks]))
