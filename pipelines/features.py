@@ -40,6 +40,7 @@ import logging
 import multiprocessing
 import pickle
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -84,14 +85,16 @@ class RoiFeatures:
 
 
 Extractor = TypeVar("Extractor", bound=RadiomicsFeatureExtractor)
-_VALIDATED: dict[tuple[type, bytes], RadiomicsFeatureExtractor] = {}
+_VALIDATED: OrderedDict[tuple[type, bytes], RadiomicsFeatureExtractor] = OrderedDict()
+VALIDATED_KEPT = 64  # extractors kept per process, least recently used dropped first
 
 
 def validated_extractor(radiomics_params: dict[str, Any], kind: type[Extractor]) -> Extractor:
     """A pyradiomics extractor of class ``kind`` with ``radiomics_params``, a copy of one made
     once per process, class and parameters: the constructor
     validates the parameters against pyradiomics' schema with pykwalify, 11 ms each time,
-    which a job paid once per feature and map task (about 1.5 s on the demo study). The copy
+    which a job paid once per feature and map task (about 1.5 s on the demo study); the
+    ``VALIDATED_KEPT`` most recently used are kept (presets change over a worker's life). The copy
     has the same settings, image types and features, and sets SimpleITK's geometry tolerance
     as the constructor does (``geometryTolerance``, a process-wide setting)."""
     key = (kind, pickle.dumps(radiomics_params, protocol=5))
@@ -100,6 +103,9 @@ def validated_extractor(radiomics_params: dict[str, Any], kind: type[Extractor])
             # pykwalify loads pyradiomics' schema functions with the deprecated load_module().
             warnings.simplefilter("ignore", DeprecationWarning)
             _VALIDATED[key] = kind(copy.deepcopy(radiomics_params))
+        while len(_VALIDATED) > VALIDATED_KEPT:  # presets edited over a worker's life
+            _VALIDATED.popitem(last=False)
+    _VALIDATED.move_to_end(key)
     extractor = copy.deepcopy(_VALIDATED[key])
     extractor._setTolerance()
     return extractor  # type: ignore[return-value]  # _VALIDATED[key] is a kind

@@ -17,6 +17,7 @@ import pytest
 import SimpleITK as sitk
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
+import pipelines.features as features_module
 from pipelines.features import (
     ArrayImage,
     FeatureError,
@@ -243,6 +244,12 @@ def test_validated_extractors_are_copies_made_once_per_parameters() -> None:
     assert validated_extractor(preset.radiomics, Counted).settings["binWidth"] == 25
     other = {**preset.radiomics, "setting": {**preset.settings, "binWidth": 10}}
     assert validated_extractor(other, Counted).settings["binWidth"] == 10 and len(made) == 2
+    for width in range(features_module.VALIDATED_KEPT):  # 64 more: the first two are dropped
+        validated_extractor({**preset.radiomics, "setting": {**preset.settings,
+                                                             "binWidth": 100 + width}}, Counted)
+    validated_extractor(other, Counted)
+    validated_extractor(preset.radiomics, Counted)
+    assert len(made) == 2 + features_module.VALIDATED_KEPT + 2
     bad = {**preset.radiomics, "setting": {**preset.settings, "binWidth": "wide"}}
     for _ in range(2):
         with pytest.raises(RuntimeError, match="binWidth"):  # pykwalify's SchemaError
