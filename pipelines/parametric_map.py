@@ -215,8 +215,9 @@ def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset,
     arrays, per feature class (:func:`map_feature_groups`) and, with ``split``, per run of
     ``BATCHES_PER_TASK`` voxel batches (estimated from the mapped box on pyradiomics' grid; the
     task counts them exactly), for tasks run in parallel; without it one task per class, which
-    pyradiomics resamples once (every task resamples its crop: 86 tasks took 5 s of the demo
-    study's maps in one process). pyradiomics computes each feature class on its own and each
+    pyradiomics resamples once (every task resamples its crop: with 86 tasks in one process the
+    demo study's extraction took 26 to 29 s, with 4 tasks 12.5 to 13.4 s; docs/performance.md,
+    "End to end"). pyradiomics computes each feature class on its own and each
     voxel batch on its own, so a task gives the values the whole extraction gives at its
     voxels.
 

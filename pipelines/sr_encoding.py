@@ -111,31 +111,33 @@ def _concept(concept: Code, encodings: Sequence[str]) -> bytes:
                  concept.scheme_version, encodings)
 
 
+def _template_codes(key: str, modality: str) -> tuple[Code, Code, Code, Code]:
+    """The codes of the NUM of feature ``key``: concept name, unit, measurement method and image
+    filter (what its template holds, and what :func:`_ascii_template` checks)."""
+    concept = feature_concept(key, modality)
+    return (concept.name, concept.unit, _MEASUREMENT_METHOD,
+            image_filter_concept(concept.image_filter))
+
+
 @cache
 def _template(key: str, modality: str, encodings: tuple[str, ...]) -> tuple[bytes, bytes, bytes]:
     """(elements before the Measured Value Sequence, the elements of its item before the
     values, the elements after it) of the NUM of feature ``key``; made once per process (for
     every report when its texts are ASCII: ``encodings`` empty, :func:`_ascii_template`)."""
-    concept = feature_concept(key, modality)
+    name, unit_code, method_code, image_filter = _template_codes(key, modality)
     head = b"".join([
         _text(0x0040A010, "CS", "CONTAINS", encodings),
         _text(0x0040A040, "CS", "NUM", encodings),
-        _sequence(0x0040A043, _concept(concept.name, encodings)),
+        _sequence(0x0040A043, _concept(name, encodings)),
     ])
-    unit = _sequence(0x004008EA, _concept(concept.unit, encodings))
+    unit = _sequence(0x004008EA, _concept(unit_code, encodings))
     method = b"".join([
         _text(0x0040A010, "CS", "HAS CONCEPT MOD", encodings),
         _text(0x0040A040, "CS", "CODE", encodings),
-        _sequence(0x0040A043, _concept(_MEASUREMENT_METHOD, encodings)),
-        _sequence(0x0040A168, _concept(image_filter_concept(concept.image_filter), encodings)),
+        _sequence(0x0040A043, _concept(method_code, encodings)),
+        _sequence(0x0040A168, _concept(image_filter, encodings)),
     ])
     return head, unit, _sequence(_CONTENT_SEQUENCE, method)
-
-
-def _template_codes(key: str, modality: str) -> tuple[Code, ...]:
-    concept = feature_concept(key, modality)
-    return (concept.name, concept.unit, _MEASUREMENT_METHOD,
-            image_filter_concept(concept.image_filter))
 
 
 @cache
