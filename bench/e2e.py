@@ -20,15 +20,18 @@ objects in the same Orthanc:
     worker hand-off   claim -> finish minus the pipeline's own stages (process start, arguments,
                       result, recording)
     pipeline stages   read series, read SEG, preprocessing, extraction, QC, models, encoding,
-                      writing (``pipelines.process.StageTimes``)
+                      writing (``pipelines.process.StageTimes``), and beside the maps: what
+                      the job spent starting the forked child that encodes and writes the
+                      report, derived SEG and summary image while it computes the maps, and
+                      waiting for it (the child's own stages are printed, not counted)
     delivery          job finished -> Orthanc's success status for the last result object
                       (the report, derived SEG and summary image, and the maps of every
                       feature class but the last, go out while the job computes the maps;
                       the last class's maps after it finished)
 
 The node's overhead is the total less the extraction and less the configured ``stable_after``
-(issue 8: under 5 %). Peak resident memory of the node with its worker processes and of Orthanc
-is sampled every 50 ms (psutil).
+(issue 8: under 5 %). Peak resident memory (``bench.ingest.PeakMemory``) of the node with its
+worker processes and of Orthanc is sampled every 50 ms (psutil).
 
     python bench/e2e.py                       # the demo study, ct-liver-crlm, stable_after 2 s
     python bench/e2e.py --stable-after 10     # the node's default stable wait
@@ -162,7 +165,10 @@ def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_afte
     the last result stored in Orthanc (its C-STORE success status at the node), and the node's
     overhead."""
     assert timeline.started_at is not None and timeline.finished_at is not None
-    stages = timeline.stages
+    beside = {name.removeprefix("early_objects."): value
+              for name, value in timeline.stages.items() if name.startswith("early_objects.")}
+    stages = {name: value for name, value in timeline.stages.items()
+              if not name.startswith("early_objects.")}
     stored = max(d.sent_at for d in timeline.deliveries if d.sent_at is not None)
     early = sum(1 for d in timeline.deliveries
                 if d.sent_at is not None and d.sent_at <= timeline.finished_at)
@@ -186,6 +192,11 @@ def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_afte
          ", ".join(f"{k.removeprefix('encode_')} {v:.2f}" for k, v in stages.items()
                    if k.startswith("encode_"))),
         ("writing", stages["writing"], "result objects and CSVs"),
+        ("beside the maps", stages.get("beside_maps", 0.0),
+         "starting the child that writes the report, SEG and summary, and waiting for it; "
+         "in the child, off this path: " + ", ".join(f"{k.removeprefix('encode_')} {v:.2f}"
+                                                     for k, v in beside.items())
+         if beside else "the report, SEG and summary were written in the job's process"),
         ("delivery", stored - timeline.finished_at,
          f"{len(timeline.deliveries) - early} objects, C-FIND before and C-STORE "
          f"({early} more stored before the job finished, while the maps were computed); "
@@ -208,7 +219,8 @@ def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_afte
         f"  in the node's service (stable detection, routing, queue, hand-off, delivery): "
         f"{service:.3f} s = {100 * service / total:.1f} %",
         f"  in the pipeline beside extraction (reading, preprocessing, QC, models, encoding, "
-        f"writing): {overhead - service:.3f} s = {100 * (overhead - service) / total:.1f} %",
+        f"writing, beside the maps): {overhead - service:.3f} s = "
+        f"{100 * (overhead - service) / total:.1f} %",
         f"  of which the PACS storing the results after the job finished (storescu of the "
         f"same objects): "
         f"{reference_s:.3f} s = {100 * reference_s / total:.1f} %; the node's own overhead "
@@ -296,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         lead = timeline.started_at - ready[-1]
         print(f"job worker ready (imports, highdicom's tables) {lead:.3f} s before the job was "
               f"claimed{' (negative: the job waited for it)' if lead < 0 else ''}")
-    print(f"peak RSS: node + worker processes {node_memory.peak / 2**20:.0f} MiB, "
+    print(f"peak resident memory: node + worker processes "
+          f"{node_memory.peak / 2**20:.0f} MiB, "
           f"Orthanc {orthanc_memory.peak / 2**20:.0f} MiB")
     return 0
 

@@ -180,12 +180,13 @@ def run_local_job(images: Sequence[str], seg: str, preset: str, out_dir: str,
                   early: EarlyDelivery | None = None) -> PipelineResult:
     """A job in a local worker: ``process_study`` with its tasks in the worker's task
     processes when it has them (``executor.task_processes``), else in the worker itself; the
-    objects written before the maps queued by ``early``."""
+    report, derived SEG and summary image written by a forked child while the worker computes
+    the maps (``early_beside_maps``), and queued by ``early``."""
     from pipelines.process import process_study
 
     return process_study(images, seg, preset, out_dir, models=models,
                          map_tasks=_job_tasks if _TASKS is not None else None,
-                         on_early_objects=early)
+                         on_early_objects=early, early_beside_maps=True)
 
 
 def _ready() -> None:

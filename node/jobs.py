@@ -97,7 +97,8 @@ class JobRunner:
         deliveries = [(dest.name, str(obj.path), obj.sop_instance_uid)
                       for obj in result.objects for dest in self._config.destinations]
         models = {r.outcome.model.name: r.outcome.model.version for r in result.models}
-        stages = {stage: round(seconds, 3) for stage, seconds in result.timings.as_dict().items()}
+        stages = {stage: round(seconds, 3)
+                  for stage, seconds in result.timings.with_early_objects().items()}
         self._index.finish_job(job_id, deliveries, preset_hash=result.preset_hash,
                                models=models, timings=stages)
         for error in result.model_errors:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import csv
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -25,6 +25,7 @@ from models.package import ModelPackageError, load_package
 from pipelines.derived_seg import build_derived_segmentation
 from pipelines.evaluations import model_line, qc_lines
 from pipelines.features import FeatureError, RoiFeatures, TaskMap, extract_lesions
+from pipelines.forked import ForkedCall, fork_available
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
 from pipelines.parametric_map import build_parametric_maps, compute_maps, map_feature_groups
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
@@ -112,7 +113,11 @@ class StageTimes:
 
     ``extraction`` is the feature computation (per-ROI features, the eroded and dilated lesions
     of the robustness check, and the voxel-wise maps); the ``encode_*`` stages build the DICOM
-    objects in memory, ``writing`` saves them and the CSVs.
+    objects in memory, ``writing`` saves them and the CSVs. When the report, derived SEG and
+    summary image were written beside the maps (``early_beside_maps``), their stages are in
+    ``early_objects`` (seconds in the child process, not part of the call's duration) and
+    ``beside_maps`` is what the call spent on them: starting the child, and waiting for it
+    after the maps.
     """
 
     read_series: float
@@ -126,6 +131,8 @@ class StageTimes:
     encode_summary: float
     encode_maps: float
     writing: float
+    beside_maps: float
+    early_objects: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def encoding(self) -> float:
@@ -139,8 +146,14 @@ class StageTimes:
         return sum(self.as_dict().values())
 
     def as_dict(self) -> dict[str, float]:
-        """Stage name -> seconds, in stage order (for logs and the job index)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Stage name -> seconds, in stage order (for logs and the job index); the stages of
+        ``early_objects`` are not among them (:meth:`with_early_objects`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "early_objects"}
+
+    def with_early_objects(self) -> dict[str, float]:
+        """:meth:`as_dict`, then ``early_objects.<stage>`` -> seconds in the child process."""
+        return {**self.as_dict(),
+                **{f"early_objects.{name}": value for name, value in self.early_objects.items()}}
 
 
 class _Laps:
@@ -291,6 +304,7 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                   models: Sequence[tuple[str | Path, str]] = (),
                   map_tasks: TaskMap | None = None,
                   on_early_objects: Callable[[tuple[OutputObject, ...]], None] | None = None,
+                  early_beside_maps: bool = False,
                   ) -> PipelineResult:
     """Compute the features of every ROI variant of every lesion segment of ``seg_path`` on the
     series ``image_paths`` and write the TID 1500 SR (PS3.16 TID 1500) and a features CSV into
@@ -313,7 +327,13 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     time: docs/performance.md, "End to end"). The maps are then computed, encoded and written
     one pyradiomics feature class at a time (``pipelines.parametric_map.map_feature_groups``),
     and ``on_early_objects`` is called with each class's maps but the last, which go out with
-    the result. The result lists every object, the early ones too."""
+    the result. The result lists every object, the early ones too.
+
+    With ``early_beside_maps`` (the node's local job workers), the report, derived SEG, summary
+    image and CSVs are encoded and written, and ``on_early_objects`` called, by a forked child
+    process (``pipelines.forked``) while this one computes the maps, on another core; the
+    result is the same (same objects and bytes). Without maps, or where the platform does not
+    fork, they are written here."""
     laps = _Laps()
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
@@ -372,38 +392,49 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     applied = _apply_models(models, preset, summaries, qc[0], lesion_qc, volume)
     laps.lap("models")
     masks = [mask for lesion_rois in variants for mask in lesion_rois]
-    derived = build_derived_segmentation(volume, seg, rois, masks, preset)
-    laps.lap("encode_derived_seg")
-    report = build_measurement_report(
-        volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, derived=derived,
-        models={number: [r.outcome for r in applied.results if r.segment_number == number]
-                for number in lesion_qc},
-    )
-    laps.lap("encode_report")
-    labels = {lesion.number: lesion.label for lesion in lesions}
-    summary = build_summary_image(
-        volume, rois, masks, preset_name=preset.name, preset_hash=preset.hash,
-        seg_sop_instance_uid=seg.sop_instance_uid, qc_lines=qc_lines(qc),
-        model_lines=[*(model_line(labels[r.segment_number], r.outcome) for r in applied.results),
-                     *applied.errors]
-        or [f"No model applied: none is configured for preset {preset.name}."],
-        not_for_diagnostic_use=True,
-        intensity_unit="HU" if volume.modality == "CT" and preset.preprocessing.zscore is None
-        else "1",
-    )
-    laps.lap("encode_summary")
-    early = tuple(_write_object(out, dataset)
-                  for dataset in (report, *([derived.dataset] if derived else []), summary))
-    del report, derived, summary  # written: not held while the maps are computed
-    features_csv = out / "features.csv"
-    _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
-    qc_csv = out / "qc.csv"
-    _write_qc_csv(qc_csv, qc)
     groups = map_feature_groups(preset) if preset.maps.enabled and lesions else []
-    if on_early_objects is not None and groups:
-        on_early_objects(early)
-    laps.lap("writing")
-    objects = early
+    features_csv = out / "features.csv"
+    qc_csv = out / "qc.csv"
+
+    def write_early(stages: _Laps) -> tuple[tuple[OutputObject, ...], dict[str, float]]:
+        """The report, derived SEG, summary image and CSVs, written and announced."""
+        derived = build_derived_segmentation(volume, seg, rois, masks, preset)
+        stages.lap("encode_derived_seg")
+        report = build_measurement_report(
+            volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, derived=derived,
+            models={number: [r.outcome for r in applied.results if r.segment_number == number]
+                    for number in lesion_qc},
+        )
+        stages.lap("encode_report")
+        labels = {lesion.number: lesion.label for lesion in lesions}
+        summary = build_summary_image(
+            volume, rois, masks, preset_name=preset.name, preset_hash=preset.hash,
+            seg_sop_instance_uid=seg.sop_instance_uid, qc_lines=qc_lines(qc),
+            model_lines=[*(model_line(labels[r.segment_number], r.outcome)
+                           for r in applied.results), *applied.errors]
+            or [f"No model applied: none is configured for preset {preset.name}."],
+            not_for_diagnostic_use=True,
+            intensity_unit="HU" if volume.modality == "CT" and preset.preprocessing.zscore is None
+            else "1",
+        )
+        stages.lap("encode_summary")
+        written = tuple(_write_object(out, dataset)
+                        for dataset in (report, *([derived.dataset] if derived else []), summary))
+        del report, derived, summary  # written: not held while the maps are computed
+        _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
+        _write_qc_csv(qc_csv, qc)
+        if on_early_objects is not None and groups:
+            on_early_objects(written)
+        stages.lap("writing")
+        return written, stages.seconds
+
+    beside = ForkedCall(lambda: write_early(_Laps()), "the report, derived SEG and summary") \
+        if early_beside_maps and groups and fork_available() else None
+    if beside is None:
+        early, _ = write_early(laps)
+    else:
+        laps.lap("beside_maps")
+    maps_written: tuple[OutputObject, ...] = ()
     for position, group in enumerate(groups):
         lesion_maps = compute_maps(image, lesions, preset, features=group, workers=workers,
                                    map_tasks=map_tasks)
@@ -416,8 +447,13 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         del maps
         if on_early_objects is not None and position < len(groups) - 1:
             on_early_objects(written)
-        objects += written
+        maps_written += written
         laps.lap("writing")
+    early_stages: dict[str, float] = {}
+    if beside is not None:
+        early, early_stages = beside.result()
+        laps.lap("beside_maps")
+    objects = early + maps_written
     return PipelineResult(
         source_series_uid=volume.series_instance_uid,
         seg_sop_instance_uid=seg.sop_instance_uid,
@@ -429,7 +465,8 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         features_csv=features_csv,
         qc=qc,
         qc_csv=qc_csv,
-        timings=StageTimes(**{f.name: laps.seconds.get(f.name, 0.0) for f in fields(StageTimes)}),
+        timings=StageTimes(**{f.name: laps.seconds.get(f.name, 0.0) for f in fields(StageTimes)
+                              if f.name != "early_objects"}, early_objects=early_stages),
         models=applied.results,
         model_errors=applied.errors,
     )

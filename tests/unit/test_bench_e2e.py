@@ -16,7 +16,8 @@ from tests.integration.peers import ORTHANC
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "e2e.py"
 SPANS = ["wait for stable", "routing", "queue", "worker hand-off", "read series", "read SEG",
-         "preprocessing", "extraction", "QC and models", "encoding", "writing", "delivery"]
+         "preprocessing", "extraction", "QC and models", "encoding", "writing", "beside the maps",
+         "delivery"]
 
 
 def _seconds(lines: list[str], name: str) -> float:
@@ -39,7 +40,8 @@ def test_bench_e2e_smoke_delivers_to_orthanc_and_splits_the_time() -> None:
     assert sum(spans) == pytest.approx(total, abs=0.01)
     assert _seconds(lines, "sum of the spans") == pytest.approx(total, abs=0.002)
     assert "node overhead" in done.stdout and "% of the total" in done.stdout
-    assert re.search(r"peak RSS: node \+ worker processes \d+ MiB, Orthanc \d+ MiB", done.stdout)
+    assert re.search(r"peak resident memory: node \+ worker processes \d+ MiB, "
+                     r"Orthanc \d+ MiB", done.stdout)
     # --warm: the measured job is the second, so its worker was ready before it was claimed
     ready = re.search(r"job worker ready \(imports, highdicom's tables\) (-?\d+\.\d+) s before "
                       r"the job was claimed", done.stdout)

@@ -15,4 +15,4 @@ def test_bench_memory_small_processes_ten_lesions() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     first, second = done.stdout.splitlines()[:2]
     assert first.startswith("ct-liver-basic: 40 x 128 x 128 CT, 10 lesions, 10 ROIs")
-    assert second.startswith("peak RSS node + worker:") and "MiB" in second
+    assert second.startswith("peak resident memory node + worker:") and "MiB" in second

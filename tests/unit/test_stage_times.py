@@ -19,7 +19,8 @@ from pipelines.process import StageTimes, process_study
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 STAGES = ["read_series", "read_segmentation", "preprocessing", "extraction", "qc", "models",
-          "encode_report", "encode_derived_seg", "encode_summary", "encode_maps", "writing"]
+          "encode_report", "encode_derived_seg", "encode_summary", "encode_maps", "writing",
+          "beside_maps"]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,123 @@
+"""``pipelines.forked.ForkedCall``: a function run in a forked child, beside the caller, gives
+back its result or its exception; a child that dies without a result is an error naming its
+exit code. And ``process_study(early_beside_maps=True)`` writes the objects a serial call writes,
+the report, derived SEG and summary image in a child while the maps are computed."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from pipelines.forked import ForkedCall, ForkedCallError, fork_available
+from pipelines.presets import MapOptions, load_preset
+from pipelines.process import ProcessError, process_study
+from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+
+pytestmark = pytest.mark.skipif(not fork_available(), reason="this platform does not fork")
+
+# set anew each time an object is made (times, and the Dimension Organization UID highdicom
+# draws at random): not part of what the object says
+_MADE_NOW = {"ContentDate", "ContentTime", "InstanceCreationDate", "InstanceCreationTime",
+             "TimeOfSecondaryCapture", "DateOfSecondaryCapture", "ContributionDateTime",
+             "DimensionOrganizationUID"}
+
+
+def test_the_child_has_the_parents_data_and_gives_back_its_result() -> None:
+    data = list(range(100_000))  # inherited, not sent
+    call = ForkedCall(lambda: (os.getpid(), sum(data)), "sum")
+    pid, total = call.result()
+    assert pid != os.getpid() and total == sum(data)
+
+
+def test_the_childs_exception_is_raised_in_the_parent() -> None:
+    def fail() -> None:
+        raise ProcessError("/spool/x.dcm: (0008,0060) Modality is missing")
+
+    with pytest.raises(ProcessError, match=r"\(0008,0060\) Modality is missing"):
+        ForkedCall(fail, "fail").result()
+
+
+def test_a_child_that_dies_without_a_result_is_an_error_with_its_exit_code() -> None:
+    with pytest.raises(ForkedCallError, match=r"the report: .*exit code 3"):
+        ForkedCall(lambda: os._exit(3), "the report").result()
+    with pytest.raises(ForkedCallError, match=f"exit code -{int(signal.SIGKILL)}"):
+        ForkedCall(lambda: os.kill(os.getpid(), signal.SIGKILL), "killed").result()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    return write_synthetic_study(tmp_path_factory.mktemp("study"), shape=(10, 48, 48))
+
+
+def _without_made_now(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    for element in list(dataset):
+        if element.keyword in _MADE_NOW:
+            del dataset[element.tag]
+        elif element.VR == "SQ":
+            for item in element.value:
+                _without_made_now(item)
+    return dataset
+
+
+def _content(path: Path) -> pydicom.Dataset:
+    return _without_made_now(pydicom.dcmread(path))
+
+
+def test_early_objects_written_beside_the_maps_are_the_serial_ones(
+    study: SyntheticStudy, tmp_path: Path
+) -> None:
+    basic = load_preset("ct-liver-basic")
+    preset = basic.model_copy(update={"name": "basic-maps", "maps": MapOptions(
+        enabled=True, features=("firstorder_Mean", "glcm_Contrast"), kernel_radius=1,
+        margin_mm=2.0)})
+    announced = tmp_path / "announced.txt"
+
+    def announce(objects: tuple) -> None:  # runs in the child for the early objects
+        with announced.open("a") as handle:
+            handle.write(" ".join(f"{os.getpid()}:{o.sop_instance_uid}" for o in objects) + "\n")
+
+    serial = process_study(study.ct_paths, study.seg_path, preset, tmp_path / "serial")
+    beside = process_study(study.ct_paths, study.seg_path, preset, tmp_path / "beside",
+                           on_early_objects=announce, early_beside_maps=True)
+    assert [(o.sop_class_uid, o.sop_instance_uid) for o in beside.objects] == \
+        [(o.sop_class_uid, o.sop_instance_uid) for o in serial.objects]
+    for ours, theirs in zip(serial.objects, beside.objects, strict=True):
+        assert _content(ours.path) == _content(theirs.path), ours.path.name
+    for name in ("features.csv", "qc.csv"):
+        assert (tmp_path / "beside" / name).read_bytes() == \
+            (tmp_path / "serial" / name).read_bytes()
+    # the report, SEG and summary announced by the child, the first map by this process, in
+    # whichever order they were ready
+    calls = [[item.split(":") for item in line.split()]
+             for line in announced.read_text().splitlines()]
+    [first_map] = [call for call in calls if call[0][0] == str(os.getpid())]
+    [early] = [call for call in calls if call[0][0] != str(os.getpid())]
+    maps = [o for o in beside.objects if o.sop_class_uid == pydicom.uid.ParametricMapStorage]
+    assert len(maps) == 2 and list(beside.objects[-2:]) == maps
+    assert [uid for _, uid in early] == [o.sop_instance_uid for o in beside.objects[:-2]]
+    assert [uid for _, uid in first_map] == [maps[0].sop_instance_uid]
+    assert len({pid for pid, _ in early}) == 1
+    times = beside.timings
+    assert times.encode_report == times.encode_summary == times.encode_derived_seg == 0
+    assert set(times.early_objects) == {"encode_derived_seg", "encode_report",
+                                        "encode_summary", "writing"}
+    assert all(seconds > 0 for seconds in times.early_objects.values())
+    assert times.beside_maps > 0 and serial.timings.beside_maps == 0
+    assert not serial.timings.early_objects
+
+
+def test_an_error_in_the_child_fails_the_call(study: SyntheticStudy, tmp_path: Path) -> None:
+    basic = load_preset("ct-liver-basic")
+    preset = basic.model_copy(update={"maps": MapOptions(
+        enabled=True, features=("firstorder_Mean",), kernel_radius=1, margin_mm=2.0)})
+
+    def refuse(objects: tuple) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        process_study(study.ct_paths, study.seg_path, preset, tmp_path,
+                      on_early_objects=refuse, early_beside_maps=True)
