@@ -27,7 +27,12 @@ from pipelines.evaluations import model_line, qc_lines
 from pipelines.features import FeatureError, RoiFeatures, TaskMap, extract_lesions
 from pipelines.forked import ForkedCall, fork_available
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
-from pipelines.parametric_map import build_parametric_maps, compute_maps, map_feature_groups
+from pipelines.parametric_map import (
+    LesionMaps,
+    build_parametric_maps,
+    compute_maps,
+    map_feature_groups,
+)
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
 from pipelines.presets import Preset, load_preset
 from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
@@ -331,9 +336,10 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
 
     With ``early_beside_maps`` (the node's local job workers), the report, derived SEG, summary
     image and CSVs are encoded and written, and ``on_early_objects`` called, by a forked child
-    process (``pipelines.forked``) while this one computes the maps, on another core; the
-    result is the same (same objects and bytes). Without maps, or where the platform does not
-    fork, they are written here."""
+    process (``pipelines.forked``) while this one computes the maps, on another core, and so
+    are each class's maps but the last while the next class is computed; the result is the
+    same (same objects and bytes, in the same order). Without maps, or where the platform does
+    not fork, they are written here."""
     laps = _Laps()
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
@@ -434,26 +440,48 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         early, _ = write_early(laps)
     else:
         laps.lap("beside_maps")
-    maps_written: tuple[OutputObject, ...] = ()
+    def write_maps(lesion_maps: list[LesionMaps], announce: bool,
+                   stages: _Laps) -> tuple[tuple[OutputObject, ...], dict[str, float]]:
+        """One feature class's maps, encoded, written and (but the last class's) announced."""
+        maps = build_parametric_maps(volume, lesion_maps, preset,
+                                     seg_sop_instance_uid=seg.sop_instance_uid)
+        stages.lap("encode_maps")
+        written = tuple(_write_object(out, dataset) for dataset in maps)
+        if on_early_objects is not None and announce:
+            on_early_objects(written)
+        stages.lap("writing")
+        return written, stages.seconds
+
+    children = [beside] if beside is not None else []
+    maps_written: list[tuple[OutputObject, ...] | ForkedCall] = []
     for position, group in enumerate(groups):
         lesion_maps = compute_maps(image, lesions, preset, features=group, workers=workers,
                                    map_tasks=map_tasks)
         laps.lap("extraction")
-        maps = build_parametric_maps(volume, lesion_maps, preset,
-                                     seg_sop_instance_uid=seg.sop_instance_uid)
+        last = position == len(groups) - 1
+        if beside is not None and not last:
+            # encoded and written beside the next class's computation, like the report
+            child = ForkedCall(lambda maps=lesion_maps: write_maps(maps, True, _Laps()),
+                               f"the maps of {', '.join(group)}")
+            children.append(child)
+            maps_written.append(child)
+            laps.lap("beside_maps")
+        else:
+            written, _ = write_maps(lesion_maps, not last, laps)
+            maps_written.append(written)
         del lesion_maps
-        laps.lap("encode_maps")
-        written = tuple(_write_object(out, dataset) for dataset in maps)
-        del maps
-        if on_early_objects is not None and position < len(groups) - 1:
-            on_early_objects(written)
-        maps_written += written
-        laps.lap("writing")
+    results = {id(child): child.result() for child in children}
     early_stages: dict[str, float] = {}
-    if beside is not None:
-        early, early_stages = beside.result()
+    for _, child_stages in results.values():
+        for stage, seconds in child_stages.items():
+            early_stages[stage] = early_stages.get(stage, 0.0) + seconds
+    if children:
         laps.lap("beside_maps")
-    objects = early + maps_written
+    if beside is not None:
+        early = results[id(beside)][0]
+    maps_flat = tuple(obj for item in maps_written
+                      for obj in (results[id(item)][0] if isinstance(item, ForkedCall) else item))
+    objects = early + maps_flat
     return PipelineResult(
         source_series_uid=volume.series_instance_uid,
         seg_sop_instance_uid=seg.sop_instance_uid,

@@ -1,7 +1,8 @@
 """``pipelines.forked.ForkedCall``: a function run in a forked child, beside the caller, gives
 back its result or its exception; a child that dies without a result is an error naming its
 exit code. And ``process_study(early_beside_maps=True)`` writes the objects a serial call writes,
-the report, derived SEG and summary image in a child while the maps are computed."""
+the report, derived SEG and summary image in a child while the maps are computed, and each
+feature class's maps but the last in a child while the next class is computed."""
 
 from __future__ import annotations
 
@@ -90,22 +91,24 @@ def test_early_objects_written_beside_the_maps_are_the_serial_ones(
     for name in ("features.csv", "qc.csv"):
         assert (tmp_path / "beside" / name).read_bytes() == \
             (tmp_path / "serial" / name).read_bytes()
-    # the report, SEG and summary announced by the child, the first map by this process, in
-    # whichever order they were ready
+    # the report, SEG and summary announced by one child, the first map by another (forked
+    # when that map was computed), in whichever order they were ready; the last map by none
     calls = [[item.split(":") for item in line.split()]
              for line in announced.read_text().splitlines()]
-    [first_map] = [call for call in calls if call[0][0] == str(os.getpid())]
-    [early] = [call for call in calls if call[0][0] != str(os.getpid())]
     maps = [o for o in beside.objects if o.sop_class_uid == pydicom.uid.ParametricMapStorage]
     assert len(maps) == 2 and list(beside.objects[-2:]) == maps
+    [first_map] = [call for call in calls if call[0][1] == maps[0].sop_instance_uid]
+    [early] = [call for call in calls if call is not first_map]
     assert [uid for _, uid in early] == [o.sop_instance_uid for o in beside.objects[:-2]]
     assert [uid for _, uid in first_map] == [maps[0].sop_instance_uid]
-    assert len({pid for pid, _ in early}) == 1
+    pids = {pid for pid, _ in early} | {pid for pid, _ in first_map}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
     times = beside.timings
     assert times.encode_report == times.encode_summary == times.encode_derived_seg == 0
     assert set(times.early_objects) == {"encode_derived_seg", "encode_report",
-                                        "encode_summary", "writing"}
+                                        "encode_summary", "encode_maps", "writing"}
     assert all(seconds > 0 for seconds in times.early_objects.values())
+    assert times.encode_maps > 0  # the last map, in this process
     assert times.beside_maps > 0 and serial.timings.beside_maps == 0
     assert not serial.timings.early_objects
 
