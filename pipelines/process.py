@@ -175,6 +175,16 @@ class _Laps:
 
 
 @dataclass(frozen=True)
+class _Written:
+    """Objects written in the job's own process: their stages are in its laps already."""
+
+    objects: tuple[OutputObject, ...]
+
+    def result(self) -> tuple[tuple[OutputObject, ...], dict[str, float]]:
+        return self.objects, {}
+
+
+@dataclass(frozen=True)
 class PipelineResult:
     """What one run produced, with the inputs and settings that make it traceable."""
 
@@ -434,12 +444,6 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         stages.lap("writing")
         return written, stages.seconds
 
-    beside = ForkedCall(lambda: write_early(_Laps()), "the report, derived SEG and summary") \
-        if early_beside_maps and groups and fork_available() else None
-    if beside is None:
-        early, _ = write_early(laps)
-    else:
-        laps.lap("beside_maps")
     def write_maps(lesion_maps: list[LesionMaps], announce: bool,
                    stages: _Laps) -> tuple[tuple[OutputObject, ...], dict[str, float]]:
         """One feature class's maps, encoded, written and (but the last class's) announced."""
@@ -452,36 +456,35 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         stages.lap("writing")
         return written, stages.seconds
 
-    children = [beside] if beside is not None else []
-    maps_written: list[tuple[OutputObject, ...] | ForkedCall] = []
+    # the objects in order: each batch written here, or beside the maps by a forked child
+    beside = early_beside_maps and bool(groups) and fork_available()
+    batches: list[_Written | ForkedCall] = []
+    if beside:
+        batches.append(ForkedCall(lambda: write_early(_Laps()),
+                                  "the report, derived SEG and summary"))
+        laps.lap("beside_maps")
+    else:
+        batches.append(_Written(write_early(laps)[0]))
     for position, group in enumerate(groups):
         lesion_maps = compute_maps(image, lesions, preset, features=group, workers=workers,
                                    map_tasks=map_tasks)
         laps.lap("extraction")
         last = position == len(groups) - 1
-        if beside is not None and not last:
-            # encoded and written beside the next class's computation, like the report
-            child = ForkedCall(lambda maps=lesion_maps: write_maps(maps, True, _Laps()),
-                               f"the maps of {', '.join(group)}")
-            children.append(child)
-            maps_written.append(child)
+        if beside and not last:  # written while the next class is computed
+            batches.append(ForkedCall(lambda maps=lesion_maps: write_maps(maps, True, _Laps()),
+                                      f"the maps of {', '.join(group)}"))
             laps.lap("beside_maps")
         else:
-            written, _ = write_maps(lesion_maps, not last, laps)
-            maps_written.append(written)
+            batches.append(_Written(write_maps(lesion_maps, not last, laps)[0]))
         del lesion_maps
-    results = {id(child): child.result() for child in children}
+    outcomes = [batch.result() for batch in batches]
+    if beside:
+        laps.lap("beside_maps")
     early_stages: dict[str, float] = {}
-    for _, child_stages in results.values():
+    for _, child_stages in outcomes:
         for stage, seconds in child_stages.items():
             early_stages[stage] = early_stages.get(stage, 0.0) + seconds
-    if children:
-        laps.lap("beside_maps")
-    if beside is not None:
-        early = results[id(beside)][0]
-    maps_flat = tuple(obj for item in maps_written
-                      for obj in (results[id(item)][0] if isinstance(item, ForkedCall) else item))
-    objects = early + maps_flat
+    objects = tuple(obj for written, _ in outcomes for obj in written)
     return PipelineResult(
         source_series_uid=volume.series_instance_uid,
         seg_sop_instance_uid=seg.sop_instance_uid,
