@@ -1,9 +1,10 @@
 """A function run in a forked child process, beside the caller, with its result sent back.
 
 ``process_study`` uses it to encode and write the report, the derived SEG and the summary image
-while it computes the parametric maps (docs/performance.md, "End to end"): those objects need
-the series, the SEG, the features and the QC the process holds, and a forked child has them
-without copying them (copy-on-write pages, no pickling of the series); the two use two cores.
+while it computes the parametric maps, and each feature class's maps but the last while it
+computes the next class (docs/performance.md, "End to end"): those objects need the series,
+the SEG, the features, the QC or the maps the process holds, and a forked child has them
+without copying them (copy-on-write pages, no pickling of the series); they use two cores.
 
 Only where the platform forks (Linux, where the node runs): :func:`fork_available`. The child
 runs nothing but the function: ``multiprocessing`` starts it with the ``fork`` method and ends

@@ -118,11 +118,11 @@ class StageTimes:
 
     ``extraction`` is the feature computation (per-ROI features, the eroded and dilated lesions
     of the robustness check, and the voxel-wise maps); the ``encode_*`` stages build the DICOM
-    objects in memory, ``writing`` saves them and the CSVs. When the report, derived SEG and
-    summary image were written beside the maps (``early_beside_maps``), their stages are in
-    ``early_objects`` (seconds in the child process, not part of the call's duration) and
-    ``beside_maps`` is what the call spent on them: starting the child, and waiting for it
-    after the maps.
+    objects in memory, ``writing`` saves them and the CSVs. When the report, derived SEG,
+    summary image and the maps of every feature class but the last were written beside the
+    maps (``early_beside_maps``), their stages are in ``early_objects`` (seconds in the child
+    processes, summed, not part of the call's duration) and ``beside_maps`` is what the call
+    spent on them: starting the children, and waiting for them after the maps.
     """
 
     read_series: float
@@ -156,7 +156,7 @@ class StageTimes:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "early_objects"}
 
     def with_early_objects(self) -> dict[str, float]:
-        """:meth:`as_dict`, then ``early_objects.<stage>`` -> seconds in the child process."""
+        """:meth:`as_dict`, then ``early_objects.<stage>`` -> seconds in the child processes."""
         return {**self.as_dict(),
                 **{f"early_objects.{name}": value for name, value in self.early_objects.items()}}
 
