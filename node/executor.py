@@ -179,10 +179,10 @@ def run_local_job(images: Sequence[str], seg: str, preset: str, out_dir: str,
                   models: Sequence[tuple[str, str]] = (),
                   early: EarlyDelivery | None = None) -> PipelineResult:
     """A job in a local worker: ``process_study`` with its tasks in the worker's task
-    processes when it has them (``executor.task_processes``), else in the worker itself; the
-    report, derived SEG and summary image written by a forked child while the worker computes
-    the maps, and each feature class's maps but the last while it computes the next
-    (``early_beside_maps``), all queued by ``early``."""
+    processes when it has them (``executor.task_processes``), else in the worker itself; QC,
+    the models, the report, derived SEG and summary image done by a forked child while the
+    worker computes the maps, and each feature class's maps but the last while it computes the
+    next (``early_beside_maps``), all queued by ``early``."""
     from pipelines.process import process_study
 
     return process_study(images, seg, preset, out_dir, models=models,

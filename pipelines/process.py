@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
@@ -44,6 +45,8 @@ from pipelines.rois import RoiMask, build_variants, is_liver
 from pipelines.segmentation import DecodedSegmentation, Segment, read_segmentation
 from pipelines.series import SeriesVolume, read_series
 from pipelines.summary import build_summary_image
+
+T = TypeVar("T")
 
 
 class ProcessError(ValueError):
@@ -118,11 +121,11 @@ class StageTimes:
 
     ``extraction`` is the feature computation (per-ROI features, the eroded and dilated lesions
     of the robustness check, and the voxel-wise maps); the ``encode_*`` stages build the DICOM
-    objects in memory, ``writing`` saves them and the CSVs. When the report, derived SEG,
-    summary image and the maps of every feature class but the last were written beside the
-    maps (``early_beside_maps``), their stages are in ``early_objects`` (seconds in the child
-    processes, summed, not part of the call's duration) and ``beside_maps`` is what the call
-    spent on them: starting the children, and waiting for them after the maps.
+    objects in memory, ``writing`` saves them and the CSVs. When quality control, the models,
+    the report, derived SEG, summary image and the maps of every feature class but the last
+    ran beside the maps (``early_beside_maps``), their stages are in ``early_objects`` (seconds
+    in the child processes, summed, not part of the call's duration) and ``beside_maps`` is
+    what the call spent on them: starting the children, and waiting for them after the maps.
     """
 
     read_series: float
@@ -175,13 +178,22 @@ class _Laps:
 
 
 @dataclass(frozen=True)
-class _Written:
-    """Objects written in the job's own process: their stages are in its laps already."""
+class _Done(Generic[T]):
+    """What was done in the job's own process: its stages are in the job's laps already."""
+
+    value: T
+
+    def result(self) -> tuple[T, dict[str, float]]:
+        return self.value, {}
+
+
+@dataclass(frozen=True)
+class _Early:
+    """The quality control, the models' outputs, and the objects written before the maps."""
 
     objects: tuple[OutputObject, ...]
-
-    def result(self) -> tuple[tuple[OutputObject, ...], dict[str, float]]:
-        return self.objects, {}
+    qc: tuple[QCReport, ...]
+    models: AppliedModels
 
 
 @dataclass(frozen=True)
@@ -344,12 +356,13 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     and ``on_early_objects`` is called with each class's maps but the last, which go out with
     the result. The result lists every object, the early ones too.
 
-    With ``early_beside_maps`` (the node's local job workers), the report, derived SEG, summary
-    image and CSVs are encoded and written, and ``on_early_objects`` called, by a forked child
-    process (``pipelines.forked``) while this one computes the maps, on another core, and so
-    are each class's maps but the last while the next class is computed; the result is the
-    same (same objects and bytes, in the same order). Without maps, or where the platform does
-    not fork, they are written here."""
+    With ``early_beside_maps`` (the node's local job workers), quality control and the models
+    run, the report, derived SEG, summary image and CSVs are encoded and written, and
+    ``on_early_objects`` called, by a forked child process (``pipelines.forked``) while this one
+    computes the maps, on another core (an error there fails the call once the maps are done),
+    and each class's maps but the last are encoded, written and announced by another while
+    the next class is computed; the result is the same (same objects and bytes, in the same
+    order). Without maps, or where the platform does not fork, all is done here."""
     laps = _Laps()
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
@@ -384,15 +397,6 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         zscore=zscores, names=names, workers=workers, map_tasks=map_tasks,
     ) if qc_settings.feature_robustness else [None] * len(lesions)
     laps.lap("extraction")
-    qc = (
-        assess_series(volume, qc_settings),
-        *(
-            assess_roi(volume, lesion.mask, qc_settings, reference_mask=liver, preset=preset,
-                       features=original, perturbed=lesion_perturbed,
-                       subject=f"segment {lesion.number} ({lesion.label})")
-            for lesion, original, lesion_perturbed in zip(lesions, drawn, perturbed, strict=True)
-        ),
-    )
     rois = [
         RoiResult(lesion, by_name[roi.name], roi.name)
         for lesion, lesion_rois, by_name in zip(lesions, variants, features, strict=True)
@@ -403,17 +407,29 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                       dict(r.features.values))
         for r in rois
     )
-    lesion_qc = {lesion.number: report for lesion, report in zip(lesions, qc[1:], strict=True)}
-    laps.lap("qc")
-    applied = _apply_models(models, preset, summaries, qc[0], lesion_qc, volume)
-    laps.lap("models")
     masks = [mask for lesion_rois in variants for mask in lesion_rois]
     groups = map_feature_groups(preset) if preset.maps.enabled and lesions else []
     features_csv = out / "features.csv"
     qc_csv = out / "qc.csv"
 
-    def write_early(stages: _Laps) -> tuple[tuple[OutputObject, ...], dict[str, float]]:
-        """The report, derived SEG, summary image and CSVs, written and announced."""
+    def assess_and_write_early(stages: _Laps) -> tuple[_Early, dict[str, float]]:
+        """Quality control and the models, then the report, derived SEG, summary image and
+        CSVs, written and announced: none of it depends on the maps."""
+        qc = (
+            assess_series(volume, qc_settings),
+            *(
+                assess_roi(volume, lesion.mask, qc_settings, reference_mask=liver, preset=preset,
+                           features=original, perturbed=lesion_perturbed,
+                           subject=f"segment {lesion.number} ({lesion.label})")
+                for lesion, original, lesion_perturbed in zip(lesions, drawn, perturbed,
+                                                              strict=True)
+            ),
+        )
+        lesion_qc = {lesion.number: report for lesion, report in zip(lesions, qc[1:],
+                                                                       strict=True)}
+        stages.lap("qc")
+        applied = _apply_models(models, preset, summaries, qc[0], lesion_qc, volume)
+        stages.lap("models")
         derived = build_derived_segmentation(volume, seg, rois, masks, preset)
         stages.lap("encode_derived_seg")
         report = build_measurement_report(
@@ -442,7 +458,7 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         if on_early_objects is not None and groups:
             on_early_objects(written)
         stages.lap("writing")
-        return written, stages.seconds
+        return _Early(written, qc, applied), stages.seconds
 
     def write_maps(lesion_maps: list[LesionMaps], announce: bool,
                    stages: _Laps) -> tuple[tuple[OutputObject, ...], dict[str, float]]:
@@ -456,15 +472,18 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         stages.lap("writing")
         return written, stages.seconds
 
-    # the objects in order: each batch written here, or beside the maps by a forked child
+    # the report's batch first, then each class's maps: run here, or beside the maps by a
+    # forked child
     beside = early_beside_maps and bool(groups) and fork_available()
-    batches: list[_Written | ForkedCall] = []
+    first: _Done[_Early] | ForkedCall[tuple[_Early, dict[str, float]]]
     if beside:
-        batches.append(ForkedCall(lambda: write_early(_Laps()),
-                                  "the report, derived SEG and summary"))
+        first = ForkedCall(lambda: assess_and_write_early(_Laps()),
+                           "quality control, the models, the report, derived SEG and summary")
         laps.lap("beside_maps")
     else:
-        batches.append(_Written(write_early(laps)[0]))
+        first = _Done(assess_and_write_early(laps)[0])
+    batches: list[_Done[tuple[OutputObject, ...]]
+                  | ForkedCall[tuple[tuple[OutputObject, ...], dict[str, float]]]] = []
     for position, group in enumerate(groups):
         lesion_maps = compute_maps(image, lesions, preset, features=group, workers=workers,
                                    map_tasks=map_tasks)
@@ -475,16 +494,17 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                                       f"the maps of {', '.join(group)}"))
             laps.lap("beside_maps")
         else:
-            batches.append(_Written(write_maps(lesion_maps, not last, laps)[0]))
+            batches.append(_Done(write_maps(lesion_maps, not last, laps)[0]))
         del lesion_maps
+    early, early_child_stages = first.result()
     outcomes = [batch.result() for batch in batches]
     if beside:
         laps.lap("beside_maps")
-    early_stages: dict[str, float] = {}
+    early_stages = dict(early_child_stages)
     for _, child_stages in outcomes:
         for stage, seconds in child_stages.items():
             early_stages[stage] = early_stages.get(stage, 0.0) + seconds
-    objects = tuple(obj for written, _ in outcomes for obj in written)
+    objects = (*early.objects, *(obj for written, _ in outcomes for obj in written))
     return PipelineResult(
         source_series_uid=volume.series_instance_uid,
         seg_sop_instance_uid=seg.sop_instance_uid,
@@ -494,10 +514,10 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         lesions=summaries,
         objects=objects,
         features_csv=features_csv,
-        qc=qc,
+        qc=early.qc,
         qc_csv=qc_csv,
         timings=StageTimes(**{f.name: laps.seconds.get(f.name, 0.0) for f in fields(StageTimes)
                               if f.name != "early_objects"}, early_objects=early_stages),
-        models=applied.results,
-        model_errors=applied.errors,
+        models=early.models.results,
+        model_errors=early.models.errors,
     )

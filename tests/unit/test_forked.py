@@ -34,6 +34,14 @@ def test_the_child_has_the_parents_data_and_gives_back_its_result() -> None:
     assert pid != os.getpid() and total == sum(data)
 
 
+def test_a_child_with_a_large_result_ends_before_the_parent_asks_for_it() -> None:
+    # 4 MB: far more than a pipe holds; the child must not wait for the parent to read it
+    call = ForkedCall(lambda: bytes(4 << 20), "large")
+    call._process.join(60)
+    assert call._process.exitcode == 0
+    assert call.result() == bytes(4 << 20)
+
+
 def test_the_childs_exception_is_raised_in_the_parent() -> None:
     def fail() -> None:
         raise ProcessError("/spool/x.dcm: (0008,0060) Modality is missing")
@@ -105,9 +113,12 @@ def test_early_objects_written_beside_the_maps_are_the_serial_ones(
     assert len(pids) == 2 and str(os.getpid()) not in pids
     times = beside.timings
     assert times.encode_report == times.encode_summary == times.encode_derived_seg == 0
-    assert set(times.early_objects) == {"encode_derived_seg", "encode_report",
+    assert set(times.early_objects) == {"qc", "models", "encode_derived_seg", "encode_report",
                                         "encode_summary", "encode_maps", "writing"}
-    assert all(seconds > 0 for seconds in times.early_objects.values())
+    assert all(seconds > 0 for stage, seconds in times.early_objects.items()
+               if stage != "models")  # no model configured here
+    assert times.qc == times.models == 0  # in the child
+    assert [r.status for r in beside.qc] == [r.status for r in serial.qc]
     assert times.encode_maps > 0  # the last map, in this process
     assert times.beside_maps > 0 and serial.timings.beside_maps == 0
     assert not serial.timings.early_objects
