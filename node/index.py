@@ -550,6 +550,12 @@ class Index:
                        (delivery_id, method, now))
             _audit_delivery(db, delivery_id, "delivered", detail={"verified_by": method})
 
+    def last_delivery_id(self) -> int:
+        """The highest delivery id so far (0 when none): the outbox's deliveries queued later
+        are new to it (``node.outbox``)."""
+        [row] = self._query("SELECT COALESCE(MAX(id), 0) AS last FROM outbox")
+        return int(row["last"])
+
     def delivery_rows(self, state: str | None = None) -> list[sqlite3.Row]:
         """Outbox rows with their verification method (NULL when not delivered), by id."""
         sql = """SELECT o.*, c.method AS verified_by FROM outbox o

@@ -3,7 +3,9 @@ or by Orthanc's REST ``POST /instances``, each confirmed at the destination befo
 
 Per destination and tick: the due deliveries, in outbox order (a destination never receives a
 later result before an earlier one that is still pending), are first looked up at the destination
-(an object already there, e.g. sent just before the node was killed, is not sent twice), then
+when they may have been sent before (an object already there, e.g. sent just before the node was
+killed, is not sent twice): those queued before this outbox started, and those it tried already;
+one queued since and never tried cannot be there yet, and goes without the look-up. They are then
 sent (when the destination answered with a success status is kept: ``sent_at``), then looked up
 again (``node.verify``). A delivery is marked delivered only once found there, or on a success
 status alone for a destination with ``verify: false``. A failed or unverified attempt is retried
@@ -13,7 +15,6 @@ dead-lettered, and ``radiomics-node outbox retry`` sends it again.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass
@@ -44,17 +45,25 @@ def next_attempt_delay(attempts_so_far: int, initial: float, maximum: float) -> 
     return min(maximum, initial * 2 ** max(0, attempts_so_far - 1))
 
 
+HEADER_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+"""What the outbox reads of a result file before it sends the file itself: the look-ups'
+unique keys (``node.verify``)."""
+
+
 @dataclass(frozen=True)
 class Item:
-    """A due delivery with its file read: the bytes for REST, the dataset for C-STORE."""
+    """A due delivery with the unique keys read from its file's header."""
 
     delivery: DeliveryRow
-    data: bytes
-    dataset: Dataset
+    header: Dataset
+
+    @property
+    def path(self) -> Path:
+        return Path(self.delivery.path)
 
     @property
     def ref(self) -> ObjectRef:
-        return ObjectRef(str(self.dataset.StudyInstanceUID), str(self.dataset.SeriesInstanceUID),
+        return ObjectRef(str(self.header.StudyInstanceUID), str(self.header.SeriesInstanceUID),
                          self.delivery.sop_instance_uid)
 
 
@@ -65,6 +74,14 @@ class Outbox:
         self._config = config
         self._index = index
         self._destinations = {d.name: d for d in config.destinations}
+        self._new_after = index.last_delivery_id()  # later ones were queued while this ran
+        self._tried: set[int] = set()
+
+    def _may_be_there(self, delivery: DeliveryRow) -> bool:
+        """Whether an earlier attempt may have sent it: queued before this outbox started (by
+        a node that may have been killed as it sent), or tried by this one."""
+        return delivery.id <= self._new_after or delivery.id in self._tried \
+            or delivery.attempts > 0
 
     def tick(self) -> None:
         due = self._index.due_in_order()
@@ -95,20 +112,26 @@ class Outbox:
 
     def _delivered(self, item: Item, method: str, note: str = "delivered") -> None:
         self._index.mark_verified(item.delivery.id, method)
+        self._tried.discard(item.delivery.id)  # never due again: the set stays small
         log.info(note, extra=fields(
             delivery_id=item.delivery.id, destination=item.delivery.destination,
             sop_instance_uid=item.delivery.sop_instance_uid, verified_by=method))
 
     def _read(self, batch: list[DeliveryRow]) -> list[Item]:
-        """The deliveries' files, read and parsed; one that cannot be read is a failed attempt,
+        """The deliveries' files' headers (``HEADER_TAGS``: the file is sent as it is on disk,
+        not decoded, ``node.store_scu.c_store``); one that cannot be read is a failed attempt,
         except a file missing because its job is running again (a rerun empties the job's
         folder and writes the same objects anew): the batch ends before it, and it is due
         again at the next tick, so no later delivery overtakes it."""
         items = []
         for delivery in batch:
             try:
-                data = Path(delivery.path).read_bytes()
-                items.append(Item(delivery, data, pydicom.dcmread(io.BytesIO(data))))
+                header = pydicom.dcmread(delivery.path, stop_before_pixels=True,
+                                         specific_tags=list(HEADER_TAGS))
+                missing = [keyword for keyword in HEADER_TAGS if keyword not in header]
+                if missing:
+                    raise pydicom.errors.InvalidDicomError(f"no {', '.join(missing)}")
+                items.append(Item(delivery, header))
             except FileNotFoundError as exc:
                 if self._index.job(delivery.job_id).state in ("queued", "running"):
                     log.debug("result not written yet: its job runs again", extra=fields(
@@ -130,7 +153,8 @@ class Outbox:
         method = method_of(destination)
         if destination.verify:
             try:
-                there = self._present(destination, items)
+                there = self._present(destination,
+                                      [i for i in items if self._may_be_there(i.delivery)])
             except UNREACHABLE as exc:
                 for item in items:
                     self._failed(item.delivery, f"cannot look up at destination: {exc}")
@@ -139,6 +163,7 @@ class Outbox:
                 if item.delivery.sop_instance_uid in there:
                     self._delivered(item, method, "already at destination, not sent again")
             items = [i for i in items if i.delivery.sop_instance_uid not in there]
+        self._tried.update(item.delivery.id for item in items)
         sent = self._send(destination, items)
         self._index.mark_sent([item.delivery.id for item in sent])
         if not destination.verify:
@@ -166,11 +191,15 @@ class Outbox:
             return self._post(destination, items)
         try:
             statuses = c_store(self._config.listener.ae_title, destination,
-                               [i.dataset for i in items], self._config.outbox.timeout,
+                               [i.path for i in items], self._config.outbox.timeout,
                                self._config.tls)
         except AssociationRefused as exc:
             for item in items:
                 self._failed(item.delivery, str(exc))
+            return []
+        except (OSError, pydicom.errors.InvalidDicomError) as exc:  # changed since it was read
+            for item in items:
+                self._failed(item.delivery, f"cannot send from the result file: {exc}")
             return []
         sent = []
         for item, code in zip(items, statuses, strict=True):
@@ -189,7 +218,12 @@ class Outbox:
                            self._config.outbox.timeout) as client:
             for item in items:
                 try:
-                    client.upload(item.data)
+                    data = item.path.read_bytes()
+                except OSError as exc:
+                    self._failed(item.delivery, f"cannot read {item.path}: {exc}")
+                    break
+                try:
+                    client.upload(data)
                 except OrthancError as exc:
                     self._failed(item.delivery, str(exc))
                     break

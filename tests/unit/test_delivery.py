@@ -29,6 +29,7 @@ class Pacs:
     port: int
     honest: bool = True
     stores: list[str] = field(default_factory=list)
+    finds: list[str] = field(default_factory=list)
     held: dict[str, Dataset] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -47,6 +48,7 @@ def pacs() -> Iterator[Pacs]:
     def on_find(event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         uid = event.identifier.SOPInstanceUID
         with state.lock:
+            state.finds.append(uid)
             held = state.held.get(uid)
         if held is not None and event.identifier.QueryRetrieveLevel == "IMAGE":
             answer = Dataset()
@@ -131,6 +133,36 @@ def test_already_at_destination_is_not_sent_again(tmp_path: Path, refdata: Path,
     [row] = index.delivery_rows()
     assert row["state"] == "delivered" and row["verified_by"] == "c-find"
     assert pacs.stores == []
+
+
+def test_a_result_queued_since_the_outbox_started_is_sent_without_a_look_up_first(
+        tmp_path: Path, refdata: Path, pacs: Pacs) -> None:
+    config, index = _node(tmp_path, pacs)
+    outbox = Outbox(config, index)
+    [(path, uid)] = _results(tmp_path, refdata, 1)
+    _queue(index, [(path, uid)])
+    outbox.tick()
+    [row] = index.delivery_rows()
+    assert row["state"] == "delivered" and pacs.stores == [uid]
+    assert pacs.finds == [uid]  # the verification after the store only
+
+
+def test_a_result_this_outbox_tried_is_looked_up_before_it_is_sent_again(
+        tmp_path: Path, refdata: Path, pacs: Pacs) -> None:
+    pacs.honest = False  # acknowledges, keeps nothing: the first attempt is not verified
+    config, index = _node(tmp_path, pacs)
+    outbox = Outbox(config, index)
+    [(path, uid)] = _results(tmp_path, refdata, 1)
+    _queue(index, [(path, uid)])
+    outbox.tick()
+    assert pacs.finds == [uid] and pacs.stores == [uid]
+    pacs.honest = True
+    pacs.held[uid] = pydicom.dcmread(path)  # it got there after all
+    time.sleep(0.02)  # the back-off
+    outbox.tick()
+    [row] = index.delivery_rows()
+    assert row["state"] == "delivered" and pacs.stores == [uid]  # not sent again
+    assert pacs.finds == [uid, uid]
 
 
 def test_a_later_result_waits_for_an_earlier_one_in_back_off(tmp_path: Path, refdata: Path,
