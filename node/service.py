@@ -8,7 +8,8 @@ source series (``node.retrieve``), one per Orthanc feed polls its change feed
 ``coalesce=True``, so a slow tick is never run twice at once. The ticks also run early when
 there is work for them, so a study does not wait for the next tick at each step: the assembly
 tick at the moment the next receiving series has been quiet for ``stable_after`` seconds, the
-jobs tick as soon as the router queued a job, the outbox tick as soon as a job is done. The status
+jobs tick as soon as the router queued a job, the outbox tick as soon as a job is done; woken
+while it runs, a tick runs again as soon as it is done (``node.ticks``). The status
 page, ``/healthz`` and ``/metrics`` (``node.status``) are served over HTTP while the node runs.
 """
 
@@ -34,6 +35,7 @@ from node.retention import Retention
 from node.retrieve import Retriever
 from node.router import Router
 from node.status import StatusServer
+from node.ticks import Tick
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,12 @@ class Node:
 
     def wake(self, tick: str, at: float | None = None) -> None:
         """Run the scheduled ``tick`` (its id) at ``at`` (epoch seconds; now when None) when that
-        is before its next regular run; a tick still running then skips the early run, and
-        its interval goes on from there."""
+        is before its next regular run; woken for now while it runs, it runs again as soon as
+        it is done (``node.ticks``)."""
         job = self._scheduler.get_job(tick) if self._scheduler.running else None
         if job is None:
+            return
+        if at is None and isinstance(job.func, Tick) and job.func.wake_if_running():
             return
         when = datetime.fromtimestamp(time.time() if at is None else at, UTC)
         if job.next_run_time is None or when < job.next_run_time:
@@ -116,9 +120,10 @@ class Node:
             self.status_address = self.status.start()
         self.address = self.receiver.start()
         interval = self.config.scan_interval
-        self._scheduler.add_job(self.assemble, "interval", seconds=interval, id="assembly")
-        self._scheduler.add_job(self.jobs.tick, "interval", seconds=interval, id="jobs")
-        self._scheduler.add_job(self.outbox.tick, "interval", seconds=interval, id="outbox")
+        for tick, fn in (("assembly", self.assemble), ("jobs", self.jobs.tick),
+                         ("outbox", self.outbox.tick)):  # the ticks woken early: node.ticks
+            self._scheduler.add_job(Tick(fn), "interval", seconds=interval, id=tick,
+                                    name=getattr(fn, "__qualname__", tick))  # Outbox.tick
         self._scheduler.add_job(self.retriever.tick, "interval", seconds=interval, id="retrieve")
         self._scheduler.add_job(self.beat, "interval", seconds=interval, id="heartbeat")
         self._scheduler.add_job(self.retention.tick, "interval",
