@@ -21,8 +21,9 @@ objects in the same Orthanc:
                       result, recording)
     pipeline stages   read series, read SEG, preprocessing, extraction, QC, models, encoding,
                       writing (``pipelines.process.StageTimes``), and beside the maps: what
-                      the job spent starting the forked child that encodes and writes the
-                      report, derived SEG and summary image while it computes the maps, and
+                      the job spent starting the forked child that runs QC and the models and
+                      encodes and writes the report, derived SEG and summary image while it
+                      computes the maps, and
                       waiting for it (the child's own stages are printed, not counted)
     delivery          job finished -> Orthanc's success status for the last result object
                       (the report, derived SEG and summary image, and the maps of every
@@ -187,18 +188,20 @@ def report(timeline: JobTimeline, seen: Arrivals, storescu_s: float, stable_afte
         ("read SEG", stages["read_segmentation"], ""),
         ("preprocessing", stages["preprocessing"], "normalisation, ROI variants"),
         ("extraction", stages["extraction"], "features, robustness ROIs, voxel-wise maps"),
-        ("QC and models", stages["qc"] + stages["models"], ""),
+        ("QC and models", stages["qc"] + stages["models"],
+         "in the child beside the maps" if "qc" in beside else ""),
         ("encoding", sum(v for k, v in stages.items() if k.startswith("encode_")),
          ", ".join(f"{k.removeprefix('encode_')} {v:.2f}" for k, v in stages.items()
                    if k.startswith("encode_"))),
         ("writing", stages["writing"], "result objects and CSVs"),
         ("beside the maps", stages.get("beside_maps", 0.0),
-         "starting the child that writes the report, SEG and summary, and waiting for it; "
+         "starting the children that run QC and the models and write the report, SEG, "
+         "summary and first maps, and waiting for them; "
          "in the child, off this path: " + ", ".join(f"{k.removeprefix('encode_')} {v:.2f}"
                                                      for k, v in beside.items())
          if beside else "the report, SEG and summary were written in the job's process"),
         ("delivery", stored - timeline.finished_at,
-         f"{len(timeline.deliveries) - early} objects, C-FIND before and C-STORE "
+         f"{len(timeline.deliveries) - early} objects, C-STORE "
          f"({early} more stored before the job finished, while the maps were computed); "
          f"storescu of the same {len(timeline.deliveries) - early} objects to Orthanc: "
          f"{reference_s:.3f} s"),
