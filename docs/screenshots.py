@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,17 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
 from pipelines.process import process_study
 from pipelines.synthetic import write_synthetic_study
+from tests.conftest import free_port
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 WEB_VIEWER_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancWebViewer.so")
 PRESET = "ct-liver-crlm"
 SHAPE = (40, 256, 256)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -67,12 +61,12 @@ def _stop(process: subprocess.Popen) -> None:
 @contextmanager
 def orthanc_with_web_viewer(workdir: Path) -> Iterator[httpx.Client]:
     """Orthanc with the Web Viewer plugin on free loopback ports; yields its REST client."""
-    http_port = _free_port()
+    http_port = free_port()
     config = {
         "Name": "radiomics-node-screenshots",
         "StorageDirectory": str(workdir / "storage"),
         "IndexDirectory": str(workdir / "storage"),
-        "DicomPort": _free_port(),
+        "DicomPort": free_port(),
         "HttpPort": http_port,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,

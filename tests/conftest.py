@@ -21,10 +21,22 @@ def refdata() -> Path:
     return REFDATA
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now and that this process has not
+    handed out before.
+
+    The kernel may give a port again as soon as the socket that found it is closed, before the
+    server it was for has bound it: Orthanc given the same port for DICOM and HTTP exits with
+    "The TCP port of the HTTP server is privileged or already in use"."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
