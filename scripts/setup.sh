@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up radiomics-node in ./.venv (Python >= 3.11). With --system-tools, also install the Debian
 # packages the integration tests use as real peers: orthanc (PACS), dcmtk (storescu, findscu,
-# dsr2xml) and dicom3tools (dciodvfy), and chromium (headless screenshot of the status page; about
-# 20 s to install from a Debian mirror). Safe to run again: it installs only what is missing.
+# dsr2xml) and dicom3tools (dciodvfy), chromium (headless screenshots of the status page and of
+# the results in Orthanc's Web Viewer; about 20 s to install from a Debian mirror) and
+# orthanc-webviewer (that viewer, for tests/integration/test_screenshots.py). Safe to run again:
+# it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,7 @@ if [[ "${1:-}" == "--system-tools" ]]; then
     command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
     command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    [[ -f /usr/share/orthanc/plugins/libOrthancWebViewer.so ]] || missing+=(orthanc-webviewer)
     if ((${#missing[@]})); then
         sudo=""
         [[ $(id -u) -eq 0 ]] || sudo="sudo"
