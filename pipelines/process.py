@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage
 
 from models.package import ModelPackageError, load_package
+from pipelines import iod_lookup
 from pipelines.derived_seg import build_derived_segmentation
 from pipelines.evaluations import model_line, qc_lines
 from pipelines.features import FeatureError, RoiFeatures, TaskMap, extract_lesions
@@ -364,6 +365,7 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     the next class is computed; the result is the same (same objects and bytes, in the same
     order). Without maps, or where the platform does not fork, all is done here."""
     laps = _Laps()
+    iod_lookup.memoise()  # highdicom's look-ups for each source image, once per SOP class
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
