@@ -25,7 +25,7 @@ from pipelines.software import MANUFACTURER
 
 log = logging.getLogger(__name__)
 
-SEGMENTATION_MODALITIES = frozenset({"SEG"})
+SEGMENTATION_MODALITIES = frozenset({"SEG", "RTSTRUCT"})
 
 
 @dataclass(frozen=True)

@@ -93,11 +93,7 @@ def discover(folder: Path) -> Discovery:
         sop_class = str(dataset.get("SOPClassUID", ""))
         series_uid = str(dataset.get("SeriesInstanceUID", ""))
         if sop_class in SEGMENTATION_SOP_CLASS_UIDS or sop_class == rtstruct.RTSTRUCT_SOP_CLASS_UID:
-            referenced = (
-                rtstruct.referenced_series_uids(dataset)
-                if sop_class == rtstruct.RTSTRUCT_SOP_CLASS_UID
-                else referenced_series_uids(dataset)
-            )
+            referenced = referenced_series_uids(dataset)
             segmentations.append(
                 SegmentationFile(
                     path, sop_class, str(dataset.get("SOPInstanceUID", "")), frozenset(referenced)

@@ -86,11 +86,11 @@ def referenced_series_uids(dataset: pydicom.Dataset) -> set[str]:
     """Series named by Referenced Frame of Reference Sequence (3006,0010) > RT Referenced Study
     Sequence (3006,0012) > RT Referenced Series Sequence (3006,0014) (PS3.3 C.8.8.5)."""
     return {
-        str(series.SeriesInstanceUID)
+        str(series.get("SeriesInstanceUID", "") or "").strip()
         for frame in dataset.get("ReferencedFrameOfReferenceSequence", [])
         for study in frame.get("RTReferencedStudySequence", [])
         for series in study.get("RTReferencedSeriesSequence", [])
-    }
+    } - {""}
 
 
 def _code(item: pydicom.Dataset) -> hd.sr.CodedConcept:
