@@ -49,6 +49,7 @@ import SimpleITK as sitk
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from pydicom.tag import Tag
 from scipy import ndimage
@@ -384,12 +385,28 @@ def _vector(path: str, keyword: str, value: object, size: int) -> np.ndarray:
     return values
 
 
+def tolerate_empty_character_set(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    """Remove a Specific Character Set (0008,0005) that is present but empty, as some converters
+    write it: an empty value means the default repertoire, as an absent one does
+    (PS3.3 C.12.1.1.2), and highdicom refuses to copy the empty value into a result object.
+    Returns ``dataset``."""
+    value = dataset.get("SpecificCharacterSet")
+    if value is not None and not any(str(v).strip() for v in _as_values(value)):
+        del dataset.SpecificCharacterSet
+    return dataset
+
+
+def _as_values(value: object) -> list[object]:
+    """A value or multi-value as a list."""
+    return list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+
+
 def _read_instance(path: Path) -> list[_Slice]:
     """The slices of one file: one for a single-frame image, one per frame for a multi-frame."""
     try:
         # Pixel Data stays on disk until the slice is decoded (read_series): the whole encoded
         # series is never in memory at once.
-        dataset = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        dataset = tolerate_empty_character_set(pydicom.dcmread(path, defer_size=DEFER_BYTES))
     except (InvalidDicomError, OSError) as error:
         raise SeriesError(f"{path}: not a readable DICOM file ({error})") from error
     samples = int(dataset.get("SamplesPerPixel", 1))

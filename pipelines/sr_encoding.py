@@ -191,6 +191,11 @@ _CLASSIC_IMAGES = {  # SOP Class UID -> CID 29 Acquisition Modality, as highdico
     MRImageStorage: codes.cid29.MagneticResonance,
     PositronEmissionTomographyImageStorage: codes.cid29.PositronEmissionTomography,
 }
+_MODALITIES = {  # Modality (0008,0060) of a multi-frame image -> CID 29 Acquisition Modality
+    "CT": codes.cid29.ComputedTomography,
+    "MR": codes.cid29.MagneticResonance,
+    "PT": codes.cid29.PositronEmissionTomography,
+}
 _PIXELS = Code("{pixels}", "UCUM", "Pixels")
 _DIRECTION = Code("{-1:1}", "UCUM", "{-1:1}")
 _SOURCE = Code("260753009", "SCT", "Source")
@@ -232,7 +237,7 @@ def _acquisition_num(name: Code, value: float, unit: Code, encodings: Sequence[s
 
 def _classic(image: Dataset) -> bool:
     """Whether ``image`` is a single-frame CT, MR or PET image with the attributes of the
-    cross-sectional descriptors, whose entry :func:`_entry` encodes."""
+    cross-sectional descriptors, whose entry :func:`_entry` encodes as highdicom would."""
     return (str(image.get("SOPClassUID", "")) in _CLASSIC_IMAGES
             and image.get("Modality") in ("CT", "MR", "PT")
             and all(image.get(keyword) is not None for keyword in (
@@ -240,12 +245,50 @@ def _classic(image: Dataset) -> bool:
                 "ImageOrientationPatient")))
 
 
+def _multi_frame(image: Dataset) -> bool:
+    """Whether ``image`` is a multi-frame CT, MR or PET image whose geometry is in functional
+    groups (PS3.3 C.7.6.16: Enhanced and Legacy Converted Enhanced CT/MR/PET), for which
+    highdicom 0.28's Image Library reads image-level attributes that such an image lacks."""
+    return (image.get("Modality") in _MODALITIES and "PerFrameFunctionalGroupsSequence" in image
+            and image.get("Rows") is not None and image.get("Columns") is not None)
+
+
+def _shared_group(image: Dataset, keyword: str) -> Dataset | None:
+    """The item of a functional group macro that all frames share: from the Shared Functional
+    Groups Sequence, or the per-frame item when there is one frame (PS3.3 C.7.6.16)."""
+    holders = [*image.get("SharedFunctionalGroupsSequence", [])]
+    frames = image.get("PerFrameFunctionalGroupsSequence", [])
+    if len(frames) == 1:
+        holders.append(frames[0])
+    for holder in holders:
+        if keyword in holder and len(holder[keyword].value) > 0:
+            return holder[keyword].value[0]
+    return None
+
+
 def _entry(image: Dataset, encodings: Sequence[str]) -> bytes:
     """The body of one Image Library Entry (TID 1601): an IMAGE item referencing ``image``
     (concept SCT 260753009 "Source") with the descriptors of TID 1602 and TID 1604 in
     highdicom's order: modality, frame of reference, rows, columns, horizontal and vertical
-    pixel spacing, slice thickness, position x/y/z, orientation, spacing between slices."""
-    modality = _CLASSIC_IMAGES[str(image.SOPClassUID)]
+    pixel spacing, slice thickness, position x/y/z, orientation, spacing between slices.
+
+    For a multi-frame image (:func:`_multi_frame`) the TID 1604 descriptors are those that hold
+    for every frame: pixel spacing and slice thickness of the shared Pixel Measures, the
+    orientation of the shared Plane Orientation, the position only when there is one frame;
+    a descriptor whose value differs between frames is left out (TID 1604 describes one plane)."""
+    if str(image.SOPClassUID) in _CLASSIC_IMAGES and not _multi_frame(image):
+        modality = _CLASSIC_IMAGES[str(image.SOPClassUID)]
+        spacing, thickness = image.PixelSpacing, image.SliceThickness
+        position, orientation = image.ImagePositionPatient, image.ImageOrientationPatient
+    else:
+        modality = _MODALITIES[str(image.Modality)]
+        measures = _shared_group(image, "PixelMeasuresSequence") or Dataset()
+        spacing, thickness = measures.get("PixelSpacing"), measures.get("SliceThickness")
+        plane = _shared_group(image, "PlaneOrientationSequence") or Dataset()
+        orientation = plane.get("ImageOrientationPatient")
+        located = _shared_group(image, "PlanePositionSequence") or Dataset()
+        position = located.get("ImagePositionPatient") \
+            if len(image.PerFrameFunctionalGroupsSequence) == 1 else None
     descriptors = [_descriptor("CODE", codes.DCM.Modality,
                                _sequence(0x0040A168, _concept(modality, encodings)), encodings)]
     if "FrameOfReferenceUID" in image:
@@ -254,18 +297,24 @@ def _entry(image: Dataset, encodings: Sequence[str]) -> bytes:
     descriptors += [
         _acquisition_num(codes.DCM.PixelDataRows, image.Rows, _PIXELS, encodings),
         _acquisition_num(codes.DCM.PixelDataColumns, image.Columns, _PIXELS, encodings),
-        _acquisition_num(codes.DCM.HorizontalPixelSpacing, image.PixelSpacing[1],
-                         codes.UCUM.Millimeter, encodings),
-        _acquisition_num(codes.DCM.VerticalPixelSpacing, image.PixelSpacing[0],
-                         codes.UCUM.Millimeter, encodings),
-        _acquisition_num(codes.DCM.SliceThickness, image.SliceThickness,
-                         codes.UCUM.Millimeter, encodings),
-        *(_acquisition_num(name, value, codes.UCUM.Millimeter, encodings)
-          for name, value in zip(_POSITION, image.ImagePositionPatient, strict=True)),
-        *(_acquisition_num(name, value, _DIRECTION, encodings)
-          for name, value in zip(_ORIENTATION, image.ImageOrientationPatient, strict=True)),
     ]
-    if hasattr(image, "SpacingBetweenSlices"):
+    if spacing is not None:
+        descriptors += [
+            _acquisition_num(codes.DCM.HorizontalPixelSpacing, spacing[1], codes.UCUM.Millimeter,
+                             encodings),
+            _acquisition_num(codes.DCM.VerticalPixelSpacing, spacing[0], codes.UCUM.Millimeter,
+                             encodings),
+        ]
+    if thickness is not None:
+        descriptors.append(_acquisition_num(codes.DCM.SliceThickness, thickness,
+                                            codes.UCUM.Millimeter, encodings))
+    if position is not None:
+        descriptors += [_acquisition_num(name, value, codes.UCUM.Millimeter, encodings)
+                        for name, value in zip(_POSITION, position, strict=True)]
+    if orientation is not None:
+        descriptors += [_acquisition_num(name, value, _DIRECTION, encodings)
+                        for name, value in zip(_ORIENTATION, orientation, strict=True)]
+    if image.get("SpacingBetweenSlices") is not None:
         descriptors.append(_acquisition_num(codes.DCM.SpacingBetweenSlices,
                                             image.SpacingBetweenSlices, codes.UCUM.Millimeter,
                                             encodings))
@@ -283,10 +332,10 @@ def image_library(images: Sequence[Dataset], encodings: Sequence[str]) -> Datase
     """The Image Library container (TID 1600) of ``images``, as ``highdicom.sr.ImageLibrary``
     builds it: one Image Library Group per modality and frame of reference (in order of first
     appearance) with its images' entries (highdicom 0.28 gives the group no Frame of Reference
-    UID item of its own; each entry has one). For classic CT, MR and
-    PET images the groups' Content Sequences are raw elements of entries encoded here
-    (:func:`_entry`); otherwise highdicom builds the whole library."""
-    if not images or not all(_classic(image) for image in images):
+    UID item of its own; each entry has one). For classic CT, MR and PET images, and multi-frame
+    ones whose geometry is in functional groups, the groups' Content Sequences are raw elements of
+    entries encoded here (:func:`_entry`); otherwise highdicom builds the whole library."""
+    if not images or not all(_classic(image) or _multi_frame(image) for image in images):
         return hd.sr.ImageLibrary(list(images))[0]
     groups: dict[tuple[str, ...], list[Dataset]] = {}
     for image in images:
@@ -327,15 +376,17 @@ def written_as_is_throughout(dataset: Dataset) -> Dataset:
     """:func:`written_as_is` for ``dataset`` and every dataset nested in it whose elements have
     no ambiguous VR (PS3.5 Annex A.1 (c); those are left to pydicom to resolve), without
     decoding raw elements; returns ``dataset``. pydicom otherwise resolves ambiguous VRs in
-    every nested dataset again at each level of nesting it writes."""
-    ambiguous = False
+    every nested dataset again at each level of nesting it writes. A dataset decoded from
+    another encoding (e.g. a sequence copied from an Implicit VR source, whose raw elements carry
+    no VR) is left to pydicom to convert."""
+    left_to_pydicom = dataset.original_encoding not in ((None, None), (False, True))
     for element in dataset.elements():
         if element.VR in AMBIGUOUS_VRS:
-            ambiguous = True
+            left_to_pydicom = True
         elif element.VR == "SQ" and not isinstance(element, RawDataElement):
             for item in element.value:
                 written_as_is_throughout(item)
-    return dataset if ambiguous else written_as_is(dataset)
+    return dataset if left_to_pydicom else written_as_is(dataset)
 
 
 def raw_content_sequence(content: bytes) -> RawDataElement:
