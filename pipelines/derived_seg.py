@@ -55,6 +55,12 @@ TISSUE = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
 PERILESIONAL = hd.sr.CodedConcept("ROI.PeriLesional", PRIVATE_SCHEME, "Perilesional tissue")
 WITH_RING = hd.sr.CodedConcept("ROI.WithRing", PRIVATE_SCHEME, "Lesion with perilesional ring")
 ERODED = hd.sr.CodedConcept("ROI.Eroded", PRIVATE_SCHEME, "Eroded lesion core")
+# ROI Generation Algorithm (3006,0036) of an RT ROI -> Segment Algorithm Type (PS3.3 C.8.20.2)
+_RT_ALGORITHM_TYPES = {
+    "AUTOMATIC": hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+    "SEMIAUTOMATIC": hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+    "MANUAL": hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+}
 
 
 class DerivedSegmentationError(ValueError):
@@ -72,7 +78,7 @@ class DerivedSegmentation:
 
 def _kind(preset: Preset, variant: str) -> str:
     """The ``RoiVariant.kind`` of the preset's variant called ``variant``."""
-    kinds = {v.name: v.kind for v in preset.rois.variants}
+    kinds = {"intra": "intra", **{v.name: v.kind for v in preset.rois.variants}}
     if variant not in kinds:
         raise DerivedSegmentationError(
             f"ROI variant {variant!r} is not among preset {preset.name}'s {sorted(kinds)}")
@@ -80,7 +86,9 @@ def _kind(preset: Preset, variant: str) -> str:
 
 
 def _anatomic_regions(seg: DecodedSegmentation, number: int) -> list[hd.sr.CodedConcept]:
-    for item in seg.dataset.SegmentSequence:
+    if seg.is_rtstruct:
+        return []  # an RT ROI has no anatomic region (PS3.3 C.8.8.5)
+    for item in seg.dataset.get("SegmentSequence", []):
         if int(item.SegmentNumber) == number:
             return [hd.sr.CodedConcept.from_dataset(region)
                     for region in item.get("AnatomicRegionSequence", [])]
@@ -102,19 +110,29 @@ def _description(number: int, roi: RoiResult, seg: DecodedSegmentation, preset: 
     category, property_type = copy.deepcopy(
         (TISSUE, PERILESIONAL) if kind == "ring" else (segment.category, segment.property_type)
     )
+    algorithm_type = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+    if kind == "intra":  # an RT ROI as drawn, rasterised: its provenance is the structure set's
+        algorithm_type = _RT_ALGORITHM_TYPES.get(segment.algorithm_type,
+                                                 hd.seg.SegmentAlgorithmTypeValues.MANUAL)
     description = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=label,
         segmented_property_category=category,
         segmented_property_type=property_type,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
+        algorithm_type=algorithm_type,
+        algorithm_identification=(
+            algorithm if algorithm_type != hd.seg.SegmentAlgorithmTypeValues.MANUAL else None),
         tracking_uid=result_uid(volume, seg.sop_instance_uid, preset.hash, "tracking",
-                                str(segment.number), variant),
+                                str(segment.number), *((variant,) if roi.derived else ())),
         tracking_id=label,
         anatomic_regions=_anatomic_regions(seg, segment.number) or None,
     )
-    if kind != "ring":
+    if kind == "intra":
+        # Segment Description (0062,0006), PS3.3 C.8.20.4: which RT ROI this segment rasterises
+        description.SegmentDescription = (
+            f"RT Structure Set {seg.sop_instance_uid} ROI Number {segment.number} "
+            f"(ROI Name {segment.label})")[:1024]
+    elif kind != "ring":
         modifier = WITH_RING if kind == "intra_ring" else ERODED
         description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence \
             = [modifier]
@@ -142,7 +160,8 @@ def build_derived_segmentation(
             raise DerivedSegmentationError(
                 f"segment {roi.segment.number}: ROI {roi.roi_variant!r} paired with mask "
                 f"{mask.name!r}")
-    derived = [(roi, mask) for roi, mask in zip(rois, masks, strict=True) if roi.derived]
+    derived = [(roi, mask) for roi, mask in zip(rois, masks, strict=True)
+               if roi.derived or seg.is_rtstruct]
     if not derived:
         return None
     # Only the source slices that hold a derived voxel go to highdicom, each with its plane

@@ -200,10 +200,15 @@ class CodeRef(_Section):
 
 class LiverSegmentRule(_Section):
     """A segment is the liver when its Segmented Property Type Code Sequence (0062,000F) is
-    ``property_type`` or its Segment Label (0062,0005) matches ``label_regex``."""
+    ``property_type`` or its Segment Label (0062,0005) matches ``label_regex`` (an RT ROI: its
+    RT ROI Identification Code or ROI Name). The liver is the reference region of a liver
+    z-score and what rings are clipped to; with ``measure`` it is also measured itself, as drawn
+    (whole-liver radiomics: the ``intra`` variant only, since rings around the organ are not
+    perilesional tissue)."""
 
     property_type: CodeRef = CodeRef(value="10200004", scheme="SCT")  # SCT Liver
     label_regex: str | None = r"(?i)^\s*liver\s*$"
+    measure: bool = False
 
     @field_validator("label_regex")
     @classmethod
@@ -282,6 +287,9 @@ class RoiOptions(_Section):
                 )
         return self
 
+
+# (path in the preset, default) of fields added after presets were pinned by hash
+_ADDED_LATER: tuple[tuple[tuple[str, ...], object], ...] = ((("rois", "liver", "measure"), False),)
 
 _NOT_VOXEL_BASED = ("shape", "shape2D")  # pyradiomics computes shape per ROI only
 
@@ -376,8 +384,18 @@ class Preset(BaseModel):
 
     @property
     def hash(self) -> str:
-        """SHA-256 (hex) of the canonical JSON of the preset: sorted keys, no spaces."""
-        canonical = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+        """SHA-256 (hex) of the canonical JSON of the preset: sorted keys, no spaces. A field
+        added after presets were pinned by hash (``_ADDED_LATER``) is in it only when set away
+        from its default, so that a preset that does not use it keeps its hash (model packages
+        and earlier results name it)."""
+        dump = self.model_dump()
+        for path, default in _ADDED_LATER:
+            holder = dump
+            for key in path[:-1]:
+                holder = holder[key]
+            if holder.get(path[-1]) == default:
+                del holder[path[-1]]
+        canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

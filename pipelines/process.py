@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -36,7 +37,7 @@ from pipelines.parametric_map import (
     map_feature_groups,
 )
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
-from pipelines.presets import Preset, load_preset
+from pipelines.presets import Preset, RoiVariant, load_preset
 from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
 from pipelines.qc import QCReport, QCSettings, assess_roi, assess_series, worst_status
 from pipelines.qc.robustness import Perturbed, perturbed_features
@@ -48,6 +49,14 @@ from pipelines.series import SeriesVolume, read_series
 from pipelines.summary import build_summary_image
 
 T = TypeVar("T")
+# The ROI variants of a measured liver segment: as drawn only (rings around an organ are not
+# perilesional tissue, and an organ is not eroded for a lesion's core).
+_ORGAN_VARIANTS = (RoiVariant(kind="intra"),)
+
+# highdicom warns about a one-component Patient's Name (0010,0010) of a source image by quoting
+# it: the name would reach stderr and the node's log, which never carry it.
+warnings.filterwarnings("ignore", message=r"The string .* is unlikely to represent the intended "
+                        "person name", category=UserWarning)
 
 
 class ProcessError(ValueError):
@@ -279,6 +288,16 @@ def _liver_mask(seg: DecodedSegmentation, preset: Preset) -> sitk.Image | None:
     return union
 
 
+def _nothing_to_measure(seg: DecodedSegmentation, preset: Preset) -> str:
+    """The one-line refusal of a segmentation whose every segment is the liver under the
+    preset's ``rois.liver`` rule (or that has none), and which the preset does not measure."""
+    kind = "RTSTRUCT" if seg.is_rtstruct else "SEG"
+    found = ", ".join(f"{s.number} ({s.label})" for s in seg.segments) or "none"
+    return (f"{seg.path}: the {kind} has no lesion to measure under preset {preset.name}: its "
+            f"segments [{found}] are all the liver by rois.liver, the reference region, not a "
+            "lesion (set rois.liver.measure: true to measure the liver itself)")
+
+
 def _normalised(
     volume: SeriesVolume, lesions: Sequence[Segment], liver: sitk.Image | None, preset: Preset,
     seg_path: Path,
@@ -381,10 +400,17 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                             fractional_threshold=preset.segmentation.fractional_threshold)
     laps.lap("read_segmentation")
     liver = _liver_mask(seg, preset)
-    lesions = [s for s in seg.segments if not is_liver(s, preset.rois.liver)]
+    livers = {s.number for s in seg.segments if is_liver(s, preset.rois.liver)}
+    # the segments measured: every lesion, and the liver itself where the preset asks
+    lesions = [s for s in seg.segments
+               if s.number not in livers or preset.rois.liver.measure]
+    if not lesions:
+        raise ProcessError(_nothing_to_measure(seg, preset))
     image, zscores = _normalised(volume, lesions, liver, preset, Path(seg_path))
     variants = [
-        build_variants(volume.image, lesion, preset.rois.variants, preset.rois.hu_ranges, liver)
+        build_variants(volume.image, lesion,
+                       _ORGAN_VARIANTS if lesion.number in livers
+                       else preset.rois.variants, preset.rois.hu_ranges, liver)
         for lesion in lesions
     ]
     laps.lap("preprocessing")
@@ -410,7 +436,8 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         for r in rois
     )
     masks = [mask for lesion_rois in variants for mask in lesion_rois]
-    groups = map_feature_groups(preset) if preset.maps.enabled and lesions else []
+    mapped = [lesion for lesion in lesions if lesion.number not in livers]
+    groups = map_feature_groups(preset) if preset.maps.enabled and mapped else []
     features_csv = out / "features.csv"
     qc_csv = out / "qc.csv"
 
@@ -430,7 +457,9 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         lesion_qc = {lesion.number: report for lesion, report in zip(lesions, qc[1:],
                                                                        strict=True)}
         stages.lap("qc")
-        applied = _apply_models(models, preset, summaries, qc[0], lesion_qc, volume)
+        applied = _apply_models(models, preset,
+                                [s for s in summaries if s.segment_number not in livers], qc[0],
+                                lesion_qc, volume)
         stages.lap("models")
         derived = build_derived_segmentation(volume, seg, rois, masks, preset)
         stages.lap("encode_derived_seg")
@@ -487,7 +516,7 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     batches: list[_Done[tuple[OutputObject, ...]]
                   | ForkedCall[tuple[tuple[OutputObject, ...], dict[str, float]]]] = []
     for position, group in enumerate(groups):
-        lesion_maps = compute_maps(image, lesions, preset, features=group, workers=workers,
+        lesion_maps = compute_maps(image, mapped, preset, features=group, workers=workers,
                                    map_tasks=map_tasks)
         laps.lap("extraction")
         last = position == len(groups) - 1

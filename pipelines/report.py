@@ -138,11 +138,12 @@ def _complete_groups(sr: hd.sr.Comprehensive3DSR, rois: Sequence[RoiResult], mod
 
 def _referenced_segment(volume: SeriesVolume, seg: DecodedSegmentation, roi: RoiResult,
                         derived: DerivedSegmentation | None) -> hd.sr.ReferencedSegment:
-    """TID 1411 Referenced Segment: the derived SEG's segment of a derived ROI when there is one,
-    else the input SEG's segment."""
+    """TID 1411 Referenced Segment: the derived SEG's segment of the ROI when it holds one (a
+    derived ROI, or any ROI of an RT Structure Set, whose contours the derived SEG carries
+    rasterised: TID 1411 references segments, not contours), else the input SEG's segment."""
     key = (roi.segment.number, str(roi.roi_variant))
     source = hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid)
-    if roi.derived and derived is not None and key in derived.segment_numbers:
+    if derived is not None and key in derived.segment_numbers:
         return hd.sr.ReferencedSegment(
             sop_class_uid=str(derived.dataset.SOPClassUID),
             sop_instance_uid=str(derived.dataset.SOPInstanceUID),
@@ -175,8 +176,11 @@ def _check_finite(roi: RoiResult) -> None:
 
 
 def _finding_sites(seg: DecodedSegmentation, segment: Segment) -> list[hd.sr.FindingSite]:
-    """Anatomic Region Sequence (0008,2218) of the segment's SEG item, if any (PS3.3 C.8.20.4)."""
-    for item in seg.dataset.SegmentSequence:
+    """Anatomic Region Sequence (0008,2218) of the segment's SEG item, if any (PS3.3 C.8.20.4);
+    none for an RT Structure Set, whose ROIs carry no anatomic region (PS3.3 C.8.8.5)."""
+    if seg.is_rtstruct:
+        return []
+    for item in seg.dataset.get("SegmentSequence", []):
         if int(item.SegmentNumber) == segment.number:
             return [
                 hd.sr.FindingSite(anatomic_location=hd.sr.CodedConcept.from_dataset(region))
