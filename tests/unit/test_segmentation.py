@@ -250,14 +250,6 @@ def _frame_item(seg: pydicom.Dataset, keyword: str, frame: int = 0) -> pydicom.D
         ),
         (
             lambda seg: setattr(
-                _frame_item(seg, "DerivationImageSequence").SourceImageSequence[0],
-                "SpatialLocationsPreserved",
-                "NO",
-            ),
-            "frame 1: (0028,135A) SpatialLocationsPreserved",
-        ),
-        (
-            lambda seg: setattr(
                 seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0],
                 "PixelSpacing",
                 [0.5, 0.5],
@@ -291,6 +283,25 @@ def test_frames_off_their_source_geometry_are_refused(
 
     assert "altered.dcm" in str(raised.value)
     assert named in str(raised.value)
+
+
+def test_a_frame_whose_locations_are_not_preserved_is_placed_by_its_plane_position(
+    refdata: Path, contiguous: SeriesVolume, tmp_path: Path
+) -> None:
+    """Spatial Locations Preserved (0028,135A) NO says the frame's pixels are not its source's;
+    its own Plane Position (Patient) still places it (PS3.3 C.7.6.16.2.3), here on the same
+    pixels."""
+    def not_preserved(seg: pydicom.Dataset) -> None:
+        for groups in seg.PerFrameFunctionalGroupsSequence:
+            groups.DerivationImageSequence[0].SourceImageSequence[0].SpatialLocationsPreserved = (
+                "NO")
+
+    source = refdata / SEGS / "seg_image_ct_binary.dcm"
+    path = _altered(source, tmp_path / "not_preserved.dcm", not_preserved)
+
+    (segment,) = read_segmentation(path, contiguous).segments
+
+    np.testing.assert_array_equal(_array(segment.mask), _expected(source, contiguous)[1])
 
 
 def test_threshold_outside_unit_interval_is_refused(
