@@ -183,6 +183,8 @@ def _process(args: argparse.Namespace) -> int:
         features = sum(len(lesion.features) for lesion in result.lesions)
         tqdm.write(f"{where}: {len(result.lesions)} ROI(s), {features} values -> {out}",
                    file=sys.stdout)
+        for line in result.not_measured:
+            tqdm.write(line, file=sys.stdout)
     progress.close()
     for segmentation in found.unpaired:
         print(f"{segmentation.path}: {segmentation.kind} references series "

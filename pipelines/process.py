@@ -223,6 +223,9 @@ class PipelineResult:
     timings: StageTimes
     models: tuple[LesionModelResult, ...] = ()
     model_errors: tuple[str, ...] = ()
+    # one line for each ROI of the segmentation that was not measured, and why (an RT ROI of
+    # only point or open contours)
+    not_measured: tuple[str, ...] = ()
 
     @property
     def report(self) -> OutputObject:
@@ -551,4 +554,5 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
                               if f.name != "early_objects"}, early_objects=early_stages),
         models=early.models.results,
         model_errors=early.models.errors,
+        not_measured=seg.not_measured,
     )

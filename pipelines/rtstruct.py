@@ -67,6 +67,21 @@ class RoiContours:
     property_type: hd.sr.CodedConcept
     frame_of_reference_uid: str
     contours: tuple[np.ndarray, ...]
+    other_contours: tuple[str, ...] = ()  # Contour Geometric Type of each contour left out
+
+    def not_measured(self, path: Path) -> str | None:
+        """Why this ROI encloses no voxel and is not measured (one line naming the file, the ROI
+        and the attribute), or None when it has a closed planar contour."""
+        if self.contours:
+            return None
+        where = f"{path}: ROI {self.number} ({self.name})"
+        if not self.other_contours:
+            return (f"{where}: no contour in {tag_name('ROIContourSequence')}: nothing to "
+                    "measure, not measured")
+        kinds = ", ".join(sorted(set(self.other_contours)))
+        return (f"{where}: {tag_name('ContourGeometricType')} is {kinds} for all "
+                f"{len(self.other_contours)} contour(s); only CLOSED_PLANAR contours enclose "
+                "voxels (PS3.3 C.8.8.6.1): not measured")
 
 
 @dataclass(frozen=True)
@@ -112,10 +127,13 @@ def parse_rtstruct(path: Path, dataset: pydicom.Dataset) -> tuple[RoiContours, .
         int(item.ReferencedROINumber): item for item in dataset.get("RTROIObservationsSequence", [])
     }
     contours: dict[int, list[np.ndarray]] = {}
+    others: dict[int, list[str]] = {}
     for item in dataset.get("ROIContourSequence", []):
         number = int(item.ReferencedROINumber)
         for index, contour in enumerate(item.get("ContourSequence", []), start=1):
-            if contour.get("ContourGeometricType") != "CLOSED_PLANAR":
+            kind = str(contour.get("ContourGeometricType", "") or "").strip().upper()
+            if kind != "CLOSED_PLANAR":
+                others.setdefault(number, []).append(kind or "empty")
                 continue
             points = np.array([float(v) for v in contour.ContourData], dtype=float)
             if points.size < 9 or points.size % 3:
@@ -146,6 +164,7 @@ def parse_rtstruct(path: Path, dataset: pydicom.Dataset) -> tuple[RoiContours, .
                 ),
                 frame_of_reference_uid=str(item.get("ReferencedFrameOfReferenceUID", "")),
                 contours=tuple(contours.get(number, [])),
+                other_contours=tuple(others.get(number, [])),
             )
         )
     if not rois:
@@ -238,18 +257,27 @@ def rasterise(
 
 def read_rtstruct(
     path: Path, dataset: pydicom.Dataset, volume: SeriesVolume
-) -> tuple[RasterisedRoi, ...]:
-    """Parse the structure set ``dataset`` read from ``path`` and rasterise it on ``volume``.
+) -> tuple[tuple[RasterisedRoi, ...], tuple[str, ...]]:
+    """Parse the structure set ``dataset`` read from ``path`` and rasterise it on ``volume``:
+    the ROIs that have a closed planar contour, and one line for each other ROI saying why it is
+    not measured (:meth:`RoiContours.not_measured`: only point, open or no contours).
 
     Raises:
-        RTStructError: when it is not an RTSTRUCT, does not reference the volume's series, or a
-            contour is off the volume's frame of reference or slices.
+        RTStructError: when it is not an RTSTRUCT, does not reference the volume's series, no ROI
+            has a closed planar contour, or a contour is off the volume's frame of reference or
+            slices.
     """
-    rois = parse_rtstruct(path, dataset)
+    parsed = parse_rtstruct(path, dataset)
+    not_measured = tuple(line for roi in parsed if (line := roi.not_measured(path)) is not None)
+    rois = [roi for roi in parsed if roi.contours]
+    if not rois:
+        raise RTStructError(
+            f"{path}: no ROI has a closed planar contour, nothing to measure ("
+            + "; ".join(line.removeprefix(f"{path}: ") for line in not_measured) + ")")
     referenced = referenced_series_uids(dataset)
     if volume.series_instance_uid not in referenced:
         raise RTStructError(
             f"{path}: {tag_name('RTReferencedSeriesSequence')} lists {sorted(referenced)}, not the "
             f"volume's series {volume.series_instance_uid}"
         )
-    return rasterise(path, rois, volume)
+    return rasterise(path, rois, volume), not_measured
