@@ -2,8 +2,9 @@
 # Set up radiomics-node in ./.venv (Python >= 3.11). With --system-tools, also install the Debian
 # packages the integration tests use as real peers: orthanc (PACS), dcmtk (storescu, findscu,
 # dsr2xml) and dicom3tools (dciodvfy), chromium (headless screenshots of the status page and of
-# the results in Orthanc's Web Viewer; about 20 s to install from a Debian mirror) and
-# orthanc-webviewer (that viewer, for tests/integration/test_screenshots.py). Safe to run again:
+# the results in Orthanc's Web Viewer; about 20 s to install from a Debian mirror),
+# orthanc-webviewer (that viewer, for tests/integration/test_screenshots.py) and libgl1 (for
+# OpenCV in the tests). Safe to run again:
 # it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,8 @@ if [[ "${1:-}" == "--system-tools" ]]; then
     command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     [[ -f /usr/share/orthanc/plugins/libOrthancWebViewer.so ]] || missing+=(orthanc-webviewer)
+    # OpenCV (rt-utils, the independent RTSTRUCT rasteriser of the tests) loads libGL.so.1
+    ldconfig -p | grep -q "libGL.so.1 " || missing+=(libgl1)
     if ((${#missing[@]})); then
         sudo=""
         [[ $(id -u) -eq 0 ]] || sudo="sudo"
