@@ -41,7 +41,7 @@ from pydicom.sr.codedict import codes
 from pipelines.codes import PRIVATE_SCHEME, coding_schemes
 from pipelines.parametric_map import slab_geometry
 from pipelines.presets import Preset
-from pipelines.results import RoiResult
+from pipelines.results import LABEL_LENGTH, RoiResult
 from pipelines.rois import RoiMask
 from pipelines.segmentation import DecodedSegmentation
 from pipelines.series import SeriesVolume
@@ -49,7 +49,6 @@ from pipelines.software import ALGORITHM_NAME, MANUFACTURER, software_version
 from pipelines.uids import result_uid
 
 SEG_SERIES_NUMBER_OFFSET = 1002  # derived SEG series number = source SeriesNumber + this offset
-_LABEL_LENGTH = 64  # Segment Label (0062,0005) is LO
 
 TISSUE = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
 PERILESIONAL = hd.sr.CodedConcept("ROI.PeriLesional", PRIVATE_SCHEME, "Perilesional tissue")
@@ -100,9 +99,9 @@ def _description(number: int, roi: RoiResult, seg: DecodedSegmentation, preset: 
                  volume: SeriesVolume, algorithm: hd.AlgorithmIdentificationSequence,
                  ) -> hd.seg.SegmentDescription:
     label = roi.tracking_identifier
-    if len(label) > _LABEL_LENGTH:
+    if len(label) > LABEL_LENGTH:
         raise DerivedSegmentationError(
-            f"{label!r}: (0062,0005) Segment Label longer than {_LABEL_LENGTH} characters")
+            f"{label!r}: (0062,0005) Segment Label longer than {LABEL_LENGTH} characters")
     variant = str(roi.roi_variant)
     kind = _kind(preset, variant)
     segment = roi.segment

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pipelines.features import RoiFeatures
 from pipelines.segmentation import Segment
 
+LABEL_LENGTH = 64  # Segment Label (0062,0005) is LO: 64 characters at most (PS3.5 6.2)
+
 
 @dataclass(frozen=True)
 class RoiResult:
@@ -24,5 +26,10 @@ class RoiResult:
 
     @property
     def tracking_identifier(self) -> str:
-        """The segment label, or "<label> / <ROI variant>" for a derived ROI."""
-        return f"{self.segment.label} / {self.roi_variant}" if self.derived else self.segment.label
+        """The segment label, or "<label> / <ROI variant>" for a derived ROI, the label cut
+        short so that the whole fits the 64 characters of a Segment Label (0062,0005), LO
+        (PS3.5 6.2), which the derived SEG gives it too."""
+        if not self.derived:
+            return self.segment.label
+        suffix = f" / {self.roi_variant}"
+        return f"{self.segment.label[:max(LABEL_LENGTH - len(suffix), 1)]}{suffix}"

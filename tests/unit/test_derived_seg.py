@@ -109,3 +109,20 @@ def test_node_recognises_its_own_derived_seg(derived: DerivedSegmentation) -> No
 
     dataset = derived.dataset
     assert (dataset.Manufacturer, dataset.ManufacturerModelName) == (MANUFACTURER, MANUFACTURER)
+
+
+def test_a_long_label_is_cut_so_that_label_and_variant_fit_a_segment_label() -> None:
+    """An RT ROI Name or Segment Label may use all 64 characters of its LO; with the variant
+    appended, the label part is cut, never the variant."""
+    from pydicom.sr.codedict import codes
+
+    from pipelines.features import RoiFeatures
+    from pipelines.results import LABEL_LENGTH, RoiResult
+    from pipelines.segmentation import Segment
+
+    segment = Segment(1, "L" * 64, sitk.Image([2, 2, 2], sitk.sitkUInt8), codes.SCT.Tissue,
+                      codes.SCT.Tissue, "MANUAL")
+    features = RoiFeatures(values={}, diagnostics={})
+    derived = RoiResult(segment, features, "intra + 4 mm ring").tracking_identifier
+    assert len(derived) == LABEL_LENGTH and derived.endswith(" / intra + 4 mm ring")
+    assert RoiResult(segment, features, "intra").tracking_identifier == "L" * 64
