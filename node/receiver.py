@@ -1,4 +1,4 @@
-"""The storage SCP: C-ECHO and C-STORE of CT, MR, their enhanced forms, SEG, RTSTRUCT and SR.
+"""The storage SCP: C-ECHO and C-STORE of CT, MR, their enhanced forms, PET, SEG, RTSTRUCT and SR.
 
 The fast path keeps the bytes as the sender encoded them, behind a File Meta Information header
 (``node.part10``), and hands them to ``node.ingest``, which writes them durably to the spool and

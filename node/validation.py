@@ -54,11 +54,12 @@ IMAGE_CLASSES: frozenset[str] = frozenset({
     sop_class.MRImageStorage,
     sop_class.EnhancedMRImageStorage,
     sop_class.LegacyConvertedEnhancedMRImageStorage,
+    sop_class.PositronEmissionTomographyImageStorage,
     sop_class.SegmentationStorage,
     sop_class.SecondaryCaptureImageStorage,
 })
 """Classes whose IOD requires the Image Pixel module with Pixel Data (PS3.3 A.3, A.4, A.36, A.38,
-A.51, A.70, A.71, A.8)."""
+A.21, A.51, A.70, A.71, A.8)."""
 
 STORAGE_CLASSES: tuple[str, ...] = (
     *sorted(IMAGE_CLASSES),
