@@ -137,6 +137,10 @@ NODE = "node"
 """The audit actor for what the node does by itself; people are ``cli:<user>`` or
 ``status-page:<user>``."""
 
+SEGMENTATION_NOT_PROCESSED = "segmentation not processed"
+"""The audit event of a segmentation that the router can pair with no series (``node.router``);
+its detail holds ``seg_sop_uid``, ``modality`` and the one-line ``reason``."""
+
 
 @dataclass(frozen=True)
 class InstanceRow:
@@ -664,6 +668,11 @@ class Index:
     def audit_count(self, event: str) -> int:
         """How many audit rows record ``event``."""
         return self._query("SELECT count(*) AS n FROM audit WHERE event=?", (event,))[0]["n"]
+
+    def audit_rows(self, event: str, limit: int) -> list[sqlite3.Row]:
+        """The latest ``limit`` audit rows recording ``event``, newest first."""
+        return self._query("SELECT * FROM audit WHERE event=? ORDER BY id DESC LIMIT ?",
+                           (event, limit))
 
     def recent_studies(self, limit: int) -> list[sqlite3.Row]:
         """Studies by last arrival: series and instance counts, senders (AE@host)."""

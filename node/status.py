@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from node import __version__
 from node.config import NodeConfig
 from node.health import Health
-from node.index import Index
+from node.index import SEGMENTATION_NOT_PROCESSED, Index
 from node.logs import fields
 from node.metrics import render_metrics
 
@@ -243,6 +243,10 @@ class StatusServer:
         qc = [[f"num:{r['id']}", html.escape(r["preset"]), _uid(r["source_series_uid"]),
                _when(r["finished_at"]), f'<span class="reason">{html.escape(r["reason"])}</span>']
               for r in index.failed_jobs_matching("QC", limit)]
+        unpaired = [[_when(r["at"]), _uid(r["study_uid"]), _uid(r["series_uid"]),
+                     f'<span class="reason">{html.escape(json.loads(r["detail"])["reason"])}'
+                     "</span>"]
+                    for r in index.audit_rows(SEGMENTATION_NOT_PROCESSED, limit)]
         token = self.csrf_token
         dead = [[f"num:{r['id']}", f"num:{r['job_id']}", html.escape(r["destination"]),
                  _uid(r["sop_instance_uid"]), f"num:{r['attempts']}",
@@ -283,6 +287,8 @@ class StatusServer:
                             "queued", "duration", "reason"], jobs, "no job yet"),
             _table("QC failures", ["job", "preset", "source series", "failed", "reason"], qc,
                    "no job failed its quality control"),
+            _table("Segmentations not processed", ["when", "study", "series", "reason"],
+                   unpaired, "every segmentation received names a series"),
             _table("Dead-lettered deliveries", ["id", "job", "destination", "object",
                                                 "attempts", "last error", ""], dead,
                    "no dead-lettered delivery"),

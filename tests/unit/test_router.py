@@ -1,14 +1,23 @@
-"""Assembly and routing on a real index: a job is queued when the matching image series and a SEG
-that references it are both stable, whichever became stable last, and only once."""
+"""Assembly and routing on a real index: a job is queued when the matching image series and a
+segmentation (SEG or RTSTRUCT) that references it are both stable, whichever became stable last,
+and only once; a missing series is asked for; a segmentation that references no series is
+refused in one line."""
 
+import html
+import json
+import logging
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 from node.config import NodeConfig, SeriesRule
-from node.index import Index, InstanceRow
+from node.health import check_health
+from node.index import SEGMENTATION_NOT_PROCESSED, Index, InstanceRow
 from node.router import Router
+from node.status import StatusServer
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 
@@ -153,3 +162,153 @@ def test_the_nodes_own_derived_seg_sent_back_is_not_processed(
     _receive(index, [*study.ct_paths, path], now=100.0)
     assert _stabilise(index, router, quiet_since=150.0) == []
     assert index.jobs() == []
+
+
+def _rtstruct(directory: Path, study: SyntheticStudy, series: list[Dataset] | None,
+              referenced_study_uid: str | None = None) -> Path:
+    """An RT Structure Set (PS3.3 A.19) of ``study`` whose Referenced Frame of Reference
+    Sequence > RT Referenced Study Sequence holds the RT Referenced Series Sequence items
+    ``series`` (None: the sequence absent); the study item names ``referenced_study_uid`` (the
+    CT's study when None). The router reads the header only: one ROI, no contour."""
+    ct = pydicom.dcmread(study.ct_paths[0], stop_before_pixels=True)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = RTStructureSetStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study.study_instance_uid, generate_uid()
+    ds.Modality, ds.StructureSetLabel, ds.Manufacturer = "RTSTRUCT", "lesions", "Planning"
+    referenced_study = Dataset()
+    referenced_study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Study Component
+    referenced_study.ReferencedSOPInstanceUID = referenced_study_uid or study.study_instance_uid
+    if series is not None:
+        referenced_study.RTReferencedSeriesSequence = series
+    frame = Dataset()
+    frame.FrameOfReferenceUID = ct.FrameOfReferenceUID
+    frame.RTReferencedStudySequence = [referenced_study]
+    ds.ReferencedFrameOfReferenceSequence = [frame]
+    roi = Dataset()
+    roi.ROINumber, roi.ROIName = 1, "Lesion 1"
+    roi.ReferencedFrameOfReferenceUID = ct.FrameOfReferenceUID
+    roi.ROIGenerationAlgorithm = "MANUAL"
+    ds.StructureSetROISequence = [roi]
+    path = directory / f"rtstruct-{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _series_item(series_uid: str) -> Dataset:
+    item = Dataset()
+    item.SeriesInstanceUID = series_uid
+    return item
+
+
+@pytest.mark.parametrize("rtstruct_first", [True, False])
+def test_rtstruct_is_paired_like_a_seg_whichever_is_stable_last(
+        tmp_path: Path, study: SyntheticStudy, rtstruct_first: bool) -> None:
+    rtstruct = _rtstruct(tmp_path, study, [_series_item(study.ct_series_uid)])
+    index, router = _node(tmp_path)
+    first, second = [rtstruct], list(study.ct_paths)
+    if not rtstruct_first:
+        first, second = second, first
+    _receive(index, first, now=100.0)
+    assert _stabilise(index, router, quiet_since=150.0) == []
+    # an RTSTRUCT alone asks for its series (node.retrieve); a series alone waits
+    assert [r.series_uid for r in index.retrievals()] == \
+        ([study.ct_series_uid] if rtstruct_first else [])
+    _receive(index, second, now=200.0)
+    assert len(_stabilise(index, router, quiet_since=250.0)) == 1
+    [job] = index.jobs()
+    rtstruct_uid = pydicom.dcmread(rtstruct).SOPInstanceUID
+    assert (job.source_series_uid, job.seg_sop_uid) == (study.ct_series_uid, rtstruct_uid)
+    assert index.series(pydicom.dcmread(rtstruct).SeriesInstanceUID).modality == "RTSTRUCT"
+    assert index.segs_referencing(study.ct_series_uid) == [rtstruct_uid]
+    # stable again with the same instances: no second job
+    assert router.route(index.series(study.ct_series_uid)) == []
+
+
+def test_rtstruct_of_a_missing_series_asks_for_it_in_the_study_it_names(
+        tmp_path: Path, study: SyntheticStudy) -> None:
+    """The series is retrieved from the study the RT Referenced Study Sequence item names
+    (Referenced SOP Instance UID, PS3.3 C.8.8.5), which need not be the structure set's."""
+    other_study = generate_uid()
+    rtstruct = _rtstruct(tmp_path, study, [_series_item(study.ct_series_uid)],
+                         referenced_study_uid=other_study)
+    index, router = _node(tmp_path)
+    _receive(index, [rtstruct], now=100.0)
+    assert _stabilise(index, router, quiet_since=150.0) == []
+    [retrieval] = index.retrievals()
+    assert (retrieval.series_uid, retrieval.study_uid, retrieval.seg_sop_uid, retrieval.state) \
+        == (study.ct_series_uid, other_study, pydicom.dcmread(rtstruct).SOPInstanceUID, "waiting")
+    _receive(index, list(study.ct_paths), now=200.0)  # as node.retrieve would store them
+    assert len(_stabilise(index, router, quiet_since=250.0)) == 1
+
+
+def _without_references(tmp_path: Path, study: SyntheticStudy, case: str) -> Path:
+    """The study's SEG without (``seg-absent``) or with an empty (``seg-empty``) Referenced
+    Series Sequence, or an RTSTRUCT whose RT Referenced Series Sequence is absent, empty, or
+    holds an item without a Series Instance UID."""
+    if case.startswith("seg"):
+        seg = pydicom.dcmread(study.seg_path)
+        if case == "seg-absent":
+            del seg.ReferencedSeriesSequence
+        else:
+            seg.ReferencedSeriesSequence = []
+        seg.SOPInstanceUID = seg.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        seg.SeriesInstanceUID = generate_uid()
+        path = tmp_path / f"{case}.dcm"
+        seg.save_as(path)
+        return path
+    return _rtstruct(tmp_path, study, {"rtstruct-empty": [], "rtstruct-no-uid": [Dataset()],
+                                       "rtstruct-absent": None}[case])
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("seg-absent", "SEG references no series ((0008,1115) ReferencedSeriesSequence absent): "
+                   "not processed"),
+    ("seg-empty", "SEG references no series ((0008,1115) ReferencedSeriesSequence empty): "
+                  "not processed"),
+    ("rtstruct-empty", "RTSTRUCT references no series ((3006,0010) "
+                       "ReferencedFrameOfReferenceSequence > (3006,0012) RTReferencedStudySequence"
+                       " > (3006,0014) RTReferencedSeriesSequence empty): not processed"),
+    ("rtstruct-absent", "(3006,0014) RTReferencedSeriesSequence absent): not processed"),
+    ("rtstruct-no-uid", "(3006,0014) RTReferencedSeriesSequence items hold no SeriesInstanceUID"
+                        "): not processed"),
+])
+def test_segmentation_that_references_no_series_is_refused_in_one_line(
+        tmp_path: Path, study: SyntheticStudy, caplog: pytest.LogCaptureFixture, case: str,
+        reason: str) -> None:
+    """Never paired, not even with a series of its study: the reason, naming the file and the
+    attribute, is one line in the log, the audit trail and the status page."""
+    path = _without_references(tmp_path, study, case)
+    index, router = _node(tmp_path)
+    _receive(index, [*study.ct_paths, path], now=100.0)
+    with caplog.at_level(logging.INFO, logger="node.router"):
+        assert _stabilise(index, router, quiet_since=150.0) == []
+    assert index.jobs() == [] and index.retrievals() == []
+    [record] = [r for r in caplog.records if r.getMessage() == SEGMENTATION_NOT_PROCESSED]
+    logged = record.fields["reason"]
+    assert record.levelno == logging.WARNING
+    assert logged.startswith(f"{path}: ") and logged.endswith(reason) and "\n" not in logged
+    [audit] = index.audit_rows(SEGMENTATION_NOT_PROCESSED, 10)
+    assert json.loads(audit["detail"])["reason"] == logged
+    assert audit["study_uid"] == study.study_instance_uid
+    config = NodeConfig(state_dir=tmp_path)
+    page = StatusServer(config, index, lambda: check_health(config, index, True, True, None))
+    assert html.escape(logged) in page.render_page()
+
+
+def test_segmentation_whose_series_matches_no_rule_says_so(
+        tmp_path: Path, study: SyntheticStudy, caplog: pytest.LogCaptureFixture) -> None:
+    rtstruct = _rtstruct(tmp_path, study, [_series_item(study.ct_series_uid)])
+    index, router = _node(tmp_path, rules=[SeriesRule(name="mr-only", modality=["MR"])])
+    _receive(index, list(study.ct_paths), now=100.0)
+    _stabilise(index, router, quiet_since=150.0)
+    _receive(index, [rtstruct], now=200.0)
+    with caplog.at_level(logging.INFO, logger="node.router"):
+        assert _stabilise(index, router, quiet_since=250.0) == []
+    [record] = [r for r in caplog.records
+                if r.getMessage() == "segmentation not processed: its source series matches "
+                                     "no rule"]
+    assert record.fields["source_series_uid"] == study.ct_series_uid
+    assert record.fields["modality"] == "RTSTRUCT" and record.fields["source_modality"] == "CT"
