@@ -5,6 +5,10 @@ The node never computes a feature itself: it hands file paths and a preset name 
 or a Dask cluster) and records the outcome. A job's state is a
 row (queued -> running -> done | failed); a node stopped mid-job finds it 'running' at start and
 queues it again. A done job keeps the seconds of each pipeline stage (``Index.job_timeline``).
+
+A failed job's reason is one line (:func:`failure_reason`): the pipeline's own refusal of its
+inputs as the pipeline worded it (naming file, attribute and reason), or the type and message of
+an unexpected exception, whose traceback goes to the log at debug level only.
 """
 
 from __future__ import annotations
@@ -24,6 +28,32 @@ from node.logs import fields
 from pipelines.process import PipelineResult  # see JobRunner._finished
 
 log = logging.getLogger(__name__)
+
+MAX_REASON = 500
+"""Most characters of a job's failure reason; a longer first line is cut and ends with "…"."""
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """The pipeline refused its inputs: a ValueError subclass defined in the ``pipelines``
+    package (SeriesError, SegmentationError, RTStructError, ProcessError, ReportError, ...),
+    each raised with a one-line message naming the file, the attribute and the reason. A bare
+    ValueError, or one of a library, is not a refusal but an unexpected error."""
+    return isinstance(exc, ValueError) and type(exc).__module__.partition(".")[0] == "pipelines"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one line a failed job records (index, log line, status page): a refusal's message
+    (:func:`is_refusal`), else ``<exception type>: <message>``; only the first non-empty line
+    of the message, at most ``MAX_REASON`` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if not first:
+        line = type(exc).__name__
+    elif is_refusal(exc):
+        line = first
+    else:
+        line = f"{type(exc).__name__}: {first}"
+    return line if len(line) <= MAX_REASON else line[:MAX_REASON - 1] + "\u2026"
 
 
 def _worker_lost(exc: BaseException) -> bool:
@@ -90,9 +120,13 @@ class JobRunner:
             if _worker_lost(exc):
                 self._worker_died(job_id, exc)
                 return
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = failure_reason(exc)
             self._index.fail_job(job_id, reason)
-            log.error("job failed", extra=fields(job_id=job_id, reason=reason))
+            refused = is_refusal(exc)
+            log.error("job failed", extra=fields(job_id=job_id, refused=refused, reason=reason))
+            if not refused:
+                log.debug("job failure traceback", exc_info=exc,
+                          extra=fields(job_id=job_id, error_type=type(exc).__name__))
             return
         deliveries = [(dest.name, str(obj.path), obj.sop_instance_uid)
                       for obj in result.objects for dest in self._config.destinations]
@@ -119,7 +153,7 @@ class JobRunner:
                 return
             self._executor.renew()
         job = self._index.job(job_id)
-        reason = f"worker process died: {exc}"
+        reason = f"worker process died: {failure_reason(exc)}"
         if job.attempts < self._config.max_job_attempts:
             self._index.requeue_job(job_id, reason)
             log.warning("job queued again", extra=fields(

@@ -1,7 +1,9 @@
-"""The job runner with real worker processes: a pipeline error fails the job with its reason; a
-worker killed mid-job is replaced and the job runs again."""
+"""The job runner with real worker processes: a pipeline error fails the job with its reason in
+one line (a refusal as the pipeline worded it, anything else with its type); a worker killed
+mid-job is replaced and the job runs again."""
 
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -15,8 +17,9 @@ import yaml
 
 from node.config import Destination, NodeConfig
 from node.index import Index, InstanceRow
-from node.jobs import JobRunner
+from node.jobs import MAX_REASON, JobRunner, failure_reason, is_refusal
 from pipelines.presets import load_preset
+from pipelines.rtstruct import RTStructError
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 
@@ -120,3 +123,79 @@ def test_the_worker_queues_the_early_objects_before_the_job_is_done(
         assert {d["job_id"] for d in deliveries} == {job_id}
     finally:
         runner.stop()
+
+
+def test_a_refused_input_fails_the_job_with_the_pipelines_one_line(
+        tmp_path: Path, study: SyntheticStudy, caplog: pytest.LogCaptureFixture) -> None:
+    """The pipeline's refusal (a ValueError of ``pipelines`` naming file, attribute and reason)
+    is the job's reason as worded, in the index and the "job failed" log line, with no
+    traceback."""
+    mr_only = tmp_path / "mr-only.yaml"
+    mr_only.write_text(yaml.safe_dump(
+        {**load_preset("ct-liver-basic").model_dump(mode="json", exclude_none=True),
+         "name": "mr-only", "modality": "MR"}))
+    index, runner, job_id = _runner(tmp_path, study, str(mr_only))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="node.jobs"):
+            runner.tick()
+            _until(lambda: index.job(job_id).state == "failed")
+            _until(lambda: any(r.getMessage() == "job failed" for r in caplog.records))
+    finally:
+        runner.stop()
+    reason = index.job(job_id).reason
+    file, _, rest = reason.partition(": ")
+    assert Path(file) in study.ct_paths
+    assert rest == "(0008,0060) Modality CT; preset mr-only is for MR"
+    [failed] = [r for r in caplog.records if r.getMessage() == "job failed"]
+    assert failed.fields == {"job_id": job_id, "refused": True, "reason": reason}
+    assert failed.exc_info is None
+    assert not [r for r in caplog.records if r.getMessage() == "job failure traceback"]
+
+
+def test_an_unexpected_error_is_one_line_with_its_type_and_the_traceback_at_debug(
+        tmp_path: Path, study: SyntheticStudy, caplog: pytest.LogCaptureFixture) -> None:
+    """Not a refusal (here the results folder cannot be made: its parent is a file): the
+    reason is ``<type>: <message>``; the worker's traceback is logged at debug level only."""
+    index, runner, job_id = _runner(tmp_path, study, "ct-liver-basic")
+    (tmp_path / "results").write_text("a file where the results folder should be")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="node.jobs"):
+            runner.tick()
+            _until(lambda: index.job(job_id).state == "failed")
+            _until(lambda: any(r.getMessage() == "job failure traceback"
+                               for r in caplog.records))
+    finally:
+        runner.stop()
+    reason = index.job(job_id).reason
+    assert reason.startswith("NotADirectoryError: [Errno 20] Not a directory: ")
+    assert "\n" not in reason and "Traceback" not in reason
+    [failed] = [r for r in caplog.records if r.getMessage() == "job failed"]
+    assert failed.levelno == logging.ERROR and failed.exc_info is None
+    assert failed.fields["refused"] is False and failed.fields["reason"] == reason
+    [traceback] = [r for r in caplog.records if r.getMessage() == "job failure traceback"]
+    assert traceback.levelno == logging.DEBUG and traceback.exc_info is not None
+    assert "process_study" in logging.Formatter().formatException(traceback.exc_info)
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (RTStructError("/spool/rt.dcm: ROI 1 (ROI-1): (3006,0024) ReferencedFrameOfReferenceUID is "
+                   "1.2.3, the volume's is 1.2.4\n  detail a reader need not see"),
+     "/spool/rt.dcm: ROI 1 (ROI-1): (3006,0024) ReferencedFrameOfReferenceUID is 1.2.3, the "
+     "volume's is 1.2.4"),
+    (AttributeError("'FileDataset' object has no attribute 'SegmentSequence'"),
+     "AttributeError: 'FileDataset' object has no attribute 'SegmentSequence'"),
+    (ValueError("\n\noperands could not be broadcast together\nwith shapes (2,) (3,)"),
+     "ValueError: operands could not be broadcast together"),
+    (MemoryError(), "MemoryError"),
+])
+def test_failure_reason_is_the_first_line(exc: BaseException, reason: str) -> None:
+    """A refusal of ``pipelines`` as worded; anything else, a library's bare ValueError
+    included, with its type."""
+    assert is_refusal(exc) == isinstance(exc, RTStructError)
+    assert failure_reason(exc) == reason
+
+
+def test_failure_reason_is_bounded() -> None:
+    long = failure_reason(RTStructError("/spool/rt.dcm: " + "x" * 2000))
+    assert len(long) == MAX_REASON and long.endswith("\u2026")
+    assert long.startswith("/spool/rt.dcm: xxx")
