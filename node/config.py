@@ -76,8 +76,10 @@ class SeriesRule(Strict):
     """
 
     name: str = Field(description="Unique name, used in logs and the index.")
-    preset: str = Field(default="ct-liver-basic", description="Preset name (pipelines/presets) or "
-                        "YAML path run on matching series.")
+    preset: str = Field(default="ct-liver-basic", description="Preset run on matching series: a "
+                        "shipped preset's name (pipelines/presets) or the path of a preset YAML "
+                        "file (ends in .yaml/.yml or holds a /), relative to the configuration "
+                        "file's folder; a file is loaded and validated with the configuration.")
     modality: list[str] = Field(default_factory=lambda: ["CT"],
                                 description="Modality (0008,0060) values accepted.")
     series_description: str | None = Field(
@@ -539,6 +541,33 @@ class ConfigError(Exception):
         super().__init__(f"{where}: " + "; ".join(problems))
 
 
+def names_a_file(preset: str) -> bool:
+    """Whether a rule's ``preset`` is the path of a preset YAML file rather than a shipped
+    preset's name: it ends in ``.yaml``/``.yml`` or holds a path separator, the test
+    ``pipelines.presets.load_preset`` applies."""
+    return preset.endswith((".yaml", ".yml")) or any(sep in preset for sep in ("/", "\\"))
+
+
+def _preset_files(config: NodeConfig, folder: Path) -> list[str]:
+    """Resolve each rule's preset file against ``folder`` (where the configuration file is) and
+    load it with ``pipelines.presets.load_preset``, so that a site's own preset with a typo stops
+    the node at start, not each job; one problem per preset that cannot be loaded. Shipped
+    presets are named, not read here (``config check`` loads them)."""
+    files = [rule for rule in config.rules if names_a_file(rule.preset)]
+    if not files:
+        return []
+    from pipelines.presets import load_preset  # reads pyradiomics' schema: only when needed
+
+    problems = []
+    for rule in files:
+        rule.preset = str((folder / rule.preset).resolve())
+        try:
+            load_preset(rule.preset)
+        except ValueError as exc:  # PresetError: one line naming the file, key and reason
+            problems.append(f"rules.{rule.name}.preset: {' '.join(str(exc).split())}")
+    return problems
+
+
 def _describe(error: dict[str, Any]) -> str:
     location = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = error["msg"]
@@ -553,7 +582,8 @@ def load_config(path: Path | None = None) -> NodeConfig:
     """Read and validate ``path`` (or only defaults and environment when None).
 
     Raises ConfigError with one readable line per problem: YAML syntax with line and column, or
-    the dotted field path, the reason and the offending value.
+    the dotted field path, the reason and the offending value; then every rule's preset file is
+    resolved against the file's folder and loaded (:func:`_preset_files`).
     """
     data: Any = {}
     if path is not None:
@@ -571,6 +601,10 @@ def load_config(path: Path | None = None) -> NodeConfig:
         if not isinstance(data, dict):
             raise ConfigError(path, ["the top level must be a mapping of field: value"])
     try:
-        return NodeConfig(**data)
+        config = NodeConfig(**data)
     except ValidationError as exc:
         raise ConfigError(path, [_describe(e) for e in exc.errors()]) from exc
+    problems = _preset_files(config, Path(path).parent if path is not None else Path.cwd())
+    if problems:
+        raise ConfigError(path, problems)
+    return config

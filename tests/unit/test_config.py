@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from node.cli import main
 from node.config import ConfigError, load_config
@@ -96,3 +97,36 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     unknown_preset.write_text("rules:\n  - {name: r, preset: no-such-preset}\n")
     assert main(["config", "check", str(unknown_preset)]) == 1
     assert "rules.r.preset" in capsys.readouterr().out
+
+
+def test_a_rules_preset_file_is_resolved_beside_the_file_and_loaded(tmp_path: Path) -> None:
+    """A site's own preset is a file: a relative path is taken from the configuration file's
+    folder (the node may run elsewhere), and the preset is loaded with the configuration, so
+    that a broken one stops the node at start rather than failing every job."""
+    from pipelines.presets import load_preset
+
+    site = tmp_path / "site"
+    (site / "presets").mkdir(parents=True)
+    own = load_preset("ct-liver-basic").model_dump(mode="json", exclude_none=True)
+    (site / "presets" / "own.yaml").write_text(yaml.safe_dump({**own, "name": "own"}))
+    path = site / "node.yaml"
+    path.write_text("rules:\n  - {name: own, preset: presets/own.yaml}\n"
+                    "  - {name: shipped, preset: ct-liver-basic}\n")
+    config = load_config(path)
+    assert [r.preset for r in config.rules] == [str(site / "presets" / "own.yaml"),
+                                                "ct-liver-basic"]
+
+    (site / "presets" / "own.yaml").write_text(yaml.safe_dump({**own, "name": "own",
+                                                               "radiomics": {"setting": []}}))
+    (site / "presets" / "typo.yml").write_text("name: typo\nradiomics: {setting: {binWidht: 5}}")
+    path.write_text("rules:\n  - {name: own, preset: presets/own.yaml}\n"
+                    "  - {name: typo, preset: presets/typo.yml}\n"
+                    "  - {name: gone, preset: /nowhere/preset.yaml}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    problems = refused.value.problems
+    assert [p.split(":")[0] for p in problems] == [
+        "rules.own.preset", "rules.typo.preset", "rules.gone.preset"]
+    assert all("\n" not in p for p in problems)
+    assert str(site / "presets" / "typo.yml") in problems[1] and "binWidht" in problems[1]
+    assert "/nowhere/preset.yaml: cannot read preset" in problems[2]
