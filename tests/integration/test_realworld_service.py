@@ -37,6 +37,7 @@ from tests.integration.peers import (
     OrthancServer,
     node_service,
     orthanc,
+    phi_leaks,
     require_tools,
 )
 
@@ -177,3 +178,10 @@ def test_case_through_the_service(tmp_path: Path, refdata: Path, case: Case) -> 
                 _check_results(case, node, pacs, outcome["job_id"], str(image.StudyInstanceUID))
             else:
                 _check_refusal(case, node, outcome, case_uids)
+    # the case's own patient is in no log line either (logs carry UIDs, never identity)
+    identity = [str(image.get(keyword) or "") for keyword in
+                ("PatientName", "PatientID", "PatientBirthDate")]
+    identity += [value.replace("^", " ") for value in identity]
+    leaks = phi_leaks([node.log_path, node.log_path.parent / "stderr.log"],
+                      sorted({value.strip() for value in identity if len(value.strip()) >= 3}))
+    assert not leaks, "patient identity in node logs:\n" + "\n".join(leaks[:20])
