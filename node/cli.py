@@ -154,8 +154,11 @@ def _process(args: argparse.Namespace) -> int:
     """Pair the segmentations in a folder with their series and run the pipeline on each pair."""
     from collections import Counter
 
+    import pydicom
     from tqdm import tqdm
 
+    from node.jobs import failure_reason
+    from node.router import missing_reference
     from pipelines.discovery import discover
     from pipelines.presets import load_preset
     from pipelines.process import process_study
@@ -178,7 +181,7 @@ def _process(args: argparse.Namespace) -> int:
             result = process_study(series.paths, segmentation.path, preset, out)
         except Exception as exc:  # one failed pair must not stop the others; it is reported
             failed += 1
-            tqdm.write(f"{where}: FAILED: {exc}", file=sys.stdout)
+            tqdm.write(f"{where}: FAILED: {failure_reason(exc)}", file=sys.stdout)
             continue
         features = sum(len(lesion.features) for lesion in result.lesions)
         tqdm.write(f"{where}: {len(result.lesions)} ROI(s), {features} values -> {out}",
@@ -187,9 +190,13 @@ def _process(args: argparse.Namespace) -> int:
             tqdm.write(line, file=sys.stdout)
     progress.close()
     for segmentation in found.unpaired:
-        print(f"{segmentation.path}: {segmentation.kind} references series "
-              f"{', '.join(sorted(segmentation.referenced_series)) or '(none)'}, not found under "
-              f"{args.dir}: not processed")
+        if segmentation.referenced_series:
+            print(f"{segmentation.path}: {segmentation.kind} references series "
+                  f"{', '.join(sorted(segmentation.referenced_series))}, not found under "
+                  f"{args.dir}: not processed")
+        else:
+            header = pydicom.dcmread(segmentation.path, stop_before_pixels=True)
+            print(f"{segmentation.path}: {missing_reference(header)}: not processed")
     if not found.pairs:
         print(f"{args.dir}: no segmentation paired with an image series ({len(found.series)} "
               f"series, {len(found.unpaired)} unpaired segmentation(s))")
