@@ -21,7 +21,12 @@ Each segment (PS3.3 C.8.20.2, Segment Description):
   "Eroded lesion core";
 * Anatomic Region Sequence copied from the input segment (e.g. Liver);
 * Segment Algorithm Type AUTOMATIC with Segmentation Algorithm Identification radiomics-node, its
-  version, family DCM "Morphological operations" (CID 7162) and the preset name and hash.
+  version, family DCM "Morphological operations" (CID 7162) and the preset name and hash;
+* Recommended Display CIELab Value (0062,000D) :func:`display_color` of its segment number: every
+  segment its own colour, the same in every SEG the node writes.
+
+The SEG's Content Creator's Name (0070,0084, PS3.3 C.10.9) is the node's and its General Study
+attributes are the source's (``pipelines.result_attributes``).
 
 Only the source slices that hold a derived voxel are given to highdicom, each with its Plane
 Position (Patient), and it omits the empty frames among them. UIDs follow ``pipelines.uids``.
@@ -29,6 +34,7 @@ Position (Patient), and it omits the empty frames among them. UIDs follow ``pipe
 
 from __future__ import annotations
 
+import colorsys
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +47,7 @@ from pydicom.sr.codedict import codes
 from pipelines.codes import PRIVATE_SCHEME, coding_schemes
 from pipelines.parametric_map import slab_geometry
 from pipelines.presets import Preset
+from pipelines.result_attributes import CONTENT_CREATOR_NAME, copy_study_attributes
 from pipelines.results import LABEL_LENGTH, RoiResult
 from pipelines.rois import RoiMask
 from pipelines.segmentation import DecodedSegmentation
@@ -49,6 +56,8 @@ from pipelines.software import ALGORITHM_NAME, MANUFACTURER, software_version
 from pipelines.uids import result_uid
 
 SEG_SERIES_NUMBER_OFFSET = 1002  # derived SEG series number = source SeriesNumber + this offset
+GOLDEN_ANGLE = 360.0 * (1.0 - 2.0 / (1.0 + 5.0 ** 0.5))  # degrees, about 137.5
+DISPLAY_SATURATION, DISPLAY_VALUE = 0.75, 1.0  # HSV saturation and value of segment colours
 
 TISSUE = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
 PERILESIONAL = hd.sr.CodedConcept("ROI.PeriLesional", PRIVATE_SCHEME, "Perilesional tissue")
@@ -82,6 +91,19 @@ def _kind(preset: Preset, variant: str) -> str:
         raise DerivedSegmentationError(
             f"ROI variant {variant!r} is not among preset {preset.name}'s {sorted(kinds)}")
     return kinds[variant]
+
+
+def display_color(number: int) -> hd.color.CIELabColor:
+    """Recommended Display CIELab Value (0062,000D, PS3.3 C.8.20.2) of segment ``number`` (from
+    1): the sRGB colour of hue ``(number - 1)`` golden angles round the colour wheel, saturation
+    :data:`DISPLAY_SATURATION`, value :data:`DISPLAY_VALUE`, in DICOM's scaled CIELab (PS3.3
+    C.10.7.1.1, highdicom's ``CIELabColor.from_rgb``). The golden angle puts consecutive segments
+    (the overlapping ROI variants of one lesion) far apart in hue and never repeats a hue, so no
+    two segments share a colour; it depends on the number alone, so a rerun gives the same one.
+    """
+    hue = (number - 1) * GOLDEN_ANGLE % 360.0 / 360.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, DISPLAY_SATURATION, DISPLAY_VALUE)
+    return hd.color.CIELabColor.from_rgb(red * 255.0, green * 255.0, blue * 255.0)
 
 
 def _anatomic_regions(seg: DecodedSegmentation, number: int) -> list[hd.sr.CodedConcept]:
@@ -125,6 +147,7 @@ def _description(number: int, roi: RoiResult, seg: DecodedSegmentation, preset: 
                                 str(segment.number), *((variant,) if roi.derived else ())),
         tracking_id=label,
         anatomic_regions=_anatomic_regions(seg, segment.number) or None,
+        display_color=display_color(number),
     )
     if kind == "intra":
         # Segment Description (0062,0006), PS3.3 C.8.20.4: which RT ROI this segment rasterises
@@ -218,6 +241,8 @@ def build_derived_segmentation(
         content_description=f"ROIs measured by {ALGORITHM_NAME} ({preset.name})"[:64],
         series_description=f"Radiomics ROIs ({preset.name})"[:64],
     )
+    dataset.ContentCreatorName = CONTENT_CREATOR_NAME  # Type 2 (PS3.3 C.10.9); highdicom sets none
+    copy_study_attributes(dataset, volume.datasets[0])
     body_part = volume.datasets[0].get("BodyPartExamined")
     if body_part:
         # Laterality (0020,0060) is required for a paired body part (PS3.3 C.7.3.1)

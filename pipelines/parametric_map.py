@@ -32,7 +32,9 @@ One Parametric Map (PS3.3 A.75) per feature covers every lesion: float32 frames 
 lesions' regions overlap the later lesion's values are written. Its Real World Value Mapping
 (PS3.3 C.7.6.16.2.11) names the quantity by the feature's concept (``pipelines.codes``: IBSI or
 ``99RADNODE`` code) and its UCUM unit; the Referenced Series Sequence and each frame's Derivation
-Image Sequence point to the source images.
+Image Sequence point to the source images. Its Content Creator's Name (0070,0084, PS3.3 C.10.9)
+is the node's and its General Study attributes are the source's
+(``pipelines.result_attributes``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from pipelines.codes import coding_schemes, feature_concept, ucum_unit
 from pipelines.features import ArrayImage, TaskMap, validated_extractor
 from pipelines.preprocess import Grid
 from pipelines.presets import IMAGE_INTERPOLATORS, Preset
+from pipelines.result_attributes import CONTENT_CREATOR_NAME, copy_study_attributes
 from pipelines.segmentation import Segment, voxel_box
 from pipelines.series import SeriesVolume
 from pipelines.software import MANUFACTURER, software_version
@@ -490,8 +493,10 @@ def build_parametric_maps(
             voi_lut_transformations=[_window(centre, width)],
             content_label="RADIOMICS",
             content_description=f"{name} map"[:64],
+            content_creator_name=CONTENT_CREATOR_NAME,
             series_description=f"Radiomics map {name} ({preset.name})"[:64],
         )
+        copy_study_attributes(pm, volume.datasets[0])
         body_part = volume.datasets[0].get("BodyPartExamined")
         if body_part:
             # General Series Laterality (0020,0060) is required for a paired body part (PS3.3

@@ -8,7 +8,8 @@ Structure (PS3.16 TID 1500 "Measurement Report"):
   Tracking UID (the segment label for the segment as drawn, "<label> / <ROI variant>" such as
   "Lesion 2 / intra + 4 mm ring" for a region the preset derived from it, see pipelines.rois;
   its Referenced Segment is then the segment it was derived from), the Referenced Segment (SEG
-  SOP instance, segment number and the source series),
+  SOP instance, segment number and the source series, DCM 121232 "Source series for
+  segmentation" as TID 1411 spells it),
   Finding Type (the segment's Segmented Property Type) and, where the SEG gives one, the
   segment's Anatomic Region as Finding Site.
 * Algorithm Identification (TID 4019) of each group, naming radiomics-node, its version and, as
@@ -26,6 +27,8 @@ lesion for ct-liver-crlm), and pydicom datasets of them took seconds to build an
 A non-finite value is refused: PS3.3 C.18.1 would encode it as an empty Measured Value Sequence
 with a CID 42 Numeric Value Qualifier, which highdicom 0.28 cannot read back, and a NUM that
 hides the failure behind a number would be worse than no report.
+
+The General Study attributes are the source's (``pipelines.result_attributes``).
 
 Series/SOP Instance UIDs and Tracking UIDs are derived with
 ``pydicom.uid.generate_uid(entropy_srcs=...)`` from the source series and every one of its
@@ -51,6 +54,7 @@ from pipelines.features import feature_keys
 from pipelines.inference import ModelOutput, NotApplied
 from pipelines.presets import Preset
 from pipelines.qc import QCReport
+from pipelines.result_attributes import copy_study_attributes
 from pipelines.results import RoiResult
 from pipelines.segmentation import DecodedSegmentation, Segment
 from pipelines.series import SeriesVolume
@@ -143,6 +147,9 @@ def _referenced_segment(volume: SeriesVolume, seg: DecodedSegmentation, roi: Roi
     rasterised: TID 1411 references segments, not contours), else the input SEG's segment."""
     key = (roi.segment.number, str(roi.roi_variant))
     source = hd.sr.SourceSeriesForSegmentation(volume.series_instance_uid)
+    # highdicom 0.28 writes the meaning "Source Series for Segmentation"; TID 1411 and PS3.16
+    # Annex D spell DCM 121232 "Source series for segmentation" (pydicom's dictionary of them)
+    source.ConceptNameCodeSequence[0].CodeMeaning = codes.DCM.SourceSeriesForSegmentation.meaning
     if derived is not None and key in derived.segment_numbers:
         return hd.sr.ReferencedSegment(
             sop_class_uid=str(derived.dataset.SOPClassUID),
@@ -295,6 +302,7 @@ def build_measurement_report(
         software_versions=sw_version,
         coding_schemes=coding_schemes(),
     )
+    copy_study_attributes(sr, volume.datasets[0])
     encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
     _insert_image_library(sr, volume.datasets, encodings)
     _complete_groups(sr, rois, volume.modality, findings, encodings)

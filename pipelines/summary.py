@@ -16,7 +16,9 @@ with the Agg backend, no display) holds:
 
 The Secondary Capture Image (PS3.3 A.8.1) is written by highdicom in the source study, in a new
 series, with Burned In Annotation YES (PS3.3 C.7.6.1.1.3: the page is all annotation) and
-Conversion Type WSD ("workstation"). Its UIDs follow ``pipelines.uids``.
+Conversion Type WSD ("workstation"), and the source's General Study attributes
+(``pipelines.result_attributes``: highdicom's ``SCImage.from_ref_dataset`` copies no Study
+Description). Its UIDs follow ``pipelines.uids``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from pipelines.result_attributes import copy_study_attributes
 from pipelines.results import RoiResult
 from pipelines.rois import RoiMask
 from pipelines.series import SeriesVolume
@@ -254,6 +257,7 @@ def build_summary_image(
         patient_orientation=("L", "P"),
         series_description=f"Radiomics summary ({preset_name})"[:64],
     )
+    copy_study_attributes(image, reference)
     if reference.get("BodyPartExamined"):
         # Laterality (0020,0060) is required for a paired body part (PS3.3 C.7.3.1)
         image.BodyPartExamined = reference.BodyPartExamined
