@@ -1,10 +1,11 @@
 """The ``radiomics-node`` command: serve, config check, demo, outbox list and retry, audit;
-models and export (node.model_commands)."""
+models and export (node.model_commands); index check and rebuild (node.index_commands)."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import signal
 import sys
 import threading
@@ -14,10 +15,14 @@ from typing import TYPE_CHECKING
 
 from node import __version__, logs
 from node.config import ConfigError, load_config
+from node.index_commands import add_commands as add_index_commands
 from node.model_commands import add_commands as add_model_commands
 
 if TYPE_CHECKING:
     from node.index import Index
+
+INDEX_DAMAGED = 3
+"""Exit status of ``serve`` when the index is damaged (``node.index.IndexDamaged``)."""
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -28,13 +33,24 @@ def _serve(args: argparse.Namespace) -> int:
     # the job workers start first: they import the pipeline while this process imports the rest
     # of the node (seconds each), so the first study after a start does not wait for them
     executor = make_executor(config)
+    from node.index import IndexDamaged
     from node.service import Node
 
-    node = Node(config, executor=executor)
+    try:
+        node = Node(config, executor=executor)
+        node.start()
+    except IndexDamaged as exc:
+        # one line in the log and on stderr, no traceback: what is wrong and what to do
+        logging.getLogger("node").error("index damaged: not started", extra=logs.fields(
+            index=str(exc.path), problem=exc.problem))
+        print(f"{exc}; stop here and run `radiomics-node index rebuild"
+              f"{f' --config {args.config}' if args.config else ''}` (docs/runbook.md)",
+              file=sys.stderr)
+        executor.shutdown()
+        return INDEX_DAMAGED
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    node.start()
     stop.wait()
     node.stop()
     return 0
@@ -272,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.set_defaults(func=_audit)
 
     add_model_commands(commands)
+    add_index_commands(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``/healthz``: is the node doing its work? Four checks, each with a reason when it fails.
+"""``/healthz``: is the node doing its work? Five checks, each with a reason when it fails.
 
 - ``receiver``: the DICOM listener's socket is open;
 - ``scheduler``: the scheduler runs and its heartbeat tick ran within
@@ -6,7 +6,10 @@
 - ``disk``: free space in the spool is at least ``min_free_bytes`` (below it C-STORE is
   answered 0xA700, PS3.4 B.2.3);
 - ``outbox``: no pending delivery has been due for longer than ``status.stuck_after`` seconds
-  (deliveries in back-off are not due; a destination that is down for long enough fails this).
+  (deliveries in back-off are not due; a destination that is down for long enough fails this);
+- ``ticks``: no scheduled tick has failed ``TICK_FAILURES`` times in a row (``node.ticks``): a
+  tick that raises on every run, e.g. on a damaged page of the index, does the node's work no
+  more although the heartbeat still runs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from dataclasses import dataclass
 
 from node.config import NodeConfig
 from node.index import Index
+from node.ticks import Tick
+
+TICK_FAILURES = 3
+"""Runs in a row a tick may fail before ``/healthz`` fails: one failed run may be a passing
+cause (a peer that hung up), three in a row at ``scan_interval`` are not."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +51,10 @@ class Health:
 
 
 def check_health(config: NodeConfig, index: Index, listening: bool, scheduler_running: bool,
-                 heartbeat: float | None, now: float | None = None) -> Health:
-    """Run the four checks; ``heartbeat`` is when the scheduler's heartbeat tick last ran."""
+                 heartbeat: float | None, now: float | None = None,
+                 ticks: tuple[Tick, ...] = ()) -> Health:
+    """Run the checks; ``heartbeat`` is when the scheduler's heartbeat tick last ran, ``ticks``
+    the node's scheduled ticks."""
     now = time.time() if now is None else now
     status = config.status
     listener = config.listener
@@ -72,4 +82,8 @@ def check_health(config: NodeConfig, index: Index, listening: bool, scheduler_ru
         outbox = Check("outbox", waiting <= status.stuck_after,
                        f"oldest due delivery waiting {waiting:.0f} s "
                        f"(limit {status.stuck_after:g} s)")
-    return Health((receiver, scheduler, disk, outbox))
+    failing = [tick for tick in ticks if tick.failures_in_a_row >= TICK_FAILURES]
+    tick_check = Check("ticks", not failing, "; ".join(
+        f"{tick.name} failed {tick.failures_in_a_row} times in a row, last {tick.last_error}"
+        for tick in failing) or f"no tick failed {TICK_FAILURES} times in a row")
+    return Health((receiver, scheduler, disk, outbox, tick_check))

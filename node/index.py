@@ -225,24 +225,56 @@ class DeliveryRow:
     attempts: int
 
 
+class IndexDamaged(RuntimeError):
+    """The index database cannot be used: SQLite reports it malformed, or its integrity check
+    finds damage. ``path`` is the database, ``problem`` SQLite's first complaint (one line)."""
+
+    def __init__(self, path: Path, problem: str):
+        super().__init__(f"index {path} is damaged: {problem}")
+        self.path = path
+        self.problem = problem
+
+
 class Index:
-    """Thread-safe access to the node's SQLite database (one connection, one lock)."""
+    """Thread-safe access to the node's SQLite database (one connection, one lock).
+
+    Raises:
+        IndexDamaged: when SQLite cannot open or set up the database (e.g. "database disk image
+            is malformed").
+    """
 
     def __init__(self, path: Path, *, synchronous: Literal["FULL", "NORMAL"] = "FULL"):
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
-        for table, column, declaration in ADDED_COLUMNS:
-            have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+            for table, column, declaration in ADDED_COLUMNS:
+                have = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise IndexDamaged(path, str(exc).splitlines()[0]) from exc
+
+    def integrity_problems(self, most: int = 10) -> list[str]:
+        """SQLite's ``PRAGMA quick_check`` of the whole database: up to ``most`` lines naming
+        what is damaged (pages, rows, indices), empty when it is sound. It reads every page
+        (seconds for a large index): the node runs it once, at start.
+        ``sqlite3.DatabaseError`` raised by the check itself is reported as its message."""
+        with self._lock:
+            try:
+                rows = [str(r[0]) for r in self._db.execute(f"PRAGMA quick_check({int(most)})")]
+            except sqlite3.DatabaseError as exc:
+                return [str(exc).splitlines()[0]]
+        return [] if rows == ["ok"] else rows
 
     def close(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -25,7 +26,7 @@ from node.config import NodeConfig
 from node.executor import Executor
 from node.feed import Feed
 from node.health import Health, check_health
-from node.index import Index
+from node.index import Index, IndexDamaged
 from node.jobs import JobRunner
 from node.logs import fields
 from node.outbox import Outbox
@@ -68,6 +69,7 @@ class Node:
             if config.status.enabled else None
         self.status_address: tuple[str, int] | None = None
         self.heartbeat: float | None = None
+        self.ticks: dict[str, Tick] = {}
         self._scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         )
@@ -112,25 +114,39 @@ class Node:
     def health(self) -> Health:
         """The ``/healthz`` checks (``node.health``) of this node now."""
         return check_health(self.config, self.index, self.receiver.listening,
-                            self._scheduler.running, self.heartbeat)
+                            self._scheduler.running, self.heartbeat,
+                            ticks=tuple(self.ticks.values()))
+
+    def _schedule(self, tick: str, fn: Callable[[], None], seconds: float) -> None:
+        """Run ``fn`` every ``seconds`` as the tick ``tick`` (``node.ticks``: woken early, its
+        failures counted for ``/healthz``)."""
+        self.ticks[tick] = Tick(fn, tick)
+        self._scheduler.add_job(self.ticks[tick], "interval", seconds=seconds, id=tick,
+                                name=getattr(fn, "__qualname__", tick))
 
     def start(self) -> tuple[str, int]:
+        """Check the index, recover from an unclean stop, listen and start the ticks.
+
+        Raises:
+            IndexDamaged: the index fails SQLite's integrity check; nothing is started
+                (``radiomics-node index rebuild`` makes a new one from the spool).
+        """
+        problems = self.index.integrity_problems()
+        if problems:
+            raise IndexDamaged(self.index.path, "; ".join(problems[:3]))
         recover(self.config, self.index)
         if self.status is not None:  # first: a port in use stops the node before it listens
             self.status_address = self.status.start()
         self.address = self.receiver.start()
         interval = self.config.scan_interval
-        for tick, fn in (("assembly", self.assemble), ("jobs", self.jobs.tick),
-                         ("outbox", self.outbox.tick)):  # the ticks woken early: node.ticks
-            self._scheduler.add_job(Tick(fn), "interval", seconds=interval, id=tick,
-                                    name=getattr(fn, "__qualname__", tick))  # Outbox.tick
-        self._scheduler.add_job(self.retriever.tick, "interval", seconds=interval, id="retrieve")
-        self._scheduler.add_job(self.beat, "interval", seconds=interval, id="heartbeat")
-        self._scheduler.add_job(self.retention.tick, "interval",
-                                seconds=self.config.retention.interval, id="retention")
+        self._schedule("assembly", self.assemble, interval)
+        self._schedule("jobs", self.jobs.tick, interval)
+        self._schedule("outbox", self.outbox.tick, interval)
+        self._schedule("retrieve", self.retriever.tick, interval)
+        self._schedule("heartbeat", self.beat, interval)
+        self._schedule("retention", self.retention.tick, self.config.retention.interval)
         for feed in self.feeds:
-            self._scheduler.add_job(feed.poll, "interval", seconds=feed.settings.poll_interval,
-                                    id=f"feed-{feed.settings.name}")
+            self._schedule(f"feed-{feed.settings.name}", feed.poll, feed.settings.poll_interval)
         self._scheduler.start()
         self.beat()
         return self.address
