@@ -1,5 +1,6 @@
 """The ``radiomics-node`` command: serve, config check, demo, outbox list and retry, audit;
-models and export (node.model_commands); index check and rebuild (node.index_commands)."""
+models and export (node.model_commands); index check and rebuild (node.index_commands); jobs
+list and retry (node.job_commands)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from node import __version__, logs
 from node.config import ConfigError, load_config
 from node.index_commands import add_commands as add_index_commands
+from node.job_commands import add_commands as add_job_commands
 from node.model_commands import add_commands as add_model_commands
 
 if TYPE_CHECKING:
@@ -289,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(commands)
     add_index_commands(commands)
+    add_job_commands(commands)
     return parser
 
 

@@ -130,6 +130,7 @@ ADDED_COLUMNS = (
     ("jobs", "rerun_of", "INTEGER"),
     ("jobs", "timings", "TEXT"),
     ("outbox", "sent_at", "REAL"),
+    ("jobs", "not_before", "REAL"),
 )
 """Columns added after the first release: an index made before them gets them at open."""
 
@@ -411,11 +412,14 @@ class Index:
         )
         return [_job_row(r) for r in rows]
 
-    def claim_job(self) -> JobRow | None:
-        """Move the oldest queued job to running (attempts + 1) and return it."""
+    def claim_job(self, now: float | None = None) -> JobRow | None:
+        """Move the oldest queued job that is due (no ``not_before`` after ``now``) to running
+        (attempts + 1) and return it."""
+        now = time.time() if now is None else now
         with self._transaction() as db:
             row = db.execute(
-                "SELECT id FROM jobs WHERE state='queued' ORDER BY id LIMIT 1"
+                """SELECT id FROM jobs WHERE state='queued'
+                   AND (not_before IS NULL OR not_before<=?) ORDER BY id LIMIT 1""", (now,)
             ).fetchone()
             if row is None:
                 return None
@@ -466,11 +470,32 @@ class Index:
             )
             _audit_job(db, job_id, "job failed", detail={"reason": reason})
 
-    def requeue_job(self, job_id: int, reason: str) -> None:
-        """Put a running job back in the queue, keeping why its last attempt ended."""
+    def requeue_job(self, job_id: int, reason: str, not_before: float | None = None) -> None:
+        """Put a running job back in the queue, keeping why its last attempt ended; it is not
+        started again before ``not_before`` (epoch seconds) when given."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state='queued', reason=? WHERE id=?", (reason, job_id))
-            _audit_job(db, job_id, "job queued again", detail={"reason": reason})
+            db.execute("UPDATE jobs SET state='queued', reason=?, not_before=? WHERE id=?",
+                       (reason, not_before, job_id))
+            _audit_job(db, job_id, "job queued again",
+                       detail={"reason": reason, "not_before": not_before})
+
+    def retry_jobs(self, ids: list[int] | None = None, actor: str = NODE) -> list[int]:
+        """Run again: the failed jobs ``ids`` (or, when None, every failed one) go back to the
+        queue with attempts 0, due now, their last reason kept until they run; the audit trail
+        records that ``actor`` (e.g. ``cli:alice``) asked. Returns the ids queued."""
+        with self._transaction() as db:
+            if ids is None:
+                rows = db.execute("SELECT id FROM jobs WHERE state='failed' ORDER BY id")
+            else:
+                marks = ",".join("?" * len(ids))
+                rows = db.execute(f"SELECT id FROM jobs WHERE state='failed' AND id IN ({marks})"
+                                  " ORDER BY id", tuple(ids))
+            queued = [r["id"] for r in rows.fetchall()]
+            db.executemany("UPDATE jobs SET state='queued', attempts=0, not_before=NULL "
+                           "WHERE id=?", [(i,) for i in queued])
+            for job_id in queued:
+                _audit_job(db, job_id, "job retry requested", actor=actor)
+        return queued
 
     def requeue_interrupted_jobs(self) -> int:
         """Jobs left 'running' by a stopped node go back to the queue; returns how many."""

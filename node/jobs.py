@@ -9,11 +9,20 @@ queues it again. A done job keeps the seconds of each pipeline stage (``Index.jo
 A failed job's reason is one line (:func:`failure_reason`): the pipeline's own refusal of its
 inputs as the pipeline worded it (naming file, attribute and reason), or the type and message of
 an unexpected exception, whose traceback goes to the log at debug level only.
+
+Failures are classified. A transient one (:func:`is_transient`: the disk full, an I/O error, out
+of memory; a worker process that died) says nothing about the inputs: the job is queued again
+after a back-off that doubles from ``RETRY_BACKOFF`` seconds, up to ``max_job_attempts`` runs,
+and fails with its reason only then. A refusal or any other error fails it at once. A failed job
+runs again when someone asks (``radiomics-node jobs retry``). While free disk in the results
+folder is below ``min_free_bytes``, no job is started: its output could not be written.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
 import shutil
 import threading
 import time
@@ -56,6 +65,41 @@ def failure_reason(exc: BaseException) -> str:
     return line if len(line) <= MAX_REASON else line[:MAX_REASON - 1] + "\u2026"
 
 
+RETRY_BACKOFF = 60.0
+"""Seconds before the first rerun of a job that failed for a transient cause; doubled at each
+further failure, at most ``RETRY_BACKOFF_MAX``."""
+RETRY_BACKOFF_MAX = 3600.0
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EAGAIN,
+                               errno.EMFILE, errno.ENFILE})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure of the machine, not of the inputs, which may pass by itself: an OSError for a
+    full disk or quota, an I/O error, no memory or file handles (``errno``), or a MemoryError,
+    raised or the cause of what was raised (pydicom re-raises a write error as a new OSError
+    without its errno, the original as its cause). A refusal (:func:`is_refusal`) never is."""
+    if is_refusal(exc):
+        return False
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, MemoryError) or (isinstance(cause, OSError)
+                                              and _errno(cause) in _TRANSIENT_ERRNOS):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _errno(exc: OSError) -> int | None:
+    """The error number of ``exc``, or the one its message quotes as ``[Errno N]``: a worker
+    process's exception reaches the node pickled, without the cause that carried it."""
+    if exc.errno is not None:
+        return exc.errno
+    quoted = re.search(r"\[Errno (\d+)\]", str(exc))
+    return int(quoted.group(1)) if quoted else None
+
+
 def _worker_lost(exc: BaseException) -> bool:
     """A worker process ended abruptly: a broken local pool, or Dask's KilledWorker (the task's
     workers died ``allowed-failures`` times)."""
@@ -76,17 +120,38 @@ class JobRunner:
         self._running: dict[int, tuple[JobFuture, float]] = {}
         self._lock = threading.Lock()
         self._stopping = False
+        self._disk_was_ok = True
 
     def tick(self) -> None:
-        """Start queued jobs while workers are free."""
+        """Start queued jobs that are due while workers are free and the disk holds their
+        output (module docstring)."""
         while True:
             with self._lock:
                 if len(self._running) >= self._config.workers:
+                    return
+                if not self._disk_allows():
                     return
                 job = self._index.claim_job()
                 if job is None:
                     return
                 self._start(job)
+
+    def _disk_allows(self) -> bool:
+        """Whether free disk where results are written is at least ``min_free_bytes``; a
+        warning is logged when that changes to no, an info line when it changes back."""
+        folder = self._config.results_dir
+        while not folder.is_dir() and folder != folder.parent:
+            folder = folder.parent  # not made yet: the disk it will be made on
+        free = shutil.disk_usage(folder).free
+        allows = free >= self._config.min_free_bytes
+        if allows != self._disk_was_ok:
+            self._disk_was_ok = allows
+            if allows:
+                log.info("disk above floor: jobs start again", extra=fields(free_bytes=free))
+            else:
+                log.warning("disk below floor: no job started", extra=fields(
+                    free_bytes=free, min_free_bytes=self._config.min_free_bytes))
+        return allows
 
     def _start(self, job: JobRow) -> None:
         images = [row.path for row in self._index.instances_of(job.source_series_uid)]
@@ -120,6 +185,9 @@ class JobRunner:
             if _worker_lost(exc):
                 self._worker_died(job_id, exc)
                 return
+            if is_transient(exc):
+                self._again_later(job_id, failure_reason(exc))
+                return
             reason = failure_reason(exc)
             self._index.fail_job(job_id, reason)
             refused = is_refusal(exc)
@@ -152,16 +220,23 @@ class JobRunner:
             if self._stopping:
                 return
             self._executor.renew()
+        self._again_later(job_id, f"worker process died: {failure_reason(exc)}", backoff=False)
+
+    def _again_later(self, job_id: int, reason: str, backoff: bool = True) -> None:
+        """A transient failure: the job is queued again (after the back-off of the module
+        docstring when ``backoff``) until ``max_job_attempts`` runs, then it fails."""
         job = self._index.job(job_id)
-        reason = f"worker process died: {failure_reason(exc)}"
-        if job.attempts < self._config.max_job_attempts:
-            self._index.requeue_job(job_id, reason)
-            log.warning("job queued again", extra=fields(
-                job_id=job_id, attempts=job.attempts, reason=reason))
-        else:
+        if job.attempts >= self._config.max_job_attempts:
+            reason = f"{reason} (transient; gave up after {job.attempts} attempts)"
             self._index.fail_job(job_id, reason)
             log.error("job failed", extra=fields(job_id=job_id, attempts=job.attempts,
-                                                 reason=reason))
+                                                 transient=True, reason=reason))
+            return
+        delay = min(RETRY_BACKOFF * 2 ** (job.attempts - 1), RETRY_BACKOFF_MAX) if backoff \
+            else 0.0
+        self._index.requeue_job(job_id, reason, not_before=time.time() + delay if delay else None)
+        log.warning("job queued again", extra=fields(
+            job_id=job_id, attempts=job.attempts, reason=reason, retry_in_s=delay))
 
     def stop(self) -> None:
         """Stop at once: worker processes are ended, their jobs rerun at the next start."""
