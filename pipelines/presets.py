@@ -14,7 +14,8 @@ traces a value back to the settings that made it (DESIGN.md, "What a pipeline is
   intensity normalisation inside a reference region (IBSI 1, section 2.3 "Image processing"), and
   mask interpolation with a partial-volume threshold (IBSI 1, section 2.4 "mask interpolation").
 * ``rois``: ROI variants derived from each lesion (``pipelines.rois``), HU ranges that rings may
-  exclude, and how to find a liver segment in the SEG.
+  exclude, how to find a liver segment in the SEG, and the largest plausible lesion (a QC limit,
+  ``pipelines.qc``).
 * ``maps``: voxel-wise feature maps around each lesion (``pipelines.parametric_map``): which
   features, the kernel radius, the margin around the lesion, and whether maps are made at all.
 
@@ -262,11 +263,17 @@ class RoiVariant(_Section):
 
 
 class RoiOptions(_Section):
-    """ROI variants of each lesion and what rings may exclude."""
+    """ROI variants of each lesion and what rings may exclude.
+
+    ``max_lesion_volume_ml``: the largest plausible lesion of the preset's organ; a larger lesion
+    segment fails quality control (``lesion.volume``, docs/qc.md). Null keeps the node's
+    ``QCSettings.max_lesion_volume_ml`` (3 L, for the liver).
+    """
 
     variants: tuple[RoiVariant, ...] = Field(default=(RoiVariant(kind="intra"),), min_length=1)
     hu_ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
     liver: LiverSegmentRule = LiverSegmentRule()
+    max_lesion_volume_ml: float | None = Field(default=None, gt=0.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> RoiOptions:
@@ -289,7 +296,10 @@ class RoiOptions(_Section):
 
 
 # (path in the preset, default) of fields added after presets were pinned by hash
-_ADDED_LATER: tuple[tuple[tuple[str, ...], object], ...] = ((("rois", "liver", "measure"), False),)
+_ADDED_LATER: tuple[tuple[tuple[str, ...], object], ...] = (
+    (("rois", "liver", "measure"), False),
+    (("rois", "max_lesion_volume_ml"), None),
+)
 
 _NOT_VOXEL_BASED = ("shape", "shape2D")  # pyradiomics computes shape per ROI only
 

@@ -452,7 +452,8 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
             *(
                 assess_roi(volume, lesion.mask, qc_settings, reference_mask=liver, preset=preset,
                            features=original, perturbed=lesion_perturbed,
-                           subject=f"segment {lesion.number} ({lesion.label})")
+                           subject=f"segment {lesion.number} ({lesion.label})",
+                           organ=lesion.number in livers)
                 for lesion, original, lesion_perturbed in zip(lesions, drawn, perturbed,
                                                               strict=True)
             ),

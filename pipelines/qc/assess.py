@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import SimpleITK as sitk
 
 from pipelines.features import RoiFeatures
@@ -19,6 +20,7 @@ from pipelines.qc.image import (
 )
 from pipelines.qc.integrity import hu_range_check, integrity_checks
 from pipelines.qc.masks import grid_difference, mask_checks
+from pipelines.qc.plausibility import plausibility_checks
 from pipelines.qc.report import QCCheck, QCReport
 from pipelines.qc.robustness import Perturbation, feature_robustness
 from pipelines.qc.settings import QCSettings
@@ -53,6 +55,14 @@ def _field_strength(volume: SeriesVolume) -> float | None:
         return None
 
 
+def _volume_limit(settings: QCSettings, preset: Preset | None) -> tuple[float | None, str]:
+    """The largest plausible lesion volume (mL) and where it is set: the preset's limit when it
+    sets one, else the QC settings'."""
+    if preset is not None and preset.rois.max_lesion_volume_ml is not None:
+        return preset.rois.max_lesion_volume_ml, f"preset {preset.name} rois.max_lesion_volume_ml"
+    return settings.max_lesion_volume_ml, "QCSettings max_lesion_volume_ml"
+
+
 def assess_roi(
     volume: SeriesVolume,
     mask: sitk.Image,
@@ -64,8 +74,16 @@ def assess_roi(
     features: RoiFeatures | None = None,
     subject: str | None = None,
     perturbed: Mapping[str, Perturbation] | None = None,
+    organ: bool = False,
 ) -> QCReport:
-    """Mask checks, image checks and (with ``preset``) feature robustness of ``mask == label``.
+    """Mask checks, lesion plausibility, image checks and (with ``preset``) feature robustness of
+    ``mask == label``.
+
+    ``organ`` says the ROI is an organ measured as such (a liver segment the preset measures,
+    ``rois.liver.measure``), not a lesion: the plausibility checks of a lesion
+    (:mod:`pipelines.qc.plausibility`: volume, CT air and fat fractions) are then left out. The
+    volume limit is ``preset.rois.max_lesion_volume_ml`` when the preset sets one, else
+    ``settings.max_lesion_volume_ml``.
 
     ``reference_mask`` (non-zero voxels, on the image grid) is the homogeneous tissue to measure
     noise and bias field in, e.g. a liver segment; without it a shell around the ROI is used.
@@ -73,7 +91,8 @@ def assess_roi(
     ``features`` is the plain extraction of this ROI with that preset and ``perturbed`` the
     features of its eroded and dilated versions
     (:func:`pipelines.qc.robustness.perturbed_features`), if the caller has them.
-    Image and robustness checks are skipped when the mask is empty or off the image grid.
+    Plausibility, image and robustness checks are skipped when the mask is empty or off the
+    image grid.
 
     Raises:
         ValueError: when ``reference_mask`` is not on the image grid.
@@ -102,6 +121,11 @@ def assess_roi(
     values = sitk.GetArrayViewFromImage(image)[box]
     roi = roi[box]
     reference = None if reference is None else reference[box]
+    if not organ:
+        limit, source = _volume_limit(settings, preset)
+        report = report.extended(plausibility_checks(
+            values[roi], float(np.prod(spacing)), modality, settings,
+            max_volume_ml=limit, limit_source=source))
     distance = distance_outside(roi, spacing)
 
     region, where = reference_region(values, roi, distance, settings.noise_ring_mm, reference,

@@ -42,6 +42,13 @@ class QCSettings(BaseModel):
     fully_connected: bool = True
     grid_tolerance_mm: float = Field(default=1e-3, gt=0)
 
+    # Plausibility of a lesion (not of an organ measured as such)
+    max_lesion_volume_ml: float | None = Field(default=3000.0, gt=0)
+    ct_lesion_air_below_hu: float = -500.0
+    ct_lesion_max_air_fraction: float | None = Field(default=0.2, gt=0, le=1)
+    ct_lesion_fat_hu_range: Range = (-190.0, -30.0)
+    ct_lesion_max_fat_fraction: float | None = Field(default=0.5, gt=0, le=1)
+
     # Image: noise, metal, bias field
     noise_ring_mm: Range = (2.0, 10.0)
     ct_tissue_hu_range: Range = (-50.0, 300.0)
@@ -66,6 +73,7 @@ class QCSettings(BaseModel):
             "ct_kvp_range",
             "contrast_delay_s",
             "ct_hu_range",
+            "ct_lesion_fat_hu_range",
             "noise_ring_mm",
             "ct_tissue_hu_range",
             "bias_ring_mm",

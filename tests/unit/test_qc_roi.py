@@ -42,7 +42,7 @@ def test_clean_lesion_passes_every_check(clean: SeriesVolume) -> None:
     assert report.scope == "roi" and report.subject == "segment 1 Lesion"
     assert [c.name for c in report.checks] == [
         "mask.grid", "mask.voxels", "mask.inside_image", "mask.components", "mask.border",
-        "image.noise", "image.metal"]
+        "lesion.volume", "lesion.air", "lesion.fat", "image.noise", "image.metal"]
     expected = int(ball(SHAPE, CENTRE, 8.0, SPACING).sum())
     assert report.check("mask.voxels").value == expected
     assert report.check("mask.components").value == 1
