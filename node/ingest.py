@@ -4,21 +4,24 @@ peer, an instance pulled from Orthanc, a C-GET of a missing source series).
 Identity checks first; then the bytes as the sender encoded them are written durably to the spool
 and the instance is indexed; only then does the caller hear success (PS3.4 B.2.3 status 0x0000).
 Whatever the node acknowledged, it has on disk and indexed. Refused input is kept in quarantine
-with a reason that names the tag.
+with a reason that names the tag. A caller that asked for particular instances (``node.retrieve``)
+passes what they must hold, and anything else is refused the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from node.config import NodeConfig
 from node.index import Index, InstanceRow
-from node.logs import fields
+from node.logs import PHI_KEYWORDS, fields
 from node.part10 import Part10
 from node.quarantine import quarantine
 from node.spool import is_uid, spool_path, write_durably
@@ -42,10 +45,18 @@ SUCCESS = 0x0000
 
 @dataclass(frozen=True)
 class Outcome:
-    """The answer for the sender: a C-STORE status and, on failure, a comment naming the tag."""
+    """The answer for the sender: a C-STORE status and, on failure, a comment naming the tag
+    (``tag``, e.g. ``(0020,000D) StudyInstanceUID``, for callers that count refusals)."""
 
     status: int
     comment: str = ""
+    tag: str = ""
+
+    @property
+    def no_room(self) -> bool:
+        """The node's own disk refused the instance (free space below ``min_free_bytes``, a
+        failed spool write): 0xA700 without a tag; the same instance may be stored later."""
+        return self.status == OUT_OF_RESOURCES and not self.tag
 
     def as_dataset(self) -> Dataset:
         """The status as a C-STORE response dataset with Error Comment (0000,0902)."""
@@ -88,6 +99,37 @@ def identify(dataset: Dataset, expected_class: str | None = None,
     return values
 
 
+def tag_name(keyword: str) -> str:
+    """``(gggg,eeee) Keyword`` for a data dictionary keyword (PS3.6)."""
+    tag = Tag(tag_for_keyword(keyword))
+    return f"({tag.group:04X},{tag.element:04X}) {keyword}"
+
+
+def check_expected(dataset: Dataset, expected: Mapping[str, str]) -> None:
+    """Refuse, with 0xC000 (PS3.4 B.2.3 Table B.2-1, Error: Cannot understand), an instance
+    whose value of a keyword of ``expected`` differs from the value given (both stripped of
+    padding, an absent element read as empty): e.g. an instance a retrieval brought from another
+    study, series or patient than the one asked for. The reason names the tag and both values.
+
+    The status: 0xA7xx (Out of Resources) would tell the sender to try again later and 0xA9xx
+    says the data set breaks its IOD; the instance is neither, it is one the node cannot take as
+    what it asked for, and the Cxxx class is Table B.2-1's failure for a data set the SCP does
+    not process, which no sender retries."""
+    for keyword, value in expected.items():
+        actual = str(element_value(dataset, keyword, "") or "").strip()
+        if actual != value.strip():
+            raise Refusal(CANNOT_UNDERSTAND, tag_name(keyword),
+                          f"dataset says {actual[:64]!r}, the request expects {value[:64]!r}")
+
+
+def _loggable(refusal: Refusal) -> str:
+    """The refusal's reason for a log line: without the values when the tag is one of patient
+    identity (``node.logs.PHI_KEYWORDS``)."""
+    if refusal.tag.rsplit(" ", 1)[-1] in PHI_KEYWORDS:
+        return "differs from what the request expects (values not logged: patient identity)"
+    return refusal.reason
+
+
 class Ingest:
     """Checks, stores durably and indexes instances; shared by every way data comes in."""
 
@@ -99,13 +141,17 @@ class Ingest:
 
     def accept(self, data: bytes | Part10, decode: Callable[[], Dataset], source: str,
                expected_class: str | None = None,
-               expected_instance: str | None = None, host: str | None = None) -> Outcome:
+               expected_instance: str | None = None, host: str | None = None, *,
+               expected: Mapping[str, str] | None = None) -> Outcome:
         """Take one instance: ``data`` is its Part 10 encoding (as one buffer, or as a header and
         the data set as received: ``node.part10``), ``decode`` parses it, ``source``
         says who brought it (e.g. the calling AE title) and ``host`` from which address (kept in
         the index for the audit trail). Never raises for bad input: the checks of
         ``node.validation`` (size, transfer syntax, every element decodable, identity, SOP class,
-        Pixel Data against the Image Pixel module) refuse it with a status naming the tag."""
+        Pixel Data against the Image Pixel module) refuse it with a status naming the tag.
+        ``expected`` (keyword -> value, e.g. the Study and Series Instance UIDs and the Patient
+        ID a retrieval asked for) is checked after identity (:func:`check_expected`). A refused
+        instance is quarantined, never indexed; its log line leaves out patient identity."""
         try:
             try:
                 check_size(len(data), self._config.limits.max_instance_bytes)
@@ -117,6 +163,8 @@ class Ingest:
                 dataset = decode()
                 check_elements(dataset)
                 identity = identify(dataset, expected_class, expected_instance)
+                if expected:
+                    check_expected(dataset, expected)
                 check_sop_class(identity["SOPClassUID"])
                 check_pixels(dataset, identity["SOPClassUID"], syntax)
             except Refusal:
@@ -128,8 +176,8 @@ class Ingest:
                               tag=refusal.tag, reason=refusal.reason)
             log.warning("instance refused", extra=fields(
                 source=source, status=f"0x{refusal.status:04X}", tag=refusal.tag,
-                reason=refusal.reason, quarantined=kept.name))
-            return Outcome(refusal.status, f"{refusal.tag}: {refusal.reason}")
+                reason=_loggable(refusal), quarantined=kept.name))
+            return Outcome(refusal.status, f"{refusal.tag}: {refusal.reason}", refusal.tag)
         return self._store(identity, str(element_value(dataset, "Modality", "") or ""), data,
                            source, host)
 

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from node.spool import is_uid
+
 
 class OrthancError(ConnectionError):
     """An Orthanc REST call that failed: unreachable, timed out, or answered an error status
@@ -92,9 +94,18 @@ class OrthancClient:
         """The Part 10 file of an instance as Orthanc stored it (``GET /instances/{id}/file``)."""
         return self._request("GET", f"/instances/{instance_id}/file").content
 
-    def find_series(self, series_uid: str) -> list[str]:
-        """Orthanc ids of the series with this SeriesInstanceUID (``POST /tools/find``)."""
-        query = {"Level": "Series", "Query": {"SeriesInstanceUID": series_uid}}
+    def find_series(self, study_uid: str, series_uid: str) -> list[str]:
+        """Orthanc ids of the series with this SeriesInstanceUID in the study with this
+        StudyInstanceUID (``POST /tools/find``, both as exact keys).
+
+        Raises ValueError when either is not a UID (``node.spool.is_uid``, PS3.5 9.1): Orthanc
+        reads an empty value as universal matching and ``*`` or ``?`` as wildcards (PS3.4
+        C.2.2.2.3, C.2.2.2.4), so such a value would find every series it holds."""
+        for uid in (study_uid, series_uid):
+            if not is_uid(uid):
+                raise ValueError(f"not a UID: {uid[:64]!r}")
+        query = {"Level": "Series",
+                 "Query": {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}}
         return list(self._json("POST", "/tools/find", json=query))
 
     def has_instance(self, sop_instance_uid: str) -> bool:

@@ -8,9 +8,13 @@ Sequence (0008,1115) of the Common Instance Reference Module (PS3.3 C.12.2), an 
 Referenced Series Sequence (3006,0014) inside Referenced Frame of Reference Sequence (3006,0010) >
 RT Referenced Study Sequence (3006,0012) of the Structure Set Module (PS3.3 C.8.8.5). A job is
 queued when both are stable, whichever came last; a referenced series the node does not have is
-asked for (``node.retrieve``). A segmentation that references no series is never paired: the
-router logs why in one line and files it in the audit trail (event
-``node.index.SEGMENTATION_NOT_PROCESSED``), which the status page lists.
+asked for (``node.retrieve``), by its exact UIDs. A segmentation is paired only with a series of
+its own study (or of the study an RTSTRUCT's RT Referenced Study names) and of its own Patient ID
+(0010,0020). A segmentation that references no series, references a value that is not a UID
+(PS3.5 9.1: an empty or wildcard value would match every series of a PACS, PS3.4 C.2.2.2), or
+references a series of another study or patient is never paired: the router logs why in one line
+and files it in the audit trail (event ``node.index.SEGMENTATION_NOT_PROCESSED``), which the
+status page lists.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from node.config import NodeConfig, SeriesRule
 from node.index import SEGMENTATION_NOT_PROCESSED, Index, InstanceRow, SeriesRow
 from node.logs import fields
+from node.spool import is_uid
 from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID
 from pipelines.segmentation import referenced_series_uids
 from pipelines.software import MANUFACTURER
@@ -41,6 +47,9 @@ _RT_REFERENCE_PATH = (("(3006,0010)", "ReferencedFrameOfReferenceSequence"),
                       ("(3006,0012)", "RTReferencedStudySequence"),
                       ("(3006,0014)", "RTReferencedSeriesSequence"))
 """Where an RT Structure Set names its image series (PS3.3 C.8.8.5), outermost first."""
+
+SHOWN_CHARS = 64
+"""The most characters of a referenced value a reason repeats (a UID has at most 64)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,77 @@ def missing_reference(segmentation: Dataset) -> str:
     return f"{kind} references no series ({' > '.join(names)} items hold no SeriesInstanceUID)"
 
 
+def _text(item: Dataset, keyword: str) -> str:
+    """The value of ``keyword`` in ``item`` as encoded (several values joined by a backslash,
+    PS3.5 6.4), stripped; empty when absent."""
+    value = item.get(keyword, "")
+    if isinstance(value, MultiValue):
+        return "\\".join(map(str, value)).strip()
+    return str(value or "").strip()
+
+
+def _shown(value: str) -> str:
+    """``value`` quoted on one line, cut to ``SHOWN_CHARS`` with its length noted."""
+    if len(value) <= SHOWN_CHARS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
+
+
+def invalid_reference(segmentation: Dataset) -> str | None:
+    """Why a UID that ``segmentation`` references is not one, or None when each is.
+
+    Each non-empty value that names the source series, or for an RTSTRUCT the study that holds
+    them, must be a UID as ``node.spool.is_uid`` (and so the node's ingest) takes it: digits and
+    dots, at most 64 characters (PS3.5 9.1). An empty value is no reference (dropped by
+    :func:`pipelines.segmentation.referenced_series_uids`); ``*``, ``?`` or any other character
+    would reach a C-GET, C-MOVE or Orthanc find as a wildcard (PS3.4 C.2.2.2.4), so nothing is
+    requested. The reason, ``<kind> references an invalid UID (<path> <value> is not a UID,
+    PS3.5 9.1)``, names the tag and the value (cut: :func:`_shown`)."""
+    if _is_rtstruct(segmentation):
+        kind = "RTSTRUCT"
+        studies = [study for frame in segmentation.get("ReferencedFrameOfReferenceSequence") or []
+                   for study in frame.get("RTReferencedStudySequence") or []]
+        path = " > ".join(f"{tag} {keyword}" for tag, keyword in _RT_REFERENCE_PATH[:2])
+        found = [(f"{path} > (0008,1155) ReferencedSOPInstanceUID",
+                  _text(study, "ReferencedSOPInstanceUID")) for study in studies]
+        found += [(f"{path} > (3006,0014) RTReferencedSeriesSequence > (0020,000E) "
+                   "SeriesInstanceUID", _text(series, "SeriesInstanceUID"))
+                  for study in studies for series in study.get("RTReferencedSeriesSequence") or []]
+    else:
+        kind = "SEG"
+        found = [("(0008,1115) ReferencedSeriesSequence > (0020,000E) SeriesInstanceUID",
+                  _text(series, "SeriesInstanceUID"))
+                 for series in segmentation.get("ReferencedSeriesSequence") or []]
+    for where, value in found:
+        if value and not is_uid(value):
+            return f"{kind} references an invalid UID ({where} {_shown(value)} is not a UID, " \
+                   "PS3.5 9.1)"
+    return None
+
+
+def patient_id(dataset: Dataset) -> str:
+    """Patient ID (0010,0020) of ``dataset`` (PS3.3 C.7.1.1), stripped; empty when absent."""
+    return _text(dataset, "PatientID")
+
+
+def foreign_source(segmentation: Dataset, source: SeriesRow, header: Dataset) -> str | None:
+    """Why the series ``source`` (``header``: one of its instances) cannot be the one
+    ``segmentation`` references, or None when it can: it must be in the study that
+    :func:`source_study_uid` gives and carry the segmentation's Patient ID (0010,0020) (a SEG
+    and its source share the Patient and General Study modules, PS3.3 A.51.3; so do a structure
+    set and its images, PS3.3 A.19.3). The reason names the tag, and the UIDs but not the Patient
+    IDs (patient identity is never logged)."""
+    kind = "RTSTRUCT" if _is_rtstruct(segmentation) else "SEG"
+    study = source_study_uid(segmentation, source.series_uid)
+    if source.study_uid != study:
+        return (f"{kind} references series {source.series_uid} of study {source.study_uid}, not "
+                f"of study {study} ((0020,000D) StudyInstanceUID)")
+    if patient_id(header) != patient_id(segmentation):
+        return (f"{kind} references series {source.series_uid} of another patient ((0010,0020) "
+                "PatientID differs; values not logged)")
+    return None
+
+
 def source_study_uid(segmentation: Dataset, series_uid: str) -> str:
     """The Study Instance UID of the study that holds ``series_uid`` as ``segmentation`` names
     it, for the retrieval of a missing series (PS3.4 C.4.3 needs the study key).
@@ -155,10 +235,6 @@ class Router:
             return None
         return pydicom.dcmread(instances[0].path, stop_before_pixels=True)
 
-    def _image_rules(self, series_uid: str) -> list[SeriesRule]:
-        header = self._header(series_uid)
-        return [] if header is None else matching_rules(self._config.rules, header)
-
     def route(self, series: SeriesRow) -> list[int]:
         """Queue the jobs that ``series`` (now stable) completes; returns their ids."""
         if series.modality in SEGMENTATION_MODALITIES:
@@ -167,7 +243,10 @@ class Router:
 
     def _route_segmentation(self, series: SeriesRow) -> list[int]:
         """Pair each instance of a stable SEG or RTSTRUCT series with the series it references
-        and queue the jobs whose image series is there and stable; ask for the missing ones."""
+        and queue the jobs whose image series is there, stable and of its study and patient
+        (:func:`foreign_source`); ask for the missing ones by their exact UIDs. One whose
+        references are missing or not UIDs (:func:`invalid_reference`) is not processed and asks
+        for nothing."""
         queued: list[int] = []
         for instance in self._index.instances_of(series.series_uid):
             segmentation = pydicom.dcmread(instance.path, stop_before_pixels=True)
@@ -182,6 +261,10 @@ class Router:
                 self._not_processed(instance, series,
                                     f"{missing_reference(segmentation)}: not processed")
                 continue
+            invalid = invalid_reference(segmentation)
+            if invalid is not None:
+                self._not_processed(instance, series, f"{invalid}: not processed")
+                continue
             self._index.add_seg_refs(instance.sop_instance_uid, series.series_uid, sources)
             for source in sorted(sources):
                 source_series = self._index.series(source)
@@ -195,7 +278,14 @@ class Router:
                     continue
                 if source_series.stable_at is None:
                     continue  # paired when the image series is stable (_route_image)
-                rules = self._image_rules(source)
+                header = self._header(source)
+                if header is None:
+                    continue
+                foreign = foreign_source(segmentation, source_series, header)
+                if foreign is not None:
+                    self._not_processed(instance, series, f"{foreign}: not processed")
+                    continue
+                rules = matching_rules(self._config.rules, header)
                 if not rules:
                     log.info("segmentation not processed: its source series matches no rule",
                              extra=fields(seg_sop_uid=instance.sop_instance_uid,
@@ -232,8 +322,14 @@ class Router:
         for seg_sop_uid in self._index.segs_referencing(series.series_uid):
             segmentation = self._index.instance(seg_sop_uid)
             seg_series = self._index.series(segmentation.series_uid) if segmentation else None
-            if seg_series is not None and seg_series.stable_at is not None:
-                queued += self._queue(series.series_uid, seg_sop_uid, rules)
+            if segmentation is None or seg_series is None or seg_series.stable_at is None:
+                continue
+            seg_header = pydicom.dcmread(segmentation.path, stop_before_pixels=True)
+            foreign = foreign_source(seg_header, series, header)
+            if foreign is not None:
+                self._not_processed(segmentation, seg_series, f"{foreign}: not processed")
+                continue
+            queued += self._queue(series.series_uid, seg_sop_uid, rules)
         return queued
 
     def inputs_digest(self, source: str, seg_sop_uid: str) -> str:

@@ -183,7 +183,11 @@ def test_segmentation_without_source_anywhere_fails_with_a_reason(
                             retrieve={"sources": [source], "wait": 0.5, "retry_interval": 0.1})
         config.spool_dir.mkdir(parents=True)
         index = Index(config.index_path)
-        assert index.request_retrieval(study.ct_series_uid, study.study_instance_uid, "1.2.3")
+        data = study.seg_path.read_bytes()  # the segmentation that asks (its Patient ID counts)
+        Ingest(config, index).accept(data, lambda: pydicom.dcmread(io.BytesIO(data)), "SCANNER")
+        seg_sop_uid = pydicom.dcmread(study.seg_path, stop_before_pixels=True).SOPInstanceUID
+        assert index.request_retrieval(study.ct_series_uid, study.study_instance_uid,
+                                       seg_sop_uid)
         retriever = Retriever(config, index)
         retriever.tick()
         assert index.retrievals()[0].state == "waiting"

@@ -177,6 +177,7 @@ def _rtstruct(directory: Path, study: SyntheticStudy, series: list[Dataset] | No
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = RTStructureSetStorage
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study.study_instance_uid, generate_uid()
+    ds.PatientID, ds.PatientName = ct.PatientID, ct.PatientName
     ds.Modality, ds.StructureSetLabel, ds.Manufacturer = "RTSTRUCT", "lesions", "Planning"
     referenced_study = Dataset()
     referenced_study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Study Component
@@ -195,6 +196,21 @@ def _rtstruct(directory: Path, study: SyntheticStudy, series: list[Dataset] | No
     path = directory / f"rtstruct-{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def _other_patient(study: SyntheticStudy, directory: Path, *, study_uid: str | None = None,
+                   patient: str = "OTHER-PATIENT") -> list[Path]:
+    """The study's CT series as another patient's: Patient ID ``patient``, Study Instance UID
+    ``study_uid`` (the CT's own when None)."""
+    directory.mkdir()
+    paths = []
+    for path in study.ct_paths:
+        ds = pydicom.dcmread(path)
+        ds.PatientID = patient
+        ds.StudyInstanceUID = study_uid or ds.StudyInstanceUID
+        paths.append(directory / path.name)
+        ds.save_as(paths[-1])
+    return paths
 
 
 def _series_item(series_uid: str) -> Dataset:
@@ -230,7 +246,8 @@ def test_rtstruct_is_paired_like_a_seg_whichever_is_stable_last(
 def test_rtstruct_of_a_missing_series_asks_for_it_in_the_study_it_names(
         tmp_path: Path, study: SyntheticStudy) -> None:
     """The series is retrieved from the study the RT Referenced Study Sequence item names
-    (Referenced SOP Instance UID, PS3.3 C.8.8.5), which need not be the structure set's."""
+    (Referenced SOP Instance UID, PS3.3 C.8.8.5), which need not be the structure set's, and is
+    paired when it is in that study."""
     other_study = generate_uid()
     rtstruct = _rtstruct(tmp_path, study, [_series_item(study.ct_series_uid)],
                          referenced_study_uid=other_study)
@@ -240,7 +257,11 @@ def test_rtstruct_of_a_missing_series_asks_for_it_in_the_study_it_names(
     [retrieval] = index.retrievals()
     assert (retrieval.series_uid, retrieval.study_uid, retrieval.seg_sop_uid, retrieval.state) \
         == (study.ct_series_uid, other_study, pydicom.dcmread(rtstruct).SOPInstanceUID, "waiting")
-    _receive(index, list(study.ct_paths), now=200.0)  # as node.retrieve would store them
+    # as node.retrieve would store them: the series in the study named, of the same patient
+    ct = pydicom.dcmread(study.ct_paths[0], stop_before_pixels=True)
+    images = _other_patient(study, tmp_path / "ct", study_uid=other_study,
+                            patient=str(ct.PatientID))
+    _receive(index, images, now=200.0)
     assert len(_stabilise(index, router, quiet_since=250.0)) == 1
 
 
@@ -312,3 +333,149 @@ def test_segmentation_whose_series_matches_no_rule_says_so(
                                      "no rule"]
     assert record.fields["source_series_uid"] == study.ct_series_uid
     assert record.fields["modality"] == "RTSTRUCT" and record.fields["source_modality"] == "CT"
+
+
+# -- references taken from the input: exact UIDs of the segmentation's own study and patient -----
+
+def _seg_referencing(tmp_path: Path, study: SyntheticStudy, *series_uids: str) -> Path:
+    """The study's SEG, as a new instance whose Referenced Series Sequence (0008,1115) lists
+    ``series_uids`` (values written as given, valid UIDs or not)."""
+    seg = pydicom.dcmread(study.seg_path)
+    seg.ReferencedSeriesSequence = [_series_item(uid) for uid in series_uids]
+    seg.SOPInstanceUID = seg.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    seg.SeriesInstanceUID = generate_uid()
+    path = tmp_path / f"seg-{seg.SOPInstanceUID}.dcm"
+    seg.save_as(path)
+    return path
+
+
+def _not_processed_reason(caplog: pytest.LogCaptureFixture) -> str:
+    [record] = [r for r in caplog.records if r.getMessage() == SEGMENTATION_NOT_PROCESSED]
+    return record.fields["reason"]
+
+
+SEG_SERIES_UID = "(0008,1115) ReferencedSeriesSequence > (0020,000E) SeriesInstanceUID"
+
+INVALID_UI_WARNINGS = pytest.mark.filterwarnings(
+    "ignore:Invalid value for VR UI:UserWarning", "ignore:The value length:UserWarning")
+"""pydicom warns of each invalid UI value these tests write and the router reads."""
+
+
+@INVALID_UI_WARNINGS
+@pytest.mark.parametrize(("value", "shown"), [
+    ("*", "'*'"),
+    ("1.2.3*", "'1.2.3*'"),
+    ("?", "'?'"),
+    ("1" * 65, f"'{'1' * 64}'... (65 characters)"),
+    ("1.2.3\\1.2.4", "'1.2.3\\\\1.2.4'"),  # two values: a list of UIDs matches either
+])
+def test_seg_referencing_a_value_that_is_no_uid_is_not_processed(
+        tmp_path: Path, study: SyntheticStudy, caplog: pytest.LogCaptureFixture, value: str,
+        shown: str) -> None:
+    """A wildcard or an over-long value would select series the SEG does not name (PS3.4
+    C.2.2.2.4): nothing is requested, not even for the valid UID listed with it, and the one
+    line names the tag and the value, cut to 64 characters."""
+    path = _seg_referencing(tmp_path, study, study.ct_series_uid, value)
+    index, router = _node(tmp_path)
+    _receive(index, [*study.ct_paths, path], now=100.0)
+    with caplog.at_level(logging.INFO, logger="node.router"):
+        assert _stabilise(index, router, quiet_since=150.0) == []
+    assert index.jobs() == [] and index.retrievals() == []
+    assert _not_processed_reason(caplog) == (
+        f"{path}: SEG references an invalid UID ({SEG_SERIES_UID} {shown} is not a UID, "
+        "PS3.5 9.1): not processed")
+
+
+def test_seg_referencing_an_empty_uid_asks_for_nothing(
+        tmp_path: Path, study: SyntheticStudy, caplog: pytest.LogCaptureFixture) -> None:
+    """The measured attack: an empty Referenced Series UID reached Orthanc's /tools/find as
+    match-all. Empty values are dropped, and a SEG left with none references no series."""
+    path = _seg_referencing(tmp_path, study, "")
+    index, router = _node(tmp_path)
+    _receive(index, [path], now=100.0)
+    with caplog.at_level(logging.INFO, logger="node.router"):
+        assert _stabilise(index, router, quiet_since=150.0) == []
+    assert index.jobs() == [] and index.retrievals() == []
+    assert _not_processed_reason(caplog).endswith(
+        "SEG references no series ((0008,1115) ReferencedSeriesSequence items hold no "
+        "SeriesInstanceUID): not processed")
+
+
+@INVALID_UI_WARNINGS
+def test_leading_zero_component_is_taken_as_the_node_takes_uids(
+        tmp_path: Path, study: SyntheticStudy) -> None:
+    """PS3.5 9.1 forbids a component such as ``03``, but ``node.spool.is_uid`` (and so ingest)
+    accepts it, as archives hold such UIDs: the router is consistent with what the node stores
+    and asks for that exact series, which is no wildcard."""
+    from node.spool import is_uid
+
+    assert is_uid("1.2.03")
+    path = _seg_referencing(tmp_path, study, "1.2.03")
+    index, router = _node(tmp_path)
+    _receive(index, [path], now=100.0)
+    assert _stabilise(index, router, quiet_since=150.0) == []
+    [retrieval] = index.retrievals()
+    assert (retrieval.series_uid, retrieval.study_uid) == ("1.2.03", study.study_instance_uid)
+
+
+@INVALID_UI_WARNINGS
+@pytest.mark.parametrize("where", ["series", "study"])
+def test_rtstruct_referencing_a_value_that_is_no_uid_is_not_processed(
+        tmp_path: Path, study: SyntheticStudy, caplog: pytest.LogCaptureFixture,
+        where: str) -> None:
+    """An RT Structure Set names its study too (RT Referenced Study Sequence > Referenced SOP
+    Instance UID, PS3.3 C.8.8.5): that value is the study key of the retrieval."""
+    if where == "series":
+        rtstruct = _rtstruct(tmp_path, study, [_series_item("1.2.*")])
+        tag = "(3006,0014) RTReferencedSeriesSequence > (0020,000E) SeriesInstanceUID '1.2.*'"
+    else:
+        rtstruct = _rtstruct(tmp_path, study, [_series_item(generate_uid())],
+                             referenced_study_uid="*")
+        tag = "(0008,1155) ReferencedSOPInstanceUID '*'"
+    index, router = _node(tmp_path)
+    _receive(index, [rtstruct], now=100.0)
+    with caplog.at_level(logging.INFO, logger="node.router"):
+        assert _stabilise(index, router, quiet_since=150.0) == []
+    assert index.retrievals() == []
+    reason = _not_processed_reason(caplog)
+    assert reason.startswith(f"{rtstruct}: RTSTRUCT references an invalid UID ((3006,0010) ")
+    assert reason.endswith(f"{tag} is not a UID, PS3.5 9.1): not processed")
+
+
+@pytest.mark.parametrize(("case", "seg_first"), [
+    ("other study", True), ("other study", False),
+    ("other patient", True), ("other patient", False)])
+def test_segmentation_is_not_paired_with_a_series_of_another_study_or_patient(
+        tmp_path: Path, study: SyntheticStudy, caplog: pytest.LogCaptureFixture, case: str,
+        seg_first: bool) -> None:
+    """Whichever is stable last, the SEG's referenced series must be in its study with its
+    Patient ID; else one line says which attribute differs (UIDs shown, Patient IDs not)."""
+    other_study = generate_uid()
+    ct = _other_patient(study, tmp_path / "ct",
+                        study_uid=other_study if case == "other study" else None,
+                        patient="SAME-PATIENT-ID" if case == "other study" else "OTHER-PATIENT")
+    seg = pydicom.dcmread(study.seg_path)
+    if case == "other study":
+        seg.PatientID = "SAME-PATIENT-ID"
+    patient = str(seg.PatientID)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    index, router = _node(tmp_path)
+    first, second = ([path], ct) if seg_first else (ct, [path])
+    with caplog.at_level(logging.INFO, logger="node.router"):
+        _receive(index, first, now=100.0)
+        _stabilise(index, router, quiet_since=150.0)
+        _receive(index, second, now=200.0)
+        assert _stabilise(index, router, quiet_since=250.0) == []
+    assert index.jobs() == []
+    reason = _not_processed_reason(caplog)
+    if case == "other study":
+        assert reason.endswith(
+            f"SEG references series {study.ct_series_uid} of study {other_study}, not of study "
+            f"{study.study_instance_uid} ((0020,000D) StudyInstanceUID): not processed")
+    else:
+        assert reason.endswith(
+            f"SEG references series {study.ct_series_uid} of another patient ((0010,0020) "
+            "PatientID differs; values not logged): not processed")
+    assert patient not in caplog.text and "OTHER-PATIENT" not in caplog.text
+
