@@ -47,7 +47,11 @@ from pydicom.sr.codedict import codes
 from pipelines.codes import PRIVATE_SCHEME, coding_schemes
 from pipelines.parametric_map import slab_geometry
 from pipelines.presets import Preset
-from pipelines.result_attributes import CONTENT_CREATOR_NAME, copy_study_attributes
+from pipelines.result_attributes import (
+    CONTENT_CREATOR_NAME,
+    copy_study_attributes,
+    fill_unknown_slice_thickness,
+)
 from pipelines.results import LABEL_LENGTH, RoiResult
 from pipelines.rois import RoiMask
 from pipelines.segmentation import DecodedSegmentation
@@ -243,6 +247,7 @@ def build_derived_segmentation(
     )
     dataset.ContentCreatorName = CONTENT_CREATOR_NAME  # Type 2 (PS3.3 C.10.9); highdicom sets none
     copy_study_attributes(dataset, volume.datasets[0])
+    fill_unknown_slice_thickness(dataset, geometry.spacing_between_slices)
     body_part = volume.datasets[0].get("BodyPartExamined")
     if body_part:
         # Laterality (0020,0060) is required for a paired body part (PS3.3 C.7.3.1)

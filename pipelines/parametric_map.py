@@ -58,7 +58,11 @@ from pipelines.codes import coding_schemes, feature_concept, ucum_unit
 from pipelines.features import ArrayImage, TaskMap, validated_extractor
 from pipelines.preprocess import Grid
 from pipelines.presets import IMAGE_INTERPOLATORS, Preset
-from pipelines.result_attributes import CONTENT_CREATOR_NAME, copy_study_attributes
+from pipelines.result_attributes import (
+    CONTENT_CREATOR_NAME,
+    copy_study_attributes,
+    fill_unknown_slice_thickness,
+)
 from pipelines.segmentation import Segment, voxel_box
 from pipelines.series import SeriesVolume
 from pipelines.software import MANUFACTURER, software_version
@@ -497,6 +501,7 @@ def build_parametric_maps(
             series_description=f"Radiomics map {name} ({preset.name})"[:64],
         )
         copy_study_attributes(pm, volume.datasets[0])
+        fill_unknown_slice_thickness(pm, volume.image.GetSpacing()[2])
         body_part = volume.datasets[0].get("BodyPartExamined")
         if body_part:
             # General Series Laterality (0020,0060) is required for a paired body part (PS3.3

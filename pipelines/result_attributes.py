@@ -8,6 +8,10 @@ objects, set the same way by each builder (report, derived SEG, summary image, p
   the SEG and the parametric maps but only some of its attributes into a Secondary Capture (no
   Study Description, no Issuer of Accession Number); :func:`copy_study_attributes` makes the
   objects agree whatever the constructor copied.
+* Slice Thickness of the Pixel Measures (PS3.3 C.7.6.16.2.1): highdicom copies the source's, which
+  a source may leave empty (Type 2 in its Image Plane Module); a derived multi-frame object's is
+  then the thickness of its own voxels, the spacing of its frames
+  (:func:`fill_unknown_slice_thickness`).
 * Content Creator's Name (0070,0084), Type 2 in the Content Identification Macro (PS3.3 C.10.9)
   of the Segmentation (C.8.20.2) and Parametric Map (C.8.32.1) Image Modules: the objects are made
   by the node, with no operator, so the name is the node's (:data:`CONTENT_CREATOR_NAME`). The SR
@@ -47,3 +51,13 @@ def copy_study_attributes(target: Dataset, source: Dataset) -> None:
     for keyword in STUDY_ATTRIBUTES:
         if keyword in source:
             target[keyword] = copy.deepcopy(source[keyword])
+
+
+def fill_unknown_slice_thickness(target: Dataset, spacing_between_slices: float) -> None:
+    """Where ``target``'s shared Pixel Measures (PS3.3 C.7.6.16.2.1) have an empty or absent
+    Slice Thickness (0018,0050), set it to ``spacing_between_slices`` (mm), the extent of the
+    derived object's own voxels along the normal; a thickness given is left as it is."""
+    for shared in target.get("SharedFunctionalGroupsSequence", []):
+        for measures in shared.get("PixelMeasuresSequence", []):
+            if measures.get("SliceThickness") in (None, ""):
+                measures.SliceThickness = float(spacing_between_slices)

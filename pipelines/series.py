@@ -396,6 +396,25 @@ def tolerate_empty_character_set(dataset: pydicom.Dataset) -> pydicom.Dataset:
     return dataset
 
 
+# Type 2 attributes (present, possibly empty) of the Patient (PS3.3 C.7.1.1), General Study
+# (C.7.2.1), General Equipment (C.7.5.1) and Image Plane (C.7.6.2) modules, which the result
+# objects copy from the source
+_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+           "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber", "Manufacturer",
+           "SliceThickness")
+
+
+def tolerate_absent_type_2(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    """Give each Type 2 attribute of ``_TYPE_2`` that ``dataset`` lacks its empty value, as a
+    conformant writer would have (PS3.5 7.4.5: Type 2, zero length when unknown): converters
+    that leave them out write files that highdicom refuses to copy into a result object.
+    Changes the dataset in memory only; returns it."""
+    for keyword in _TYPE_2:
+        if keyword not in dataset:
+            setattr(dataset, keyword, "")
+    return dataset
+
+
 def _as_values(value: object) -> list[object]:
     """A value or multi-value as a list."""
     return list(value) if isinstance(value, list | tuple | MultiValue) else [value]
@@ -406,7 +425,8 @@ def _read_instance(path: Path) -> list[_Slice]:
     try:
         # Pixel Data stays on disk until the slice is decoded (read_series): the whole encoded
         # series is never in memory at once.
-        dataset = tolerate_empty_character_set(pydicom.dcmread(path, defer_size=DEFER_BYTES))
+        dataset = tolerate_absent_type_2(tolerate_empty_character_set(
+            pydicom.dcmread(path, defer_size=DEFER_BYTES)))
     except (InvalidDicomError, OSError) as error:
         raise SeriesError(f"{path}: not a readable DICOM file ({error})") from error
     samples = int(dataset.get("SamplesPerPixel", 1))

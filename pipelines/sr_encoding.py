@@ -241,7 +241,7 @@ def _classic(image: Dataset) -> bool:
     return (str(image.get("SOPClassUID", "")) in _CLASSIC_IMAGES
             and image.get("Modality") in ("CT", "MR", "PT")
             and all(image.get(keyword) is not None for keyword in (
-                "Rows", "Columns", "PixelSpacing", "SliceThickness", "ImagePositionPatient",
+                "Rows", "Columns", "PixelSpacing", "ImagePositionPatient",
                 "ImageOrientationPatient")))
 
 
@@ -270,7 +270,9 @@ def _entry(image: Dataset, encodings: Sequence[str]) -> bytes:
     """The body of one Image Library Entry (TID 1601): an IMAGE item referencing ``image``
     (concept SCT 260753009 "Source") with the descriptors of TID 1602 and TID 1604 in
     highdicom's order: modality, frame of reference, rows, columns, horizontal and vertical
-    pixel spacing, slice thickness, position x/y/z, orientation, spacing between slices.
+    pixel spacing, slice thickness, position x/y/z, orientation, spacing between slices. An
+    empty Slice Thickness (Type 2, PS3.3 C.7.6.2: unknown) gives no descriptor: a NUM needs a
+    value (PS3.3 C.18.1).
 
     For a multi-frame image (:func:`_multi_frame`) the TID 1604 descriptors are those that hold
     for every frame: pixel spacing and slice thickness of the shared Pixel Measures, the
@@ -278,7 +280,7 @@ def _entry(image: Dataset, encodings: Sequence[str]) -> bytes:
     a descriptor whose value differs between frames is left out (TID 1604 describes one plane)."""
     if str(image.SOPClassUID) in _CLASSIC_IMAGES and not _multi_frame(image):
         modality = _CLASSIC_IMAGES[str(image.SOPClassUID)]
-        spacing, thickness = image.PixelSpacing, image.SliceThickness
+        spacing, thickness = image.PixelSpacing, image.get("SliceThickness")
         position, orientation = image.ImagePositionPatient, image.ImageOrientationPatient
     else:
         modality = _MODALITIES[str(image.Modality)]
@@ -305,7 +307,7 @@ def _entry(image: Dataset, encodings: Sequence[str]) -> bytes:
             _acquisition_num(codes.DCM.VerticalPixelSpacing, spacing[0], codes.UCUM.Millimeter,
                              encodings),
         ]
-    if thickness is not None:
+    if thickness not in (None, ""):
         descriptors.append(_acquisition_num(codes.DCM.SliceThickness, thickness,
                                             codes.UCUM.Millimeter, encodings))
     if position is not None:

@@ -77,3 +77,32 @@ def test_the_image_library_describes_a_multi_frame_source(refdata: Path) -> None
     assert "Slice Thickness" in names
     assert not any(name.startswith("Image Position") for name in names)
 
+
+
+def test_absent_type_2_attributes_are_read_as_empty(tmp_path: Path) -> None:
+    """A converter that leaves out Type 2 attributes (Patient ID, Study Date, Slice Thickness,
+    ...): the study is processed, and the results hold no empty value where one is required
+    (no Slice Thickness descriptor in the Image Library, the SEG's own voxel thickness)."""
+    study = write_synthetic_study(tmp_path / "study", shape=(10, 48, 48))
+    absent = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+              "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+              "Manufacturer", "SliceThickness")
+    for path in study.ct_paths:
+        dataset = pydicom.dcmread(path)
+        for keyword in absent:
+            if keyword in dataset:
+                delattr(dataset, keyword)
+        dataset.save_as(path)
+    result = process_study(study.ct_paths, study.seg_path, "ct-liver-crlm", tmp_path / "out")
+    objects = {o.sop_class_uid: pydicom.dcmread(o.path) for o in result.objects}
+    report = objects["1.2.840.10008.5.1.4.1.1.88.34"]
+    library = next(item for item in report.ContentSequence
+                   if item.ConceptNameCodeSequence[0].CodeValue == "111028")
+    names = {item.ConceptNameCodeSequence[0].CodeMeaning
+             for group in library.ContentSequence for entry in group.ContentSequence
+             for item in entry.ContentSequence}
+    assert "Slice Thickness" not in names and "Horizontal Pixel Spacing" in names
+    for sop_class in ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.30"):
+        derived = objects[sop_class]
+        measures = derived.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        assert float(measures.SliceThickness) == pytest.approx(2.5)
