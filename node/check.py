@@ -9,7 +9,9 @@ runs with it. One line per check, ``ok`` or ``FAIL`` with the reason.
 - peers, destinations, retrieve sources: DICOM ones answer C-ECHO (Verification SOP Class,
   PS3.4 Annex A) within the timeout; Orthanc REST ones answer ``GET /system``; Orthanc feeds
   likewise. ``offline`` skips the network.
-- status page: where it listens and whether it authenticates.
+- status page: where it listens, whether it authenticates and the host names it answers to
+  (``status.allowed_hosts``). Empty credentials off loopback are refused when the configuration
+  loads (``node.config.StatusConfig``), before these checks.
 """
 
 from __future__ import annotations
@@ -154,7 +156,8 @@ def _status_page(config: NodeConfig) -> CheckResult:
     auth += ("+" if auth else "") + "token" if status.token is not None else ""
     return CheckResult("status page", True,
                        f"http://{status.host}:{status.port}/ "
-                       f"({'authentication: ' + auth if auth else 'loopback, no authentication'})")
+                       f"({'authentication: ' + auth if auth else 'loopback, no authentication'}"
+                       f"; Host {', '.join(sorted(status.served_hosts))})")
 
 
 def check_config(config: NodeConfig, offline: bool = False,

@@ -7,6 +7,7 @@ fields join with ``__``, e.g. ``RADIOMICS_NODE_LISTENER__PORT=11113``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -183,6 +184,12 @@ class RetrieveConfig(Strict):
     )
     retry_interval: float = Field(default=30.0, gt=0, description="Seconds between fetch tries.")
     timeout: float = Field(default=30.0, gt=0, description="Network timeout in seconds.")
+    max_instances: int = Field(
+        default=5000, ge=1,
+        description="Most instances one retrieval stores: orthanc-rest fetches nothing of a "
+        "series that lists more, C-GET refuses the stores past it (0xA700); either fails the "
+        "request with that reason. C-MOVE stores cannot be counted per request.",
+    )
 
 
 class OrthancFeed(Strict):
@@ -335,13 +342,42 @@ class LimitsConfig(Strict):
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
+_AUTHORITY = re.compile(r"(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<name>[^\[\]:/?#@\s]+))(?::[0-9]*)?")
+
+
+def host_name(authority: str) -> str | None:
+    """The host of a ``Host`` field value, ``uri-host [ ":" port ]`` (RFC 9110 7.2; RFC 3986
+    3.2.2): lower-cased (host names are case-insensitive), an IP address in its canonical form
+    without brackets; None when the value is not of that form."""
+    match = _AUTHORITY.fullmatch(authority.strip())
+    if match is None:
+        return None
+    name = (match["ip6"] or match["name"]).lower()
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return None if match["ip6"] else name
+
+
+def _bare_host(value: str) -> str | None:
+    """A host name or address given without a port (IPv6 with or without brackets), in the form
+    :func:`host_name` gives; None when it is not one."""
+    bare = value.strip()
+    try:
+        return str(ipaddress.ip_address(bare.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        name = host_name(bare)
+        return name if name == bare.lower() else None
+
 
 class StatusConfig(Strict):
     """The status web page, ``/healthz`` and ``/metrics`` served by the node over HTTP.
 
-    Bound to loopback by default. Bound anywhere else, it needs ``username`` and ``password``
-    (HTTP basic authentication, RFC 7617) or a ``token`` (``Authorization: Bearer``, RFC 6750),
-    or the node refuses to start; put it behind an HTTPS reverse proxy on an untrusted network.
+    Bound to loopback by default. Bound anywhere else, it needs ``username`` and a non-empty
+    ``password`` (HTTP basic authentication, RFC 7617) or a non-empty ``token``
+    (``Authorization: Bearer``, RFC 6750), or the node refuses to start; put it behind an HTTPS
+    reverse proxy on an untrusted network. It answers only requests whose ``Host`` names it
+    (``allowed_hosts``: DNS rebinding, docs/security.md).
     """
 
     enabled: bool = Field(default=True, description="Serve the status page, /healthz, /metrics.")
@@ -352,6 +388,19 @@ class StatusConfig(Strict):
                                        "password.")
     token: SecretStr | None = Field(default=None, description="Bearer token accepted instead "
                                     "of username and password.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names or addresses (no port) that clients use to reach the server, "
+        "besides `host`, localhost, 127.0.0.1 and ::1; a request whose Host header names "
+        "another is answered 421 (DNS rebinding).")
+    max_connections: int = Field(
+        default=16, ge=1, le=256,
+        description="Requests handled at once (worker threads); a request beyond them is "
+        "answered 503.")
+    request_timeout: float = Field(
+        default=10.0, gt=0,
+        description="Seconds a connection may last from accept to answer, idle or not; then "
+        "it is closed.")
     stuck_after: float = Field(
         default=900.0, gt=0,
         description="/healthz fails when a pending delivery has been due for longer (seconds).")
@@ -360,15 +409,40 @@ class StatusConfig(Strict):
         description="/healthz fails when the scheduler's heartbeat is older (seconds).")
     recent: int = Field(default=50, ge=1, le=1000, description="Rows per table on the page.")
 
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _names_without_port(cls, value: list[str]) -> list[str]:
+        """Each entry in the form :func:`host_name` gives a ``Host`` value, so that they
+        compare."""
+        names = []
+        for entry in value:
+            name = _bare_host(entry)
+            if name is None:
+                raise ValueError(f"{entry!r} is not a host name or address without a port")
+            names.append(name)
+        return names
+
     @model_validator(mode="after")
     def _authenticated_off_loopback(self) -> StatusConfig:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
-        if self.enabled and self.host not in LOOPBACK_HOSTS and self.password is None \
-                and self.token is None:
+        if not self.enabled or self.host in LOOPBACK_HOSTS:
+            return self
+        if self.password is None and self.token is None:
             raise ValueError(f"the status page on {self.host} (not loopback) needs username and "
                              "password or token")
+        for name, secret in (("password", self.password), ("token", self.token)):
+            if secret is not None and not secret.get_secret_value().strip():
+                raise ValueError(f"the status page on {self.host} (not loopback) needs a "
+                                 f"non-empty {name}")
         return self
+
+    @property
+    def served_hosts(self) -> frozenset[str]:
+        """The host names a request's ``Host`` may carry: ``allowed_hosts``, the address the
+        server binds to and the loopback names (a rebinding DNS name is none of them)."""
+        bound = _bare_host(self.host)
+        return frozenset({*self.allowed_hosts, *LOOPBACK_HOSTS, *([bound] if bound else [])})
 
 
 class RetentionConfig(Strict):
@@ -425,7 +499,8 @@ class NodeConfig(BaseSettings):
                          "executor kind dask, jobs submitted to the cluster at once.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     max_job_attempts: int = Field(
-        default=3, ge=1, description="Runs of a job whose worker process died, before it fails."
+        default=3, ge=1, description="Runs of a job that failed for a transient cause (its "
+        "worker process died, the disk was full, an I/O error), before it fails."
     )
     reprocess: Literal["on_change", "never", "always"] = Field(
         default="on_change",

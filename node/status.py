@@ -1,10 +1,17 @@
 """The node's HTTP side: a status page for people, ``/healthz`` for load balancers and service
 managers, ``/metrics`` for Prometheus.
 
-Served by the standard library's ``ThreadingHTTPServer``: four routes, server-rendered HTML and no
-JavaScript need no framework, and a hospital server installs one dependency less. Bound to
-loopback by default; elsewhere the configuration must give credentials (HTTP basic, RFC 7617, or
-a bearer token, RFC 6750), checked on every request.
+Served by the standard library's ``http.server`` on a bounded pool of threads: four routes,
+server-rendered HTML and no JavaScript need no framework, and a hospital server installs one
+dependency less. Bound to loopback by default; elsewhere the configuration must give non-empty
+credentials (HTTP basic, RFC 7617, or a bearer token, RFC 6750), checked on every request.
+
+What a client can make the server spend is bounded (:class:`_PooledHTTPServer`): a thread only
+while a request is read and answered, at most ``status.max_connections`` of them; a connection
+lasts at most ``status.request_timeout`` seconds; a request body is read only when its
+``Content-Length`` is given, valid and at most ``MAX_FORM_BYTES``. A request whose ``Host`` is
+not one the server answers to (``status.allowed_hosts``) gets 421 and nothing else: a page that
+reached the server through a DNS name rebound to its address carries that name.
 
 The one state-changing request, ``POST /deliveries/retry``, is guarded against cross-site request
 forgery (OWASP CSRF cheat sheet): the request's ``Origin`` (or, lacking it, ``Referer``) must be
@@ -24,18 +31,22 @@ import html
 import json
 import logging
 import os
+import queue
+import selectors
 import shutil
 import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import NamedTuple
 from urllib.parse import parse_qs, quote, urlsplit
 
 from node import __version__
-from node.config import NodeConfig
+from node.config import NodeConfig, host_name
 from node.health import Health
 from node.index import SEGMENTATION_NOT_PROCESSED, Index
 from node.logs import fields
@@ -44,6 +55,14 @@ from node.metrics import render_metrics
 log = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = 4096
+"""The largest request body read: the retry form (a token and a delivery id) is about 100 bytes."""
+
+WAITING_PER_WORKER = 8
+"""Connections that may wait for their first bytes, per worker thread."""
+
+BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nCache-Control: no-store\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nbusy\n")
+"""The answer when every worker is busy (RFC 9110 15.6.4, Retry-After 10.2.3)."""
 
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
@@ -146,8 +165,9 @@ class StatusServer:
         self.config = config
         self.index = index
         self.health = health
+        self.hosts = config.status.served_hosts
         self._secret = os.urandom(32)
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _PooledHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -158,9 +178,9 @@ class StatusServer:
     def start(self) -> tuple[str, int]:
         """Bind and serve; returns the bound (host, port)."""
         settings = self.config.status
-        server_class = _IPv6Server if ":" in settings.host else ThreadingHTTPServer
-        server = server_class((settings.host, settings.port), _handler_for(self))
-        server.daemon_threads = True
+        server_class = _PooledHTTPServerV6 if ":" in settings.host else _PooledHTTPServer
+        server = server_class((settings.host, settings.port), _handler_for(self),
+                              settings.max_connections, settings.request_timeout)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="status-http",
                                         daemon=True)
@@ -327,7 +347,149 @@ class StatusServer:
                 f"{', '.join(map(str, reset)) or 'none'}")
 
 
-class _IPv6Server(ThreadingHTTPServer):
+class _Connection(NamedTuple):
+    sock: socket.socket
+    address: tuple
+    deadline: float
+    """``time.monotonic()`` when the connection is closed, whatever it is doing."""
+
+
+def _answer_busy(sock: socket.socket) -> None:
+    """Answer :data:`BUSY` and close, without a thread and without waiting: what the client has
+    sent is read first (once, at most 64 KiB), so that closing sends FIN rather than RST and the
+    client gets to read the answer."""
+    sock.setblocking(False)
+    with suppress(OSError):
+        sock.recv(65536)
+        sock.send(BUSY)
+    sock.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut a connection down both ways: a worker blocked reading it reads end of file, one
+    blocked writing it gets an error."""
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _PooledHTTPServer(HTTPServer):
+    """An HTTP server whose connections cost a thread only while a request is read and answered.
+
+    - An accepted connection waits in a selector, without a thread, for its first bytes; at most
+      ``WAITING_PER_WORKER * workers`` of them wait: a new one beyond that closes the one that
+      has waited longest.
+    - A connection with bytes to read goes to one of ``workers`` threads, started with the
+      server; when none is free it is answered 503 with ``Retry-After`` and closed.
+    - Every connection is shut down ``timeout`` seconds after it was accepted, whether it is
+      waiting, being read or being answered: a client that sends or reads slowly holds a worker
+      that long at most.
+    - One request per connection: the handler answers HTTP/1.0 and closes (no keep-alive).
+    """
+
+    request_queue_size = 128  # listen backlog; the loop accepts as fast as connections come
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 workers: int, timeout: float) -> None:
+        super().__init__(address, handler)
+        self.socket.setblocking(False)  # accept() after a client gave up raises, never blocks
+        self.connection_timeout = timeout
+        self._capacity = WAITING_PER_WORKER * workers
+        self._free = threading.Semaphore(workers)
+        self._queue: queue.SimpleQueue[_Connection | None] = queue.SimpleQueue()
+        self._waiting: dict[socket.socket, _Connection] = {}  # in the order accepted
+        self._busy: dict[socket.socket, float] = {}  # handed to a worker, to its deadline
+        self._lock = threading.Lock()  # _busy: the loop shuts down only what no worker closed
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._workers = [threading.Thread(target=self._work, name=f"status-http-{i}",
+                                          daemon=True) for i in range(workers)]
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept connections, hand out those with a request and close those past their
+        deadline until :meth:`shutdown`; deadlines and the stop are looked at every
+        ``poll_interval`` seconds at least."""
+        for worker in self._workers:
+            worker.start()
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                for key, _ in selector.select(poll_interval):
+                    if key.fileobj is self.socket:
+                        self._accept(selector)
+                    elif key.fileobj in self._waiting:  # not closed by an accept before it
+                        self._dispatch(selector, key.fileobj)
+                self._expire(selector, time.monotonic())
+            while self._waiting:
+                self._drop(selector, next(iter(self._waiting)))
+        with self._lock:
+            for sock in self._busy:
+                _shut(sock)
+        for _ in self._workers:
+            self._queue.put(None)
+        end = time.monotonic() + self.connection_timeout
+        for worker in self._workers:
+            worker.join(max(end - time.monotonic(), 0))
+        self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serving: waiting connections are closed, those being answered shut down;
+        returns when the workers have ended (or a timeout later)."""
+        self._stopping.set()
+        self._stopped.wait()
+
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        try:
+            sock, address = self.socket.accept()
+        except OSError:  # the client gave up before it was accepted, or no descriptor is left
+            return
+        sock.setblocking(True)  # workers read and write it blocking, until the deadline shuts it
+        if len(self._waiting) >= self._capacity:
+            self._drop(selector, next(iter(self._waiting)))
+        self._waiting[sock] = _Connection(sock, address,
+                                          time.monotonic() + self.connection_timeout)
+        selector.register(sock, selectors.EVENT_READ)
+
+    def _dispatch(self, selector: selectors.BaseSelector, sock: socket.socket) -> None:
+        selector.unregister(sock)
+        connection = self._waiting.pop(sock)
+        if not self._free.acquire(blocking=False):
+            _answer_busy(sock)
+            return
+        with self._lock:
+            self._busy[sock] = connection.deadline
+        self._queue.put(connection)
+
+    def _drop(self, selector: selectors.BaseSelector, sock: socket.socket) -> None:
+        selector.unregister(sock)
+        del self._waiting[sock]
+        sock.close()
+
+    def _expire(self, selector: selectors.BaseSelector, now: float) -> None:
+        """Close waiting connections past their deadline (the oldest first: the order
+        accepted is the order of deadlines), shut down those being answered."""
+        while self._waiting and next(iter(self._waiting.values())).deadline <= now:
+            self._drop(selector, next(iter(self._waiting)))
+        with self._lock:
+            for sock in [sock for sock, deadline in self._busy.items() if deadline <= now]:
+                del self._busy[sock]
+                _shut(sock)
+
+    def _work(self) -> None:
+        while (connection := self._queue.get()) is not None:
+            try:
+                self.finish_request(connection.sock, connection.address)
+            except OSError as exc:  # the client went away, or the deadline shut the socket
+                log.debug("status connection ended early", extra=fields(error=str(exc)))
+            except Exception:  # a fault in a page: logged, and the worker serves on
+                log.exception("status request failed")
+            finally:
+                with self._lock:
+                    self._busy.pop(connection.sock, None)
+                self.shutdown_request(connection.sock)
+                self._free.release()
+
+
+class _PooledHTTPServerV6(_PooledHTTPServer):
     address_family = socket.AF_INET6
 
 
@@ -346,6 +508,7 @@ def _same_origin(headers, host_header: str | None) -> bool:
 def _handler_for(status: StatusServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = f"radiomics-node/{__version__}"
+        protocol_version = "HTTP/1.0"  # one request per connection: no idle keep-alive to hold
 
         def log_message(self, format: str, *args: object) -> None:
             """Requests are not logged line by line (the paths carry no patient data, but a
@@ -365,6 +528,48 @@ def _handler_for(status: StatusServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
+        def _refuse(self, code: HTTPStatus, reason: str) -> None:
+            self._send(code, f"{reason}\n".encode(), "text/plain; charset=utf-8")
+
+        def _host_served(self) -> bool:
+            """Whether the request names a host this server answers to; if not, it has been
+            answered: 400 without exactly one valid ``Host`` (RFC 9112 3.2), 421 Misdirected
+            Request (RFC 9110 15.5.20) for a host not in ``status.allowed_hosts`` and the
+            server's own names, as a page fetched through a rebound DNS name sends."""
+            values = self.headers.get_all("Host") or []
+            name = host_name(values[0]) if len(values) == 1 else None
+            if name is None:
+                self._refuse(HTTPStatus.BAD_REQUEST, "exactly one valid Host header required")
+                return False
+            if name not in status.hosts:
+                self._refuse(HTTPStatus.MISDIRECTED_REQUEST,
+                             "this host name is not served here (status.allowed_hosts)")
+                return False
+            return True
+
+        def _body_length(self) -> int | None:
+            """The length of the request body, to be read; None when the request has been
+            answered instead, without reading the body: 411 for a transfer coding or no
+            ``Content-Length`` (RFC 9112 6.1, 6.3; RFC 9110 15.5.12), 400 for several
+            ``Content-Length`` fields or one that is not decimal digits (RFC 9112 6.3, RFC 9110
+            8.6), 413 for more than ``MAX_FORM_BYTES`` (RFC 9110 15.5.14)."""
+            if self.headers.get("Transfer-Encoding") is not None:
+                self._refuse(HTTPStatus.LENGTH_REQUIRED,
+                             "Transfer-Encoding is not accepted: send Content-Length")
+                return None
+            values = self.headers.get_all("Content-Length") or []
+            if not values:
+                self._refuse(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
+                return None
+            value = values[0].strip()
+            if len(values) > 1 or not (value.isascii() and value.isdigit()):
+                self._refuse(HTTPStatus.BAD_REQUEST, "invalid Content-Length")
+                return None
+            if int(value) > MAX_FORM_BYTES:
+                self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "form too large")
+                return None
+            return int(value)
+
         def _user(self) -> str | None:
             user = status.authenticate(self.headers.get("Authorization"))
             if user is None:
@@ -374,6 +579,8 @@ def _handler_for(status: StatusServer) -> type[BaseHTTPRequestHandler]:
             return user
 
         def do_GET(self) -> None:
+            if not self._host_served():
+                return
             path = urlsplit(self.path).path
             if path == "/healthz":  # no credentials: service managers and probes call it
                 health = status.health()
@@ -396,6 +603,8 @@ def _handler_for(status: StatusServer) -> type[BaseHTTPRequestHandler]:
                 self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
 
         def do_POST(self) -> None:
+            if not self._host_served():
+                return
             if urlsplit(self.path).path != "/deliveries/retry":
                 self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
                 return
@@ -406,12 +615,13 @@ def _handler_for(status: StatusServer) -> type[BaseHTTPRequestHandler]:
                 self._send(HTTPStatus.FORBIDDEN, b"cross-origin request refused\n",
                            "text/plain; charset=utf-8")
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_FORM_BYTES:
-                self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"form too large\n",
-                           "text/plain; charset=utf-8")
+            length = self._body_length()
+            if length is None:
                 return
-            form = parse_qs(self.rfile.read(length).decode("ascii", "replace"))
+            body = self.rfile.read(length)
+            if len(body) < length:  # the client closed, or its deadline shut the connection
+                return  # an incomplete message (RFC 9112 8): nothing is done, nothing to answer
+            form = parse_qs(body.decode("ascii", "replace"))
             token = form.get("csrf", [""])[0]
             if not hmac.compare_digest(token.encode(), status.csrf_token.encode()):
                 self._send(HTTPStatus.FORBIDDEN, b"missing or stale form token: reload the page\n",

@@ -89,7 +89,8 @@ def test_presets_models_and_tls_files(tmp_path: Path) -> None:
     assert not model.ok and "sha256" in model.detail
     tls = results["tls outbound"]
     assert not tls.ok and "missing.pem" in tls.detail
-    assert results["status page"].detail == "http://127.0.0.1:8080/ (loopback, no authentication)"
+    assert results["status page"].detail == ("http://127.0.0.1:8080/ (loopback, no "
+                                             "authentication; Host 127.0.0.1, ::1, localhost)")
 
 
 def test_state_dir_not_writable(tmp_path: Path) -> None:
@@ -98,3 +99,21 @@ def test_state_dir_not_writable(tmp_path: Path) -> None:
     [state] = [r for r in check_config(NodeConfig(state_dir=blocker / "state"), offline=True)
                if r.name == "state_dir"]
     assert not state.ok and "is not a directory" in state.detail
+
+
+def test_empty_credentials_off_loopback_fail(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    config_file = _write(tmp_path / "node.yaml", {
+        "state_dir": str(tmp_path / "state"),
+        "status": {"host": "0.0.0.0", "username": "it", "password": " ", "token": "s3cret"}})
+    assert main(["config", "check", "--offline", str(config_file)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"FAIL  {config_file}: 1 problem(s)",
+        "  - status: Value error, the status page on 0.0.0.0 (not loopback) needs a non-empty "
+        "password"]
+    config_file = _write(config_file, {"state_dir": str(tmp_path / "state"),
+                                       "status": {"host": "0.0.0.0", "token": "s3cret",
+                                                  "allowed_hosts": ["node.example.org"]}})
+    assert main(["config", "check", "--offline", str(config_file)]) == 0
+    assert ("ok    status page: http://0.0.0.0:8080/ (authentication: token; Host 0.0.0.0, "
+            "127.0.0.1, ::1, localhost, node.example.org)") in capsys.readouterr().out.splitlines()

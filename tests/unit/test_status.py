@@ -71,7 +71,7 @@ def test_healthz_passes_then_names_the_failing_check(node: Node) -> None:
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"receiver", "scheduler", "disk", "outbox"}
+    assert set(body["checks"]) == {"receiver", "scheduler", "disk", "outbox", "ticks"}
     node.receiver.stop()
     answer = httpx.get(_url(node, "/healthz"))
     assert answer.status_code == 503
@@ -168,6 +168,32 @@ def test_off_loopback_needs_credentials(tmp_path: Path) -> None:
         load_config(config_file)
     config_file.write_text("status: {host: 0.0.0.0, token: s3cret}\n")
     assert load_config(config_file).status.token is not None
+
+
+def test_off_loopback_credentials_must_not_be_empty(tmp_path: Path) -> None:
+    config_file = tmp_path / "node.yaml"
+    for settings, field in (("token: ''", "token"), ("token: ' \t'", "token"),
+                            ("username: it, password: ''", "password"),
+                            ("username: it, password: '  ', token: s3cret", "password")):
+        config_file.write_text(f"status: {{host: 0.0.0.0, {settings}}}\n")
+        with pytest.raises(ConfigError, match=f"not loopback\\) needs a non-empty {field}$"):
+            load_config(config_file)
+    config_file.write_text("status: {host: 127.0.0.1, token: ''}\n")  # loopback: no rule
+    assert load_config(config_file).status.token is not None
+
+
+def test_pages_for_another_host_name_are_refused(node: Node, tmp_path: Path) -> None:
+    """DNS rebinding: a page of attacker.example whose name now resolves to the node reaches
+    it with ``Host: attacker.example`` and its own origin; neither a page nor a retry."""
+    ids = _populate(node.index, tmp_path)
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', httpx.get(_url(node)).text).group(1)
+    rebound = f"attacker.example:{node.status_address[1]}"
+    page = httpx.get(_url(node), headers={"Host": rebound})
+    assert page.status_code == 421 and "<html" not in page.text
+    answer = httpx.post(_url(node, "/deliveries/retry"), data={"csrf": token, "id": ids["dead"]},
+                        headers={"Host": rebound, "Origin": f"http://{rebound}"})
+    assert answer.status_code == 421
+    assert [row["id"] for row in node.index.delivery_rows("dead")] == [ids["dead"]]
 
 
 def test_credentials_are_checked(tmp_path: Path) -> None:
