@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS instances (
     size             INTEGER NOT NULL,
     calling_ae       TEXT NOT NULL,
     received_at      REAL NOT NULL,
-    peer_host        TEXT
+    peer_host        TEXT,
+    sha256           TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 CREATE TABLE IF NOT EXISTS series (
@@ -40,7 +41,8 @@ CREATE TABLE IF NOT EXISTS series (
     first_received REAL NOT NULL,
     last_received  REAL NOT NULL,
     n_instances    INTEGER NOT NULL,
-    stable_at      REAL
+    stable_at      REAL,
+    repaired_at    REAL
 );
 CREATE TABLE IF NOT EXISTS seg_refs (
     seg_sop_uid       TEXT NOT NULL,
@@ -131,6 +133,8 @@ ADDED_COLUMNS = (
     ("jobs", "timings", "TEXT"),
     ("outbox", "sent_at", "REAL"),
     ("jobs", "not_before", "REAL"),
+    ("instances", "sha256", "TEXT"),
+    ("series", "repaired_at", "REAL"),
 )
 """Columns added after the first release: an index made before them gets them at open."""
 
@@ -153,6 +157,8 @@ class InstanceRow:
     size: int
     calling_ae: str
     peer_host: str | None = None
+    sha256: str | None = None
+    """Hex sha256 of the spool file as written; None for rows indexed before it was kept."""
 
 
 @dataclass(frozen=True)
@@ -309,10 +315,10 @@ class Index:
         with self._transaction() as db:
             cursor = db.execute(
                 """INSERT OR IGNORE INTO instances (sop_instance_uid, sop_class_uid, study_uid,
-                   series_uid, path, size, calling_ae, received_at, peer_host)
-                   VALUES (?,?,?,?,?,?,?,?,?)""",
+                   series_uid, path, size, calling_ae, received_at, peer_host, sha256)
+                   VALUES (?,?,?,?,?,?,?,?,?,?)""",
                 (row.sop_instance_uid, row.sop_class_uid, row.study_uid, row.series_uid, row.path,
-                 row.size, row.calling_ae, now, row.peer_host),
+                 row.size, row.calling_ae, now, row.peer_host, row.sha256),
             )
             if cursor.rowcount == 0:
                 return False
@@ -322,7 +328,8 @@ class Index:
                 [("instances_received", 1), ("bytes_received", row.size)],
             )
             db.execute(
-                """INSERT INTO series VALUES (?,?,?,?,?,1,NULL)
+                """INSERT INTO series (series_uid, study_uid, modality, first_received,
+                   last_received, n_instances) VALUES (?,?,?,?,?,1)
                    ON CONFLICT(series_uid) DO UPDATE SET
                        last_received=excluded.last_received,
                        n_instances=n_instances+1,
@@ -367,6 +374,73 @@ class Index:
         every series is stable."""
         return self._query(
             "SELECT min(last_received) AS t FROM series WHERE stable_at IS NULL")[0]["t"]
+
+    # -- damaged spool copies -------------------------------------------------------------------
+
+    def instance_files(self, batch: int = 10_000) -> Iterator[tuple[str, str, int]]:
+        """(SOP Instance UID, spool path, size) of every indexed instance, in index order, read
+        ``batch`` rows at a time: a large index is not held in memory, and rows forgotten while
+        the caller iterates (``forget_instance``) do not disturb it."""
+        last = 0
+        while True:
+            rows = self._query(
+                """SELECT rowid, sop_instance_uid, path, size FROM instances WHERE rowid>?
+                   ORDER BY rowid LIMIT ?""", (last, batch))
+            if not rows:
+                return
+            yield from ((r["sop_instance_uid"], r["path"], r["size"]) for r in rows)
+            last = rows[-1]["rowid"]
+
+    def replace_instance_file(self, sop_instance_uid: str, size: int, sha256: str,
+                              now: float | None = None) -> None:
+        """Record, in one transaction, that the damaged spool copy of an indexed instance was
+        replaced by an intact one (``node.ingest``): the row's size and sha256 are the new
+        file's, and its series is repaired at ``now`` (``repaired_at``) and receiving again (not
+        stable, last arrival ``now``), so the assembly tick marks it stable ``stable_after``
+        later and routes it; a failed job that read the damaged copy is then queued again
+        (``node.router``)."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            row = db.execute("SELECT series_uid FROM instances WHERE sop_instance_uid=?",
+                             (sop_instance_uid,)).fetchone()
+            if row is None:
+                return
+            db.execute("UPDATE instances SET size=?, sha256=? WHERE sop_instance_uid=?",
+                       (size, sha256, sop_instance_uid))
+            db.execute("""UPDATE series SET repaired_at=?, stable_at=NULL, last_received=?
+                          WHERE series_uid=?""", (now, now, row["series_uid"]))
+
+    def forget_instance(self, sop_instance_uid: str, reason: str,
+                        now: float | None = None) -> InstanceRow | None:
+        """Drop the row of an instance whose spool file is missing or damaged (start-up
+        recovery, ``node.recovery``), in one transaction: its series counts one instance less
+        and is repaired at ``now`` (``repaired_at``: the instance, sent again, is stored as a
+        new one and makes the series receiving; routed then, a failed job that read the damaged
+        copy is queued again, ``node.router``); a segmentation's references go (filed again
+        when it is routed); and the jobs not finished that read it (of its series, or of it as
+        the segmentation) fail with ``reason``, rather than run on a series without it. The
+        series stays receiving or stable as it was: routed now, it would be without the
+        instance. Returns the row dropped; None when it was not indexed."""
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            found = db.execute("SELECT * FROM instances WHERE sop_instance_uid=?",
+                               (sop_instance_uid,)).fetchone()
+            if found is None:
+                return None
+            row = _instance_row(found)
+            db.execute("DELETE FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,))
+            db.execute("DELETE FROM seg_refs WHERE seg_sop_uid=?", (sop_instance_uid,))
+            db.execute("""UPDATE series SET n_instances=max(n_instances-1, 0), repaired_at=?
+                          WHERE series_uid=?""", (now, row.series_uid))
+            unfinished = [r["id"] for r in db.execute(
+                """SELECT id FROM jobs WHERE state IN ('queued', 'running')
+                   AND (source_series_uid=? OR seg_sop_uid=?) ORDER BY id""",
+                (row.series_uid, sop_instance_uid))]
+            for job_id in unfinished:
+                db.execute("UPDATE jobs SET state='failed', reason=?, finished_at=? WHERE id=?",
+                           (reason, now, job_id))
+                _audit_job(db, job_id, "job failed", detail={"reason": reason})
+        return row
 
     # -- segmentation references ----------------------------------------------------------------
 
@@ -479,10 +553,11 @@ class Index:
             _audit_job(db, job_id, "job queued again",
                        detail={"reason": reason, "not_before": not_before})
 
-    def retry_jobs(self, ids: list[int] | None = None, actor: str = NODE) -> list[int]:
+    def retry_jobs(self, ids: list[int] | None = None, actor: str = NODE,
+                   event: str = "job retry requested") -> list[int]:
         """Run again: the failed jobs ``ids`` (or, when None, every failed one) go back to the
         queue with attempts 0, due now, their last reason kept until they run; the audit trail
-        records that ``actor`` (e.g. ``cli:alice``) asked. Returns the ids queued."""
+        records ``event``, that ``actor`` (e.g. ``cli:alice``) asked. Returns the ids queued."""
         with self._transaction() as db:
             if ids is None:
                 rows = db.execute("SELECT id FROM jobs WHERE state='failed' ORDER BY id")
@@ -494,8 +569,21 @@ class Index:
             db.executemany("UPDATE jobs SET state='queued', attempts=0, not_before=NULL "
                            "WHERE id=?", [(i,) for i in queued])
             for job_id in queued:
-                _audit_job(db, job_id, "job retry requested", actor=actor)
+                _audit_job(db, job_id, event, actor=actor)
         return queued
+
+    def inputs_repaired_at(self, job_id: int) -> float | None:
+        """When a damaged spool copy in the source series of job ``job_id`` or in its
+        segmentation's series was last repaired (``repaired_at``: ``replace_instance_file``,
+        ``forget_instance``), if that was after the job's last attempt started (after it was
+        queued, when it never started): that attempt may have read the damaged copy. None
+        otherwise."""
+        return self._query(
+            """SELECT max(s.repaired_at) AS t FROM jobs j JOIN series s
+               ON s.series_uid=j.source_series_uid OR s.series_uid=
+                  (SELECT series_uid FROM instances WHERE sop_instance_uid=j.seg_sop_uid)
+               WHERE j.id=? AND s.repaired_at>coalesce(j.started_at, j.created_at)""",
+            (job_id,))[0]["t"]
 
     def requeue_interrupted_jobs(self) -> int:
         """Jobs left 'running' by a stopped node go back to the queue; returns how many."""
@@ -888,7 +976,8 @@ class Index:
 
 def _instance_row(r: sqlite3.Row) -> InstanceRow:
     return InstanceRow(r["sop_instance_uid"], r["sop_class_uid"], r["study_uid"],
-                       r["series_uid"], r["path"], r["size"], r["calling_ae"], r["peer_host"])
+                       r["series_uid"], r["path"], r["size"], r["calling_ae"], r["peer_host"],
+                       r["sha256"])
 
 
 def _audit(db: sqlite3.Connection, event: str, actor: str = NODE, *, study_uid: str | None = None,

@@ -3,17 +3,27 @@ peer, an instance pulled from Orthanc, a C-GET of a missing source series).
 
 Identity checks first; then the bytes as the sender encoded them are written durably to the spool
 and the instance is indexed; only then does the caller hear success (PS3.4 B.2.3 status 0x0000).
-Whatever the node acknowledged, it has on disk and indexed. Refused input is kept in quarantine
-with a reason that names the tag. A caller that asked for particular instances (``node.retrieve``)
-passes what they must hold, and anything else is refused the same way.
+Whatever the node acknowledged, it has on disk and indexed, with the size and sha256 of the bytes
+written. Refused input is kept in quarantine with a reason that names the tag. A caller that asked
+for particular instances (``node.retrieve``) passes what they must hold, and anything else is
+refused the same way.
+
+An instance already indexed that arrives again is answered success without being stored twice,
+after its spool copy is checked against the row (file present, same size, same sha256: only
+duplicates cost a read of the spool copy). A copy damaged behind the node's back (missing,
+truncated, overwritten) is replaced by the arriving bytes, durably, and its series is routed again
+(``Index.replace_instance_file``): a job that failed on the damaged copy runs again under the
+``reprocess`` policy (``node.router``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -122,6 +132,39 @@ def check_expected(dataset: Dataset, expected: Mapping[str, str]) -> None:
                           f"dataset says {actual[:64]!r}, the request expects {value[:64]!r}")
 
 
+def content_sha256(data: bytes | Part10) -> str:
+    """Hex sha256 of the bytes a spool file of ``data`` holds: its Part 10 encoding, the
+    buffers in file order (PS3.10 7)."""
+    digest = hashlib.sha256()
+    for chunk in data.chunks if isinstance(data, Part10) else (data,):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def size_damage(path: Path, size: int) -> str | None:
+    """What is wrong with the file ``path`` that should hold ``size`` bytes: ``missing``, or
+    ``size X expected Y``; None when it has that size (a stat, nothing read)."""
+    try:
+        found = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    return None if found == size else f"size {found} expected {size}"
+
+
+def spool_damage(row: InstanceRow) -> str | None:
+    """What is wrong with the spool copy of the indexed instance ``row``: ``missing``, ``size X
+    expected Y`` (:func:`size_damage`) or ``hash differs`` (the file is read and hashed, when the
+    row has a sha256: rows indexed before it was kept are checked by size alone); None when it
+    is intact."""
+    path = Path(row.path)
+    damage = size_damage(path, row.size)
+    if damage is None and row.sha256 is not None:
+        with path.open("rb") as file:
+            if hashlib.file_digest(file, "sha256").hexdigest() != row.sha256:
+                damage = "hash differs"
+    return damage
+
+
 def _loggable(refusal: Refusal) -> str:
     """The refusal's reason for a log line: without the values when the tag is one of patient
     identity (``node.logs.PHI_KEYWORDS``)."""
@@ -184,18 +227,64 @@ class Ingest:
     def _store(self, identity: dict[str, str], modality: str, data: bytes | Part10, source: str,
                host: str | None) -> Outcome:
         sop_uid = identity["SOPInstanceUID"]
-        if self._index.has_instance(sop_uid):
+        stored = self._index.instance(sop_uid)
+        if stored is not None:
+            return self._again(stored, identity, data, source)
+        target = spool_path(self._spool_dir, identity["StudyInstanceUID"],
+                            identity["SeriesInstanceUID"], sop_uid)
+        refused = self._write(target, data, sop_uid)
+        if refused is not None:
+            return refused
+        row = InstanceRow(sop_uid, identity["SOPClassUID"], identity["StudyInstanceUID"],
+                          identity["SeriesInstanceUID"], str(target), len(data), source, host,
+                          content_sha256(data))
+        self._index.add_instance(row, modality)
+        if log.isEnabledFor(logging.DEBUG):  # (the fields are not built for nothing)
+            log.debug("instance stored", extra=fields(
+                sop_instance_uid=sop_uid, series_uid=row.series_uid, modality=modality,
+                source=source, host=host, bytes=row.size))
+        return Outcome(SUCCESS)
+
+    def _again(self, stored: InstanceRow, identity: dict[str, str], data: bytes | Part10,
+               source: str) -> Outcome:
+        """An instance already indexed (``stored``) arrives again: success, stored once. Its
+        spool copy is checked (:func:`spool_damage`); a damaged one is replaced by ``data`` and
+        its series routed again (``Index.replace_instance_file``), unless ``data`` names another
+        study or series than the row (then it is no copy of the same file: the row stays as it
+        is, with a warning). A replacement the disk refuses is answered as a new instance's
+        would be (0xA700, :meth:`_write`), so the sender may try again."""
+        sop_uid = stored.sop_instance_uid
+        damage = spool_damage(stored)
+        if damage is None:
             log.debug("duplicate instance ignored", extra=fields(
                 sop_instance_uid=sop_uid, source=source))
             return Outcome(SUCCESS)
+        if (identity["StudyInstanceUID"], identity["SeriesInstanceUID"]) != (
+                stored.study_uid, stored.series_uid):
+            log.warning("damaged spool copy not replaced: the instance arrives in another series",
+                        extra=fields(sop_instance_uid=sop_uid, series_uid=stored.series_uid,
+                                     arriving_series_uid=identity["SeriesInstanceUID"],
+                                     damage=damage, source=source))
+            return Outcome(SUCCESS)
+        refused = self._write(Path(stored.path), data, sop_uid)
+        if refused is not None:
+            return refused
+        self._index.replace_instance_file(sop_uid, len(data), content_sha256(data))
+        log.warning("damaged spool copy replaced", extra=fields(
+            sop_instance_uid=sop_uid, series_uid=stored.series_uid, damage=damage,
+            source=source, bytes=len(data)))
+        return Outcome(SUCCESS)
+
+    def _write(self, target: Path, data: bytes | Part10, sop_uid: str) -> Outcome | None:
+        """Write ``data`` durably to ``target`` (``node.spool.write_durably``); None when
+        written, else the answer for the sender: 0xA700 (PS3.4 B.2.3, Out of Resources) when
+        free disk is below ``min_free_bytes`` (nothing written) or the write fails."""
         free = shutil.disk_usage(self._spool_dir).free
         if free < self._config.min_free_bytes:
             log.error("disk below floor: store refused", extra=fields(
                 sop_instance_uid=sop_uid, free_bytes=free,
                 min_free_bytes=self._config.min_free_bytes))
             return Outcome(OUT_OF_RESOURCES, f"free disk {free // 2**20} MiB below the floor")
-        target = spool_path(self._spool_dir, identity["StudyInstanceUID"],
-                            identity["SeriesInstanceUID"], sop_uid)
         try:
             write_durably(target, *(data.chunks if isinstance(data, Part10) else (data,)),
                           direct=self._config.spool_direct_io)
@@ -203,11 +292,4 @@ class Ingest:
             log.error("spool write failed", extra=fields(sop_instance_uid=sop_uid,
                                                          error=exc.strerror))
             return Outcome(OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}")
-        row = InstanceRow(sop_uid, identity["SOPClassUID"], identity["StudyInstanceUID"],
-                          identity["SeriesInstanceUID"], str(target), len(data), source, host)
-        self._index.add_instance(row, modality)
-        if log.isEnabledFor(logging.DEBUG):  # (the fields are not built for nothing)
-            log.debug("instance stored", extra=fields(
-                sop_instance_uid=sop_uid, series_uid=row.series_uid, modality=modality,
-                source=source, host=host, bytes=row.size))
-        return Outcome(SUCCESS)
+        return None

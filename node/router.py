@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from node.config import NodeConfig, SeriesRule
-from node.index import SEGMENTATION_NOT_PROCESSED, Index, InstanceRow, SeriesRow
+from node.index import SEGMENTATION_NOT_PROCESSED, Index, InstanceRow, JobRow, SeriesRow
 from node.logs import fields
 from node.spool import is_uid
 from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID
@@ -47,6 +47,10 @@ _RT_REFERENCE_PATH = (("(3006,0010)", "ReferencedFrameOfReferenceSequence"),
                       ("(3006,0012)", "RTReferencedStudySequence"),
                       ("(3006,0014)", "RTReferencedSeriesSequence"))
 """Where an RT Structure Set names its image series (PS3.3 C.8.8.5), outermost first."""
+
+INPUTS_REPAIRED = "job queued again: inputs repaired"
+"""The audit event of a failed job queued again because a damaged spool copy of its inputs was
+repaired (:meth:`Router._repaired`)."""
 
 SHOWN_CHARS = 64
 """The most characters of a referenced value a reason repeats (a UID has at most 64)."""
@@ -295,6 +299,29 @@ class Router:
                 queued += self._queue(source, instance.sop_instance_uid, rules)
         return queued
 
+    def _repaired(self, job: JobRow) -> list[int]:
+        """Queue ``job`` again, and return its id, when it failed and a damaged spool copy in its
+        source series or its segmentation's series was repaired after its last attempt started
+        (``Index.inputs_repaired_at``: an intact copy sent again, ``node.ingest``, or the damaged
+        one removed at start and the instance sent again, ``node.recovery``), unless
+        ``reprocess`` is ``never`` (then logged as not processed again). The audit trail records
+        ``INPUTS_REPAIRED``. A done job is not run again: its results came from intact inputs."""
+        if job.state != "failed":
+            return []
+        repaired_at = self._index.inputs_repaired_at(job.id)
+        if repaired_at is None:
+            return []
+        context = fields(job_id=job.id, source_series_uid=job.source_series_uid,
+                         seg_sop_uid=job.seg_sop_uid, preset=job.preset, repaired_at=repaired_at)
+        if self._config.reprocess == "never":
+            log.info("inputs repaired, failed job not processed again (reprocess: never)",
+                     extra=context)
+            return []
+        queued = self._index.retry_jobs([job.id], event=INPUTS_REPAIRED)
+        if queued:
+            log.warning("inputs repaired: failed job queued again", extra=context)
+        return queued
+
     def _not_processed(self, instance: InstanceRow, series: SeriesRow, why: str) -> None:
         """Record that the segmentation ``instance`` is never paired: one JSON log line and an
         audit row whose ``reason`` is ``<file>: <why>`` (one line; the status page lists it)."""
@@ -343,7 +370,9 @@ class Router:
         return digest
 
     def _queue(self, source: str, seg_sop_uid: str, rules: list[SeriesRule]) -> list[int]:
-        """Queue one job per preset of ``rules``, as the ``reprocess`` policy allows."""
+        """Queue one job per preset of ``rules``, as the ``reprocess`` policy allows. A job of
+        the same inputs is not queued twice; one that failed is queued again when a damaged
+        spool copy of its inputs was repaired since (:meth:`_repaired`)."""
         queued: list[int] = []
         presets: dict[str, str] = {}
         for rule in rules:
@@ -351,8 +380,10 @@ class Router:
         digest = self.inputs_digest(source, seg_sop_uid) if presets else ""
         for preset, rule in presets.items():
             earlier = self._index.jobs_for(source, seg_sop_uid, preset)
-            if any(job.inputs_digest == digest for job in earlier):
-                continue  # the same inputs were processed already (or are queued)
+            same = next((job for job in earlier if job.inputs_digest == digest), None)
+            if same is not None:  # the same inputs were processed already (or are queued)
+                queued += self._repaired(same)
+                continue
             if earlier and self._config.reprocess == "never":
                 log.info("inputs changed, not processed again (reprocess: never)", extra=fields(
                     source_series_uid=source, seg_sop_uid=seg_sop_uid, preset=preset,

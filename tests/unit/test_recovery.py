@@ -1,16 +1,22 @@
-"""Start-up recovery: partial spool files removed, complete unindexed files indexed, interrupted
-jobs queued again."""
+"""Start-up recovery: partial spool files removed, indexed instances whose spool file is missing
+or truncated forgotten (the file quarantined), complete unindexed files indexed, interrupted jobs
+queued again."""
 
+import hashlib
+import json
+import logging
 import shutil
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from node.config import NodeConfig
 from node.index import Index
 from node.ingest import Ingest
 from node.recovery import RECOVERED, Recovery, recover
 from node.spool import spool_path
+from pipelines.synthetic import write_synthetic_study
 
 
 def test_recover_after_a_crash(tmp_path: Path, refdata: Path) -> None:
@@ -30,14 +36,15 @@ def test_recover_after_a_crash(tmp_path: Path, refdata: Path) -> None:
     job = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
     assert index.claim_job().id == job
 
-    assert recover(config, index) == Recovery(partial_files_removed=1, instances_indexed=1,
-                                              jobs_requeued=1)
+    assert recover(config, index) == Recovery(partial_files_removed=1, damaged_instances_removed=0,
+                                              instances_indexed=1, jobs_requeued=1)
     assert not partial.exists()
     row = index.instance(ds.SOPInstanceUID)
     assert row is not None and row.path == str(orphan) and row.calling_ae == RECOVERED
+    assert row.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
     assert index.series(ds.SeriesInstanceUID).n_instances == 1
     assert index.job(job).state == "queued"
-    assert recover(config, index) == Recovery(0, 0, 0)  # idempotent
+    assert recover(config, index) == Recovery(0, 0, 0, 0)  # idempotent
 
 
 def test_receiver_connection_commits_without_fsync_and_recovery_restores_lost_rows(
@@ -62,4 +69,54 @@ def test_receiver_connection_commits_without_fsync_and_recovery_restores_lost_ro
     row = index.instance(ds.SOPInstanceUID)
     assert row is not None and row.calling_ae == RECOVERED and Path(row.path).read_bytes() == data
     receiving.close()
+    index.close()
+
+
+def test_truncated_and_deleted_spool_files_are_forgotten_and_stored_again_when_sent(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 20, item 3: a spool file truncated or deleted behind the node's back. At start the
+    row goes (the truncated bytes to quarantine, with both sizes), the job queued on the series
+    fails rather than run without the instance, and the study sent again is stored."""
+    study = write_synthetic_study(tmp_path / "study", shape=(4, 32, 32))
+    config = NodeConfig(state_dir=tmp_path / "node")
+    index = Index(config.index_path)
+    ingest = Ingest(config, index)
+    paths = [*study.ct_paths, study.seg_path]
+    for path in paths:
+        assert ingest.accept(path.read_bytes(), lambda p=path: pydicom.dcmread(p),
+                             "SCANNER").status == 0
+    [first, second] = [index.instance(pydicom.dcmread(p).SOPInstanceUID) for p in paths[:2]]
+    job = index.add_job(study.ct_series_uid, "1.2.3.4", "rule", "preset", "digest")
+    Path(first.path).write_bytes(paths[0].read_bytes()[:1000])  # truncated
+    Path(second.path).unlink()  # deleted
+
+    with caplog.at_level(logging.WARNING, logger="node.recovery"):
+        assert recover(config, index) == Recovery(0, 2, 0, 0)
+    assert index.instance(first.sop_instance_uid) is None
+    assert index.instance(second.sop_instance_uid) is None
+    assert not Path(first.path).exists()
+    assert index.series(study.ct_series_uid).n_instances == 2
+    removed = [r.fields for r in caplog.records if r.getMessage() == "damaged spool copy removed"]
+    assert [(f["sop_instance_uid"], f["damage"]) for f in removed] == [
+        (first.sop_instance_uid, f"size 1000 expected {first.size}"),
+        (second.sop_instance_uid, "missing")]
+    [kept] = config.quarantine_dir.glob("*.dcm")
+    assert kept.read_bytes() == paths[0].read_bytes()[:1000]
+    reason = json.loads(kept.with_name(kept.stem + ".reason.json").read_text())
+    assert reason["source"] == first.path
+    assert reason["reason"] == (f"spool copy of {first.sop_instance_uid} damaged: size 1000 "
+                                f"expected {first.size} (found at start)")
+    failed = index.job(job)
+    assert failed.state == "failed" and failed.reason == (
+        f"input {first.sop_instance_uid} removed from the spool at start (size 1000 expected "
+        f"{first.size}): send it again")
+
+    for path in paths:  # the study sent again: the two are new to the index
+        assert ingest.accept(path.read_bytes(), lambda p=path: pydicom.dcmread(p),
+                             "SCANNER").status == 0
+    for path, row in ((paths[0], first), (paths[1], second)):
+        again = index.instance(row.sop_instance_uid)
+        assert again is not None and Path(again.path).read_bytes() == path.read_bytes()
+    assert index.series(study.ct_series_uid).n_instances == 4
+    assert recover(config, index) == Recovery(0, 0, 0, 0)
     index.close()
