@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from node import __version__, logs
 from node.config import ConfigError, load_config
 from node.index_commands import add_commands as add_index_commands
+from node.index_commands import open_configured
 from node.job_commands import add_commands as add_job_commands
 from node.model_commands import add_commands as add_model_commands
 
@@ -95,15 +96,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _outbox_index(args: argparse.Namespace) -> Index | None:
-    """The index of the configured node, opened beside a running node (SQLite WAL); None, with
-    a message, when that node has no index yet."""
-    from node.index import Index
-
-    config = load_config(args.config)
-    if not config.index_path.is_file():
-        print(f"no index at {config.index_path} (state_dir of the configuration)", file=sys.stderr)
-        return None
-    return Index(config.index_path)
+    """The index of the configured node (:func:`node.index_commands.open_configured`)."""
+    return open_configured(args.config)
 
 
 def _outbox_list(args: argparse.Namespace) -> int:

@@ -17,9 +17,24 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.config import load_config
+
+if TYPE_CHECKING:
+    from node.index import Index
+
+
+def open_configured(config_path: Path | None) -> Index | None:
+    """The index of the node configured by ``config_path`` (defaults when None), opened beside
+    a running node (SQLite WAL); None, with a message on stderr, when that node has none yet."""
+    from node.index import Index
+
+    config = load_config(config_path)
+    if not config.index_path.is_file():
+        print(f"no index at {config.index_path} (state_dir of the configuration)", file=sys.stderr)
+        return None
+    return Index(config.index_path)
 
 
 def _check(args: argparse.Namespace) -> int:

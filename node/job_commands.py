@@ -15,22 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.config import load_config
-
-
-def _open(args: argparse.Namespace) -> Any:
-    """The configured node's index, or None (with a message) when it has none yet."""
-    from node.index import Index
-
-    config = load_config(args.config)
-    if not config.index_path.is_file():
-        print(f"no index at {config.index_path} (state_dir of the configuration)", file=sys.stderr)
-        return None
-    return Index(config.index_path)
+from node.index_commands import open_configured
 
 
 def _list(args: argparse.Namespace) -> int:
-    index = _open(args)
+    index = open_configured(args.config)
     if index is None:
         return 1
     try:
@@ -50,7 +39,7 @@ def _retry(args: argparse.Namespace) -> int:
     if not args.failed and not args.ids:
         print("name job ids or --failed", file=sys.stderr)
         return 2
-    index = _open(args)
+    index = open_configured(args.config)
     if index is None:
         return 1
     try:
