@@ -27,13 +27,20 @@ Grey levels are discretised over the voxels the kernels see (pyradiomics: over t
 image unless ``masked_kernel``), so a map value is not the feature of the same kernel discretised
 over the lesion alone.
 
-One Parametric Map (PS3.3 A.75) per feature covers every lesion: float32 frames of the source grid
-(the slab of slices that holds any mapped region), zero outside the mapped regions; where two
-lesions' regions overlap the later lesion's values are written. Its Real World Value Mapping
-(PS3.3 C.7.6.16.2.11) names the quantity by the feature's concept (``pipelines.codes``: IBSI or
-``99RADNODE`` code) and its UCUM unit; the Referenced Series Sequence and each frame's Derivation
-Image Sequence point to the source images. Its Content Creator's Name (0070,0084, PS3.3 C.10.9)
-is the node's and its General Study attributes are the source's
+One Parametric Map (PS3.3 A.75) per feature covers every lesion: one float32 frame per slice of
+the source grid, every slice of the series with its rows and columns, so that a viewer that fills
+the source's volume frame by frame (OHIF) can overlay it; frames in order along the slice axis
+(highdicom's order, from the last source slice along the normal to the first). Voxels outside the
+mapped regions hold the padding value (:func:`map_padding_value`, below every mapped value and 0),
+declared as Float Pixel Padding Value (PS3.3 C.7.6.24), so a mapped 0 is told from "not mapped";
+where two lesions' regions overlap the later lesion's values are written. Its Real World Value
+Mapping (PS3.3 C.7.6.16.2.11) names the quantity by the feature's concept (``pipelines.codes``:
+IBSI or ``99RADNODE`` code) and its UCUM unit over the mapped values (the padding is not mapped);
+the shared Frame Anatomy (PS3.3 C.7.6.16.2.8) names the lesions' anatomic region (dcmqi reads no
+map without it); the Referenced Series Sequence and each frame's Derivation Image Sequence point
+to the source images. The data set is deflated (:data:`MAP_TRANSFER_SYNTAX`): the padding costs
+almost nothing, and the values are those computed, bit for bit. Its Content Creator's Name
+(0070,0084, PS3.3 C.10.9) is the node's and its General Study attributes are the source's
 (``pipelines.result_attributes``).
 """
 
@@ -52,6 +59,9 @@ import highdicom as hd
 import numpy as np
 import radiomics
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
 from pipelines.codes import coding_schemes, feature_concept, ucum_unit
@@ -63,12 +73,19 @@ from pipelines.result_attributes import (
     copy_study_attributes,
     fill_unknown_slice_thickness,
 )
-from pipelines.segmentation import Segment, voxel_box
+from pipelines.segmentation import DecodedSegmentation, Segment, voxel_box
 from pipelines.series import SeriesVolume
 from pipelines.software import MANUFACTURER, software_version
 from pipelines.uids import result_uid
 
 PM_SERIES_NUMBER_OFFSET = 1100  # map k (0-based, preset order) gets source SeriesNumber + 1100 + k
+
+# The maps' transfer syntax: the whole data set deflated (PS3.5 A.5), lossless, and read by OHIF's
+# dcmjs, dcmqi's DCMTK and pydicom (highdicom); the encapsulated syntaxes take integer pixels only
+# but for Deflated Image Frame Compression (PS3.5 A.4.11, 2024), which none of them reads yet
+# (docs/outputs.md, "Parametric maps").
+MAP_TRANSFER_SYNTAX = DeflatedExplicitVRLittleEndian
+LIVER = hd.sr.CodedConcept.from_code(codes.SCT.Liver)  # Frame Anatomy when the SEG names none
 
 
 class MapError(ValueError):
@@ -428,18 +445,80 @@ def _source_series_number(volume: SeriesVolume) -> int:
     return int(volume.datasets[0].get("SeriesNumber") or 0)
 
 
+def map_padding_value(lowest: float) -> np.float32:
+    """The Float Pixel Padding Value (0028,0122) of a map whose mapped voxels are all at least
+    ``lowest``: one below the smaller of 0 and ``lowest``, rounded down to an integer (a float32
+    below ``lowest`` where float32 cannot hold that integer). It is never a mapped value, so a
+    mapped voxel whose feature is 0 reads 0 and an unmapped one reads the padding; and it lies
+    at most 2 below the smaller of 0 and the mapped range, not at an extreme such as -FLT_MAX,
+    so a reader that ignores padding (OHIF windows a map over all its voxels) still spreads its
+    window over the mapped values."""
+    below = np.nextafter(np.float32(lowest), np.float32(-np.inf))
+    return min(np.float32(math.floor(min(lowest, 0.0)) - 1.0), below)
+
+
+def _frame_anatomy(region: hd.sr.CodedConcept) -> Dataset:
+    """A Frame Anatomy Sequence item (PS3.3 C.7.6.16.2.8): ``region`` and Frame Laterality U
+    (unpaired)."""
+    item = Dataset()
+    item.AnatomicRegionSequence = [copy.deepcopy(region)]
+    item.FrameLaterality = "U"
+    return item
+
+
+def lesions_anatomic_region(seg: DecodedSegmentation, numbers: Sequence[int]
+                            ) -> hd.sr.CodedConcept | None:
+    """The Anatomic Region (0008,2218, its first item) that the input SEG's segments ``numbers``
+    name, when every one of them that names one names the same (by code value and scheme); None
+    when none does, when they differ, or for an RT Structure Set (an RT ROI has no anatomic
+    region, PS3.3 C.8.8.5)."""
+    if seg.is_rtstruct:
+        return None
+    regions = [item.AnatomicRegionSequence[0]
+               for item in seg.dataset.get("SegmentSequence", [])
+               if int(item.SegmentNumber) in numbers and item.get("AnatomicRegionSequence")]
+    if not regions or len({(r.CodeValue, r.CodingSchemeDesignator) for r in regions}) > 1:
+        return None
+    return hd.sr.CodedConcept.from_dataset(regions[0])
+
+
+def _frames_along_normal(pm: hd.pm.ParametricMap) -> hd.pm.ParametricMap:
+    """``pm`` with its frames, which highdicom orders along its volume's slice axis (column x row
+    cosines), in order along the slice normal (row x column cosines, PS3.3 C.7.6.2.1.1): the
+    order of the source slices, in which OHIF fills the source's volume with them, frame by frame
+    (``@cornerstonejs/adapters`` ``ParametricMap.generateToolState`` returns the frames as
+    stored). The Dimension Index Values (PS3.3 C.7.6.17) follow the frames; the object is read
+    again (``from_dataset``, not copied), so that highdicom's frame look-ups follow them too."""
+    frames = list(reversed(pm.PerFrameFunctionalGroupsSequence))
+    for number, item in enumerate(frames, 1):
+        item.FrameContentSequence[0].DimensionIndexValues = number
+    pm.PerFrameFunctionalGroupsSequence = frames
+    pixels = np.frombuffer(pm.FloatPixelData, dtype=np.float32)
+    pm.FloatPixelData = pixels.reshape(len(frames), -1)[::-1].tobytes()
+    return hd.pm.ParametricMap.from_dataset(pm, copy=False)
+
+
 def build_parametric_maps(
     volume: SeriesVolume,
     lesion_maps: Sequence[LesionMaps],
     preset: Preset,
     *,
     seg_sop_instance_uid: str,
+    anatomic_region: hd.sr.CodedConcept | None = None,
 ) -> list[hd.pm.ParametricMap]:
     """One Parametric Map per feature of ``lesion_maps`` (all of ``preset.maps`` or a group of
     them, :func:`map_feature_groups`) holding every lesion's map (module docstring), in the
     study of ``volume``, in preset order. UIDs follow ``pipelines.uids`` with the feature name,
     Series Number the feature's position in the preset, so a map is the same object whether it
     was encoded with the others or on its own.
+
+    Each map has one frame per slice of ``volume``'s grid, in order along the slice axis (module
+    docstring), with the source's rows and columns; voxels outside every mapped region hold the
+    map's :func:`map_padding_value`, declared as Float Pixel Padding Value (0028,0122) and
+    Float Pixel Padding Range Limit (0028,0124) (PS3.3 C.7.6.24) and left out of the Real World
+    Value Mapping's range; the shared Frame Anatomy (PS3.3 C.7.6.16.2.8) names
+    ``anatomic_region`` (SCT Liver when None, the organ of the node's lesions), Frame Laterality
+    U. The data set's transfer syntax is :data:`MAP_TRANSFER_SYNTAX`.
 
     Raises:
         MapError: no lesion map, or the lesions' maps are not of the same features.
@@ -452,20 +531,26 @@ def build_parametric_maps(
     size = volume.image.GetSize()
     z_low = min(m.index[2] for m in lesion_maps)
     z_high = max(m.index[2] + next(iter(m.maps.values())).GetSize()[2] for m in lesion_maps)
+    geometry = slab_geometry(volume, (0, size[2]))
+    frame_anatomy = _frame_anatomy(anatomic_region or LIVER)
     unit_free = intensity_unit_free(preset)
     objects = []
     for number, name in enumerate(preset.maps.features):
         if name not in computed:
             continue
-        array = np.zeros((z_high - z_low, size[1], size[0]), dtype=np.float32)
-        for lesion in lesion_maps:
-            values = sitk.GetArrayFromImage(lesion.maps[name])
+        values = [sitk.GetArrayFromImage(lesion.maps[name]) for lesion in lesion_maps]
+        padding = map_padding_value(min(float(v.min()) for v in values))
+        array = np.full((size[2], size[1], size[0]), padding, dtype=np.float32)
+        for lesion, lesion_values in zip(lesion_maps, values, strict=True):
             x, y, z = lesion.index
-            nz, ny, nx = values.shape
-            array[z - z_low:z - z_low + nz, y:y + ny, x:x + nx] = values
+            nz, ny, nx = lesion_values.shape
+            array[z:z + nz, y:y + ny, x:x + nx] = lesion_values
+        del values
+        slab = array[z_low:z_high]
+        mapped = slab[slab != padding]  # where regions overlap, the values written
+        low, high = float(mapped.min()), float(mapped.max())
         concept = feature_concept(f"original_{name}", volume.modality)
         unit = ucum_unit("1") if unit_free and concept.unit.value != "1" else concept.unit
-        low, high = float(array.min()), float(array.max())
         explanation = (f"{concept.name.meaning}, kernel radius {preset.maps.kernel_radius}")[:64]
         mapping = hd.pm.RealWorldValueMapping(
             lut_label=concept.name.value[:16],
@@ -476,14 +561,13 @@ def build_parametric_maps(
             intercept=0.0,
             quantity_definition=concept.name,
         )
-        mapped = array[array != 0]
-        centre, width = ((float(np.percentile(mapped, 50)),
-                          float(np.percentile(mapped, 99) - np.percentile(mapped, 1)))
-                         if mapped.size else (0.0, 1.0))
+        centre = float(np.percentile(mapped, 50))
+        width = float(np.percentile(mapped, 99) - np.percentile(mapped, 1))
+        del mapped, slab
         parts = (seg_sop_instance_uid, preset.hash, "parametric map", name)
         pm = hd.pm.ParametricMap(
             source_images=list(volume.datasets),
-            pixel_array=slab_geometry(volume, (z_low, z_high)).with_array(array),
+            pixel_array=geometry.with_array(array),
             series_instance_uid=result_uid(volume, *parts, "series"),
             series_number=_source_series_number(volume) + PM_SERIES_NUMBER_OFFSET + number,
             sop_instance_uid=result_uid(volume, *parts, "instance"),
@@ -500,6 +584,12 @@ def build_parametric_maps(
             content_creator_name=CONTENT_CREATOR_NAME,
             series_description=f"Radiomics map {name} ({preset.name})"[:64],
         )
+        del array
+        pm = _frames_along_normal(pm)
+        pm.FloatPixelPaddingValue = float(padding)
+        pm.FloatPixelPaddingRangeLimit = float(padding)
+        pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [copy.deepcopy(frame_anatomy)]
+        pm.file_meta.TransferSyntaxUID = MAP_TRANSFER_SYNTAX
         copy_study_attributes(pm, volume.datasets[0])
         fill_unknown_slice_thickness(pm, volume.image.GetSpacing()[2])
         body_part = volume.datasets[0].get("BodyPartExamined")
