@@ -81,9 +81,9 @@ from pipelines.uids import result_uid
 PM_SERIES_NUMBER_OFFSET = 1100  # map k (0-based, preset order) gets source SeriesNumber + 1100 + k
 
 # The maps' transfer syntax: the whole data set deflated (PS3.5 A.5), lossless, and read by OHIF's
-# dcmjs, dcmqi's DCMTK and pydicom (highdicom); the encapsulated syntaxes take integer pixels only
-# but for Deflated Image Frame Compression (PS3.5 A.4.11, 2024), which none of them reads yet
-# (docs/outputs.md, "Parametric maps").
+# dcmjs, dcmqi's DCMTK and pydicom (highdicom); the encapsulated syntaxes that highdicom writes
+# take integer pixels only, which OHIF shows undecoded and unscaled (docs/outputs.md, "Frames,
+# padding and encoding").
 MAP_TRANSFER_SYNTAX = DeflatedExplicitVRLittleEndian
 LIVER = hd.sr.CodedConcept.from_code(codes.SCT.Liver)  # Frame Anatomy when the SEG names none
 
