@@ -482,19 +482,49 @@ def lesions_anatomic_region(seg: DecodedSegmentation, numbers: Sequence[int]
     return hd.sr.CodedConcept.from_dataset(regions[0])
 
 
-def _frames_along_normal(pm: hd.pm.ParametricMap) -> hd.pm.ParametricMap:
-    """``pm`` with its frames, which highdicom orders along its volume's slice axis (column x row
-    cosines), in order along the slice normal (row x column cosines, PS3.3 C.7.6.2.1.1): the
-    order of the source slices, in which OHIF fills the source's volume with them, frame by frame
-    (``@cornerstonejs/adapters`` ``ParametricMap.generateToolState`` returns the frames as
-    stored). The Dimension Index Values (PS3.3 C.7.6.17) follow the frames; the object is read
-    again (``from_dataset``, not copied), so that highdicom's frame look-ups follow them too."""
+def _mapped_values(lesion_maps: Sequence[LesionMaps], values: Sequence[np.ndarray]
+                   ) -> np.ndarray:
+    """The values the map holds at its mapped voxels, each voxel once: where regions overlap,
+    the later lesion's (the one written), without building the map's grid."""
+    kept = []
+    for number, (lesion, lesion_values) in enumerate(zip(lesion_maps, values, strict=True)):
+        shown = np.ones(lesion_values.shape, dtype=bool)
+        lower = np.array(lesion.index)
+        for later, later_values in zip(lesion_maps[number + 1:], values[number + 1:], strict=True):
+            start = np.maximum(np.array(later.index) - lower, 0)
+            stop = np.minimum(np.array(later.index) + later_values.shape[::-1] - lower,
+                              lesion_values.shape[::-1])
+            if (start < stop).all():
+                shown[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = False
+        kept.append(lesion_values[shown])
+    return np.concatenate(kept)
+
+
+def _pixels_along_normal(pm: hd.pm.ParametricMap, size: Sequence[int], padding: np.float32,
+                         lesion_maps: Sequence[LesionMaps], values: Sequence[np.ndarray]
+                         ) -> hd.pm.ParametricMap:
+    """``pm`` (built by highdicom from a stand-in array of ``size``) with the map's pixels: the
+    padding, and each lesion's values in its region (the later lesion's where regions overlap),
+    frames in order along the slice normal (row x column cosines, PS3.3 C.7.6.2.1.1).
+
+    highdicom orders the frames along its volume's slice axis (column x row cosines); OHIF fills
+    the source's volume with the frames as stored (``@cornerstonejs/adapters``
+    ``ParametricMap.generateToolState``), slice by slice in the source's order. The functional
+    groups are reversed, their Dimension Index Values (PS3.3 C.7.6.17) numbered again, and the
+    object read again (``from_dataset``, not copied) so that highdicom's frame look-ups follow.
+    highdicom's frame bytes are freed before the map's are made, so the two are never held
+    together (docs/performance.md, "Memory")."""
     frames = list(reversed(pm.PerFrameFunctionalGroupsSequence))
     for number, item in enumerate(frames, 1):
         item.FrameContentSequence[0].DimensionIndexValues = number
     pm.PerFrameFunctionalGroupsSequence = frames
-    pixels = np.frombuffer(pm.FloatPixelData, dtype=np.float32)
-    pm.FloatPixelData = pixels.reshape(len(frames), -1)[::-1].tobytes()
+    del pm.FloatPixelData
+    array = np.full((size[2], size[1], size[0]), padding, dtype=np.float32)
+    for lesion, lesion_values in zip(lesion_maps, values, strict=True):
+        x, y, z = lesion.index
+        nz, ny, nx = lesion_values.shape
+        array[z:z + nz, y:y + ny, x:x + nx] = lesion_values
+    pm.FloatPixelData = array.tobytes()
     return hd.pm.ParametricMap.from_dataset(pm, copy=False)
 
 
@@ -529,8 +559,6 @@ def build_parametric_maps(
     if any(set(m.maps) != computed for m in lesion_maps):
         raise MapError("the lesions' maps are not of the same features")
     size = volume.image.GetSize()
-    z_low = min(m.index[2] for m in lesion_maps)
-    z_high = max(m.index[2] + next(iter(m.maps.values())).GetSize()[2] for m in lesion_maps)
     geometry = slab_geometry(volume, (0, size[2]))
     frame_anatomy = _frame_anatomy(anatomic_region or LIVER)
     unit_free = intensity_unit_free(preset)
@@ -539,16 +567,9 @@ def build_parametric_maps(
         if name not in computed:
             continue
         values = [sitk.GetArrayFromImage(lesion.maps[name]) for lesion in lesion_maps]
-        padding = map_padding_value(min(float(v.min()) for v in values))
-        array = np.full((size[2], size[1], size[0]), padding, dtype=np.float32)
-        for lesion, lesion_values in zip(lesion_maps, values, strict=True):
-            x, y, z = lesion.index
-            nz, ny, nx = lesion_values.shape
-            array[z:z + nz, y:y + ny, x:x + nx] = lesion_values
-        del values
-        slab = array[z_low:z_high]
-        mapped = slab[slab != padding]  # where regions overlap, the values written
+        mapped = _mapped_values(lesion_maps, values)
         low, high = float(mapped.min()), float(mapped.max())
+        padding = map_padding_value(low)
         concept = feature_concept(f"original_{name}", volume.modality)
         unit = ucum_unit("1") if unit_free and concept.unit.value != "1" else concept.unit
         explanation = (f"{concept.name.meaning}, kernel radius {preset.maps.kernel_radius}")[:64]
@@ -563,11 +584,13 @@ def build_parametric_maps(
         )
         centre = float(np.percentile(mapped, 50))
         width = float(np.percentile(mapped, 99) - np.percentile(mapped, 1))
-        del mapped, slab
+        del mapped
         parts = (seg_sop_instance_uid, preset.hash, "parametric map", name)
         pm = hd.pm.ParametricMap(
             source_images=list(volume.datasets),
-            pixel_array=geometry.with_array(array),
+            # highdicom's frames and functional groups depend on the geometry alone: it encodes a
+            # stand-in whose untouched zero pages cost no memory, and the map's pixels replace it
+            pixel_array=geometry.with_array(np.zeros(geometry.spatial_shape, dtype=np.float32)),
             series_instance_uid=result_uid(volume, *parts, "series"),
             series_number=_source_series_number(volume) + PM_SERIES_NUMBER_OFFSET + number,
             sop_instance_uid=result_uid(volume, *parts, "instance"),
@@ -584,8 +607,8 @@ def build_parametric_maps(
             content_creator_name=CONTENT_CREATOR_NAME,
             series_description=f"Radiomics map {name} ({preset.name})"[:64],
         )
-        del array
-        pm = _frames_along_normal(pm)
+        pm = _pixels_along_normal(pm, size, padding, lesion_maps, values)
+        del values
         pm.FloatPixelPaddingValue = float(padding)
         pm.FloatPixelPaddingRangeLimit = float(padding)
         pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [copy.deepcopy(frame_anatomy)]

@@ -125,6 +125,24 @@ def test_unmapped_voxels_are_padding_and_a_mapped_zero_reads_zero(
     assert mapping.DoubleFloatRealWorldValueLastValueMapped == float(np.nanmax(want))
 
 
+def test_where_regions_overlap_the_range_is_of_the_values_written(case: OutputsCase) -> None:
+    """The first lesion's lowest and highest values lie where the second lesion's region covers
+    them: the Real World Value range, the padding and the window are of the values written."""
+    first = np.full((4, 4, 4), 5.0, dtype=np.float32)
+    first[2:, 2:, 2:] = [-50.0, 900.0]  # under the second region only
+    second = np.full((4, 4, 4), 7.0, dtype=np.float32)
+    maps = [LesionMaps(1, "Lesion 1", (10, 10, 5), {FEATURE: sitk.GetImageFromArray(first)}, 64),
+            LesionMaps(2, "Lesion 2", (12, 12, 7), {FEATURE: sitk.GetImageFromArray(second)}, 64)]
+    [pm] = build_parametric_maps(case.volume, maps, _preset(case),
+                                 seg_sop_instance_uid=case.seg.sop_instance_uid)
+    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert (mapping.DoubleFloatRealWorldValueFirstValueMapped,
+            mapping.DoubleFloatRealWorldValueLastValueMapped) == (5.0, 7.0)
+    assert pm.FloatPixelPaddingValue == -1.0
+    stored = pm.pixel_array
+    assert np.count_nonzero(stored == 7.0) == 64 and np.count_nonzero(stored == 5.0) == 56
+
+
 @pytest.mark.parametrize(("lowest", "padding"), [
     (0.0, -1.0), (3.5, -1.0), (-0.25, -2.0), (-1000.0, -1001.0), (-1000.5, -1002.0)])
 def test_padding_is_one_below_the_smaller_of_zero_and_the_lowest_value(
