@@ -29,8 +29,8 @@ over the lesion alone.
 
 One Parametric Map (PS3.3 A.75) per feature covers every lesion: one float32 frame per slice of
 the source grid, every slice of the series with its rows and columns, so that a viewer that fills
-the source's volume frame by frame (OHIF) can overlay it; frames in order along the slice axis
-(highdicom's order, from the last source slice along the normal to the first). Voxels outside the
+the source's volume frame by frame (OHIF) can overlay it; frames in the source slices' order,
+along the slice normal (row x column cosines), the order OHIF fills them in. Voxels outside the
 mapped regions hold the padding value (:func:`map_padding_value`, below every mapped value and 0),
 declared as Float Pixel Padding Value (PS3.3 C.7.6.24), so a mapped 0 is told from "not mapped";
 where two lesions' regions overlap the later lesion's values are written. Its Real World Value
@@ -542,11 +542,11 @@ def build_parametric_maps(
     Series Number the feature's position in the preset, so a map is the same object whether it
     was encoded with the others or on its own.
 
-    Each map has one frame per slice of ``volume``'s grid, in order along the slice axis (module
-    docstring), with the source's rows and columns; voxels outside every mapped region hold the
-    map's :func:`map_padding_value`, declared as Float Pixel Padding Value (0028,0122) and
-    Float Pixel Padding Range Limit (0028,0124) (PS3.3 C.7.6.24) and left out of the Real World
-    Value Mapping's range; the shared Frame Anatomy (PS3.3 C.7.6.16.2.8) names
+    Each map has one frame per slice of ``volume``'s grid, in order along the slice normal (the
+    source slices' order), with the source's rows and columns; voxels outside every mapped
+    region hold the map's :func:`map_padding_value`, declared as Float Pixel Padding Value
+    (0028,0122) and Float Pixel Padding Range Limit (0028,0124) (PS3.3 C.7.6.24) and left out
+    of the Real World Value Mapping's range; the shared Frame Anatomy (PS3.3 C.7.6.16.2.8) names
     ``anatomic_region`` (SCT Liver when None, the organ of the node's lesions), Frame Laterality
     U. The data set's transfer syntax is :data:`MAP_TRANSFER_SYNTAX`.
 
