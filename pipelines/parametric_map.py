@@ -27,13 +27,20 @@ Grey levels are discretised over the voxels the kernels see (pyradiomics: over t
 image unless ``masked_kernel``), so a map value is not the feature of the same kernel discretised
 over the lesion alone.
 
-One Parametric Map (PS3.3 A.75) per feature covers every lesion: float32 frames of the source grid
-(the slab of slices that holds any mapped region), zero outside the mapped regions; where two
-lesions' regions overlap the later lesion's values are written. Its Real World Value Mapping
-(PS3.3 C.7.6.16.2.11) names the quantity by the feature's concept (``pipelines.codes``: IBSI or
-``99RADNODE`` code) and its UCUM unit; the Referenced Series Sequence and each frame's Derivation
-Image Sequence point to the source images. Its Content Creator's Name (0070,0084, PS3.3 C.10.9)
-is the node's and its General Study attributes are the source's
+One Parametric Map (PS3.3 A.75) per feature covers every lesion: one float32 frame per slice of
+the source grid, every slice of the series with its rows and columns, so that a viewer that fills
+the source's volume frame by frame (OHIF) can overlay it; frames in the source slices' order,
+along the slice normal (row x column cosines), the order OHIF fills them in. Voxels outside the
+mapped regions hold the padding value (:func:`map_padding_value`, below every mapped value and 0),
+declared as Float Pixel Padding Value (PS3.3 C.7.6.24), so a mapped 0 is told from "not mapped";
+where two lesions' regions overlap the later lesion's values are written. Its Real World Value
+Mapping (PS3.3 C.7.6.16.2.11) names the quantity by the feature's concept (``pipelines.codes``:
+IBSI or ``99RADNODE`` code) and its UCUM unit over the mapped values (the padding is not mapped);
+the shared Frame Anatomy (PS3.3 C.7.6.16.2.8) names the lesions' anatomic region (dcmqi reads no
+map without it); the Referenced Series Sequence and each frame's Derivation Image Sequence point
+to the source images. The data set is deflated (:data:`MAP_TRANSFER_SYNTAX`): the padding costs
+almost nothing, and the values are those computed, bit for bit. Its Content Creator's Name
+(0070,0084, PS3.3 C.10.9) is the node's and its General Study attributes are the source's
 (``pipelines.result_attributes``).
 """
 
@@ -52,6 +59,9 @@ import highdicom as hd
 import numpy as np
 import radiomics
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
 from pipelines.codes import coding_schemes, feature_concept, ucum_unit
@@ -63,12 +73,19 @@ from pipelines.result_attributes import (
     copy_study_attributes,
     fill_unknown_slice_thickness,
 )
-from pipelines.segmentation import Segment, voxel_box
+from pipelines.segmentation import DecodedSegmentation, Segment, voxel_box
 from pipelines.series import SeriesVolume
 from pipelines.software import MANUFACTURER, software_version
 from pipelines.uids import result_uid
 
 PM_SERIES_NUMBER_OFFSET = 1100  # map k (0-based, preset order) gets source SeriesNumber + 1100 + k
+
+# The maps' transfer syntax: the whole data set deflated (PS3.5 A.5), lossless, and read by OHIF's
+# dcmjs, dcmqi's DCMTK and pydicom (highdicom); the encapsulated syntaxes that highdicom writes
+# take integer pixels only, which OHIF shows undecoded and unscaled (docs/outputs.md, "Frames,
+# padding and encoding").
+MAP_TRANSFER_SYNTAX = DeflatedExplicitVRLittleEndian
+LIVER = hd.sr.CodedConcept.from_code(codes.SCT.Liver)  # Frame Anatomy when the SEG names none
 
 
 class MapError(ValueError):
@@ -428,18 +445,110 @@ def _source_series_number(volume: SeriesVolume) -> int:
     return int(volume.datasets[0].get("SeriesNumber") or 0)
 
 
+def map_padding_value(lowest: float) -> np.float32:
+    """The Float Pixel Padding Value (0028,0122) of a map whose mapped voxels are all at least
+    ``lowest``: one below the smaller of 0 and ``lowest``, rounded down to an integer (a float32
+    below ``lowest`` where float32 cannot hold that integer). It is never a mapped value, so a
+    mapped voxel whose feature is 0 reads 0 and an unmapped one reads the padding; and it lies
+    at most 2 below the smaller of 0 and the mapped range, not at an extreme such as -FLT_MAX,
+    so a reader that ignores padding (OHIF windows a map over all its voxels) still spreads its
+    window over the mapped values."""
+    below = np.nextafter(np.float32(lowest), np.float32(-np.inf))
+    return min(np.float32(math.floor(min(lowest, 0.0)) - 1.0), below)
+
+
+def _frame_anatomy(region: hd.sr.CodedConcept) -> Dataset:
+    """A Frame Anatomy Sequence item (PS3.3 C.7.6.16.2.8): ``region`` and Frame Laterality U
+    (unpaired)."""
+    item = Dataset()
+    item.AnatomicRegionSequence = [copy.deepcopy(region)]
+    item.FrameLaterality = "U"
+    return item
+
+
+def lesions_anatomic_region(seg: DecodedSegmentation, numbers: Sequence[int]
+                            ) -> hd.sr.CodedConcept | None:
+    """The Anatomic Region (0008,2218, its first item) that the input SEG's segments ``numbers``
+    name, when every one of them that names one names the same (by code value and scheme); None
+    when none does, when they differ, or for an RT Structure Set (an RT ROI has no anatomic
+    region, PS3.3 C.8.8.5)."""
+    if seg.is_rtstruct:
+        return None
+    regions = [item.AnatomicRegionSequence[0]
+               for item in seg.dataset.get("SegmentSequence", [])
+               if int(item.SegmentNumber) in numbers and item.get("AnatomicRegionSequence")]
+    if not regions or len({(r.CodeValue, r.CodingSchemeDesignator) for r in regions}) > 1:
+        return None
+    return hd.sr.CodedConcept.from_dataset(regions[0])
+
+
+def _mapped_values(lesion_maps: Sequence[LesionMaps], values: Sequence[np.ndarray]
+                   ) -> np.ndarray:
+    """The values the map holds at its mapped voxels, each voxel once: where regions overlap,
+    the later lesion's (the one written), without building the map's grid."""
+    kept = []
+    for number, (lesion, lesion_values) in enumerate(zip(lesion_maps, values, strict=True)):
+        shown = np.ones(lesion_values.shape, dtype=bool)
+        lower = np.array(lesion.index)
+        for later, later_values in zip(lesion_maps[number + 1:], values[number + 1:], strict=True):
+            start = np.maximum(np.array(later.index) - lower, 0)
+            stop = np.minimum(np.array(later.index) + later_values.shape[::-1] - lower,
+                              lesion_values.shape[::-1])
+            if (start < stop).all():
+                shown[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = False
+        kept.append(lesion_values[shown])
+    return np.concatenate(kept)
+
+
+def _pixels_along_normal(pm: hd.pm.ParametricMap, size: Sequence[int], padding: np.float32,
+                         lesion_maps: Sequence[LesionMaps], values: Sequence[np.ndarray]
+                         ) -> hd.pm.ParametricMap:
+    """``pm`` (built by highdicom from a stand-in array of ``size``) with the map's pixels: the
+    padding, and each lesion's values in its region (the later lesion's where regions overlap),
+    frames in order along the slice normal (row x column cosines, PS3.3 C.7.6.2.1.1).
+
+    highdicom orders the frames along its volume's slice axis (column x row cosines); OHIF fills
+    the source's volume with the frames as stored (``@cornerstonejs/adapters``
+    ``ParametricMap.generateToolState``), slice by slice in the source's order. The functional
+    groups are reversed, their Dimension Index Values (PS3.3 C.7.6.17) numbered again, and the
+    object read again (``from_dataset``, not copied) so that highdicom's frame look-ups follow.
+    highdicom's frame bytes are freed before the map's are made, so the two are never held
+    together (docs/performance.md, "Memory")."""
+    frames = list(reversed(pm.PerFrameFunctionalGroupsSequence))
+    for number, item in enumerate(frames, 1):
+        item.FrameContentSequence[0].DimensionIndexValues = number
+    pm.PerFrameFunctionalGroupsSequence = frames
+    del pm.FloatPixelData
+    array = np.full((size[2], size[1], size[0]), padding, dtype=np.float32)
+    for lesion, lesion_values in zip(lesion_maps, values, strict=True):
+        x, y, z = lesion.index
+        nz, ny, nx = lesion_values.shape
+        array[z:z + nz, y:y + ny, x:x + nx] = lesion_values
+    pm.FloatPixelData = array.tobytes()
+    return hd.pm.ParametricMap.from_dataset(pm, copy=False)
+
+
 def build_parametric_maps(
     volume: SeriesVolume,
     lesion_maps: Sequence[LesionMaps],
     preset: Preset,
     *,
     seg_sop_instance_uid: str,
+    anatomic_region: hd.sr.CodedConcept | None = None,
 ) -> list[hd.pm.ParametricMap]:
     """One Parametric Map per feature of ``lesion_maps`` (all of ``preset.maps`` or a group of
     them, :func:`map_feature_groups`) holding every lesion's map (module docstring), in the
     study of ``volume``, in preset order. UIDs follow ``pipelines.uids`` with the feature name,
     Series Number the feature's position in the preset, so a map is the same object whether it
     was encoded with the others or on its own.
+
+    Each map has one frame per slice of ``volume``'s grid, in order along the slice normal (the
+    source slices' order), with the source's rows and columns; voxels outside every mapped
+    region hold the map's :func:`map_padding_value`, declared as Float Pixel Padding Value
+    (0028,0122) and Float Pixel Padding Range Limit (0028,0124) (PS3.3 C.7.6.24) and left out
+    of the Real World Value Mapping's range; the shared Frame Anatomy (PS3.3 C.7.6.16.2.8) names
+    ``anatomic_region`` (SCT Liver when None, the organ of the node's lesions), Frame Laterality
+    U. The data set's transfer syntax is :data:`MAP_TRANSFER_SYNTAX`.
 
     Raises:
         MapError: no lesion map, or the lesions' maps are not of the same features.
@@ -450,22 +559,19 @@ def build_parametric_maps(
     if any(set(m.maps) != computed for m in lesion_maps):
         raise MapError("the lesions' maps are not of the same features")
     size = volume.image.GetSize()
-    z_low = min(m.index[2] for m in lesion_maps)
-    z_high = max(m.index[2] + next(iter(m.maps.values())).GetSize()[2] for m in lesion_maps)
+    geometry = slab_geometry(volume, (0, size[2]))
+    frame_anatomy = _frame_anatomy(anatomic_region or LIVER)
     unit_free = intensity_unit_free(preset)
     objects = []
     for number, name in enumerate(preset.maps.features):
         if name not in computed:
             continue
-        array = np.zeros((z_high - z_low, size[1], size[0]), dtype=np.float32)
-        for lesion in lesion_maps:
-            values = sitk.GetArrayFromImage(lesion.maps[name])
-            x, y, z = lesion.index
-            nz, ny, nx = values.shape
-            array[z - z_low:z - z_low + nz, y:y + ny, x:x + nx] = values
+        values = [sitk.GetArrayFromImage(lesion.maps[name]) for lesion in lesion_maps]
+        mapped = _mapped_values(lesion_maps, values)
+        low, high = float(mapped.min()), float(mapped.max())
+        padding = map_padding_value(low)
         concept = feature_concept(f"original_{name}", volume.modality)
         unit = ucum_unit("1") if unit_free and concept.unit.value != "1" else concept.unit
-        low, high = float(array.min()), float(array.max())
         explanation = (f"{concept.name.meaning}, kernel radius {preset.maps.kernel_radius}")[:64]
         mapping = hd.pm.RealWorldValueMapping(
             lut_label=concept.name.value[:16],
@@ -476,14 +582,15 @@ def build_parametric_maps(
             intercept=0.0,
             quantity_definition=concept.name,
         )
-        mapped = array[array != 0]
-        centre, width = ((float(np.percentile(mapped, 50)),
-                          float(np.percentile(mapped, 99) - np.percentile(mapped, 1)))
-                         if mapped.size else (0.0, 1.0))
+        centre = float(np.percentile(mapped, 50))
+        width = float(np.percentile(mapped, 99) - np.percentile(mapped, 1))
+        del mapped
         parts = (seg_sop_instance_uid, preset.hash, "parametric map", name)
         pm = hd.pm.ParametricMap(
             source_images=list(volume.datasets),
-            pixel_array=slab_geometry(volume, (z_low, z_high)).with_array(array),
+            # highdicom's frames and functional groups depend on the geometry alone: it encodes a
+            # stand-in whose untouched zero pages cost no memory, and the map's pixels replace it
+            pixel_array=geometry.with_array(np.zeros(geometry.spatial_shape, dtype=np.float32)),
             series_instance_uid=result_uid(volume, *parts, "series"),
             series_number=_source_series_number(volume) + PM_SERIES_NUMBER_OFFSET + number,
             sop_instance_uid=result_uid(volume, *parts, "instance"),
@@ -500,6 +607,12 @@ def build_parametric_maps(
             content_creator_name=CONTENT_CREATOR_NAME,
             series_description=f"Radiomics map {name} ({preset.name})"[:64],
         )
+        pm = _pixels_along_normal(pm, size, padding, lesion_maps, values)
+        del values
+        pm.FloatPixelPaddingValue = float(padding)
+        pm.FloatPixelPaddingRangeLimit = float(padding)
+        pm.SharedFunctionalGroupsSequence[0].FrameAnatomySequence = [copy.deepcopy(frame_anatomy)]
+        pm.file_meta.TransferSyntaxUID = MAP_TRANSFER_SYNTAX
         copy_study_attributes(pm, volume.datasets[0])
         fill_unknown_slice_thickness(pm, volume.image.GetSpacing()[2])
         body_part = volume.datasets[0].get("BodyPartExamined")

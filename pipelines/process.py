@@ -34,6 +34,7 @@ from pipelines.parametric_map import (
     LesionMaps,
     build_parametric_maps,
     compute_maps,
+    lesions_anatomic_region,
     map_feature_groups,
 )
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
@@ -498,8 +499,9 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     def write_maps(lesion_maps: list[LesionMaps], announce: bool,
                    stages: _Laps) -> tuple[tuple[OutputObject, ...], dict[str, float]]:
         """One feature class's maps, encoded, written and (but the last class's) announced."""
-        maps = build_parametric_maps(volume, lesion_maps, preset,
-                                     seg_sop_instance_uid=seg.sop_instance_uid)
+        maps = build_parametric_maps(
+            volume, lesion_maps, preset, seg_sop_instance_uid=seg.sop_instance_uid,
+            anatomic_region=lesions_anatomic_region(seg, [m.segment_number for m in lesion_maps]))
         stages.lap("encode_maps")
         written = tuple(_write_object(out, dataset) for dataset in maps)
         if on_early_objects is not None and announce:

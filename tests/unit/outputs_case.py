@@ -9,6 +9,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
 from pipelines.features import extract_lesions
 from pipelines.presets import Preset, RoiOptions, RoiVariant, load_preset
 from pipelines.results import RoiResult
@@ -67,10 +71,18 @@ def build_case(directory: Path, preset: Preset | None = None) -> OutputsCase:
 
 
 def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    """(errors, warnings) that dicom3tools' ``dciodvfy`` reports for ``path``."""
+    """(errors, warnings) that dicom3tools' ``dciodvfy`` reports for ``path``. dciodvfy (Debian
+    12's dicom3tools) reads no deflated data set ("Dicom dataset read failed"): a Deflated
+    Explicit VR Little Endian file (the parametric maps) is checked as the same data set written
+    in Explicit VR Little Endian beside it."""
     tool = shutil.which("dciodvfy")
     if tool is None:
         raise RuntimeError("dciodvfy not on PATH: run scripts/setup.sh --system-tools")
+    if read_file_meta_info(path).TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
+        dataset = dcmread(path)
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = path.with_name(f"{path.stem}-inflated{path.suffix}")
+        dataset.save_as(path, enforce_file_format=True)
     run = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
     lines = (run.stdout + run.stderr).splitlines()
     return ([line for line in lines if line.startswith("Error")],
