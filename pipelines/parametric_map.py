@@ -35,7 +35,7 @@ mapped regions hold the padding value (:func:`map_padding_value`, below every ma
 declared as Float Pixel Padding Value (PS3.3 C.7.6.24), so a mapped 0 is told from "not mapped";
 where two lesions' regions overlap the later lesion's values are written. Its Real World Value
 Mapping (PS3.3 C.7.6.16.2.11) names the quantity by the feature's concept (``pipelines.codes``:
-IBSI or ``99RADNODE`` code) and its UCUM unit over the mapped values (the padding is not mapped);
+IBSI or ``99RADNODE`` code) and its UCUM unit from the padding value to the highest mapped value;
 the shared Frame Anatomy (PS3.3 C.7.6.16.2.8) names the lesions' anatomic region (dcmqi reads no
 map without it); the Referenced Series Sequence and each frame's Derivation Image Sequence point
 to the source images. The data set is deflated (:data:`MAP_TRANSFER_SYNTAX`): the padding costs
@@ -545,10 +545,12 @@ def build_parametric_maps(
     Each map has one frame per slice of ``volume``'s grid, in order along the slice normal (the
     source slices' order), with the source's rows and columns; voxels outside every mapped
     region hold the map's :func:`map_padding_value`, declared as Float Pixel Padding Value
-    (0028,0122) and Float Pixel Padding Range Limit (0028,0124) (PS3.3 C.7.6.24) and left out
-    of the Real World Value Mapping's range; the shared Frame Anatomy (PS3.3 C.7.6.16.2.8) names
-    ``anatomic_region`` (SCT Liver when None, the organ of the node's lesions), Frame Laterality
-    U. The data set's transfer syntax is :data:`MAP_TRANSFER_SYNTAX`.
+    (0028,0122) and Float Pixel Padding Range Limit (0028,0124) (PS3.3 C.7.6.24); the Real
+    World Value Mapping's range runs from the padding to the highest mapped value, so that a
+    reader that applies the mapping to every stored value (highdicom's ``get_volume``) takes
+    the whole map, and the padding is told apart by its declaration; the shared Frame Anatomy
+    (PS3.3 C.7.6.16.2.8) names ``anatomic_region`` (SCT Liver when None, the organ of the node's
+    lesions), Frame Laterality U. The data set's transfer syntax is :data:`MAP_TRANSFER_SYNTAX`.
 
     Raises:
         MapError: no lesion map, or the lesions' maps are not of the same features.
@@ -577,7 +579,7 @@ def build_parametric_maps(
             lut_label=concept.name.value[:16],
             lut_explanation=explanation,
             unit=unit,
-            value_range=(low, high),
+            value_range=(float(padding), high),
             slope=1.0,
             intercept=0.0,
             quantity_definition=concept.name,

@@ -104,8 +104,9 @@ def test_one_frame_per_source_slice_in_order_along_the_normal(
 def test_unmapped_voxels_are_padding_and_a_mapped_zero_reads_zero(
         case: OutputsCase, written: Path) -> None:
     """Stored values (pydicom and highdicom) are the maps at mapped voxels, bit for bit, zeros
-    included, and the declared padding elsewhere; the padding is below every mapped value and 0
-    and outside the Real World Value Mapping's range."""
+    included, and the declared padding elsewhere; the padding is below every mapped value and 0,
+    and the Real World Value Mapping's range starts at it, so that highdicom applies the mapping
+    to the whole map (its default ``get_volume``)."""
     pm = pydicom.dcmread(written)
     assert pm.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
     want = _on_source_grid(case, _lesion_maps(case))
@@ -114,14 +115,14 @@ def test_unmapped_voxels_are_padding_and_a_mapped_zero_reads_zero(
     assert pm.FloatPixelPaddingRangeLimit == pm.FloatPixelPaddingValue
     assert padding < 0
     assert pm.pixel_array.dtype == np.float32
-    volume = hd.pm.ParametricMap.from_dataset(pm).get_volume(apply_real_world_transform=False)
+    volume = hd.pm.ParametricMap.from_dataset(pm).get_volume()
     on_source = volume.match_geometry(slab_geometry(case.volume, (0, len(want)))).array
     for stored in (pm.pixel_array, on_source):  # highdicom: float64, the same values
         np.testing.assert_array_equal(stored[mapped], want[mapped])
         assert (stored[~mapped] == padding).all()
     assert np.count_nonzero(pm.pixel_array[mapped] == 0) == len(case.lesions)
     mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
-    assert mapping.DoubleFloatRealWorldValueFirstValueMapped == 0.0
+    assert mapping.DoubleFloatRealWorldValueFirstValueMapped == float(padding)
     assert mapping.DoubleFloatRealWorldValueLastValueMapped == float(np.nanmax(want))
 
 
@@ -137,7 +138,7 @@ def test_where_regions_overlap_the_range_is_of_the_values_written(case: OutputsC
                                  seg_sop_instance_uid=case.seg.sop_instance_uid)
     mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     assert (mapping.DoubleFloatRealWorldValueFirstValueMapped,
-            mapping.DoubleFloatRealWorldValueLastValueMapped) == (5.0, 7.0)
+            mapping.DoubleFloatRealWorldValueLastValueMapped) == (-1.0, 7.0)  # padding .. 7
     assert pm.FloatPixelPaddingValue == -1.0
     stored = pm.pixel_array
     assert np.count_nonzero(stored == 7.0) == 64 and np.count_nonzero(stored == 5.0) == 56
