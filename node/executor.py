@@ -274,6 +274,16 @@ def on_cluster(fn: Callable[[_Task], _Result], tasks: Iterable[_Task]) -> list[_
         return client.gather(client.map(fn, list(tasks), pure=False, priority=1))
 
 
+def shipped_preset(preset: str) -> str | Preset:
+    """What a cluster task is given for a rule's ``preset``: a shipped preset's name (every
+    worker has the package), or a preset file of this machine read here, as a Preset (a worker
+    on another machine has not got the file; ``pipelines.presets.load_preset`` tells the two
+    apart)."""
+    from pipelines.presets import is_preset_file, load_preset
+
+    return load_preset(preset) if is_preset_file(preset) else preset
+
+
 def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str | Preset,
                     models: Sequence[tuple[dict[str, bytes], str]] = ()) -> RemoteResult:
     """On a Dask worker: write the shipped files (images, SEG, the files of each model package
@@ -350,7 +360,7 @@ class DaskExecutor:
         # them with the task, so it can run the task again on another worker when one dies
         # (scattered data would die with the worker that holds it).
         future = self._client.submit(run_shipped_job, [Path(p).read_bytes() for p in images],
-                                     Path(seg).read_bytes(), preset,
+                                     Path(seg).read_bytes(), shipped_preset(preset),
                                      [(package_files(Path(path)), sha256)
                                       for path, sha256 in models], pure=False)
         return _UnpackedFuture(future, out_dir)

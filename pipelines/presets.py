@@ -442,19 +442,24 @@ def _preset_from_text(text: str, source: str) -> Preset:
         raise PresetError(f"{source}: {reasons}") from None
 
 
+def is_preset_file(name_or_path: str | Path) -> bool:
+    """Whether :func:`load_preset` reads ``name_or_path`` as a file rather than a shipped
+    preset's name: a ``Path``, or a string ending in ``.yaml``/``.yml`` or holding a path
+    separator."""
+    text = str(name_or_path)
+    return (isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml"))
+            or any(sep in text for sep in ("/", "\\")))
+
+
 def load_preset(name_or_path: str | Path) -> Preset:
     """Load a shipped preset by name (e.g. ``"ct-liver-basic"``) or a preset YAML file by path.
 
     A ``Path``, or a string ending in ``.yaml``/``.yml`` or containing a path separator, is read
-    as a file; any other string is looked up among :func:`shipped_presets`.
+    as a file (:func:`is_preset_file`); any other string is looked up among
+    :func:`shipped_presets`.
     """
     text_path = str(name_or_path)
-    is_path = (
-        isinstance(name_or_path, Path)
-        or text_path.endswith((".yaml", ".yml"))
-        or any(sep in text_path for sep in ("/", "\\"))
-    )
-    if is_path:
+    if is_preset_file(name_or_path):
         path = Path(name_or_path)
         try:
             text = path.read_text(encoding="utf-8")

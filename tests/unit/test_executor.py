@@ -210,3 +210,17 @@ def test_feature_task_whose_workers_all_died_queues_the_job_again(
     assert (job.state, job.attempts) == ("queued", 1)
     # KilledWorker of the feature task, or of the job task when both ran on the killed worker
     assert re.match(r"worker process died: .*'(run_feature_task|run_shipped_job)-", job.reason)
+
+
+def test_a_preset_file_is_shipped_to_the_cluster_as_a_preset(tmp_path: Path) -> None:
+    """A rule's preset file exists on the node's machine only: the task gets the preset read
+    there (same hash), a shipped preset's name as it is."""
+    from node.executor import shipped_preset
+
+    path = tmp_path / "site-preset.yaml"
+    path.write_text((Path(__file__).parents[2] / "pipelines/presets/ct-liver-basic.yaml")
+                    .read_text().replace("name: ct-liver-basic", "name: site-preset"))
+    shipped = shipped_preset(str(path))
+    assert not isinstance(shipped, str)
+    assert (shipped.name, shipped.hash) == ("site-preset", load_preset(path).hash)
+    assert shipped_preset("ct-liver-basic") == "ct-liver-basic"
