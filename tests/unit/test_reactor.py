@@ -23,7 +23,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from node.config import NodeConfig
 from node.index import Index
 from node.ingest import Outcome
-from node.reactor import EventAssociation, EventDUL, PDataTF
+from node.reactor import TIMER_GRANULARITY, EventAssociation, EventDUL, PDataTF
 from node.receiver import Receiver
 from tests.conftest import free_port
 
@@ -182,6 +182,15 @@ def _ct(refdata: Path, number: int) -> pydicom.Dataset:
     return ct
 
 
+def _parked(assoc) -> bool:
+    """Whether the association thread waits at its reactor checkpoint: paused, and still
+    paused three timer periods later (running, it is paused only between two statements)."""
+    if not assoc._is_paused:
+        return False
+    time.sleep(3 * TIMER_GRANULARITY)
+    return assoc._is_paused
+
+
 def _record_threads(node: Receiver, monkeypatch) -> list[threading.Thread]:
     """The threads that run the node's store handler, one per instance."""
     threads: list[threading.Thread] = []
@@ -281,6 +290,9 @@ def test_a_c_store_before_the_association_is_established_waits_for_it(
     [ours] = _active(node)
     ours._reactor_checkpoint.clear()  # the association thread not yet in its reactor ...
     ours.is_established = False  # ... between the A-ASSOCIATE-AC and the end of acceptance
+    # it may have passed the checkpoint just before it was cleared, and would then take the
+    # request itself: wait until it is parked there (paused for longer than its timer period)
+    assert _wait_until(lambda: _parked(ours))
     answers: list[int] = []
     sender = threading.Thread(target=lambda: answers.append(
         assoc.send_c_store(_ct(refdata, 40)).Status))
