@@ -170,10 +170,10 @@ def _process(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from node.jobs import failure_reason
-    from node.router import missing_reference
     from pipelines.discovery import discover
     from pipelines.presets import load_preset
     from pipelines.process import process_study
+    from pipelines.references import missing_reference
 
     preset = load_preset(args.preset)
     found = discover(args.dir)

@@ -3,7 +3,7 @@
 Rules are evaluated on the header of one instance of a stable image series (the series-level
 attributes of PS3.3 C.7.3.1 and C.8.2.1 are the same in every instance). A segmentation, a SEG
 or an RT Structure Set (RTSTRUCT), is paired with its source series through the series it
-references (:func:`pipelines.segmentation.referenced_series_uids`): a SEG's Referenced Series
+references (:func:`pipelines.references.referenced_series_uids`): a SEG's Referenced Series
 Sequence (0008,1115) of the Common Instance Reference Module (PS3.3 C.12.2), an RTSTRUCT's RT
 Referenced Series Sequence (3006,0014) inside Referenced Frame of Reference Sequence (3006,0010) >
 RT Referenced Study Sequence (3006,0012) of the Structure Set Module (PS3.3 C.8.8.5). A job is
@@ -27,14 +27,19 @@ from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
 from node.config import NodeConfig, SeriesRule
 from node.index import SEGMENTATION_NOT_PROCESSED, Index, InstanceRow, JobRow, SeriesRow
 from node.logs import fields
 from node.spool import is_uid
-from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID
-from pipelines.segmentation import referenced_series_uids
+from pipelines.references import (
+    kind,
+    missing_reference,
+    reference_values,
+    referenced_series_uids,
+    source_study_uid,
+    text,
+)
 from pipelines.software import MANUFACTURER
 
 log = logging.getLogger(__name__)
@@ -42,11 +47,6 @@ log = logging.getLogger(__name__)
 SEGMENTATION_MODALITIES = frozenset({"SEG", "RTSTRUCT"})
 """Modality (0008,0060) of the segmentations the router pairs: SEG (PS3.3 C.8.20.1) and RTSTRUCT
 (PS3.3 C.8.8.1)."""
-
-_RT_REFERENCE_PATH = (("(3006,0010)", "ReferencedFrameOfReferenceSequence"),
-                      ("(3006,0012)", "RTReferencedStudySequence"),
-                      ("(3006,0014)", "RTReferencedSeriesSequence"))
-"""Where an RT Structure Set names its image series (PS3.3 C.8.8.5), outermost first."""
 
 INPUTS_REPAIRED = "job queued again: inputs repaired"
 """The audit event of a failed job queued again because a damaged spool copy of its inputs was
@@ -109,41 +109,6 @@ def matching_rules(rules: list[SeriesRule], header: Dataset) -> list[SeriesRule]
     return [rule for rule in rules if not mismatches(rule, header)]
 
 
-def _is_rtstruct(segmentation: Dataset) -> bool:
-    return str(segmentation.get("SOPClassUID", "")) == RTSTRUCT_SOP_CLASS_UID
-
-
-def missing_reference(segmentation: Dataset) -> str:
-    """Why ``segmentation`` names no series, as ``<kind> references no series (<where>)``: the
-    first sequence on the path to the series UIDs that is absent (not in any item of the one
-    before) or empty, or that its items hold no Series Instance UID. For a SEG, Referenced
-    Series Sequence (0008,1115) (PS3.3 C.12.2); for an RTSTRUCT, (3006,0010) > (3006,0012) >
-    (3006,0014) (PS3.3 C.8.8.5)."""
-    if _is_rtstruct(segmentation):
-        kind, path = "RTSTRUCT", _RT_REFERENCE_PATH
-    else:
-        kind, path = "SEG", (("(0008,1115)", "ReferencedSeriesSequence"),)
-    parents: list[Dataset] = [segmentation]
-    names: list[str] = []
-    for tag, keyword in path:
-        names.append(f"{tag} {keyword}")
-        items = [item for parent in parents for item in parent.get(keyword) or []]
-        if not items:
-            state = "empty" if any(keyword in parent for parent in parents) else "absent"
-            return f"{kind} references no series ({' > '.join(names)} {state})"
-        parents = items
-    return f"{kind} references no series ({' > '.join(names)} items hold no SeriesInstanceUID)"
-
-
-def _text(item: Dataset, keyword: str) -> str:
-    """The value of ``keyword`` in ``item`` as encoded (several values joined by a backslash,
-    PS3.5 6.4), stripped; empty when absent."""
-    value = item.get(keyword, "")
-    if isinstance(value, MultiValue):
-        return "\\".join(map(str, value)).strip()
-    return str(value or "").strip()
-
-
 def _shown(value: str) -> str:
     """``value`` quoted on one line, cut to ``SHOWN_CHARS`` with its length noted."""
     if len(value) <= SHOWN_CHARS:
@@ -157,35 +122,20 @@ def invalid_reference(segmentation: Dataset) -> str | None:
     Each non-empty value that names the source series, or for an RTSTRUCT the study that holds
     them, must be a UID as ``node.spool.is_uid`` (and so the node's ingest) takes it: digits and
     dots, at most 64 characters (PS3.5 9.1). An empty value is no reference (dropped by
-    :func:`pipelines.segmentation.referenced_series_uids`); ``*``, ``?`` or any other character
+    :func:`pipelines.references.referenced_series_uids`); ``*``, ``?`` or any other character
     would reach a C-GET, C-MOVE or Orthanc find as a wildcard (PS3.4 C.2.2.2.4), so nothing is
     requested. The reason, ``<kind> references an invalid UID (<path> <value> is not a UID,
     PS3.5 9.1)``, names the tag and the value (cut: :func:`_shown`)."""
-    if _is_rtstruct(segmentation):
-        kind = "RTSTRUCT"
-        studies = [study for frame in segmentation.get("ReferencedFrameOfReferenceSequence") or []
-                   for study in frame.get("RTReferencedStudySequence") or []]
-        path = " > ".join(f"{tag} {keyword}" for tag, keyword in _RT_REFERENCE_PATH[:2])
-        found = [(f"{path} > (0008,1155) ReferencedSOPInstanceUID",
-                  _text(study, "ReferencedSOPInstanceUID")) for study in studies]
-        found += [(f"{path} > (3006,0014) RTReferencedSeriesSequence > (0020,000E) "
-                   "SeriesInstanceUID", _text(series, "SeriesInstanceUID"))
-                  for study in studies for series in study.get("RTReferencedSeriesSequence") or []]
-    else:
-        kind = "SEG"
-        found = [("(0008,1115) ReferencedSeriesSequence > (0020,000E) SeriesInstanceUID",
-                  _text(series, "SeriesInstanceUID"))
-                 for series in segmentation.get("ReferencedSeriesSequence") or []]
-    for where, value in found:
+    for where, value in reference_values(segmentation):
         if value and not is_uid(value):
-            return f"{kind} references an invalid UID ({where} {_shown(value)} is not a UID, " \
-                   "PS3.5 9.1)"
+            return (f"{kind(segmentation)} references an invalid UID ({where} {_shown(value)} is "
+                    "not a UID, PS3.5 9.1)")
     return None
 
 
 def patient_id(dataset: Dataset) -> str:
     """Patient ID (0010,0020) of ``dataset`` (PS3.3 C.7.1.1), stripped; empty when absent."""
-    return _text(dataset, "PatientID")
+    return text(dataset, "PatientID")
 
 
 def foreign_source(segmentation: Dataset, source: SeriesRow, header: Dataset) -> str | None:
@@ -195,35 +145,14 @@ def foreign_source(segmentation: Dataset, source: SeriesRow, header: Dataset) ->
     and its source share the Patient and General Study modules, PS3.3 A.51.3; so do a structure
     set and its images, PS3.3 A.19.3). The reason names the tag, and the UIDs but not the Patient
     IDs (patient identity is never logged)."""
-    kind = "RTSTRUCT" if _is_rtstruct(segmentation) else "SEG"
+    named = f"{kind(segmentation)} references series {source.series_uid}"
     study = source_study_uid(segmentation, source.series_uid)
     if source.study_uid != study:
-        return (f"{kind} references series {source.series_uid} of study {source.study_uid}, not "
-                f"of study {study} ((0020,000D) StudyInstanceUID)")
+        return (f"{named} of study {source.study_uid}, not of study {study} ((0020,000D) "
+                "StudyInstanceUID)")
     if patient_id(header) != patient_id(segmentation):
-        return (f"{kind} references series {source.series_uid} of another patient ((0010,0020) "
-                "PatientID differs; values not logged)")
+        return f"{named} of another patient ((0010,0020) PatientID differs; values not logged)"
     return None
-
-
-def source_study_uid(segmentation: Dataset, series_uid: str) -> str:
-    """The Study Instance UID of the study that holds ``series_uid`` as ``segmentation`` names
-    it, for the retrieval of a missing series (PS3.4 C.4.3 needs the study key).
-
-    An RTSTRUCT may reference a series of another study: the RT Referenced Study Sequence
-    (3006,0012) item whose RT Referenced Series Sequence (3006,0014) lists the series gives it as
-    Referenced SOP Instance UID (0008,1155) (PS3.3 C.8.8.5). A SEG's Referenced Series Sequence
-    (0008,1115) lists series of its own study (PS3.3 C.12.2). Otherwise, and when that item
-    lacks the UID, the segmentation's own Study Instance UID."""
-    if _is_rtstruct(segmentation):
-        for frame in segmentation.get("ReferencedFrameOfReferenceSequence") or []:
-            for study in frame.get("RTReferencedStudySequence") or []:
-                listed = {str(series.get("SeriesInstanceUID", "") or "").strip()
-                          for series in study.get("RTReferencedSeriesSequence") or []}
-                study_uid = str(study.get("ReferencedSOPInstanceUID", "") or "").strip()
-                if series_uid in listed and study_uid:
-                    return study_uid
-    return str(segmentation.StudyInstanceUID)
 
 
 class Router:

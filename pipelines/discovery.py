@@ -20,7 +20,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from pipelines import rtstruct
-from pipelines.segmentation import SEGMENTATION_SOP_CLASS_UIDS, referenced_series_uids
+from pipelines.references import referenced_series_uids
+from pipelines.segmentation import SEGMENTATION_SOP_CLASS_UIDS
 
 LOG = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
+from pipelines.references import RTSTRUCT_SOP_CLASS_UID, referenced_series_uids
 from pipelines.series import SeriesVolume, resample_stack, tag_name
 
-RTSTRUCT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.481.3"
 # A contour lies on a slice when it is this fraction of the slice spacing from its plane.
 PLANE_TOLERANCE_FRACTION = 0.1
 ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
@@ -95,17 +95,6 @@ class RasterisedRoi:
     category: hd.sr.CodedConcept
     property_type: hd.sr.CodedConcept
     mask: sitk.Image
-
-
-def referenced_series_uids(dataset: pydicom.Dataset) -> set[str]:
-    """Series named by Referenced Frame of Reference Sequence (3006,0010) > RT Referenced Study
-    Sequence (3006,0012) > RT Referenced Series Sequence (3006,0014) (PS3.3 C.8.8.5)."""
-    return {
-        str(series.get("SeriesInstanceUID", "") or "").strip()
-        for frame in dataset.get("ReferencedFrameOfReferenceSequence", [])
-        for study in frame.get("RTReferencedStudySequence", [])
-        for series in study.get("RTReferencedSeriesSequence", [])
-    } - {""}
 
 
 def _code(item: pydicom.Dataset) -> hd.sr.CodedConcept:

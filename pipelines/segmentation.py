@@ -56,8 +56,8 @@ from pydicom.sr.codedict import codes
 from pydicom.tag import BaseTag
 
 from pipelines.preprocess import Grid
+from pipelines.references import referenced_series_uids
 from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID, RTStructError, read_rtstruct
-from pipelines.rtstruct import referenced_series_uids as rtstruct_referenced_series_uids
 from pipelines.series import SeriesVolume, resample_stack, tag_name
 
 # Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
@@ -168,23 +168,6 @@ class DecodedSegmentation:
     def is_rtstruct(self) -> bool:
         """Whether the source object is an RT Structure Set rather than a SEG."""
         return self.sop_class_uid == RTSTRUCT_SOP_CLASS_UID
-
-
-def referenced_series_uids(seg: pydicom.Dataset) -> set[str]:
-    """Series that a SEG or an RT Structure Set references (empty UIDs dropped).
-
-    SEG: Referenced Series Sequence (0008,1115) of the Common Instance Reference Module
-    (PS3.3 C.12.2), which lists every series in the same study that holds an instance the SEG
-    references. RTSTRUCT: Referenced Frame of Reference Sequence > RT Referenced Study
-    Sequence > RT Referenced Series Sequence (PS3.3 C.8.8.5),
-    :func:`pipelines.rtstruct.referenced_series_uids`.
-    """
-    if str(seg.get("SOPClassUID", "")) == RTSTRUCT_SOP_CLASS_UID:
-        return rtstruct_referenced_series_uids(seg)
-    return {
-        str(item.get("SeriesInstanceUID", "") or "").strip()
-        for item in seg.get("ReferencedSeriesSequence", [])
-    } - {""}
 
 
 def read_segmentation(

@@ -11,7 +11,8 @@ import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID, parse_rtstruct, referenced_series_uids
+from pipelines.references import referenced_series_uids
+from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID, parse_rtstruct
 from pipelines.segmentation import SegmentationError, read_segmentation
 from pipelines.series import SeriesVolume, read_series
 

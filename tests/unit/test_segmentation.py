@@ -16,11 +16,11 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
+from pipelines.references import referenced_series_uids
 from pipelines.segmentation import (
     Segment,
     SegmentationError,
     read_segmentation,
-    referenced_series_uids,
 )
 from pipelines.series import SeriesVolume, read_series
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study

@@ -11,7 +11,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipelines.segmentation import read_segmentation, referenced_series_uids
+from pipelines.references import referenced_series_uids
+from pipelines.segmentation import read_segmentation
 from pipelines.series import read_series
 from pipelines.synthetic import (
     PATIENT_BIRTH_DATE,
