@@ -10,9 +10,10 @@ the objects of the job before, or of this job's maps (docs/performance.md, "End 
 that run ends.
 
 A run that raises does not take the scheduler down and is not left to apscheduler to print: it is
-logged as one line (the tick's name, the exception's type and first line; the traceback at debug
-level) and counted. ``failures_in_a_row`` and ``last_error`` tell ``/healthz`` (``node.health``)
-of a tick that keeps failing, e.g. on a damaged page of the index, while the heartbeat still runs.
+logged as one line (the tick's name and ``node.jobs.failure_reason`` of the exception; the
+traceback at debug level) and counted. ``failures_in_a_row`` and ``last_error`` tell
+``/healthz`` (``node.health``) of a tick that keeps failing, e.g. on a damaged page of the index,
+while the heartbeat still runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from node.jobs import failure_reason
 from node.logs import fields
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,7 @@ class Tick:
         try:
             self._fn()
         except Exception as exc:
-            lines = str(exc).strip().splitlines()
-            self.last_error = f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+            self.last_error = failure_reason(exc)
             self.failures_in_a_row += 1
             log.error("tick failed", extra=fields(tick=self.name, error=self.last_error,
                                                   failures_in_a_row=self.failures_in_a_row))
