@@ -3,8 +3,10 @@
 # packages the integration tests use as real peers: orthanc (PACS), dcmtk (storescu, findscu,
 # dsr2xml) and dicom3tools (dciodvfy), chromium (headless screenshots of the status page and of
 # the results in Orthanc's Web Viewer; about 20 s to install from a Debian mirror),
-# orthanc-webviewer (that viewer, for tests/integration/test_screenshots.py) and libgl1 (for
-# OpenCV in the tests). Safe to run again:
+# orthanc-webviewer (that viewer, for tests/integration/test_screenshots.py), orthanc-dicomweb
+# (the DICOMweb API that OHIF reads), pixelmed-apps (PixelMed's DICOM and SR validators, with a
+# Java runtime) and libgl1 (for OpenCV in the tests); then OHIF Viewer's prebuilt bundle from
+# npm's registry (@ohif/app, pinned by version and sha512) into var/ohif. Safe to run again:
 # it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,8 @@ if [[ "${1:-}" == "--system-tools" ]]; then
     command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     [[ -f /usr/share/orthanc/plugins/libOrthancWebViewer.so ]] || missing+=(orthanc-webviewer)
+    [[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] || missing+=(orthanc-dicomweb)
+    [[ -f /usr/share/java/pixelmed.jar ]] || missing+=(pixelmed-apps)
     # OpenCV (rt-utils, the independent RTSTRUCT rasteriser of the tests) loads libGL.so.1
     ldconfig -p | grep -q "libGL.so.1 " || missing+=(libgl1)
     if ((${#missing[@]})); then
@@ -26,6 +30,7 @@ if [[ "${1:-}" == "--system-tools" ]]; then
         # policy-rc.d-free containers would start Orthanc's own service: tests start their own.
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
     fi
+    bash scripts/ohif.sh
 fi
 
 python=${PYTHON:-python3}
