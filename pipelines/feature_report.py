@@ -208,7 +208,7 @@ def build_feature_report(
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        series_description=f"Radiomics features ({preset.name})",
+        series_description=f"Radiomics features ({preset.name})"[:64],
         software_versions=sw_version,
         coding_schemes=coding_schemes(),
     )

@@ -180,7 +180,7 @@ def build_reading_report(
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        series_description=f"Radiomics reading report ({preset.name})",
+        series_description=f"Radiomics reading report ({preset.name})"[:64],
         software_versions=software_version(),
         coding_schemes=coding_schemes(),
     )
