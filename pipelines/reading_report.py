@@ -6,7 +6,8 @@ feature report (``pipelines.feature_report``), which this one lists as pertinent
 Structure (PS3.16 TID 1500):
 
 * Observation context (TID 1001/1004): the device observer radiomics-node; Image Library
-  (TID 1600) of the source images the outlines are drawn on.
+  (TID 1600) of the source images the outlines are drawn on (of every source image when no ROI
+  is outlined).
 * One group per ROI, in the order of the ROIs:
   - a lesion (or measured organ) as drawn: Planar ROI Measurements (TID 1410) whose Image Region
     is its outline (SCOORD, closed POLYLINE) on the slice where it is largest, SELECTED FROM the
@@ -186,7 +187,10 @@ def build_reading_report(
     )
     copy_study_attributes(sr, volume.datasets[0])
     encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
-    insert_image_library(sr, image_library(list(outlined.values()), encodings))
+    # no lesion as drawn (a preset of derived ROIs only): the library of every source image,
+    # as the feature report's (TID 1600 needs an entry)
+    insert_image_library(sr, image_library(list(outlined.values()) or volume.datasets,
+                                           encodings))
     for group, extra in zip(measurement_groups(sr), appended, strict=True):
         group.ContentSequence.extend(extra)
     if feature_report is not None:
