@@ -5,9 +5,9 @@
 # the results in Orthanc's Web Viewer; about 20 s to install from a Debian mirror),
 # orthanc-webviewer (that viewer, for tests/integration/test_screenshots.py), orthanc-dicomweb
 # (the DICOMweb API that OHIF reads), pixelmed-apps (PixelMed's DICOM and SR validators, with a
-# Java runtime) and libgl1 (for OpenCV in the tests); then OHIF Viewer's prebuilt bundle from
-# npm's registry (@ohif/app, pinned by version and sha512) into var/ohif. Safe to run again:
-# it installs only what is missing.
+# Java runtime), a JDK (javac, for the tests' PixelMed runs) and libgl1 (for OpenCV in the
+# tests); then OHIF Viewer's prebuilt bundle from npm's registry (@ohif/app, pinned by version
+# and sha512) into var/ohif. Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,9 @@ if [[ "${1:-}" == "--system-tools" ]]; then
     [[ -f /usr/share/orthanc/plugins/libOrthancWebViewer.so ]] || missing+=(orthanc-webviewer)
     [[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] || missing+=(orthanc-dicomweb)
     [[ -f /usr/share/java/pixelmed.jar ]] || missing+=(pixelmed-apps)
+    # javac compiles the XSLT factory with which the tests run PixelMed's SR validator
+    # (tests/integration/readers.py); pixelmed-apps brings only a Java runtime
+    command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
     # OpenCV (rt-utils, the independent RTSTRUCT rasteriser of the tests) loads libGL.so.1
     ldconfig -p | grep -q "libGL.so.1 " || missing+=(libgl1)
     if ((${#missing[@]})); then
