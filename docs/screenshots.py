@@ -1,13 +1,14 @@
 """Screenshots of the node's outputs as real software shows them, for docs/outputs.md.
 
 1. A synthetic liver CT and its lesion SEG go through ``pipelines.process.process_study`` with
-   ct-liver-crlm (TID 1500 SR); from the same ROIs and features this script builds the derived
-   SEG, the parametric maps and the summary Secondary Capture.
+   ct-liver-crlm and the demonstration model: the reading and the feature report (TID 1500), the
+   derived SEG, the parametric maps and the summary Secondary Capture.
 2. Debian's Orthanc with its Web Viewer plugin (package ``orthanc-webviewer``) runs on free
    loopback ports with its own storage; every object is stored by REST (POST /instances) and the
    study must hold them all.
 3. Headless Chromium opens the Web Viewer on the summary series and saves a screenshot;
-   DCMTK ``dsr2html`` renders the SR as HTML and Chromium saves a screenshot of that.
+   DCMTK ``dsr2html`` renders the reading report as HTML and Chromium saves a screenshot of
+   that.
 
     python docs/screenshots.py                   # writes docs/images/*.png
     python docs/screenshots.py --out /tmp/shots  # anywhere else
@@ -142,15 +143,15 @@ def _scrolled_to_measurements(html: Path) -> Path:
 
 
 def build_objects(workdir: Path) -> tuple[list[Path], Path, Path]:
-    """(every file to store, the SR, the summary SC) for the synthetic study: the CT, its SEG and
-    the objects process_study writes, with the shipped demonstration model pinned."""
+    """(every file to store, the reading report, the summary SC) for the synthetic study: the CT,
+    its SEG and the objects process_study writes, with the shipped demonstration model pinned."""
     study = write_synthetic_study(workdir / "study", shape=SHAPE)
     result = process_study(study.ct_paths, study.seg_path, PRESET, workdir / "result",
                            models=[(DEMO_PACKAGE, DEMO_SHA256)])
     [summary] = [o.path for o in result.objects
                  if o.sop_class_uid == SecondaryCaptureImageStorage]
     return ([*study.ct_paths, study.seg_path, *(o.path for o in result.objects)],
-            result.report.path, summary)
+            result.reading_report.path, summary)
 
 
 def main(argv: list[str] | None = None) -> int:

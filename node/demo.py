@@ -39,18 +39,20 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def report_table(sr_path: Path, modality: str = "CT") -> list[list[str]]:
-    """Rows (lesion label, then one value per COLUMNS entry) read back from a TID 1500 SR."""
+    """Rows (ROI label, then one value per COLUMNS entry) read back from the feature report
+    (``pipelines.feature_report``): its groups of one ROI, one per image filter, make one row,
+    each value the first of its concept, which is the original image's (its group comes
+    first)."""
     sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path))
     codes = {feature_concept(key, modality).name.value: i for i, (key, _) in enumerate(COLUMNS)}
-    rows = []
+    rows: dict[str, list[str]] = {}
     for group in sr.content.get_volumetric_roi_measurement_groups():
-        values = ["-"] * len(COLUMNS)
+        values = rows.setdefault(str(group.tracking_identifier), ["-"] * len(COLUMNS))
         for measurement in group.get_measurements():
             column = codes.get(measurement.name.value)
             if column is not None and values[column] == "-":
                 values[column] = f"{measurement.value:.4g}"
-        rows.append([str(group.tracking_identifier), *values])
-    return rows
+    return [[label, *values] for label, values in rows.items()]
 
 
 def _print_table(rows: list[list[str]]) -> None:

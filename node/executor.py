@@ -137,11 +137,11 @@ def _start_job_worker(log_level: str, log_file: Path | None, task_processes: int
     standard are read (:func:`pipelines.segmentation.load_standard_tables`), which the first job
     after a start otherwise waited for while reading its SEG (0.52 against 0.06 s), and the
     report's templates of every feature of the rules' ``presets`` are made
-    (:func:`pipelines.report.prepare_report`), which the first report otherwise made (0.13 s
+    (:func:`pipelines.feature_report.prepare_report`), which the first report otherwise made (0.13 s
     for ``ct-liver-crlm``; docs/performance.md "End to end"). A preset that cannot be loaded is
     logged and left to its jobs, which fail with the same reason."""
+    from pipelines.feature_report import prepare_report
     from pipelines.presets import load_preset
-    from pipelines.report import prepare_report
     from pipelines.segmentation import load_standard_tables
 
     _start_worker(log_level, log_file, task_processes)

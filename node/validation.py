@@ -64,6 +64,7 @@ A.21, A.51, A.70, A.71, A.8)."""
 STORAGE_CLASSES: tuple[str, ...] = (
     *sorted(IMAGE_CLASSES),
     sop_class.RTStructureSetStorage,
+    sop_class.ComprehensiveSRStorage,
     sop_class.Comprehensive3DSRStorage,
     sop_class.ParametricMapStorage,
 )

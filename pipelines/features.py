@@ -372,7 +372,7 @@ def feature_keys(preset: Preset) -> list[str]:
     one per wavelet decomposition, ...), the features those the preset enables per class (all
     but the deprecated ones where it lists none), shape on the original image only, as
     ``RadiomicsFeatureExtractor.execute`` computes it. For what a process prepares before its
-    first job (``pipelines.report.prepare_report``)."""
+    first job (``pipelines.feature_report.prepare_report``)."""
     extractor = _extractor(preset.radiomics)
     settings = _window_settings(preset)
     cube = sitk.GetImageFromArray(np.random.default_rng(0).normal(

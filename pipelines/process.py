@@ -21,12 +21,13 @@ from typing import Generic, TypeVar
 
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
-from pydicom.uid import Comprehensive3DSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
 from models.package import ModelPackageError, load_package
 from pipelines import iod_lookup
 from pipelines.derived_seg import build_derived_segmentation
 from pipelines.evaluations import model_line, qc_lines
+from pipelines.feature_report import build_feature_report, feature_report_reference
 from pipelines.features import FeatureError, RoiFeatures, TaskMap, extract_lesions
 from pipelines.forked import ForkedCall, fork_available
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
@@ -42,7 +43,7 @@ from pipelines.presets import Preset, RoiVariant, load_preset
 from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
 from pipelines.qc import QCReport, QCSettings, assess_roi, assess_series, worst_status
 from pipelines.qc.robustness import Perturbed, perturbed_features
-from pipelines.report import build_measurement_report
+from pipelines.reading_report import build_reading_report, reading_report_reference
 from pipelines.results import RoiResult
 from pipelines.rois import RoiMask, build_variants, is_liver
 from pipelines.segmentation import DecodedSegmentation, Segment, read_segmentation
@@ -230,8 +231,14 @@ class PipelineResult:
 
     @property
     def report(self) -> OutputObject:
-        """The TID 1500 Comprehensive 3D SR among the objects."""
+        """The feature report (TID 1500 Comprehensive 3D SR, ``pipelines.feature_report``)."""
         [sr] = [o for o in self.objects if o.sop_class_uid == Comprehensive3DSRStorage]
+        return sr
+
+    @property
+    def reading_report(self) -> OutputObject:
+        """The reading report (TID 1500 Comprehensive SR, ``pipelines.reading_report``)."""
+        [sr] = [o for o in self.objects if o.sop_class_uid == ComprehensiveSRStorage]
         return sr
 
     @property
@@ -468,10 +475,17 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         stages.lap("models")
         derived = build_derived_segmentation(volume, seg, rois, masks, preset)
         stages.lap("encode_derived_seg")
-        report = build_measurement_report(
+        outputs = {number: [r.outcome for r in applied.results if r.segment_number == number]
+                   for number in lesion_qc}
+        report = build_feature_report(
             volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, derived=derived,
-            models={number: [r.outcome for r in applied.results if r.segment_number == number]
-                    for number in lesion_qc},
+            models=outputs,
+            reading_report=reading_report_reference(volume, seg.sop_instance_uid, preset),
+        )
+        reading = build_reading_report(
+            volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, derived=derived,
+            models=outputs,
+            feature_report=feature_report_reference(volume, seg.sop_instance_uid, preset),
         )
         stages.lap("encode_report")
         labels = {lesion.number: lesion.label for lesion in lesions}
@@ -487,8 +501,9 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         )
         stages.lap("encode_summary")
         written = tuple(_write_object(out, dataset)
-                        for dataset in (report, *([derived.dataset] if derived else []), summary))
-        del report, derived, summary  # written: not held while the maps are computed
+                        for dataset in (reading, report, *([derived.dataset] if derived else []),
+                                        summary))
+        del reading, report, derived, summary  # written: not held while the maps are computed
         _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
         _write_qc_csv(qc_csv, qc)
         if on_early_objects is not None and groups:

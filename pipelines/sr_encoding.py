@@ -1,11 +1,11 @@
 """The bulk of a TID 1500 report encoded straight to bytes: the NUM items of the measurement
 groups and the Image Library entries, each handed to pydicom inside one raw Content Sequence.
 
-A ``ct-liver-crlm`` report holds 1037 NUMs per ROI variant, 4 variants per lesion: 8 288 content
-items for two lesions, 46 000 for ten. Built as pydicom ``Dataset`` objects (7 datasets and 9
-sequences per NUM) and written by ``pydicom.dcmwrite``, they took 8 s of a 27 s study on the
-demonstration CT. Here each NUM is cut from a template made once per feature key: only the
-Floating Point Value, the Numeric Value and the three length fields that depend on it change.
+A ``ct-liver-crlm`` feature report holds 1037 NUMs per ROI variant, 4 variants per lesion: 8 296
+for two lesions, 41 480 for ten. Built as pydicom ``Dataset`` objects and written by
+``pydicom.dcmwrite``, they took 8 s of a 27 s study on the demonstration CT (when each NUM had a
+Measurement Method child). Here each NUM is cut from a template made once per feature key: only
+the Floating Point Value, the Numeric Value and the two length fields that depend on it change.
 
 Encoding: Explicit VR Little Endian (PS3.5 7.1.2, the transfer syntax highdicom gives the SR),
 every sequence and item with an explicit length (PS3.5 7.5.1), values padded to even length
@@ -49,13 +49,12 @@ from pydicom.uid import (
 from pydicom.valuerep import AMBIGUOUS_VR as AMBIGUOUS_VRS
 from pydicom.valuerep import DS
 
-from pipelines.codes import FeatureCodeError, feature_concept, image_filter_concept
+from pipelines.codes import FeatureCodeError, feature_concept
 
 _ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, PS3.5 7.5.2
 _LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
                        "UV"})  # 4-byte length in Explicit VR (PS3.5 Table 7.1-1)
 _CONTENT_SEQUENCE = 0x0040A730
-_MEASUREMENT_METHOD = Code("370129005", "SCT", "Measurement Method")
 
 
 def _header(tag: int, vr: str, length: int) -> bytes:
@@ -111,33 +110,25 @@ def _concept(concept: Code, encodings: Sequence[str]) -> bytes:
                  concept.scheme_version, encodings)
 
 
-def _template_codes(key: str, modality: str) -> tuple[Code, Code, Code, Code]:
-    """The codes of the NUM of feature ``key``: concept name, unit, measurement method and image
-    filter (what its template holds, and what :func:`_ascii_template` checks)."""
+def _template_codes(key: str, modality: str) -> tuple[Code, Code]:
+    """The codes of the NUM of feature ``key``: concept name and unit (what its template holds,
+    and what :func:`_ascii_template` checks)."""
     concept = feature_concept(key, modality)
-    return (concept.name, concept.unit, _MEASUREMENT_METHOD,
-            image_filter_concept(concept.image_filter))
+    return concept.name, concept.unit
 
 
 @cache
-def _template(key: str, modality: str, encodings: tuple[str, ...]) -> tuple[bytes, bytes, bytes]:
+def _template(key: str, modality: str, encodings: tuple[str, ...]) -> tuple[bytes, bytes]:
     """(elements before the Measured Value Sequence, the elements of its item before the
-    values, the elements after it) of the NUM of feature ``key``; made once per process (for
-    every report when its texts are ASCII: ``encodings`` empty, :func:`_ascii_template`)."""
-    name, unit_code, method_code, image_filter = _template_codes(key, modality)
+    values) of the NUM of feature ``key``; made once per process (for every report when its
+    texts are ASCII: ``encodings`` empty, :func:`_ascii_template`)."""
+    name, unit_code = _template_codes(key, modality)
     head = b"".join([
         _text(0x0040A010, "CS", "CONTAINS", encodings),
         _text(0x0040A040, "CS", "NUM", encodings),
         _sequence(0x0040A043, _concept(name, encodings)),
     ])
-    unit = _sequence(0x004008EA, _concept(unit_code, encodings))
-    method = b"".join([
-        _text(0x0040A010, "CS", "HAS CONCEPT MOD", encodings),
-        _text(0x0040A040, "CS", "CODE", encodings),
-        _sequence(0x0040A043, _concept(method_code, encodings)),
-        _sequence(0x0040A168, _concept(image_filter, encodings)),
-    ])
-    return head, unit, _sequence(_CONTENT_SEQUENCE, method)
+    return head, _sequence(0x004008EA, _concept(unit_code, encodings))
 
 
 @cache
@@ -173,16 +164,17 @@ def prepare_templates(keys: Iterable[str], modality: str) -> int:
 def num_item(key: str, value: float, modality: str, encodings: tuple[str, ...]) -> bytes:
     """The item (FFFE,E000) of the NUM of feature ``key`` (a pyradiomics key) measured on an
     image of ``modality``, with its length, ready for a Content Sequence (PS3.3 C.17.3.2.1,
-    C.18.1; TID 1419 / TID 300): Relationship Type CONTAINS, Value Type NUM, the concept name,
-    the Measured Value Sequence (UCUM unit, Floating Point Value FD with the exact double,
-    Numeric Value DS as pydicom's ``DS(value, auto_format=True)`` gives it) and the image filter
-    as Measurement Method (HAS CONCEPT MOD, SCT 370129005), as :mod:`pipelines.codes` names
-    them. ``encodings`` are the report's (``pydicom.charset.convert_encodings``)."""
-    head, unit, tail = _template(key, modality,
-                                 () if _ascii_template(key, modality) else encodings)
+    C.18.1; TID 1419 / TID 300): Relationship Type CONTAINS, Value Type NUM, the concept name
+    and the Measured Value Sequence (UCUM unit, Floating Point Value FD with the exact double,
+    Numeric Value DS as pydicom's ``DS(value, auto_format=True)`` gives it), as
+    :mod:`pipelines.codes` names them, and no child: the image filter is the group's
+    Measurement Method (``pipelines.feature_report``). ``encodings`` are the report's
+    (``pydicom.charset.convert_encodings``)."""
+    head, unit = _template(key, modality,
+                           () if _ascii_template(key, modality) else encodings)
     measured = b"".join([unit, _element(0x0040A161, "FD", struct.pack("<d", value)),
                          _numeric_value(float(value))])
-    return _item(head + _element(0x0040A300, "SQ", _item(measured)) + tail)
+    return _item(head + _element(0x0040A300, "SQ", _item(measured)))
 
 
 _ACQUISITION_CONTEXT = "HAS ACQ CONTEXT"

@@ -1,11 +1,11 @@
 """Deterministic UIDs of the objects the node derives from one job's inputs.
 
-The same rule as the TID 1500 report (``pipelines.report``): ``pydicom.uid.generate_uid`` with
-entropy sources, i.e. pydicom's UID root followed by a number derived from the SHA-512 hash of the
-sources (a valid UID under PS3.5 section 9), the sources being the source series and each of its
-instances, the input SEG, the preset hash and the software version, plus what distinguishes one
-object from another (its kind, a feature name). A rerun on the same inputs writes the same UIDs;
-a series that grew gets new ones.
+The same rule as the TID 1500 reports (``pipelines.report_parts``): ``pydicom.uid.generate_uid``
+with entropy sources, i.e. pydicom's UID root followed by a number derived from the SHA-512 hash
+of the sources (a valid UID under PS3.5 section 9), the sources being the source series and each
+of its instances, the input SEG, the preset hash and the software version, plus what
+distinguishes one object from another (its kind, a feature name). A rerun on the same inputs
+writes the same UIDs; a series that grew gets new ones.
 """
 
 from __future__ import annotations

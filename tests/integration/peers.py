@@ -64,6 +64,14 @@ class OrthancServer:
         query = {"Level": "Series", "Query": {"StudyInstanceUID": study_uid, "Modality": modality}}
         return self.http.post("/tools/find", json=query).raise_for_status().json()
 
+    def report_series(self, study_uid: str, report: str = "features") -> list[str]:
+        """Orthanc ids of the node's reports of ``study_uid``: its feature reports
+        (``report="features"``, Series Description "Radiomics features (<preset>)") or its reading
+        reports (``"reading report"``)."""
+        query = {"Level": "Series", "Query": {"StudyInstanceUID": study_uid, "Modality": "SR",
+                                              "SeriesDescription": f"Radiomics {report} (*"}}
+        return self.http.post("/tools/find", json=query).raise_for_status().json()
+
     def instance_files(self, series_id: str) -> list[bytes]:
         instances = self.http.get(f"/series/{series_id}/instances").raise_for_status().json()
         return [self.http.get(f"/instances/{i['ID']}/file").raise_for_status().content

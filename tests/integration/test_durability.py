@@ -25,6 +25,7 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
     Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
@@ -57,7 +58,8 @@ class SlowDestination:
         self.first_request = threading.Event()
         self._delay = delay
         ae = AE(ae_title="DEST")
-        for uid in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage, SegmentationStorage):
+        for uid in (ComprehensiveSRStorage, Comprehensive3DSRStorage,
+                    SecondaryCaptureImageStorage, SegmentationStorage):
             ae.add_supported_context(uid)
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._store)])

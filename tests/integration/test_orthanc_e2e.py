@@ -48,7 +48,7 @@ def test_study_in_report_back_in_orthanc(tmp_path: Path) -> None:
                 check=True, capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
             sent = time.monotonic()
             deadline = sent + 600
-            while not (series := pacs.find_series(study.study_instance_uid, "SR")):
+            while not (series := pacs.report_series(study.study_instance_uid)):
                 assert time.monotonic() < deadline, node.log_path.read_text()[-3000:]
                 time.sleep(0.25)
             elapsed = time.monotonic() - sent

@@ -37,7 +37,7 @@ def test_lua_forwards_stable_series_and_the_report_comes_back(tmp_path: Path) ->
             for path in [*study.ct_paths, study.seg_path]:
                 pacs.http.post("/instances", content=path.read_bytes()).raise_for_status()
             deadline = time.monotonic() + 300
-            while not (reports := pacs.find_series(study.study_instance_uid, "SR")):
+            while not (reports := pacs.report_series(study.study_instance_uid)):
                 assert time.monotonic() < deadline, node.log_path.read_text()[-3000:]
                 time.sleep(0.5)
             [sr] = pacs.http.get(f"/series/{reports[0]}/instances").raise_for_status().json()

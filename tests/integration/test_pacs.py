@@ -58,8 +58,11 @@ def stable_changes(pacs: OrthancServer) -> list[dict]:
 
 
 def sr_instances(pacs: OrthancServer, study_uid: str) -> list[bytes]:
-    return [data for series in pacs.find_series(study_uid, "SR")
-            for data in pacs.instance_files(series)]
+    """Both reports of ``study_uid`` (reading and feature report) once both are in Orthanc,
+    else an empty list."""
+    found = [data for series in pacs.find_series(study_uid, "SR")
+             for data in pacs.instance_files(series)]
+    return found if len(found) == 2 else []
 
 
 def storescu(port: int, paths: list[Path]) -> None:
@@ -111,18 +114,18 @@ def test_pull_mode_round_trip_with_rest_push(tmp_path: Path, study: SyntheticStu
         node.start()
         try:
             upload(pacs, [*study.ct_paths, study.seg_path])
-            [sr] = wait_for(lambda: sr_instances(pacs, study.study_instance_uid), 120,
-                            "SR pushed back to Orthanc", node.log_path)
-            # the SR and the summary image become stable series in Orthanc too; the feed must
-            # not pull them back
-            wait_for(lambda: len(stable_changes(pacs)) == 4, 60,
-                     "SR and summary series stable in Orthanc")
+            reports = wait_for(lambda: sr_instances(pacs, study.study_instance_uid), 120,
+                               "both reports pushed back to Orthanc", node.log_path)
+            # the reports and the summary image become stable series in Orthanc too; the feed
+            # must not pull them back
+            wait_for(lambda: len(stable_changes(pacs)) == 5, 60,
+                     "report and summary series stable in Orthanc")
             wait_for(lambda: any(e.get("event") == "series not pulled: modality not followed"
                                  for e in node.events()), 10, "SR skipped by the feed",
                      node.log_path)
         finally:
             node.stop()
-    assert pydicom.dcmread(io.BytesIO(sr)).Modality == "SR"
+    assert [pydicom.dcmread(io.BytesIO(sr)).Modality for sr in reports] == ["SR", "SR"]
     index = Index(node.state_dir / "index.sqlite3")
     deliveries = index.delivery_rows()
     assert len(deliveries) == 2  # ct-liver-basic: the report and the summary image
@@ -259,15 +262,17 @@ def test_destination_down_gets_everything_once_back_in_order(tmp_path: Path) -> 
     try:
         for one in studies:
             storescu(node_port, [*one.ct_paths, one.seg_path])
-        # two result objects per study (report, summary image): four deliveries
-        wait_for(lambda: len(failures()) == 4 and min(failures().values()) >= 2, 120,
+        # three result objects per study (two reports, summary image): six deliveries
+        wait_for(lambda: len(failures()) == 6 and min(failures().values()) >= 2, 120,
                  "all deliveries failing", node.log_path)
         with orthanc(tmp_path / "orthanc", modalities, ports) as pacs:
             for one in studies:
                 wait_for(lambda one=one: sr_instances(pacs, one.study_instance_uid), 60,
                          "SR in Orthanc after restart", node.log_path)
             time.sleep(2)  # a few more outbox ticks: nothing may be sent twice
-            counts = [len(sr_instances(pacs, one.study_instance_uid)) for one in studies]
+            counts = [len(pacs.find_series(one.study_instance_uid, "SR")) for one in studies]
+            counts += [len(pacs.instance_files(series)) for one in studies
+                       for series in pacs.find_series(one.study_instance_uid, "SR")]
             arrivals = [c["ID"] for c in pacs.http.get(
                 "/changes", params={"since": 0, "limit": 1000}).json()["Changes"]
                 if c["ChangeType"] == "NewInstance"]
@@ -277,9 +282,9 @@ def test_destination_down_gets_everything_once_back_in_order(tmp_path: Path) -> 
                            .json()[0]["ID"] for row in rows]
     finally:
         node.stop()
-    assert counts == [1, 1]  # exactly once
+    assert counts == [2, 2, 1, 1, 1, 1]  # two report series a study, each report once
     assert arrivals == orthanc_ids  # in outbox order
-    assert [r["state"] for r in rows] == ["delivered"] * 4
+    assert [r["state"] for r in rows] == ["delivered"] * 6
     assert all(r["attempts"] >= 3 and r["verified_by"] == "c-find" for r in rows)
     print(f"\ndestination down: failed attempts per delivery {failures()}, then "
           f"{[r['attempts'] for r in rows]} attempts in all; each SR stored once, in order")

@@ -81,7 +81,7 @@ def test_mr_series_and_seg_through_the_node(refdata: Path, tmp_path: Path) -> No
             )
             assert sent.returncode == 0, sent.stderr + sent.stdout
             deadline = time.monotonic() + 300
-            while not (series := pacs.find_series(converted.study_instance_uid, "SR")):
+            while not (series := pacs.report_series(converted.study_instance_uid)):
                 assert time.monotonic() < deadline, node.log_path.read_text()[-3000:]
                 time.sleep(0.25)
             [sr_bytes] = pacs.instance_files(series[0])

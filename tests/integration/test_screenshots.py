@@ -34,8 +34,8 @@ def test_screenshots_show_the_summary_in_the_web_viewer(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     [study_line] = [line for line in done.stdout.splitlines() if line.startswith("Orthanc study")]
-    # CT, input SEG, SR, derived SEG, two parametric maps (OT), summary (OT): one study
-    assert study_line.endswith("series ['CT', 'OT', 'OT', 'OT', 'SEG', 'SEG', 'SR']")
+    # CT, input SEG, two reports, derived SEG, two parametric maps (OT), summary (OT): one study
+    assert study_line.endswith("series ['CT', 'OT', 'OT', 'OT', 'SEG', 'SEG', 'SR', 'SR']")
     viewer = np.asarray(Image.open(tmp_path / "viewer-summary.png").convert("RGB")).astype(int)
     banner = np.all(np.abs(viewer - BANNER_RGB) <= 8, axis=-1).sum()
     assert banner > 1000, "the Web Viewer does not show the summary's banner"

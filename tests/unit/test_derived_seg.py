@@ -14,7 +14,7 @@ from pipelines.derived_seg import (
     DerivedSegmentationError,
     build_derived_segmentation,
 )
-from pipelines.report import build_measurement_report
+from pipelines.feature_report import build_feature_report
 from pipelines.rois import on_full_grid
 from pipelines.segmentation import read_segmentation
 from tests.unit.outputs_case import OutputsCase, build_case, dciodvfy
@@ -76,7 +76,7 @@ def test_codes_say_what_each_region_is(derived: DerivedSegmentation) -> None:
 
 
 def test_tracking_uids_are_the_reports(case: OutputsCase, derived: DerivedSegmentation) -> None:
-    report = build_measurement_report(case.volume, case.seg, list(case.rois), case.preset)
+    report = build_feature_report(case.volume, case.seg, list(case.rois), case.preset)
     uids = {}
     for group in report.ContentSequence:
         for item in group.get("ContentSequence", []):

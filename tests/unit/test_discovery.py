@@ -135,7 +135,8 @@ def test_process_command_writes_results_per_series(
         written = out / study.ct_series_uid
         objects = [pydicom.dcmread(p, stop_before_pixels=True) for p in written.glob("*.dcm")]
         assert {o.StudyInstanceUID for o in objects} == {study.study_instance_uid}
-        assert sorted(o.Modality for o in objects) == ["OT", "SR"]  # report, summary image
+        # the reading and the feature report, the summary image
+        assert sorted(o.Modality for o in objects) == ["OT", "SR", "SR"]
         with (written / "features.csv").open() as handle:
             rows = list(csv.DictReader(handle))
         assert {(r["segment_label"], r["feature"]) for r in rows} == {

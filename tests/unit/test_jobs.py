@@ -81,7 +81,7 @@ def test_killed_worker_is_replaced_and_the_job_runs_again(tmp_path: Path,
         job = index.job(job_id)
         assert job.attempts == 2 and job.reason is None
         deliveries = index.deliveries()
-        assert len(deliveries) == 2  # ct-liver-basic: the report and the summary image
+        assert len(deliveries) == 3  # ct-liver-basic: the two reports and the summary image
         for delivery in deliveries:
             assert delivery["destination"] == "pacs" and Path(delivery["path"]).is_file()
     finally:

@@ -216,8 +216,8 @@ def test_report_seg_and_summary_are_written_and_announced_before_the_maps(
                            on_early_objects=early)
     assert tuple(preset.maps.features) == ("firstorder_Entropy", "glcm_Contrast")
     [(classes, on_disk, announced), (map_classes, on_disk_then, announced_map)] = calls
-    assert classes == [pydicom.uid.Comprehensive3DSRStorage, pydicom.uid.SegmentationStorage,
-                       pydicom.uid.SecondaryCaptureImageStorage]
+    assert classes == [pydicom.uid.ComprehensiveSRStorage, pydicom.uid.Comprehensive3DSRStorage,
+                       pydicom.uid.SegmentationStorage, pydicom.uid.SecondaryCaptureImageStorage]
     assert on_disk == announced  # written, and nothing else yet: no map
     assert map_classes == [pydicom.uid.ParametricMapStorage]
     assert on_disk_then == announced | announced_map  # the entropy map, not yet the contrast one

@@ -34,6 +34,8 @@ from pydicom.errors import InvalidDicomError
 from tests.conftest import REFDATA
 
 RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"  # the reading report
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"  # the feature report
 SEGMENTATION = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 CORPUS = REFDATA / "realworld"
 TOLERANCE = 0.02  # the issue's bound between the node's and an independent rasterisation
@@ -149,6 +151,36 @@ def _node_outputs(out: Path) -> dict[str, list[pydicom.Dataset]]:
     return found
 
 
+def _library(report: pydicom.Dataset) -> set[str]:
+    """SOP Instance UIDs of a TID 1500 report's Image Library entries."""
+    [library] = [item for item in report.ContentSequence
+                 if item.ConceptNameCodeSequence[0].CodeValue == "111028"]
+    return {entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            for group in library.ContentSequence for entry in group.ContentSequence}
+
+
+def _check_reading_report(reading: pydicom.Dataset, feature: pydicom.Dataset,
+                          case: Case) -> None:
+    """The reading report has a group per ROI, each with a tracking UID of the feature report;
+    each ROI as drawn is outlined by a closed polygon on an image of the source series (one the
+    feature report's Image Library lists)."""
+    report = hd.sr.ComprehensiveSR.from_dataset(reading)
+    planar = report.content.get_planar_roi_measurement_groups()
+    volumetric = report.content.get_volumetric_roi_measurement_groups()
+    assert len(planar) + len(volumetric) == case.rois
+    assert planar, "no ROI outlined"
+    feature_uids = {group.tracking_uid for group in hd.sr.Comprehensive3DSR.from_dataset(
+        feature).content.get_volumetric_roi_measurement_groups()}
+    source_images = _library(feature)
+    for group in planar:
+        assert group.tracking_uid in feature_uids
+        points = group.roi.value
+        assert len(points) >= 4 and np.array_equal(points[0], points[-1])
+        [selected_from] = group.roi.ContentSequence
+        assert selected_from.ReferencedSOPSequence[0].ReferencedSOPInstanceUID in source_images
+    assert _library(reading) <= source_images
+
+
 def _within(got: int, want: int) -> bool:
     return abs(got - want) <= TOLERANCE * want
 
@@ -175,10 +207,15 @@ def test_case_is_processed_or_refused_as_its_readme_says(case: Case, tmp_path: P
     [line] = processed
     assert int(re.search(r": (\d+) ROI\(s\)", line).group(1)) == case.rois, line
     outputs = _node_outputs(out)
-    [report] = outputs["SR"]
-    sr = hd.sr.Comprehensive3DSR.from_dataset(report)
+    reports = {str(report.SOPClassUID): report for report in outputs["SR"]}
+    assert sorted(reports) == [COMPREHENSIVE_SR, COMPREHENSIVE_3D_SR]
+    sr = hd.sr.Comprehensive3DSR.from_dataset(reports[COMPREHENSIVE_3D_SR])
     groups = sr.content.get_volumetric_roi_measurement_groups()
+    # one feature group per ROI and image filter
+    assert len({group.tracking_uid for group in groups}) == case.rois
+    groups = [group for group in groups if group.method.value == "filter.original"]
     assert len(groups) == case.rois
+    _check_reading_report(reports[COMPREHENSIVE_SR], sr, case)
     seg_path, segmentation = _segmentation(case)
     if str(segmentation.SOPClassUID) == RTSTRUCT:
         _check_rtstruct(case, seg_path, outputs, groups)

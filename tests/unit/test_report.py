@@ -1,4 +1,5 @@
-"""TID 1500 report: written, read back with highdicom, and checked by dciodvfy and dsr2xml."""
+"""TID 1500 feature report: written, read back with highdicom, and checked by dciodvfy and
+dsr2xml."""
 
 import copy
 import dataclasses
@@ -12,9 +13,10 @@ import pydicom
 import pytest
 
 from pipelines.codes import feature_concept
+from pipelines.feature_report import build_feature_report
 from pipelines.features import RoiFeatures, extract_features
 from pipelines.presets import Preset, load_preset
-from pipelines.report import ReportError, build_measurement_report
+from pipelines.report_parts import ReportError
 from pipelines.results import RoiResult
 from pipelines.segmentation import DecodedSegmentation, read_segmentation
 from pipelines.series import SeriesVolume, read_series
@@ -26,6 +28,7 @@ SEG_SOURCE_SLICES = ("17136", "17166", "17196")
 SEG_FILE = Path("highdicom/data/test_files/seg_image_ct_binary.dcm")
 ALGORITHM_PARAMETERS = hd.sr.CodedConcept("111002", "DCM", "Algorithm Parameters")
 IMAGE_LIBRARY = hd.sr.CodedConcept("111028", "DCM", "Image Library")
+MEASUREMENT_METHOD = hd.sr.CodedConcept("370129005", "SCT", "Measurement Method")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,7 @@ def _write(report: hd.sr.Comprehensive3DSR, directory: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def written(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    report = build_measurement_report(inputs.volume, inputs.seg, inputs.rois, inputs.preset)
+    report = build_feature_report(inputs.volume, inputs.seg, inputs.rois, inputs.preset)
     return _write(report, tmp_path_factory.mktemp("report"))
 
 
@@ -114,7 +117,10 @@ def test_values_units_and_method_read_back(inputs: Inputs, written: Path) -> Non
             assert measurement.name == concept.name
             assert measurement.unit == concept.unit
             assert math.isclose(measurement.value, value, rel_tol=1e-12, abs_tol=0)
-            assert measurement.method.value == "filter.original"
+            assert measurement.method is None  # the group's Measurement Method, not the NUM's
+        [method] = [item for item in group[0].ContentSequence
+                    if _name(item) == MEASUREMENT_METHOD]
+        assert method.value.value == "filter.original"
         mean = group.get_measurements(name=hd.sr.CodedConcept("Q4LE", "IBSI", "Mean"))[0]
         assert mean.unit.value == "[hnsf'U]"
         assert mean.value == roi.features.values["original_firstorder_Mean"]
@@ -125,9 +131,10 @@ def test_algorithm_identification_carries_version_preset_name_and_hash(
 ) -> None:
     dataset = pydicom.dcmread(written)
     parameters = [item.TextValue for item in _items(dataset) if _name(item) == ALGORITHM_PARAMETERS]
-    per_group = len(inputs.rois)  # TID 4019 in each TID 1411 group, for all its measurements
-    assert parameters.count(inputs.preset.name) == per_group
-    assert parameters.count(inputs.preset.hash) == per_group
+    # TID 4019 in each TID 1411 group, for all its measurements; one parameter item (dcmqi's
+    # tid1500reader keeps only the first)
+    expected = f"preset {inputs.preset.name}; sha256 {inputs.preset.hash}; binWidth 25"
+    assert parameters == [expected] * len(inputs.rois)
     versions = {item.TextValue for item in _items(dataset) if _name(item).value == "111003"}
     assert versions == {software_version()}
 
@@ -139,7 +146,7 @@ def test_study_patient_series_and_coding_schemes(inputs: Inputs, written: Path) 
         assert report[keyword].value == source[keyword].value, keyword
     assert report.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
     assert report.Modality == "SR"
-    assert report.SeriesDescription == "Radiomics (ct-liver-basic)"
+    assert report.SeriesDescription == "Radiomics features (ct-liver-basic)"
     assert report.Manufacturer == "radiomics-node"
     assert report.SeriesNumber == int(source.SeriesNumber) + 1000
     assert report.InstanceNumber == 1
@@ -174,7 +181,7 @@ def test_written_report_passes_dciodvfy_and_dsr2xml(written: Path) -> None:
 
 def test_uids_are_deterministic_and_depend_on_the_preset(inputs: Inputs) -> None:
     def uids(preset: Preset) -> tuple[str, str, list[str]]:
-        built = build_measurement_report(inputs.volume, inputs.seg, inputs.rois, preset)
+        built = build_feature_report(inputs.volume, inputs.seg, inputs.rois, preset)
         report = hd.sr.Comprehensive3DSR.from_dataset(built)
         groups = report.content.get_volumetric_roi_measurement_groups()
         return report.SeriesInstanceUID, report.SOPInstanceUID, [g.tracking_uid for g in groups]
@@ -187,23 +194,37 @@ def test_uids_are_deterministic_and_depend_on_the_preset(inputs: Inputs) -> None
     assert changed[2] != first[2]
 
 
-def test_filtered_feature_carries_its_image_filter(inputs: Inputs, tmp_path: Path) -> None:
+def test_each_image_filter_is_a_group_of_the_roi(inputs: Inputs, tmp_path: Path) -> None:
     segment = inputs.seg.segments[0]
     features = RoiFeatures(
-        values={"log-sigma-1-0-mm-3D_firstorder_Mean": -12.5, "original_firstorder_Mean": 40.0},
+        values={"log-sigma-1-0-mm-3D_firstorder_Mean": -12.5,
+                "log-sigma-1-0-mm-3D_firstorder_Median": -11.0,
+                "original_firstorder_Mean": 40.0},
         diagnostics={},
     )
-    report = build_measurement_report(
+    report = build_feature_report(
         inputs.volume, inputs.seg, [RoiResult(segment, features)], inputs.preset
     )
     path = _write(report, tmp_path)
     _assert_valid_dicom(path)
-    group = hd.sr.srread(path).content.get_volumetric_roi_measurement_groups()[0]
-    filtered, original = group.get_measurements(name=hd.sr.CodedConcept("Q4LE", "IBSI", "Mean"))
-    assert (filtered.value, original.value) == (-12.5, 40.0)
-    assert filtered.method.value == "filter.log-sigma-1-0-mm-3D"
-    assert original.method.value == "filter.original"
-    assert filtered.unit.value == "[hnsf'U]"
+    filtered, original = hd.sr.srread(path).content.get_volumetric_roi_measurement_groups()
+    # one ROI: the same tracking identifier, UID and segment in both groups
+    assert filtered.tracking_uid == original.tracking_uid
+    assert filtered.tracking_identifier == original.tracking_identifier == segment.label
+    assert filtered.referenced_segment.referenced_segment_numbers == [segment.number]
+    assert original.referenced_segment.referenced_segment_numbers == [segment.number]
+    methods = [[item.value.value for item in group[0].ContentSequence
+                if _name(item) == MEASUREMENT_METHOD] for group in (filtered, original)]
+    assert methods == [["filter.log-sigma-1-0-mm-3D"], ["filter.original"]]
+    mean = hd.sr.CodedConcept("Q4LE", "IBSI", "Mean")
+    assert [m.value for m in filtered.get_measurements(name=mean)] == [-12.5]
+    assert [m.value for m in original.get_measurements(name=mean)] == [40.0]
+    assert len(filtered.get_measurements()) == 2
+    assert filtered.get_measurements(name=mean)[0].unit.value == "[hnsf'U]"
+    # no NUM has a child: a viewer (OHIF) takes any child of a NUM for a spatial reference
+    nums = [item for item in _items(pydicom.dcmread(path))
+            if item.ValueType == "NUM" and item.RelationshipType == "CONTAINS"]
+    assert len(nums) == 3 and not any("ContentSequence" in item for item in nums)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -211,7 +232,7 @@ def test_non_finite_values_are_refused(inputs: Inputs, value: float) -> None:
     segment = inputs.seg.segments[0]
     features = RoiFeatures(values={"original_glcm_Correlation": value}, diagnostics={})
     with pytest.raises(ReportError, match=r"segment 1 \(first segment\): original_glcm_Corr"):
-        build_measurement_report(
+        build_feature_report(
             inputs.volume, inputs.seg, [RoiResult(segment, features)], inputs.preset
         )
 
@@ -221,7 +242,7 @@ def test_segmentation_of_another_study_is_refused(inputs: Inputs) -> None:
     other.StudyInstanceUID = pydicom.uid.generate_uid(entropy_srcs=["another study"])
     seg = dataclasses.replace(inputs.seg, dataset=other)
     with pytest.raises(ReportError, match=r"\(0020,000D\) StudyInstanceUID .* differs"):
-        build_measurement_report(inputs.volume, seg, inputs.rois, inputs.preset)
+        build_feature_report(inputs.volume, seg, inputs.rois, inputs.preset)
 
 
 def test_finding_site_comes_from_the_segments_anatomic_region(inputs: Inputs) -> None:
@@ -229,7 +250,7 @@ def test_finding_site_comes_from_the_segments_anatomic_region(inputs: Inputs) ->
     liver = hd.sr.CodedConcept("10200004", "SCT", "Liver")
     with_site.SegmentSequence[0].AnatomicRegionSequence = [liver]
     seg = dataclasses.replace(inputs.seg, dataset=with_site)
-    built = build_measurement_report(inputs.volume, seg, inputs.rois, inputs.preset)
+    built = build_feature_report(inputs.volume, seg, inputs.rois, inputs.preset)
     group = hd.sr.Comprehensive3DSR.from_dataset(
         built
     ).content.get_volumetric_roi_measurement_groups()
@@ -237,7 +258,7 @@ def test_finding_site_comes_from_the_segments_anatomic_region(inputs: Inputs) ->
 
     stray = dataclasses.replace(inputs.rois[0].segment, number=9)
     with pytest.raises(ReportError, match=r"SegmentNumber 9 not in \(0062,0002\) SegmentSequence"):
-        build_measurement_report(
+        build_feature_report(
             inputs.volume, seg, [RoiResult(stray, inputs.rois[0].features)], inputs.preset
         )
 
@@ -258,9 +279,8 @@ def test_header_names_the_processing_equipment_and_library_versions(
 
 def test_discretisation_and_resampling_are_algorithm_parameters(inputs: Inputs) -> None:
     crlm = load_preset("ct-liver-crlm")
-    report = build_measurement_report(inputs.volume, inputs.seg, inputs.rois, crlm)
+    report = build_feature_report(inputs.volume, inputs.seg, inputs.rois, crlm)
     parameters = {item.TextValue for item in _items(report)
                   if _name(item) == ALGORITHM_PARAMETERS}
-    assert "binWidth 25" in parameters
-    assert "resampledPixelSpacing [1, 1, 1]" in parameters
-    assert "interpolator sitkBSpline" in parameters
+    assert parameters == {f"preset ct-liver-crlm; sha256 {crlm.hash}; binWidth 25; "
+                          "resampledPixelSpacing [1, 1, 1]; interpolator sitkBSpline"}

@@ -15,9 +15,9 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from pipelines.derived_seg import build_derived_segmentation, display_color
+from pipelines.feature_report import build_feature_report
 from pipelines.parametric_map import LesionMaps, build_parametric_maps
 from pipelines.presets import MapOptions
-from pipelines.report import build_measurement_report
 from pipelines.result_attributes import CONTENT_CREATOR_NAME, STUDY_ATTRIBUTES
 from pipelines.summary import build_summary_image
 from tests.unit.outputs_case import OutputsCase, build_case, dciodvfy
@@ -76,7 +76,7 @@ def written(case: OutputsCase, tmp_path_factory: pytest.TempPathFactory) -> dict
     derived = build_derived_segmentation(case.volume, case.seg, case.rois, case.masks,
                                          case.preset)
     assert derived is not None
-    report = build_measurement_report(case.volume, case.seg, case.rois, case.preset,
+    report = build_feature_report(case.volume, case.seg, case.rois, case.preset,
                                       derived=derived)
     summary = build_summary_image(
         case.volume, case.rois, case.masks, preset_name=case.preset.name,

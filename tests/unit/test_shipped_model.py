@@ -87,35 +87,38 @@ def test_process_study_runs_the_pinned_model_into_the_report_and_summary(
     processed: tuple[PipelineResult, SeriesVolume, QCReport]
 ) -> None:
     """The node's path: process_study(models=...) applies the package to each lesion (series
-    and lesion QC as gates) and writes the outcome into the lesion's group of the SR."""
+    and lesion QC as gates) and writes the outcome into the lesion's group of the reading report
+    and into its first (original image) group of the feature report."""
     import highdicom as hd
     import pydicom
 
     result, _, _ = processed
     assert result.model_errors == ()
     assert sorted(r.segment_number for r in result.models) == [1, 2]
-    dataset = pydicom.dcmread(result.report.path)
-    [container] = [item for item in dataset.ContentSequence
-                   if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
-    by_label: dict[str, list[pydicom.Dataset]] = {}
-    for group in container.ContentSequence:
-        label = next(item.TextValue for item in group.ContentSequence
-                     if item.ConceptNameCodeSequence[0].CodeValue == "112039")
-        by_label[label] = list(group.ContentSequence)
-    for lesion in result.models:
-        items = by_label[f"Lesion {lesion.segment_number}"]
-        codes = [item.ConceptNameCodeSequence[0].CodeValue for item in items]
-        assert "model.identity" in codes and "model.disclaimer" in codes
-        if isinstance(lesion.outcome, ModelOutput):
-            [probability] = [item for item in items
-                             if item.ConceptNameCodeSequence[0].CodeValue == "model.prob"]
-            assert float(probability.MeasuredValueSequence[0].NumericValue) == pytest.approx(
-                lesion.outcome.probability, rel=1e-9)
-        else:
-            assert isinstance(lesion.outcome, NotApplied)
-            assert "model.notapplied" in codes
-    derived_groups = [label for label in by_label if " / " in label]
-    assert derived_groups and all(
-        "model.identity" not in [i.ConceptNameCodeSequence[0].CodeValue for i in by_label[g]]
-        for g in derived_groups)
-    hd.sr.Comprehensive3DSR.from_dataset(dataset)  # highdicom still reads the whole report
+    for path in (result.reading_report.path, result.report.path):
+        dataset = pydicom.dcmread(path)
+        [container] = [item for item in dataset.ContentSequence
+                       if item.ConceptNameCodeSequence[0].CodeValue == "126010"]
+        by_label: dict[str, list[pydicom.Dataset]] = {}
+        for group in container.ContentSequence:
+            label = next(item.TextValue for item in group.ContentSequence
+                         if item.ConceptNameCodeSequence[0].CodeValue == "112039")
+            by_label.setdefault(label, list(group.ContentSequence))  # a ROI's first group
+        for lesion in result.models:
+            items = by_label[f"Lesion {lesion.segment_number}"]
+            codes = [item.ConceptNameCodeSequence[0].CodeValue for item in items]
+            assert "model.identity" in codes and "model.disclaimer" in codes
+            if isinstance(lesion.outcome, ModelOutput):
+                [probability] = [item for item in items
+                                 if item.ConceptNameCodeSequence[0].CodeValue == "model.prob"]
+                assert float(probability.MeasuredValueSequence[0].NumericValue) == \
+                    pytest.approx(lesion.outcome.probability, rel=1e-9)
+            else:
+                assert isinstance(lesion.outcome, NotApplied)
+                assert "model.notapplied" in codes
+        derived_groups = [label for label in by_label if " / " in label]
+        assert derived_groups and all(
+            "model.identity" not in [i.ConceptNameCodeSequence[0].CodeValue for i in by_label[g]]
+            for g in derived_groups)
+    hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(result.report.path))  # the whole one
+    hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(result.reading_report.path))

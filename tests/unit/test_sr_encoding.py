@@ -11,10 +11,10 @@ from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.uid import ImplicitVRLittleEndian, PositronEmissionTomographyImageStorage
 
-from pipelines.codes import feature_concept, image_filter_concept
+from pipelines.codes import feature_concept
+from pipelines.feature_report import build_feature_report, prepare_report
 from pipelines.features import extract_features, feature_keys
 from pipelines.presets import load_preset
-from pipelines.report import build_measurement_report, prepare_report
 from pipelines.segmentation import read_segmentation
 from pipelines.series import read_series
 from pipelines.sr_encoding import (
@@ -46,14 +46,13 @@ def test_num_item_is_the_item_highdicom_builds_as_pydicom_writes_it(
     key: str, value: float, charset: str | list[str]
 ) -> None:
     concept = feature_concept(key, "CT")
-    expected = hd.sr.Measurement(name=concept.name, value=value, unit=concept.unit,
-                                 method=image_filter_concept(concept.image_filter))[0]
+    expected = hd.sr.Measurement(name=concept.name, value=value, unit=concept.unit)[0]
     encodings = tuple(convert_encodings(charset))
     assert num_item(key, value, "CT", encodings) == encoded_items([expected], encodings)
 
 
 def _report(inputs: Inputs) -> hd.sr.Comprehensive3DSR:  # noqa: F811
-    return build_measurement_report(inputs.volume, inputs.seg, inputs.rois, inputs.preset)
+    return build_feature_report(inputs.volume, inputs.seg, inputs.rois, inputs.preset)
 
 
 def _groups(dataset: pydicom.Dataset) -> list[pydicom.Dataset]:

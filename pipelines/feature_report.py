@@ -1,0 +1,225 @@
+"""The feature report: a TID 1500 Measurement Report (Comprehensive 3D SR) of every feature of
+every ROI, for machines (dcmqi, a research database); the radiologist reads
+``pipelines.reading_report``.
+
+Structure (PS3.16 TID 1500 "Measurement Report"):
+
+* Observation context (TID 1001/1004): the device observer radiomics-node.
+* Image Library (TID 1600): the source images the features were computed on.
+* One Volumetric ROI Measurements group (TID 1411) per ROI and image filter (pyradiomics image
+  type: Original, LoG sigma, wavelet band), in the order of the features, with:
+  the ROI's Tracking Identifier and Tracking Unique Identifier, shared by the ROI's groups and
+  with its group of the reading report (the segment label for the segment as drawn,
+  "<label> / <ROI variant>" such as "Lesion 2 / intra + 4 mm ring" for a region the preset
+  derived from it, see pipelines.rois); the Referenced Segment (SEG SOP instance, segment number
+  and the source series, DCM 121232 "Source series for segmentation"; a derived ROI's segment is
+  in the derived SEG); Finding Type (the segment's Segmented Property Type) and, where the SEG
+  gives one, the segment's Anatomic Region as Finding Site; the image filter as the group's
+  Measurement Method (a ``99RADNODE`` ``filter.<image type>`` code); Algorithm Identification
+  (TID 4019, ``pipelines.report_parts``); one NUM (TID 1419 / TID 300) per feature, concept and
+  UCUM unit from :mod:`pipelines.codes`, without children. The filter is a property of the group,
+  not a modifier of each NUM: dcmqi's ``tid1500reader`` reads the Measurement Method of groups
+  only, and OHIF takes any child of a NUM for a spatial reference.
+* The group of the original image of each ROI also carries the quality control evaluations and
+  findings (``pipelines.evaluations``) and, for a lesion as drawn, the models' outputs.
+
+highdicom builds the document, each group and its first NUM; the other NUMs of a group are
+encoded to bytes by :func:`pipelines.sr_encoding.num_item`, which writes the same content item
+as ``highdicom.sr.Measurement`` (a test compares the two), and inserted after that first one.
+highdicom's constructors check every content item against the whole tree, which takes minutes
+for the thousands of NUMs of a preset with filters and rings (1037 features x 4 ROI variants per
+lesion for ct-liver-crlm), and pydicom datasets of them took seconds to build and to write.
+
+A non-finite value is refused (``pipelines.report_parts.check_finite``). The General Study
+attributes are the source's (``pipelines.result_attributes``). The reading report is listed in
+the Pertinent Other Evidence Sequence (PS3.3 C.17.2.3), as this report is in the reading
+report's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import highdicom as hd
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage
+
+from pipelines.codes import coding_schemes, feature_concept, image_filter_concept
+from pipelines.derived_seg import DerivedSegmentation
+from pipelines.evaluations import model_items, qc_evaluations, qc_findings
+from pipelines.features import feature_keys
+from pipelines.inference import ModelOutput, NotApplied
+from pipelines.presets import Preset
+from pipelines.qc import QCReport
+from pipelines.report_parts import (
+    ReportReference,
+    algorithm_identification,
+    check_finite,
+    check_inputs,
+    finding_sites,
+    insert_image_library,
+    measurement_groups,
+    observation_context,
+    procedure_reported,
+    refer_to,
+    referenced_segment,
+    tracking_identifier,
+)
+from pipelines.result_attributes import copy_study_attributes
+from pipelines.results import RoiResult
+from pipelines.segmentation import DecodedSegmentation
+from pipelines.series import SeriesVolume
+from pipelines.software import MANUFACTURER, contributing_equipment, software_version
+from pipelines.sr_encoding import (
+    encoded_items,
+    image_library,
+    num_item,
+    prepare_templates,
+    raw_content_sequence,
+    written_as_is_throughout,
+)
+from pipelines.uids import result_uid
+
+SR_SERIES_NUMBER_OFFSET = 1000  # feature report series number = source SeriesNumber + this
+
+_CONTENT_SEQUENCE = 0x0040A730
+
+
+def feature_report_reference(volume: SeriesVolume, seg_sop_instance_uid: str,
+                             preset: Preset) -> ReportReference:
+    """The identity of the feature report of these inputs (a Comprehensive 3D SR)."""
+    return ReportReference(str(Comprehensive3DSRStorage),
+                           result_uid(volume, seg_sop_instance_uid, preset.hash, "series"),
+                           result_uid(volume, seg_sop_instance_uid, preset.hash, "instance"))
+
+
+def _measurement(key: str, value: float, modality: str) -> hd.sr.Measurement:
+    """One NUM of TID 1419 without children, built by highdicom."""
+    concept = feature_concept(key, modality)
+    return hd.sr.Measurement(name=concept.name, value=value, unit=concept.unit)
+
+
+def by_image_filter(values: Mapping[str, float], modality: str) -> list[tuple[str, list[str]]]:
+    """The feature keys of ``values`` grouped by image filter (pyradiomics image type), in the
+    order of their first feature."""
+    groups: dict[str, list[str]] = {}
+    for key in values:
+        groups.setdefault(feature_concept(key, modality).image_filter, []).append(key)
+    return list(groups.items())
+
+
+def _complete_groups(sr: hd.sr.Comprehensive3DSR,
+                     rest: Sequence[Sequence[tuple[str, float]]], modality: str,
+                     appended: Sequence[Sequence[Dataset]], encodings: tuple[str, ...]) -> None:
+    """Insert each group's ``rest`` of NUMs (every one but the first) right after the group's
+    first NUM, and append the group's ``appended`` items (e.g. QC findings) at its end.
+
+    The group's Content Sequence becomes one raw element (:mod:`pipelines.sr_encoding`): the
+    items highdicom built and ``appended`` encoded by pydicom, the NUMs from templates, in the
+    report's character set ``encodings``."""
+    for group, values, extra in zip(measurement_groups(sr), rest, appended, strict=True):
+        items = list(group.ContentSequence)
+        first = next(i for i, item in enumerate(items) if item.ValueType == "NUM")
+        content = b"".join([
+            encoded_items(items[:first + 1], encodings),
+            *(num_item(key, value, modality, encodings) for key, value in values),
+            encoded_items([*items[first + 1:], *extra], encodings),
+        ])
+        group[_CONTENT_SEQUENCE] = raw_content_sequence(content)
+
+
+def prepare_report(preset: Preset) -> int:
+    """Make the NUM templates of every feature ``preset`` extracts
+    (:func:`pipelines.features.feature_keys`), for its modality (CT and MR when it names none),
+    so that the first report of a process does not (``pipelines.sr_encoding``); a job worker
+    calls this when it starts. Returns the number of templates made."""
+    keys = feature_keys(preset)
+    return sum(prepare_templates(keys, modality)
+               for modality in ([preset.modality] if preset.modality else ["CT", "MR"]))
+
+
+def build_feature_report(
+    volume: SeriesVolume,
+    seg: DecodedSegmentation,
+    rois: Sequence[RoiResult],
+    preset: Preset,
+    *,
+    series_qc: QCReport | None = None,
+    lesion_qc: Mapping[int, QCReport] | None = None,
+    derived: DerivedSegmentation | None = None,
+    models: Mapping[int, Sequence[ModelOutput | NotApplied]] | None = None,
+    reading_report: ReportReference | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 feature report of ``rois`` (module docstring), in the study of ``volume``.
+
+    With ``series_qc`` and ``lesion_qc`` (the QC report of each lesion by segment number), the
+    first group of each ROI carries the quality control evaluations of
+    :mod:`pipelines.evaluations`. With ``derived`` (the node's SEG of the ROI variants it
+    built), a derived ROI's groups reference its segment there; otherwise the input segment it
+    was derived from. ``models`` (by segment number) go into the first group of the lesion as
+    drawn (:func:`pipelines.evaluations.model_items`). ``reading_report`` is listed as pertinent
+    other evidence."""
+    check_inputs(volume, seg)
+    algorithm = algorithm_identification(preset)
+    groups = []
+    rests: list[list[tuple[str, float]]] = []
+    findings: list[list[Dataset]] = []
+    for roi in rois:
+        check_finite(roi)
+        segment = roi.segment
+        evaluations = None
+        appended: list[Dataset] = []
+        if series_qc is not None and lesion_qc is not None:
+            evaluations = qc_evaluations(series_qc, lesion_qc[segment.number])
+            appended += qc_findings(series_qc, lesion_qc[segment.number])
+        if models and not roi.derived:
+            appended += [item for result in models.get(segment.number, ())
+                         for item in model_items(result)]
+        values = roi.features.values
+        for position, (image_filter, keys) in enumerate(
+                by_image_filter(values, volume.modality)):
+            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking_identifier(volume, seg, preset, roi),
+                referenced_segment=referenced_segment(volume, seg, roi, derived),
+                finding_type=segment.property_type,
+                finding_sites=finding_sites(seg, segment) or None,
+                method=image_filter_concept(image_filter),
+                algorithm_id=algorithm,
+                measurements=[_measurement(keys[0], values[keys[0]], volume.modality)],
+                qualitative_evaluations=evaluations if position == 0 else None,
+            ))
+            rests.append([(key, values[key]) for key in keys[1:]])
+            findings.append(appended if position == 0 else [])
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(),
+        procedure_reported=procedure_reported(volume),
+        imaging_measurements=groups,
+    )
+    identity = feature_report_reference(volume, seg.sop_instance_uid, preset)
+    source_series_number = volume.datasets[0].get("SeriesNumber")
+    sw_version = software_version()
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*volume.datasets, seg.dataset, *([derived.dataset] if derived else [])],
+        content=report,
+        series_instance_uid=identity.series_instance_uid,
+        series_number=int(source_series_number or 0) + SR_SERIES_NUMBER_OFFSET,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=f"Radiomics features ({preset.name})"[:64],
+        software_versions=sw_version,
+        coding_schemes=coding_schemes(),
+    )
+    copy_study_attributes(sr, volume.datasets[0])
+    encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
+    insert_image_library(sr, image_library(volume.datasets, encodings))
+    if reading_report is not None:
+        refer_to(sr, reading_report)
+    _complete_groups(sr, rests, volume.modality, findings, encodings)
+    sr.ContributingEquipmentSequence = [
+        *sr.get("ContributingEquipmentSequence", []),
+        contributing_equipment(f"radiomics features, preset {preset.name} (sha256 {preset.hash})"),
+    ]
+    return written_as_is_throughout(sr)  # the raw Content Sequences are written as they are

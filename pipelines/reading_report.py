@@ -1,0 +1,203 @@
+"""The reading report: a small TID 1500 Measurement Report (Comprehensive SR) of the numbers a
+radiologist reads, which a TID 1500-aware viewer places on the image; every feature is in the
+feature report (``pipelines.feature_report``), which this one lists as pertinent other evidence
+(PS3.3 C.17.2.3) and shares each ROI's Tracking Unique Identifier with.
+
+Structure (PS3.16 TID 1500):
+
+* Observation context (TID 1001/1004): the device observer radiomics-node; Image Library
+  (TID 1600) of the source images the outlines are drawn on (of every source image when no ROI
+  is outlined).
+* One group per ROI, in the order of the ROIs:
+  - a lesion (or measured organ) as drawn: Planar ROI Measurements (TID 1410) whose Image Region
+    is its outline (SCOORD, closed POLYLINE) on the slice where it is largest, SELECTED FROM the
+    source image of that slice (``pipelines.outline``), so that a viewer draws it there;
+  - a ROI the preset derived from it (a ring, the lesion plus a ring, an erosion): Volumetric ROI
+    Measurements (TID 1411) referencing its segment of the derived SEG, with no outline of its own
+    (it would lie on the lesion's, one label stacked on another);
+  - each with the ROI's Tracking Identifier and Tracking Unique Identifier, Finding Type and Finding
+    Site, Algorithm Identification (TID 4019), then its key numbers, NUMs without children (a
+    viewer takes a NUM's child for a spatial reference): Volume (IBSI RNU0, the mesh volume),
+    Maximum 3D diameter (IBSI L0JK), Mean (IBSI Q4LE) and Standard Deviation (SCT 386136009, the
+    square root of the IBSI ECT3 variance) of the original image's intensities (HU on CT), those
+    of them the preset extracts; then, for a lesion as drawn, each model's output
+    (``pipelines.evaluations.model_items``: the probability as a NUM, the category); then the
+    quality control status of the series and of the lesion (coded) and, for a lesion as drawn,
+    the findings that warned or failed.
+
+The values are the feature report's doubles. The General Study attributes are the source's
+(``pipelines.result_attributes``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import highdicom as hd
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ComprehensiveSRStorage
+
+from pipelines.codes import coding_schemes, feature_concept
+from pipelines.derived_seg import DerivedSegmentation
+from pipelines.evaluations import model_items, qc_evaluations, qc_findings
+from pipelines.inference import ModelOutput, NotApplied
+from pipelines.outline import Outline, largest_slice_outline
+from pipelines.presets import Preset
+from pipelines.qc import QCReport
+from pipelines.report_parts import (
+    ReportReference,
+    algorithm_identification,
+    check_finite,
+    check_inputs,
+    finding_sites,
+    insert_image_library,
+    measurement_groups,
+    observation_context,
+    procedure_reported,
+    refer_to,
+    referenced_segment,
+    tracking_identifier,
+)
+from pipelines.result_attributes import copy_study_attributes
+from pipelines.results import RoiResult
+from pipelines.segmentation import DecodedSegmentation
+from pipelines.series import SeriesVolume
+from pipelines.software import MANUFACTURER, contributing_equipment, software_version
+from pipelines.sr_encoding import image_library
+from pipelines.uids import result_uid
+
+READING_SERIES_NUMBER_OFFSET = 1003  # reading report series number = source SeriesNumber + this
+
+KEY_FEATURES = ("original_shape_MeshVolume", "original_shape_Maximum3DDiameter",
+                "original_firstorder_Mean")
+"""The features a reading group shows, in order, when the preset extracts them."""
+_MEAN, _VARIANCE = "original_firstorder_Mean", "original_firstorder_Variance"
+
+
+def reading_report_reference(volume: SeriesVolume, seg_sop_instance_uid: str,
+                             preset: Preset) -> ReportReference:
+    """The identity of the reading report of these inputs (a Comprehensive SR)."""
+    return ReportReference(str(ComprehensiveSRStorage),
+                           result_uid(volume, seg_sop_instance_uid, preset.hash, "reading series"),
+                           result_uid(volume, seg_sop_instance_uid, preset.hash, "reading"))
+
+
+def key_measurements(roi: RoiResult, modality: str) -> list[hd.sr.Measurement]:
+    """The key numbers of ``roi`` (module docstring) as NUMs without children."""
+    values = roi.features.values
+    measurements = []
+    for key in KEY_FEATURES:
+        if key in values:
+            concept = feature_concept(key, modality)
+            measurements.append(hd.sr.Measurement(name=concept.name, value=values[key],
+                                                  unit=concept.unit))
+    if _VARIANCE in values:
+        measurements.append(hd.sr.Measurement(
+            name=codes.SCT.StandardDeviation, value=math.sqrt(values[_VARIANCE]),
+            unit=feature_concept(_MEAN, modality).unit))
+    return measurements
+
+
+def _image_region(outline: Outline) -> hd.sr.ImageRegion:
+    """The outline as a TID 1410 Image Region: a closed 2D POLYLINE SELECTED FROM its image
+    (and frame, for a multi-frame image)."""
+    frames = [outline.source.frame_number] if outline.source.frame_number is not None else None
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline.points,
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=outline.sop_class_uid,
+            referenced_sop_instance_uid=outline.source.sop_instance_uid,
+            referenced_frame_numbers=frames))
+
+
+def build_reading_report(
+    volume: SeriesVolume,
+    seg: DecodedSegmentation,
+    rois: Sequence[RoiResult],
+    preset: Preset,
+    *,
+    series_qc: QCReport | None = None,
+    lesion_qc: Mapping[int, QCReport] | None = None,
+    derived: DerivedSegmentation | None = None,
+    models: Mapping[int, Sequence[ModelOutput | NotApplied]] | None = None,
+    feature_report: ReportReference | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """The TID 1500 reading report of ``rois`` (module docstring), in the study of ``volume``.
+
+    ``series_qc`` and ``lesion_qc`` (by segment number), ``derived`` and ``models`` (by segment
+    number) as for :func:`pipelines.feature_report.build_feature_report`; ``feature_report`` is
+    listed as pertinent other evidence. A derived ROI whose segment is not in ``derived`` (or
+    with no ``derived``) references the input segment it came from."""
+    check_inputs(volume, seg)
+    algorithm = algorithm_identification(preset)
+    groups = []
+    appended: list[list[Dataset]] = []
+    outlined: dict[str, Dataset] = {}
+    datasets = {str(ds.SOPInstanceUID): ds for ds in volume.datasets}
+    for roi in rois:
+        check_finite(roi)
+        segment = roi.segment
+        common = {
+            "tracking_identifier": tracking_identifier(volume, seg, preset, roi),
+            "finding_type": segment.property_type,
+            "finding_sites": finding_sites(seg, segment) or None,
+            "algorithm_id": algorithm,
+            "measurements": key_measurements(roi, volume.modality),
+        }
+        outline = None if roi.derived else largest_slice_outline(volume, segment)
+        if outline is not None:
+            outlined[outline.source.sop_instance_uid] = datasets[outline.source.sop_instance_uid]
+            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                referenced_region=_image_region(outline), **common))
+        else:
+            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=referenced_segment(volume, seg, roi, derived), **common))
+        extra: list[Dataset] = []
+        if models and not roi.derived:
+            extra += [item for result in models.get(segment.number, ())
+                      for item in model_items(result)]
+        if series_qc is not None and lesion_qc is not None:
+            extra += [item for evaluation in qc_evaluations(series_qc, lesion_qc[segment.number])
+                      for item in evaluation]
+            if not roi.derived:
+                extra += qc_findings(series_qc, lesion_qc[segment.number])
+        appended.append(extra)
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(),
+        procedure_reported=procedure_reported(volume),
+        imaging_measurements=groups,
+    )
+    identity = reading_report_reference(volume, seg.sop_instance_uid, preset)
+    source_series_number = volume.datasets[0].get("SeriesNumber")
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[*volume.datasets, seg.dataset, *([derived.dataset] if derived else [])],
+        content=report,
+        series_instance_uid=identity.series_instance_uid,
+        series_number=int(source_series_number or 0) + READING_SERIES_NUMBER_OFFSET,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=f"Radiomics reading report ({preset.name})"[:64],
+        software_versions=software_version(),
+        coding_schemes=coding_schemes(),
+    )
+    copy_study_attributes(sr, volume.datasets[0])
+    encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
+    # no lesion as drawn (a preset of derived ROIs only): the library of every source image,
+    # as the feature report's (TID 1600 needs an entry)
+    insert_image_library(sr, image_library(list(outlined.values()) or volume.datasets,
+                                           encodings))
+    for group, extra in zip(measurement_groups(sr), appended, strict=True):
+        group.ContentSequence.extend(extra)
+    if feature_report is not None:
+        refer_to(sr, feature_report)
+    sr.ContributingEquipmentSequence = [
+        *sr.get("ContributingEquipmentSequence", []),
+        contributing_equipment(f"radiomics reading report, preset {preset.name} "
+                               f"(sha256 {preset.hash})"),
+    ]
+    return sr
