@@ -130,12 +130,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     return Run(outputs, observed, shared / "shots")
 
 
-def _step(run: Run, name: str, value: Any) -> Any:
-    """``value`` (what OHIF held at the end of step ``name``), or fail with why it is not."""
+def _step(run: Run, name: str, value: Any, hint: str = "") -> Any:
+    """``value`` (what OHIF held at the end of step ``name``), or fail with why it is not
+    (and ``hint``, what in our object explains it)."""
     failure = run.observed["failures"].get(name)
     if value is None or failure:
         errors = "\n".join(_describe(e) for e in _errors(run.observed["console"])[:10])
-        pytest.fail(f"OHIF did not show {name}: {failure or 'nothing read'}\n"
+        pytest.fail(f"OHIF did not show {name}: {failure or 'nothing read'}\n{hint}"
                     f"console errors:\n{errors or 'none'}")
     return value
 
@@ -229,8 +230,13 @@ def image_to_patient(ct: pydicom.Dataset, points: np.ndarray) -> np.ndarray:
 # --- the tests -----------------------------------------------------------------------------
 
 def test_reading_report_groups_are_placed_on_their_slices_with_their_values(run: Run) -> None:
-    state = _step(run, "sr", run.observed["sr"])
     expected = expected_measurements(run.outputs.report)
+    unplaceable = [m.tracking_id for m in expected if m.outline is None]
+    hint = (f"{len(unplaceable)} measurement groups have no image region (SCOORD): "
+            f"{unplaceable}; OHIF 3.13.2 reads coords[0] of every measurement it has not placed "
+            "(_checkIfCanAddMeasurementsToDisplaySet, 7248.bundle.*.js) and throws on a group "
+            "without one, which stops its viewer route.\n" if unplaceable else "")
+    state = _step(run, "sr", run.observed["sr"], hint)
     assert any(m.outline for m in expected), (
         f"{run.outputs.report.name}: no measurement group has an image region (SCOORD), so no "
         "viewer can place one")
@@ -281,7 +287,7 @@ def test_reading_report_groups_are_placed_on_their_slices_with_their_values(run:
     _adds_colour(run, "sr")
     outlined = sum(1 for m in expected if m.outline)
     opened = _step(run, "sr from navigation",
-                   run.observed["timings"].get("sr from navigation"))
+                   run.observed["timings"].get("sr from navigation"), hint)
     print(f"reading report: {len(expected)} measurements ({outlined} outlined, placed and "
           f"drawn), {sum(len(m.labels) for m in expected)} values; open in {opened:.1f} s from "
           "the navigation")
