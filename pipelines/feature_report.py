@@ -100,6 +100,18 @@ def _measurement(key: str, value: float, modality: str) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=concept.name, value=value, unit=concept.unit)
 
 
+def _method_modifies(
+    group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """The group with its Measurement Method item related by HAS CONCEPT MOD, as TID 1419 row 1
+    (included by TID 1411) has it; highdicom 0.28 relates a group's method by CONTAINS, which
+    PixelMed's SR validator reports as an error."""
+    for item in group[0].ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "370129005":
+            item.RelationshipType = "HAS CONCEPT MOD"
+    return group
+
+
 def by_image_filter(values: Mapping[str, float], modality: str) -> list[tuple[str, list[str]]]:
     """The feature keys of ``values`` grouped by image filter (pyradiomics image type), in the
     order of their first feature."""
@@ -179,7 +191,7 @@ def build_feature_report(
         values = roi.features.values
         for position, (image_filter, keys) in enumerate(
                 by_image_filter(values, volume.modality)):
-            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            groups.append(_method_modifies(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking_identifier(volume, seg, preset, roi),
                 referenced_segment=referenced_segment(volume, seg, roi, derived),
                 finding_type=segment.property_type,
@@ -188,7 +200,7 @@ def build_feature_report(
                 algorithm_id=algorithm,
                 measurements=[_measurement(keys[0], values[keys[0]], volume.modality)],
                 qualitative_evaluations=evaluations if position == 0 else None,
-            ))
+            )))
             rests.append([(key, values[key]) for key in keys[1:]])
             findings.append(appended if position == 0 else [])
     report = hd.sr.MeasurementReport(

@@ -112,14 +112,15 @@ def test_the_worker_queues_the_early_objects_before_the_job_is_done(
         deliveries = index.deliveries()
         queued = [[f"{uid}.dcm" for _, uid in json.loads(e["detail"])["deliveries"]]
                   for e in early]
-        assert [Path(d["path"]).name for d in deliveries][:3] == [*queued[0], *queued[1]]
+        assert [Path(d["path"]).name for d in deliveries][:4] == [*queued[0], *queued[1]]
         classes = [pydicom.dcmread(d["path"], stop_before_pixels=True).SOPClassUID
                    for d in deliveries]
-        assert sorted(map(len, queued)) == [1, 2]  # the entropy map; the report and summary
-        assert sorted(classes[:3]) == sorted([pydicom.uid.Comprehensive3DSRStorage,
+        assert sorted(map(len, queued)) == [1, 3]  # the entropy map; the reports and summary
+        assert sorted(classes[:4]) == sorted([pydicom.uid.ComprehensiveSRStorage,
+                                              pydicom.uid.Comprehensive3DSRStorage,
                                               pydicom.uid.SecondaryCaptureImageStorage,
                                               pydicom.uid.ParametricMapStorage])
-        assert classes[3:] == [pydicom.uid.ParametricMapStorage]  # the contrast map, at the end
+        assert classes[4:] == [pydicom.uid.ParametricMapStorage]  # the contrast map, at the end
         assert {d["job_id"] for d in deliveries} == {job_id}
     finally:
         runner.stop()

@@ -121,6 +121,7 @@ def test_values_units_and_method_read_back(inputs: Inputs, written: Path) -> Non
         [method] = [item for item in group[0].ContentSequence
                     if _name(item) == MEASUREMENT_METHOD]
         assert method.value.value == "filter.original"
+        assert method.RelationshipType == "HAS CONCEPT MOD"  # TID 1419 row 1
         mean = group.get_measurements(name=hd.sr.CodedConcept("Q4LE", "IBSI", "Mean"))[0]
         assert mean.unit.value == "[hnsf'U]"
         assert mean.value == roi.features.values["original_firstorder_Mean"]

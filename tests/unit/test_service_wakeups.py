@@ -92,7 +92,7 @@ def test_a_study_is_processed_and_delivered_without_waiting_for_ticks(
                and bool(node.index.deliveries()))
         timeline = node.index.job_timeline(job.id)
         assert node.index.job(job.id).state == "done"
-        assert len(timeline.deliveries) == 2  # the report and the summary image
+        assert len(timeline.deliveries) == 3  # the two reports and the summary image
         for delivery in timeline.deliveries:
             assert peer_index.instance(delivery.sop_instance_uid) is not None
     finally:
