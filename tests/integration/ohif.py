@@ -10,6 +10,12 @@
 - :func:`chromium` and :func:`open_viewer`: headless system Chromium (``/usr/bin/chromium``)
   driven by Playwright (PyPI; no browser download), WebGL through SwiftShader; every console
   message and page error of the page is kept in :class:`ViewerPage`.
+- :func:`view_study`: opens each result object by double-clicking its thumbnail, as a reader
+  does, and reads back what OHIF holds (its services on ``window.services``, Cornerstone3D on
+  ``window.cornerstone`` and ``window.cornerstoneTools``), with screenshots;
+  :func:`time_report_open` times the reading report from the navigation.
+- :func:`make_demo_outputs` and :func:`view_demo_outputs`: the synthetic demo study processed
+  by the node, stored in Orthanc and viewed, end to end.
 
 Nothing here stays running after its ``with`` block: the HTTP server is shut down and joined,
 Orthanc is stopped by PID, Chromium is closed by Playwright.
