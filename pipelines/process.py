@@ -236,10 +236,11 @@ class PipelineResult:
         return sr
 
     @property
-    def reading_report(self) -> OutputObject:
-        """The reading report (TID 1500 Comprehensive SR, ``pipelines.reading_report``)."""
-        [sr] = [o for o in self.objects if o.sop_class_uid == ComprehensiveSRStorage]
-        return sr
+    def reading_report(self) -> OutputObject | None:
+        """The reading report (TID 1500 Comprehensive SR, ``pipelines.reading_report``); None
+        when no lesion as drawn was measured (a preset of derived ROIs only)."""
+        found = [o for o in self.objects if o.sop_class_uid == ComprehensiveSRStorage]
+        return found[0] if found else None
 
     @property
     def qc_status(self) -> str:
@@ -477,15 +478,15 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         stages.lap("encode_derived_seg")
         outputs = {number: [r.outcome for r in applied.results if r.segment_number == number]
                    for number in lesion_qc}
+        reading = build_reading_report(
+            volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, models=outputs,
+            feature_report=feature_report_reference(volume, seg.sop_instance_uid, preset),
+        )
         report = build_feature_report(
             volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, derived=derived,
             models=outputs,
-            reading_report=reading_report_reference(volume, seg.sop_instance_uid, preset),
-        )
-        reading = build_reading_report(
-            volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, derived=derived,
-            models=outputs,
-            feature_report=feature_report_reference(volume, seg.sop_instance_uid, preset),
+            reading_report=None if reading is None
+            else reading_report_reference(volume, seg.sop_instance_uid, preset),
         )
         stages.lap("encode_report")
         labels = {lesion.number: lesion.label for lesion in lesions}
@@ -501,8 +502,8 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
         )
         stages.lap("encode_summary")
         written = tuple(_write_object(out, dataset)
-                        for dataset in (reading, report, *([derived.dataset] if derived else []),
-                                        summary))
+                        for dataset in (*([reading] if reading else []), report,
+                                        *([derived.dataset] if derived else []), summary))
         del reading, report, derived, summary  # written: not held while the maps are computed
         _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
         _write_qc_csv(qc_csv, qc)

@@ -6,24 +6,24 @@ feature report (``pipelines.feature_report``), which this one lists as pertinent
 Structure (PS3.16 TID 1500):
 
 * Observation context (TID 1001/1004): the device observer radiomics-node; Image Library
-  (TID 1600) of the source images the outlines are drawn on (of every source image when no ROI
-  is outlined).
-* One group per ROI, in the order of the ROIs:
-  - a lesion (or measured organ) as drawn: Planar ROI Measurements (TID 1410) whose Image Region
-    is its outline (SCOORD, closed POLYLINE) on the slice where it is largest, SELECTED FROM the
-    source image of that slice (``pipelines.outline``), so that a viewer draws it there;
-  - a ROI the preset derived from it (a ring, the lesion plus a ring, an erosion): Volumetric ROI
-    Measurements (TID 1411) referencing its segment of the derived SEG, with no outline of its own
-    (it would lie on the lesion's, one label stacked on another);
-  - each with the ROI's Tracking Identifier and Tracking Unique Identifier, Finding Type and Finding
-    Site, Algorithm Identification (TID 4019), then its key numbers, NUMs without children (a
-    viewer takes a NUM's child for a spatial reference): Volume (IBSI RNU0, the mesh volume),
-    Maximum 3D diameter (IBSI L0JK), Mean (IBSI Q4LE) and Standard Deviation (SCT 386136009, the
-    square root of the IBSI ECT3 variance) of the original image's intensities (HU on CT), those
-    of them the preset extracts; then, for a lesion as drawn, each model's output
-    (``pipelines.evaluations.model_items``: the probability as a NUM, the category); then the
-    quality control status of the series and of the lesion (coded) and, for a lesion as drawn,
-    the findings that warned or failed.
+  (TID 1600) of the source images the outlines are drawn on.
+* One Planar ROI Measurements group (TID 1410) per lesion (or measured organ) as drawn, in the
+  order of the ROIs, whose Image Region is its outline (SCOORD, closed POLYLINE) on the slice
+  where it is largest, SELECTED FROM the source image of that slice (``pipelines.outline``), so
+  that a viewer draws it there; with the ROI's Tracking Identifier and Tracking Unique
+  Identifier, Finding Type and Finding Site, Algorithm Identification (TID 4019), then its key
+  numbers, NUMs without children (a viewer takes a NUM's child for a spatial reference): Volume
+  (IBSI RNU0, the mesh volume), Maximum 3D diameter (IBSI L0JK), Mean (IBSI Q4LE) and Standard
+  Deviation (SCT 386136009, the square root of the IBSI ECT3 variance) of the original image's
+  intensities (HU on CT), those of them the preset extracts; then each model's output
+  (``pipelines.evaluations.model_items``: the probability as a NUM, the category); then the
+  quality control status of the series and of the lesion (coded) and the findings that warned
+  or failed.
+* No group for a ROI the preset derived from a lesion (a ring, the lesion plus a ring, an
+  erosion): its own outline would lie around the lesion's, its label stacked on the lesion's,
+  and a group with no image region makes OHIF 3.13's SR viewport fail for every group (it reads
+  the first coordinate of each measurement); their values are in the feature report, their
+  voxels in the derived SEG, their key numbers in the summary image.
 
 The values are the feature report's doubles. The General Study attributes are the source's
 (``pipelines.result_attributes``).
@@ -41,7 +41,6 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage
 
 from pipelines.codes import coding_schemes, feature_concept
-from pipelines.derived_seg import DerivedSegmentation
 from pipelines.evaluations import model_items, qc_evaluations, qc_findings
 from pipelines.inference import ModelOutput, NotApplied
 from pipelines.outline import Outline, largest_slice_outline
@@ -58,7 +57,6 @@ from pipelines.report_parts import (
     observation_context,
     procedure_reported,
     refer_to,
-    referenced_segment,
     tracking_identifier,
 )
 from pipelines.result_attributes import copy_study_attributes
@@ -121,16 +119,16 @@ def build_reading_report(
     *,
     series_qc: QCReport | None = None,
     lesion_qc: Mapping[int, QCReport] | None = None,
-    derived: DerivedSegmentation | None = None,
     models: Mapping[int, Sequence[ModelOutput | NotApplied]] | None = None,
     feature_report: ReportReference | None = None,
-) -> hd.sr.ComprehensiveSR:
-    """The TID 1500 reading report of ``rois`` (module docstring), in the study of ``volume``.
+) -> hd.sr.ComprehensiveSR | None:
+    """The TID 1500 reading report of the ROIs as drawn among ``rois`` (module docstring), in
+    the study of ``volume``; None when there is none (a preset of derived ROIs only), or none
+    has a voxel to outline.
 
-    ``series_qc`` and ``lesion_qc`` (by segment number), ``derived`` and ``models`` (by segment
-    number) as for :func:`pipelines.feature_report.build_feature_report`; ``feature_report`` is
-    listed as pertinent other evidence. A derived ROI whose segment is not in ``derived`` (or
-    with no ``derived``) references the input segment it came from."""
+    ``series_qc`` and ``lesion_qc`` (by segment number) and ``models`` (by segment number) as for
+    :func:`pipelines.feature_report.build_feature_report`; ``feature_report`` is listed as
+    pertinent other evidence."""
     check_inputs(volume, seg)
     algorithm = algorithm_identification(preset)
     groups = []
@@ -138,33 +136,29 @@ def build_reading_report(
     outlined: dict[str, Dataset] = {}
     datasets = {str(ds.SOPInstanceUID): ds for ds in volume.datasets}
     for roi in rois:
+        outline = None if roi.derived else largest_slice_outline(volume, roi.segment)
+        if outline is None:
+            continue
         check_finite(roi)
         segment = roi.segment
-        common = {
-            "tracking_identifier": tracking_identifier(volume, seg, preset, roi),
-            "finding_type": segment.property_type,
-            "finding_sites": finding_sites(seg, segment) or None,
-            "algorithm_id": algorithm,
-            "measurements": key_measurements(roi, volume.modality),
-        }
-        outline = None if roi.derived else largest_slice_outline(volume, segment)
-        if outline is not None:
-            outlined[outline.source.sop_instance_uid] = datasets[outline.source.sop_instance_uid]
-            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                referenced_region=_image_region(outline), **common))
-        else:
-            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                referenced_segment=referenced_segment(volume, seg, roi, derived), **common))
-        extra: list[Dataset] = []
-        if models and not roi.derived:
-            extra += [item for result in models.get(segment.number, ())
-                      for item in model_items(result)]
+        outlined[outline.source.sop_instance_uid] = datasets[outline.source.sop_instance_uid]
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking_identifier(volume, seg, preset, roi),
+            referenced_region=_image_region(outline),
+            finding_type=segment.property_type,
+            finding_sites=finding_sites(seg, segment) or None,
+            algorithm_id=algorithm,
+            measurements=key_measurements(roi, volume.modality),
+        ))
+        extra: list[Dataset] = [item for result in (models or {}).get(segment.number, ())
+                                for item in model_items(result)]
         if series_qc is not None and lesion_qc is not None:
             extra += [item for evaluation in qc_evaluations(series_qc, lesion_qc[segment.number])
                       for item in evaluation]
-            if not roi.derived:
-                extra += qc_findings(series_qc, lesion_qc[segment.number])
+            extra += qc_findings(series_qc, lesion_qc[segment.number])
         appended.append(extra)
+    if not groups:
+        return None
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(),
         procedure_reported=procedure_reported(volume),
@@ -173,7 +167,7 @@ def build_reading_report(
     identity = reading_report_reference(volume, seg.sop_instance_uid, preset)
     source_series_number = volume.datasets[0].get("SeriesNumber")
     sr = hd.sr.ComprehensiveSR(
-        evidence=[*volume.datasets, seg.dataset, *([derived.dataset] if derived else [])],
+        evidence=[*volume.datasets, seg.dataset],
         content=report,
         series_instance_uid=identity.series_instance_uid,
         series_number=int(source_series_number or 0) + READING_SERIES_NUMBER_OFFSET,
@@ -187,10 +181,7 @@ def build_reading_report(
     )
     copy_study_attributes(sr, volume.datasets[0])
     encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
-    # no lesion as drawn (a preset of derived ROIs only): the library of every source image,
-    # as the feature report's (TID 1600 needs an entry)
-    insert_image_library(sr, image_library(list(outlined.values()) or volume.datasets,
-                                           encodings))
+    insert_image_library(sr, image_library(list(outlined.values()), encodings))
     for group, extra in zip(measurement_groups(sr), appended, strict=True):
         group.ContentSequence.extend(extra)
     if feature_report is not None:

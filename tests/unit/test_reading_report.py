@@ -1,8 +1,8 @@
-"""The reading report: one group per ROI with its key numbers first and no child under a NUM; a
-lesion as drawn outlined on the slice where it is largest (the polygon, rasterised by matplotlib
-at the pixel centres, is the mask's slice), SELECTED FROM that slice's image; a derived ROI
-referencing its segment of the derived SEG; the feature report's Tracking UIDs; both reports
-listing each other; read back by highdicom and passed by dciodvfy."""
+"""The reading report: one group per lesion as drawn, none for a derived ROI, with its key
+numbers first and no child under a NUM; the lesion outlined on the slice where it is largest (the
+polygon, rasterised by matplotlib at the pixel centres, is the mask's slice), SELECTED FROM that
+slice's image; the feature report's Tracking UIDs; both reports listing each other; read back by
+highdicom and passed by dciodvfy; no report for a preset of derived ROIs only."""
 
 from __future__ import annotations
 
@@ -56,9 +56,10 @@ def written(case: OutputsCase, derived: DerivedSegmentation,
         reading_report=reading_report_reference(case.volume, case.seg.sop_instance_uid,
                                                 case.preset))
     reading = build_reading_report(
-        case.volume, case.seg, case.rois, case.preset, derived=derived,
+        case.volume, case.seg, case.rois, case.preset,
         feature_report=feature_report_reference(case.volume, case.seg.sop_instance_uid,
                                                 case.preset))
+    assert reading is not None
     paths = {"feature": folder / "feature.dcm", "reading": folder / "reading.dcm"}
     feature.save_as(paths["feature"], enforce_file_format=True)
     reading.save_as(paths["reading"], enforce_file_format=True)
@@ -87,33 +88,32 @@ def test_header_names_the_reading_report(case: OutputsCase, written: dict[str, P
     assert report.SeriesInstanceUID != pydicom.dcmread(written["feature"]).SeriesInstanceUID
 
 
-def test_one_group_per_roi_with_the_feature_reports_tracking(
-    case: OutputsCase, derived: DerivedSegmentation, written: dict[str, Path]
+def test_one_group_per_lesion_as_drawn_with_the_feature_reports_tracking(
+    case: OutputsCase, written: dict[str, Path]
 ) -> None:
     reading = hd.sr.ComprehensiveSR.from_dataset(pydicom.dcmread(written["reading"]))
     feature = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(written["feature"]))
     planar = reading.content.get_planar_roi_measurement_groups()
-    volumetric = reading.content.get_volumetric_roi_measurement_groups()
     drawn = [roi for roi in case.rois if not roi.derived]
-    rings = [roi for roi in case.rois if roi.derived]
+    assert len(drawn) < len(case.rois)  # the case has rings and cores: none is reported here
     assert [g.tracking_identifier for g in planar] == [roi.tracking_identifier for roi in drawn]
-    assert [g.tracking_identifier for g in volumetric] == [r.tracking_identifier for r in rings]
-    # each ROI's UID is its feature groups' (one feature group per image filter here)
+    assert reading.content.get_volumetric_roi_measurement_groups() == []
     feature_uids = {g.tracking_identifier: g.tracking_uid
                     for g in feature.content.get_volumetric_roi_measurement_groups()}
-    for group in [*planar, *volumetric]:
+    for group in planar:
         assert group.tracking_uid == feature_uids[group.tracking_identifier]
-    for group, roi in zip(volumetric, rings, strict=True):
-        segment = group.referenced_segment
-        assert segment.referenced_sop_instance_uid == derived.dataset.SOPInstanceUID
-        assert segment.referenced_segment_numbers == [
-            derived.segment_numbers[(roi.segment.number, str(roi.roi_variant))]]
+
+
+def test_a_preset_of_derived_rois_only_gets_no_reading_report(case: OutputsCase) -> None:
+    derived_only = [roi for roi in case.rois if roi.derived]
+    assert build_reading_report(case.volume, case.seg, derived_only, case.preset) is None
 
 
 def test_key_numbers_come_first_and_no_num_has_a_child(
     case: OutputsCase, written: dict[str, Path]
 ) -> None:
-    for group, roi in zip(_groups(written["reading"]), case.rois, strict=True):
+    drawn = [roi for roi in case.rois if not roi.derived]
+    for group, roi in zip(_groups(written["reading"]), drawn, strict=True):
         nums = [item for item in group.ContentSequence if item.ValueType == "NUM"]
         assert not any("ContentSequence" in item for item in nums)
         assert [n.ConceptNameCodeSequence[0].CodeMeaning for n in nums] == KEY_NAMES
