@@ -128,7 +128,7 @@ def test_pull_mode_round_trip_with_rest_push(tmp_path: Path, study: SyntheticStu
     assert [pydicom.dcmread(io.BytesIO(sr)).Modality for sr in reports] == ["SR", "SR"]
     index = Index(node.state_dir / "index.sqlite3")
     deliveries = index.delivery_rows()
-    assert len(deliveries) == 2  # ct-liver-basic: the report and the summary image
+    assert len(deliveries) == 3  # ct-liver-basic: the two reports and the summary image
     assert {(d["state"], d["attempts"], d["verified_by"]) for d in deliveries} == \
         {("delivered", 1, "orthanc-lookup")}
     assert {r.calling_ae for r in index.instances_of(study.ct_series_uid)} == {"orthanc:pacs"}
@@ -226,7 +226,7 @@ def test_seg_only_node_fetches_by_c_get_and_verifies_by_c_find(
     assert [(r.series_uid, r.state) for r in index.retrievals()] == \
         [(study.ct_series_uid, "fetched")]
     deliveries = index.delivery_rows()
-    assert len(deliveries) == 2  # the report and the summary image
+    assert len(deliveries) == 3  # the two reports and the summary image
     assert {(d["state"], d["verified_by"]) for d in deliveries} == {("delivered", "c-find")}
 
 
