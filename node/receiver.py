@@ -1,9 +1,11 @@
 """The storage SCP: C-ECHO and C-STORE of CT, MR, their enhanced forms, PET, SEG, RTSTRUCT and SR.
 
-Written against pynetdicom's public API only (docs/dependencies.md): an ``AE`` with its limits and
+Written against pynetdicom's public API (docs/dependencies.md): an ``AE`` with its limits and
 timeouts, a server made by ``AE.make_server`` from a subclass of its public
 ``ThreadedAssociationServer`` (overriding the ``socketserver`` hooks ``server_bind`` and
-``get_request``) and of its public ``RequestHandler`` (``handle``), and event handlers. Each
+``get_request``) and of its public ``RequestHandler`` (``handle``), and event handlers; the one
+reliance beyond it, C-STORE responses encoded directly, is fenced in ``node.pynetdicom_adapter``
+with a version check. Each
 C-STORE's data set, as the sender encoded it, goes behind a File Meta Information header
 (``node.part10``) to ``node.ingest``, which writes it durably to the spool and indexes the
 instance before the handler answers success (PS3.4 B.2.3 status 0x0000).
@@ -20,7 +22,8 @@ one line with its reason.
 
 Speed (docs/performance.md, "Ingest"): TCP_NODELAY; pynetdicom's trace handlers, which describe
 every PDU and DIMSE message to a logger the node keeps at WARNING, unbound from the server; the
-data set handed on as received, never encoded again; one log line per association. With
+data set handed on as received, never encoded again; plain C-STORE responses encoded directly
+(``node.pynetdicom_adapter``); one log line per association. With
 ``listener.processes`` N > 1 the node runs N listeners on the same port with SO_REUSEPORT (the
 kernel spreads connections among them): this process and N - 1 spawned receiver processes, each
 with its own pynetdicom AE, its own SQLite connection to the index (WAL: concurrent writers wait
@@ -50,7 +53,7 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from node import logs
+from node import logs, pynetdicom_adapter
 from node.config import LimitsConfig, NodeConfig
 from node.index import Index
 from node.ingest import SUCCESS, Ingest
@@ -273,10 +276,12 @@ class Receiver:
 
     def on_conn_open(self, event: Event) -> None:
         """``EVT_CONN_OPEN``: pynetdicom made the association of a waiting connection (and has
-        not started it): it is named by the association from now on (``node.pending``), and
-        pynetdicom's trace handlers, which it binds to every association, are unbound."""
+        not started it): it is named by the association from now on (``node.pending``),
+        pynetdicom's trace handlers, which it binds to every association, are unbound, and its
+        plain C-STORE responses are encoded directly (``node.pynetdicom_adapter``)."""
         assoc = event.assoc
         self._pending.attach(assoc.dul.socket.socket, assoc)
+        pynetdicom_adapter.install(assoc)
         for traced in TRACE_EVENTS:
             for handler, _ in assoc.get_handlers(traced):
                 assoc.unbind(traced, handler)
