@@ -147,6 +147,9 @@ class _Server(ThreadedAssociationServer):
         self.pending = pending
         self._limits = limits
         self._reuse_port = reuse_port
+        # the kernel's queue of connections not yet accepted (socketserver's default is 5: a
+        # burst beyond it waits for SYN retransmissions, 1, 3, 7, 15 s...)
+        self.request_queue_size = limits.max_pending
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -174,8 +177,11 @@ class _Server(ThreadedAssociationServer):
             return True
         except (OSError, ValueError) as exc:  # ssl.SSLError, timeouts, a socket cut meanwhile
             if self.pending.forget(sock):  # else the deadline or a cap cut it, and said so
-                log.warning("connection refused", extra=fields(
-                    address=str(address[0]), reason=f"TLS handshake failed: {exc}"[:200]))
+                reason = (f"TLS handshake not done within limits.establish_timeout "
+                          f"({self._limits.establish_timeout:g} s from accept)")\
+                    if isinstance(exc, TimeoutError) else f"TLS handshake failed: {exc}"[:200]
+                log.warning("connection refused", extra=fields(address=str(address[0]),
+                                                               reason=reason))
             self.shutdown_request(sock)
             return False
 
