@@ -10,8 +10,8 @@ result, source and reason/diagnostic of PS3.8 9.3.4 (Table 9-21):
   rejected-permanent (1), DICOM UL service-user (1), calling-AE-title-not-recognized (3);
 - a peer already holding its ``max_associations``:
   rejected-transient (2), DICOM UL service-provider presentation related (3),
-  local-limit-exceeded (2) - the same answer pynetdicom gives when the listener's total
-  ``maximum_associations`` is reached.
+  local-limit-exceeded (2) - the same answer the node gives when ``limits.max_associations``
+  is reached (``node.receiver``).
 
 An accepted peer sees only the presentation contexts it may use: Verification always, storage
 only when ``send`` is true and then only its ``sop_classes``; other contexts are rejected with

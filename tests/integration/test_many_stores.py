@@ -37,8 +37,8 @@ STORES = int(os.environ.get("RECEIVER_STORES", "600"))
 """Instances sent to each node: 600 in CI, 5000 or more by hand (docs/reliability.md)."""
 
 UID_ROOT = "1.2.826.0.1.3680043.10.1919."
-"""Each instance's SOP Instance UID is this root and a 10-digit number (all the same length, so
-the template's bytes are changed in place)."""
+"""Each instance's SOP Instance UID is this root, 1 and a 9-digit number (all the same length, so
+the template's bytes are changed in place; no leading zero, PS3.5 9.1)."""
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def instances(tmp_path_factory: pytest.TempPathFactory, refdata: Path) -> list[P
     ds = pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
     ds.Rows = ds.Columns = 64
     ds.PixelData = np.arange(64 * 64, dtype=np.int16).tobytes()
-    template_uid = UID_ROOT + "0" * 10
+    template_uid = UID_ROOT + "1" + "0" * 9
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = template_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.save_as(folder / "template.dcm", enforce_file_format=True)
@@ -58,7 +58,7 @@ def instances(tmp_path_factory: pytest.TempPathFactory, refdata: Path) -> list[P
     for number in range(1, STORES + 1):
         path = folder / f"{number:05d}.dcm"
         path.write_bytes(template.replace(template_uid.encode(),
-                                          f"{UID_ROOT}{number:010d}".encode()))
+                                          f"{UID_ROOT}1{number:09d}".encode()))
         paths.append(path)
     (folder / "template.dcm").unlink()
     return paths
