@@ -1,28 +1,46 @@
 """The one place where the node relies on pynetdicom beyond its documented API
-(docs/dependencies.md): C-STORE responses encoded directly, on the pynetdicom minor version it
-was tested with.
+(docs/dependencies.md): the C-STORE round trip of pynetdicom's acceptor reactor, on the
+pynetdicom minor version it was tested with. No private name is used; what is relied on is how
+pynetdicom 3.0 calls its own public methods.
 
-pynetdicom answers a C-STORE (PS3.4 B.2.3) by building a pydicom ``Dataset`` for the response's
-command set, validating it and encoding it twice (once to learn the Command Group Length): on a
-512 x 512 CT slice a sixth of the receiver's interpreter time, measured again on pynetdicom 3.0.4
-(docs/performance.md, "Ingest"). A plain response (no Error Comment, Offending Element or other
-optional attribute: every success, and a failure whose status says it all) has a fixed layout,
-encoded here in Implicit VR Little Endian as PS3.7 6.3.1 requires for command sets, with the
-elements of PS3.7 Table 9.3-2 in tag order, and sent as one PDV, the last fragment of a command
-(PS3.8 E.2: control header 0x03). The bytes equal pynetdicom's
-(tests/unit/test_pynetdicom_adapter.py).
+pynetdicom 3.0 runs two threads per association, and both poll: the association thread sleeps
+1 ms on every pass before it asks ``DIMSEServiceProvider.get_msg(block=False)`` for a complete
+request, and the DUL thread (PS3.8 9.2, the Upper Layer state machine) sleeps 1 ms whenever a
+pass finds nothing, also when the response it must send has just been queued for it. On one
+association a C-STORE therefore waited for two of those naps after its last PDU arrived, and an
+idle association cost 4.8 % of a CPU (docs/performance.md, "Ingest", fifth round). pynetdicom
+also answers a C-STORE (PS3.4 B.2.3) by building a pydicom ``Dataset`` for the response's
+command set, validating it and encoding it twice (0.41 ms per response measured alone). For
+each of the listener's associations, before it starts (``install``):
 
-What it relies on, beyond names pynetdicom documents: that its Storage Service Class sends the
-response through the association's ``DIMSEServiceProvider.send_msg`` (a public method, replaced
-here on the one association's provider, not on the class). Only on ``TESTED_MINOR``; on any
-other version ``install`` does nothing and pynetdicom encodes every response itself. Anything
-other than a plain C-STORE response, a peer whose PDUs are too small for it, or a handler bound
-to ``EVT_DIMSE_SENT`` (which is handed pynetdicom's message) goes through pynetdicom too.
+- the queues the association thread waits on, ``DIMSEServiceProvider.msg_queue`` (complete
+  messages) and ``DULServiceProvider.to_user_queue`` (A-ASSOCIATE, A-RELEASE, A-ABORT
+  indications), are replaced by queues that wake it, and its ``get_msg(block=False)`` waits
+  for them, at most ``WAIT`` seconds, instead of returning at once: a request is served as soon
+  as it is complete, and an idle association wakes ten times a second instead of a thousand;
+- a plain C-STORE response (no Error Comment, Offending Element or other optional attribute:
+  every success, and a failure whose status says it all) is encoded directly, in Implicit VR
+  Little Endian as PS3.7 6.3.1 requires, with the elements of PS3.7 Table 9.3-2 in tag order,
+  as one PDV, the last fragment of a command (PS3.8 E.2), and, on a plain TCP connection in
+  state Sta6 with nothing queued for the DUL, written to the socket as the one P-DATA-TF PDU
+  (PS3.8 9.3.5) that the DUL's action DT-1 would write, without a state change, as DT-1 makes
+  none; otherwise it is handed to the DUL as pynetdicom hands its own. The bytes equal
+  pynetdicom's (tests/unit/test_pynetdicom_adapter.py).
+
+Only on ``TESTED_MINOR``; on any other version ``install`` does nothing and pynetdicom's own
+reactor and encoding serve every association. Anything but a plain C-STORE response, a TLS
+connection (one SSL object is not written from two threads), a peer whose PDUs are too small,
+or a handler bound to the notifications these paths would skip (``EVT_DIMSE_SENT``,
+``EVT_PDU_SENT``, ``EVT_DATA_SENT``) goes through pynetdicom as before.
 """
 
 from __future__ import annotations
 
+import queue
+import ssl
 import struct
+import threading
+from typing import Any
 
 import pynetdicom
 from pynetdicom import evt
@@ -45,6 +63,20 @@ NO_DATA_SET = 0x0101
 
 LAST_COMMAND_FRAGMENT = b"\x03"
 """PDV message control header: command information, last fragment (PS3.8 E.2)."""
+
+P_DATA_TF = 0x04
+"""PDU type of a P-DATA-TF PDU (PS3.8 Table 9-22)."""
+
+DATA_TRANSFER = "Sta6"
+"""The DUL state in which a P-DATA request is sent as a P-DATA-TF PDU by DT-1 (PS3.8 9.2)."""
+
+WAIT = 0.1
+"""Longest wait (s) of the association thread for a message or an indication before it looks
+at the network idle timer and its stop flag again."""
+
+SKIPPED_NOTIFICATIONS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT)
+"""Notifications that pynetdicom's sending path triggers and the direct one does not: while a
+handler is bound to any, responses take pynetdicom's path."""
 
 OPTIONAL = ("ErrorComment", "OffendingElement")
 """Optional attributes of a C-STORE response (PS3.7 Table 9.3-2) that ``encode_store_response``
@@ -79,6 +111,13 @@ def encode_store_response(message_id: int, status: int, sop_class_uid: str,
     return struct.pack("<HHII", 0x0000, 0x0000, 4, len(elements)) + elements
 
 
+def p_data_tf(context_id: int, command: bytes) -> bytes:
+    """A P-DATA-TF PDU (PS3.8 9.3.5) holding ``command`` as one presentation data value item:
+    the last fragment of a command set (message control header 0x03, PS3.8 E.2)."""
+    item = struct.pack(">IB", 2 + len(command), context_id) + LAST_COMMAND_FRAGMENT + command
+    return struct.pack(">BBI", P_DATA_TF, 0, len(item)) + item
+
+
 def plain_store_response(primitive: object) -> bool:
     """Whether ``primitive`` is a C-STORE response with exactly the attributes
     ``encode_store_response`` writes."""
@@ -89,31 +128,76 @@ def plain_store_response(primitive: object) -> bool:
     return all(getattr(primitive, name, None) in (None, "", []) for name in OPTIONAL)
 
 
+class _WakingQueue(queue.Queue):
+    """A queue that sets ``wake`` after every ``put``."""
+
+    def __init__(self, wake: threading.Event):
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake.set()
+
+
 def install(assoc: Association) -> bool:
-    """From an ``EVT_CONN_OPEN`` handler: plain C-STORE responses of ``assoc`` encoded directly
-    (each sent as pynetdicom would send its own encoding: one P-DATA primitive to the DUL),
-    everything else by pynetdicom. False, and nothing changed, unless pynetdicom is
+    """From an ``EVT_CONN_OPEN`` handler, before ``assoc`` starts: its association thread waits
+    for work instead of polling, and its plain C-STORE responses are encoded (and, on plain
+    TCP, sent) directly (module docstring). False, and nothing changed, unless pynetdicom is
     ``TESTED_MINOR``."""
     if not ACTIVE:
         return False
-    dimse = assoc.dimse
+    _wait_for_work(assoc)
+    _answer_directly(assoc)
+    return True
+
+
+def _wait_for_work(assoc: Association) -> None:
+    """``assoc.dimse.get_msg(block=False)``, which pynetdicom's acceptor reactor calls once per
+    pass, waits up to ``WAIT`` s for a complete message or a user indication (release, abort,
+    a closed connection) when none is there yet."""
+    wake = threading.Event()
+    dimse, dul = assoc.dimse, assoc.dul
+    dimse.msg_queue = _WakingQueue(wake)
+    dul.to_user_queue = _WakingQueue(wake)
+    pynetdicom_get = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if not block and dimse.msg_queue.empty() and dul.to_user_queue.empty():
+            wake.wait(WAIT)
+        wake.clear()
+        return pynetdicom_get(block)
+
+    dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
+def _answer_directly(assoc: Association) -> None:
+    """``assoc.dimse.send_msg``, by which pynetdicom's Storage Service Class answers, encodes a
+    plain C-STORE response directly and, where it can, writes it to the socket."""
+    dimse, dul = assoc.dimse, assoc.dul
     pynetdicom_send = dimse.send_msg
 
-    def send_msg(primitive: object, context_id: int) -> None:
-        if not plain_store_response(primitive) or assoc.get_handlers(evt.EVT_DIMSE_SENT):
-            pynetdicom_send(primitive, context_id)  # type: ignore[arg-type]
+    def send_msg(primitive: Any, context_id: int) -> None:
+        if not plain_store_response(primitive) or any(
+                assoc.get_handlers(notification) for notification in SKIPPED_NOTIFICATIONS):
+            pynetdicom_send(primitive, context_id)
             return
-        assert isinstance(primitive, C_STORE)
         command = encode_store_response(
-            primitive.MessageIDBeingRespondedTo, primitive.Status,  # type: ignore[arg-type]
+            primitive.MessageIDBeingRespondedTo, primitive.Status,
             str(primitive.AffectedSOPClassUID), str(primitive.AffectedSOPInstanceUID))
         limit = dimse.maximum_pdu_size
         if limit and len(command) + 6 > limit:  # the peer's PDUs are smaller than the command
             pynetdicom_send(primitive, context_id)
             return
+        sock = dul.socket
+        if (sock is not None and sock.socket is not None
+                and not isinstance(sock.socket, ssl.SSLSocket)
+                and dul.state_machine.current_state == DATA_TRANSFER
+                and dul.to_provider_queue.empty()):
+            sock.send(p_data_tf(context_id, command))  # as DT-1 would; Evt17 if it fails
+            return
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, LAST_COMMAND_FRAGMENT + command))
-        dimse.dul.send_pdu(pdata)
+        dul.send_pdu(pdata)
 
     dimse.send_msg = send_msg  # type: ignore[method-assign]
-    return True

@@ -13,6 +13,8 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage
 
 from node import pynetdicom_adapter
@@ -22,6 +24,7 @@ from node.pynetdicom_adapter import (
     LAST_COMMAND_FRAGMENT,
     TESTED_MINOR,
     encode_store_response,
+    p_data_tf,
     plain_store_response,
 )
 from node.receiver import Receiver
@@ -59,6 +62,15 @@ def test_plain_response_is_what_pynetdicom_encodes(instance: str, message_id: in
         LAST_COMMAND_FRAGMENT + encode_store_response(message_id, status, CT, instance)
 
 
+@pytest.mark.parametrize("context_id", [1, 3, 255])
+def test_the_pdu_written_directly_is_the_one_pynetdicom_writes(context_id: int) -> None:
+    """What DT-1 would send for the same P-DATA request (PS3.8 9.3.5)."""
+    command = encode_store_response(7, 0x0000, CT, "1.2.3.4")
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((context_id, LAST_COMMAND_FRAGMENT + command))
+    assert p_data_tf(context_id, command) == P_DATA_TF(pdata).encode()
+
+
 def test_responses_with_an_error_comment_or_of_other_services_are_not_plain() -> None:
     commented = _response(7, 0xA900, "1.2.3")
     commented.ErrorComment = "(7FE0,0010) PixelData: missing"
@@ -82,18 +94,25 @@ def test_installed_pynetdicom_is_the_tested_minor_and_pinned() -> None:
 @pytest.mark.parametrize("active", [True, False], ids=["adapter", "pynetdicom"])
 def test_receiver_answers_the_same_with_and_without_it(
         tmp_path: Path, refdata: Path, monkeypatch: pytest.MonkeyPatch, active: bool) -> None:
-    """Over a real association: success and a refusal with its Error Comment reach the SCU
-    either way; with the adapter on, the success response was encoded by it (counted), the
-    refusal (an Error Comment) by pynetdicom."""
+    """Over a real association (plain TCP): success and a refusal with its Error Comment reach
+    the SCU either way, and the association is released; with the adapter on, the success
+    response was encoded and written to the socket by it (counted), the refusal (an Error
+    Comment) by pynetdicom."""
     monkeypatch.setattr(pynetdicom_adapter, "ACTIVE", active)
     encoded: list[int] = []
-    original = pynetdicom_adapter.encode_store_response
+    written: list[int] = []
+    encode, write = pynetdicom_adapter.encode_store_response, pynetdicom_adapter.p_data_tf
 
-    def counting(*args: object) -> bytes:
+    def counting_encode(*args: object) -> bytes:
         encoded.append(1)
-        return original(*args)  # type: ignore[arg-type]
+        return encode(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pynetdicom_adapter, "encode_store_response", counting)
+    def counting_write(*args: object) -> bytes:
+        written.append(1)
+        return write(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pynetdicom_adapter, "encode_store_response", counting_encode)
+    monkeypatch.setattr(pynetdicom_adapter, "p_data_tf", counting_write)
     config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
                         accept_unknown_peers=True)
     index = Index(config.index_path)
@@ -112,12 +131,13 @@ def test_receiver_answers_the_same_with_and_without_it(
         ct.SOPInstanceUID = "1.2.826.0.1.3680043.10.19.1"
         refused = assoc.send_c_store(ct)
         assoc.release()
+        assert assoc.is_released
         assert refused.Status == 0xC000
         assert str(refused.ErrorComment).startswith("(0020,000E) SeriesInstanceUID")
     finally:
         receiver.stop()
         index.close()
-    assert encoded == ([1] if active else [])
+    assert encoded == written == ([1] if active else [])
     expected = _pynetdicom_pdv(_response(1, 0x0000, pydicom.dcmread(
         refdata / "pydicom" / "test_files" / "CT_small.dcm").SOPInstanceUID))
     assert any(expected[1:] in pdu for pdu in received)  # the same bytes on the wire
