@@ -36,16 +36,22 @@ or a handler bound to the notifications these paths would skip (``EVT_DIMSE_SENT
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import queue
+import select
 import ssl
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 
 TESTED_MINOR = "3.0"
@@ -79,6 +85,9 @@ SKIPPED_NOTIFICATIONS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT
 handler is bound to any, responses take pynetdicom's path."""
 
 OPTIONAL = ("ErrorComment", "OffendingElement")
+
+LOG = logging.getLogger("pynetdicom.dul")
+"""pynetdicom's DUL logger: an error in the DUL thread is logged there in pynetdicom's words."""
 """Optional attributes of a C-STORE response (PS3.7 Table 9.3-2) that ``encode_store_response``
 does not write."""
 
@@ -129,15 +138,15 @@ def plain_store_response(primitive: object) -> bool:
 
 
 class _WakingQueue(queue.Queue):
-    """A queue that sets ``wake`` after every ``put``."""
+    """A queue that calls ``wake`` after every ``put``."""
 
-    def __init__(self, wake: threading.Event):
+    def __init__(self, wake: Callable[[], object]):
         super().__init__()
         self._wake = wake
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
-        self._wake.set()
+        self._wake()
 
 
 def install(assoc: Association) -> bool:
@@ -148,6 +157,7 @@ def install(assoc: Association) -> bool:
     if not ACTIVE:
         return False
     _wait_for_work(assoc)
+    _read_when_ready(assoc)
     _answer_directly(assoc)
     return True
 
@@ -158,8 +168,8 @@ def _wait_for_work(assoc: Association) -> None:
     a closed connection) when none is there yet."""
     wake = threading.Event()
     dimse, dul = assoc.dimse, assoc.dul
-    dimse.msg_queue = _WakingQueue(wake)
-    dul.to_user_queue = _WakingQueue(wake)
+    dimse.msg_queue = _WakingQueue(wake.set)
+    dul.to_user_queue = _WakingQueue(wake.set)
     pynetdicom_get = dimse.get_msg
 
     def get_msg(block: bool = False) -> Any:
@@ -169,6 +179,116 @@ def _wait_for_work(assoc: Association) -> None:
         return pynetdicom_get(block)
 
     dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
+def _read_when_ready(assoc: Association) -> None:
+    """The DUL thread's loop (``DULServiceProvider.run_reactor``: each pass checks the ARTIM
+    timer, sends one queued primitive or reads one PDU, then runs the state machine on one
+    event), as ``assoc.dul.run``, waiting in ``select`` on its socket and on a pipe written when
+    a primitive is queued for it or it is stopped, instead of sleeping 1 ms whenever a pass finds
+    nothing. The private names of pynetdicom this adapter uses are all here: ``_idle_timer``,
+    ``_kill_thread``, ``_process_recv_primitive``, ``_is_transport_event`` of the DUL and
+    ``_dul_ready``, ``_kill`` of the association."""
+    dul = assoc.dul
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    lock = threading.Lock()
+    closed = threading.Event()
+
+    def poke() -> None:
+        with lock, contextlib.suppress(BlockingIOError):  # full: a wake-up is pending already
+            if not closed.is_set():
+                os.write(wake_write, b"\0")
+
+    def wait() -> None:
+        """Until the socket is readable (or holds decrypted bytes), a primitive is queued, the
+        thread is told to stop, or ``WAIT`` s pass (the timers are looked at then)."""
+        sock = dul.socket.socket if dul.socket is not None else None
+        readers: list[Any] = [wake_read]
+        if sock is not None and sock.fileno() >= 0:
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
+                return
+            readers.append(sock)
+        try:
+            ready, _, _ = select.select(readers, [], [], WAIT)
+        except (OSError, ValueError):  # the socket closed under us: the next pass sees it
+            return
+        if wake_read in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(wake_read, 4096):
+                    pass
+
+    def run() -> None:
+        try:
+            react()
+        finally:
+            with lock:
+                closed.set()
+                os.close(wake_read)
+                os.close(wake_write)
+
+    def react() -> None:
+        dul._idle_timer.start()
+        assoc._dul_ready.set()
+        idle = False
+        while True:
+            if idle:
+                wait()
+            if dul._kill_thread:
+                return
+            if dul.artim_timer.expired:
+                dul.event_queue.put("Evt18")  # ARTIM timer expired (PS3.8 9.2.1)
+            try:
+                if dul._process_recv_primitive():
+                    pass
+                elif dul._is_transport_event():
+                    dul._idle_timer.restart()
+            except Exception:
+                abort_outside_the_state_machine()
+                return
+            try:
+                event = dul.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            dul.state_machine.do_action(event)
+            idle = False
+
+    def abort_outside_the_state_machine() -> None:
+        """As pynetdicom's reactor on an error: an A-ABORT sent past the state machine, whose
+        state is no longer known, and both threads told to end."""
+        LOG.exception("Exception in DUL.run(), aborting association")
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = 0x00
+        if dul.socket is not None:
+            dul.socket.send(abort.encode())
+        assoc.is_aborted = True
+        assoc.is_established = False
+        assoc._kill = True
+        dul._kill_thread = True
+
+    pynetdicom_kill = dul.kill_dul
+
+    def kill_dul() -> None:
+        pynetdicom_kill()
+        poke()
+
+    def stop_dul() -> bool:
+        """``DULServiceProvider.stop_dul``: in Sta1 stop the thread and wait for it to end."""
+        if dul.state_machine.current_state != "Sta1":
+            return False
+        kill_dul()
+        if threading.current_thread() is not dul:
+            while dul.is_alive():
+                dul.join(WAIT)
+        return True
+
+    dul.to_provider_queue = _WakingQueue(poke)
+    dul.kill_dul = kill_dul  # type: ignore[method-assign]
+    dul.stop_dul = stop_dul  # type: ignore[method-assign]
+    dul.run = run  # type: ignore[method-assign]
 
 
 def _answer_directly(assoc: Association) -> None:

@@ -91,6 +91,70 @@ def test_installed_pynetdicom_is_the_tested_minor_and_pinned() -> None:
     assert f'"pynetdicom>={TESTED_MINOR},<3.1"' in (REPO / "pyproject.toml").read_text()
 
 
+def test_the_private_names_it_uses_are_there() -> None:
+    """The guard of docs/dependencies.md for the DUL loop: the private names it uses exist on
+    the installed pynetdicom (``ACTIVE`` alone would not notice a renamed one)."""
+    from pynetdicom.association import Association as PynetdicomAssociation
+    from pynetdicom.dul import DULServiceProvider
+
+    ae = AE()
+    assoc = PynetdicomAssociation(ae, "acceptor")
+    dul = assoc.dul
+    assert isinstance(dul, DULServiceProvider)
+    assert callable(dul._process_recv_primitive) and callable(dul._is_transport_event)
+    assert hasattr(dul._idle_timer, "restart") and dul._kill_thread is False
+    assert not assoc._dul_ready.is_set() and assoc._kill is False
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_an_idle_association_is_served_released_and_its_threads_end(
+        tmp_path: Path, tls: bool) -> None:
+    """With the adapter: after a second of silence the association answers C-ECHO, is
+    released, and both of its threads end (the DUL thread waits in select, not in 1 ms naps,
+    and is woken to stop); over TLS too (pending decrypted bytes are read)."""
+    import ssl
+    import threading
+    import time
+
+    import trustme
+
+    from node.config import TLSConfig
+
+    tls_config, client = TLSConfig(), None
+    if tls:
+        ca = trustme.CA()
+        node_pem, ca_pem = tmp_path / "node.pem", tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_pem))
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(node_pem))
+        tls_config = TLSConfig(certificate=node_pem, private_key=node_pem, ca_certificates=ca_pem,
+                               listener=True, client_certificates="none")
+        client = ssl.create_default_context(cafile=str(ca_pem))
+    config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
+                        accept_unknown_peers=True, tls=tls_config)
+    index = Index(config.index_path)
+    receiver = Receiver(config, index)
+    receiver.start()
+    try:
+        before = {t.ident for t in threading.enumerate()}
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate("127.0.0.1", config.listener.port, ae_title="RADIOMICS",
+                             tls_args=(client, "127.0.0.1") if client else None)
+        assert assoc.is_established
+        time.sleep(1.0)
+        assert assoc.send_c_echo().Status == 0x0000
+        node_threads = [t for t in threading.enumerate()
+                        if t.ident not in before and t is not assoc and t is not assoc.dul]
+        assoc.release()
+        assert assoc.is_released
+        for thread in node_threads:
+            thread.join(10)
+        assert [t for t in node_threads if t.is_alive()] == []
+    finally:
+        receiver.stop()
+        index.close()
+
+
 @pytest.mark.parametrize("active", [True, False], ids=["adapter", "pynetdicom"])
 def test_receiver_answers_the_same_with_and_without_it(
         tmp_path: Path, refdata: Path, monkeypatch: pytest.MonkeyPatch, active: bool) -> None:
