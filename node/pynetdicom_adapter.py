@@ -1,7 +1,9 @@
 """The one place where the node relies on pynetdicom beyond its documented API
 (docs/dependencies.md): the C-STORE round trip of pynetdicom's acceptor reactor, on the
-pynetdicom minor version it was tested with. No private name is used; what is relied on is how
-pynetdicom 3.0 calls its own public methods.
+pynetdicom minor version it was tested with. What is relied on is how pynetdicom 3.0 calls its
+own public methods, and, for the DUL thread's loop only (``_read_when_ready``), six private
+names; no class of pynetdicom or of its objects is changed, only attributes of each listener
+association's own objects.
 
 pynetdicom 3.0 runs two threads per association, and both poll: the association thread sleeps
 1 ms on every pass before it asks ``DIMSEServiceProvider.get_msg(block=False)`` for a complete
@@ -13,6 +15,9 @@ also answers a C-STORE (PS3.4 B.2.3) by building a pydicom ``Dataset`` for the r
 command set, validating it and encoding it twice (0.41 ms per response measured alone). For
 each of the listener's associations, before it starts (``install``):
 
+- the DUL thread runs pynetdicom's loop, step for step, but waits in ``select`` on its socket
+  and on a pipe written when a primitive is queued for it or it is stopped, instead of
+  sleeping; an idle association costs 0.5 % of a CPU instead of 4.8 to 5.7 %;
 - the queues the association thread waits on, ``DIMSEServiceProvider.msg_queue`` (complete
   messages) and ``DULServiceProvider.to_user_queue`` (A-ASSOCIATE, A-RELEASE, A-ABORT
   indications), are replaced by queues that wake it, and its ``get_msg(block=False)`` waits
