@@ -21,9 +21,10 @@ connections) and then judged by the peer policy (``node.peers``). Every refusal 
 one line with its reason.
 
 Speed (docs/performance.md, "Ingest"): TCP_NODELAY; pynetdicom's trace handlers, which describe
-every PDU and DIMSE message to a logger the node keeps at WARNING, unbound from the server; the
-data set handed on as received, never encoded again; plain C-STORE responses encoded directly
-(``node.pynetdicom_adapter``); one log line per association. With
+every PDU and DIMSE message to a logger the node keeps at WARNING, unbound from each
+association; the data set handed on as received, never encoded again; the association's threads
+made to wait for work and plain C-STORE responses encoded directly (``node.pynetdicom_adapter``);
+one log line per association. With
 ``listener.processes`` N > 1 the node runs N listeners on the same port with SO_REUSEPORT (the
 kernel spreads connections among them): this process and N - 1 spawned receiver processes, each
 with its own pynetdicom AE, its own SQLite connection to the index (WAL: concurrent writers wait
