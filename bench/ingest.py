@@ -16,6 +16,8 @@ of each receiver's process tree (sampled every 50 ms with psutil).
     python bench/ingest.py --small               # CI smoke run: 20 slices, one round
     python bench/ingest.py --receivers 4         # the node with listener.processes: 4
     python bench/ingest.py --workdir /dev/shm    # all storage in memory: no flush latency
+    python bench/ingest.py --baseline /tmp/before  # also the node of another checkout
+                                                 # (e.g. git archive of the commit before)
 """
 
 from __future__ import annotations
@@ -209,19 +211,22 @@ def storescp(workdir: Path, fork: bool) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def node(workdir: Path, receivers: int) -> Iterator[Target]:
-    """``radiomics-node serve`` with its default durability, no rules (nothing but ingest)."""
+def node(workdir: Path, receivers: int, repo: Path | None = None) -> Iterator[Target]:
+    """``radiomics-node serve`` with its default durability, no rules (nothing but ingest); from
+    the source tree ``repo`` ("node before") when given, else from this one."""
     port = free_port()
     listener = {"port": port, **({"processes": receivers} if receivers > 1 else {})}
     service = NodeService(workdir, {"rules": [], "stable_after": 3600,
                                     "listener": listener,
-                                    "limits": {"max_associations_per_peer": 8}})
+                                    "limits": {"max_associations_per_peer": 8}},
+                          **({"repo": repo} if repo is not None else {}))
     service.port = port
     service.start()
     try:
         assert service._process is not None
         settle(service._process.pid)  # its job worker starts with it and imports the pipeline
-        yield Target(f"node ({receivers} receiver{'s' if receivers > 1 else ''})",
+        name = "node before" if repo is not None else "node"
+        yield Target(f"{name} ({receivers} receiver{'s' if receivers > 1 else ''})",
                      service.ae_title, service.port, service._process.pid,
                      stored=service.state_dir / "spool")
     finally:
@@ -240,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                         "system temporary folder); /dev/shm takes the disk's flush time out")
     parser.add_argument("--receivers", type=int, default=4,
                         help="listener.processes of the node for the parallel runs")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="source tree of the code before a change: its node is one more "
+                        "target ('node before'), in turn with the others in every round")
     args = parser.parse_args(argv)
     if args.small:
         args.slices, args.rounds = 20, 1
@@ -258,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                     stack.enter_context(storescp(work / f"scp-{associations}", associations > 1)),
                     stack.enter_context(node(work / f"node-{associations}", receivers)),
                 ]
+                if args.baseline is not None:
+                    targets.append(stack.enter_context(
+                        node(work / f"before-{associations}", receivers, args.baseline)))
                 pacs = stack.enter_context(orthanc(work / f"orthanc-{associations}", {}))
                 targets.insert(1, Target("Orthanc", pacs.aet, pacs.dicom_port, _orthanc_pid(
                     pacs.dicom_port)))
@@ -289,10 +300,14 @@ def main(argv: list[str] | None = None) -> int:
             cpu = statistics.median(target.cpu_ms[associations])
             print(f"  {target.name:22s} median {medians[target.name]:7.1f} MB/s  (rounds: "
                   f"{rates})  CPU {cpu:5.2f} ms/instance  peak RSS {target.peak / 2**20:6.0f} MiB")
-        [ours] = [name for name in medians if name.startswith("node")]
-        for name, rate in medians.items():
-            if name != ours:
-                print(f"  node / {name:15s} {medians[ours] / rate:5.2f} x")
+        ours = [name for name in medians if name.startswith("node")]
+        for node_name in ours:
+            prefix = "node" if node_name.startswith("node (") else "node before"
+            for name, rate in medians.items():
+                if name not in ours:
+                    print(f"  {prefix} / {name:15s} {medians[node_name] / rate:5.2f} x")
+        if len(ours) == 2:
+            print(f"  node / node before      {medians[ours[0]] / medians[ours[1]]:5.2f} x")
         ok = ok and all(r > 0 for r in medians.values())
     return 0 if ok else 1
 

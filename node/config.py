@@ -331,9 +331,25 @@ class LimitsConfig(Strict):
     max_associations: int = Field(default=10, ge=1, description="Concurrent associations in all.")
     max_associations_per_peer: int = Field(default=4, ge=1,
                                            description="Concurrent associations of one peer.")
-    acse_timeout: float = Field(default=30.0, gt=0, description="Association negotiation.")
+    acse_timeout: float = Field(
+        default=30.0, gt=0, description="Association negotiation (the listener: waiting for an "
+        "A-ASSOCIATE-RQ, within establish_timeout; the node's own associations: the answer).")
     dimse_timeout: float = Field(default=60.0, gt=0, description="Waiting for a DIMSE message.")
-    network_timeout: float = Field(default=60.0, gt=0, description="An idle connection.")
+    network_timeout: float = Field(
+        default=60.0, gt=0, description="An idle association; also each read or write on an "
+        "accepted socket.")
+    establish_timeout: float = Field(
+        default=10.0, gt=0, description="The listener: seconds from accepting a connection to "
+        "its whole A-ASSOCIATE-RQ, TLS handshake included: one deadline however slowly the "
+        "peer sends; then the connection is closed and logged.")
+    max_pending_per_address: int = Field(
+        default=8, ge=1, description="The listener: connections from one address waiting for "
+        "their A-ASSOCIATE-RQ at once, per receiver process; a new one beyond closes the "
+        "longest-waiting. Not counted in max_associations.")
+    max_pending: int = Field(
+        default=64, ge=1, description="The listener: connections waiting for their "
+        "A-ASSOCIATE-RQ at once from all addresses, per receiver process; a new one beyond "
+        "closes the longest-waiting. Not counted in max_associations.")
     max_instance_bytes: int = Field(
         default=2 * 1024**3, ge=1024,
         description="Larger instances are refused with 0xA700 (Out of Resources).",

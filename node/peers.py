@@ -10,8 +10,8 @@ result, source and reason/diagnostic of PS3.8 9.3.4 (Table 9-21):
   rejected-permanent (1), DICOM UL service-user (1), calling-AE-title-not-recognized (3);
 - a peer already holding its ``max_associations``:
   rejected-transient (2), DICOM UL service-provider presentation related (3),
-  local-limit-exceeded (2) - the same answer pynetdicom gives when the listener's total
-  ``maximum_associations`` is reached.
+  local-limit-exceeded (2) - the same answer the node gives when ``limits.max_associations``
+  is reached (``node.receiver``).
 
 An accepted peer sees only the presentation contexts it may use: Verification always, storage
 only when ``send`` is true and then only its ``sop_classes``; other contexts are rejected with
@@ -146,6 +146,20 @@ class SharedPeerCounts:
                        if slot.held > 0 and slot.ae_title == key)
 
 
+def reject(assoc: Association, result: int, source: int, diagnostic: int, reason: str) -> None:
+    """From an ``EVT_REQUESTED`` handler: answer ``assoc``'s A-ASSOCIATE-RQ with an
+    A-ASSOCIATE-RJ of ``result``, ``source`` and ``diagnostic`` (PS3.8 9.3.4, Table 9-21), as
+    pynetdicom rejects one itself (it then skips negotiation), logged on one line with the
+    calling AE title, the address and ``reason``."""
+    log.warning("association rejected", extra=fields(
+        calling_ae=str(assoc.requestor.primitive.calling_ae_title).strip(),
+        address=assoc.requestor.address, reason=reason, result=result, source=source,
+        diagnostic=diagnostic))
+    assoc.acse.send_reject(result, source, diagnostic)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
+
+
 class PeerPolicy:
     """Decides on association requests from the configured ``peers``; with ``shared``, each
     peer's associations are counted there, across the receiver processes (then
@@ -230,13 +244,8 @@ class PeerPolicy:
         peer, rejection = self.decide(assoc)
         calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
         if rejection is not None:
-            log.warning("association rejected", extra=fields(
-                calling_ae=calling_ae, address=assoc.requestor.address, reason=rejection.reason,
-                result=rejection.result, source=rejection.source,
-                diagnostic=rejection.diagnostic))
-            assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
-            evt.trigger(assoc, evt.EVT_REJECTED, {})
-            assoc.kill()
+            reject(assoc, rejection.result, rejection.source, rejection.diagnostic,
+                   rejection.reason)
             return
         allowed = self.allowed_classes(peer) | {sop_class.Verification}
         assoc.acceptor.supported_contexts = [

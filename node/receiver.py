@@ -1,20 +1,36 @@
 """The storage SCP: C-ECHO and C-STORE of CT, MR, their enhanced forms, PET, SEG, RTSTRUCT and SR.
 
-The fast path keeps the bytes as the sender encoded them, behind a File Meta Information header
-(``node.part10``), and hands them to ``node.ingest``, which writes them durably to the spool and
-indexes the instance before the handler answers success (PS3.4 B.2.3 status 0x0000).
+Written against pynetdicom's public API (docs/dependencies.md): an ``AE`` with its limits and
+timeouts, a server made by ``AE.make_server`` from a subclass of its public
+``ThreadedAssociationServer`` (overriding the ``socketserver`` hooks ``server_bind`` and
+``get_request``) and of its public ``RequestHandler`` (``handle``), and event handlers; the one
+reliance beyond it, C-STORE responses encoded directly, is fenced in ``node.pynetdicom_adapter``
+with a version check. Each
+C-STORE's data set, as the sender encoded it, goes behind a File Meta Information header
+(``node.part10``) to ``node.ingest``, which writes it durably to the spool and indexes the
+instance before the handler answers success (PS3.4 B.2.3 status 0x0000).
 
-Speed (docs/performance.md): every accepted socket gets TCP_NODELAY (``store_scu.set_nodelay``);
-a PDU is read with one ``recv_into`` loop into a buffer of its length instead of pynetdicom's
-4 KiB reads, and a P-DATA-TF PDU's values are passed on as views of that buffer; the
-association's threads wait for work instead of polling (``node.reactor``); DIMSE messages are
-assembled without a growing buffer and C-STORE responses encoded directly (``node.dimse``).
-With ``listener.processes`` N > 1 the node runs N listeners on the same port with SO_REUSEPORT (the
-kernel spreads connections among them): this process and N - 1 spawned receiver processes, each with
-its own pynetdicom AE, its own SQLite connection to the index (WAL: concurrent writers wait on the
-busy timeout) and its own threads, so parallel associations are not serialised by one interpreter
-lock. ``limits.max_associations`` and each peer's limit (``max_associations_per_peer``, a peer's
-own ``max_associations``) are counted over all of them in shared memory.
+Before an association is established (PS3.8 9.2, states Sta2 to Sta3) a connection is nobody's:
+every accepted socket gets TCP_NODELAY and a timeout on each read and write
+(``limits.network_timeout``); a TLS listener's handshake is made in the connection's own thread,
+never in the accept loop; and ``node.pending`` gives the TLS handshake and the A-ASSOCIATE-RQ
+together one absolute deadline (``limits.establish_timeout``) and caps the connections waiting
+for it, per address and in all. Only a connection whose A-ASSOCIATE-RQ has arrived is counted
+against ``limits.max_associations`` (here, not by pynetdicom, whose own count includes waiting
+connections) and then judged by the peer policy (``node.peers``). Every refusal is logged on
+one line with its reason.
+
+Speed (docs/performance.md, "Ingest"): TCP_NODELAY; pynetdicom's trace handlers, which describe
+every PDU and DIMSE message to a logger the node keeps at WARNING, unbound from each
+association; the data set handed on as received, never encoded again; the association's threads
+made to wait for work and plain C-STORE responses encoded directly (``node.pynetdicom_adapter``);
+one log line per association. With
+``listener.processes`` N > 1 the node runs N listeners on the same port with SO_REUSEPORT (the
+kernel spreads connections among them): this process and N - 1 spawned receiver processes, each
+with its own pynetdicom AE, its own SQLite connection to the index (WAL: concurrent writers wait
+on the busy timeout) and its own threads, so parallel associations are not serialised by one
+interpreter lock. ``limits.max_associations`` and each peer's limit (``max_associations_per_peer``,
+a peer's own ``max_associations``) are counted over all of them in shared memory.
 """
 
 from __future__ import annotations
@@ -22,6 +38,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import socket
+import socketserver
+import ssl
 import threading
 import time
 import weakref
@@ -34,11 +52,10 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt, sop_class
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from node import logs
-from node.config import NodeConfig
-from node.dimse import AcceptorDIMSE
+from node import logs, pynetdicom_adapter
+from node.config import LimitsConfig, NodeConfig
 from node.index import Index
 from node.ingest import SUCCESS, Ingest
 from node.logs import fields
@@ -49,8 +66,9 @@ from node.peers import (
     SOURCE_PROVIDER_PRESENTATION,
     PeerPolicy,
     SharedPeerCounts,
+    reject,
 )
-from node.reactor import EventAssociation
+from node.pending import PendingConnections
 from node.store_scu import set_nodelay
 from node.tls import server_context
 from node.validation import STORAGE_CLASSES, TRANSFER_SYNTAXES
@@ -67,12 +85,6 @@ message to the ``pynetdicom`` logger, which the node keeps at WARNING, so the te
 (5 % of the interpreter time per CT slice, measured with py-spy) is never written."""
 
 
-PDU_READ_CHUNK = 16 * 2**20
-"""Most bytes of a PDU allocated before they have arrived: a PDU's length is what the peer
-declares (up to 4 GiB, before any association is accepted), so a longer one is read in pieces of
-this size and memory grows only with what really comes."""
-
-
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 """``mallopt`` parameters (glibc's malloc.h)."""
@@ -87,11 +99,10 @@ def keep_freed_memory() -> bool:
     """Tune glibc's malloc (process-wide) so that the buffers of one instance are reused by the
     next instead of being handed back to the system and faulted in again.
 
-    glibc adapts its thresholds to the blocks freed so far, and with an association's PDUs
-    assembled, decoded and stored by one thread (``node.reactor``: requests served inline) it
-    ended up trimming its heap after each CT slice: about 100 minor page faults per 512 x 512
-    slice (0.1 ms of CPU) instead of 1. Fixed thresholds keep what one instance used. False
-    where the C library is not glibc (nothing changed)."""
+    glibc adapts its thresholds to the blocks freed so far; with each CT slice's half-megabyte
+    buffers allocated and freed in turn it ended up trimming its heap after each slice: about
+    100 minor page faults per 512 x 512 slice (0.1 ms of CPU) instead of 1. Fixed thresholds
+    keep what one instance used. False where the C library is not glibc (nothing changed)."""
     import ctypes
     import platform
 
@@ -105,78 +116,82 @@ def keep_freed_memory() -> bool:
         return False
 
 
-class _PduSocket(AssociationSocket):
-    """pynetdicom's socket wrapper reading ``nr_bytes`` with ``recv_into`` one buffer.
-
-    ``AssociationSocket.recv`` reads 4 KiB at a time and extends a bytearray: for a 512 KiB
-    C-STORE that is over a hundred system calls and copies per PDU when the sender uses large
-    PDUs. Same contract: returns fewer bytes only when the peer closed the connection. At most
-    ``PDU_READ_CHUNK`` bytes are allocated ahead of the data.
-    """
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        assert self.socket is not None
-        if nr_bytes <= PDU_READ_CHUNK:
-            return self._recv_into(nr_bytes)
-        buffer = bytearray()
-        while len(buffer) < nr_bytes:
-            wanted = min(PDU_READ_CHUNK, nr_bytes - len(buffer))
-            part = self._recv_into(wanted)
-            buffer += part
-            if len(part) < wanted:  # the peer closed the connection
-                break
-        return buffer
-
-    def _recv_into(self, nr_bytes: int) -> bytearray:
-        """``nr_bytes`` read into one new buffer, or fewer when the peer closes."""
-        assert self.socket is not None
-        buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
-        read = 0
-        while read < nr_bytes:
-            got = self.socket.recv_into(view[read:], nr_bytes - read)
-            if not got:
-                del view
-                return buffer[:read]
-            read += got
-        return buffer
+def pynetdicom_limit(limits: LimitsConfig) -> int:
+    """``AE.maximum_associations`` for the listener: pynetdicom counts every association thread
+    of the AE, connections still waiting for their A-ASSOCIATE-RQ and ones winding down
+    included, so it is set where it never decides: twice what the node itself admits and lets
+    wait. The node's own limit (``limits.max_associations``) is counted in ``Receiver``."""
+    return 2 * (limits.max_associations + limits.max_pending)
 
 
-class _RequestHandler(RequestHandler):
-    """pynetdicom's request handler with ``_PduSocket`` as the association's socket."""
+class _Handler(RequestHandler):
+    """pynetdicom's request handler, run in a thread of its own per accepted connection: a TLS
+    listener's handshake is made here, within the connection's deadline (``node.pending``),
+    before pynetdicom makes the association."""
 
-    def _create_association(self) -> Association:
-        assoc = super()._create_association()
-        # same objects, same state (the connection indication is already queued): only the
-        # classes change, to read PDUs faster and to wait for work instead of polling
-        assoc.dul.socket.__class__ = _PduSocket
-        assoc.__class__ = EventAssociation
-        assert isinstance(assoc, EventAssociation)
-        assoc.adopt()
-        assoc.dimse.__class__ = AcceptorDIMSE  # messages assembled, responses encoded directly
-        for event in TRACE_EVENTS:  # pynetdicom's own trace logging, bound by default
-            for handler, _ in assoc.get_handlers(event):
-                assoc.unbind(event, handler)
-        return assoc
+    server: _Server
+
+    def handle(self) -> None:
+        sock = self.request
+        if isinstance(sock, ssl.SSLSocket) and not self.server.handshake(sock, self.client_address):
+            return
+        super().handle()
 
 
 class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY on every accepted socket."""
+    """pynetdicom's threaded server: every accepted socket gets TCP_NODELAY and a timeout, is
+    wrapped for TLS without a handshake (``_Handler`` makes it) and is counted as waiting
+    (``node.pending``); SO_REUSEPORT when other receiver processes share the port."""
+
+    def __init__(self, *args: Any, pending: PendingConnections, limits: LimitsConfig,
+                 reuse_port: bool, **kwargs: Any):
+        self.pending = pending
+        self._limits = limits
+        self._reuse_port = reuse_port
+        # the kernel's queue of connections not yet accepted (socketserver's default is 5: a
+        # burst beyond it waits for SYN retransmissions, 1, 3, 7, 15 s...)
+        self.request_queue_size = limits.max_pending
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self._reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = self.socket.accept()
         set_nodelay(client)
+        client.settimeout(self._limits.network_timeout)
         if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True)
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
+        self.pending.arrived(client, str(address[0]))
         return client, address
 
+    def handshake(self, sock: ssl.SSLSocket, address: Any) -> bool:
+        """Make the TLS handshake (PS3.15 B.12) on ``sock`` within its deadline; on failure log
+        why, close it and return False."""
+        try:
+            sock.settimeout(max(self.pending.remaining(sock), 0.001))
+            sock.do_handshake()
+            sock.settimeout(self._limits.network_timeout)
+            return True
+        except (OSError, ValueError) as exc:  # ssl.SSLError, timeouts, a socket cut meanwhile
+            if self.pending.forget(sock):  # else the deadline or a cap cut it, and said so
+                reason = (f"TLS handshake not done within limits.establish_timeout "
+                          f"({self._limits.establish_timeout:g} s from accept)")\
+                    if isinstance(exc, TimeoutError) else f"TLS handshake failed: {exc}"[:200]
+                log.warning("connection refused", extra=fields(address=str(address[0]),
+                                                               reason=reason))
+            self.shutdown_request(sock)
+            return False
 
-class _SharedPortServer(_Server):
-    """``_Server`` whose port other receiver processes listen on too (SO_REUSEPORT)."""
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+    def shutdown(self) -> None:
+        """Stop serving and close the listening socket (``AssociationServer.shutdown`` would
+        also take the server off a list of the AE's, which ``AE.make_server`` never put it
+        on)."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
 
 
 class _SharedLimit:
@@ -198,12 +213,12 @@ class _SharedLimit:
             self._mine.add(id(assoc))
         return True
 
-    def release(self, event: Event) -> None:
-        """``EVT_CONN_CLOSE`` handler: an admitted association ended."""
+    def release(self, assoc: Association) -> None:
+        """An admitted association ended (its connection closed)."""
         with self._lock:
-            if id(event.assoc) not in self._mine:
+            if id(assoc) not in self._mine:
                 return
-            self._mine.discard(id(event.assoc))
+            self._mine.discard(id(assoc))
         with self._counter.get_lock():
             self._counter.value -= 1
 
@@ -253,28 +268,69 @@ class Receiver:
         self._shared = shared
         self._policy = PeerPolicy(config, STORAGE_CLASSES,
                                   shared.peers if shared is not None else None)
-        self._server: ThreadedAssociationServer | None = None
+        limits = config.limits
+        self._limit = _SharedLimit(
+            shared.associations if shared is not None else
+            multiprocessing.get_context("spawn").Value("i", 0), limits.max_associations)
+        self._pending = PendingConnections(limits.establish_timeout,
+                                           limits.max_pending_per_address, limits.max_pending)
+        self._server: _Server | None = None
         self._tallies: weakref.WeakKeyDictionary[Association, _Tally] = \
             weakref.WeakKeyDictionary()
         self._tallies_lock = threading.Lock()
         self._children: list[multiprocessing.process.BaseProcess] = []
         self._stop_children: Any = None
-        self._limit = _SharedLimit(shared.associations, config.limits.max_associations) \
-            if shared is not None else None
+
+    def on_conn_open(self, event: Event) -> None:
+        """``EVT_CONN_OPEN``: pynetdicom made the association of a waiting connection (and has
+        not started it): it is named by the association from now on (``node.pending``),
+        pynetdicom's trace handlers, which it binds to every association, are unbound, and its
+        plain C-STORE responses are encoded directly (``node.pynetdicom_adapter``)."""
+        assoc = event.assoc
+        self._pending.attach(assoc.dul.socket.socket, assoc)
+        pynetdicom_adapter.install(assoc)
+        for traced in TRACE_EVENTS:
+            for handler, _ in assoc.get_handlers(traced):
+                assoc.unbind(traced, handler)
 
     def on_requested(self, event: Event) -> None:
-        """``EVT_REQUESTED``: the node-wide association limit (several receiver processes),
-        then the peer policy (``node.peers``)."""
-        if self._limit is not None and not self._limit.admit(event.assoc):
-            log.warning("association rejected", extra=fields(
-                calling_ae=str(event.assoc.requestor.primitive.calling_ae_title).strip(),
-                address=event.assoc.requestor.address, reason="node holds max_associations"))
-            event.assoc.acse.send_reject(REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION,
-                                         LOCAL_LIMIT_EXCEEDED)
-            evt.trigger(event.assoc, evt.EVT_REJECTED, {})
-            event.assoc.kill()
+        """``EVT_REQUESTED``, the A-ASSOCIATE-RQ has arrived (PS3.8 9.3.2): the connection no
+        longer waits (``node.pending``); then the node-wide association limit, then the peer
+        policy (``node.peers``)."""
+        assoc = event.assoc
+        if not self._pending.settle(assoc):
+            reject(assoc, REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED,
+                   "connection closed at its establish_timeout as the request arrived")
+            return
+        if not self._limit.admit(assoc):
+            reject(assoc, REJECTED_TRANSIENT, SOURCE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED,
+                   "node holds limits.max_associations")
             return
         self._policy.on_requested(event)
+
+    def on_conn_close(self, event: Event) -> None:
+        """``EVT_CONN_CLOSE``: the association's counts are released; a connection that closed
+        before its A-ASSOCIATE-RQ wakes its association thread, which would otherwise wait for
+        the request until ``acse_timeout``; one log line for an association that stored or was
+        refused instances (each instance is logged at DEBUG by ``node.ingest``)."""
+        assoc = event.assoc
+        self._limit.release(assoc)
+        self._policy.on_conn_close(event)
+        if self._pending.forget(assoc):
+            log.info("connection closed before its A-ASSOCIATE-RQ", extra=fields(
+                address=str(event.address[0])))
+        if assoc.requestor.primitive is None:  # still waiting in receive_pdu: None ends it
+            assoc.dul.to_user_queue.put(None)  # as a timeout would
+        with self._tallies_lock:
+            tally = self._tallies.pop(assoc, None)
+        if tally is None:
+            return
+        seconds = time.monotonic() - tally.started
+        log.info("association ended", extra=fields(
+            calling_ae=str(assoc.requestor.ae_title).strip(),
+            host=assoc.requestor.address, stored=tally.stored, refused=tally.refused,
+            bytes=tally.bytes, seconds=round(seconds, 3),
+            mb_per_s=round(tally.bytes / seconds / 1e6, 1) if seconds > 0 else None))
 
     def handle_echo(self, event: Event) -> int:
         """C-ECHO (PS3.7 9.1.5): the node is alive."""
@@ -295,20 +351,6 @@ class Receiver:
             host=event.assoc.requestor.address)
         tally.count(outcome.status, len(data))
         return outcome.as_dataset() if outcome.status else SUCCESS
-
-    def on_conn_close(self, event: Event) -> None:
-        """``EVT_CONN_CLOSE``: one log line for an association that stored or was refused
-        instances (each instance is logged at DEBUG by ``node.ingest``)."""
-        with self._tallies_lock:
-            tally = self._tallies.pop(event.assoc, None)
-        if tally is None:
-            return
-        seconds = time.monotonic() - tally.started
-        log.info("association ended", extra=fields(
-            calling_ae=str(event.assoc.requestor.ae_title).strip(),
-            host=event.assoc.requestor.address, stored=tally.stored, refused=tally.refused,
-            bytes=tally.bytes, seconds=round(seconds, 3),
-            mb_per_s=round(tally.bytes / seconds / 1e6, 1) if seconds > 0 else None))
 
     def start(self) -> tuple[str, int]:
         """Listen in background threads; returns the bound (host, port). With
@@ -354,26 +396,24 @@ class Receiver:
         keep_freed_memory()
         ae = AE(ae_title=listener.ae_title)
         ae.maximum_pdu_size = listener.max_pdu
-        ae.maximum_associations = limits.max_associations
-        ae.acse_timeout = limits.acse_timeout
+        ae.maximum_associations = pynetdicom_limit(limits)
+        ae.acse_timeout = min(limits.acse_timeout, limits.establish_timeout)
         ae.dimse_timeout = limits.dimse_timeout
         ae.network_timeout = limits.network_timeout
         ae.add_supported_context(sop_class.Verification)
         for uid in STORAGE_CLASSES:
             ae.add_supported_context(uid, list(TRANSFER_SYNTAXES))
         Path(self._config.spool_dir).mkdir(parents=True, exist_ok=True)
-        handlers = [(evt.EVT_REQUESTED, self.on_requested), (evt.EVT_C_ECHO, self.handle_echo),
+        handlers = [(evt.EVT_CONN_OPEN, self.on_conn_open),
+                    (evt.EVT_REQUESTED, self.on_requested), (evt.EVT_C_ECHO, self.handle_echo),
                     (evt.EVT_C_STORE, self.handle_store), (evt.EVT_CONN_CLOSE, self.on_conn_close)]
-        if self._limit is not None:
-            handlers.append((evt.EVT_CONN_CLOSE, self._limit.release))
-        if self._shared is not None:
-            handlers.append((evt.EVT_CONN_CLOSE, self._policy.on_conn_close))
-        server = (_SharedPortServer if reuse_port else _Server)(
-            ae, (listener.host, listener.port), listener.ae_title, ae.supported_contexts,
+        server = ae.make_server(
+            (listener.host, listener.port), evt_handlers=handlers, server_class=_Server,
             ssl_context=server_context(self._config.tls) if self._config.tls.listener else None,
-            evt_handlers=handlers, request_handler=_RequestHandler)
+            request_handler=_Handler, pending=self._pending, limits=limits,
+            reuse_port=reuse_port)
+        self._pending.start()
         threading.Thread(target=server.serve_forever, name="receiver", daemon=True).start()
-        ae._servers.append(server)
         self._server = server
         return server.server_address[:2]
 
@@ -394,6 +434,7 @@ class Receiver:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            self._pending.stop()
 
 
 def _serve_child(config: NodeConfig, shared: Shared, stop: Any, ready: Any) -> None:

@@ -34,26 +34,6 @@ class TLSConfigError(ValueError):
     """A certificate, key or CA file that cannot be loaded; names the file and the reason."""
 
 
-class _DeferredHandshakeContext(ssl.SSLContext):
-    """An SSLContext whose server sockets do the TLS handshake on first read, not on accept.
-
-    pynetdicom wraps each accepted socket in the listener's accept loop
-    (``AssociationServer.get_request``); a handshake there would let one silent client stall every
-    other connection. Deferred, the handshake runs in the association's own thread, bounded by
-    the network timeout, and a failure ends only that association.
-    """
-
-    def wrap_socket(  # type: ignore[override]
-        self, sock, server_side=False, do_handshake_on_connect=True,
-        suppress_ragged_eofs=True, server_hostname=None, session=None,
-    ) -> ssl.SSLSocket:
-        handshake_now = do_handshake_on_connect and not server_side
-        return super().wrap_socket(sock, server_side=server_side,
-                                   do_handshake_on_connect=handshake_now,
-                                   suppress_ragged_eofs=suppress_ragged_eofs,
-                                   server_hostname=server_hostname, session=session)
-
-
 def _restrict(context: ssl.SSLContext) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(BCP195_TLS12_CIPHERS)
@@ -70,8 +50,10 @@ def _load(what: str, path: Path | None, action) -> None:
 
 def server_context(tls: TLSConfig) -> ssl.SSLContext:
     """The listener's context: the node's certificate, peers' certificates checked against
-    ``ca_certificates`` as ``client_certificates`` says (TLSConfig checked both files are set)."""
-    context = _restrict(_DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER))
+    ``ca_certificates`` as ``client_certificates`` says (TLSConfig checked both files are set).
+    The listener wraps each accepted socket without a handshake and makes it in the
+    connection's own thread, within its deadline (``node.receiver``, ``node.pending``)."""
+    context = _restrict(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     _load("certificate", tls.certificate,
           lambda: context.load_cert_chain(tls.certificate, tls.private_key))
     context.verify_mode = _CLIENT_CERTIFICATES[tls.client_certificates]

@@ -5,9 +5,11 @@ status that PS3.4 B.2.3 (Table B.2-1) or PS3.7 Annex C gives for it and the tag 
 - 0x0122 Refused: SOP Class not supported - a class the node does not store;
 - 0xA900 Error: Data Set does not match SOP Class - an image without Pixel Data or the Image
   Pixel attributes, native Pixel Data whose length does not match Rows x Columns x frames x
-  samples x bits, identity UIDs differing from the C-STORE command;
+  samples x bits, Pixel Data (or a fragment of it) declaring more bytes than are present,
+  identity UIDs differing from the C-STORE command;
 - 0xC000 Error: Cannot understand - no Part 10 header, missing, unsupported or untrue transfer
-  syntax, elements that cannot be decoded, IS/DS without a number, missing or invalid UIDs.
+  syntax, elements that cannot be decoded or that declare more bytes than are present, IS/DS
+  without a number, missing or invalid UIDs.
 """
 
 from __future__ import annotations
@@ -233,11 +235,65 @@ def _certainly_decodes(element: RawDataElement) -> bool:
     return False
 
 
+UNDEFINED_LENGTH = 0xFFFFFFFF
+"""The Value Length of an element or item whose end is marked by a delimiter (PS3.5 7.1.1)."""
+
+PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+"""Float, Double Float and Pixel Data (PS3.3 C.7.6.3): a short value there is an image that
+does not match its Image Pixel module (0xA900), elsewhere an element that cannot be read
+(0xC000)."""
+
+_ITEM = (0xFFFE, 0xE000)
+"""Item tag (PS3.5 7.5): each fragment of encapsulated Pixel Data is one (PS3.5 A.4)."""
+
+
+def check_length(element: RawDataElement) -> None:
+    """The bytes ``element`` declares (its Value Length, PS3.5 7.1) must all be present: pydicom
+    reads what there is and gives an element cut short at the end of the data set without a
+    word. Encapsulated Pixel Data (undefined length) is read to its Sequence Delimiter, and each
+    of its fragment items must fit in what was read (PS3.5 A.4). Raise Refusal naming the tag:
+    0xA900 for pixel data, 0xC000 for any other element."""
+    value = element.value
+    if value is None:
+        return
+    declared = element.length
+    if declared == UNDEFINED_LENGTH:
+        if element.tag in PIXEL_DATA_TAGS:
+            _check_fragments(element, value)
+        return
+    if len(value) < declared:
+        status = DOES_NOT_MATCH_SOP_CLASS if element.tag in PIXEL_DATA_TAGS \
+            else CANNOT_UNDERSTAND
+        raise Refusal(status, _tag_name(element.tag, keyword_for_tag(element.tag)),
+                      f"declares {declared} bytes, {len(value)} present")
+
+
+def _check_fragments(element: RawDataElement, value: bytes) -> None:
+    """Each item of encapsulated pixel data ``value`` (Basic Offset Table, then fragments) is an
+    Item tag and a length that the value holds (PS3.5 A.4)."""
+    layout = "<HHI" if element.is_little_endian else ">HHI"
+    offset, end, number = 0, len(value), 0
+    while offset < end:
+        tag = _tag_name(element.tag, keyword_for_tag(element.tag))
+        if end - offset < 8:
+            raise Refusal(DOES_NOT_MATCH_SOP_CLASS, tag,
+                          f"item {number} cut short: {end - offset} bytes of its header")
+        group, elem, length = struct.unpack_from(layout, value, offset)
+        if (group, elem) != _ITEM:
+            raise Refusal(DOES_NOT_MATCH_SOP_CLASS, tag,
+                          f"item {number} has tag ({group:04X},{elem:04X}), not an Item")
+        if length > end - offset - 8:
+            raise Refusal(DOES_NOT_MATCH_SOP_CLASS, tag,
+                          f"item {number} declares {length} bytes, {end - offset - 8} present")
+        offset += 8 + length
+        number += 1
+
+
 def check_elements(dataset: Dataset) -> None:
-    """Decode every element, nested ones too; the first that cannot be decoded, or an IS or DS
-    element that holds no number, is named. Other VR violations (a string longer than its VR
-    allows, say) only warn, as pydicom does: they are common in clinical
-    data and harmless to the pipelines.
+    """Decode every element, nested ones too; the first that declares more bytes than are
+    present (``check_length``), that cannot be decoded, or an IS or DS element that holds no
+    number, is named. Other VR violations (a string longer than its VR allows, say) only warn,
+    as pydicom does: they are common in clinical data and harmless to the pipelines.
 
     Each raw element is converted on its own (``convert_raw_data_element``) and the dataset is
     left as read: storing the converted elements back would run pydicom's value validation on
@@ -247,8 +303,10 @@ def check_elements(dataset: Dataset) -> None:
     encoding = dataset._character_set
     plain = plain_pydicom_settings()
     for element in list(dataset.elements()):
-        if plain and isinstance(element, RawDataElement) and _certainly_decodes(element):
-            continue
+        if isinstance(element, RawDataElement):
+            check_length(element)
+            if plain and _certainly_decodes(element):
+                continue
         try:
             converted = convert_raw_data_element(element, encoding=encoding, ds=dataset) \
                 if isinstance(element, RawDataElement) else element

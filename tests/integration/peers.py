@@ -140,9 +140,11 @@ def orthanc(workdir: Path, modalities: dict[str, list],
 
 class NodeService:
     """``radiomics-node serve`` as its own process, with ``settings`` as its YAML configuration;
-    it can be killed with SIGKILL and started again on the same state and port."""
+    it can be killed with SIGKILL and started again on the same state and port. ``repo`` is the
+    source tree it runs from (another checkout, to compare with the code before a change)."""
 
-    def __init__(self, workdir: Path, settings: dict):
+    def __init__(self, workdir: Path, settings: dict, repo: Path = REPO):
+        self._repo = repo
         workdir.mkdir(parents=True, exist_ok=True)
         self.ae_title = "RADIOMICS"
         self.port = free_port()
@@ -165,7 +167,7 @@ class NodeService:
         """Start and return once the listener is up (a new "listening" line in the log)."""
         before = self.log_path.read_text().count('"event": "listening"') \
             if self.log_path.exists() else 0
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(self._repo)}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "node.cli", "serve", "--config", str(self.config_path)],
             stdout=subprocess.DEVNULL, stderr=(self._workdir / "stderr.log").open("a"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 import socket
 import struct
 import threading
@@ -26,7 +25,7 @@ from node.config import NodeConfig, RemotePeer
 from node.index import Index
 from node.orthanc import OrthancClient
 from node.peers import SharedPeerCounts
-from node.receiver import PDU_READ_CHUNK, Receiver, _PduSocket
+from node.receiver import Receiver
 from node.store_scu import associate
 from tests.conftest import free_port
 
@@ -107,7 +106,10 @@ def test_fifty_concurrent_associations_over_two_receiver_processes(
     count = 50
     config = NodeConfig(state_dir=tmp_path / "state",
                         listener={"port": free_port(), "processes": 2},
-                        limits={"max_associations": count, "max_associations_per_peer": count},
+                        # fifty senders behind one address connect at once: more waiting
+                        # for their A-ASSOCIATE-RQ than the default cap per address lets wait
+                        limits={"max_associations": count, "max_associations_per_peer": count,
+                                "max_pending_per_address": count},
                         accept_unknown_peers=True)
     index = Index(config.index_path)
     receiver = Receiver(config, index)
@@ -252,42 +254,9 @@ def test_orthanc_rest_client_sockets_have_nodelay() -> None:
         server.shutdown()
 
 
-def _pdu_socket(sock: socket.socket) -> _PduSocket:
-    reader = _PduSocket.__new__(_PduSocket)  # only the socket is needed to read
-    reader.socket = sock
-    return reader
-
-
-def test_pdu_reads_allocate_only_what_arrives() -> None:
-    """A peer may declare a PDU of up to 4 GiB and send a few bytes: the reader allocates memory
-    as the bytes come, not as declared; a long PDU that does arrive is read whole and in order."""
-    ours, theirs = socket.socketpair()
-    try:
-        theirs.sendall(b"x" * 100)
-        theirs.close()
-        tracemalloc.start()
-        got = _pdu_socket(ours).recv(0xFFFF_FFF0)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        assert bytes(got) == b"x" * 100
-        assert peak < 64 * 2**20  # the declared 4 GiB is never allocated
-    finally:
-        ours.close()
-    ours, theirs = socket.socketpair()
-    data = os.urandom(2 * PDU_READ_CHUNK + 12345)
-    sender = threading.Thread(target=theirs.sendall, args=(data,))
-    sender.start()
-    try:
-        assert bytes(_pdu_socket(ours).recv(len(data))) == data
-    finally:
-        sender.join()
-        ours.close()
-        theirs.close()
-
-
 def test_a_huge_declared_pdu_before_association_does_not_take_memory(tmp_path: Path) -> None:
     """An A-ASSOCIATE-RQ header declaring 4 GiB, a few bytes, then nothing: the node allocates
-    little (it used to allocate the declared length at once) and serves the next peer."""
+    only what arrives (pynetdicom reads a PDU 4 KiB at a time) and serves the next peer."""
     config = NodeConfig(state_dir=tmp_path / "state", listener={"port": free_port()},
                         accept_unknown_peers=True, limits={"acse_timeout": 2})
     index = Index(config.index_path)

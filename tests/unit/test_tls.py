@@ -85,8 +85,8 @@ def test_client_with_certificate_stores(node, pki) -> None:
 
 def test_many_pdus_back_to_back_over_tls(tmp_path: Path, pki, refdata: Path) -> None:
     """Small PDUs over TLS (the node accepts 4 KiB PDUs, so each slice comes in a dozen): the
-    decrypted bytes the SSL layer holds back are read (the event-driven DUL asks the socket for
-    pending bytes before it waits in select, node.reactor)."""
+    decrypted bytes the SSL layer holds back are read (pynetdicom's DUL asks the socket for
+    pending bytes as well as select, pynetdicom issue 528)."""
     config = NodeConfig(state_dir=tmp_path / "state",
                         listener={"port": free_port(), "max_pdu": 4096},
                         tls=_tls(pki, listener=True),
