@@ -52,8 +52,10 @@ import SimpleITK as sitk
 from radiomics import generalinfo, imageoperations
 from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
+from pipelines import ibsi
 from pipelines.preprocess import (
     Grid,
+    PreprocessError,
     Window,
     apply_zscore,
     crop,
@@ -63,7 +65,7 @@ from pipelines.preprocess import (
     source_region_for,
     union_grid,
 )
-from pipelines.presets import Preset
+from pipelines.presets import IbsiOptions, Preset
 from pipelines.rois import RoiMask
 
 radiomics.setVerbosity(60)  # 60: pyradiomics' "quiet" level for its own stderr handler
@@ -320,9 +322,12 @@ def _roi_values(
     images: Iterable[FilteredImage],
     head: bool,
     where: str,
+    options: IbsiOptions | None = None,
 ) -> dict[str, Any]:
     """pyradiomics ``execute`` steps 2 to 6 on an already loaded window, with the images of some
-    of its image types given; general diagnostics and shape only when ``head``."""
+    of its image types given; general diagnostics and shape only when ``head``. With IBSI
+    ``options``, their re-segmentation, discretisation and texture aggregation
+    (``pipelines.ibsi``)."""
     try:
         mask = imageoperations.getMask(mask, **settings)
         box, _ = imageoperations.checkMask(image, mask, **settings)
@@ -331,9 +336,15 @@ def _roi_values(
             info.addGeneralSettings(settings)
             info.addEnabledImageTypes(extractor.enabledImagetypes)
             info.addMaskElements(image, mask, 1)
+        # pyradiomics crops the shape's mask to the re-segmented box; IBSI morphology is of
+        # the whole morphological mask (IBSI 1, section 2.5)
+        shape_box = box
         resegmented = None
         if settings.get("resegmentRange") is not None:
             resegmented = imageoperations.resegmentMask(image, mask, **settings)
+        elif options is not None and ibsi.resegments(options.resegmentation):
+            resegmented = _ibsi_intensity_mask(image, mask, options)
+        if resegmented is not None:
             box, _ = imageoperations.checkMask(image, resegmented, **settings)
             if info is not None:
                 info.addMaskElements(image, resegmented, 1, "resegmented")
@@ -343,15 +354,36 @@ def _roi_values(
             if settings.get("resegmentShape", False) and resegmented is not None:
                 result.update(extractor.computeShape(image, resegmented, box, **settings))
             else:
-                result.update(extractor.computeShape(image, mask, box, **settings))
+                result.update(extractor.computeShape(
+                    image, mask, box if options is None else shape_box, **settings))
         if resegmented is not None:
             mask = resegmented
         for filtered, name, kwargs in images:
             cropped, cropped_mask = imageoperations.cropToTumorMask(filtered, mask, box)
-            result.update(extractor.computeFeatures(cropped, cropped_mask, name, **kwargs))
+            if options is None:
+                result.update(extractor.computeFeatures(cropped, cropped_mask, name, **kwargs))
+            else:
+                result.update(ibsi.compute_features(extractor, cropped, cropped_mask, name,
+                                                    kwargs, options))
     except (ValueError, RuntimeError, IndexError) as exc:
         raise FeatureError(f"{where}: pyradiomics: {exc}") from exc
     return result
+
+
+def _ibsi_intensity_mask(image: sitk.Image, mask: sitk.Image, options: IbsiOptions
+                         ) -> sitk.Image:
+    """The IBSI intensity mask (``pipelines.ibsi.intensity_mask``) as a 0/1 image like ``mask``.
+
+    Raises:
+        ValueError: no voxel is left (pyradiomics' words for its own re-segmentation).
+    """
+    inside = ibsi.intensity_mask(sitk.GetArrayViewFromImage(image),
+                                 sitk.GetArrayViewFromImage(mask) == 1, options.resegmentation)
+    if not inside.any():
+        raise ValueError("no voxel left in the ROI after IBSI re-segmentation")
+    resegmented = sitk.GetImageFromArray(inside.astype(np.uint8))
+    resegmented.CopyInformation(mask)
+    return resegmented
 
 
 def _window_settings(preset: Preset) -> dict[str, Any]:
@@ -484,7 +516,7 @@ def run_feature_task(task: FeatureTask) -> TaskResult:
             images = [(item.image(), name, kwargs) for item, name, kwargs in window.filtered]
         for name, mask in window.masks:
             results[name] = _roi_values(extractor, settings, image, mask.image(), images,
-                                        task.head, f"{task.where}, ROI {name}")
+                                        task.head, f"{task.where}, ROI {name}", task.preset.ibsi)
     return results
 
 
@@ -526,6 +558,9 @@ def extract_lesions(
     settings = preset.settings
     if settings.get("normalize", False):
         image = imageoperations.normalizeImage(image, **settings)
+    if preset.ibsi is not None and resampling_enabled(settings):
+        image, lesions, preset = _ibsi_interpolated(image, lesions, preset, preset.ibsi)
+        settings = preset.settings
     source = Grid.of(image)
     zscore = list(zscore) if zscore is not None else [None] * len(lesions)
     names = list(names) if names is not None else [f"lesion {n}" for n in range(len(lesions))]
@@ -584,6 +619,28 @@ def extract_lesions(
         merged.append({roi: _as_features(result, f"{name}, ROI {roi}")
                        for roi, result in values.items()})
     return merged
+
+
+def _ibsi_interpolated(
+    image: sitk.Image, lesions: Sequence[Sequence[RoiMask]], preset: Preset,
+    options: IbsiOptions,
+) -> tuple[sitk.Image, list[list[RoiMask]], Preset]:
+    """IBSI interpolation (``pipelines.ibsi``) of the whole image and of every ROI onto the grid
+    centred on the source grid, and the preset to extract on it with: the same, with
+    ``resampledPixelSpacing`` null (the image is on its extraction grid already)."""
+    settings = preset.settings
+    target = ibsi.centred_grid(Grid.of(image), settings["resampledPixelSpacing"])
+    interpolated = ibsi.interpolate_image(
+        image, target, settings.get("interpolator", "sitkBSpline"), options.round_intensities)
+    threshold = preset.preprocessing.mask_partial_volume_threshold
+    try:
+        rois = [[ibsi.interpolate_roi(roi, target, threshold) for roi in lesion]
+                for lesion in lesions]
+    except PreprocessError as exc:
+        raise FeatureError(str(exc)) from exc
+    on_grid = preset.model_copy(update={"radiomics": {
+        **preset.radiomics, "setting": {**settings, "resampledPixelSpacing": None}}})
+    return interpolated, rois, on_grid
 
 
 def _uses_filters(preset: Preset) -> bool:

@@ -295,10 +295,94 @@ class RoiOptions(_Section):
         return self
 
 
+# Texture matrix aggregation (IBSI 1, section 3.6.2 "Aggregating features"): how pyradiomics
+# builds each family's matrices. GLCM and GLRLM have per-direction matrices, averaged (avg) or
+# merged (mrg) over directions; GLSZM, NGTDM and NGLDM (pyradiomics GLDM) have none. 2.5D: the
+# neighbourhood lies in the slice plane (pyradiomics force2D) and the slices are merged; 3D: the
+# 26-connected neighbourhood. IBSI's per-slice 2D methods need one matrix per slice, which
+# pyradiomics does not build.
+DIRECTIONAL_AGGREGATIONS = ("3D_avg", "3D_mrg", "2.5D_d_mrg", "2.5D_v_mrg")
+NON_DIRECTIONAL_AGGREGATIONS = ("3D", "2.5D")
+_DIRECTIONAL_FAMILIES = ("glcm", "glrlm")
+_NON_DIRECTIONAL_FAMILIES = ("glszm", "gldm", "ngtdm")
+
+
+class IbsiResegmentation(_Section):
+    """Re-segmentation of the intensity mask (IBSI 1, section 2.5): the intensity mask keeps the
+    ROI's voxels inside the closed ``range`` (a null bound: unbounded) and inside mean +-
+    ``outlier_sigma`` x SD (population SD) of the ROI's voxels; either, both or neither. With
+    both, mean and SD are those of the whole ROI (the morphological mask), as MIRP, the IBSI
+    lead's implementation, combines them. Morphology keeps the morphological mask."""
+
+    range: tuple[float | None, float | None] | None = None
+    outlier_sigma: float | None = Field(default=None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> IbsiResegmentation:
+        if self.range is not None:
+            low, high = self.range
+            if low is None and high is None:
+                raise ValueError("ibsi.resegmentation.range: give a lower or an upper bound")
+            if low is not None and high is not None and low > high:
+                raise ValueError(
+                    f"ibsi.resegmentation.range: lower bound {low} above upper {high}"
+                )
+        return self
+
+
+class IbsiOptions(_Section):
+    """Image processing as IBSI 1 chapter 2 defines it, done by the pipeline (pipelines.ibsi)
+    where pyradiomics does it differently; the section's presence opts in.
+
+    * with ``radiomics.setting.resampledPixelSpacing``, the image is interpolated once onto a
+      grid centred on the original grid (IBSI 1, section 2.4 "Interpolation", grid alignment
+      "align grid centres"; pyradiomics aligns the grid on the image origin), with the preset's
+      ``interpolator``; masks with ``preprocessing.mask_partial_volume_threshold``.
+    * ``round_intensities``: interpolated intensities are rounded to the nearest integer (IBSI 1,
+      section 2.4: for modalities with integer values, CT).
+    * ``resegmentation``: range and outlier re-segmentation together (IBSI 1, section 2.5),
+      instead of pyradiomics' ``resegmentRange`` (one or the other).
+    * ``discretisation``: ``ibsi``: grey levels by IBSI 1, section 2.7: fixed bin size from the
+      re-segmentation range's lower bound (the ROI's minimum without one), fixed bin number from
+      the ROI's minimum to its maximum; the bin width or count is pyradiomics' ``binWidth`` or
+      ``binCount``. ``pyradiomics``: pyradiomics' bins (bin width: edges at multiples of the
+      width).
+    * ``texture_aggregation``: per texture family, how its matrices are aggregated (IBSI 1,
+      section 3.6.2); families not named keep pyradiomics' settings (3D, directions averaged,
+      unless ``force2D`` or ``weightingNorm`` say otherwise).
+    """
+
+    round_intensities: bool = False
+    resegmentation: IbsiResegmentation = IbsiResegmentation()
+    discretisation: Literal["ibsi", "pyradiomics"] = "ibsi"
+    texture_aggregation: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("texture_aggregation")
+    @classmethod
+    def _known_aggregation(cls, value: dict[str, str]) -> dict[str, str]:
+        for family, method in value.items():
+            if family in _DIRECTIONAL_FAMILIES:
+                allowed = DIRECTIONAL_AGGREGATIONS
+            elif family in _NON_DIRECTIONAL_FAMILIES:
+                allowed = NON_DIRECTIONAL_AGGREGATIONS
+            else:
+                raise ValueError(
+                    f"ibsi.texture_aggregation.{family}: not a texture family; known: "
+                    f"{[*_DIRECTIONAL_FAMILIES, *_NON_DIRECTIONAL_FAMILIES]}"
+                )
+            if method not in allowed:
+                raise ValueError(
+                    f"ibsi.texture_aggregation.{family}: {method!r}; pyradiomics builds "
+                    f"{list(allowed)}"
+                )
+        return value
+
+
 # (path in the preset, default) of fields added after presets were pinned by hash
 _ADDED_LATER: tuple[tuple[tuple[str, ...], object], ...] = (
     (("rois", "liver", "measure"), False),
     (("rois", "max_lesion_volume_ml"), None),
+    (("ibsi",), None),
 )
 
 _NOT_VOXEL_BASED = ("shape", "shape2D")  # pyradiomics computes shape per ROI only
@@ -353,6 +437,7 @@ class Preset(BaseModel):
     preprocessing: PreprocessingOptions = PreprocessingOptions()
     rois: RoiOptions = RoiOptions()
     maps: MapOptions = MapOptions()
+    ibsi: IbsiOptions | None = None
     radiomics: dict[str, Any]
 
     @field_validator("radiomics")
@@ -385,7 +470,43 @@ class Preset(BaseModel):
                 "preprocessing.zscore and radiomics.setting.normalize both normalise intensities; "
                 "choose one"
             )
+        if self.ibsi is not None:
+            self._ibsi_agrees(self.ibsi, setting)
         return self
+
+    def _ibsi_agrees(self, ibsi: IbsiOptions, setting: dict[str, Any]) -> None:
+        """Refuse IBSI processing together with the pyradiomics settings it replaces."""
+        if self.maps.enabled:
+            raise ValueError(
+                "ibsi: parametric maps are computed by pyradiomics' voxel-based extraction, "
+                "without the IBSI processing; disable maps or remove ibsi"
+            )
+        if ibsi.round_intensities and self.modality != "CT":
+            raise ValueError(
+                "ibsi.round_intensities: rounding to integers is for integer-valued modalities "
+                f"(IBSI 1, section 2.4): needs modality CT; modality is {self.modality}"
+            )
+        if ibsi.round_intensities and (self.preprocessing.zscore is not None
+                                       or setting.get("normalize")):
+            raise ValueError(
+                "ibsi.round_intensities: normalised intensities are not integer-valued; "
+                "remove the normalisation or the rounding"
+            )
+        reseg = ibsi.resegmentation
+        if (reseg.range is not None or reseg.outlier_sigma is not None) and setting.get(
+            "resegmentRange"
+        ) is not None:
+            raise ValueError(
+                "ibsi.resegmentation and radiomics.setting.resegmentRange both re-segment; "
+                "choose one"
+            )
+        if ibsi.texture_aggregation and (
+            setting.get("force2D") or setting.get("weightingNorm") is not None
+        ):
+            raise ValueError(
+                "ibsi.texture_aggregation sets each family's force2D and weightingNorm; "
+                "leave radiomics.setting.force2D false and weightingNorm null"
+            )
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -179,3 +179,19 @@ def test_shipped_science_presets_match_their_recipes() -> None:
     assert ibsi.radiomics["setting"]["binWidth"] == 1
     assert ibsi.radiomics["setting"]["resampledPixelSpacing"] is None
     assert ibsi.radiomics["setting"]["force2D"] is False
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"maps": {"enabled": True, "features": ["glcm_Contrast"]}}, "parametric maps"),
+    ({"modality": "MR"}, "needs modality CT"),
+    ({"radiomics": {"setting": {"binWidth": 25, "resegmentRange": [-500, 400]}}},
+     "both re-segment"),
+    ({"radiomics": {"setting": {"binWidth": 25, "force2D": True}}}, "force2D"),
+    ({"ibsi": {"texture_aggregation": {"glszm": "3D_avg"}}}, "pyradiomics builds"),
+])
+def test_ibsi_section_refuses_what_it_replaces(change: dict, words: str) -> None:
+    data = load_preset("ibsi-ct-phantom-E").model_dump()
+    for key, value in change.items():
+        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) else value
+    with pytest.raises(ValueError, match=words):
+        Preset.model_validate(data)
