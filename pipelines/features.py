@@ -66,6 +66,7 @@ from pipelines.preprocess import (
     union_grid,
 )
 from pipelines.presets import IbsiOptions, Preset
+from pipelines.radiomics_adapter import set_tolerance
 from pipelines.rois import RoiMask
 
 radiomics.setVerbosity(60)  # 60: pyradiomics' "quiet" level for its own stderr handler
@@ -109,7 +110,7 @@ def validated_extractor(radiomics_params: dict[str, Any], kind: type[Extractor])
             _VALIDATED.popitem(last=False)
     _VALIDATED.move_to_end(key)
     extractor = copy.deepcopy(_VALIDATED[key])
-    extractor._setTolerance()
+    set_tolerance(extractor)
     return extractor  # type: ignore[return-value]  # _VALIDATED[key] is a kind
 
 

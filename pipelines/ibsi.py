@@ -8,7 +8,7 @@ with an ``ibsi`` section (``pipelines.presets.IbsiOptions``):
 * re-segmentation of the intensity mask by range and by outliers together (section 2.5);
 * discretisation (section 2.7): fixed bin size counted from the re-segmentation range's lower
   bound, fixed bin number from the ROI's minimum, applied through pyradiomics' discretisation hook
-  (``_applyBinning``, which every feature class calls on its matrix);
+  (``pipelines.radiomics_adapter.with_binning``);
 * the aggregation of each texture family's matrices (section 3.6.2) as pyradiomics' ``force2D``
   (in-plane neighbourhood, slices merged: 2.5D) and ``weightingNorm`` (directions merged).
 """
@@ -27,6 +27,7 @@ from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClas
 
 from pipelines.preprocess import Grid, PreprocessError
 from pipelines.presets import IbsiOptions, IbsiResegmentation
+from pipelines.radiomics_adapter import with_binning
 from pipelines.rois import RoiMask
 
 
@@ -166,7 +167,7 @@ def _with_ibsi_levels(feature_class: type[RadiomicsFeaturesBase], lower_bound: f
         self.coefficients["Ng"] = int(np.max(self.coefficients["grayLevels"]))
         return levels
 
-    return type(feature_class.__name__, (feature_class,), {"_applyBinning": apply_binning})
+    return with_binning(feature_class, apply_binning)
 
 
 _AGGREGATION_SETTINGS = {
