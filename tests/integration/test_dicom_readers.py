@@ -272,8 +272,8 @@ def test_dcmqi_reads_the_reading_reports_numbers_and_joins_them_to_the_feature_r
         demo: Demo, dcmqi_reports: dict, record_property: pytest.RecordProperty) -> None:
     """Each reading group's numbers are its ROI's features of the original image in
     features.csv, the standard deviation of intensity the square root of its variance, the
-    model's output the lesion's; each ROI of features.csv has a group, with the Tracking
-    Identifier and Tracking Unique Identifier of its groups in the feature report."""
+    model's output the lesion's; each lesion as drawn of features.csv has a group, with the
+    Tracking Identifier and Tracking Unique Identifier of its groups in the feature report."""
     _, document = dcmqi_reports["reading report"]
     original = {identity[:1] + identity[2:]: value
                 for identity, (value, _) in _expected_features(demo).items()
@@ -296,14 +296,16 @@ def test_dcmqi_reads_the_reading_reports_numbers_and_joins_them_to_the_feature_r
                 wrong.append((tracking, quantity, item["value"], want))
             compared += 1
     assert not wrong, f"reading report values not as features.csv (dcmqi, csv): {wrong[:8]}"
-    rois = {_tracking_identifier(row["segment_label"], row["roi_variant"]) for row in demo.rows}
+    # a group per lesion as drawn (pipelines.reading_report: none for a derived ROI)
+    rois = {_tracking_identifier(row["segment_label"], row["roi_variant"]) for row in demo.rows
+            if row["roi_variant"] in ("", "intra")}
     reading = {(g["TrackingIdentifier"], g["TrackingUniqueIdentifier"])
                for g in document["Measurements"]}
     _, features = dcmqi_reports["feature report"]
     feature = {(g["TrackingIdentifier"], g["TrackingUniqueIdentifier"])
                for g in features["Measurements"]}
     assert {tracking for tracking, _ in reading} == rois
-    assert reading == feature
+    assert reading <= feature
     record_property("values_compared", compared)
 
 
