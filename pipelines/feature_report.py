@@ -41,11 +41,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import highdicom as hd
-from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage
 
-from pipelines.codes import coding_schemes, feature_concept, image_filter_concept
+from pipelines.codes import feature_concept, image_filter_concept
 from pipelines.derived_seg import DerivedSegmentation
 from pipelines.evaluations import model_items, qc_evaluations, qc_findings
 from pipelines.features import feature_keys
@@ -58,22 +57,17 @@ from pipelines.report_parts import (
     check_finite,
     check_inputs,
     finding_sites,
-    insert_image_library,
+    measurement_document,
     measurement_groups,
-    observation_context,
-    procedure_reported,
-    refer_to,
     referenced_segment,
+    source_series_number,
     tracking_identifier,
 )
-from pipelines.result_attributes import copy_study_attributes
 from pipelines.results import RoiResult
 from pipelines.segmentation import DecodedSegmentation
 from pipelines.series import SeriesVolume
-from pipelines.software import MANUFACTURER, contributing_equipment, software_version
 from pipelines.sr_encoding import (
     encoded_items,
-    image_library,
     num_item,
     prepare_templates,
     raw_content_sequence,
@@ -203,35 +197,14 @@ def build_feature_report(
             )))
             rests.append([(key, values[key]) for key in keys[1:]])
             findings.append(appended if position == 0 else [])
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(),
-        procedure_reported=procedure_reported(volume),
-        imaging_measurements=groups,
-    )
-    identity = feature_report_reference(volume, seg.sop_instance_uid, preset)
-    source_series_number = volume.datasets[0].get("SeriesNumber")
-    sw_version = software_version()
-    sr = hd.sr.Comprehensive3DSR(
+    sr, encodings = measurement_document(
+        hd.sr.Comprehensive3DSR, volume, groups,
+        identity=feature_report_reference(volume, seg.sop_instance_uid, preset),
+        series_number=source_series_number(volume) + SR_SERIES_NUMBER_OFFSET,
+        series_description=f"Radiomics features ({preset.name})",
         evidence=[*volume.datasets, seg.dataset, *([derived.dataset] if derived else [])],
-        content=report,
-        series_instance_uid=identity.series_instance_uid,
-        series_number=int(source_series_number or 0) + SR_SERIES_NUMBER_OFFSET,
-        sop_instance_uid=identity.sop_instance_uid,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        series_description=f"Radiomics features ({preset.name})"[:64],
-        software_versions=sw_version,
-        coding_schemes=coding_schemes(),
+        library_images=volume.datasets, other=reading_report,
+        contribution=f"radiomics features, preset {preset.name} (sha256 {preset.hash})",
     )
-    copy_study_attributes(sr, volume.datasets[0])
-    encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
-    insert_image_library(sr, image_library(volume.datasets, encodings))
-    if reading_report is not None:
-        refer_to(sr, reading_report)
     _complete_groups(sr, rests, volume.modality, findings, encodings)
-    sr.ContributingEquipmentSequence = [
-        *sr.get("ContributingEquipmentSequence", []),
-        contributing_equipment(f"radiomics features, preset {preset.name} (sha256 {preset.hash})"),
-    ]
     return written_as_is_throughout(sr)  # the raw Content Sequences are written as they are

@@ -35,12 +35,11 @@ import math
 from collections.abc import Mapping, Sequence
 
 import highdicom as hd
-from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage
 
-from pipelines.codes import coding_schemes, feature_concept
+from pipelines.codes import feature_concept
 from pipelines.evaluations import model_items, qc_evaluations, qc_findings
 from pipelines.inference import ModelOutput, NotApplied
 from pipelines.outline import Outline, largest_slice_outline
@@ -52,19 +51,14 @@ from pipelines.report_parts import (
     check_finite,
     check_inputs,
     finding_sites,
-    insert_image_library,
+    measurement_document,
     measurement_groups,
-    observation_context,
-    procedure_reported,
-    refer_to,
+    source_series_number,
     tracking_identifier,
 )
-from pipelines.result_attributes import copy_study_attributes
 from pipelines.results import RoiResult
 from pipelines.segmentation import DecodedSegmentation
 from pipelines.series import SeriesVolume
-from pipelines.software import MANUFACTURER, contributing_equipment, software_version
-from pipelines.sr_encoding import image_library
 from pipelines.uids import result_uid
 
 READING_SERIES_NUMBER_OFFSET = 1003  # reading report series number = source SeriesNumber + this
@@ -159,36 +153,15 @@ def build_reading_report(
         appended.append(extra)
     if not groups:
         return None
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context(),
-        procedure_reported=procedure_reported(volume),
-        imaging_measurements=groups,
+    sr, _ = measurement_document(
+        hd.sr.ComprehensiveSR, volume, groups,
+        identity=reading_report_reference(volume, seg.sop_instance_uid, preset),
+        series_number=source_series_number(volume) + READING_SERIES_NUMBER_OFFSET,
+        series_description=f"Radiomics reading report ({preset.name})",
+        evidence=[*volume.datasets, seg.dataset], library_images=list(outlined.values()),
+        other=feature_report,
+        contribution=f"radiomics reading report, preset {preset.name} (sha256 {preset.hash})",
     )
-    identity = reading_report_reference(volume, seg.sop_instance_uid, preset)
-    source_series_number = volume.datasets[0].get("SeriesNumber")
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[*volume.datasets, seg.dataset],
-        content=report,
-        series_instance_uid=identity.series_instance_uid,
-        series_number=int(source_series_number or 0) + READING_SERIES_NUMBER_OFFSET,
-        sop_instance_uid=identity.sop_instance_uid,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        series_description=f"Radiomics reading report ({preset.name})"[:64],
-        software_versions=software_version(),
-        coding_schemes=coding_schemes(),
-    )
-    copy_study_attributes(sr, volume.datasets[0])
-    encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
-    insert_image_library(sr, image_library(list(outlined.values()), encodings))
     for group, extra in zip(measurement_groups(sr), appended, strict=True):
         group.ContentSequence.extend(extra)
-    if feature_report is not None:
-        refer_to(sr, feature_report)
-    sr.ContributingEquipmentSequence = [
-        *sr.get("ContributingEquipmentSequence", []),
-        contributing_equipment(f"radiomics reading report, preset {preset.name} "
-                               f"(sha256 {preset.hash})"),
-    ]
     return sr

@@ -17,16 +17,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from pipelines.codes import coding_schemes
 from pipelines.derived_seg import DerivedSegmentation
 from pipelines.presets import Preset
+from pipelines.result_attributes import copy_study_attributes
 from pipelines.results import RoiResult
 from pipelines.segmentation import DecodedSegmentation, Segment
 from pipelines.series import SeriesVolume
-from pipelines.software import ALGORITHM_NAME, MANUFACTURER, software_version
+from pipelines.software import (
+    ALGORITHM_NAME,
+    MANUFACTURER,
+    contributing_equipment,
+    software_version,
+)
+from pipelines.sr_encoding import image_library
 from pipelines.uids import result_uid
 
 # PS3.16 CID 100 "Quantitative Diagnostic Imaging Procedures"
@@ -63,6 +72,58 @@ def refer_to(sr: Dataset, other: ReportReference) -> None:
     study.StudyInstanceUID = sr.StudyInstanceUID
     study.ReferencedSeriesSequence = [series]
     sr.PertinentOtherEvidenceSequence = [*sr.get("PertinentOtherEvidenceSequence", []), study]
+
+
+def measurement_document(
+    document: type[hd.sr.ComprehensiveSR] | type[hd.sr.Comprehensive3DSR],
+    volume: SeriesVolume,
+    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+                     | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations],
+    *,
+    identity: ReportReference,
+    series_number: int,
+    series_description: str,
+    evidence: Sequence[Dataset],
+    library_images: Sequence[Dataset],
+    other: ReportReference | None,
+    contribution: str,
+) -> tuple[Dataset, tuple[str, ...]]:
+    """A TID 1500 Measurement Report of ``groups`` as an SR ``document`` of class ``identity``
+    in the study of ``volume`` (its General Study attributes, ``pipelines.result_attributes``),
+    with the Image Library of ``library_images``, ``other`` (the job's other report) as pertinent
+    other evidence and the node as contributing equipment (``contribution``); and the
+    document's character set as pydicom encodings, for content items encoded afterwards."""
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(),
+        procedure_reported=procedure_reported(volume),
+        imaging_measurements=groups,
+    )
+    sr = document(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=identity.series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=series_description[:64],
+        software_versions=software_version(),
+        coding_schemes=coding_schemes(),
+    )
+    copy_study_attributes(sr, volume.datasets[0])
+    encodings = tuple(convert_encodings(sr.get("SpecificCharacterSet") or default_encoding))
+    insert_image_library(sr, image_library(library_images, encodings))
+    if other is not None:
+        refer_to(sr, other)
+    sr.ContributingEquipmentSequence = [*sr.get("ContributingEquipmentSequence", []),
+                                        contributing_equipment(contribution)]
+    return sr, encodings
+
+
+def source_series_number(volume: SeriesVolume) -> int:
+    """Series Number (0020,0011) of the source series, 0 when it has none (Type 2)."""
+    return int(volume.datasets[0].get("SeriesNumber") or 0)
 
 
 def insert_image_library(sr: Dataset, library: Dataset) -> None:
