@@ -203,6 +203,17 @@ def test_segmentation_without_source_anywhere_fails_with_a_reason(
         "from pacs (pacs: has no such series)")
 
 
+def _all_delivered(node: NodeService) -> bool:
+    """Whether the node's outbox holds deliveries and has delivered (stored and verified) every
+    one, read from its index while it runs."""
+    index = Index(node.state_dir / "index.sqlite3")
+    try:
+        states = [d["state"] for d in index.delivery_rows()]
+    finally:
+        index.close()
+    return bool(states) and set(states) == {"delivered"}
+
+
 def test_seg_only_node_fetches_by_c_get_and_verifies_by_c_find(
         tmp_path: Path, study: SyntheticStudy) -> None:
     require_tools("storescu")
@@ -220,6 +231,7 @@ def test_seg_only_node_fetches_by_c_get_and_verifies_by_c_find(
             storescu(node_port, [study.seg_path])
             wait_for(lambda: sr_instances(pacs, study.study_instance_uid), 120,
                      "SR in Orthanc", node.log_path)
+            wait_for(lambda: _all_delivered(node), 60, "every result verified", node.log_path)
         finally:
             node.stop()
     index = Index(node.state_dir / "index.sqlite3")
