@@ -24,7 +24,7 @@ from pydicom import config, hooks
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filereader import read_preamble
 from pydicom.multival import MultiValue
 from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import Tag
@@ -42,6 +42,8 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import sop_class
+
+from pipelines.pydicom_adapter import character_set, read_file_meta_info
 
 OUT_OF_RESOURCES = 0xA700
 SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -144,7 +146,7 @@ def check_transfer_syntax(data: bytes) -> str:
     stream = BytesIO(data)
     try:
         read_preamble(stream, False)
-        meta = _read_file_meta_info(stream)  # pydicom's own Part 10 header reader
+        meta = read_file_meta_info(stream)  # pydicom's own Part 10 header reader
     except Exception as exc:  # pydicom raises several types on a broken header
         raise Refusal(CANNOT_UNDERSTAND, "(0002,0000) File Meta Information",
                       f"not a Part 10 header: {exc}") from exc
@@ -300,7 +302,7 @@ def check_elements(dataset: Dataset) -> None:
     each and take several times longer (docs/performance.md, "Ingest"). Elements whose
     conversion cannot fail (``_certainly_decodes``: most of a CT header, and Pixel Data) are not
     converted at all; every other is, so the refusals are the same."""
-    encoding = dataset._character_set
+    encoding = character_set(dataset)
     plain = plain_pydicom_settings()
     for element in list(dataset.elements()):
         if isinstance(element, RawDataElement):

@@ -50,6 +50,7 @@ from pydicom.valuerep import AMBIGUOUS_VR as AMBIGUOUS_VRS
 from pydicom.valuerep import DS
 
 from pipelines.codes import FeatureCodeError, feature_concept
+from pipelines.pydicom_adapter import character_set
 
 _ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000) Item, PS3.5 7.5.2
 _LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT",
@@ -362,7 +363,7 @@ def encoded_items(items: Iterable[Dataset], encodings: Sequence[str]) -> bytes:
 def written_as_is(dataset: Dataset) -> Dataset:
     """Mark ``dataset`` as encoded in Explicit VR Little Endian and its own character set, so that
     pydicom writes its raw elements without decoding them; returns it."""
-    dataset.set_original_encoding(False, True, dataset._character_set)
+    dataset.set_original_encoding(False, True, character_set(dataset))
     return dataset
 
 
