@@ -220,7 +220,6 @@ def build_derived_segmentation(
         _description(number, roi, seg, preset, volume, algorithm)
         for number, (roi, _) in enumerate(derived, start=1)
     ]
-    source_series_number = int(volume.datasets[0].get("SeriesNumber") or 0)
     geometry = slab_geometry(volume, (planes[0], planes[-1] + 1))
     positions = geometry.get_plane_positions()
     dataset = hd.seg.Segmentation(
@@ -233,7 +232,7 @@ def build_derived_segmentation(
         segment_descriptions=descriptions,
         series_instance_uid=result_uid(volume, seg.sop_instance_uid, preset.hash,
                                        "derived seg", "series"),
-        series_number=source_series_number + SEG_SERIES_NUMBER_OFFSET,
+        series_number=volume.series_number + SEG_SERIES_NUMBER_OFFSET,
         sop_instance_uid=result_uid(volume, seg.sop_instance_uid, preset.hash,
                                     "derived seg", "instance"),
         instance_number=1,

@@ -60,7 +60,6 @@ from pipelines.report_parts import (
     measurement_document,
     measurement_groups,
     referenced_segment,
-    source_series_number,
     tracking_identifier,
 )
 from pipelines.results import RoiResult
@@ -200,7 +199,7 @@ def build_feature_report(
     sr, encodings = measurement_document(
         hd.sr.Comprehensive3DSR, volume, groups,
         identity=feature_report_reference(volume, seg.sop_instance_uid, preset),
-        series_number=source_series_number(volume) + SR_SERIES_NUMBER_OFFSET,
+        series_number=volume.series_number + SR_SERIES_NUMBER_OFFSET,
         series_description=f"Radiomics features ({preset.name})",
         evidence=[*volume.datasets, seg.dataset, *([derived.dataset] if derived else [])],
         library_images=volume.datasets, other=reading_report,

@@ -441,8 +441,6 @@ def _window(centre: float, width: float) -> hd.VOILUTTransformation:
     )
 
 
-def _source_series_number(volume: SeriesVolume) -> int:
-    return int(volume.datasets[0].get("SeriesNumber") or 0)
 
 
 def map_padding_value(lowest: float) -> np.float32:
@@ -594,7 +592,7 @@ def build_parametric_maps(
             # stand-in whose untouched zero pages cost no memory, and the map's pixels replace it
             pixel_array=geometry.with_array(np.zeros(geometry.spatial_shape, dtype=np.float32)),
             series_instance_uid=result_uid(volume, *parts, "series"),
-            series_number=_source_series_number(volume) + PM_SERIES_NUMBER_OFFSET + number,
+            series_number=volume.series_number + PM_SERIES_NUMBER_OFFSET + number,
             sop_instance_uid=result_uid(volume, *parts, "instance"),
             instance_number=1,
             manufacturer=MANUFACTURER,

@@ -53,7 +53,6 @@ from pipelines.report_parts import (
     finding_sites,
     measurement_document,
     measurement_groups,
-    source_series_number,
     tracking_identifier,
 )
 from pipelines.results import RoiResult
@@ -156,7 +155,7 @@ def build_reading_report(
     sr, _ = measurement_document(
         hd.sr.ComprehensiveSR, volume, groups,
         identity=reading_report_reference(volume, seg.sop_instance_uid, preset),
-        series_number=source_series_number(volume) + READING_SERIES_NUMBER_OFFSET,
+        series_number=volume.series_number + READING_SERIES_NUMBER_OFFSET,
         series_description=f"Radiomics reading report ({preset.name})",
         evidence=[*volume.datasets, seg.dataset], library_images=list(outlined.values()),
         other=feature_report,

@@ -121,11 +121,6 @@ def measurement_document(
     return sr, encodings
 
 
-def source_series_number(volume: SeriesVolume) -> int:
-    """Series Number (0020,0011) of the source series, 0 when it has none (Type 2)."""
-    return int(volume.datasets[0].get("SeriesNumber") or 0)
-
-
 def insert_image_library(sr: Dataset, library: Dataset) -> None:
     """Put the Image Library container (TID 1600, ``pipelines.sr_encoding.image_library``)
     where ``highdicom.sr.MeasurementReport`` puts it, before the Imaging Measurements container.

@@ -191,6 +191,11 @@ class SeriesVolume:
         return str(self.datasets[0].FrameOfReferenceUID)
 
     @property
+    def series_number(self) -> int:
+        """Series Number (0020,0011) of the first instance, 0 when it has none (Type 2)."""
+        return int(self.datasets[0].get("SeriesNumber") or 0)
+
+    @property
     def modality(self) -> str:
         """Modality (0008,0060) shared by all slices."""
         return str(self.datasets[0].Modality)
