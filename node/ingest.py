@@ -22,6 +22,7 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,10 @@ from node.validation import (
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
+
+HASH_THREADS = 8
+"""Threads of a process hashing instances while they are written to the spool (hashlib lets
+the other threads run while it hashes, the write waits on the disk: the two overlap)."""
 
 @dataclass(frozen=True)
 class Outcome:
@@ -173,6 +178,9 @@ def _loggable(refusal: Refusal) -> str:
     return refusal.reason
 
 
+_hashers = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="ingest-hash")
+
+
 class Ingest:
     """Checks, stores durably and indexes instances; shared by every way data comes in."""
 
@@ -232,12 +240,13 @@ class Ingest:
             return self._again(stored, identity, data, source)
         target = spool_path(self._spool_dir, identity["StudyInstanceUID"],
                             identity["SeriesInstanceUID"], sop_uid)
+        digest = _hashers.submit(content_sha256, data)  # hashed while it is written
         refused = self._write(target, data, sop_uid)
         if refused is not None:
             return refused
         row = InstanceRow(sop_uid, identity["SOPClassUID"], identity["StudyInstanceUID"],
                           identity["SeriesInstanceUID"], str(target), len(data), source, host,
-                          content_sha256(data))
+                          digest.result())
         self._index.add_instance(row, modality)
         if log.isEnabledFor(logging.DEBUG):  # (the fields are not built for nothing)
             log.debug("instance stored", extra=fields(

@@ -1,8 +1,8 @@
 """The spool: received instances as files, written so that a crash never leaves a half file visible.
 
 Bytes go to a temporary file in the same filesystem, are flushed with fsync, renamed atomically
-into place, and the directory entry is fsynced too; only then may the receiver index the instance
-and acknowledge it.
+into place, and the directory entry is fsynced too, as is each directory created for it in its
+parent; only then may the receiver index the instance and acknowledge it.
 """
 
 from __future__ import annotations
@@ -78,11 +78,25 @@ def _create_temporary(directory: Path, direct: bool = False) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name in {directory}")
 
 
+def make_directories(directory: Path) -> None:
+    """``directory`` and any missing parents created, each one's entry made durable by an fsync
+    of its parent (a file renamed into a directory is not durable while the directory's own
+    entry is not)."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for created in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another writer made it: fsync it all the same
+            created.mkdir()
+        _fsync_dir(created.parent)
+
+
 def write_durably(target: Path, *chunks: bytes | memoryview, direct: bool = False) -> None:
     """Write the concatenation of ``chunks`` to ``target`` atomically and durably (temp file,
-    fsync, rename, fsync dir). ``direct``: past the page cache where the file system allows it
-    (``node.direct_io``)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    fsync, rename, fsync dir; a directory created for it fsynced in its parent). ``direct``:
+    past the page cache where the file system allows it (``node.direct_io``)."""
+    make_directories(target.parent)
     direct = direct and direct_io.direct_wanted(str(target.parent), sum(map(len, chunks)))
     fd, tmp = _create_temporary(target.parent, direct)
     try:

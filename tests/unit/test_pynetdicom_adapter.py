@@ -1,10 +1,15 @@
 """node.pynetdicom_adapter, the one place the node relies on pynetdicom beyond its documented API
 (docs/dependencies.md): the C-STORE responses it encodes are byte for byte what pynetdicom
 encodes, it is used on the wire only on the tested minor version, responses with optional
-attributes still go through pynetdicom, and with it off the receiver answers the same."""
+attributes still go through pynetdicom, a PDU read into one buffer is the bytes sent (and no
+more memory than arrives), and with it off the receiver answers the same."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+import tracemalloc
 from pathlib import Path
 
 import pydicom
@@ -205,3 +210,50 @@ def test_receiver_answers_the_same_with_and_without_it(
     expected = _pynetdicom_pdv(_response(1, 0x0000, pydicom.dcmread(
         refdata / "pydicom" / "test_files" / "CT_small.dcm").SOPInstanceUID))
     assert any(expected[1:] in pdu for pdu in received)  # the same bytes on the wire
+
+
+def _feed(sock: socket.socket, pieces: list[bytes], close: bool) -> threading.Thread:
+    def send() -> None:
+        for piece in pieces:
+            sock.sendall(piece)
+            time.sleep(0.01)  # separate arrivals: the reader must wait for each
+        if close:
+            sock.shutdown(socket.SHUT_WR)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def test_a_pdu_read_into_one_buffer_is_the_bytes_sent_in_order() -> None:
+    ours, theirs = socket.socketpair()
+    pieces = [bytes([n]) * size for n, size in enumerate([6, 4096, 1, 70_000, 3, 2**20 + 5])]
+    with ours, theirs:
+        sender = _feed(theirs, pieces, close=False)
+        got = pynetdicom_adapter.read_exactly(ours, sum(map(len, pieces)))
+        sender.join()
+    assert bytes(got) == b"".join(pieces)  # FIRST_BLOCK exceeded: the buffer grew on the way
+
+
+def test_a_pdu_cut_short_by_the_peer_returns_what_came_without_reserving_its_length() -> None:
+    ours, theirs = socket.socketpair()
+    tracemalloc.start()
+    try:
+        with ours, theirs:
+            sender = _feed(theirs, [b"abc", b"defg"], close=True)
+            got = pynetdicom_adapter.read_exactly(ours, 2**32 - 1)  # the largest PDU length
+            sender.join()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert bytes(got) == b"abcdefg"  # as AssociationSocket.recv returns a short read
+    assert peak < 4 * pynetdicom_adapter.FIRST_BLOCK
+
+
+def test_a_pdu_read_times_out_as_the_socket_says() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.settimeout(0.2)
+        theirs.sendall(b"12")
+        with pytest.raises(TimeoutError):
+            pynetdicom_adapter.read_exactly(ours, 10)

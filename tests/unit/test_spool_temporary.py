@@ -1,6 +1,7 @@
 """node.spool's temporary files: created exclusively with mode 0600 under a name of the process
 and a counter, a name already there skipped, never left behind, and found by
-remove_stale_partials when a crash leaves one."""
+remove_stale_partials when a crash leaves one; a directory made for a file is durable in its
+parent."""
 
 from __future__ import annotations
 
@@ -45,3 +46,15 @@ def test_writes_leave_only_their_targets(tmp_path: Path) -> None:
         write_durably(tmp_path / "s" / f"{number}.dcm", b"a", b"b")
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(
         f"{n}.dcm" for n in range(20))
+
+
+def test_directories_made_for_a_file_are_fsynced_in_their_parents(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    synced: list[Path] = []
+    real = spool._fsync_dir
+    monkeypatch.setattr(spool, "_fsync_dir", lambda d: (synced.append(Path(d)), real(d)))
+    write_durably(tmp_path / "study" / "series" / "1.dcm", b"x")
+    assert synced == [tmp_path, tmp_path / "study", tmp_path / "study" / "series"]
+    synced.clear()
+    write_durably(tmp_path / "study" / "series" / "2.dcm", b"y")  # nothing made: its dir only
+    assert synced == [tmp_path / "study" / "series"]
