@@ -13,8 +13,8 @@ workers), also as a ratio to the same job run by ``process_study`` in this proce
 worker process and the sum of every worker's (an upper bound of them together; ``getrusage``
 ru_maxrss), and of this process, which holds the N jobs' bytes as the node would and ran the
 baseline job. On one machine the workers share its CPUs: efficiency falls once W exceeds the
-free cores; across machines, start ``dask worker`` on each (docs/performance.md, "Scale-out on
-Dask").
+free cores; across machines, start ``dask worker`` on each (docs/installation.md, "Scaling out
+jobs to a Dask cluster").
 
     python bench/scale.py                         # 8 jobs of 60 x 512 x 512 on 1, 2, 4 workers
     python bench/scale.py --small                 # smoke run: 2 jobs of 8 x 48 x 48, 1 and 2

@@ -305,7 +305,7 @@ class TLSConfig(Strict):
 
 class ExecutorConfig(Strict):
     """Where jobs run: ``local`` spawned processes (``workers`` of them), or the Dask cluster of
-    ``scheduler_address`` (docs/performance.md, "Scale-out")."""
+    ``scheduler_address`` (docs/installation.md, "Scaling out jobs to a Dask cluster")."""
 
     kind: Literal["local", "dask"] = Field(default="local", description="local: a process pool "
                                            "on this machine; dask: a dask.distributed cluster.")

@@ -2,8 +2,9 @@
 
 A received instance is written once and fsynced before the sender hears success (``node.spool``).
 Through the page cache that costs a copy into newly allocated cache pages, and on a virtual
-machine each newly allocated page can fault into the hypervisor: on the 2-vCPU box of
-``docs/performance.md`` buffered write + fsync of a 525 KB CT slice cost 0.65 to 1.9 ms of system
+machine each newly allocated page can fault into the hypervisor: on a 2-vCPU box
+(``docs/history/performance.md``, "Ingest", fourth round) buffered write + fsync of a 525 KB
+CT slice cost 0.65 to 1.9 ms of system
 time, against 0.15 to 0.56 ms written directly from a reused buffer. The bytes are copied into a
 page-aligned window (a reused anonymous mapping, so its pages stay mapped), the page-aligned part
 of the file goes to the device straight from there, and only the last partial page is written

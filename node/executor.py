@@ -138,7 +138,8 @@ def _start_job_worker(log_level: str, log_file: Path | None, task_processes: int
     after a start otherwise waited for while reading its SEG (0.52 against 0.06 s), and the
     report's templates of every feature of the rules' ``presets`` are made
     (:func:`pipelines.feature_report.prepare_report`), which the first report otherwise made (0.13 s
-    for ``ct-liver-crlm``; docs/performance.md "End to end"). A preset that cannot be loaded is
+    for ``ct-liver-crlm``; docs/history/performance.md, "End to end", third and seventh rounds). A
+    preset that cannot be loaded is
     logged and left to its jobs, which fail with the same reason."""
     from pipelines.feature_report import prepare_report
     from pipelines.presets import load_preset

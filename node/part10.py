@@ -4,7 +4,8 @@ them.
 
 pynetdicom's ``Event.encoded_dataset()`` builds the same bytes by encoding a pydicom
 ``FileMetaDataset`` and joining it with a copy of the data set; on a 512 x 512 CT slice that was
-about a tenth of the receiver's CPU time per instance (docs/performance.md, "Ingest"). The header
+about a tenth of the receiver's CPU time per instance (docs/history/performance.md, "Ingest",
+first round). The header
 here is encoded directly (explicit VR little endian, PS3.10 Table 7.1-1; byte for byte what
 pydicom writes, tests/unit/test_part10.py) and the two parts go to disk with one ``writev``.
 """

@@ -10,7 +10,8 @@ pynetdicom 3.0 runs two threads per association, and both poll: the association 
 request, and the DUL thread (PS3.8 9.2, the Upper Layer state machine) sleeps 1 ms whenever a
 pass finds nothing, also when the response it must send has just been queued for it. On one
 association a C-STORE therefore waited for two of those naps after its last PDU arrived, and an
-idle association cost 4.8 % of a CPU (docs/performance.md, "Ingest", fifth round). pynetdicom
+idle association cost 4.8 % of a CPU (docs/history/performance.md, "Ingest", fifth
+round). pynetdicom
 also answers a C-STORE (PS3.4 B.2.3) by building a pydicom ``Dataset`` for the response's
 command set, validating it and encoding it twice (0.41 ms per response measured alone). For
 each of the listener's associations, before it starts (``install``):

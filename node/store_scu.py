@@ -87,7 +87,8 @@ def c_store(calling_ae: str, destination: RemotePeer, objects: Sequence[Dataset 
     A file is sent as its bytes are on disk, read in chunks as the PDUs go out, without
     decoding and encoding it again (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``): on a 27 MB
     parametric map that is 0.19 to 0.21 s into Orthanc instead of 0.24 to 0.34 s
-    (docs/performance.md, "End to end"). That needs a presentation context in the file's own
+    (docs/history/performance.md, "End to end", ninth round). That needs a presentation context
+    in the file's own
     transfer syntax: each file's SOP class is proposed in the file's transfer syntax alone
     and, in another presentation context, in pynetdicom's default ones (an abstract syntax may
     be proposed in several presentation contexts, PS3.8 7.1.1.13); where the peer accepted

@@ -5,7 +5,8 @@ apscheduler 3 runs each of the node's ticks with ``max_instances=1``, and skips 
 due while the tick is still running ("maximum number of running instances reached"), the early
 runs ``Node.wake`` asks for included. The work that woke it then waits for the next regular
 run, up to ``scan_interval`` later: a job's results finished while the outbox is still sending
-the objects of the job before, or of this job's maps (docs/performance.md, "End to end"). A
+the objects of the job before, or of this job's maps (docs/history/performance.md, "End to end",
+ninth round). A
 :class:`Tick` remembers a wake that came while it ran and runs its function again as soon as
 that run ends.
 

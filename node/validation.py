@@ -299,7 +299,8 @@ def check_elements(dataset: Dataset) -> None:
 
     Each raw element is converted on its own (``convert_raw_data_element``) and the dataset is
     left as read: storing the converted elements back would run pydicom's value validation on
-    each and take several times longer (docs/performance.md, "Ingest"). Elements whose
+    each and take several times longer (docs/history/performance.md, "Ingest", first round).
+    Elements whose
     conversion cannot fail (``_certainly_decodes``: most of a CT header, and Pixel Data) are not
     converted at all; every other is, so the refusals are the same."""
     encoding = character_set(dataset)

@@ -6,7 +6,8 @@ IOD has the Multi-frame module), and the SR encoder asks the same of each refere
 answers by walking every attribute of every module of the IOD in its tables of PS3.3
 (``is_attribute_in_iod``): 0.5 ms a source image, about half of the 0.1 s that encoding one
 Parametric Map of the 60-slice demo series takes, and that encoding of the last feature
-class's maps is on the job's path (docs/performance.md, "End to end"). The answer depends
+class's maps is on the job's path (docs/history/performance.md, "End to end",
+tenth round). The answer depends
 only on the attribute, the SOP class and the excluded path elements, and the tables do not
 change while a process runs, so :func:`memoise` puts a cached look-up in the places highdicom
 0.28 (the versions ``pyproject.toml`` allows) calls it from. Nothing else changes: the cached

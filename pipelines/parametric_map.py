@@ -240,8 +240,9 @@ def lesion_map_tasks(image: sitk.Image, lesion: Segment, preset: Preset,
     ``BATCHES_PER_TASK`` voxel batches (estimated from the mapped box on pyradiomics' grid; the
     task counts them exactly), for tasks run in parallel; without it one task per class, which
     pyradiomics resamples once (every task resamples its crop: with 86 tasks in one process the
-    demo study's extraction took 26 to 29 s, with 4 tasks 12.5 to 13.4 s; docs/performance.md,
-    "End to end"). pyradiomics computes each feature class on its own and each
+    demo study's extraction took 26 to 29 s, with 4 tasks 12.5 to 13.4 s;
+    docs/history/performance.md, "End to end", seventh round). pyradiomics computes each feature
+    class on its own and each
     voxel batch on its own, so a task gives the values the whole extraction gives at its
     voxels.
 
@@ -511,7 +512,7 @@ def _pixels_along_normal(pm: hd.pm.ParametricMap, size: Sequence[int], padding: 
     groups are reversed, their Dimension Index Values (PS3.3 C.7.6.17) numbered again, and the
     object read again (``from_dataset``, not copied) so that highdicom's frame look-ups follow.
     highdicom's frame bytes are freed before the map's are made, so the two are never held
-    together (docs/performance.md, "Memory")."""
+    together (docs/history/performance.md, "Memory")."""
     frames = list(reversed(pm.PerFrameFunctionalGroupsSequence))
     for number, item in enumerate(frames, 1):
         item.FrameContentSequence[0].DimensionIndexValues = number

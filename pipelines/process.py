@@ -383,7 +383,8 @@ def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
     written first, and ``on_early_objects`` is called with those objects then (when the preset
     computes maps), so that a caller can send them on while the maps are computed (the node's
     outbox delivers them; on the demo study the maps are three quarters of the extraction's
-    time: docs/performance.md, "End to end"). The maps are then computed, encoded and written
+    time: docs/history/performance.md, "End to end", fifth round). The maps are then computed,
+    encoded and written
     one pyradiomics feature class at a time (``pipelines.parametric_map.map_feature_groups``),
     and ``on_early_objects`` is called with each class's maps but the last, which go out with
     the result. The result lists every object, the early ones too.
