@@ -57,6 +57,13 @@ def mirp_settings(configuration: str) -> dict[str, Any]:
         "glcm_distance": 1.0, "ngldm_distance": 1.0, "ngtdm_distance": 1.0,
         "ngldm_difference_level": 0.0,
     }
+    if preset.ibsi.ivh is not None:
+        kwargs["base_feature_families"].append("intensity_volume_histogram")
+        kwargs["ivh_discretisation_method"] = preset.ibsi.ivh.discretisation
+        if preset.ibsi.ivh.bin_width is not None:
+            kwargs["ivh_discretisation_bin_width"] = float(preset.ibsi.ivh.bin_width)
+        if preset.ibsi.ivh.bin_count is not None:
+            kwargs["ivh_discretisation_n_bins"] = preset.ibsi.ivh.bin_count
     if spacing is not None:
         kwargs.update(new_spacing=next(float(s) for s in spacing if s),
                       spline_order=3 if setting["interpolator"] == "sitkBSpline" else 1,

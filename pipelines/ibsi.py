@@ -10,7 +10,8 @@ with an ``ibsi`` section (``pipelines.presets.IbsiOptions``):
   bound, fixed bin number from the ROI's minimum, applied through pyradiomics' discretisation hook
   (``pipelines.radiomics_adapter.with_binning``);
 * the aggregation of each texture family's matrices (section 3.6.2) as pyradiomics' ``force2D``
-  (in-plane neighbourhood, slices merged: 2.5D) and ``weightingNorm`` (directions merged).
+  (in-plane neighbourhood, slices merged: 2.5D) and ``weightingNorm`` (directions merged);
+* the intensity-volume histogram features (section 3.5, ``pipelines.ivh``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import SimpleITK as sitk
 from radiomics.base import RadiomicsFeaturesBase
 from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
+from pipelines import ivh
 from pipelines.preprocess import Grid, PreprocessError
 from pipelines.presets import IbsiOptions, IbsiResegmentation
 from pipelines.radiomics_adapter import with_binning
@@ -185,7 +187,9 @@ def compute_features(extractor: RadiomicsFeatureExtractor, image: sitk.Image, ma
                      ) -> OrderedDict[str, Any]:
     """``extractor.computeFeatures`` with IBSI discretisation (the range's lower bound on the
     original image only: a filter's response is not in the range's unit) and each family's
-    aggregation settings; keys and order as pyradiomics gives them."""
+    aggregation settings; keys and order as pyradiomics gives them, then, on the original image
+    where ``options.ivh`` asks, the intensity-volume histogram's (``pipelines.ivh``) as
+    ``original_ivh_<feature>``."""
     lower_bound = None
     if image_type == "original" and options.resegmentation.range is not None:
         lower_bound = options.resegmentation.range[0]
@@ -204,4 +208,9 @@ def compute_features(extractor: RadiomicsFeatureExtractor, image: sitk.Image, ma
             calculator.enableFeatureByName(name)
         for name, value in calculator.execute().items():
             values[f"{image_type}_{class_name}_{name}"] = value
+    if image_type == "original" and options.ivh is not None:
+        inside = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(mask) == 1]
+        for name, value in ivh.features(inside, options.ivh,
+                                        options.resegmentation.range).items():
+            values[f"{image_type}_ivh_{name}"] = value
     return values

@@ -330,6 +330,30 @@ class IbsiResegmentation(_Section):
         return self
 
 
+class IbsiIvh(_Section):
+    """The intensity-volume histogram's discretisation (IBSI 1, sections 2.7 and 3.5; features in
+    ``pipelines.ivh``): ``none`` (integer intensities, CT), ``fixed_bin_size`` with
+    ``bin_width`` counted from the re-segmentation range's lower bound, or ``fixed_bin_number``
+    with ``bin_count``."""
+
+    discretisation: Literal["none", "fixed_bin_size", "fixed_bin_number"] = "none"
+    bin_width: float | None = Field(default=None, gt=0.0)
+    bin_count: int | None = Field(default=None, ge=2)
+
+    @model_validator(mode="after")
+    def _one_parameter(self) -> IbsiIvh:
+        wanted = {"none": None, "fixed_bin_size": "bin_width",
+                  "fixed_bin_number": "bin_count"}[self.discretisation]
+        for name in ("bin_width", "bin_count"):
+            given = getattr(self, name) is not None
+            if given != (name == wanted):
+                raise ValueError(
+                    f"ibsi.ivh.{name}: {'needed' if not given else 'not used'} with "
+                    f"discretisation {self.discretisation}"
+                )
+        return self
+
+
 class IbsiOptions(_Section):
     """Image processing as IBSI 1 chapter 2 defines it, done by the pipeline (pipelines.ibsi)
     where pyradiomics does it differently; the section's presence opts in.
@@ -350,12 +374,15 @@ class IbsiOptions(_Section):
     * ``texture_aggregation``: per texture family, how its matrices are aggregated (IBSI 1,
       section 3.6.2); families not named keep pyradiomics' settings (3D, directions averaged,
       unless ``force2D`` or ``weightingNorm`` say otherwise).
+    * ``ivh``: the intensity-volume histogram features (IBSI 1, section 3.5) of the original
+      image with that discretisation (:class:`IbsiIvh`); none without it.
     """
 
     round_intensities: bool = False
     resegmentation: IbsiResegmentation = IbsiResegmentation()
     discretisation: Literal["ibsi", "pyradiomics"] = "ibsi"
     texture_aggregation: dict[str, str] = Field(default_factory=dict)
+    ivh: IbsiIvh | None = None
 
     @field_validator("texture_aggregation")
     @classmethod
@@ -383,6 +410,7 @@ _ADDED_LATER: tuple[tuple[tuple[str, ...], object], ...] = (
     (("rois", "liver", "measure"), False),
     (("rois", "max_lesion_volume_ml"), None),
     (("ibsi",), None),
+    (("ibsi", "ivh"), None),
 )
 
 _NOT_VOXEL_BASED = ("shape", "shape2D")  # pyradiomics computes shape per ROI only
@@ -521,10 +549,10 @@ class Preset(BaseModel):
         and earlier results name it)."""
         dump = self.model_dump()
         for path, default in _ADDED_LATER:
-            holder = dump
+            holder: Any = dump
             for key in path[:-1]:
-                holder = holder[key]
-            if holder.get(path[-1]) == default:
+                holder = holder.get(key) if isinstance(holder, dict) else None
+            if isinstance(holder, dict) and path[-1] in holder and holder[path[-1]] == default:
                 del holder[path[-1]]
         canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -30,6 +30,20 @@ _DEFAULT_AGGREGATION = {"glcm": "3D_avg", "glrlm": "3D_avg", "glszm": "3D", "gld
                         "ngtdm": "3D"}
 
 
+# the node's IVH features (pipelines.ivh) -> the IBSI tag each answers; with a fixed bin number
+# the intensities are bin numbers under names of their own
+IVH_TAGS = {
+    "V10": "ivh_v10",
+    "V90": "ivh_v90",
+    "I10": "ivh_i10",
+    "I90": "ivh_i90",
+    "V10V90Difference": "ivh_diff_v10_v90",
+    "I10I90Difference": "ivh_diff_i10_i90",
+    "AreaUnderCurve": "ivh_auc",
+}
+IVH_BINNED = {"I10": "I10Bin", "I90": "I90Bin", "I10I90Difference": "I10I90BinDifference"}
+
+
 def preset_of(configuration: str) -> Preset:
     """The shipped preset of an IBSI 1 CT phantom configuration."""
     return load_preset(f"ibsi-ct-phantom-{configuration}")
@@ -49,6 +63,10 @@ def tags_for(preset: Preset) -> dict[str, tuple[str, ...]]:
             names = tuple(name.removesuffix("_3D_avg").removesuffix("_3D") + f"_{suffix}"
                           for name in names)
         tags[feature] = names
+    if preset.ibsi is not None and preset.ibsi.ivh is not None:
+        binned = preset.ibsi.ivh.discretisation == "fixed_bin_number"
+        for name, tag in IVH_TAGS.items():
+            tags[f"ivh_{IVH_BINNED.get(name, name) if binned else name}"] = (tag,)
     return tags
 
 
@@ -96,5 +114,6 @@ def compare(values: dict[str, float], preset: Preset,
     for feature, tags in tags_for(preset).items():
         value = TRANSFORMS.get(feature, lambda v: v)(values[f"original_{feature}"])
         for tag in tags:
-            rows.append(Comparison(feature, tag, value, *reference[tag]))
+            if tag in reference:  # not ivh_auc: IBSI 1 did not standardise it
+                rows.append(Comparison(feature, tag, value, *reference[tag]))
     return rows

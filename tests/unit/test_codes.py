@@ -15,14 +15,21 @@ lab). That file has known errors, which this test corrects explicitly instead of
   another feature or constant), so they have no concept here (nor have glcm Homogeneity1/2).
 * glcm Autocorrelation, Imc1 and Imc2 are left unmapped although pyradiomics computes IBSI's
   definitions; the table here maps them to the codes the file gives those IBSI features.
+
+The intensity-volume histogram (class ``ivh``, ``pipelines.ivh``) is the node's, not pyradiomics':
+the file (IBSI v7) has only the family's generic concepts, so its codes are IBSI 1's codes of the
+10 % and 90 % features (section 3.5), and their meanings are checked against the names of the
+IBSI 1 reference values' tags instead.
 """
 
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import radiomics
 
+from pipelines import ivh
 from pipelines.codes import (
     IBSI_SCHEME,
     PRIVATE_SCHEME,
@@ -31,6 +38,8 @@ from pipelines.codes import (
     image_filter_concept,
     known_features,
 )
+from pipelines.presets import IbsiIvh
+from tests.unit.ibsi_ct_phantom import IVH_TAGS
 
 TSV = Path("pyradiomics/labs/pyradiomics-dcm/resources/featuresDict_IBSIv7.tsv")
 GLSZM_SECTION = "Grey level size zone based features"
@@ -69,6 +78,7 @@ TSV_UNMAPPED_BUT_IBSI = {
     ("glcm", "Imc1"): "First measure of information correlation",
     ("glcm", "Imc2"): "Second measure of information correlation",
 }
+REFERENCE_VALUES = Path("ibsi1/reference_values/ibsi_1_reference_values_config_A.csv")
 # pyradiomics class -> IBSI 1 chapter (section row of the TSV) its codes must come from
 IBSI_SECTIONS = {
     "shape": {"Morphological features"},
@@ -103,7 +113,21 @@ def _computable_features() -> set[tuple[str, str]]:
         }
         - NOT_COMPUTABLE
         - {("glcm", "Homogeneity1"), ("glcm", "Homogeneity2")}
-    )
+    ) | {("ivh", name) for name in _ivh_names()}
+
+
+def _ivh_names() -> set[str]:
+    """The feature names ``pipelines.ivh`` gives, with every discretisation."""
+    values = np.array([0.0, 1.0, 2.0, 2.0, 3.0])
+    return {
+        name
+        for options in (
+            IbsiIvh(),
+            IbsiIvh(discretisation="fixed_bin_size", bin_width=0.5),
+            IbsiIvh(discretisation="fixed_bin_number", bin_count=10),
+        )
+        for name in ivh.features(values, options)
+    }
 
 
 def test_ibsi_codes_agree_with_pyradiomics_ibsi_table(refdata: Path) -> None:
@@ -141,7 +165,7 @@ def test_ibsi_codes_agree_with_pyradiomics_ibsi_table(refdata: Path) -> None:
         if feature_concept(f"original_{class_name}_{feature}", "CT").name.scheme_designator
         == IBSI_SCHEME
     }
-    assert checked == ibsi_coded - set(TSV_UNMAPPED_BUT_IBSI)
+    assert checked == ibsi_coded - set(TSV_UNMAPPED_BUT_IBSI) - {("ivh", n) for n in IVH_TAGS}
 
 
 def test_features_the_table_leaves_unmapped_get_the_tables_ibsi_code(refdata: Path) -> None:
@@ -156,11 +180,23 @@ def test_features_the_table_leaves_unmapped_get_the_tables_ibsi_code(refdata: Pa
         assert concept.name.value == glcm_codes[meaning]
 
 
+def test_ivh_meanings_are_the_names_of_the_ibsi_reference_tags(refdata: Path) -> None:
+    with (refdata / REFERENCE_VALUES).open(encoding="utf-8-sig", newline="") as handle:
+        names = {row["tag"]: row["feature"] for row in csv.DictReader(handle)}
+    for feature, tag in IVH_TAGS.items():
+        name = feature_concept(f"original_ivh_{feature}", "CT").name
+        assert (name.scheme_designator, name.meaning) == (IBSI_SCHEME, names[tag])
+    for feature in ("I10Bin", "I90Bin", "I10I90BinDifference"):
+        binned = feature_concept(f"original_ivh_{feature}", "CT")
+        assert binned.name.scheme_designator == PRIVATE_SCHEME
+        assert binned.unit.value == "1"
+
+
 def test_every_ibsi_code_comes_from_the_ibsi_chapter_of_its_class(refdata: Path) -> None:
     section_of_code = {r["IBSI_code"]: r["section"] for r in _tsv_rows(refdata)}
     for class_name, feature in known_features():
         name = feature_concept(f"original_{class_name}_{feature}", "CT").name
-        if name.scheme_designator == IBSI_SCHEME:
+        if name.scheme_designator == IBSI_SCHEME and class_name != "ivh":
             assert section_of_code[name.value] in IBSI_SECTIONS[class_name], (class_name, feature)
 
 
@@ -206,6 +242,11 @@ def test_codes_are_unique_fit_code_value_and_meanings_fit_lo() -> None:
         ("original_shape_Sphericity", "CT", "1"),
         ("original_glcm_Contrast", "CT", "1"),
         ("original_ngtdm_Coarseness", "CT", "1"),
+        ("original_ivh_I10", "CT", "[hnsf'U]"),
+        ("original_ivh_I10I90Difference", "CT", "[hnsf'U]"),
+        ("original_ivh_I10Bin", "CT", "1"),
+        ("original_ivh_V10", "CT", "1"),
+        ("original_ivh_I90", "MR", "1"),
     ],
 )
 def test_units(key: str, modality: str, unit: str) -> None:
