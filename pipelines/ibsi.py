@@ -10,7 +10,9 @@ with an ``ibsi`` section (``pipelines.presets.IbsiOptions``):
   bound, fixed bin number from the ROI's minimum, applied through pyradiomics' discretisation hook
   (``pipelines.radiomics_adapter.with_binning``);
 * the aggregation of each texture family's matrices (section 3.6.2) as pyradiomics' ``force2D``
-  (in-plane neighbourhood, slices merged: 2.5D) and ``weightingNorm`` (directions merged);
+  (in-plane neighbourhood, slices merged: 2.5D) and ``weightingNorm`` (directions merged), and
+  per slice (2D: the family run on each slice by itself, grey levels of the whole ROI, features
+  averaged over the slices);
 * the intensity-volume histogram features (section 3.5, ``pipelines.ivh``).
 """
 
@@ -28,7 +30,7 @@ from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClas
 
 from pipelines import ivh
 from pipelines.preprocess import Grid, PreprocessError
-from pipelines.presets import IbsiOptions, IbsiResegmentation
+from pipelines.presets import PER_SLICE_AGGREGATIONS, IbsiOptions, IbsiResegmentation
 from pipelines.radiomics_adapter import with_binning
 from pipelines.rois import RoiMask
 
@@ -139,16 +141,19 @@ def resegments(resegmentation: IbsiResegmentation) -> bool:
     return resegmentation.range is not None or resegmentation.outlier_sigma is not None
 
 
-def grey_levels(values: np.ndarray, settings: dict[str, Any], lower_bound: float | None
-                ) -> np.ndarray:
+def grey_levels(values: np.ndarray, settings: dict[str, Any], lower_bound: float | None,
+                extent: tuple[float, float] | None = None) -> np.ndarray:
     """IBSI 1 section 2.7 grey levels (1, 2, ...) of ``values``: fixed bin number
     (``binCount`` N_g) floor(N_g (X - X_min) / (X_max - X_min)) + 1, X_max in bin N_g; else fixed
     bin size (``binWidth`` w_b, pyradiomics' default 25) floor((X - X_min) / w_b) + 1 with X_min
-    the re-segmentation range's lower bound ``lower_bound``, or the ROI's minimum without one."""
+    the re-segmentation range's lower bound ``lower_bound``, or the ROI's minimum without one.
+    ``extent`` is the ROI's (minimum, maximum) where ``values`` are part of it (one slice);
+    without it, that of ``values``."""
     bin_count = settings.get("binCount")
-    minimum = float(values.min())
+    minimum, maximum = extent if extent is not None else (float(values.min()),
+                                                          float(values.max()))
     if bin_count is not None:
-        spread = float(values.max()) - minimum
+        spread = maximum - minimum
         if spread == 0:
             return np.ones(values.shape, dtype=int)
         levels = np.floor(bin_count * (values - minimum) / spread).astype(int) + 1
@@ -158,15 +163,20 @@ def grey_levels(values: np.ndarray, settings: dict[str, Any], lower_bound: float
     return np.floor((values - start) / width).astype(int) + 1
 
 
-def _with_ibsi_levels(feature_class: type[RadiomicsFeaturesBase], lower_bound: float | None
+def _with_ibsi_levels(feature_class: type[RadiomicsFeaturesBase], lower_bound: float | None,
+                      extent: tuple[float, float] | None = None
                       ) -> type[RadiomicsFeaturesBase]:
     """``feature_class`` discretising with :func:`grey_levels` instead of pyradiomics' bins."""
 
     def apply_binning(self: RadiomicsFeaturesBase, matrix: np.ndarray) -> np.ndarray:
         levels = np.zeros(matrix.shape, dtype=int)
-        levels[self.maskArray] = grey_levels(matrix[self.maskArray], self.settings, lower_bound)
+        levels[self.maskArray] = grey_levels(matrix[self.maskArray], self.settings, lower_bound,
+                                             extent)
         self.coefficients["grayLevels"] = np.unique(levels[self.maskArray])
-        self.coefficients["Ng"] = int(np.max(self.coefficients["grayLevels"]))
+        # N_g of the whole ROI, where the array is one slice of it
+        highest = (self.coefficients["grayLevels"] if extent is None else
+                   grey_levels(np.array(extent), self.settings, lower_bound, extent))
+        self.coefficients["Ng"] = int(np.max(highest))
         return levels
 
     return with_binning(feature_class, apply_binning)
@@ -179,7 +189,26 @@ _AGGREGATION_SETTINGS = {
     "2.5D_v_mrg": {"force2D": True, "force2Ddimension": 0, "weightingNorm": "no_weighting"},
     "3D": {"force2D": False},
     "2.5D": {"force2D": True, "force2Ddimension": 0},
+    "2D_avg": {"force2D": True, "force2Ddimension": 0, "weightingNorm": None},
+    "2D_s_mrg": {"force2D": True, "force2Ddimension": 0, "weightingNorm": "no_weighting"},
+    "2D": {"force2D": True, "force2Ddimension": 0},
 }
+
+
+def _per_slice(feature_class: type[RadiomicsFeaturesBase], image: sitk.Image, mask: sitk.Image,
+               names: Sequence[str] | None, settings: dict[str, Any]) -> dict[str, float]:
+    """IBSI 1 section 3.6.2 2D aggregation: ``feature_class`` (in-plane settings) on each slice
+    that holds ROI voxels, by itself, and each feature averaged over those slices."""
+    inside = sitk.GetArrayViewFromImage(mask) == 1
+    per_slice = []
+    for z in np.flatnonzero(inside.any(axis=(1, 2))):
+        z = int(z)
+        calculator = feature_class(image[:, :, z:z + 1], mask[:, :, z:z + 1], **settings)
+        for name in names or []:
+            calculator.enableFeatureByName(name)
+        per_slice.append(calculator.execute())
+    return {name: float(np.mean([values[name] for values in per_slice]))
+            for name in per_slice[0]}
 
 
 def compute_features(extractor: RadiomicsFeatureExtractor, image: sitk.Image, mask: sitk.Image,
@@ -194,22 +223,27 @@ def compute_features(extractor: RadiomicsFeatureExtractor, image: sitk.Image, ma
     if image_type == "original" and options.resegmentation.range is not None:
         lower_bound = options.resegmentation.range[0]
     classes = getFeatureClasses()
+    inside = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(mask) == 1]
+    extent = (float(inside.min()), float(inside.max()))
     values: OrderedDict[str, Any] = OrderedDict()
     for class_name, names in extractor.enabledFeatures.items():
         if class_name.startswith("shape") or class_name not in classes:
             continue
         feature_class = classes[class_name]
         if options.discretisation == "ibsi":
-            feature_class = _with_ibsi_levels(feature_class, lower_bound)
+            feature_class = _with_ibsi_levels(feature_class, lower_bound, extent)
         aggregation = options.texture_aggregation.get(class_name)
         kwargs = {**settings, **_AGGREGATION_SETTINGS.get(aggregation or "", {})}
-        calculator = feature_class(image, mask, **kwargs)
-        for name in names or []:
-            calculator.enableFeatureByName(name)
-        for name, value in calculator.execute().items():
+        if aggregation in PER_SLICE_AGGREGATIONS:
+            computed = _per_slice(feature_class, image, mask, names, kwargs)
+        else:
+            calculator = feature_class(image, mask, **kwargs)
+            for name in names or []:
+                calculator.enableFeatureByName(name)
+            computed = calculator.execute()
+        for name, value in computed.items():
             values[f"{image_type}_{class_name}_{name}"] = value
     if image_type == "original" and options.ivh is not None:
-        inside = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(mask) == 1]
         for name, value in ivh.features(inside, options.ivh,
                                         options.resegmentation.range).items():
             values[f"{image_type}_ivh_{name}"] = value

@@ -299,10 +299,11 @@ class RoiOptions(_Section):
 # builds each family's matrices. GLCM and GLRLM have per-direction matrices, averaged (avg) or
 # merged (mrg) over directions; GLSZM, NGTDM and NGLDM (pyradiomics GLDM) have none. 2.5D: the
 # neighbourhood lies in the slice plane (pyradiomics force2D) and the slices are merged; 3D: the
-# 26-connected neighbourhood. IBSI's per-slice 2D methods need one matrix per slice, which
-# pyradiomics does not build.
-DIRECTIONAL_AGGREGATIONS = ("3D_avg", "3D_mrg", "2.5D_d_mrg", "2.5D_v_mrg")
-NON_DIRECTIONAL_AGGREGATIONS = ("3D", "2.5D")
+# 26-connected neighbourhood; 2D: each slice's own matrices and features, the features averaged
+# over the slices (pipelines.ibsi runs the family per slice).
+DIRECTIONAL_AGGREGATIONS = ("2D_avg", "2D_s_mrg", "2.5D_d_mrg", "2.5D_v_mrg", "3D_avg", "3D_mrg")
+NON_DIRECTIONAL_AGGREGATIONS = ("2D", "2.5D", "3D")
+PER_SLICE_AGGREGATIONS = ("2D_avg", "2D_s_mrg", "2D")
 _DIRECTIONAL_FAMILIES = ("glcm", "glrlm")
 _NON_DIRECTIONAL_FAMILIES = ("glszm", "gldm", "ngtdm")
 
@@ -527,6 +528,13 @@ class Preset(BaseModel):
             raise ValueError(
                 "ibsi.resegmentation and radiomics.setting.resegmentRange both re-segment; "
                 "choose one"
+            )
+        per_slice = sorted(family for family, method in ibsi.texture_aggregation.items()
+                           if method in PER_SLICE_AGGREGATIONS)
+        if per_slice and ibsi.discretisation != "ibsi":
+            raise ValueError(
+                f"ibsi.texture_aggregation: per-slice 2D for {per_slice} needs "
+                "ibsi.discretisation ibsi (grey levels of the whole ROI, IBSI 1 section 2.7)"
             )
         if ibsi.texture_aggregation and (
             setting.get("force2D") or setting.get("weightingNorm") is not None

@@ -24,7 +24,7 @@ WITH_REFERENCES = ("A", "B")  # C, D and E are checked with values the project h
 # reference files call merged matrices "comb")
 _TAG_SUFFIX = {
     "3D_avg": "3D_avg", "3D_mrg": "3D_comb", "2.5D_d_mrg": "2_5D_avg", "2.5D_v_mrg": "2_5D_comb",
-    "3D": "3D", "2.5D": "2_5D",
+    "3D": "3D", "2.5D": "2_5D", "2D_avg": "2D_avg", "2D_s_mrg": "2D_comb", "2D": "2D",
 }
 _DEFAULT_AGGREGATION = {"glcm": "3D_avg", "glrlm": "3D_avg", "glszm": "3D", "gldm": "3D",
                         "ngtdm": "3D"}
@@ -78,14 +78,15 @@ def references(refdata: Path, configuration: str) -> dict[str, tuple[float, floa
                 for row in csv.DictReader(handle) if row["reference value"]}
 
 
-def process_phantom(refdata: Path, configuration: str, out: Path, dicom: Path | None = None
-                    ) -> dict[str, float]:
+def process_phantom(refdata: Path, configuration: str, out: Path, dicom: Path | None = None,
+                    preset: Path | None = None) -> dict[str, float]:
     """``radiomics-node process`` on the phantom's DICOM (``dicom``: another folder of it, e.g.
-    with a SEG) with the configuration's preset; the features CSV's values by pyradiomics key."""
+    with a SEG) with the configuration's preset (or the YAML ``preset``); the features CSV's
+    values by pyradiomics key."""
     source = dicom if dicom is not None else refdata / PHANTOM / "dicom"
     subprocess.run([sys.executable, "-m", "node.cli", "process", str(source), "--preset",
-                    f"ibsi-ct-phantom-{configuration}", "--out", str(out)], check=True,
-                   capture_output=True)
+                    str(preset or f"ibsi-ct-phantom-{configuration}"), "--out", str(out)],
+                   check=True, capture_output=True)
     [features] = out.glob("*/features.csv")
     with features.open(encoding="utf-8", newline="") as handle:
         return {row["feature"]: float(row["value"]) for row in csv.DictReader(handle)}

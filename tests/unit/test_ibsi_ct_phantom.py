@@ -7,6 +7,8 @@ arXiv:1612.07003, chapter 5; image processing of chapter 2 by ``pipelines.ibsi``
 * configuration C, whose values the project does not have, against MIRP (the IBSI lead's
   IBSI-compliant implementation) with the same settings, on the phantom and on each lesion of
   the synthetic liver CT; bench/ibsi_mirp.py compares all five;
+* IBSI's per-slice 2D aggregation (the A and B presets with 2D instead of 2.5D) against the
+  configurations' 2D references;
 * the RTSTRUCT as sent and a SEG of the same ROI give the same values;
 * docs/presets.md's conformance table is the one these runs give.
 """
@@ -22,6 +24,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+import yaml
 from highdicom.sr import CodedConcept
 
 from bench.ibsi_mirp import (
@@ -34,6 +37,7 @@ from bench.ibsi_mirp import (
 )
 from pipelines import ibsi
 from pipelines.preprocess import Grid
+from pipelines.presets import load_preset
 from pipelines.segmentation import read_segmentation
 from pipelines.series import read_series
 from tests.unit.ibsi_ct_phantom import (
@@ -46,6 +50,7 @@ from tests.unit.ibsi_ct_phantom import (
 )
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "presets.md"
+PRESETS = Path(__file__).resolve().parents[2] / "pipelines" / "presets"
 TABLE_START = "<!-- ibsi-conformance-table: written by tests/unit/test_ibsi_ct_phantom.py -->"
 TABLE_END = "<!-- end of ibsi-conformance-table -->"
 MIRP_RTOL = 1e-3  # relative agreement asked of the node and MIRP (measured: docs/presets.md)
@@ -129,6 +134,27 @@ def test_synthetic_liver_ct_agrees_with_mirp(tmp_path: Path) -> None:
         factor = math.sqrt(voxels / (voxels - 1))
         axes = {tag: mirp / node for tag, node, mirp, _ in rows if tag in AXES}
         assert axes == pytest.approx(dict.fromkeys(AXES, factor), rel=1e-6)
+
+
+@pytest.mark.parametrize(("configuration", "directional"), [("A", "2D_avg"), ("B", "2D_s_mrg")])
+def test_per_slice_aggregation_within_ibsi_tolerance(tmp_path: Path, refdata: Path,
+                                                     configuration: str, directional: str) -> None:
+    """The shipped 2.5D preset with IBSI's per-slice 2D aggregation instead (GLCM and GLRLM
+    ``directional``, the other families ``2D``) against the configuration's 2D references."""
+    preset = yaml.safe_load(
+        (PRESETS / f"ibsi-ct-phantom-{configuration}.yaml").read_text(encoding="utf-8"))
+    preset["name"] = f"ibsi-ct-phantom-{configuration}-2d"
+    preset["ibsi"]["texture_aggregation"] = {
+        family: directional if family in ("glcm", "glrlm") else "2D"
+        for family in preset["ibsi"]["texture_aggregation"]}
+    path = tmp_path / "preset.yaml"
+    path.write_text(yaml.safe_dump(preset), encoding="utf-8")
+    values = process_phantom(refdata, configuration, tmp_path / "out", preset=path)
+    rows = compare(values, load_preset(path), references(refdata, configuration))
+    outside = [(r.tag, r.value, r.reference, r.tolerance) for r in rows if not r.within]
+    assert len(rows) == 109 and not outside
+    assert {r.tag for r in rows} >= {"cm_joint_max_" + ("2D_avg" if directional == "2D_avg"
+                                                        else "2D_comb"), "szm_sze_2D"}
 
 
 def test_seg_and_rtstruct_give_the_same_values(runs) -> None:

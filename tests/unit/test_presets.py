@@ -188,6 +188,8 @@ def test_shipped_science_presets_match_their_recipes() -> None:
      "both re-segment"),
     ({"radiomics": {"setting": {"binWidth": 25, "force2D": True}}}, "force2D"),
     ({"ibsi": {"texture_aggregation": {"glszm": "3D_avg"}}}, "pyradiomics builds"),
+    ({"ibsi": {"discretisation": "pyradiomics", "texture_aggregation": {"glcm": "2D_avg"}}},
+     r"per-slice 2D for \['glcm'\] needs ibsi.discretisation ibsi"),
 ])
 def test_ibsi_section_refuses_what_it_replaces(change: dict, words: str) -> None:
     data = load_preset("ibsi-ct-phantom-E").model_dump()
