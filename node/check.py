@@ -117,7 +117,18 @@ def _remotes(config: NodeConfig) -> list[tuple[str, RemotePeer]]:
 
 
 def _reach(config: NodeConfig, remote: RemotePeer, timeout: float) -> tuple[bool, str]:
-    """C-ECHO a DICOM peer, ``GET /system`` an Orthanc; (answered, what happened)."""
+    """C-ECHO a DICOM peer, ``GET /system`` an Orthanc, a one-study QIDO-RS search of a
+    DICOMweb service; (answered, what happened)."""
+    if remote.kind == "dicomweb":
+        from node.dicomweb import DicomWebError, DicomWebPeer
+
+        try:
+            with DicomWebPeer(str(remote.url), remote.username, remote.password,
+                              timeout) as peer:
+                peer.reachable()
+        except DicomWebError as exc:
+            return False, str(exc)
+        return True, f"{remote.url}: QIDO-RS answered"
     if remote.kind == "orthanc-rest":
         from node.orthanc import OrthancClient, OrthancError
 

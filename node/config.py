@@ -122,17 +122,20 @@ class SeriesRule(Strict):
 
 
 class RemotePeer(Strict):
-    """A peer reached by DICOM (``kind: dicom``: AE title, host, port) or through Orthanc's REST
-    API (``kind: orthanc-rest``: base URL, optional HTTP basic credentials)."""
+    """A peer reached by DICOM (``kind: dicom``: AE title, host, port), through Orthanc's REST
+    API (``kind: orthanc-rest``: base URL) or by DICOMweb (``kind: dicomweb``, PS3.18: the base
+    URL of its STOW-RS, QIDO-RS and WADO-RS services), the last two with optional HTTP basic
+    credentials."""
 
     name: str = Field(description="Unique name, used in logs and the index.")
-    kind: Literal["dicom", "orthanc-rest"] = Field(default="dicom", description="DICOM "
-                                                   "network or Orthanc's REST API.")
+    kind: Literal["dicom", "orthanc-rest", "dicomweb"] = Field(
+        default="dicom", description="DICOM network, Orthanc's REST API, or DICOMweb (PS3.18).")
     ae_title: AETitle | None = Field(default=None, description="Its AE title (dicom).")
     host: str | None = Field(default=None, description="Host name or address (dicom).")
     port: Port | None = Field(default=None, description="TCP port (dicom).")
     url: str | None = Field(default=None, pattern=r"^https?://",
-                            description="Base URL of the REST API (orthanc-rest).")
+                            description="Base URL of the REST API (orthanc-rest) or of the "
+                            "DICOMweb services (dicomweb, e.g. Orthanc's .../dicom-web).")
     username: str | None = Field(default=None, description="HTTP basic authentication user.")
     password: SecretStr | None = Field(default=None, description="HTTP basic authentication "
                                        "password.")
@@ -145,7 +148,7 @@ class RemotePeer(Strict):
             if missing:
                 raise ValueError(f"a dicom peer needs {', '.join(missing)}")
         elif self.url is None:
-            raise ValueError("an orthanc-rest peer needs url")
+            raise ValueError(f"a {self.kind} peer needs url")
         return self
 
     def describe(self) -> str:
@@ -156,12 +159,13 @@ class RemotePeer(Strict):
 
 
 class Destination(RemotePeer):
-    """A peer that receives the node's results: C-STORE (dicom) or REST POST /instances."""
+    """A peer that receives the node's results: C-STORE (dicom), REST POST /instances
+    (orthanc-rest) or STOW-RS (dicomweb)."""
 
     verify: bool = Field(
         default=True,
         description="Mark delivered only once the object is found at the destination "
-        "(C-FIND at IMAGE level, or Orthanc /tools/lookup).",
+        "(C-FIND at IMAGE level, Orthanc /tools/lookup, or a QIDO-RS instance search).",
     )
 
 
@@ -186,9 +190,9 @@ class RetrieveConfig(Strict):
     timeout: float = Field(default=30.0, gt=0, description="Network timeout in seconds.")
     max_instances: int = Field(
         default=5000, ge=1,
-        description="Most instances one retrieval stores: orthanc-rest fetches nothing of a "
-        "series that lists more, C-GET refuses the stores past it (0xA700); either fails the "
-        "request with that reason. C-MOVE stores cannot be counted per request.",
+        description="Most instances one retrieval stores: orthanc-rest and dicomweb fetch "
+        "nothing of a series that lists more, C-GET refuses the stores past it (0xA700); "
+        "either fails the request with that reason. C-MOVE stores cannot be counted per request.",
     )
 
 

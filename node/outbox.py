@@ -1,5 +1,6 @@
-"""The outbox: durable deliveries of result objects to each destination, by C-STORE (PS3.4 B.2)
-or by Orthanc's REST ``POST /instances``, each confirmed at the destination before it counts.
+"""The outbox: durable deliveries of result objects to each destination, by C-STORE (PS3.4 B.2),
+Orthanc's REST ``POST /instances`` or STOW-RS (PS3.18 10.5), each confirmed at the destination
+before it counts.
 
 Per destination and tick: the due deliveries, in outbox order (a destination never receives a
 later result before an earlier one that is still pending), are first looked up at the destination
@@ -25,6 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from node.config import Destination, NodeConfig
+from node.dicomweb import DicomWebError, DicomWebPeer
 from node.index import DeliveryRow, Index
 from node.logs import fields
 from node.orthanc import OrthancClient, OrthancError
@@ -37,7 +39,7 @@ STORED_STATUSES = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 """C-STORE statuses meaning the peer stored the object: success and the warnings of PS3.4 B.2.3
 (coercion of data elements, elements discarded, data set does not match SOP class)."""
 
-UNREACHABLE = (AssociationRefused, OrthancError, VerificationError)
+UNREACHABLE = (AssociationRefused, OrthancError, DicomWebError, VerificationError)
 
 
 def next_attempt_delay(attempts_so_far: int, initial: float, maximum: float) -> float:
@@ -189,6 +191,8 @@ class Outbox:
             return []
         if destination.kind == "orthanc-rest":
             return self._post(destination, items)
+        if destination.kind == "dicomweb":
+            return self._stow(destination, items)
         try:
             statuses = c_store(self._config.listener.ae_title, destination,
                                [i.path for i in items], self._config.outbox.timeout,
@@ -225,6 +229,25 @@ class Outbox:
                 try:
                     client.upload(data)
                 except OrthancError as exc:
+                    self._failed(item.delivery, str(exc))
+                    break
+                sent.append(item)
+        return sent
+
+    def _stow(self, destination: Destination, items: list[Item]) -> list[Item]:
+        """STOW-RS one by one, the first failure ending the batch, as :meth:`_post`."""
+        sent = []
+        with DicomWebPeer(str(destination.url), destination.username, destination.password,
+                          self._config.outbox.timeout) as peer:
+            for item in items:
+                try:
+                    data = item.path.read_bytes()
+                except OSError as exc:
+                    self._failed(item.delivery, f"cannot read {item.path}: {exc}")
+                    break
+                try:
+                    peer.store(data)
+                except (DicomWebError, pydicom.errors.InvalidDicomError) as exc:
                     self._failed(item.delivery, str(exc))
                     break
                 sent.append(item)

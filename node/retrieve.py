@@ -21,6 +21,8 @@ configured ``retrieve.sources`` in order, each in its own way:
 - ``orthanc-rest``: ``POST /tools/find`` by StudyInstanceUID and SeriesInstanceUID; nothing is
   downloaded when the series lists more than ``retrieve.max_instances`` instances; each instance
   file goes through ``Ingest.accept`` with ``expected`` as for C-GET.
+- ``dicomweb``: QIDO-RS lists the series' instances (PS3.18 10.6), capped as for Orthanc, and
+  WADO-RS fetches each one the node does not hold (10.4), through ``Ingest.accept`` the same way.
 
 What is fetched is an ordinary series: it becomes stable and the router queues the job. A series
 that arrives by itself ends the request as ``received``. A source that offered only instances
@@ -50,6 +52,7 @@ from pynetdicom.sop_class import (
 )
 
 from node.config import NodeConfig, RetrieveSource
+from node.dicomweb import DicomWebError, DicomWebPeer
 from node.index import Index, RetrievalRow
 from node.ingest import OUT_OF_RESOURCES, SUCCESS, Ingest, Outcome, check_expected
 from node.logs import fields
@@ -212,7 +215,7 @@ class Retriever:
                 answers.append(f"{source.name}: {exc}")
                 refused = True
                 continue
-            except (AssociationRefused, OrthancError, RetrieveError) as exc:
+            except (AssociationRefused, OrthancError, DicomWebError, RetrieveError) as exc:
                 answers.append(f"{source.name}: {exc}")
                 continue
             if count:
@@ -241,10 +244,12 @@ class Retriever:
         """Fetch from ``source`` the series whose StudyInstanceUID and SeriesInstanceUID
         ``expected`` gives, storing only instances that hold every value of ``expected``;
         returns how many instances it stored (C-MOVE: completed sub-operations, which the
-        listener stored). Raises RetrieveRefused as the class says, RetrieveError, OrthancError
-        or AssociationRefused when the source could not give it."""
+        listener stored). Raises RetrieveRefused as the class says, RetrieveError, OrthancError,
+        DicomWebError or AssociationRefused when the source could not give it."""
         if source.kind == "orthanc-rest":
             return self._fetch_rest(source, expected)
+        if source.kind == "dicomweb":
+            return self._fetch_dicomweb(source, expected)
         if source.method == "c-move":
             return self._move(source, expected)
         return self._get(source, expected)
@@ -272,6 +277,25 @@ class Retriever:
                     continue
                 outcome = self._accepted(client.instance_file(instance["ID"]),
                                          f"orthanc:{source.name}", expected)
+                if outcome.no_room:
+                    raise RetrieveError("the node's spool refused the instance (disk)")
+                tally.add(outcome)
+        return tally.result()
+
+    def _fetch_dicomweb(self, source: RetrieveSource, expected: Mapping[str, str]) -> int:
+        tally = _Tally(self._config.retrieve.max_instances)
+        study_uid, series_uid = expected["StudyInstanceUID"], expected["SeriesInstanceUID"]
+        with DicomWebPeer(str(source.url), source.username, source.password,
+                          self._config.retrieve.timeout) as peer:
+            listed = peer.series_instances(study_uid, series_uid)
+            if len(listed) > tally.cap:
+                raise RetrieveRefused(f"the series lists {len(listed)} instances, more than "
+                                      f"retrieve.max_instances ({tally.cap}): none fetched")
+            for uid in listed:
+                if self._index.has_instance(uid):
+                    continue
+                outcome = self._accepted(peer.instance_file(study_uid, series_uid, uid),
+                                         f"dicomweb:{source.name}", expected)
                 if outcome.no_room:
                     raise RetrieveError("the node's spool refused the instance (disk)")
                 tally.add(outcome)

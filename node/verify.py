@@ -4,7 +4,8 @@ A success status to C-STORE (PS3.4 B.2.3) or to REST ``POST /instances`` says th
 object; the node asks again before it marks a delivery delivered. DICOM destinations are asked
 with C-FIND at IMAGE level in the Study Root model (PS3.4 C.4.1, C.6.2), the unique keys of
 every level given (a hierarchical query, PS3.4 C.4.1.2.2); Orthanc destinations with
-``POST /tools/lookup``.
+``POST /tools/lookup``; DICOMweb destinations with a QIDO-RS search of the object's series for
+its SOP Instance UID (PS3.18 10.6).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from node.config import Destination, TLSConfig
+from node.dicomweb import DicomWebPeer
 from node.orthanc import OrthancClient
 from node.store_scu import associate
 
@@ -38,7 +40,8 @@ class ObjectRef:
 
 def method_of(destination: Destination) -> str:
     """How presence at ``destination`` is established, as recorded in the index."""
-    return "c-find" if destination.kind == "dicom" else "orthanc-lookup"
+    return {"dicom": "c-find", "orthanc-rest": "orthanc-lookup",
+            "dicomweb": "qido-rs"}[destination.kind]
 
 
 def present(calling_ae: str, destination: Destination, objects: Sequence[ObjectRef],
@@ -46,11 +49,16 @@ def present(calling_ae: str, destination: Destination, objects: Sequence[ObjectR
     """The SOP Instance UIDs among ``objects`` that ``destination`` holds (asked over DICOM TLS
     with ``tls`` when the destination has ``tls: true``).
 
-    Raises AssociationRefused (DICOM peer unreachable), OrthancError (REST call failed) or
-    VerificationError (the C-FIND itself failed).
+    Raises AssociationRefused (DICOM peer unreachable), OrthancError (REST call failed),
+    DicomWebError (QIDO-RS failed) or VerificationError (the C-FIND itself failed).
     """
     if not objects:
         return set()
+    if destination.kind == "dicomweb":
+        with DicomWebPeer(str(destination.url), destination.username, destination.password,
+                          timeout) as peer:
+            return {o.sop_instance_uid for o in objects
+                    if peer.has_instance(o.study_uid, o.series_uid, o.sop_instance_uid)}
     if destination.kind == "orthanc-rest":
         with OrthancClient(str(destination.url), destination.username, destination.password,
                            timeout) as client:

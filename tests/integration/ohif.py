@@ -84,17 +84,19 @@ def missing_tools() -> list[str]:
 
 
 @contextmanager
-def dicomweb_orthanc(workdir: Path, host: str | None = None) -> Iterator[OrthancServer]:
+def dicomweb_orthanc(workdir: Path, host: str | None = None,
+                     auth: tuple[str, str] | None = None) -> Iterator[OrthancServer]:
     """Orthanc with the DICOMweb plugin at ``/dicom-web/`` (full study and series metadata, so
     one QIDO/WADO metadata request per series); ``host`` (``127.0.0.1:port``) is the authority
-    Orthanc writes into BulkDataURIs, the proxy's when clients reach it through one."""
+    Orthanc writes into BulkDataURIs, the proxy's when clients reach it through one; ``auth``
+    (user, password): HTTP basic authentication required."""
     dicomweb: dict[str, Any] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
                                 "Ssl": False, "StudiesMetadata": "Full",
                                 "SeriesMetadata": "Full"}
     if host:
         dicomweb["Host"] = host
     settings = {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": dicomweb}
-    with orthanc(workdir, {}, settings=settings) as server:
+    with orthanc(workdir, {}, settings=settings, auth=auth) as server:
         plugins = server.http.get("/plugins").raise_for_status().json()
         if "dicom-web" not in plugins:
             raise RuntimeError(f"Orthanc did not load {DICOMWEB_PLUGIN}: plugins {plugins}")

@@ -91,10 +91,12 @@ def _stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
 @contextmanager
 def orthanc(workdir: Path, modalities: dict[str, list],
             ports: tuple[int, int] | None = None,
-            settings: dict | None = None) -> Iterator[OrthancServer]:
+            settings: dict | None = None,
+            auth: tuple[str, str] | None = None) -> Iterator[OrthancServer]:
     """Run Orthanc with its own storage in ``workdir`` on free ports, or on ``ports`` (DICOM,
     HTTP) to start it again where it was; ``modalities`` as in DicomModalities; ``settings``
-    added to its configuration (e.g. LuaScripts)."""
+    added to its configuration (e.g. LuaScripts); ``auth`` (user, password): HTTP basic
+    authentication required, the only registered user, and the one the test's client uses."""
     require_tools(ORTHANC)
     workdir.mkdir(parents=True, exist_ok=True)
     dicom_port, http_port = ports or (free_port(), free_port())
@@ -106,7 +108,8 @@ def orthanc(workdir: Path, modalities: dict[str, list],
         "DicomPort": dicom_port,
         "HttpPort": http_port,
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        "AuthenticationEnabled": auth is not None,
+        "RegisteredUsers": dict([auth]) if auth else {},
         "Plugins": [],
         "DicomModalities": modalities,
         "StableAge": 2,
@@ -117,7 +120,7 @@ def orthanc(workdir: Path, modalities: dict[str, list],
     log = (workdir / "orthanc.log").open("a")
     process = subprocess.Popen([ORTHANC, str(config_path)], stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "TCP_NODELAY": "1"})
-    http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=30, auth=auth)
     try:
         deadline = time.monotonic() + 60
         while True:
