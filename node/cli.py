@@ -1,6 +1,6 @@
 """The ``radiomics-node`` command: serve, config check, demo, outbox list and retry, audit;
 models and export (node.model_commands); index check and rebuild (node.index_commands); jobs
-list and retry (node.job_commands)."""
+list and retry (node.job_commands); rules test (node.rule_test)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from node.index_commands import add_commands as add_index_commands
 from node.index_commands import open_configured
 from node.job_commands import add_commands as add_job_commands
 from node.model_commands import add_commands as add_model_commands
+from node.rule_test import add_commands as add_rule_commands
 
 if TYPE_CHECKING:
     from node.index import Index
@@ -286,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(commands)
     add_index_commands(commands)
     add_job_commands(commands)
+    add_rule_commands(commands)
     return parser
 
 
