@@ -64,7 +64,8 @@ def verdicts(rules: Iterable[SeriesRule], headers: Mapping[str, Dataset]) -> lis
 
 
 def lines(found: list[SeriesVerdict]) -> list[str]:
-    """The verdicts as printable lines, one block per series."""
+    """The verdicts as printable lines, one block per series (the command's output; the status
+    page shows :func:`summary` per series)."""
     present = {v.series_uid for v in found}
     out = []
     for v in found:
@@ -81,6 +82,29 @@ def lines(found: list[SeriesVerdict]) -> list[str]:
             out.append(f"{title}: matches no rule")
             out.extend(f"  {rule}: {miss.keyword} {miss.reason}" for rule, miss in v.failed)
     return out
+
+
+def summary(v: SeriesVerdict) -> str:
+    """One line for a table cell: the rules matched, or each rule's first failed condition."""
+    if v.references is not None:
+        return f"segmentation of {', '.join(v.references) or 'no series it names'}"
+    if v.matched:
+        return f"matches {', '.join(v.matched)}"
+    failed = "; ".join(f"{rule}: {miss.keyword} {miss.reason}" for rule, miss in v.failed)
+    return f"matches no rule ({failed})" if failed else "matches no rule (no rule configured)"
+
+
+def series_summary(index: Index, rules: Iterable[SeriesRule], series_uid: str) -> str:
+    """:func:`summary` of a series the node holds, from the header of its first instance;
+    what went wrong when that cannot be read."""
+    instances = index.instances_of(series_uid)
+    if not instances:
+        return "no instance left in the spool"
+    try:
+        header = pydicom.dcmread(instances[0].path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        return f"cannot read {instances[0].path}: {exc}"
+    return summary(verdict(rules, header))
 
 
 def folder_headers(folder: Path) -> dict[str, Dataset]:

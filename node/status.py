@@ -51,6 +51,7 @@ from node.health import Health
 from node.index import SEGMENTATION_NOT_PROCESSED, Index
 from node.logs import fields
 from node.metrics import render_metrics
+from node.rule_test import series_summary
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,10 @@ class StatusServer:
         series = [[_uid(r["series_uid"]), _uid(r["study_uid"]), html.escape(r["modality"]),
                    f"num:{r['n_instances']}",
                    _badge("stable" if r["stable_at"] else "receiving"),
-                   _when(r["last_received"])]
+                   _when(r["last_received"]),
+                   f'<span class="reason">'
+                   f'{html.escape(series_summary(index, self.config.rules, r["series_uid"]))}'
+                   "</span>"]
                   for r in index.recent_series(limit)]
         jobs = []
         for r in index.recent_jobs(limit):
@@ -319,7 +323,8 @@ class StatusServer:
                                       "first received", "last received"], studies,
                    "no study received yet"),
             _table("Series", ["series", "study", "modality", "instances", "state",
-                              "last received"], series, "no series"),
+                              "last received", "rules (radiomics-node rules test)"], series,
+                   "no series"),
             _table("Presets and model versions in use", ["preset", "preset hash", "models",
                                                          "jobs done", "last"], models,
                    "no job done yet"),

@@ -12,9 +12,11 @@ import yaml
 
 from node.cli import main
 from node.config import NodeConfig, SeriesRule
+from node.health import Health
 from node.index import Index
 from node.ingest import Ingest
 from node.rule_test import folder_headers, lines, verdicts
+from node.status import StatusServer
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 RULES = [
@@ -72,16 +74,33 @@ def test_cli_on_a_folder_explains_a_series_no_rule_matches(tmp_path: Path, study
     ]
 
 
-def test_cli_on_a_received_study(tmp_path: Path, study: SyntheticStudy,
-                                 capsys: pytest.CaptureFixture) -> None:
-    config_path = _config(tmp_path, RULES)
-    config = NodeConfig(state_dir=tmp_path / "state", rules=RULES)
+def _received(tmp_path: Path, study: SyntheticStudy, rules: list[dict]) -> tuple[NodeConfig,
+                                                                                  Index]:
+    config = NodeConfig(state_dir=tmp_path / "state", rules=rules)
     config.spool_dir.mkdir(parents=True)
     index = Index(config.index_path)
     ingest = Ingest(config, index)
     for path in [*study.ct_paths, study.seg_path]:
         data = path.read_bytes()
         ingest.accept(data, lambda data=data: pydicom.dcmread(io.BytesIO(data)), "SCANNER")
+    return config, index
+
+
+def test_status_page_shows_the_rules_verdict_of_recent_series(tmp_path: Path,
+                                                             study: SyntheticStudy) -> None:
+    config, index = _received(tmp_path, study, RULES[:3])
+    page = StatusServer(config, index, lambda: Health(())).render_page()
+    index.close()
+    assert ("matches no rule (ct-arterial: SeriesDescription &#x27;Portal venous 2.5 mm "
+            "(synthetic)&#x27; does not match /arterial/; ct-thin: SliceThickness 2.5 outside "
+            "[None, 1.0]; mr-t2: Modality &#x27;CT&#x27; not in [&#x27;MR&#x27;])") in page
+    assert f"segmentation of {study.ct_series_uid}" in page
+
+
+def test_cli_on_a_received_study(tmp_path: Path, study: SyntheticStudy,
+                                 capsys: pytest.CaptureFixture) -> None:
+    config_path = _config(tmp_path, RULES)
+    _, index = _received(tmp_path, study, RULES)
     index.close()
     assert main(["rules", "test", study.study_instance_uid, "--config", str(config_path)]) == 0
     out = capsys.readouterr().out
