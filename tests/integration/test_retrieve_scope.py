@@ -21,11 +21,12 @@ import pytest
 from pydicom.uid import generate_uid
 
 from node.config import NodeConfig
-from node.index import SEGMENTATION_NOT_PROCESSED, Index
 from node.ingest import Ingest
 from node.receiver import Receiver
 from node.retrieve import Retriever
 from node.router import Router
+from node.state import Index
+from node.state.audit import SEGMENTATION_NOT_PROCESSED
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
 from tests.integration.peers import OrthancServer, orthanc
@@ -108,7 +109,7 @@ def _receive_seg(config: NodeConfig, index: Index, data: bytes) -> Router:
                                            "SCANNER")
     assert outcome.status == 0, outcome.comment
     router = Router(config, index)
-    [seg_series] = index.mark_stable(time.time() + 1)
+    [seg_series] = index.instances.mark_stable(time.time() + 1)
     assert router.route(seg_series) == []
     return router
 
@@ -136,17 +137,17 @@ def test_seg_naming_a_series_of_another_patients_study_gets_nothing_of_it(
         receiver.start()
         try:
             router = _receive_seg(config, index, _seg_naming(a, tmp_path, b_series))
-            [request] = index.retrievals()
+            [request] = index.retrievals.all()
             assert (request.series_uid, request.study_uid) == (b_series, a.study_instance_uid)
             retriever = Retriever(config, index)
             retriever.tick()
             if method == "orthanc-rest":
-                assert index.retrievals()[0].state == "waiting"
+                assert index.retrievals.all()[0].state == "waiting"
                 time.sleep(0.6)
                 retriever.tick()
         finally:
             receiver.stop()
-    [request] = index.retrievals()
+    [request] = index.retrievals.all()
     indexed = _indexed(config)
     b_indexed = sum(n for (study, _), n in indexed.items() if study == two_patients.b_study_uid)
     quarantined = len(list(config.quarantine_dir.glob("*.reason.json"))) \
@@ -167,13 +168,13 @@ def test_seg_naming_a_series_of_another_patients_study_gets_nothing_of_it(
     else:
         assert b_indexed == 20 and {source for (_, source) in indexed} == {"SCANNER", "ORTHANC"}
         assert "(0020,000D) StudyInstanceUID differs from the request" in request.reason
-        [b_series_row] = [s for s in index.mark_stable(time.time() + 1)
+        [b_series_row] = [s for s in index.instances.mark_stable(time.time() + 1)
                           if s.series_uid == b_series]
         assert router.route(b_series_row) == []
-        [audit] = index.audit_rows(SEGMENTATION_NOT_PROCESSED, 10)
+        [audit] = index.audit.rows(SEGMENTATION_NOT_PROCESSED, 10)
         assert f"of study {two_patients.b_study_uid}, not of study {a.study_instance_uid}" \
             in audit["detail"]
-    assert index.jobs() == []
+    assert index.jobs.all() == []
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # pydicom, of "*"
@@ -197,9 +198,9 @@ def test_seg_naming_an_empty_or_wildcard_series_retrieves_nothing(
             Retriever(config, index).tick()
         finally:
             receiver.stop()
-    assert index.retrievals() == [] and index.jobs() == []
+    assert index.retrievals.all() == [] and index.jobs.all() == []
     assert _indexed(config) == {(two_patients.a.study_instance_uid, "SCANNER"): 1}  # the SEG
-    [audit] = index.audit_rows(SEGMENTATION_NOT_PROCESSED, 10)
+    [audit] = index.audit.rows(SEGMENTATION_NOT_PROCESSED, 10)
     assert ("items hold no SeriesInstanceUID" if value == "" else "'*' is not a UID") \
         in audit["detail"]
 
@@ -219,8 +220,8 @@ def test_retrieval_stores_at_most_max_instances(
                               max_instances=5)
         _receive_seg(config, index, a.seg_path.read_bytes())
         Retriever(config, index).tick()
-    [request] = index.retrievals()
-    stored = len(index.instances_of(a.ct_series_uid))
+    [request] = index.retrievals.all()
+    stored = len(index.instances.of_series(a.ct_series_uid))
     print(f"\n{method}, max_instances 5: {stored} of 20 stored; {request.reason}")
     assert request.state == "failed"
     if method == "orthanc-rest":

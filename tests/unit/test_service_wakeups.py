@@ -11,9 +11,10 @@ import pydicom
 import pytest
 
 from node.config import Destination, NodeConfig, SeriesRule
-from node.index import Index, InstanceRow
 from node.receiver import Receiver
 from node.service import STABLE_MARGIN, Node
+from node.state import Index
+from node.state.instances import InstanceRow
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
 
@@ -52,7 +53,7 @@ def _node(tmp_path: Path, peer_port: int, stable_after: float) -> Node:
 def _index(index: Index, paths: list[Path], received: float) -> None:
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        index.add_instance(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
+        index.instances.add(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
                                        ds.SeriesInstanceUID, str(path), 1, "SCANNER"),
                            ds.Modality, now=received)
 
@@ -87,13 +88,13 @@ def test_a_study_is_processed_and_delivered_without_waiting_for_ticks(
     try:
         _index(node.index, [*study.ct_paths, study.seg_path], time.time() - 10)
         node.assemble()  # as the first regular tick would: both series stable, a job queued
-        [job] = node.index.jobs()
-        _until(lambda: all(d["state"] == "delivered" for d in node.index.deliveries())
-               and bool(node.index.deliveries()))
-        timeline = node.index.job_timeline(job.id)
-        assert node.index.job(job.id).state == "done"
+        [job] = node.index.jobs.all()
+        _until(lambda: all(d["state"] == "delivered" for d in node.index.outbox.all())
+               and bool(node.index.outbox.all()))
+        timeline = node.index.jobs.timeline(job.id)
+        assert node.index.jobs.get(job.id).state == "done"
         assert len(timeline.deliveries) == 3  # the two reports and the summary image
         for delivery in timeline.deliveries:
-            assert peer_index.instance(delivery.sop_instance_uid) is not None
+            assert peer_index.instances.get(delivery.sop_instance_uid) is not None
     finally:
         node.stop()
