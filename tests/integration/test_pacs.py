@@ -23,6 +23,7 @@ from node.router import Router
 from node.state import Index
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
+from tests.fake_clock import FakeClock
 from tests.integration.peers import NodeService, OrthancServer, orthanc, require_tools
 
 pytestmark = pytest.mark.integration
@@ -160,7 +161,7 @@ def test_missing_source_series_is_fetched(tmp_path: Path, study: SyntheticStudy,
             Ingest(config, index).accept(data, lambda: pydicom.dcmread(io.BytesIO(data)),
                                          "SCANNER")
             router = Router(config, index)
-            [seg_series] = index.instances.mark_stable(time.time() + 1)
+            [seg_series] = index.instances.mark_stable(index.clock.time() + 1)
             assert router.route(seg_series) == []
             [request] = index.retrievals.all()
             assert (request.series_uid, request.state) == (study.ct_series_uid, "waiting")
@@ -174,19 +175,19 @@ def test_missing_source_series_is_fetched(tmp_path: Path, study: SyntheticStudy,
     expected_source = {"c-get": "c-get:pacs", "c-move": "ORTHANC",
                        "orthanc-rest": "orthanc:pacs"}[method]
     assert len(rows) == SHAPE[0] and {r.calling_ae for r in rows} == {expected_source}
-    [ct_series] = index.instances.mark_stable(time.time() + 1)
+    [ct_series] = index.instances.mark_stable(index.clock.time() + 1)
     [job_id] = router.route(ct_series)  # then it goes on as if both had been sent
     assert index.jobs.get(job_id).source_series_uid == study.ct_series_uid
 
 
 def test_segmentation_without_source_anywhere_fails_with_a_reason(
-        tmp_path: Path, study: SyntheticStudy) -> None:
+        tmp_path: Path, study: SyntheticStudy, clock: FakeClock) -> None:
     with orthanc(tmp_path / "orthanc", {}) as pacs:  # empty PACS
         source = {"name": "pacs", "kind": "orthanc-rest", "url": pacs.url}
         config = NodeConfig(state_dir=tmp_path / "node",
                             retrieve={"sources": [source], "wait": 0.5, "retry_interval": 0.1})
         config.spool_dir.mkdir(parents=True)
-        index = Index(config.index_path)
+        index = Index(config.index_path, clock=clock)
         data = study.seg_path.read_bytes()  # the segmentation that asks (its Patient ID counts)
         Ingest(config, index).accept(data, lambda: pydicom.dcmread(io.BytesIO(data)), "SCANNER")
         seg_sop_uid = pydicom.dcmread(study.seg_path, stop_before_pixels=True).SOPInstanceUID
@@ -195,7 +196,7 @@ def test_segmentation_without_source_anywhere_fails_with_a_reason(
         retriever = Retriever(config, index)
         retriever.tick()
         assert index.retrievals.all()[0].state == "waiting"
-        time.sleep(0.6)
+        clock.advance(0.5)  # the wait is over
         retriever.tick()
     [request] = index.retrievals.all()
     assert request.state == "failed"

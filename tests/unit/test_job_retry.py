@@ -17,12 +17,14 @@ import pytest
 import yaml
 
 from node import jobs as jobs_module
+from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
 from node.jobs import JobRunner, is_transient
 from node.state import Index
 from node.state.instances import InstanceRow
 from pipelines.segmentation import SegmentationError
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from tests.fake_clock import FakeClock
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,9 @@ def _until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def _job(config: NodeConfig, study: SyntheticStudy) -> tuple[Index, int]:
-    index = Index(config.index_path)
+def _job(config: NodeConfig, study: SyntheticStudy,
+         clock: Clock = SYSTEM_CLOCK) -> tuple[Index, int]:
+    index = Index(config.index_path, clock=clock)
     for path in [*study.ct_paths, study.seg_path]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         index.instances.add(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
@@ -73,10 +76,9 @@ def test_transient_causes_are_told_from_the_others() -> None:
 
 
 def test_a_full_disk_is_retried_after_a_back_off_and_the_job_then_runs(
-        tmp_path: Path, study: SyntheticStudy, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs_module, "RETRY_BACKOFF", 1.0)
+        tmp_path: Path, study: SyntheticStudy, clock: FakeClock) -> None:
     config = NodeConfig(state_dir=tmp_path / "state", min_free_bytes=0)
-    index, job_id = _job(config, study)
+    index, job_id = _job(config, study, clock)
     runner = JobRunner(config, index)
     try:
         with _small_disk(config.results_dir, "64k"):
@@ -87,7 +89,7 @@ def test_a_full_disk_is_retried_after_a_back_off_and_the_job_then_runs(
             assert "No space left on device" in job.reason and "\n" not in job.reason
             runner.tick()  # the back-off holds it
             assert index.jobs.get(job_id).state == "queued"
-        time.sleep(1.1)  # space is back, and the back-off over
+        clock.advance(jobs_module.RETRY_BACKOFF)  # space is back, and the back-off over
         runner.tick()
         _until(lambda: index.jobs.get(job_id).state == "done")
         assert index.jobs.get(job_id).attempts == 2

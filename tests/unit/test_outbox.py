@@ -1,7 +1,6 @@
 """Outbox: delivered only on success status; back-off; dead letter after max attempts."""
 
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from node.outbox import Outbox, next_attempt_delay
 from node.receiver import Receiver
 from node.state import Index
 from tests.conftest import free_port
+from tests.fake_clock import FakeClock
 
 
 @contextmanager
@@ -79,21 +79,23 @@ def test_delivered_to_a_real_scp(tmp_path: Path, result_file: Path) -> None:
         peer_index.close()
 
 
-def test_unreachable_peer_is_retried_then_dead_lettered(tmp_path: Path,
-                                                        result_file: Path) -> None:
+def test_unreachable_peer_is_retried_then_dead_lettered(tmp_path: Path, result_file: Path,
+                                                        clock: FakeClock) -> None:
     destination = Destination(name="down", ae_title="DOWN", host="127.0.0.1", port=free_port())
     config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination],
                         outbox=OutboxConfig(max_attempts=3, backoff_initial=0.01,
                                             backoff_max=0.01, timeout=2))
-    index = Index(config.index_path)
+    index = Index(config.index_path, clock=clock)
     _queue_result(index, result_file, "1.2.3.9", "down")
     outbox = Outbox(config, index)
     outbox.tick()
     row = index.outbox.all()[0]
     assert row["state"] == "pending" and row["attempts"] == 1
     assert "no association with DOWN@127.0.0.1" in row["last_error"]
-    for _ in range(2):
-        time.sleep(0.02)  # past the 10 ms back-off
+    for attempts in (1, 2):
+        outbox.tick()  # the 10 ms back-off holds it
+        assert index.outbox.all()[0]["attempts"] == attempts
+        clock.advance(0.01)  # the back-off over
         outbox.tick()
     row = index.outbox.all()[0]
     assert row["state"] == "dead" and row["attempts"] == 3

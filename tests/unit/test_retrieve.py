@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 from pathlib import Path
 
 import pydicom
@@ -15,6 +14,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
 
+from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
 from node.ingest import Ingest, Outcome
 from node.orthanc import OrthancClient
@@ -23,6 +23,7 @@ from node.state import Index
 from node.state.instances import InstanceRow
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
+from tests.fake_clock import FakeClock
 
 SERIES = "1.2.826.0.1.3680043.8.498.10"
 STUDY = "1.2.826.0.1.3680043.8.498.11"
@@ -46,21 +47,22 @@ def _segmentation(index: Index, directory: Path, patient_id: str = "PATIENT-1") 
                                    str(path), path.stat().st_size, "SCANNER"), "SEG")
 
 
-def _node(tmp_path: Path, port: int, series: str = SERIES,
-          study: str = STUDY) -> tuple[NodeConfig, Index]:
+def _node(tmp_path: Path, port: int, series: str = SERIES, study: str = STUDY,
+          clock: Clock = SYSTEM_CLOCK) -> tuple[NodeConfig, Index]:
     source = {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": port}
     config = NodeConfig(state_dir=tmp_path / "node", retrieve={
         "sources": [source], "wait": 0.3, "retry_interval": 0.05, "timeout": 2})
-    index = Index(config.index_path)
+    index = Index(config.index_path, clock=clock)
     _segmentation(index, tmp_path / "seg")
     assert index.retrievals.request(series, study, SEG_SOP)
     assert not index.retrievals.request(series, study, SEG_SOP)  # asked once
     return config, index
 
 
-def test_unreachable_source_is_retried_then_the_request_fails(tmp_path: Path) -> None:
+def test_unreachable_source_is_retried_then_the_request_fails(tmp_path: Path,
+                                                             clock: FakeClock) -> None:
     port = free_port()
-    config, index = _node(tmp_path, port)
+    config, index = _node(tmp_path, port, clock=clock)
     retriever = Retriever(config, index)
     retriever.tick()
     [row] = index.retrievals.all()
@@ -68,7 +70,7 @@ def test_unreachable_source_is_retried_then_the_request_fails(tmp_path: Path) ->
     assert row.reason == f"archive: no association with ARCHIVE@127.0.0.1:{port}"
     retriever.tick()  # not due yet: nothing tried
     assert index.retrievals.all()[0].attempts == 1
-    time.sleep(0.35)
+    clock.advance(0.3)  # the wait (0.3 s) is over
     retriever.tick()
     [row] = index.retrievals.all()
     assert row.state == "failed"
