@@ -8,7 +8,7 @@ whose only destination is Debian's Orthanc (C-STORE, verified by C-FIND; Orthanc
 in its DicomModalities). Both run on 127.0.0.1 on free ports with ``TCP_NODELAY=1``. The node's
 index records when each instance arrived, when each series became stable, when the job was
 queued, started and finished with the seconds of each pipeline stage, and when Orthanc answered
-the C-STORE of each result object (``node.index.Index.job_timeline``); this script reads them
+the C-STORE of each result object (``node.state.jobs.JobStore.timeline``); this script reads them
 after the run and prints the consecutive spans from the last instance sent (its arrival at the
 node) to the last result stored (Orthanc's C-STORE success status), which add up to the total,
 and as the reference for the delivery the time ``storescu`` takes to store the same result
@@ -63,7 +63,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.ingest import ENV, PeakMemory, _orthanc_pid
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
 from node.config import NodeConfig
-from node.index import Index, JobTimeline
+from node.state import Index
+from node.state.jobs import JobTimeline
 from pipelines.synthetic import write_synthetic_study
 from tests.conftest import free_port
 from tests.integration.peers import NodeService, orthanc, require_tools
@@ -114,12 +115,12 @@ def wait_for_results(node: NodeService, index_path: Path, pacs: httpx.Client, ti
                 raise TimeoutError(f"no results in Orthanc after {timeout:.0f} s:\n"
                                    + node.log_path.read_text()[-3000:])
             time.sleep(0.1)
-            jobs = index.jobs()
+            jobs = index.jobs.all()
             if any(job.state == "failed" for job in jobs):
                 raise RuntimeError(f"job failed: {[job.reason for job in jobs]}")
             if len(jobs) < number or jobs[number - 1].state != "done":
                 continue
-            timeline = index.job_timeline(jobs[number - 1].id)
+            timeline = index.jobs.timeline(jobs[number - 1].id)
             if timeline.deliveries and all(d.delivered_at for d in timeline.deliveries):
                 break
     finally:

@@ -4,7 +4,7 @@ Who sent what comes from the instance rows (calling AE title and address of each
 PS3.8 7.1.1.3) or, once retention removed them, from the ``spool removed`` audit row that kept
 their senders; which job processed it, with which preset, preset hash and model versions, from
 the job rows; what was sent where and when, and who asked for a retry, from the outbox and the
-audit rows (``node.index``).
+audit rows (``node.state.audit``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 
-from node.index import Index
+from node.state import Index
 
 
 def _when(stamp: float | None) -> str:
@@ -31,7 +31,7 @@ def _detail(text: str | None) -> str:
 def study_trail_lines(index: Index, study_uid: str) -> list[str]:
     """The trail of ``study_uid`` as printable lines (UTC times); empty when the index knows
     nothing of the study."""
-    trail = index.study_trail(study_uid)
+    trail = index.audit.study_trail(study_uid)
     if not any(trail.values()):
         return []
     lines = [f"study {study_uid}", "", "received (UTC):"]

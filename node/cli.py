@@ -23,10 +23,10 @@ from node.model_commands import add_commands as add_model_commands
 from node.rule_test import add_commands as add_rule_commands
 
 if TYPE_CHECKING:
-    from node.index import Index
+    from node.state import Index
 
 INDEX_DAMAGED = 3
-"""Exit status of ``serve`` when the index is damaged (``node.index.IndexDamaged``)."""
+"""Exit status of ``serve`` when the index is damaged (``node.state.IndexDamaged``)."""
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,8 +37,8 @@ def _serve(args: argparse.Namespace) -> int:
     # the job workers start first: they import the pipeline while this process imports the rest
     # of the node (seconds each), so the first study after a start does not wait for them
     executor = make_executor(config)
-    from node.index import IndexDamaged
     from node.service import Node
+    from node.state import IndexDamaged
 
     try:
         node = Node(config, executor=executor)
@@ -106,7 +106,7 @@ def _outbox_list(args: argparse.Namespace) -> int:
     if index is None:
         return 1
     try:
-        rows = index.delivery_rows(args.state)
+        rows = index.outbox.with_checks(args.state)
     finally:
         index.close()
     print(f"{'id':>5}  {'state':9}  {'tries':>5}  {'destination':12}  {'when (UTC)':19}  "
@@ -131,7 +131,7 @@ def _outbox_retry(args: argparse.Namespace) -> int:
     if index is None:
         return 1
     try:
-        reset = index.retry_deliveries(None if args.all_dead else args.ids,
+        reset = index.outbox.retry(None if args.all_dead else args.ids,
                                        actor=f"cli:{getpass.getuser()}")
     finally:
         index.close()

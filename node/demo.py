@@ -21,8 +21,8 @@ from pydicom.uid import Comprehensive3DSRStorage
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
 from node import logs
 from node.config import Destination, ModelRef, Peer, SeriesRule, load_config
-from node.index import InstanceRow
 from node.service import Node
+from node.state.instances import InstanceRow
 from node.store_scu import c_store
 from pipelines.codes import feature_concept
 from pipelines.synthetic import write_synthetic_study
@@ -68,15 +68,15 @@ def _wait_for_results(node: Node, timeout: float) -> list[InstanceRow]:
     the node; their index rows (the SR first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        failed = node.index.jobs("failed")
+        failed = node.index.jobs.all("failed")
         if failed:
             raise RuntimeError(f"job {failed[0].id} failed: {failed[0].reason}")
-        deliveries = node.index.deliveries()
+        deliveries = node.index.outbox.all()
         dead = [d for d in deliveries if d["state"] == "dead"]
         if dead:
             raise RuntimeError(f"delivery dead-lettered: {dead[0]['last_error']}")
-        rows = [node.index.instance(d["sop_instance_uid"]) for d in deliveries]
-        if node.index.jobs("done") and deliveries and all(
+        rows = [node.index.instances.get(d["sop_instance_uid"]) for d in deliveries]
+        if node.index.jobs.all("done") and deliveries and all(
                 d["state"] == "delivered" for d in deliveries) and all(rows):
             return sorted(rows, key=lambda r: r.sop_class_uid != Comprehensive3DSRStorage)
         time.sleep(0.2)

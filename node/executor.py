@@ -66,7 +66,7 @@ class JobFuture(Protocol):
 class EarlyDelivery:
     """``process_study``'s ``on_early_objects`` in a local job worker: queues the objects the
     pipeline wrote before its parametric maps for each of ``destinations``, as deliveries of job
-    ``job_id`` in the index at ``index_path`` (``Index.queue_early_deliveries``); the node's
+    ``job_id`` in the index at ``index_path`` (``Index.outbox.queue_early``); the node's
     outbox sends them at its next tick."""
 
     index_path: str
@@ -74,11 +74,11 @@ class EarlyDelivery:
     destinations: tuple[str, ...]
 
     def __call__(self, objects: Sequence[Any]) -> None:
-        from node.index import Index
+        from node.state import Index
 
         index = Index(Path(self.index_path))
         try:
-            index.queue_early_deliveries(self.job_id, [
+            index.outbox.queue_early(self.job_id, [
                 (destination, str(obj.path), obj.sop_instance_uid)
                 for obj in objects for destination in self.destinations])
         finally:

@@ -20,10 +20,10 @@ from typing import Any
 import pydicom
 
 from node.config import NodeConfig, OrthancFeed
-from node.index import Index
 from node.ingest import OUT_OF_RESOURCES, SUCCESS, Ingest
 from node.logs import fields
 from node.orthanc import OrthancClient, OrthancError
+from node.state import Index
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ class Feed:
         stored = 0
         try:
             with OrthancClient(feed.url, feed.username, feed.password, feed.timeout) as client:
-                seq = self._index.feed_seq(feed.name)
+                seq = self._index.retrievals.feed_seq(feed.name)
                 if seq is None:
                     seq = client.last_change() if feed.start == "latest" else 0
-                    self._index.set_feed_seq(feed.name, seq)
+                    self._index.retrievals.set_feed_seq(feed.name, seq)
                     log.info("feed starts", extra=fields(feed=feed.name, seq=seq,
                                                          start=feed.start))
                 while True:
@@ -59,15 +59,15 @@ class Feed:
                     for change in page.get("Changes", []):
                         if change.get("ChangeType") in feed.change_types:
                             stored += self._download(client, change)
-                            self._index.set_feed_seq(feed.name, int(change["Seq"]))
+                            self._index.retrievals.set_feed_seq(feed.name, int(change["Seq"]))
                         seq = int(change["Seq"])
                     seq = max(seq, int(page.get("Last", seq)))
-                    self._index.set_feed_seq(feed.name, seq)
+                    self._index.retrievals.set_feed_seq(feed.name, seq)
                     if page.get("Done", True):
                         break
         except (OrthancError, FeedStalled) as exc:
             log.warning("feed poll stopped, will resume at the same change", extra=fields(
-                feed=feed.name, seq=self._index.feed_seq(feed.name), error=str(exc)))
+                feed=feed.name, seq=self._index.retrievals.feed_seq(feed.name), error=str(exc)))
         return stored
 
     def _series_of(self, client: OrthancClient, change: dict[str, Any]) -> list[str]:
@@ -109,7 +109,7 @@ class Feed:
         stored = 0
         for instance in client.series_instances(series_id):
             uid = instance.get("MainDicomTags", {}).get("SOPInstanceUID")
-            if uid and self._index.has_instance(uid):
+            if uid and self._index.instances.has(uid):
                 continue
             data = client.instance_file(instance["ID"])
             outcome = self._ingest.accept(data, lambda data=data: pydicom.dcmread(io.BytesIO(data)),

@@ -15,11 +15,10 @@
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass
 
 from node.config import NodeConfig
-from node.index import Index
+from node.state import Index
 from node.ticks import Tick
 
 TICK_FAILURES = 3
@@ -55,7 +54,7 @@ def check_health(config: NodeConfig, index: Index, listening: bool, scheduler_ru
                  ticks: tuple[Tick, ...] = ()) -> Health:
     """Run the checks; ``heartbeat`` is when the scheduler's heartbeat tick last ran, ``ticks``
     the node's scheduled ticks."""
-    now = time.time() if now is None else now
+    now = index.clock.time() if now is None else now
     status = config.status
     listener = config.listener
     receiver = Check("receiver", listening,
@@ -74,7 +73,7 @@ def check_health(config: NodeConfig, index: Index, listening: bool, scheduler_ru
     disk = Check("disk", free >= config.min_free_bytes,
                  f"{free / 2**30:.2f} GiB free in {config.state_dir} "
                  f"(floor {config.min_free_bytes / 2**30:.2f} GiB)")
-    oldest = index.oldest_due_delivery(now)
+    oldest = index.queries.oldest_due_delivery(now)
     if oldest is None:
         outbox = Check("outbox", True, "no delivery overdue")
     else:

@@ -19,16 +19,17 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from node.clock import SYSTEM_CLOCK
 from node.config import load_config
 
 if TYPE_CHECKING:
-    from node.index import Index
+    from node.state import Index
 
 
 def open_configured(config_path: Path | None) -> Index | None:
     """The index of the node configured by ``config_path`` (defaults when None), opened beside
     a running node (SQLite WAL); None, with a message on stderr, when that node has none yet."""
-    from node.index import Index
+    from node.state import Index
 
     config = load_config(config_path)
     if not config.index_path.is_file():
@@ -39,7 +40,7 @@ def open_configured(config_path: Path | None) -> Index | None:
 
 def _check(args: argparse.Namespace) -> int:
     """Exit 0 when SQLite's integrity check passes, 1 (with its findings) when it does not."""
-    from node.index import Index, IndexDamaged
+    from node.state import Index, IndexDamaged
 
     config = load_config(args.config)
     if not config.index_path.is_file():
@@ -67,14 +68,14 @@ def _check(args: argparse.Namespace) -> int:
 def _rebuild(args: argparse.Namespace) -> int:
     """Move the index aside and index the spool anew (module docstring). The node must be
     stopped: its open connection would go on writing to the moved file."""
-    from node.index import Index
     from node.recovery import recover
+    from node.state import Index
 
     config = load_config(args.config)
     path = config.index_path
     kept: list[Path] = []
     if path.exists():
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(SYSTEM_CLOCK.time()))
         for suffix in ("", "-wal", "-shm"):
             old = path.with_name(path.name + suffix)
             if old.exists():

@@ -12,7 +12,7 @@ An instance already indexed that arrives again is answered success without being
 after its spool copy is checked against the row (file present, same size, same sha256: only
 duplicates cost a read of the spool copy). A copy damaged behind the node's back (missing,
 truncated, overwritten) is replaced by the arriving bytes, durably, and its series is routed again
-(``Index.replace_instance_file``): a job that failed on the damaged copy runs again under the
+(``Index.instances.replace_file``): a job that failed on the damaged copy runs again under the
 ``reprocess`` policy (``node.router``).
 """
 
@@ -31,11 +31,12 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from node.config import NodeConfig
-from node.index import Index, InstanceRow
 from node.logs import PHI_KEYWORDS, fields
 from node.part10 import Part10
 from node.quarantine import quarantine
 from node.spool import is_uid, spool_path, write_durably
+from node.state import Index
+from node.state.instances import InstanceRow
 from node.validation import (
     CANNOT_UNDERSTAND,
     DOES_NOT_MATCH_SOP_CLASS,
@@ -224,7 +225,8 @@ class Ingest:
                 raise Refusal(CANNOT_UNDERSTAND, "(dataset)", f"cannot decode: {exc}") from exc
         except Refusal as refusal:
             kept = quarantine(self._config.quarantine_dir, bytes(data), source=source,
-                              tag=refusal.tag, reason=refusal.reason)
+                              tag=refusal.tag, reason=refusal.reason,
+                              now=self._index.clock.time())
             log.warning("instance refused", extra=fields(
                 source=source, status=f"0x{refusal.status:04X}", tag=refusal.tag,
                 reason=_loggable(refusal), quarantined=kept.name))
@@ -235,7 +237,7 @@ class Ingest:
     def _store(self, identity: dict[str, str], modality: str, data: bytes | Part10, source: str,
                host: str | None) -> Outcome:
         sop_uid = identity["SOPInstanceUID"]
-        stored = self._index.instance(sop_uid)
+        stored = self._index.instances.get(sop_uid)
         if stored is not None:
             return self._again(stored, identity, data, source)
         target = spool_path(self._spool_dir, identity["StudyInstanceUID"],
@@ -247,7 +249,7 @@ class Ingest:
         row = InstanceRow(sop_uid, identity["SOPClassUID"], identity["StudyInstanceUID"],
                           identity["SeriesInstanceUID"], str(target), len(data), source, host,
                           digest.result())
-        self._index.add_instance(row, modality)
+        self._index.instances.add(row, modality)
         if log.isEnabledFor(logging.DEBUG):  # (the fields are not built for nothing)
             log.debug("instance stored", extra=fields(
                 sop_instance_uid=sop_uid, series_uid=row.series_uid, modality=modality,
@@ -258,7 +260,7 @@ class Ingest:
                source: str) -> Outcome:
         """An instance already indexed (``stored``) arrives again: success, stored once. Its
         spool copy is checked (:func:`spool_damage`); a damaged one is replaced by ``data`` and
-        its series routed again (``Index.replace_instance_file``), unless ``data`` names another
+        its series routed again (``Index.instances.replace_file``), unless ``data`` names another
         study or series than the row (then it is no copy of the same file: the row stays as it
         is, with a warning). A replacement the disk refuses is answered as a new instance's
         would be (0xA700, :meth:`_write`), so the sender may try again."""
@@ -278,7 +280,7 @@ class Ingest:
         refused = self._write(Path(stored.path), data, sop_uid)
         if refused is not None:
             return refused
-        self._index.replace_instance_file(sop_uid, len(data), content_sha256(data))
+        self._index.instances.replace_file(sop_uid, len(data), content_sha256(data))
         log.warning("damaged spool copy replaced", extra=fields(
             sop_instance_uid=sop_uid, series_uid=stored.series_uid, damage=damage,
             source=source, bytes=len(data)))

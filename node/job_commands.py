@@ -23,7 +23,7 @@ def _list(args: argparse.Namespace) -> int:
     if index is None:
         return 1
     try:
-        jobs = index.jobs(args.state)
+        jobs = index.jobs.all(args.state)
     finally:
         index.close()
     print(f"{'id':>5}  {'state':7}  {'tries':>5}  {'preset':16}  source series / reason")
@@ -43,7 +43,7 @@ def _retry(args: argparse.Namespace) -> int:
     if index is None:
         return 1
     try:
-        queued = index.retry_jobs(None if args.failed else args.ids,
+        queued = index.jobs.retry(None if args.failed else args.ids,
                                   actor=f"cli:{getpass.getuser()}")
     finally:
         index.close()

@@ -4,7 +4,7 @@ The node never computes a feature itself: it hands file paths and a preset name 
 ``pipelines.process.process_study`` through an executor (``node.executor``: a local process pool
 or a Dask cluster) and records the outcome. A job's state is a
 row (queued -> running -> done | failed); a node stopped mid-job finds it 'running' at start and
-queues it again. A done job keeps the seconds of each pipeline stage (``Index.job_timeline``).
+queues it again. A done job keeps the seconds of each pipeline stage (``Index.jobs.timeline``).
 
 A failed job's reason is one line (:func:`failure_reason`): the pipeline's own refusal of its
 inputs as the pipeline worded it (naming file, attribute and reason), or the type and message of
@@ -32,8 +32,9 @@ from pathlib import Path
 
 from node.config import NodeConfig
 from node.executor import EarlyDelivery, Executor, JobFuture, make_executor
-from node.index import Index, JobRow
 from node.logs import fields
+from node.state import Index
+from node.state.jobs import JobRow
 from pipelines.process import PipelineResult  # see JobRunner._finished
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class JobRunner:
                     return
                 if not self._disk_allows():
                     return
-                job = self._index.claim_job()
+                job = self._index.jobs.claim()
                 if job is None:
                     return
                 self._start(job)
@@ -154,10 +155,10 @@ class JobRunner:
         return allows
 
     def _start(self, job: JobRow) -> None:
-        images = [row.path for row in self._index.instances_of(job.source_series_uid)]
-        seg = self._index.instance(job.seg_sop_uid)
+        images = [row.path for row in self._index.instances.of_series(job.source_series_uid)]
+        seg = self._index.instances.get(job.seg_sop_uid)
         if not images or seg is None:
-            self._index.fail_job(job.id, "inputs are no longer in the index")
+            self._index.jobs.fail(job.id, "inputs are no longer in the index")
             return
         out_dir = self._config.results_dir / f"job-{job.id}"
         shutil.rmtree(out_dir, ignore_errors=True)  # a rerun starts from an empty folder
@@ -189,7 +190,7 @@ class JobRunner:
                 self._again_later(job_id, failure_reason(exc))
                 return
             reason = failure_reason(exc)
-            self._index.fail_job(job_id, reason)
+            self._index.jobs.fail(job_id, reason)
             refused = is_refusal(exc)
             log.error("job failed", extra=fields(job_id=job_id, refused=refused, reason=reason))
             if not refused:
@@ -201,7 +202,7 @@ class JobRunner:
         models = {r.outcome.model.name: r.outcome.model.version for r in result.models}
         stages = {stage: round(seconds, 3)
                   for stage, seconds in result.timings.with_early_objects().items()}
-        self._index.finish_job(job_id, deliveries, preset_hash=result.preset_hash,
+        self._index.jobs.finish(job_id, deliveries, preset_hash=result.preset_hash,
                                models=models, timings=stages)
         for error in result.model_errors:
             log.error("model package not run", extra=fields(job_id=job_id, error=error))
@@ -225,16 +226,17 @@ class JobRunner:
     def _again_later(self, job_id: int, reason: str, backoff: bool = True) -> None:
         """A transient failure: the job is queued again (after the back-off of the module
         docstring when ``backoff``) until ``max_job_attempts`` runs, then it fails."""
-        job = self._index.job(job_id)
+        job = self._index.jobs.get(job_id)
         if job.attempts >= self._config.max_job_attempts:
             reason = f"{reason} (transient; gave up after {job.attempts} attempts)"
-            self._index.fail_job(job_id, reason)
+            self._index.jobs.fail(job_id, reason)
             log.error("job failed", extra=fields(job_id=job_id, attempts=job.attempts,
                                                  transient=True, reason=reason))
             return
         delay = min(RETRY_BACKOFF * 2 ** (job.attempts - 1), RETRY_BACKOFF_MAX) if backoff \
             else 0.0
-        self._index.requeue_job(job_id, reason, not_before=time.time() + delay if delay else None)
+        self._index.jobs.requeue(
+            job_id, reason, not_before=self._index.clock.time() + delay if delay else None)
         log.warning("job queued again", extra=fields(
             job_id=job_id, attempts=job.attempts, reason=reason, retry_in_s=delay))
 

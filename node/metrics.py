@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from node.config import NodeConfig
 from node.health import Health
-from node.index import Index
+from node.state import Index
 
 JOB_DURATION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 """Seconds: a small CT job takes seconds, a wavelet preset on a large series many minutes."""
@@ -41,19 +41,19 @@ class IndexCollector(Collector):
         self._health = health
 
     def collect(self) -> Iterator[Metric]:
-        totals = self._index.totals()
+        totals = self._index.queries.totals()
         yield CounterMetricFamily("radiomics_node_instances_received",
                                   "Instances stored (C-STORE, pull, retrieve).",
                                   value=totals.get("instances_received", 0))
         yield CounterMetricFamily("radiomics_node_received_bytes",
                                   "Bytes of the instances stored.",
                                   value=totals.get("bytes_received", 0))
-        by_state = self._index.jobs_by_state()
+        by_state = self._index.queries.jobs_by_state()
         jobs = GaugeMetricFamily("radiomics_node_jobs", "Jobs by state.", labels=["state"])
         for state in JOB_STATES:
             jobs.add_metric([state], by_state.get(state, 0))
         yield jobs
-        durations = sorted(self._index.job_durations())
+        durations = sorted(self._index.queries.job_durations())
         buckets = [(str(bound), bisect.bisect_right(durations, bound))
                    for bound in JOB_DURATION_BUCKETS]
         buckets.append(("+Inf", len(durations)))
@@ -63,18 +63,18 @@ class IndexCollector(Collector):
         yield CounterMetricFamily(
             "radiomics_node_delivery_retries",
             "Failed delivery attempts that were scheduled for another try.",
-            value=self._index.audit_count("delivery failed"))
+            value=self._index.audit.count("delivery failed"))
         yield CounterMetricFamily(
             "radiomics_node_deliveries_dead_lettered",
             "Deliveries that ran out of attempts.",
-            value=self._index.audit_count("delivery dead-lettered"))
+            value=self._index.audit.count("delivery dead-lettered"))
         yield CounterMetricFamily(
             "radiomics_node_delivery_manual_retries",
             "Deliveries sent again by a person (CLI or status page).",
-            value=self._index.audit_count("delivery retry requested"))
+            value=self._index.audit.count("delivery retry requested"))
         depth = GaugeMetricFamily("radiomics_node_queue_depth",
                                   "Work waiting, by queue.", labels=["queue"])
-        for queue, count in self._index.queue_depths().items():
+        for queue, count in self._index.queries.queue_depths().items():
             depth.add_metric([queue], count)
         yield depth
         usage = shutil.disk_usage(self._config.state_dir)
@@ -83,7 +83,7 @@ class IndexCollector(Collector):
                                 value=usage.free)
         yield GaugeMetricFamily("radiomics_node_spool_bytes",
                                 "Bytes of the instances in the spool.",
-                                value=self._index.spool_bytes())
+                                value=self._index.queries.spool_bytes())
         healthy = GaugeMetricFamily("radiomics_node_health_check",
                                     "1 when the /healthz check passes.", labels=["check"])
         for check in self._health().checks:

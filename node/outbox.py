@@ -17,7 +17,6 @@ dead-lettered, and ``radiomics-node outbox retry`` sends it again.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -27,9 +26,10 @@ from pydicom.dataset import Dataset
 
 from node.config import Destination, NodeConfig
 from node.dicomweb import DicomWebError, DicomWebPeer
-from node.index import DeliveryRow, Index
 from node.logs import fields
 from node.orthanc import OrthancClient, OrthancError
+from node.state import Index
+from node.state.outbox import DeliveryRow
 from node.store_scu import AssociationRefused, c_store
 from node.verify import ObjectRef, VerificationError, method_of, present
 
@@ -76,7 +76,7 @@ class Outbox:
         self._config = config
         self._index = index
         self._destinations = {d.name: d for d in config.destinations}
-        self._new_after = index.last_delivery_id()  # later ones were queued while this ran
+        self._new_after = index.outbox.last_id()  # later ones were queued while this ran
         self._tried: set[int] = set()
 
     def _may_be_there(self, delivery: DeliveryRow) -> bool:
@@ -86,7 +86,7 @@ class Outbox:
             or delivery.attempts > 0
 
     def tick(self) -> None:
-        due = self._index.due_in_order()
+        due = self._index.outbox.due_in_order()
         for name, group in groupby(due, key=lambda d: d.destination):
             batch = list(group)
             destination = self._destinations.get(name)
@@ -100,20 +100,21 @@ class Outbox:
         settings = self._config.outbox
         attempts = delivery.attempts + 1
         if attempts >= settings.max_attempts:
-            self._index.mark_attempt_failed(delivery.id, error, retry_at=None)
+            self._index.outbox.mark_attempt_failed(delivery.id, error, retry_at=None)
             log.error("delivery dead-lettered", extra=fields(
                 delivery_id=delivery.id, destination=delivery.destination,
                 sop_instance_uid=delivery.sop_instance_uid, attempts=attempts, error=error))
             return
         delay = next_attempt_delay(attempts, settings.backoff_initial, settings.backoff_max)
-        self._index.mark_attempt_failed(delivery.id, error, retry_at=time.time() + delay)
+        self._index.outbox.mark_attempt_failed(delivery.id, error,
+                                              retry_at=self._index.clock.time() + delay)
         log.warning("delivery failed, will retry", extra=fields(
             delivery_id=delivery.id, destination=delivery.destination,
             sop_instance_uid=delivery.sop_instance_uid, attempts=attempts, retry_in_s=delay,
             error=error))
 
     def _delivered(self, item: Item, method: str, note: str = "delivered") -> None:
-        self._index.mark_verified(item.delivery.id, method)
+        self._index.outbox.mark_verified(item.delivery.id, method)
         self._tried.discard(item.delivery.id)  # never due again: the set stays small
         log.info(note, extra=fields(
             delivery_id=item.delivery.id, destination=item.delivery.destination,
@@ -135,7 +136,7 @@ class Outbox:
                     raise pydicom.errors.InvalidDicomError(f"no {', '.join(missing)}")
                 items.append(Item(delivery, header))
             except FileNotFoundError as exc:
-                if self._index.job(delivery.job_id).state in ("queued", "running"):
+                if self._index.jobs.get(delivery.job_id).state in ("queued", "running"):
                     log.debug("result not written yet: its job runs again", extra=fields(
                         delivery_id=delivery.id, job_id=delivery.job_id))
                     break
@@ -167,7 +168,7 @@ class Outbox:
             items = [i for i in items if i.delivery.sop_instance_uid not in there]
         self._tried.update(item.delivery.id for item in items)
         sent = self._send(destination, items)
-        self._index.mark_sent([item.delivery.id for item in sent])
+        self._index.outbox.mark_sent([item.delivery.id for item in sent])
         if not destination.verify:
             for item in sent:
                 self._delivered(item, "status only")

@@ -56,7 +56,6 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from node import logs, pynetdicom_adapter
 from node.config import LimitsConfig, NodeConfig
-from node.index import Index
 from node.ingest import SUCCESS, Ingest
 from node.logs import fields
 from node.part10 import Part10, file_meta_header
@@ -69,6 +68,7 @@ from node.peers import (
     reject,
 )
 from node.pending import PendingConnections
+from node.state import Index
 from node.store_scu import set_nodelay
 from node.tls import server_context
 from node.validation import STORAGE_CLASSES, TRANSFER_SYNTAXES

@@ -5,13 +5,13 @@ A spool file appears under its final name only after fsync and rename (node.spoo
 with a final name is complete even when the node died before its index row was committed; such
 an instance was never acknowledged, but it is good data and is indexed now. The same holds when a
 power cut took back rows the receiver had committed (its index connection does not wait for the
-disk, ``node.index``): those instances were acknowledged, their files are durable, and they are
+disk, ``node.state.db``): those instances were acknowledged, their files are durable, and they are
 indexed again here. Temporary files of interrupted writes are removed.
 
 Every indexed instance's spool file must exist with the size its row records. A file missing or of
 another size was damaged behind the node's back (deleted, truncated, overwritten): the file, when
 present, is moved to quarantine with a reason naming both sizes, the row is forgotten and the
-unfinished jobs that read it fail (``Index.forget_instance``). Sent again, the instance is new to
+unfinished jobs that read it fail (``Index.instances.forget``). Sent again, the instance is new to
 the index and stored as any other; its series is then routed and a job that failed on the damaged
 copy runs again, unless ``reprocess`` is ``never`` (``node.router``). The check is a stat per
 file (0.18 s for 20,000 files): reading and hashing a large spool at every start would take
@@ -28,11 +28,12 @@ from pathlib import Path
 import pydicom
 
 from node.config import NodeConfig
-from node.index import Index, InstanceRow
 from node.ingest import size_damage
 from node.logs import fields
 from node.quarantine import quarantine
 from node.spool import is_uid, remove_stale_partials
+from node.state import Index
+from node.state.instances import InstanceRow
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _remove_damaged(config: NodeConfig, index: Index) -> int:
     """Forget every indexed instance whose spool file is missing or of another size than its row
     says, quarantining the file when present; one warning line each. Returns how many."""
     removed = 0
-    for sop_uid, name, size in index.instance_files():
+    for sop_uid, name, size in index.instances.files():
         path = Path(name)
         damage = size_damage(path, size)
         if damage is None:
@@ -64,9 +65,10 @@ def _remove_damaged(config: NodeConfig, index: Index) -> int:
         if damage != "missing":
             kept = quarantine(config.quarantine_dir, path.read_bytes(), source=name,
                               tag="(spool file)",
-                              reason=f"spool copy of {sop_uid} damaged: {damage} (found at start)")
+                              reason=f"spool copy of {sop_uid} damaged: {damage} (found at start)",
+                              now=index.clock.time())
             path.unlink()
-        row = index.forget_instance(
+        row = index.instances.forget(
             sop_uid, f"input {sop_uid} removed from the spool at start ({damage}): send it again")
         log.warning("damaged spool copy removed", extra=fields(
             sop_instance_uid=sop_uid, series_uid=row.series_uid if row else None, damage=damage,
@@ -78,7 +80,7 @@ def _remove_damaged(config: NodeConfig, index: Index) -> int:
 def _index_orphans(spool_dir: Path, index: Index) -> int:
     indexed = 0
     for path in sorted(spool_dir.glob("*/*/*.dcm")):
-        if not is_uid(path.stem) or index.has_instance(path.stem):
+        if not is_uid(path.stem) or index.instances.has(path.stem):
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -90,7 +92,7 @@ def _index_orphans(spool_dir: Path, index: Index) -> int:
         except Exception as exc:  # a file the node wrote but cannot read back: keep, report
             log.error("spool file unreadable", extra=fields(file=str(path), error=str(exc)))
             continue
-        index.add_instance(row, str(ds.get("Modality", "") or ""), now=path.stat().st_mtime)
+        index.instances.add(row, str(ds.get("Modality", "") or ""), now=path.stat().st_mtime)
         indexed += 1
     return indexed
 
@@ -104,7 +106,7 @@ def recover(config: NodeConfig, index: Index) -> Recovery:
         partial_files_removed=partial,
         damaged_instances_removed=damaged,
         instances_indexed=_index_orphans(config.spool_dir, index),
-        jobs_requeued=index.requeue_interrupted_jobs(),
+        jobs_requeued=index.jobs.requeue_interrupted(),
     )
     if done != Recovery(0, 0, 0, 0):
         log.warning("recovered after an unclean stop", extra=fields(

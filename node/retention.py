@@ -1,8 +1,9 @@
 """Retention: received instances and results leave the disk once they are processed, delivered
 and old enough (``retention`` in the configuration).
 
-Nothing that unfinished work needs is removed: the index decides (``Index.remove_expired_series``
-and ``Index.expired_results``) inside one transaction, so a series a job still reads, a result
+Nothing that unfinished work needs is removed: the index decides
+(``InstanceStore.remove_expired_series`` and ``JobStore.expired_results``, ``node.state``) inside
+one transaction, so a series a job still reads, a result
 still waiting for delivery or a dead-lettered one stays until it is delivered. Each removal is a
 row of the audit trail. Spool rows leave the index before their files are deleted: a crash in
 between leaves files without rows, which ``node.recovery`` indexes again at the next start (kept,
@@ -13,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 
 from node.config import NodeConfig
-from node.index import Index
 from node.logs import fields
+from node.state import Index
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Retention:
 
     def tick(self, now: float | None = None) -> tuple[int, int]:
         """Clean up once; returns (instances removed from the spool, result folders removed)."""
-        now = time.time() if now is None else now
+        now = self._index.clock.time() if now is None else now
         settings = self._config.retention
         instances = results = 0
         if settings.spool_days is not None:
@@ -45,7 +45,7 @@ class Retention:
         return instances, results
 
     def _spool(self, received_before: float) -> int:
-        removed = self._index.remove_expired_series(received_before)
+        removed = self._index.instances.remove_expired_series(received_before)
         folders: set[Path] = set()
         for row in removed:
             path = Path(row.path)
@@ -61,10 +61,10 @@ class Retention:
         return len(removed)
 
     def _results(self, finished_before: float) -> int:
-        job_ids = self._index.expired_results(finished_before)
+        job_ids = self._index.jobs.expired_results(finished_before)
         for job_id in job_ids:
             shutil.rmtree(self._config.results_dir / f"job-{job_id}", ignore_errors=True)
-            self._index.mark_results_removed(job_id)
+            self._index.jobs.mark_results_removed(job_id)
         if job_ids:
             log.info("results cleaned", extra=fields(jobs=job_ids))
         return len(job_ids)

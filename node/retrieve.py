@@ -1,6 +1,6 @@
 """Retrieval of a source series a segmentation references when the node does not have it.
 
-The router records the request (``Index.request_retrieval``) with the exact Study and Series
+The router records the request (``Index.retrievals.request``) with the exact Study and Series
 Instance UIDs, each a valid UID (``node.router.invalid_reference``: an empty or wildcard value
 would match every series of the PACS, PS3.4 C.2.2.2); every tick the retriever tries the
 configured ``retrieve.sources`` in order, each in its own way:
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -53,13 +52,14 @@ from pynetdicom.sop_class import (
 
 from node.config import NodeConfig, RetrieveSource
 from node.dicomweb import DicomWebError, DicomWebPeer
-from node.index import Index, RetrievalRow
 from node.ingest import OUT_OF_RESOURCES, SUCCESS, Ingest, Outcome, check_expected
 from node.logs import fields
 from node.orthanc import OrthancClient, OrthancError
 from node.receiver import STORAGE_CLASSES, TRANSFER_SYNTAXES
 from node.router import patient_id
 from node.spool import is_uid
+from node.state import Index
+from node.state.retrievals import RetrievalRow
 from node.store_scu import AssociationRefused, associate
 from node.validation import Refusal
 
@@ -166,7 +166,7 @@ class Retriever:
         self._ingest = Ingest(config, index)
 
     def tick(self) -> None:
-        for row in self._index.due_retrievals():
+        for row in self._index.retrievals.due():
             self._attempt(row)
 
     def expected(self, row: RetrievalRow) -> dict[str, str] | None:
@@ -174,7 +174,7 @@ class Retriever:
         Study and Series Instance UIDs and the Patient ID (0010,0020) of the segmentation that
         asked, read from its file in the index; None when that segmentation is gone or
         unreadable."""
-        segmentation = self._index.instance(row.seg_sop_uid)
+        segmentation = self._index.instances.get(row.seg_sop_uid)
         if segmentation is None:
             return None
         try:
@@ -185,14 +185,14 @@ class Retriever:
                 "PatientID": patient_id(header)}
 
     def _fail(self, row: RetrievalRow, reason: str) -> None:
-        self._index.finish_retrieval(row.series_uid, "failed", reason)
+        self._index.retrievals.finish(row.series_uid, "failed", reason)
         log.error("segmentation without its source series", extra=fields(
             seg_sop_uid=row.seg_sop_uid, series_uid=row.series_uid, reason=reason))
 
     def _attempt(self, row: RetrievalRow) -> None:
         settings = self._config.retrieve
-        if self._index.series(row.series_uid) is not None:
-            self._index.finish_retrieval(row.series_uid, "received")
+        if self._index.instances.series(row.series_uid) is not None:
+            self._index.retrievals.finish(row.series_uid, "received")
             log.info("source series arrived by itself", extra=fields(series_uid=row.series_uid))
             return
         invalid = [f"{name} {uid[:64]!r}" for name, uid in
@@ -219,7 +219,7 @@ class Retriever:
                 answers.append(f"{source.name}: {exc}")
                 continue
             if count:
-                self._index.finish_retrieval(row.series_uid, "fetched")
+                self._index.retrievals.finish(row.series_uid, "fetched")
                 log.info("source series fetched", extra=fields(
                     series_uid=row.series_uid, seg_sop_uid=row.seg_sop_uid, source=source.name,
                     method=source.method if source.kind == "dicom" else source.kind,
@@ -232,11 +232,12 @@ class Retriever:
             self._fail(row, f"source series {row.series_uid} not retrieved from {names}: what "
                             f"was offered was refused ({why})")
             return
-        if time.time() >= row.requested_at + settings.wait:
+        now = self._index.clock.time()
+        if now >= row.requested_at + settings.wait:
             self._fail(row, f"source series {row.series_uid} not received within "
                             f"{settings.wait:g} s and not retrievable from {names} ({why})")
             return
-        self._index.retrieval_tried(row.series_uid, why, time.time() + settings.retry_interval)
+        self._index.retrievals.tried(row.series_uid, why, now + settings.retry_interval)
         log.warning("source series not fetched yet", extra=fields(
             series_uid=row.series_uid, attempt=row.attempts + 1, answers=why))
 
@@ -273,7 +274,7 @@ class Retriever:
                                       f"retrieve.max_instances ({tally.cap}): none fetched")
             for instance in listed:
                 uid = instance.get("MainDicomTags", {}).get("SOPInstanceUID")
-                if uid and self._index.has_instance(uid):
+                if uid and self._index.instances.has(uid):
                     continue
                 outcome = self._accepted(client.instance_file(instance["ID"]),
                                          f"orthanc:{source.name}", expected)
@@ -292,7 +293,7 @@ class Retriever:
                 raise RetrieveRefused(f"the series lists {len(listed)} instances, more than "
                                       f"retrieve.max_instances ({tally.cap}): none fetched")
             for uid in listed:
-                if self._index.has_instance(uid):
+                if self._index.instances.has(uid):
                     continue
                 outcome = self._accepted(peer.instance_file(study_uid, series_uid, uid),
                                          f"dicomweb:{source.name}", expected)
@@ -341,7 +342,7 @@ class Retriever:
         finally:
             assoc.release()
         completed = int(final.get("NumberOfCompletedSuboperations", 0) or 0)
-        arrived = self._index.instances_of(series_uid)
+        arrived = self._index.instances.of_series(series_uid)
         if completed and arrived:
             header = pydicom.dcmread(arrived[0].path, stop_before_pixels=True)
             try:

@@ -13,7 +13,7 @@ its own study (or of the study an RTSTRUCT's RT Referenced Study names) and of i
 (0010,0020). A segmentation that references no series, references a value that is not a UID
 (PS3.5 9.1: an empty or wildcard value would match every series of a PACS, PS3.4 C.2.2.2), or
 references a series of another study or patient is never paired: the router logs why in one line
-and files it in the audit trail (event ``node.index.SEGMENTATION_NOT_PROCESSED``), which the
+and files it in the audit trail (event ``node.state.audit.SEGMENTATION_NOT_PROCESSED``), which the
 status page lists.
 """
 
@@ -22,16 +22,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
 from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataset import Dataset
 
 from node.config import NodeConfig, SeriesRule
-from node.index import SEGMENTATION_NOT_PROCESSED, Index, InstanceRow, JobRow, SeriesRow
 from node.logs import fields
 from node.spool import is_uid
+from node.state import Index
+from node.state.audit import SEGMENTATION_NOT_PROCESSED
+from node.state.instances import InstanceRow, SeriesRow
+from node.state.jobs import JobRow
 from pipelines.references import (
     kind,
     missing_reference,
@@ -163,7 +165,7 @@ class Router:
         self._index = index
 
     def _header(self, series_uid: str) -> Dataset | None:
-        instances = self._index.instances_of(series_uid)
+        instances = self._index.instances.of_series(series_uid)
         if not instances:
             return None
         return pydicom.dcmread(instances[0].path, stop_before_pixels=True)
@@ -181,7 +183,7 @@ class Router:
         references are missing or not UIDs (:func:`invalid_reference`) is not processed and asks
         for nothing."""
         queued: list[int] = []
-        for instance in self._index.instances_of(series.series_uid):
+        for instance in self._index.instances.of_series(series.series_uid):
             segmentation = pydicom.dcmread(instance.path, stop_before_pixels=True)
             if (segmentation.get("Manufacturer"), segmentation.get("ManufacturerModelName")) == (
                     MANUFACTURER, MANUFACTURER):
@@ -198,15 +200,16 @@ class Router:
             if invalid is not None:
                 self._not_processed(instance, series, f"{invalid}: not processed")
                 continue
-            self._index.add_seg_refs(instance.sop_instance_uid, series.series_uid, sources)
+            self._index.instances.add_seg_refs(instance.sop_instance_uid, series.series_uid,
+                                               sources)
             for source in sorted(sources):
-                source_series = self._index.series(source)
+                source_series = self._index.instances.series(source)
                 if source_series is None:
                     log.info("segmentation waits for its source series", extra=fields(
                         seg_sop_uid=instance.sop_instance_uid, modality=series.modality,
                         source_series_uid=source))
                     # node.retrieve fetches it from a queryable peer, or fails it in time
-                    self._index.request_retrieval(source, source_study_uid(segmentation, source),
+                    self._index.retrievals.request(source, source_study_uid(segmentation, source),
                                                   instance.sop_instance_uid)
                     continue
                 if source_series.stable_at is None:
@@ -231,13 +234,13 @@ class Router:
     def _repaired(self, job: JobRow) -> list[int]:
         """Queue ``job`` again, and return its id, when it failed and a damaged spool copy in its
         source series or its segmentation's series was repaired after its last attempt started
-        (``Index.inputs_repaired_at``: an intact copy sent again, ``node.ingest``, or the damaged
+        (``JobStore.inputs_repaired_at``: an intact copy sent again, ``node.ingest``, or the damaged
         one removed at start and the instance sent again, ``node.recovery``), unless
         ``reprocess`` is ``never`` (then logged as not processed again). The audit trail records
         ``INPUTS_REPAIRED``. A done job is not run again: its results came from intact inputs."""
         if job.state != "failed":
             return []
-        repaired_at = self._index.inputs_repaired_at(job.id)
+        repaired_at = self._index.jobs.inputs_repaired_at(job.id)
         if repaired_at is None:
             return []
         context = fields(job_id=job.id, source_series_uid=job.source_series_uid,
@@ -246,7 +249,7 @@ class Router:
             log.info("inputs repaired, failed job not processed again (reprocess: never)",
                      extra=context)
             return []
-        queued = self._index.retry_jobs([job.id], event=INPUTS_REPAIRED)
+        queued = self._index.jobs.retry([job.id], event=INPUTS_REPAIRED)
         if queued:
             log.warning("inputs repaired: failed job queued again", extra=context)
         return queued
@@ -258,7 +261,7 @@ class Router:
         log.warning(SEGMENTATION_NOT_PROCESSED, extra=fields(
             seg_sop_uid=instance.sop_instance_uid, series_uid=series.series_uid,
             modality=series.modality, reason=reason))
-        self._index.add_audit(SEGMENTATION_NOT_PROCESSED, study_uid=series.study_uid,
+        self._index.audit.add(SEGMENTATION_NOT_PROCESSED, study_uid=series.study_uid,
                               series_uid=series.series_uid,
                               detail={"seg_sop_uid": instance.sop_instance_uid,
                                       "modality": series.modality, "reason": reason})
@@ -275,9 +278,10 @@ class Router:
                 series_uid=series.series_uid, modality=series.modality, reasons=reasons))
             return []
         queued: list[int] = []
-        for seg_sop_uid in self._index.segs_referencing(series.series_uid):
-            segmentation = self._index.instance(seg_sop_uid)
-            seg_series = self._index.series(segmentation.series_uid) if segmentation else None
+        for seg_sop_uid in self._index.instances.segs_referencing(series.series_uid):
+            segmentation = self._index.instances.get(seg_sop_uid)
+            seg_series = self._index.instances.series(segmentation.series_uid) \
+                if segmentation else None
             if segmentation is None or seg_series is None or seg_series.stable_at is None:
                 continue
             seg_header = pydicom.dcmread(segmentation.path, stop_before_pixels=True)
@@ -292,10 +296,10 @@ class Router:
         """sha256 of the source series' SOP Instance UIDs (sorted) and the segmentation's (SEG or
         RTSTRUCT): the inputs a job reads, so a late instance or a corrected segmentation is a
         change."""
-        uids = sorted(row.sop_instance_uid for row in self._index.instances_of(source))
+        uids = sorted(row.sop_instance_uid for row in self._index.instances.of_series(source))
         digest = hashlib.sha256("\n".join([*uids, "seg", seg_sop_uid]).encode()).hexdigest()
         if self._config.reprocess == "always":
-            digest += f"@{time.time():.6f}"
+            digest += f"@{self._index.clock.time():.6f}"
         return digest
 
     def _queue(self, source: str, seg_sop_uid: str, rules: list[SeriesRule]) -> list[int]:
@@ -308,7 +312,7 @@ class Router:
             presets.setdefault(rule.preset, rule.name)
         digest = self.inputs_digest(source, seg_sop_uid) if presets else ""
         for preset, rule in presets.items():
-            earlier = self._index.jobs_for(source, seg_sop_uid, preset)
+            earlier = self._index.jobs.for_inputs(source, seg_sop_uid, preset)
             same = next((job for job in earlier if job.inputs_digest == digest), None)
             if same is not None:  # the same inputs were processed already (or are queued)
                 queued += self._repaired(same)
@@ -318,7 +322,7 @@ class Router:
                     source_series_uid=source, seg_sop_uid=seg_sop_uid, preset=preset,
                     earlier_job_id=earlier[-1].id))
                 continue
-            job_id = self._index.add_job(source, seg_sop_uid, rule, preset, digest,
+            job_id = self._index.jobs.add(source, seg_sop_uid, rule, preset, digest,
                                          rerun_of=earlier[-1].id if earlier else None)
             if job_id is None:
                 continue

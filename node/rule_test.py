@@ -19,8 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from node.config import SeriesRule, load_config
-from node.index import Index
 from node.router import SEGMENTATION_MODALITIES, RuleMismatch, mismatches
+from node.state import Index
 from pipelines.references import referenced_series_uids
 
 
@@ -97,7 +97,7 @@ def summary(v: SeriesVerdict) -> str:
 def series_summary(index: Index, rules: Iterable[SeriesRule], series_uid: str) -> str:
     """:func:`summary` of a series the node holds, from the header of its first instance;
     what went wrong when that cannot be read."""
-    instances = index.instances_of(series_uid)
+    instances = index.instances.of_series(series_uid)
     if not instances:
         return "no instance left in the spool"
     try:
@@ -123,10 +123,10 @@ def folder_headers(folder: Path) -> dict[str, Dataset]:
 def study_headers(index: Index, study_uid: str) -> dict[str, Dataset]:
     """One header per series of ``study_uid`` the node holds (from its spool)."""
     headers: dict[str, Dataset] = {}
-    for row in index.study_trail(study_uid)["received"]:
+    for row in index.audit.study_trail(study_uid)["received"]:
         if row["series_uid"] in headers:
             continue
-        instances = index.instances_of(row["series_uid"])
+        instances = index.instances.of_series(row["series_uid"])
         if instances:
             headers[row["series_uid"]] = pydicom.dcmread(instances[0].path,
                                                          stop_before_pixels=True)

@@ -16,17 +16,16 @@ page, ``/healthz`` and ``/metrics`` (``node.status``) are served over HTTP while
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
 from node.executor import Executor
 from node.feed import Feed
 from node.health import Health, check_health
-from node.index import Index, IndexDamaged
 from node.jobs import JobRunner
 from node.logs import fields
 from node.outbox import Outbox
@@ -35,6 +34,7 @@ from node.recovery import recover
 from node.retention import Retention
 from node.retrieve import Retriever
 from node.router import Router
+from node.state import Index, IndexDamaged
 from node.status import StatusServer
 from node.ticks import Tick
 
@@ -42,21 +42,25 @@ log = logging.getLogger(__name__)
 
 STABLE_MARGIN = 0.005
 """Seconds after a series' last arrival + ``stable_after`` at which the assembly tick is woken:
-``Index.mark_stable`` wants the last arrival strictly before ``now - stable_after``."""
+``Index.instances.mark_stable`` wants the last arrival strictly before ``now - stable_after``."""
 
 
 class Node:
     """One radiomics node on one machine; ``start`` returns once it listens. ``executor`` runs
     its jobs: by default the one ``config.executor`` names, made here (``node.cli`` makes it
-    before it imports this module, so that the job workers start first)."""
+    before it imports this module, so that the job workers start first). ``clock`` is the time
+    of every part (``node.clock``): both index connections hold it, and the parts read it
+    there."""
 
-    def __init__(self, config: NodeConfig, executor: Executor | None = None):
+    def __init__(self, config: NodeConfig, executor: Executor | None = None,
+                 clock: Clock = SYSTEM_CLOCK):
         self.config = config
+        self.clock = clock
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.index = Index(config.index_path)
-        # the receiver's own connection commits without waiting for the disk (node.index): the
+        self.index = Index(config.index_path, clock=clock)
+        # the receiver's own connection commits without waiting for the disk (node.state.db): the
         # spool file it wrote first is the durable record of what it acknowledged
-        self.ingest_index = Index(config.index_path, synchronous="NORMAL")
+        self.ingest_index = Index(config.index_path, synchronous="NORMAL", clock=clock)
         self.receiver = Receiver(config, self.ingest_index)
         self.router = Router(config, self.index)
         self.jobs = JobRunner(config, self.index, executor,
@@ -80,7 +84,8 @@ class Node:
         wake the jobs tick when a job was queued, and this tick again when the next receiving
         series is due to be stable."""
         queued = False
-        for series in self.index.mark_stable(time.time() - self.config.stable_after):
+        for series in self.index.instances.mark_stable(
+                self.clock.time() - self.config.stable_after):
             log.info("series stable", extra=fields(
                 series_uid=series.series_uid, modality=series.modality,
                 instances=series.n_instances))
@@ -90,26 +95,28 @@ class Node:
                 log.exception("routing failed", extra=fields(series_uid=series.series_uid))
         if queued:
             self.wake("jobs")
-        quiet = self.index.quietest_receiving()
+        quiet = self.index.instances.quietest_receiving()
         if quiet is not None:
             self.wake("assembly", at=quiet + self.config.stable_after + STABLE_MARGIN)
 
     def wake(self, tick: str, at: float | None = None) -> None:
-        """Run the scheduled ``tick`` (its id) at ``at`` (epoch seconds; now when None) when that
-        is before its next regular run; woken for now while it runs, it runs again as soon as
-        it is done (``node.ticks``)."""
+        """Run the scheduled ``tick`` (its id) at ``at`` (epoch seconds of ``clock``; now when
+        None) when that is before its next regular run; woken for now while it runs, it runs
+        again as soon as it is done (``node.ticks``). The scheduler keeps the machine's time:
+        ``at`` is handed to it as the same delay from now."""
         job = self._scheduler.get_job(tick) if self._scheduler.running else None
         if job is None:
             return
         if at is None and isinstance(job.func, Tick) and job.func.wake_if_running():
             return
-        when = datetime.fromtimestamp(time.time() if at is None else at, UTC)
+        delay = 0.0 if at is None else max(0.0, at - self.clock.time())
+        when = datetime.now(UTC) + timedelta(seconds=delay)
         if job.next_run_time is None or when < job.next_run_time:
             self._scheduler.modify_job(tick, next_run_time=when)
 
     def beat(self) -> None:
         """The heartbeat tick: proves to ``/healthz`` that scheduled work runs."""
-        self.heartbeat = time.time()
+        self.heartbeat = self.clock.time()
 
     def health(self) -> Health:
         """The ``/healthz`` checks (``node.health``) of this node now."""

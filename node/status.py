@@ -48,10 +48,11 @@ from urllib.parse import parse_qs, quote, urlsplit
 from node import __version__
 from node.config import NodeConfig, host_name
 from node.health import Health
-from node.index import SEGMENTATION_NOT_PROCESSED, Index
 from node.logs import fields
 from node.metrics import render_metrics
 from node.rule_test import series_summary
+from node.state import Index
+from node.state.audit import SEGMENTATION_NOT_PROCESSED
 
 log = logging.getLogger(__name__)
 
@@ -236,15 +237,15 @@ class StatusServer:
             f'<div class="check"><b>{html.escape(c.name)} {_badge("ok" if c.ok else "fail")}</b>'
             f"{html.escape(c.detail)}</div>" for c in health.checks)
         usage = shutil.disk_usage(self.config.state_dir)
-        depths = index.queue_depths()
+        depths = index.queries.queue_depths()
         disk_rows = [[html.escape(str(self.config.state_dir.resolve())),
                       f"num:{_bytes(usage.total)}", f"num:{_bytes(usage.used)}",
                       f"num:{_bytes(usage.free)}", f"num:{_bytes(self.config.min_free_bytes)}",
-                      f"num:{_bytes(index.spool_bytes())}"]]
+                      f"num:{_bytes(index.queries.spool_bytes())}"]]
         studies = [[_uid(r["study_uid"]), f"num:{r['n_series']}", f"num:{r['n_instances']}",
                     f"num:{_bytes(r['bytes'])}", html.escape(r["senders"] or "-"),
                     _when(r["first_received"]), _when(r["last_received"])]
-                   for r in index.recent_studies(limit)]
+                   for r in index.queries.recent_studies(limit)]
         series = [[_uid(r["series_uid"]), _uid(r["study_uid"]), html.escape(r["modality"]),
                    f"num:{r['n_instances']}",
                    _badge("stable" if r["stable_at"] else "receiving"),
@@ -252,13 +253,13 @@ class StatusServer:
                    f'<span class="reason">'
                    f'{html.escape(series_summary(index, self.config.rules, r["series_uid"]))}'
                    "</span>"]
-                  for r in index.recent_series(limit)]
+                  for r in index.queries.recent_series(limit)]
         jobs = []
-        for r in index.recent_jobs(limit):
+        for r in index.queries.recent_jobs(limit):
             ended = r["finished_at"] if r["state"] in ("done", "failed") else None
             running = r["state"] == "running" and r["started_at"]
             duration = (ended - r["started_at"]) if ended and r["started_at"] else \
-                (time.time() - r["started_at"]) if running else None
+                (index.clock.time() - r["started_at"]) if running else None
             jobs.append([f"num:{r['id']}", _badge(r["state"]), html.escape(r["preset"]),
                          _uid(r["study_uid"]), _uid(r["source_series_uid"]),
                          f"num:{r['attempts']}", _when(r["created_at"]),
@@ -266,11 +267,11 @@ class StatusServer:
                          f'<span class="reason">{html.escape(_job_note(r))}</span>'])
         qc = [[f"num:{r['id']}", html.escape(r["preset"]), _uid(r["source_series_uid"]),
                _when(r["finished_at"]), f'<span class="reason">{html.escape(r["reason"])}</span>']
-              for r in index.failed_jobs_matching("QC", limit)]
+              for r in index.queries.failed_jobs_matching("QC", limit)]
         unpaired = [[_when(r["at"]), _uid(r["study_uid"]), _uid(r["series_uid"]),
                      f'<span class="reason">{html.escape(json.loads(r["detail"])["reason"])}'
                      "</span>"]
-                    for r in index.audit_rows(SEGMENTATION_NOT_PROCESSED, limit)]
+                    for r in index.audit.rows(SEGMENTATION_NOT_PROCESSED, limit)]
         token = self.csrf_token
         dead = [[f"num:{r['id']}", f"num:{r['job_id']}", html.escape(r["destination"]),
                  _uid(r["sop_instance_uid"]), f"num:{r['attempts']}",
@@ -279,7 +280,7 @@ class StatusServer:
                  f'<input type="hidden" name="csrf" value="{token}">'
                  f'<input type="hidden" name="id" value="{r["id"]}">'
                  f'<button type="submit">Retry</button></form>']
-                for r in index.delivery_rows("dead")[-limit:]]
+                for r in index.outbox.with_checks("dead")[-limit:]]
         retry_all = (f'<form method="post" action="/deliveries/retry" style="margin-top:8px">'
                      f'<input type="hidden" name="csrf" value="{token}">'
                      f'<input type="hidden" name="all" value="dead">'
@@ -289,7 +290,7 @@ class StatusServer:
                    html.escape(", ".join(f"{k} {v}" for k, v in
                                          sorted(json.loads(r["models"] or "{}").items())) or "-"),
                    f"num:{r['jobs']}", _when(r["last_finished"])]
-                  for r in index.versions_in_use()]
+                  for r in index.queries.versions_in_use()]
         notice = f'<p class="check">{html.escape(message)}</p>' if message else ""
         listener = self.config.listener
         return "".join([
@@ -298,7 +299,7 @@ class StatusServer:
             f"<style>{STYLE}</style></head><body><header><h1>radiomics-node</h1>",
             f"<span>{html.escape(listener.ae_title)} on {html.escape(listener.host)}:"
             f"{listener.port}</span><span>version {html.escape(__version__)}</span>",
-            f"<span>{_when(time.time())} UTC</span>",
+            f"<span>{_when(index.clock.time())} UTC</span>",
             f"<span>health {_badge('ok' if health.ok else 'fail')}</span></header><main>",
             notice, f'<div class="checks">{checks}</div>',
             _table("Queues", ["jobs queued", "jobs running", "deliveries pending",
@@ -338,7 +339,7 @@ class StatusServer:
         """Handle the retry form; returns the message shown on the page."""
         actor = f"status-page:{user}"
         if form.get("all") == ["dead"]:
-            reset = self.index.retry_deliveries(None, actor=actor)
+            reset = self.index.outbox.retry(None, actor=actor)
         else:
             try:
                 ids = [int(v) for v in form.get("id", [])]
@@ -346,7 +347,7 @@ class StatusServer:
                 return "retry: delivery ids must be numbers"
             if not ids:
                 return "retry: no delivery named"
-            reset = self.index.retry_deliveries(ids, actor=actor)
+            reset = self.index.outbox.retry(ids, actor=actor)
         log.info("deliveries retried", extra=fields(deliveries=reset, actor=actor))
         return (f"{len(reset)} deliver{'y' if len(reset) == 1 else 'ies'} due again now: "
                 f"{', '.join(map(str, reset)) or 'none'}")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_clock import FakeClock
+
 REPO = Path(__file__).resolve().parents[1]
 REFDATA = REPO.parent / "shared" / "refdata"
 
@@ -19,6 +21,14 @@ def refdata() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return REFDATA
+
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock for the node's parts under test (``node.clock``): the test moves it on where the
+    node would wait out a back-off or a retry interval."""
+    return FakeClock()
 
 
 _HANDED_OUT: set[int] = set()

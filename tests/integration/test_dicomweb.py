@@ -6,7 +6,6 @@ WADO-RS; wrong credentials give a reason naming the service and the HTTP status.
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pydicom
@@ -16,10 +15,10 @@ from pydantic import SecretStr
 from node.check import check_config
 from node.config import NodeConfig
 from node.dicomweb import DicomWebError, DicomWebPeer
-from node.index import Index
 from node.ingest import Ingest
 from node.retrieve import Retriever
 from node.router import Router
+from node.state import Index
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.integration.ohif import DICOMWEB_PLUGIN, dicomweb_orthanc
 from tests.integration.peers import NodeService
@@ -62,9 +61,9 @@ def test_study_stored_by_stow_rs_returns_results_by_stow_rs(tmp_path: Path,
             reports = wait_for(lambda: sr_instances(pacs, study.study_instance_uid), 180,
                                "both reports stored back by STOW-RS", node.log_path)
             index = Index(node.state_dir / "index.sqlite3")
-            wait_for(lambda: {d["state"] for d in index.delivery_rows()} == {"delivered"}, 60,
+            wait_for(lambda: {d["state"] for d in index.outbox.with_checks()} == {"delivered"}, 60,
                      "every delivery verified", node.log_path)
-            deliveries = index.delivery_rows()
+            deliveries = index.outbox.with_checks()
             headers = [pydicom.dcmread(d["path"], stop_before_pixels=True) for d in deliveries]
             with DicomWebPeer(dicomweb, AUTH[0], SecretStr(AUTH[1])) as peer:
                 found = [peer.has_instance(h.StudyInstanceUID, h.SeriesInstanceUID,
@@ -75,7 +74,8 @@ def test_study_stored_by_stow_rs_returns_results_by_stow_rs(tmp_path: Path,
     assert len(deliveries) == 3  # ct-liver-basic: the two reports and the summary image
     assert {(d["state"], d["verified_by"]) for d in deliveries} == {("delivered", "qido-rs")}
     assert found == [True] * 3
-    assert {r.calling_ae for r in index.instances_of(study.ct_series_uid)} == {"orthanc:pacs"}
+    senders = {r.calling_ae for r in index.instances.of_series(study.ct_series_uid)}
+    assert senders == {"orthanc:pacs"}
 
 
 def test_missing_source_series_is_fetched_by_qido_and_wado_rs(
@@ -91,20 +91,20 @@ def test_missing_source_series_is_fetched_by_qido_and_wado_rs(
         data = study.seg_path.read_bytes()
         Ingest(config, index).accept(data, lambda: pydicom.dcmread(io.BytesIO(data)), "SCANNER")
         router = Router(config, index)
-        [seg_series] = index.mark_stable(time.time() + 1)
+        [seg_series] = index.instances.mark_stable(index.clock.time() + 1)
         assert router.route(seg_series) == []
         Retriever(config, index).tick()
-    [request] = index.retrievals()
+    [request] = index.retrievals.all()
     assert request.state == "fetched", request.reason
-    rows = index.instances_of(study.ct_series_uid)
+    rows = index.instances.of_series(study.ct_series_uid)
     assert len(rows) == SHAPE[0] and {r.calling_ae for r in rows} == {"dicomweb:pacs-web"}
     originals = {pydicom.dcmread(p).SOPInstanceUID: pydicom.dcmread(p) for p in study.ct_paths}
     for row in rows:
         fetched = pydicom.dcmread(row.path)
         assert (fetched.pixel_array == originals[fetched.SOPInstanceUID].pixel_array).all()
-    [ct_series] = index.mark_stable(time.time() + 1)
+    [ct_series] = index.instances.mark_stable(index.clock.time() + 1)
     [job_id] = router.route(ct_series)
-    assert index.job(job_id).source_series_uid == study.ct_series_uid
+    assert index.jobs.get(job_id).source_series_uid == study.ct_series_uid
 
 
 def test_wrong_credentials_are_named_with_service_and_status(tmp_path: Path) -> None:

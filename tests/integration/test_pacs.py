@@ -16,13 +16,14 @@ import pytest
 
 from node.config import NodeConfig
 from node.feed import Feed
-from node.index import Index
 from node.ingest import Ingest
 from node.receiver import Receiver
 from node.retrieve import Retriever
 from node.router import Router
+from node.state import Index
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
+from tests.fake_clock import FakeClock
 from tests.integration.peers import NodeService, OrthancServer, orthanc, require_tools
 
 pytestmark = pytest.mark.integration
@@ -93,13 +94,13 @@ def test_feed_position_advances_only_after_the_instances_are_stored(
         full.spool_dir.mkdir(parents=True)
         index = Index(full.index_path)
         assert Feed(full, index, full.orthanc_feeds[0]).poll() == 0
-        assert index.feed_seq("pacs") < change["Seq"]  # stopped before the StableSeries change
-        assert index.series(study.ct_series_uid) is None
+        assert index.retrievals.feed_seq("pacs") < change["Seq"]  # stopped before StableSeries
+        assert index.instances.series(study.ct_series_uid) is None
 
         room = full.model_copy(update={"min_free_bytes": 0})
         assert Feed(room, index, room.orthanc_feeds[0]).poll() == SHAPE[0]
-        assert index.feed_seq("pacs") == pacs.http.get("/changes?last").json()["Last"]
-        rows = index.instances_of(study.ct_series_uid)
+        assert index.retrievals.feed_seq("pacs") == pacs.http.get("/changes?last").json()["Last"]
+        rows = index.instances.of_series(study.ct_series_uid)
         assert len(rows) == SHAPE[0] and {r.calling_ae for r in rows} == {"orthanc:pacs"}
         assert Feed(room, index, room.orthanc_feeds[0]).poll() == 0  # nothing new, nothing again
 
@@ -127,12 +128,13 @@ def test_pull_mode_round_trip_with_rest_push(tmp_path: Path, study: SyntheticStu
             node.stop()
     assert [pydicom.dcmread(io.BytesIO(sr)).Modality for sr in reports] == ["SR", "SR"]
     index = Index(node.state_dir / "index.sqlite3")
-    deliveries = index.delivery_rows()
+    deliveries = index.outbox.with_checks()
     assert len(deliveries) == 3  # ct-liver-basic: the two reports and the summary image
     assert {(d["state"], d["attempts"], d["verified_by"]) for d in deliveries} == \
         {("delivered", 1, "orthanc-lookup")}
-    assert {r.calling_ae for r in index.instances_of(study.ct_series_uid)} == {"orthanc:pacs"}
-    assert [job.state for job in index.jobs()] == ["done"]
+    senders = {r.calling_ae for r in index.instances.of_series(study.ct_series_uid)}
+    assert senders == {"orthanc:pacs"}
+    assert [job.state for job in index.jobs.all()] == ["done"]
 
 
 # -- a segmentation whose source series the node lacks -------------------------------------------
@@ -159,44 +161,44 @@ def test_missing_source_series_is_fetched(tmp_path: Path, study: SyntheticStudy,
             Ingest(config, index).accept(data, lambda: pydicom.dcmread(io.BytesIO(data)),
                                          "SCANNER")
             router = Router(config, index)
-            [seg_series] = index.mark_stable(time.time() + 1)
+            [seg_series] = index.instances.mark_stable(index.clock.time() + 1)
             assert router.route(seg_series) == []
-            [request] = index.retrievals()
+            [request] = index.retrievals.all()
             assert (request.series_uid, request.state) == (study.ct_series_uid, "waiting")
 
             Retriever(config, index).tick()
         finally:
             receiver.stop()
-    [request] = index.retrievals()
+    [request] = index.retrievals.all()
     assert request.state == "fetched", request.reason
-    rows = index.instances_of(study.ct_series_uid)
+    rows = index.instances.of_series(study.ct_series_uid)
     expected_source = {"c-get": "c-get:pacs", "c-move": "ORTHANC",
                        "orthanc-rest": "orthanc:pacs"}[method]
     assert len(rows) == SHAPE[0] and {r.calling_ae for r in rows} == {expected_source}
-    [ct_series] = index.mark_stable(time.time() + 1)
+    [ct_series] = index.instances.mark_stable(index.clock.time() + 1)
     [job_id] = router.route(ct_series)  # then it goes on as if both had been sent
-    assert index.job(job_id).source_series_uid == study.ct_series_uid
+    assert index.jobs.get(job_id).source_series_uid == study.ct_series_uid
 
 
 def test_segmentation_without_source_anywhere_fails_with_a_reason(
-        tmp_path: Path, study: SyntheticStudy) -> None:
+        tmp_path: Path, study: SyntheticStudy, clock: FakeClock) -> None:
     with orthanc(tmp_path / "orthanc", {}) as pacs:  # empty PACS
         source = {"name": "pacs", "kind": "orthanc-rest", "url": pacs.url}
         config = NodeConfig(state_dir=tmp_path / "node",
                             retrieve={"sources": [source], "wait": 0.5, "retry_interval": 0.1})
         config.spool_dir.mkdir(parents=True)
-        index = Index(config.index_path)
+        index = Index(config.index_path, clock=clock)
         data = study.seg_path.read_bytes()  # the segmentation that asks (its Patient ID counts)
         Ingest(config, index).accept(data, lambda: pydicom.dcmread(io.BytesIO(data)), "SCANNER")
         seg_sop_uid = pydicom.dcmread(study.seg_path, stop_before_pixels=True).SOPInstanceUID
-        assert index.request_retrieval(study.ct_series_uid, study.study_instance_uid,
+        assert index.retrievals.request(study.ct_series_uid, study.study_instance_uid,
                                        seg_sop_uid)
         retriever = Retriever(config, index)
         retriever.tick()
-        assert index.retrievals()[0].state == "waiting"
-        time.sleep(0.6)
+        assert index.retrievals.all()[0].state == "waiting"
+        clock.advance(0.5)  # the wait is over
         retriever.tick()
-    [request] = index.retrievals()
+    [request] = index.retrievals.all()
     assert request.state == "failed"
     assert request.reason == (
         f"source series {study.ct_series_uid} not received within 0.5 s and not retrievable "
@@ -208,7 +210,7 @@ def _all_delivered(node: NodeService) -> bool:
     one, read from its index while it runs."""
     index = Index(node.state_dir / "index.sqlite3")
     try:
-        states = [d["state"] for d in index.delivery_rows()]
+        states = [d["state"] for d in index.outbox.with_checks()]
     finally:
         index.close()
     return bool(states) and set(states) == {"delivered"}
@@ -235,9 +237,9 @@ def test_seg_only_node_fetches_by_c_get_and_verifies_by_c_find(
         finally:
             node.stop()
     index = Index(node.state_dir / "index.sqlite3")
-    assert [(r.series_uid, r.state) for r in index.retrievals()] == \
+    assert [(r.series_uid, r.state) for r in index.retrievals.all()] == \
         [(study.ct_series_uid, "fetched")]
-    deliveries = index.delivery_rows()
+    deliveries = index.outbox.with_checks()
     assert len(deliveries) == 3  # the two reports and the summary image
     assert {(d["state"], d["verified_by"]) for d in deliveries} == {("delivered", "c-find")}
 
@@ -289,7 +291,7 @@ def test_destination_down_gets_everything_once_back_in_order(tmp_path: Path) -> 
                 "/changes", params={"since": 0, "limit": 1000}).json()["Changes"]
                 if c["ChangeType"] == "NewInstance"]
             index = Index(node.state_dir / "index.sqlite3")
-            rows = index.delivery_rows()
+            rows = index.outbox.with_checks()
             orthanc_ids = [pacs.http.post("/tools/lookup", content=row["sop_instance_uid"])
                            .json()[0]["ID"] for row in rows]
     finally:

@@ -30,7 +30,7 @@ import pydicom
 import pytest
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
-from node.index import SEGMENTATION_NOT_PROCESSED
+from node.state.audit import SEGMENTATION_NOT_PROCESSED
 from tests.conftest import REFDATA
 from tests.integration.peers import (
     NodeService,

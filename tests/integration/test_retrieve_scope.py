@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +19,17 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
-from node.index import SEGMENTATION_NOT_PROCESSED, Index
 from node.ingest import Ingest
 from node.receiver import Receiver
 from node.retrieve import Retriever
 from node.router import Router
+from node.state import Index
+from node.state.audit import SEGMENTATION_NOT_PROCESSED
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
+from tests.fake_clock import FakeClock
 from tests.integration.peers import OrthancServer, orthanc
 from tests.integration.test_pacs import SCANNER, pacs_peer, upload
 
@@ -93,13 +95,13 @@ def _indexed(config: NodeConfig) -> dict[tuple[str, str], int]:
 
 
 def _node(tmp_path: Path, pacs: OrthancServer, node_port: int, sources: list[dict],
-          **retrieve: object) -> tuple[NodeConfig, Index]:
+          clock: Clock = SYSTEM_CLOCK, **retrieve: object) -> tuple[NodeConfig, Index]:
     config = NodeConfig(state_dir=tmp_path / "node", listener={"port": node_port},
                         peers=[pacs_peer(pacs), SCANNER],
                         retrieve={"sources": sources, "wait": 0.5, "retry_interval": 0.1,
                                   **retrieve})
     config.spool_dir.mkdir(parents=True)
-    return config, Index(config.index_path)
+    return config, Index(config.index_path, clock=clock)
 
 
 def _receive_seg(config: NodeConfig, index: Index, data: bytes) -> Router:
@@ -108,14 +110,14 @@ def _receive_seg(config: NodeConfig, index: Index, data: bytes) -> Router:
                                            "SCANNER")
     assert outcome.status == 0, outcome.comment
     router = Router(config, index)
-    [seg_series] = index.mark_stable(time.time() + 1)
+    [seg_series] = index.instances.mark_stable(index.clock.time() + 1)
     assert router.route(seg_series) == []
     return router
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_seg_naming_a_series_of_another_patients_study_gets_nothing_of_it(
-        tmp_path: Path, two_patients: TwoPatients, method: str) -> None:
+        tmp_path: Path, two_patients: TwoPatients, method: str, clock: FakeClock) -> None:
     """The request asks for B's series in A's study (the SEG's own, PS3.3 C.12.2). Orthanc
     1.10.1 looks a C-GET or C-MOVE up by the SERIES-level key alone and sends B's series anyway;
     its ``/tools/find`` with both keys finds nothing.
@@ -131,22 +133,22 @@ def test_seg_naming_a_series_of_another_patients_study_gets_nothing_of_it(
     node_port = free_port()
     with orthanc(tmp_path / "orthanc", {"node": ["RADIOMICS", "127.0.0.1", node_port]}) as pacs:
         upload(pacs, [*a.ct_paths, *two_patients.b_ct_paths])  # 40 instances, 2 patients
-        config, index = _node(tmp_path, pacs, node_port, [_source(pacs, method)])
+        config, index = _node(tmp_path, pacs, node_port, [_source(pacs, method)], clock)
         receiver = Receiver(config, index)  # C-MOVE's sub-operations arrive here
         receiver.start()
         try:
             router = _receive_seg(config, index, _seg_naming(a, tmp_path, b_series))
-            [request] = index.retrievals()
+            [request] = index.retrievals.all()
             assert (request.series_uid, request.study_uid) == (b_series, a.study_instance_uid)
             retriever = Retriever(config, index)
             retriever.tick()
             if method == "orthanc-rest":
-                assert index.retrievals()[0].state == "waiting"
-                time.sleep(0.6)
+                assert index.retrievals.all()[0].state == "waiting"
+                clock.advance(0.5)  # the wait is over
                 retriever.tick()
         finally:
             receiver.stop()
-    [request] = index.retrievals()
+    [request] = index.retrievals.all()
     indexed = _indexed(config)
     b_indexed = sum(n for (study, _), n in indexed.items() if study == two_patients.b_study_uid)
     quarantined = len(list(config.quarantine_dir.glob("*.reason.json"))) \
@@ -167,19 +169,19 @@ def test_seg_naming_a_series_of_another_patients_study_gets_nothing_of_it(
     else:
         assert b_indexed == 20 and {source for (_, source) in indexed} == {"SCANNER", "ORTHANC"}
         assert "(0020,000D) StudyInstanceUID differs from the request" in request.reason
-        [b_series_row] = [s for s in index.mark_stable(time.time() + 1)
+        [b_series_row] = [s for s in index.instances.mark_stable(index.clock.time() + 1)
                           if s.series_uid == b_series]
         assert router.route(b_series_row) == []
-        [audit] = index.audit_rows(SEGMENTATION_NOT_PROCESSED, 10)
+        [audit] = index.audit.rows(SEGMENTATION_NOT_PROCESSED, 10)
         assert f"of study {two_patients.b_study_uid}, not of study {a.study_instance_uid}" \
             in audit["detail"]
-    assert index.jobs() == []
+    assert index.jobs.all() == []
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # pydicom, of "*"
 @pytest.mark.parametrize("value", ["", "*"])
 def test_seg_naming_an_empty_or_wildcard_series_retrieves_nothing(
-        tmp_path: Path, two_patients: TwoPatients, value: str) -> None:
+        tmp_path: Path, two_patients: TwoPatients, value: str, clock: FakeClock) -> None:
     """The measured attack itself, with every method configured (c-get, c-move, orthanc-rest in
     that order): the SEG is not processed, nothing is requested, 0 of the PACS's 40 instances
     are indexed."""
@@ -187,19 +189,19 @@ def test_seg_naming_an_empty_or_wildcard_series_retrieves_nothing(
     with orthanc(tmp_path / "orthanc", {"node": ["RADIOMICS", "127.0.0.1", node_port]}) as pacs:
         upload(pacs, [*two_patients.a.ct_paths, *two_patients.b_ct_paths])
         config, index = _node(tmp_path, pacs, node_port,
-                              [{**_source(pacs, m), "name": m} for m in METHODS])
+                              [{**_source(pacs, m), "name": m} for m in METHODS], clock)
         receiver = Receiver(config, index)
         receiver.start()
         try:
             _receive_seg(config, index, _seg_naming(two_patients.a, tmp_path, value))
             Retriever(config, index).tick()
-            time.sleep(0.6)
+            clock.advance(0.5)  # the wait is over: a request would fail now
             Retriever(config, index).tick()
         finally:
             receiver.stop()
-    assert index.retrievals() == [] and index.jobs() == []
+    assert index.retrievals.all() == [] and index.jobs.all() == []
     assert _indexed(config) == {(two_patients.a.study_instance_uid, "SCANNER"): 1}  # the SEG
-    [audit] = index.audit_rows(SEGMENTATION_NOT_PROCESSED, 10)
+    [audit] = index.audit.rows(SEGMENTATION_NOT_PROCESSED, 10)
     assert ("items hold no SeriesInstanceUID" if value == "" else "'*' is not a UID") \
         in audit["detail"]
 
@@ -219,8 +221,8 @@ def test_retrieval_stores_at_most_max_instances(
                               max_instances=5)
         _receive_seg(config, index, a.seg_path.read_bytes())
         Retriever(config, index).tick()
-    [request] = index.retrievals()
-    stored = len(index.instances_of(a.ct_series_uid))
+    [request] = index.retrievals.all()
+    stored = len(index.instances.of_series(a.ct_series_uid))
     print(f"\n{method}, max_instances 5: {stored} of 20 stored; {request.reason}")
     assert request.state == "failed"
     if method == "orthanc-rest":

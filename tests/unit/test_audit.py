@@ -13,8 +13,9 @@ import pytest
 
 from node.cli import main
 from node.config import NodeConfig
-from node.index import Index, InstanceRow
 from node.retention import DAY, Retention
+from node.state import Index
+from node.state.instances import InstanceRow
 
 STUDY = "1.2.826.0.1.3680043.8.498.20"
 CT = "1.2.826.0.1.3680043.8.498.21"
@@ -32,15 +33,15 @@ def site(tmp_path: Path) -> tuple[Path, NodeConfig]:
         path = config.spool_dir / f"{sop}.dcm"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"dicom")
-        index.add_instance(InstanceRow(sop, "1.2.840.10008.5.1.4.1.1.2", STUDY, series,
+        index.instances.add(InstanceRow(sop, "1.2.840.10008.5.1.4.1.1.2", STUDY, series,
                                        str(path), 5, "CT_SCANNER", "10.1.2.3"), modality, now=old)
-    index.mark_stable(old + 1, now=old + 1)
-    job = index.add_job(CT, f"{SEG}.1", "ct-liver", "ct-liver-crlm", "digest")
-    index.claim_job()
-    index.finish_job(job, [("pacs", "/results/sr.dcm", "1.2.3.9")], preset_hash="c0ffee",
+    index.instances.mark_stable(old + 1, now=old + 1)
+    job = index.jobs.add(CT, f"{SEG}.1", "ct-liver", "ct-liver-crlm", "digest")
+    index.jobs.claim()
+    index.jobs.finish(job, [("pacs", "/results/sr.dcm", "1.2.3.9")], preset_hash="c0ffee",
                      models={"crlm-recurrence": "2.1.0"})
-    [delivery] = index.deliveries(job)
-    index.mark_attempt_failed(delivery["id"], "association refused", retry_at=None)
+    [delivery] = index.outbox.all(job)
+    index.outbox.mark_attempt_failed(delivery["id"], "association refused", retry_at=None)
     index.close()
     return config_file, config
 
@@ -50,8 +51,8 @@ def test_trail_names_senders_job_deliveries_and_who_retried(
     config_file, config = site
     assert main(["outbox", "retry", "--all-dead", "--config", str(config_file)]) == 0
     index = Index(config.index_path)
-    [delivery] = index.deliveries()
-    index.mark_verified(delivery["id"], "c-find")
+    [delivery] = index.outbox.all()
+    index.outbox.mark_verified(delivery["id"], "c-find")
     index.close()
     capsys.readouterr()
     assert main(["audit", STUDY, "--config", str(config_file)]) == 0
@@ -72,8 +73,8 @@ def test_trail_outlives_retention(site: tuple[Path, NodeConfig],
                                   capsys: pytest.CaptureFixture[str]) -> None:
     config_file, config = site
     index = Index(config.index_path)
-    index.retry_deliveries(None, actor="cli:it")
-    index.mark_verified(index.deliveries()[0]["id"], "c-find")
+    index.outbox.retry(None, actor="cli:it")
+    index.outbox.mark_verified(index.outbox.all()[0]["id"], "c-find")
     assert Retention(config, index).tick() == (2, 0)
     index.close()
     capsys.readouterr()
@@ -96,6 +97,6 @@ def test_index_made_before_the_audit_columns_is_upgraded(tmp_path: Path) -> None
     db.commit()
     db.close()
     index = Index(path)
-    assert index.instance("1.2.3").peer_host is None
-    index.add_instance(InstanceRow("1.2.6", "1.2", "1.2.4", "1.2.5", "/y", 1, "NEW", "::1"), "CT")
-    assert index.instance("1.2.6").peer_host == "::1"
+    assert index.instances.get("1.2.3").peer_host is None
+    index.instances.add(InstanceRow("1.2.6", "1.2", "1.2.4", "1.2.5", "/y", 1, "NEW", "::1"), "CT")
+    assert index.instances.get("1.2.6").peer_host == "::1"

@@ -28,9 +28,9 @@ from pynetdicom.sop_class import (
 )
 
 from node.config import NodeConfig
-from node.index import Index
 from node.ingest import Ingest
 from node.receiver import Receiver
+from node.state import Index
 from tests.conftest import free_port
 from tests.unit.malformed import decode, implicit_declared_explicit_sent, part10, with_bytes
 
@@ -167,7 +167,7 @@ def test_bad_input_refused_with_status_naming_tag_and_quarantined(
     assert comment.startswith(record["tag"]) and record["reason"]
     assert (config.quarantine_dir / record["file"]).read_bytes() in (data, data[132:]) or \
         case.network  # over the network the node keeps the bytes as the association carried them
-    assert index.instance(ct.SOPInstanceUID) is None
+    assert index.instances.get(ct.SOPInstanceUID) is None
 
 
 def test_instance_over_the_size_limit_is_out_of_resources(tmp_path: Path, ct: Dataset) -> None:
@@ -193,4 +193,4 @@ def test_node_still_serves_after_bad_input(node, ct: Dataset, tmp_path: Path) ->
     assert assoc.send_c_echo().Status == 0x0000
     assert assoc.send_c_store(valid).Status == 0x0000
     assoc.release()
-    assert index.instance(valid.SOPInstanceUID) is not None
+    assert index.instances.get(valid.SOPInstanceUID) is not None

@@ -13,8 +13,8 @@ import yaml
 from node.check import check_config
 from node.cli import main
 from node.config import NodeConfig
-from node.index import Index
 from node.receiver import Receiver
+from node.state import Index
 from tests.conftest import free_port
 
 

@@ -21,8 +21,8 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from node.config import NodeConfig
-from node.index import Index
 from node.receiver import Receiver
+from node.state import Index
 from tests.conftest import free_port
 from tests.unit.malformed import part10
 
@@ -120,7 +120,7 @@ def test_element_longer_than_its_bytes_is_refused_naming_the_tag(
     response = _send(config, path, CTImageStorage, ExplicitVRLittleEndian)
     assert response.Status == status
     assert str(response.ErrorComment).startswith(f"{tag}: {reason}"[:64])
-    assert index.instance(ds.SOPInstanceUID) is None
+    assert index.instances.get(ds.SOPInstanceUID) is None
     [line] = [r for r in caplog.records if r.getMessage() == "instance refused"]
     assert (line.fields["tag"], line.fields["reason"]) == (tag, reason)
     kept = config.quarantine_dir / line.fields["quarantined"]
@@ -149,9 +149,9 @@ def test_encapsulated_fragment_longer_than_its_bytes_is_refused(
     assert response.Status == 0xA900
     assert str(response.ErrorComment).startswith(
         f"(7FE0,0010) PixelData: item 1 declares {length + 100} bytes")
-    assert index.instance(sent.SOPInstanceUID) is None
+    assert index.instances.get(sent.SOPInstanceUID) is None
     assert _send(config, source, MRImageStorage, RLELossless).Status == 0x0000
-    assert index.instance(sent.SOPInstanceUID) is not None
+    assert index.instances.get(sent.SOPInstanceUID) is not None
 
 
 def test_intact_lengths_are_stored(node, refdata: Path, tmp_path: Path) -> None:
@@ -162,5 +162,5 @@ def test_intact_lengths_are_stored(node, refdata: Path, tmp_path: Path) -> None:
     data = part10(deepcopy(ds))
     path.write_bytes(data)
     assert _send(config, path, CTImageStorage, ExplicitVRLittleEndian).Status == 0x0000
-    row = index.instance(ds.SOPInstanceUID)
+    row = index.instances.get(ds.SOPInstanceUID)
     assert row is not None and Path(row.path).read_bytes()[-len(ds.PixelData):] == ds.PixelData

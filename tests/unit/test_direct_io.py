@@ -19,9 +19,9 @@ import pytest
 from node import direct_io, spool
 from node.config import NodeConfig
 from node.direct_io import ALIGNMENT, WINDOW
-from node.index import Index
 from node.ingest import Ingest
 from node.spool import write_durably
+from node.state import Index
 from tests.unit.malformed import decode, part10
 
 SIZES = [0, 1, ALIGNMENT - 1, ALIGNMENT, ALIGNMENT + 1, 525_338, WINDOW - 1, WINDOW, WINDOW + 1,
@@ -149,11 +149,11 @@ def test_a_full_disk_is_out_of_resources_for_the_sender(
     outcome = Ingest(config, index).accept(data, lambda: decode(data), "test")
     assert (outcome.status, outcome.comment) == (0xA700, "spool write failed: No space left on "
                                                          "device")
-    assert index.instance(ct.SOPInstanceUID) is None
+    assert index.instances.get(ct.SOPInstanceUID) is None
     assert [p for p in config.spool_dir.rglob("*") if p.is_file()] == []
     monkeypatch.setattr(direct_io.os, "write", real)
     assert Ingest(config, index).accept(data, lambda: decode(data), "test").status == 0x0000
-    assert Path(index.instance(ct.SOPInstanceUID).path).read_bytes() == data
+    assert Path(index.instances.get(ct.SOPInstanceUID).path).read_bytes() == data
     index.close()
 
 

@@ -21,8 +21,9 @@ import pytest
 
 from node.config import Destination, NodeConfig
 from node.executor import run_shipped_job, unpack
-from node.index import Index, InstanceRow
 from node.jobs import JobRunner
+from node.state import Index
+from node.state.instances import InstanceRow
 from pipelines.presets import MapOptions, load_preset
 from pipelines.process import process_study
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
@@ -60,11 +61,11 @@ def _queued_job(tmp_path: Path, study: SyntheticStudy, executor: dict
     index = Index(config.index_path)
     for path in [*study.ct_paths, study.seg_path]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        index.add_instance(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
+        index.instances.add(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
                                        ds.SeriesInstanceUID, str(path), 1, "SCANNER"),
                            ds.Modality)
     seg_uid = pydicom.dcmread(study.seg_path, stop_before_pixels=True).SOPInstanceUID
-    job_id = index.add_job(study.ct_series_uid, seg_uid, "rule", "ct-liver-basic", "digest")
+    job_id = index.jobs.add(study.ct_series_uid, seg_uid, "rule", "ct-liver-basic", "digest")
     return config, index, job_id
 
 
@@ -73,7 +74,7 @@ def _run_once(config: NodeConfig, index: Index, job_id: int) -> None:
     runner = JobRunner(config, index)
     try:
         runner.tick()
-        _until(lambda: index.job(job_id).state != "running")
+        _until(lambda: index.jobs.get(job_id).state != "running")
     finally:
         runner.stop()
 
@@ -81,14 +82,14 @@ def _run_once(config: NodeConfig, index: Index, job_id: int) -> None:
 def _run_job(tmp_path: Path, study: SyntheticStudy, executor: dict) -> tuple[Index, int]:
     config, index, job_id = _queued_job(tmp_path, study, executor)
     _run_once(config, index, job_id)
-    assert index.job(job_id).state == "done", index.job(job_id).reason
+    assert index.jobs.get(job_id).state == "done", index.jobs.get(job_id).reason
     return index, job_id
 
 
 def _outputs(index: Index, job_id: int) -> tuple[dict[str, bytes], list[dict[str, str]]]:
     """Result objects by SOP Instance UID (pixel-free bytes compared through pydicom) and the
     rows of features.csv."""
-    deliveries = index.deliveries(job_id)
+    deliveries = index.outbox.all(job_id)
     objects = {row["sop_instance_uid"]: Path(row["path"]) for row in deliveries}
     assert objects and all(path.is_file() for path in objects.values())
     folder = next(iter(objects.values())).parent
@@ -121,7 +122,7 @@ def test_dask_job_equals_local_job(tmp_path: Path, study: SyntheticStudy,
         assert theirs.SOPInstanceUID == ours.SOPInstanceUID == uid
         assert theirs.SeriesInstanceUID == ours.SeriesInstanceUID
     # the Dask result points into the node's results folder, not into a worker's temporary one
-    assert all(str(tmp_path / "dask") in row["path"] for row in dask_index.deliveries(dask_job))
+    assert all(str(tmp_path / "dask") in row["path"] for row in dask_index.outbox.all(dask_job))
 
 
 def test_map_tasks_run_on_the_cluster_and_give_the_local_maps(
@@ -205,7 +206,7 @@ def test_feature_task_whose_workers_all_died_queues_the_job_again(
     finally:
         cluster.scheduler.allowed_failures = allowed
         cluster.scheduler.remove_plugin(name="kill-first-feature-task")
-    job = index.job(job_id)
+    job = index.jobs.get(job_id)
     assert killer.killed is not None
     assert (job.state, job.attempts) == ("queued", 1)
     # KilledWorker of the feature task, or of the job task when both ran on the killed worker

@@ -39,14 +39,14 @@ def test_local_job_with_task_processes_equals_the_serial_job(
     runner = JobRunner(config, index)
     try:
         runner.tick()
-        _until(lambda: index.job(job_id).state != "running")
+        _until(lambda: index.jobs.get(job_id).state != "running")
         # the job worker, with its two task processes (Dask's or other tests' processes have
         # no children of their own)
         parents = [p for p in psutil.Process().children() if p.children()]
         assert [len(p.children()) for p in parents] == [2]
     finally:
         runner.stop()
-    assert index.job(job_id).state == "done", index.job(job_id).reason
+    assert index.jobs.get(job_id).state == "done", index.jobs.get(job_id).reason
     serial_objects, serial_rows = _outputs(serial_index, serial_job)
     objects, rows = _outputs(index, job_id)
     assert rows == serial_rows and len(rows) > 100  # every feature value, as text

@@ -29,8 +29,8 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig
-from node.index import Index
 from node.receiver import Receiver
+from node.state import Index
 from tests.conftest import free_port
 from tests.unit.malformed import part10
 
@@ -84,7 +84,7 @@ class Fuzzed:
         after = len(list(self.config.quarantine_dir.glob("*.reason.json")))
         if status == 0x0000:
             self.acknowledged += 1
-            row = self.index.instance(uid)
+            row = self.index.instances.get(uid)
             assert row is not None and Path(row.path).is_file(), "acknowledged but not stored"
             self.stored += 1
             assert after == before
@@ -206,4 +206,4 @@ def test_node_serves_after_fuzzing(fuzzed: Fuzzed) -> None:
     valid.SOPInstanceUID = generate_uid()
     assert assoc.send_c_store(valid).Status == 0x0000
     assoc.release()
-    assert fuzzed.index.instance(valid.SOPInstanceUID) is not None
+    assert fuzzed.index.instances.get(valid.SOPInstanceUID) is not None

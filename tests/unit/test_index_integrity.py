@@ -19,8 +19,8 @@ import yaml
 
 from node.config import NodeConfig
 from node.health import TICK_FAILURES, check_health
-from node.index import Index, IndexDamaged
 from node.ingest import Ingest
+from node.state import Index, IndexDamaged
 from node.ticks import Tick
 from pipelines.synthetic import write_synthetic_study
 from tests.conftest import free_port
@@ -91,7 +91,7 @@ def test_a_damaged_index_stops_serve_in_one_line_and_is_rebuilt_from_the_spool(
     try:
         assert index.integrity_problems() == []
         assert sum(1 for path in config.spool_dir.glob("*/*/*.dcm")
-                   if index.has_instance(path.stem)) == files
+                   if index.instances.has(path.stem)) == files
     finally:
         index.close()
 

@@ -17,11 +17,14 @@ import pytest
 import yaml
 
 from node import jobs as jobs_module
+from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
-from node.index import Index, InstanceRow
 from node.jobs import JobRunner, is_transient
+from node.state import Index
+from node.state.instances import InstanceRow
 from pipelines.segmentation import SegmentationError
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from tests.fake_clock import FakeClock
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +39,16 @@ def _until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def _job(config: NodeConfig, study: SyntheticStudy) -> tuple[Index, int]:
-    index = Index(config.index_path)
+def _job(config: NodeConfig, study: SyntheticStudy,
+         clock: Clock = SYSTEM_CLOCK) -> tuple[Index, int]:
+    index = Index(config.index_path, clock=clock)
     for path in [*study.ct_paths, study.seg_path]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        index.add_instance(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
+        index.instances.add(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
                                        ds.SeriesInstanceUID, str(path), 1, "SCANNER"),
                            ds.Modality)
     seg_uid = pydicom.dcmread(study.seg_path, stop_before_pixels=True).SOPInstanceUID
-    return index, index.add_job(study.ct_series_uid, seg_uid, "rule", "ct-liver-basic", "d")
+    return index, index.jobs.add(study.ct_series_uid, seg_uid, "rule", "ct-liver-basic", "d")
 
 
 @contextlib.contextmanager
@@ -72,24 +76,23 @@ def test_transient_causes_are_told_from_the_others() -> None:
 
 
 def test_a_full_disk_is_retried_after_a_back_off_and_the_job_then_runs(
-        tmp_path: Path, study: SyntheticStudy, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jobs_module, "RETRY_BACKOFF", 1.0)
+        tmp_path: Path, study: SyntheticStudy, clock: FakeClock) -> None:
     config = NodeConfig(state_dir=tmp_path / "state", min_free_bytes=0)
-    index, job_id = _job(config, study)
+    index, job_id = _job(config, study, clock)
     runner = JobRunner(config, index)
     try:
         with _small_disk(config.results_dir, "64k"):
             runner.tick()
-            _until(lambda: index.job(job_id).state != "running")
-            job = index.job(job_id)
+            _until(lambda: index.jobs.get(job_id).state != "running")
+            job = index.jobs.get(job_id)
             assert job.state == "queued", job.reason
             assert "No space left on device" in job.reason and "\n" not in job.reason
             runner.tick()  # the back-off holds it
-            assert index.job(job_id).state == "queued"
-        time.sleep(1.1)  # space is back, and the back-off over
+            assert index.jobs.get(job_id).state == "queued"
+        clock.advance(jobs_module.RETRY_BACKOFF)  # space is back, and the back-off over
         runner.tick()
-        _until(lambda: index.job(job_id).state == "done")
-        assert index.job(job_id).attempts == 2
+        _until(lambda: index.jobs.get(job_id).state == "done")
+        assert index.jobs.get(job_id).attempts == 2
     finally:
         runner.stop()
         index.close()
@@ -101,7 +104,7 @@ def test_no_job_starts_below_the_disk_floor(tmp_path: Path, study: SyntheticStud
     runner = JobRunner(config, index)
     try:
         runner.tick()
-        assert index.job(job_id).state == "queued"
+        assert index.jobs.get(job_id).state == "queued"
     finally:
         runner.stop()
         index.close()
@@ -110,9 +113,9 @@ def test_no_job_starts_below_the_disk_floor(tmp_path: Path, study: SyntheticStud
 def test_jobs_retry_queues_a_failed_job_again(tmp_path: Path, study: SyntheticStudy) -> None:
     config = NodeConfig(state_dir=tmp_path / "state")
     index, job_id = _job(config, study)
-    other = index.add_job(study.ct_series_uid, "1.2.3", "rule", "ct-liver-basic", "e")
-    index.claim_job()
-    index.fail_job(job_id, "seg.dcm: refused")
+    other = index.jobs.add(study.ct_series_uid, "1.2.3", "rule", "ct-liver-basic", "e")
+    index.jobs.claim()
+    index.jobs.fail(job_id, "seg.dcm: refused")
     config_file = tmp_path / "node.yaml"
     config_file.write_text(yaml.safe_dump({"state_dir": str(config.state_dir)}))
 
@@ -125,8 +128,8 @@ def test_jobs_retry_queues_a_failed_job_again(tmp_path: Path, study: SyntheticSt
     assert cli("retry", str(other)).returncode == 1  # queued, not failed: not retried
     retried = cli("retry", "--failed")
     assert retried.returncode == 0 and f"queued again, attempts reset: {job_id}" in retried.stdout
-    job = index.job(job_id)
+    job = index.jobs.get(job_id)
     assert (job.state, job.attempts) == ("queued", 0)
-    [asked] = index.audit_rows("job retry requested", 10)
+    [asked] = index.audit.rows("job retry requested", 10)
     assert asked["actor"].startswith("cli:")
     index.close()

@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from node.config import Destination, NodeConfig
-from node.index import Index, InstanceRow
 from node.jobs import MAX_REASON, JobRunner, failure_reason, is_refusal
+from node.state import Index
+from node.state.instances import InstanceRow
 from pipelines.presets import load_preset
 from pipelines.rtstruct import RTStructError
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
@@ -31,7 +32,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
 def _index_study(index: Index, study: SyntheticStudy) -> str:
     for path in [*study.ct_paths, study.seg_path]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        index.add_instance(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
+        index.instances.add(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
                                        ds.SeriesInstanceUID, str(path), 1, "SCANNER"),
                            ds.Modality)
     return pydicom.dcmread(study.seg_path, stop_before_pixels=True).SOPInstanceUID
@@ -49,7 +50,7 @@ def _runner(tmp_path: Path, study: SyntheticStudy, preset: str) -> tuple[Index, 
         Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=4242)])
     index = Index(config.index_path)
     seg_uid = _index_study(index, study)
-    job_id = index.add_job(study.ct_series_uid, seg_uid, "rule", preset, "digest")
+    job_id = index.jobs.add(study.ct_series_uid, seg_uid, "rule", preset, "digest")
     return index, JobRunner(config, index), job_id
 
 
@@ -58,9 +59,9 @@ def test_pipeline_error_fails_the_job_with_its_reason(tmp_path: Path,
     index, runner, job_id = _runner(tmp_path, study, "no-such-preset")
     try:
         runner.tick()
-        _until(lambda: index.job(job_id).state == "failed")
-        assert "no-such-preset" in index.job(job_id).reason
-        assert index.deliveries() == []
+        _until(lambda: index.jobs.get(job_id).state == "failed")
+        assert "no-such-preset" in index.jobs.get(job_id).reason
+        assert index.outbox.all() == []
     finally:
         runner.stop()
 
@@ -70,17 +71,17 @@ def test_killed_worker_is_replaced_and_the_job_runs_again(tmp_path: Path,
     index, runner, job_id = _runner(tmp_path, study, "ct-liver-basic")
     try:
         runner.tick()
-        assert index.job(job_id).state == "running"
+        assert index.jobs.get(job_id).state == "running"
         _until(lambda: bool(multiprocessing.active_children()))
         for child in multiprocessing.active_children():
             os.kill(child.pid, signal.SIGKILL)
-        _until(lambda: index.job(job_id).state == "queued")
-        assert "worker process died" in index.job(job_id).reason
+        _until(lambda: index.jobs.get(job_id).state == "queued")
+        assert "worker process died" in index.jobs.get(job_id).reason
         runner.tick()
-        _until(lambda: index.job(job_id).state == "done")
-        job = index.job(job_id)
+        _until(lambda: index.jobs.get(job_id).state == "done")
+        job = index.jobs.get(job_id)
         assert job.attempts == 2 and job.reason is None
-        deliveries = index.deliveries()
+        deliveries = index.outbox.all()
         assert len(deliveries) == 3  # ct-liver-basic: the two reports and the summary image
         for delivery in deliveries:
             assert delivery["destination"] == "pacs" and Path(delivery["path"]).is_file()
@@ -102,14 +103,14 @@ def test_the_worker_queues_the_early_objects_before_the_job_is_done(
     index, runner, job_id = _runner(tmp_path, study, str(with_maps))
     try:
         runner.tick()
-        _until(lambda: index.job(job_id).state == "done")
-        events = index.study_trail(study.study_instance_uid)["events"]
+        _until(lambda: index.jobs.get(job_id).state == "done")
+        events = index.audit.study_trail(study.study_instance_uid)["events"]
         early = [e for e in events if e["event"] == "results queued before the job finished"]
         [done] = [e for e in events if e["event"] == "job done"]
         assert len(early) == 2  # the child's objects and the first map, in either order
         assert all(e["job_id"] == job_id and e["id"] < done["id"] for e in early)
         assert {e["actor"] for e in early} == {"node"}
-        deliveries = index.deliveries()
+        deliveries = index.outbox.all()
         queued = [[f"{uid}.dcm" for _, uid in json.loads(e["detail"])["deliveries"]]
                   for e in early]
         assert [Path(d["path"]).name for d in deliveries][:4] == [*queued[0], *queued[1]]
@@ -139,11 +140,11 @@ def test_a_refused_input_fails_the_job_with_the_pipelines_one_line(
     try:
         with caplog.at_level(logging.DEBUG, logger="node.jobs"):
             runner.tick()
-            _until(lambda: index.job(job_id).state == "failed")
+            _until(lambda: index.jobs.get(job_id).state == "failed")
             _until(lambda: any(r.getMessage() == "job failed" for r in caplog.records))
     finally:
         runner.stop()
-    reason = index.job(job_id).reason
+    reason = index.jobs.get(job_id).reason
     file, _, rest = reason.partition(": ")
     assert Path(file) in study.ct_paths
     assert rest == "(0008,0060) Modality CT; preset mr-only is for MR"
@@ -162,12 +163,12 @@ def test_an_unexpected_error_is_one_line_with_its_type_and_the_traceback_at_debu
     try:
         with caplog.at_level(logging.DEBUG, logger="node.jobs"):
             runner.tick()
-            _until(lambda: index.job(job_id).state == "failed")
+            _until(lambda: index.jobs.get(job_id).state == "failed")
             _until(lambda: any(r.getMessage() == "job failure traceback"
                                for r in caplog.records))
     finally:
         runner.stop()
-    reason = index.job(job_id).reason
+    reason = index.jobs.get(job_id).reason
     assert reason.startswith("NotADirectoryError: [Errno 20] Not a directory: ")
     assert "\n" not in reason and "Traceback" not in reason
     [failed] = [r for r in caplog.records if r.getMessage() == "job failed"]

@@ -32,9 +32,9 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig, TLSConfig
-from node.index import Index
 from node.pending import PendingConnections
 from node.receiver import Receiver
+from node.state import Index
 from tests.conftest import free_port
 
 DEADLINE = 1.0

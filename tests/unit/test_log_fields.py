@@ -12,9 +12,10 @@ import pytest
 
 from node import logs
 from node.config import NodeConfig, SeriesRule
-from node.index import Index, InstanceRow
 from node.logs import MAX_FIELD_CHARS, JsonFormatter, capped, fields
 from node.router import Router
+from node.state import Index
+from node.state.instances import InstanceRow
 from pipelines.synthetic import write_synthetic_study
 
 HUGE = "A" * 200_000
@@ -52,7 +53,7 @@ def test_a_200_kb_series_description_never_reaches_a_log_line(
         ds = pydicom.dcmread(path)
         ds.SeriesDescription = HUGE
         ds.save_as(path)
-        index.add_instance(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
+        index.instances.add(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
                                        ds.SeriesInstanceUID, str(path), path.stat().st_size,
                                        "SCANNER"), "CT", now=100.0)
     log_path = tmp_path / "node.log"
@@ -60,7 +61,7 @@ def test_a_200_kb_series_description_never_reaches_a_log_line(
     saved = root.handlers[:], root.level
     logs.configure("INFO", log_path)
     try:
-        [series] = index.mark_stable(150.0)
+        [series] = index.instances.mark_stable(150.0)
         assert Router(config, index).route(series) == []
     finally:
         root.handlers[:], level = saved

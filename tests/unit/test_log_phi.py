@@ -12,8 +12,8 @@ import pydicom
 
 from node import logs
 from node.config import NodeConfig
-from node.index import Index
 from node.ingest import Ingest
+from node.state import Index
 from pipelines.synthetic import write_synthetic_study
 from tests.integration.conftest import PHI
 from tests.integration.peers import phi_leaks

@@ -1,7 +1,6 @@
 """Outbox: delivered only on success status; back-off; dead letter after max attempts."""
 
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,10 +10,11 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from node.config import Destination, NodeConfig, OutboxConfig
-from node.index import Index
 from node.outbox import Outbox, next_attempt_delay
 from node.receiver import Receiver
+from node.state import Index
 from tests.conftest import free_port
+from tests.fake_clock import FakeClock
 
 
 @contextmanager
@@ -40,9 +40,9 @@ def test_back_off_doubles_and_is_capped() -> None:
 
 
 def _queue_result(index: Index, path: Path, uid: str, destination: str) -> None:
-    job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
-    assert job_id is not None and index.claim_job() is not None
-    index.finish_job(job_id, [(destination, str(path), uid)])
+    job_id = index.jobs.add("1.2.3", "1.2.3.4", "rule", "preset", "digest")
+    assert job_id is not None and index.jobs.claim() is not None
+    index.jobs.finish(job_id, [(destination, str(path), uid)])
 
 
 @pytest.fixture
@@ -67,35 +67,37 @@ def test_delivered_to_a_real_scp(tmp_path: Path, result_file: Path) -> None:
         _queue_result(index, result_file, "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322",
                       "peer")
         Outbox(config, index).tick()
-        [row] = index.deliveries()
+        [row] = index.outbox.all()
         assert row["state"] == "delivered" and row["attempts"] == 1
-        assert peer_index.instance(row["sop_instance_uid"]) is not None
+        assert peer_index.instances.get(row["sop_instance_uid"]) is not None
         # stored at the peer (success status), then marked delivered
         assert row["sent_at"] is not None and row["sent_at"] <= row["delivered_at"]
         Outbox(config, index).tick()  # nothing due any more
-        assert index.deliveries()[0]["attempts"] == 1
+        assert index.outbox.all()[0]["attempts"] == 1
     finally:
         peer.stop()
         peer_index.close()
 
 
-def test_unreachable_peer_is_retried_then_dead_lettered(tmp_path: Path,
-                                                        result_file: Path) -> None:
+def test_unreachable_peer_is_retried_then_dead_lettered(tmp_path: Path, result_file: Path,
+                                                        clock: FakeClock) -> None:
     destination = Destination(name="down", ae_title="DOWN", host="127.0.0.1", port=free_port())
     config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination],
                         outbox=OutboxConfig(max_attempts=3, backoff_initial=0.01,
                                             backoff_max=0.01, timeout=2))
-    index = Index(config.index_path)
+    index = Index(config.index_path, clock=clock)
     _queue_result(index, result_file, "1.2.3.9", "down")
     outbox = Outbox(config, index)
     outbox.tick()
-    row = index.deliveries()[0]
+    row = index.outbox.all()[0]
     assert row["state"] == "pending" and row["attempts"] == 1
     assert "no association with DOWN@127.0.0.1" in row["last_error"]
-    for _ in range(2):
-        time.sleep(0.02)  # past the 10 ms back-off
+    for attempts in (1, 2):
+        outbox.tick()  # the 10 ms back-off holds it
+        assert index.outbox.all()[0]["attempts"] == attempts
+        clock.advance(0.01)  # the back-off over
         outbox.tick()
-    row = index.deliveries()[0]
+    row = index.outbox.all()[0]
     assert row["state"] == "dead" and row["attempts"] == 3
     assert row["sent_at"] is None
 
@@ -110,13 +112,13 @@ def test_a_class_the_peer_refuses_fails_that_delivery_and_the_outbox_goes_on(
     with _storage_scp("mr", "MRONLY", [MRImageStorage], lambda event: 0x0000) as destination:
         config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination])
         index = Index(config.index_path)
-        job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
-        index.claim_job()
-        index.finish_job(job_id, [
+        job_id = index.jobs.add("1.2.3", "1.2.3.4", "rule", "preset", "digest")
+        index.jobs.claim()
+        index.jobs.finish(job_id, [
             ("mr", str(mr), "1.3.6.1.4.1.5962.1.1.4.1.1.20040826185059.5457"),
             ("mr", str(result_file), "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322")])
         Outbox(config, index).tick()
-        mr_row, ct_row = index.deliveries()
+        mr_row, ct_row = index.outbox.all()
         assert mr_row["state"] == "delivered"
         assert ct_row["state"] == "pending" and ct_row["attempts"] == 1
         assert "no response" in ct_row["last_error"]
@@ -124,7 +126,7 @@ def test_a_class_the_peer_refuses_fails_that_delivery_and_the_outbox_goes_on(
 
 def test_a_running_jobs_early_results_are_sent_and_wait_for_a_rerun_to_write_them(
         tmp_path: Path, refdata: Path) -> None:
-    """Deliveries queued while their job runs (``queue_early_deliveries``) are sent at the next
+    """Deliveries queued while their job runs (``OutboxStore.queue_early``) are sent at the next
     tick; a file missing because the job runs again ends the batch without an attempt (nothing
     overtakes it), and is sent once the rerun wrote it; once the job failed, a missing file is
     a failed attempt like any other."""
@@ -141,27 +143,27 @@ def test_a_running_jobs_early_results_are_sent_and_wait_for_a_rerun_to_write_the
     with _storage_scp("peer", "PEER", [CTImageStorage, MRImageStorage], store) as destination:
         config = NodeConfig(state_dir=tmp_path / "node", destinations=[destination])
         index = Index(config.index_path)
-        job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
-        index.claim_job()
+        job_id = index.jobs.add("1.2.3", "1.2.3.4", "rule", "preset", "digest")
+        index.jobs.claim()
         ct, mr = results / "ct.dcm", results / "mr.dcm"
         shutil.copyfile(refdata / "pydicom" / "test_files" / "MR_small.dcm", mr)
-        index.queue_early_deliveries(job_id, [("peer", str(ct), ct_uid),
+        index.outbox.queue_early(job_id, [("peer", str(ct), ct_uid),
                                               ("peer", str(mr), mr_uid)])
         outbox = Outbox(config, index)
         outbox.tick()  # ct.dcm not written yet (the job runs again): neither is sent
         assert stored == []
-        assert [(r["state"], r["attempts"]) for r in index.deliveries()] == [("pending", 0)] * 2
+        assert [(r["state"], r["attempts"]) for r in index.outbox.all()] == [("pending", 0)] * 2
         shutil.copyfile(refdata / "pydicom" / "test_files" / "CT_small.dcm", ct)
         outbox.tick()
         assert stored == [ct_uid, mr_uid]  # in outbox order
-        assert [r["state"] for r in index.deliveries()] == ["delivered"] * 2
-        assert index.job(job_id).state == "running"  # sent before the job finished
-        index.finish_job(job_id, [("peer", str(ct), ct_uid), ("peer", str(mr), mr_uid)])
-        assert len(index.deliveries()) == 2  # queued once
-        failed = index.add_job("1.2.5", "1.2.5.4", "rule", "preset", "digest")
-        index.claim_job()
-        index.queue_early_deliveries(failed, [("peer", str(results / "gone.dcm"), "1.2.5.9")])
-        index.fail_job(failed, "pipeline error")
+        assert [r["state"] for r in index.outbox.all()] == ["delivered"] * 2
+        assert index.jobs.get(job_id).state == "running"  # sent before the job finished
+        index.jobs.finish(job_id, [("peer", str(ct), ct_uid), ("peer", str(mr), mr_uid)])
+        assert len(index.outbox.all()) == 2  # queued once
+        failed = index.jobs.add("1.2.5", "1.2.5.4", "rule", "preset", "digest")
+        index.jobs.claim()
+        index.outbox.queue_early(failed, [("peer", str(results / "gone.dcm"), "1.2.5.9")])
+        index.jobs.fail(failed, "pipeline error")
         outbox.tick()
-        [row] = [r for r in index.deliveries() if r["job_id"] == failed]
+        [row] = [r for r in index.outbox.all() if r["job_id"] == failed]
         assert row["attempts"] == 1 and "cannot read" in row["last_error"]

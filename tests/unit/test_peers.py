@@ -13,8 +13,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
 from node.config import ConfigError, NodeConfig, load_config
-from node.index import Index
 from node.receiver import Receiver
+from node.state import Index
 from tests.conftest import free_port
 
 PEERS = [

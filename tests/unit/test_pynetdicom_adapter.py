@@ -24,7 +24,6 @@ from pynetdicom.sop_class import CTImageStorage
 
 from node import pynetdicom_adapter
 from node.config import NodeConfig
-from node.index import Index
 from node.pynetdicom_adapter import (
     LAST_COMMAND_FRAGMENT,
     TESTED_MINOR,
@@ -33,6 +32,7 @@ from node.pynetdicom_adapter import (
     plain_store_response,
 )
 from node.receiver import Receiver
+from node.state import Index
 from tests.conftest import REPO, free_port
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -12,8 +12,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig
-from node.index import Index
 from node.receiver import TRACE_EVENTS, Receiver
+from node.state import Index
 from tests.conftest import free_port
 
 
@@ -54,13 +54,13 @@ def test_store_writes_spool_then_index(node, refdata: Path) -> None:
     assert assoc.send_c_store(ds).Status == 0x0000  # the same instance again: idempotent
     assoc.release()
 
-    row = index.instance(ds.SOPInstanceUID)
+    row = index.instances.get(ds.SOPInstanceUID)
     assert row is not None and row.calling_ae == "TESTSCU"
     stored = pydicom.dcmread(row.path)
     assert stored.SOPInstanceUID == ds.SOPInstanceUID
     assert stored.PixelData == ds.PixelData
     assert Path(row.path).stat().st_size == row.size
-    series = index.series(ds.SeriesInstanceUID)
+    series = index.instances.series(ds.SeriesInstanceUID)
     assert series is not None and series.n_instances == 1 and series.modality == "CT"
     leftovers = list(config.spool_dir.rglob("*.part"))
     assert leftovers == []
@@ -75,7 +75,7 @@ def test_missing_uid_is_refused_and_quarantined(node, refdata: Path) -> None:
     assoc.release()
     assert status.Status == 0xC000
     assert "SeriesInstanceUID" in status.ErrorComment
-    assert index.instance(ds.SOPInstanceUID) is None
+    assert index.instances.get(ds.SOPInstanceUID) is None
     reasons = list(config.quarantine_dir.glob("*.reason.json"))
     assert len(reasons) == 1
     record = json.loads(reasons[0].read_text())
@@ -98,7 +98,7 @@ def test_lossless_compressed_and_big_endian_are_stored_as_sent(node, refdata: Pa
     assert assoc.is_established
     assert assoc.send_c_store(sent).Status == 0x0000  # a path: sent without decoding
     assoc.release()
-    stored = pydicom.dcmread(index.instance(ds.SOPInstanceUID).path)
+    stored = pydicom.dcmread(index.instances.get(ds.SOPInstanceUID).path)
     assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
     reference = pydicom.dcmread(refdata / "pydicom" / "test_files" / "MR_small.dcm")
     assert (stored.pixel_array == reference.pixel_array).all()

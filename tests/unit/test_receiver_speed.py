@@ -22,10 +22,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig, RemotePeer
-from node.index import Index
 from node.orthanc import OrthancClient
 from node.peers import SharedPeerCounts
 from node.receiver import Receiver
+from node.state import Index
 from node.store_scu import associate
 from tests.conftest import free_port
 
@@ -132,10 +132,10 @@ def test_fifty_concurrent_associations_over_two_receiver_processes(
     finally:
         receiver.stop()
     assert statuses == [0] * count
-    rows = [index.instance(ds.SOPInstanceUID) for ds in datasets]
+    rows = [index.instances.get(ds.SOPInstanceUID) for ds in datasets]
     sources = {row.calling_ae for row in rows if row is not None}
     assert sources == {"SCANNER"} and all(row is not None for row in rows)
-    series = index.series(ct.SeriesInstanceUID)
+    series = index.instances.series(ct.SeriesInstanceUID)
     assert series is not None and series.n_instances == count
     index.close()
 

@@ -12,10 +12,10 @@ import pydicom
 import pytest
 
 from node.config import NodeConfig
-from node.index import Index
 from node.ingest import Ingest
 from node.recovery import RECOVERED, Recovery, recover
 from node.spool import spool_path
+from node.state import Index
 from pipelines.synthetic import write_synthetic_study
 
 
@@ -33,17 +33,17 @@ def test_recover_after_a_crash(tmp_path: Path, refdata: Path) -> None:
     partial = orphan.parent / ".incoming-abc.part"
     partial.write_bytes(source.read_bytes()[:1000])
     # killed while a job ran
-    job = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
-    assert index.claim_job().id == job
+    job = index.jobs.add("1.2.3", "1.2.3.4", "rule", "preset", "digest")
+    assert index.jobs.claim().id == job
 
     assert recover(config, index) == Recovery(partial_files_removed=1, damaged_instances_removed=0,
                                               instances_indexed=1, jobs_requeued=1)
     assert not partial.exists()
-    row = index.instance(ds.SOPInstanceUID)
+    row = index.instances.get(ds.SOPInstanceUID)
     assert row is not None and row.path == str(orphan) and row.calling_ae == RECOVERED
     assert row.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
-    assert index.series(ds.SeriesInstanceUID).n_instances == 1
-    assert index.job(job).state == "queued"
+    assert index.instances.series(ds.SeriesInstanceUID).n_instances == 1
+    assert index.jobs.get(job).state == "queued"
     assert recover(config, index) == Recovery(0, 0, 0, 0)  # idempotent
 
 
@@ -54,19 +54,20 @@ def test_receiver_connection_commits_without_fsync_and_recovery_restores_lost_ro
     config = NodeConfig(state_dir=tmp_path)
     index = Index(config.index_path)
     receiving = Index(config.index_path, synchronous="NORMAL")
-    assert index._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert receiving._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert index._db.query("PRAGMA synchronous")[0][0] == 2  # FULL
+    assert receiving._db.query("PRAGMA synchronous")[0][0] == 1  # NORMAL
     source = refdata / "pydicom" / "test_files" / "CT_small.dcm"
     data = source.read_bytes()
     assert Ingest(config, receiving).accept(
         data, lambda: pydicom.dcmread(source), "SCANNER", host="10.0.0.1").status == 0
     ds = pydicom.dcmread(source, stop_before_pixels=True)
-    assert index.instance(ds.SOPInstanceUID).calling_ae == "SCANNER"  # visible to the node
+    assert index.instances.get(ds.SOPInstanceUID).calling_ae == "SCANNER"  # visible to the node
     # the power cut: the row and its series count are gone, the file is not
-    index._db.execute("DELETE FROM instances")
-    index._db.execute("DELETE FROM series")
+    with index._db.transaction() as db:
+        db.execute("DELETE FROM instances")
+        db.execute("DELETE FROM series")
     assert recover(config, index).instances_indexed == 1
-    row = index.instance(ds.SOPInstanceUID)
+    row = index.instances.get(ds.SOPInstanceUID)
     assert row is not None and row.calling_ae == RECOVERED and Path(row.path).read_bytes() == data
     receiving.close()
     index.close()
@@ -85,17 +86,17 @@ def test_truncated_and_deleted_spool_files_are_forgotten_and_stored_again_when_s
     for path in paths:
         assert ingest.accept(path.read_bytes(), lambda p=path: pydicom.dcmread(p),
                              "SCANNER").status == 0
-    [first, second] = [index.instance(pydicom.dcmread(p).SOPInstanceUID) for p in paths[:2]]
-    job = index.add_job(study.ct_series_uid, "1.2.3.4", "rule", "preset", "digest")
+    [first, second] = [index.instances.get(pydicom.dcmread(p).SOPInstanceUID) for p in paths[:2]]
+    job = index.jobs.add(study.ct_series_uid, "1.2.3.4", "rule", "preset", "digest")
     Path(first.path).write_bytes(paths[0].read_bytes()[:1000])  # truncated
     Path(second.path).unlink()  # deleted
 
     with caplog.at_level(logging.WARNING, logger="node.recovery"):
         assert recover(config, index) == Recovery(0, 2, 0, 0)
-    assert index.instance(first.sop_instance_uid) is None
-    assert index.instance(second.sop_instance_uid) is None
+    assert index.instances.get(first.sop_instance_uid) is None
+    assert index.instances.get(second.sop_instance_uid) is None
     assert not Path(first.path).exists()
-    assert index.series(study.ct_series_uid).n_instances == 2
+    assert index.instances.series(study.ct_series_uid).n_instances == 2
     removed = [r.fields for r in caplog.records if r.getMessage() == "damaged spool copy removed"]
     assert [(f["sop_instance_uid"], f["damage"]) for f in removed] == [
         (first.sop_instance_uid, f"size 1000 expected {first.size}"),
@@ -106,7 +107,7 @@ def test_truncated_and_deleted_spool_files_are_forgotten_and_stored_again_when_s
     assert reason["source"] == first.path
     assert reason["reason"] == (f"spool copy of {first.sop_instance_uid} damaged: size 1000 "
                                 f"expected {first.size} (found at start)")
-    failed = index.job(job)
+    failed = index.jobs.get(job)
     assert failed.state == "failed" and failed.reason == (
         f"input {first.sop_instance_uid} removed from the spool at start (size 1000 expected "
         f"{first.size}): send it again")
@@ -115,8 +116,8 @@ def test_truncated_and_deleted_spool_files_are_forgotten_and_stored_again_when_s
         assert ingest.accept(path.read_bytes(), lambda p=path: pydicom.dcmread(p),
                              "SCANNER").status == 0
     for path, row in ((paths[0], first), (paths[1], second)):
-        again = index.instance(row.sop_instance_uid)
+        again = index.instances.get(row.sop_instance_uid)
         assert again is not None and Path(again.path).read_bytes() == path.read_bytes()
-    assert index.series(study.ct_series_uid).n_instances == 4
+    assert index.instances.series(study.ct_series_uid).n_instances == 4
     assert recover(config, index) == Recovery(0, 0, 0, 0)
     index.close()

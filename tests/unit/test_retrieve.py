@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 from pathlib import Path
 
 import pydicom
@@ -15,13 +14,16 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
 
+from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
-from node.index import Index, InstanceRow
 from node.ingest import Ingest, Outcome
 from node.orthanc import OrthancClient
 from node.retrieve import RetrieveError, Retriever, RetrieveRefused, _query, _Tally
+from node.state import Index
+from node.state.instances import InstanceRow
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
+from tests.fake_clock import FakeClock
 
 SERIES = "1.2.826.0.1.3680043.8.498.10"
 STUDY = "1.2.826.0.1.3680043.8.498.11"
@@ -41,35 +43,36 @@ def _segmentation(index: Index, directory: Path, patient_id: str = "PATIENT-1") 
     path = directory / "seg.dcm"
     directory.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
-    index.add_instance(InstanceRow(SEG_SOP, SegmentationStorage, STUDY, ds.SeriesInstanceUID,
+    index.instances.add(InstanceRow(SEG_SOP, SegmentationStorage, STUDY, ds.SeriesInstanceUID,
                                    str(path), path.stat().st_size, "SCANNER"), "SEG")
 
 
-def _node(tmp_path: Path, port: int, series: str = SERIES,
-          study: str = STUDY) -> tuple[NodeConfig, Index]:
+def _node(tmp_path: Path, port: int, series: str = SERIES, study: str = STUDY,
+          clock: Clock = SYSTEM_CLOCK) -> tuple[NodeConfig, Index]:
     source = {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": port}
     config = NodeConfig(state_dir=tmp_path / "node", retrieve={
         "sources": [source], "wait": 0.3, "retry_interval": 0.05, "timeout": 2})
-    index = Index(config.index_path)
+    index = Index(config.index_path, clock=clock)
     _segmentation(index, tmp_path / "seg")
-    assert index.request_retrieval(series, study, SEG_SOP)
-    assert not index.request_retrieval(series, study, SEG_SOP)  # asked once
+    assert index.retrievals.request(series, study, SEG_SOP)
+    assert not index.retrievals.request(series, study, SEG_SOP)  # asked once
     return config, index
 
 
-def test_unreachable_source_is_retried_then_the_request_fails(tmp_path: Path) -> None:
+def test_unreachable_source_is_retried_then_the_request_fails(tmp_path: Path,
+                                                             clock: FakeClock) -> None:
     port = free_port()
-    config, index = _node(tmp_path, port)
+    config, index = _node(tmp_path, port, clock=clock)
     retriever = Retriever(config, index)
     retriever.tick()
-    [row] = index.retrievals()
+    [row] = index.retrievals.all()
     assert (row.state, row.attempts) == ("waiting", 1)
     assert row.reason == f"archive: no association with ARCHIVE@127.0.0.1:{port}"
     retriever.tick()  # not due yet: nothing tried
-    assert index.retrievals()[0].attempts == 1
-    time.sleep(0.35)
+    assert index.retrievals.all()[0].attempts == 1
+    clock.advance(0.3)  # the wait (0.3 s) is over
     retriever.tick()
-    [row] = index.retrievals()
+    [row] = index.retrievals.all()
     assert row.state == "failed"
     assert row.reason == (f"source series {SERIES} not received within 0.3 s and not retrievable "
                           f"from archive (archive: no association with ARCHIVE@127.0.0.1:{port})")
@@ -77,16 +80,16 @@ def test_unreachable_source_is_retried_then_the_request_fails(tmp_path: Path) ->
 
 def test_series_that_arrives_by_itself_ends_the_request(tmp_path: Path) -> None:
     config, index = _node(tmp_path, free_port())
-    index.add_instance(InstanceRow("1.2.826.0.1.3680043.8.498.12", "1.2.840.10008.5.1.4.1.1.2",
+    index.instances.add(InstanceRow("1.2.826.0.1.3680043.8.498.12", "1.2.840.10008.5.1.4.1.1.2",
                                    STUDY, SERIES, "/nowhere", 1, "SCANNER"), "CT")
     Retriever(config, index).tick()
-    [row] = index.retrievals()
+    [row] = index.retrievals.all()
     assert (row.state, row.attempts, row.reason) == ("received", 0, None)
 
 
 def test_retriever_expects_the_request_and_the_segmentations_patient(tmp_path: Path) -> None:
     config, index = _node(tmp_path, free_port())
-    [row] = index.retrievals()
+    [row] = index.retrievals.all()
     assert Retriever(config, index).expected(row) == {
         "StudyInstanceUID": STUDY, "SeriesInstanceUID": SERIES, "PatientID": "PATIENT-1"}
 
@@ -103,7 +106,7 @@ def test_request_whose_uids_are_not_uids_fails_without_asking(
     does not listen: asking would show in the reason)."""
     config, index = _node(tmp_path, free_port(), series, study)
     Retriever(config, index).tick()
-    [row] = index.retrievals()
+    [row] = index.retrievals.all()
     assert (row.state, row.attempts) == ("failed", 0)
     assert row.reason == f"not retrieved: {named} is not a UID (PS3.5 9.1)"
 
@@ -112,9 +115,9 @@ def test_request_whose_segmentation_is_gone_fails_without_asking(tmp_path: Path)
     config = NodeConfig(state_dir=tmp_path / "node", retrieve={"sources": [
         {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": free_port()}]})
     index = Index(config.index_path)
-    index.request_retrieval(SERIES, STUDY, SEG_SOP)  # its segmentation never indexed
+    index.retrievals.request(SERIES, STUDY, SEG_SOP)  # its segmentation never indexed
     Retriever(config, index).tick()
-    [row] = index.retrievals()
+    [row] = index.retrievals.all()
     assert (row.state, row.attempts) == ("failed", 0)
     assert row.reason == (f"not retrieved: segmentation {SEG_SOP} is no longer in the node (its "
                           "Patient ID is what the series must carry)")
@@ -163,7 +166,7 @@ def test_accept_refuses_an_instance_that_is_not_the_one_expected(
     assert outcome.status == 0xC000 and outcome.tag == f"{tag} {keyword}"
     assert outcome.comment == (f"{tag} {keyword}: dataset says {actual!r}, the request "
                                f"expects {value!r}")
-    assert not index.has_instance(str(header.SOPInstanceUID))
+    assert not index.instances.has(str(header.SOPInstanceUID))
     [reason_file] = config.quarantine_dir.glob("*.reason.json")
     assert json.loads(reason_file.read_text())["tag"] == f"{tag} {keyword}"
     [record] = caplog.records
@@ -184,7 +187,7 @@ def test_accept_stores_an_instance_that_is_the_one_expected(
                 "PatientID": str(header.PatientID)}
     assert Ingest(config, index).accept(data, lambda: pydicom.dcmread(io.BytesIO(data)),
                                         "c-get:archive", expected=expected).status == 0
-    assert index.has_instance(str(header.SOPInstanceUID))
+    assert index.instances.has(str(header.SOPInstanceUID))
 
 
 def test_what_a_source_offered_decides_whether_the_request_is_tried_again() -> None:

@@ -15,8 +15,10 @@ from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_
 
 from node.config import NodeConfig, SeriesRule
 from node.health import check_health
-from node.index import SEGMENTATION_NOT_PROCESSED, Index, InstanceRow
 from node.router import Router
+from node.state import Index
+from node.state.audit import SEGMENTATION_NOT_PROCESSED
+from node.state.instances import InstanceRow
 from node.status import StatusServer
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
@@ -31,7 +33,7 @@ def _receive(index: Index, paths: list[Path], now: float) -> None:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         row = InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
                           ds.SeriesInstanceUID, str(path), path.stat().st_size, "SCANNER")
-        index.add_instance(row, ds.Modality, now=now)
+        index.instances.add(row, ds.Modality, now=now)
 
 
 def _node(tmp_path: Path, rules: list[SeriesRule] | None = None) -> tuple[Index, Router]:
@@ -41,7 +43,8 @@ def _node(tmp_path: Path, rules: list[SeriesRule] | None = None) -> tuple[Index,
 
 
 def _stabilise(index: Index, router: Router, quiet_since: float) -> list[int]:
-    return [job for series in index.mark_stable(quiet_since) for job in router.route(series)]
+    return [job for series in index.instances.mark_stable(quiet_since)
+            for job in router.route(series)]
 
 
 @pytest.mark.parametrize("seg_first", [True, False])
@@ -56,7 +59,7 @@ def test_job_queued_when_the_later_of_the_two_is_stable(tmp_path: Path, study: S
     _receive(index, second, now=200.0)
     jobs = _stabilise(index, router, quiet_since=250.0)
     assert len(jobs) == 1
-    [job] = index.jobs()
+    [job] = index.jobs.all()
     assert job.state == "queued" and job.preset == "ct-liver-basic" and job.rule == "ct-liver"
     assert job.source_series_uid == study.ct_series_uid
     assert job.seg_sop_uid == pydicom.dcmread(study.seg_path).SOPInstanceUID
@@ -66,7 +69,7 @@ def test_series_still_receiving_is_not_stable(tmp_path: Path, study: SyntheticSt
     index, router = _node(tmp_path)
     _receive(index, [*study.ct_paths, study.seg_path], now=100.0)
     assert _stabilise(index, router, quiet_since=99.0) == []
-    assert index.series(study.ct_series_uid).stable_at is None
+    assert index.instances.series(study.ct_series_uid).stable_at is None
 
 
 def test_same_study_sent_twice_queues_one_job(tmp_path: Path, study: SyntheticStudy) -> None:
@@ -75,7 +78,7 @@ def test_same_study_sent_twice_queues_one_job(tmp_path: Path, study: SyntheticSt
     assert len(_stabilise(index, router, quiet_since=150.0)) == 1
     _receive(index, [*study.ct_paths, study.seg_path], now=200.0)  # duplicates: ignored
     assert _stabilise(index, router, quiet_since=250.0) == []
-    assert len(index.jobs()) == 1
+    assert len(index.jobs.all()) == 1
 
 
 def test_series_that_matches_no_rule_queues_nothing(tmp_path: Path,
@@ -83,7 +86,7 @@ def test_series_that_matches_no_rule_queues_nothing(tmp_path: Path,
     index, router = _node(tmp_path, rules=[SeriesRule(name="mr-only", modality=["MR"])])
     _receive(index, [*study.ct_paths, study.seg_path], now=100.0)
     assert _stabilise(index, router, quiet_since=150.0) == []
-    assert index.jobs() == []
+    assert index.jobs.all() == []
 
 
 def test_each_matching_preset_gets_a_job(tmp_path: Path, study: SyntheticStudy) -> None:
@@ -93,7 +96,7 @@ def test_each_matching_preset_gets_a_job(tmp_path: Path, study: SyntheticStudy) 
     index, router = _node(tmp_path, rules=rules)
     _receive(index, [*study.ct_paths, study.seg_path], now=100.0)
     _stabilise(index, router, quiet_since=150.0)
-    assert sorted((j.rule, j.preset) for j in index.jobs()) == [
+    assert sorted((j.rule, j.preset) for j in index.jobs.all()) == [
         ("a", "ct-liver-basic"), ("c", "other-preset")]
 
 
@@ -101,10 +104,10 @@ def test_interrupted_jobs_are_queued_again(tmp_path: Path, study: SyntheticStudy
     index, router = _node(tmp_path)
     _receive(index, [*study.ct_paths, study.seg_path], now=100.0)
     _stabilise(index, router, quiet_since=150.0)
-    claimed = index.claim_job()
+    claimed = index.jobs.claim()
     assert claimed is not None and claimed.state == "running" and claimed.attempts == 1
-    assert index.requeue_interrupted_jobs() == 1
-    again = index.claim_job()
+    assert index.jobs.requeue_interrupted() == 1
+    again = index.jobs.claim()
     assert again is not None and again.id == claimed.id and again.attempts == 2
 
 
@@ -130,7 +133,7 @@ def test_reprocess_policy_on_a_grown_series(tmp_path: Path, study: SyntheticStud
     assert len(_stabilise(index, router, quiet_since=150.0)) == 1
     _receive(index, [_late_instance(study, tmp_path)], now=200.0)
     _stabilise(index, router, quiet_since=250.0)
-    jobs = index.jobs()
+    jobs = index.jobs.all()
     assert len(jobs) == jobs_after_change
     if jobs_after_change == 2:
         assert jobs[0].inputs_digest != jobs[1].inputs_digest
@@ -144,8 +147,8 @@ def test_always_reprocesses_unchanged_inputs_but_on_change_does_not(
         router = Router(config, index)
         _receive(index, [*study.ct_paths, study.seg_path], now=100.0)
         _stabilise(index, router, quiet_since=150.0)
-        router.route(index.series(study.ct_series_uid))  # stable again, the same instances
-        assert len(index.jobs()) == expected, policy
+        router.route(index.instances.series(study.ct_series_uid))  # stable again, same instances
+        assert len(index.jobs.all()) == expected, policy
 
 
 def test_the_nodes_own_derived_seg_sent_back_is_not_processed(
@@ -161,7 +164,7 @@ def test_the_nodes_own_derived_seg_sent_back_is_not_processed(
     index, router = _node(tmp_path)
     _receive(index, [*study.ct_paths, path], now=100.0)
     assert _stabilise(index, router, quiet_since=150.0) == []
-    assert index.jobs() == []
+    assert index.jobs.all() == []
 
 
 def _rtstruct(directory: Path, study: SyntheticStudy, series: list[Dataset] | None,
@@ -230,17 +233,18 @@ def test_rtstruct_is_paired_like_a_seg_whichever_is_stable_last(
     _receive(index, first, now=100.0)
     assert _stabilise(index, router, quiet_since=150.0) == []
     # an RTSTRUCT alone asks for its series (node.retrieve); a series alone waits
-    assert [r.series_uid for r in index.retrievals()] == \
+    assert [r.series_uid for r in index.retrievals.all()] == \
         ([study.ct_series_uid] if rtstruct_first else [])
     _receive(index, second, now=200.0)
     assert len(_stabilise(index, router, quiet_since=250.0)) == 1
-    [job] = index.jobs()
+    [job] = index.jobs.all()
     rtstruct_uid = pydicom.dcmread(rtstruct).SOPInstanceUID
     assert (job.source_series_uid, job.seg_sop_uid) == (study.ct_series_uid, rtstruct_uid)
-    assert index.series(pydicom.dcmread(rtstruct).SeriesInstanceUID).modality == "RTSTRUCT"
-    assert index.segs_referencing(study.ct_series_uid) == [rtstruct_uid]
+    rtstruct_series = pydicom.dcmread(rtstruct).SeriesInstanceUID
+    assert index.instances.series(rtstruct_series).modality == "RTSTRUCT"
+    assert index.instances.segs_referencing(study.ct_series_uid) == [rtstruct_uid]
     # stable again with the same instances: no second job
-    assert router.route(index.series(study.ct_series_uid)) == []
+    assert router.route(index.instances.series(study.ct_series_uid)) == []
 
 
 def test_rtstruct_of_a_missing_series_asks_for_it_in_the_study_it_names(
@@ -254,7 +258,7 @@ def test_rtstruct_of_a_missing_series_asks_for_it_in_the_study_it_names(
     index, router = _node(tmp_path)
     _receive(index, [rtstruct], now=100.0)
     assert _stabilise(index, router, quiet_since=150.0) == []
-    [retrieval] = index.retrievals()
+    [retrieval] = index.retrievals.all()
     assert (retrieval.series_uid, retrieval.study_uid, retrieval.seg_sop_uid, retrieval.state) \
         == (study.ct_series_uid, other_study, pydicom.dcmread(rtstruct).SOPInstanceUID, "waiting")
     # as node.retrieve would store them: the series in the study named, of the same patient
@@ -306,12 +310,12 @@ def test_segmentation_that_references_no_series_is_refused_in_one_line(
     _receive(index, [*study.ct_paths, path], now=100.0)
     with caplog.at_level(logging.INFO, logger="node.router"):
         assert _stabilise(index, router, quiet_since=150.0) == []
-    assert index.jobs() == [] and index.retrievals() == []
+    assert index.jobs.all() == [] and index.retrievals.all() == []
     [record] = [r for r in caplog.records if r.getMessage() == SEGMENTATION_NOT_PROCESSED]
     logged = record.fields["reason"]
     assert record.levelno == logging.WARNING
     assert logged.startswith(f"{path}: ") and logged.endswith(reason) and "\n" not in logged
-    [audit] = index.audit_rows(SEGMENTATION_NOT_PROCESSED, 10)
+    [audit] = index.audit.rows(SEGMENTATION_NOT_PROCESSED, 10)
     assert json.loads(audit["detail"])["reason"] == logged
     assert audit["study_uid"] == study.study_instance_uid
     config = NodeConfig(state_dir=tmp_path)
@@ -380,7 +384,7 @@ def test_seg_referencing_a_value_that_is_no_uid_is_not_processed(
     _receive(index, [*study.ct_paths, path], now=100.0)
     with caplog.at_level(logging.INFO, logger="node.router"):
         assert _stabilise(index, router, quiet_since=150.0) == []
-    assert index.jobs() == [] and index.retrievals() == []
+    assert index.jobs.all() == [] and index.retrievals.all() == []
     assert _not_processed_reason(caplog) == (
         f"{path}: SEG references an invalid UID ({SEG_SERIES_UID} {shown} is not a UID, "
         "PS3.5 9.1): not processed")
@@ -395,7 +399,7 @@ def test_seg_referencing_an_empty_uid_asks_for_nothing(
     _receive(index, [path], now=100.0)
     with caplog.at_level(logging.INFO, logger="node.router"):
         assert _stabilise(index, router, quiet_since=150.0) == []
-    assert index.jobs() == [] and index.retrievals() == []
+    assert index.jobs.all() == [] and index.retrievals.all() == []
     assert _not_processed_reason(caplog).endswith(
         "SEG references no series ((0008,1115) ReferencedSeriesSequence items hold no "
         "SeriesInstanceUID): not processed")
@@ -414,7 +418,7 @@ def test_leading_zero_component_is_taken_as_the_node_takes_uids(
     index, router = _node(tmp_path)
     _receive(index, [path], now=100.0)
     assert _stabilise(index, router, quiet_since=150.0) == []
-    [retrieval] = index.retrievals()
+    [retrieval] = index.retrievals.all()
     assert (retrieval.series_uid, retrieval.study_uid) == ("1.2.03", study.study_instance_uid)
 
 
@@ -436,7 +440,7 @@ def test_rtstruct_referencing_a_value_that_is_no_uid_is_not_processed(
     _receive(index, [rtstruct], now=100.0)
     with caplog.at_level(logging.INFO, logger="node.router"):
         assert _stabilise(index, router, quiet_since=150.0) == []
-    assert index.retrievals() == []
+    assert index.retrievals.all() == []
     reason = _not_processed_reason(caplog)
     assert reason.startswith(f"{rtstruct}: RTSTRUCT references an invalid UID ((3006,0010) ")
     assert reason.endswith(f"{tag} is not a UID, PS3.5 9.1): not processed")
@@ -467,7 +471,7 @@ def test_segmentation_is_not_paired_with_a_series_of_another_study_or_patient(
         _stabilise(index, router, quiet_since=150.0)
         _receive(index, second, now=200.0)
         assert _stabilise(index, router, quiet_since=250.0) == []
-    assert index.jobs() == []
+    assert index.jobs.all() == []
     reason = _not_processed_reason(caplog)
     if case == "other study":
         assert reason.endswith(

@@ -13,9 +13,9 @@ import yaml
 from node.cli import main
 from node.config import NodeConfig, SeriesRule
 from node.health import Health
-from node.index import Index
 from node.ingest import Ingest
 from node.rule_test import folder_headers, lines, verdicts
+from node.state import Index
 from node.status import StatusServer
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 

@@ -11,11 +11,13 @@ import pydicom
 import pytest
 
 from node.config import Destination, NodeConfig, SeriesRule
-from node.index import Index, InstanceRow
 from node.receiver import Receiver
 from node.service import STABLE_MARGIN, Node
+from node.state import Index
+from node.state.instances import InstanceRow
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
+from tests.fake_clock import FakeClock
 
 SCAN_INTERVAL = 600.0
 
@@ -40,19 +42,20 @@ def peer(tmp_path: Path) -> Iterator[tuple[NodeConfig, Index]]:
     index.close()
 
 
-def _node(tmp_path: Path, peer_port: int, stable_after: float) -> Node:
+def _node(tmp_path: Path, peer_port: int, stable_after: float, clock: FakeClock) -> Node:
     return Node(NodeConfig(
         state_dir=tmp_path / "node", listener={"port": free_port()}, status={"enabled": False},
         scan_interval=SCAN_INTERVAL, stable_after=stable_after,
         rules=[SeriesRule(name="liver", preset="ct-liver-basic", modality=["CT"])],
         destinations=[Destination(name="peer", ae_title="PEER", host="127.0.0.1",
-                                  port=peer_port, verify=False)]))  # the receiver has no C-FIND
+                                  port=peer_port, verify=False)]),  # the receiver has no C-FIND
+        clock=clock)
 
 
 def _index(index: Index, paths: list[Path], received: float) -> None:
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        index.add_instance(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
+        index.instances.add(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
                                        ds.SeriesInstanceUID, str(path), 1, "SCANNER"),
                            ds.Modality, now=received)
 
@@ -65,35 +68,46 @@ def _until(condition: Callable[[], bool], timeout: float = 300.0) -> None:
 
 
 def test_assembly_is_woken_when_the_next_series_is_due_to_be_stable(
-        tmp_path: Path, study: SyntheticStudy) -> None:
-    node = _node(tmp_path, free_port(), stable_after=300)
+        tmp_path: Path, study: SyntheticStudy, clock: FakeClock) -> None:
+    node = _node(tmp_path, free_port(), stable_after=300, clock=clock)
     node.start()
     try:
-        received = time.time()
+        regular = node._scheduler.get_job("assembly").next_run_time
+        woken: list[tuple[str, float | None]] = []
+        scheduled = node.wake
+
+        def wake(tick: str, at: float | None = None) -> None:
+            woken.append((tick, at))
+            scheduled(tick, at)
+
+        node.wake = wake  # type: ignore[method-assign]
+        received = clock.time()
         _index(node.index, list(study.ct_paths), received)
         _index(node.index, [study.seg_path], received - 5)  # quiet for longer: stable first
         node.assemble()
-        due = node._scheduler.get_job("assembly").next_run_time.timestamp()
-        assert due == pytest.approx(received - 5 + 300 + STABLE_MARGIN, abs=1e-3)
+        assert woken == [("assembly", received - 5 + 300 + STABLE_MARGIN)]
+        # handed to the scheduler as that delay from now: before the regular run
+        assert node._scheduler.get_job("assembly").next_run_time < regular
     finally:
         node.stop()
 
 
 def test_a_study_is_processed_and_delivered_without_waiting_for_ticks(
-        tmp_path: Path, study: SyntheticStudy, peer: tuple[NodeConfig, Index]) -> None:
+        tmp_path: Path, study: SyntheticStudy, peer: tuple[NodeConfig, Index],
+        clock: FakeClock) -> None:
     peer_config, peer_index = peer
-    node = _node(tmp_path, peer_config.listener.port, stable_after=1)
+    node = _node(tmp_path, peer_config.listener.port, stable_after=1, clock=clock)
     node.start()
     try:
-        _index(node.index, [*study.ct_paths, study.seg_path], time.time() - 10)
+        _index(node.index, [*study.ct_paths, study.seg_path], clock.time() - 10)
         node.assemble()  # as the first regular tick would: both series stable, a job queued
-        [job] = node.index.jobs()
-        _until(lambda: all(d["state"] == "delivered" for d in node.index.deliveries())
-               and bool(node.index.deliveries()))
-        timeline = node.index.job_timeline(job.id)
-        assert node.index.job(job.id).state == "done"
+        [job] = node.index.jobs.all()
+        _until(lambda: all(d["state"] == "delivered" for d in node.index.outbox.all())
+               and bool(node.index.outbox.all()))
+        timeline = node.index.jobs.timeline(job.id)
+        assert node.index.jobs.get(job.id).state == "done"
         assert len(timeline.deliveries) == 3  # the two reports and the summary image
         for delivery in timeline.deliveries:
-            assert peer_index.instance(delivery.sop_instance_uid) is not None
+            assert peer_index.instances.get(delivery.sop_instance_uid) is not None
     finally:
         node.stop()

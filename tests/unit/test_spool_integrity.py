@@ -18,11 +18,11 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from node.config import NodeConfig
-from node.index import Index
 from node.ingest import Ingest
 from node.part10 import Part10, file_meta_header
 from node.recovery import recover
 from node.router import INPUTS_REPAIRED, Router
+from node.state import Index
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 REPLACED = "damaged spool copy replaced"
@@ -56,14 +56,15 @@ def _replaced(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def _stabilise(index: Index, router: Router) -> list[int]:
     """Mark every receiving series stable, as the assembly tick does once it is quiet, and
     route each; the jobs queued."""
-    return [job for series in index.mark_stable(time.time() + 1) for job in router.route(series)]
+    return [job for series in index.instances.mark_stable(time.time() + 1)
+            for job in router.route(series)]
 
 
 def test_stored_sha256_is_the_spool_files(tmp_path: Path, study: SyntheticStudy) -> None:
     _, index, ingest, _ = _node(tmp_path)
     # one buffer
     assert _send(ingest, study.ct_paths[0]) == 0
-    row = index.instance(_sop(study.ct_paths[0]))
+    row = index.instances.get(_sop(study.ct_paths[0]))
     assert row is not None and row.sha256 == hashlib.sha256(
         Path(row.path).read_bytes()).hexdigest() == hashlib.sha256(
         study.ct_paths[0].read_bytes()).hexdigest()
@@ -75,7 +76,7 @@ def test_stored_sha256_is_the_spool_files(tmp_path: Path, study: SyntheticStudy)
     data = Part10(file_meta_header(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian),
                   memoryview(body.getvalue()), ExplicitVRLittleEndian)
     assert ingest.accept(data, lambda: ds, "SCANNER").status == 0
-    row = index.instance(ds.SOPInstanceUID)
+    row = index.instances.get(ds.SOPInstanceUID)
     assert row is not None and Path(row.path).read_bytes() == bytes(data)
     assert row.sha256 == hashlib.sha256(Path(row.path).read_bytes()).hexdigest()
 
@@ -88,9 +89,9 @@ def test_damaged_copy_is_replaced_by_the_intact_duplicate(
     source = study.ct_paths[2]
     data = source.read_bytes()
     assert _send(ingest, source) == 0
-    row = index.instance(_sop(source))
+    row = index.instances.get(_sop(source))
     path = Path(row.path)
-    assert index.mark_stable(time.time() + 1)  # stable before the damage
+    assert index.instances.mark_stable(time.time() + 1)  # stable before the damage
     if damage == "truncated":
         path.write_bytes(data[:1000])
         expected = f"size 1000 expected {len(data)}"
@@ -104,15 +105,15 @@ def test_damaged_copy_is_replaced_by_the_intact_duplicate(
     with caplog.at_level(logging.DEBUG, logger="node.ingest"):
         assert _send(ingest, source) == 0
     assert path.read_bytes() == data
-    again = index.instance(row.sop_instance_uid)
+    again = index.instances.get(row.sop_instance_uid)
     assert (again.size, again.sha256) == (len(data), hashlib.sha256(data).hexdigest())
     [warned] = _replaced(caplog)
     assert warned.levelno == logging.WARNING
     assert warned.fields["damage"] == expected
     assert warned.fields["series_uid"] == row.series_uid
-    series = index.series(row.series_uid)
+    series = index.instances.series(row.series_uid)
     assert series.stable_at is None and series.n_instances == 1  # receiving again, not grown
-    assert index.totals()["instances_received"] == 1
+    assert index.queries.totals()["instances_received"] == 1
 
 
 def test_intact_duplicate_is_ignored_and_its_file_untouched(
@@ -120,17 +121,17 @@ def test_intact_duplicate_is_ignored_and_its_file_untouched(
     _, index, ingest, _ = _node(tmp_path)
     source = study.ct_paths[3]
     assert _send(ingest, source) == 0
-    row = index.instance(_sop(source))
+    row = index.instances.get(_sop(source))
     before = os.stat(row.path)
-    assert index.mark_stable(time.time() + 1)
+    assert index.instances.mark_stable(time.time() + 1)
     with caplog.at_level(logging.DEBUG, logger="node.ingest"):
         assert _send(ingest, source) == 0
     after = os.stat(row.path)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert index.instance(row.sop_instance_uid) == row
+    assert index.instances.get(row.sop_instance_uid) == row
     assert not _replaced(caplog)
     assert [r.getMessage() for r in caplog.records] == ["duplicate instance ignored"]
-    assert index.series(row.series_uid).stable_at is not None  # not routed again
+    assert index.instances.series(row.series_uid).stable_at is not None  # not routed again
 
 
 def test_damaged_copy_not_replaced_by_an_instance_of_another_series(
@@ -138,7 +139,7 @@ def test_damaged_copy_not_replaced_by_an_instance_of_another_series(
     _, index, ingest, _ = _node(tmp_path)
     source = study.ct_paths[4]
     assert _send(ingest, source) == 0
-    row = index.instance(_sop(source))
+    row = index.instances.get(_sop(source))
     Path(row.path).write_bytes(source.read_bytes()[:1000])
     moved = pydicom.dcmread(source)
     moved.SeriesInstanceUID = generate_uid()
@@ -146,7 +147,8 @@ def test_damaged_copy_not_replaced_by_an_instance_of_another_series(
     moved.save_as(other)
     with caplog.at_level(logging.WARNING, logger="node.ingest"):
         assert _send(ingest, other) == 0
-    assert Path(row.path).stat().st_size == 1000 and index.instance(row.sop_instance_uid) == row
+    assert Path(row.path).stat().st_size == 1000
+    assert index.instances.get(row.sop_instance_uid) == row
     [warned] = [r for r in caplog.records if r.name == "node.ingest"]
     assert warned.getMessage().startswith("damaged spool copy not replaced")
     assert warned.fields["arriving_series_uid"] == moved.SeriesInstanceUID
@@ -157,11 +159,12 @@ def test_replacement_below_the_disk_floor_is_refused_for_later(
     _, index, ingest, _ = _node(tmp_path)
     source = study.ct_paths[5]
     assert _send(ingest, source) == 0
-    row = index.instance(_sop(source))
+    row = index.instances.get(_sop(source))
     Path(row.path).write_bytes(source.read_bytes()[:1000])
     full = Ingest(NodeConfig(state_dir=tmp_path, min_free_bytes=2**62), index)
     assert _send(full, source) == 0xA700
-    assert Path(row.path).stat().st_size == 1000 and index.instance(row.sop_instance_uid) == row
+    assert Path(row.path).stat().st_size == 1000
+    assert index.instances.get(row.sop_instance_uid) == row
     assert _send(ingest, source) == 0  # room again: replaced
     assert Path(row.path).read_bytes() == source.read_bytes()
 
@@ -171,8 +174,8 @@ def _failed_job(index: Index, ingest: Ingest, router: Router, study: SyntheticSt
     for path in (*study.ct_paths, study.seg_path):
         assert _send(ingest, path) == 0
     [job] = _stabilise(index, router)
-    assert index.claim_job().id == job
-    index.fail_job(job, "cannot read the CT series: truncated file")
+    assert index.jobs.claim().id == job
+    index.jobs.fail(job, "cannot read the CT series: truncated file")
     return job
 
 
@@ -184,11 +187,11 @@ def test_failed_job_is_queued_again_when_its_input_is_repaired(
     _, index, ingest, router = _node(tmp_path, reprocess=policy)
     job = _failed_job(index, ingest, router, study)
     # routed again without a repair: the failed job stays failed
-    assert router.route(index.series(study.ct_series_uid)) == []
-    assert index.job(job).state == "failed"
+    assert router.route(index.instances.series(study.ct_series_uid)) == []
+    assert index.jobs.get(job).state == "failed"
 
     source = study.ct_paths[1] if damaged == "ct" else study.seg_path
-    row = index.instance(_sop(source))
+    row = index.instances.get(_sop(source))
     Path(row.path).write_bytes(source.read_bytes()[:1000])  # behind the node's back
     with caplog.at_level(logging.INFO), caplog.at_level(logging.DEBUG, logger="node.ingest"):
         statuses = [_send(ingest, path) for path in (*study.ct_paths, study.seg_path)]
@@ -197,19 +200,19 @@ def test_failed_job_is_queued_again_when_its_input_is_repaired(
     ingested = [r.getMessage() for r in caplog.records if r.name == "node.ingest"]
     assert sorted(ingested) == ["damaged spool copy replaced"] + ["duplicate instance ignored"] * 6
     assert Path(row.path).read_bytes() == source.read_bytes()
-    after = index.job(job)
-    assert len(index.jobs()) == 1
+    after = index.jobs.get(job)
+    assert len(index.jobs.all()) == 1
     messages = [r.getMessage() for r in caplog.records if r.name == "node.router"]
     if queued_again:
         assert (after.state, after.attempts) == ("queued", 0)
-        assert index.audit_count(INPUTS_REPAIRED) == 1
+        assert index.audit.count(INPUTS_REPAIRED) == 1
         assert "inputs repaired: failed job queued again" in messages
         # runs and fails again: not queued again without another repair
-        assert index.claim_job().id == job
-        index.fail_job(job, "failed again")
-        assert router.route(index.series(study.ct_series_uid)) == []
+        assert index.jobs.claim().id == job
+        index.jobs.fail(job, "failed again")
+        assert router.route(index.instances.series(study.ct_series_uid)) == []
     else:
-        assert after.state == "failed" and index.audit_count(INPUTS_REPAIRED) == 0
+        assert after.state == "failed" and index.audit.count(INPUTS_REPAIRED) == 0
         assert "inputs repaired, failed job not processed again (reprocess: never)" in messages
 
 
@@ -218,14 +221,14 @@ def test_done_job_is_not_run_again_after_a_repair(tmp_path: Path, study: Synthet
     for path in (*study.ct_paths, study.seg_path):
         assert _send(ingest, path) == 0
     [job] = _stabilise(index, router)
-    assert index.claim_job().id == job
-    index.finish_job(job, [])
-    row = index.instance(_sop(study.ct_paths[0]))
+    assert index.jobs.claim().id == job
+    index.jobs.finish(job, [])
+    row = index.instances.get(_sop(study.ct_paths[0]))
     Path(row.path).write_bytes(study.ct_paths[0].read_bytes()[:1000])
     assert _send(ingest, study.ct_paths[0]) == 0
     assert Path(row.path).read_bytes() == study.ct_paths[0].read_bytes()
     assert _stabilise(index, router) == []
-    assert [j.state for j in index.jobs()] == ["done"]
+    assert [j.state for j in index.jobs.all()] == ["done"]
 
 
 def test_failed_job_runs_again_when_damaged_copies_removed_at_start_are_sent_again(
@@ -234,17 +237,17 @@ def test_failed_job_runs_again_when_damaged_copies_removed_at_start_are_sent_aga
     again, it is new to the index, and once its series is stable the failed job is queued."""
     config, index, ingest, router = _node(tmp_path)
     job = _failed_job(index, ingest, router, study)
-    row = index.instance(_sop(study.ct_paths[2]))
+    row = index.instances.get(_sop(study.ct_paths[2]))
     Path(row.path).write_bytes(study.ct_paths[2].read_bytes()[:1000])
     assert recover(config, index).damaged_instances_removed == 1
-    assert index.instance(row.sop_instance_uid) is None
-    assert index.series(study.ct_series_uid).stable_at is not None  # not routed without it
+    assert index.instances.get(row.sop_instance_uid) is None
+    assert index.instances.series(study.ct_series_uid).stable_at is not None  # not routed
     assert _stabilise(index, router) == []
     for path in (*study.ct_paths, study.seg_path):
         assert _send(ingest, path) == 0
     assert _stabilise(index, router) == [job]
-    assert index.job(job).state == "queued"
-    assert Path(index.instance(row.sop_instance_uid).path).read_bytes() == \
+    assert index.jobs.get(job).state == "queued"
+    assert Path(index.instances.get(row.sop_instance_uid).path).read_bytes() == \
         study.ct_paths[2].read_bytes()
 
 
@@ -274,14 +277,14 @@ def test_index_made_before_the_hash_is_upgraded_and_checks_by_size(
     db.close()
     index = Index(config.index_path)
     ingest = Ingest(config, index)
-    assert index.instance(ds.SOPInstanceUID).sha256 is None
+    assert index.instances.get(ds.SOPInstanceUID).sha256 is None
     assert _send(ingest, source) == 0  # intact by size: ignored
-    assert index.instance(ds.SOPInstanceUID).sha256 is None
+    assert index.instances.get(ds.SOPInstanceUID).sha256 is None
     spooled.write_bytes(source.read_bytes()[:1000])
     assert _send(ingest, source) == 0
-    row = index.instance(ds.SOPInstanceUID)
+    row = index.instances.get(ds.SOPInstanceUID)
     assert row.sha256 == hashlib.sha256(spooled.read_bytes()).hexdigest()
     assert spooled.read_bytes() == source.read_bytes()
-    assert index.series(ds.SeriesInstanceUID).stable_at is None
+    assert index.instances.series(ds.SeriesInstanceUID).stable_at is None
     assert _send(ingest, study.ct_paths[1]) == 0  # a new instance into the old series table
-    assert index.series(ds.SeriesInstanceUID).n_instances == 2
+    assert index.instances.series(ds.SeriesInstanceUID).n_instances == 2

@@ -12,8 +12,10 @@ import pydicom
 import pytest
 
 from node.config import Destination, NodeConfig
-from node.index import DeliveryTimes, Index, InstanceRow
 from node.jobs import JobRunner
+from node.state import Index
+from node.state.instances import InstanceRow
+from node.state.jobs import DeliveryTimes
 from pipelines.presets import load_preset
 from pipelines.process import StageTimes, process_study
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
@@ -56,7 +58,7 @@ def test_stage_times_total_is_the_sum_of_the_stages() -> None:
 def _index_study(index: Index, study: SyntheticStudy) -> str:
     for path in [*study.ct_paths, study.seg_path]:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        index.add_instance(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
+        index.instances.add(InstanceRow(ds.SOPInstanceUID, ds.SOPClassUID, ds.StudyInstanceUID,
                                        ds.SeriesInstanceUID, str(path), 1, "SCANNER"),
                            ds.Modality)
     return pydicom.dcmread(study.seg_path, stop_before_pixels=True).SOPInstanceUID
@@ -67,19 +69,19 @@ def test_job_runner_records_when_a_job_was_queued_started_finished_and_its_stage
     config = NodeConfig(state_dir=tmp_path, destinations=[
         Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=4242)])
     index = Index(config.index_path)
-    job_id = index.add_job(study.ct_series_uid, _index_study(index, study), "rule",
+    job_id = index.jobs.add(study.ct_series_uid, _index_study(index, study), "rule",
                            "ct-liver-basic", "digest")
     runner = JobRunner(config, index)
     try:
         runner.tick()
         deadline = time.monotonic() + 120
-        while index.job(job_id).state == "running":
+        while index.jobs.get(job_id).state == "running":
             assert time.monotonic() < deadline, "timed out"
             time.sleep(0.05)
     finally:
         runner.stop()
-    assert index.job(job_id).state == "done", index.job(job_id).reason
-    timeline = index.job_timeline(job_id)
+    assert index.jobs.get(job_id).state == "done", index.jobs.get(job_id).reason
+    timeline = index.jobs.timeline(job_id)
     assert timeline.queued_at <= timeline.started_at <= timeline.finished_at
     assert list(timeline.stages) == STAGES
     assert all(seconds >= 0 for seconds in timeline.stages.values())
@@ -88,8 +90,8 @@ def test_job_runner_records_when_a_job_was_queued_started_finished_and_its_stage
     assert [d.destination for d in timeline.deliveries] == ["pacs"] * 3  # two reports, summary
     assert all(d.sent_at is None and d.delivered_at is None for d in timeline.deliveries)
 
-    index.mark_sent([index.deliveries()[0]["id"]], now=timeline.finished_at + 1)
-    first, *rest = index.job_timeline(job_id).deliveries
+    index.outbox.mark_sent([index.outbox.all()[0]["id"]], now=timeline.finished_at + 1)
+    first, *rest = index.jobs.timeline(job_id).deliveries
     assert first.sent_at == timeline.finished_at + 1 and all(d.sent_at is None for d in rest)
     index.close()
 
@@ -116,7 +118,7 @@ def test_an_index_made_before_the_timing_columns_gets_them(tmp_path: Path) -> No
     """)
     old.close()
     index = Index(path)
-    timeline = index.job_timeline(1)
+    timeline = index.jobs.timeline(1)
     assert (timeline.queued_at, timeline.started_at, timeline.finished_at) == (1.0, 2.0, 5.0)
     assert timeline.stages == {}
     assert timeline.deliveries == (DeliveryTimes("pacs", "1.4", None, 6.0),)

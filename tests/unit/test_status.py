@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node.config import ConfigError, NodeConfig, load_config
 from node.health import check_health
-from node.index import Index, InstanceRow
 from node.service import Node
+from node.state import Index
+from node.state.instances import InstanceRow
 from tests.conftest import free_port
 
 STUDY = "1.2.826.0.1.3680043.8.498.10"
@@ -28,20 +29,21 @@ SEG_SOP = "1.2.826.0.1.3680043.8.498.12.1"
 def _populate(index: Index, results: Path) -> dict[str, int]:
     """A received study, a done job with one delivered and one dead delivery, a QC failure."""
     for i in range(3):
-        index.add_instance(InstanceRow(f"{CT}.{i}", "1.2.840.10008.5.1.4.1.1.2", STUDY, CT,
+        index.instances.add(InstanceRow(f"{CT}.{i}", "1.2.840.10008.5.1.4.1.1.2", STUDY, CT,
                                        f"/spool/{i}.dcm", 1000, "SCANNER", "10.0.0.7"), "CT")
-    done = index.add_job(CT, SEG_SOP, "ct-liver", "ct-liver-basic", "d1")
-    index.claim_job()
-    index.finish_job(done, [("pacs", str(results / "a.dcm"), "1.2.3.1"),
+    done = index.jobs.add(CT, SEG_SOP, "ct-liver", "ct-liver-basic", "d1")
+    index.jobs.claim()
+    index.jobs.finish(done, [("pacs", str(results / "a.dcm"), "1.2.3.1"),
                             ("archive", str(results / "b.dcm"), "1.2.3.2")],
                      preset_hash="f00d", models={"crlm-recurrence": "1.0.0"})
-    delivered, dead = index.deliveries(done)
-    index.mark_attempt_failed(delivered["id"], "association refused", retry_at=time.time() + 5)
-    index.mark_verified(delivered["id"], "c-find")
-    index.mark_attempt_failed(dead["id"], "C-STORE status 0xA700", retry_at=None)
-    qc = index.add_job(CT, SEG_SOP + "9", "ct-liver", "ct-liver-basic", "d2")
-    index.claim_job()
-    index.fail_job(qc, "QC failed: (0018,0050) SliceThickness 10 mm above 5 mm")
+    delivered, dead = index.outbox.all(done)
+    index.outbox.mark_attempt_failed(delivered["id"], "association refused",
+                                     retry_at=time.time() + 5)
+    index.outbox.mark_verified(delivered["id"], "c-find")
+    index.outbox.mark_attempt_failed(dead["id"], "C-STORE status 0xA700", retry_at=None)
+    qc = index.jobs.add(CT, SEG_SOP + "9", "ct-liver", "ct-liver-basic", "d2")
+    index.jobs.claim()
+    index.jobs.fail(qc, "QC failed: (0018,0050) SliceThickness 10 mm above 5 mm")
     return {"done": done, "qc": qc, "dead": dead["id"], "delivered": delivered["id"]}
 
 
@@ -88,8 +90,8 @@ def test_health_checks_scheduler_disk_and_stuck_outbox(tmp_path: Path) -> None:
     assert check_health(config, index, True, True, now, now).ok
     _populate(index, tmp_path)
     # a pending delivery due for 10 minutes and 1 s: stuck
-    [pending] = [r for r in index.deliveries() if r["state"] == "dead"]
-    index.retry_deliveries([pending["id"]])
+    [pending] = [r for r in index.outbox.all() if r["state"] == "dead"]
+    index.outbox.retry([pending["id"]])
     health = check_health(config, index, True, True, now + 601, now + 601)
     assert {c.name for c in health.checks if not c.ok} == {"outbox"}
     assert not check_health(config, index, True, True, now - 31, now).ok  # stale heartbeat
@@ -142,16 +144,16 @@ def test_status_page_tables_and_retry_button(node: Node, tmp_path: Path) -> None
                       headers={"Origin": "http://evil.example"}).status_code == 403
     assert httpx.post(_url(node, "/deliveries/retry"), data={"id": form["id"]},
                       headers={"Origin": origin}).status_code == 403
-    assert node.index.delivery_rows("dead")[0]["id"] == ids["dead"]
+    assert node.index.outbox.with_checks("dead")[0]["id"] == ids["dead"]
     answer = httpx.post(_url(node, "/deliveries/retry"), data=form,
                         headers={"Referer": origin + "/"})  # a browser without Origin
     assert answer.status_code == 303
     assert "1%20delivery%20due%20again" in answer.headers["location"]
-    assert node.index.delivery_rows("dead") == []
+    assert node.index.outbox.with_checks("dead") == []
     answer = httpx.post(_url(node, "/deliveries/retry"), data={"csrf": token, "all": "dead"},
                         headers={"Origin": origin})
     assert answer.status_code == 303 and "0%20deliveries" in answer.headers["location"]
-    [retry] = [e for e in node.index.study_trail(STUDY)["events"]
+    [retry] = [e for e in node.index.audit.study_trail(STUDY)["events"]
                if e["event"] == "delivery retry requested"]
     assert retry["actor"] == "status-page:loopback" and retry["delivery_id"] == ids["dead"]
     assert "1 delivery due again now" in httpx.get(_url(node, "/") + "?message=1%20delivery"
@@ -193,7 +195,7 @@ def test_pages_for_another_host_name_are_refused(node: Node, tmp_path: Path) -> 
     answer = httpx.post(_url(node, "/deliveries/retry"), data={"csrf": token, "id": ids["dead"]},
                         headers={"Host": rebound, "Origin": f"http://{rebound}"})
     assert answer.status_code == 421
-    assert [row["id"] for row in node.index.delivery_rows("dead")] == [ids["dead"]]
+    assert [row["id"] for row in node.index.outbox.with_checks("dead")] == [ids["dead"]]
 
 
 def test_credentials_are_checked(tmp_path: Path) -> None:
@@ -220,7 +222,7 @@ def test_credentials_are_checked(tmp_path: Path) -> None:
 
 
 def test_status_page_says_when_a_job_reprocesses_changed_inputs(node: Node) -> None:
-    first = node.index.add_job(CT, SEG_SOP, "ct-liver", "ct-liver-basic", "digest-1")
-    node.index.add_job(CT, SEG_SOP, "ct-liver", "ct-liver-basic", "digest-2", rerun_of=first)
+    first = node.index.jobs.add(CT, SEG_SOP, "ct-liver", "ct-liver-basic", "digest-1")
+    node.index.jobs.add(CT, SEG_SOP, "ct-liver", "ct-liver-basic", "digest-2", rerun_of=first)
     text = httpx.get(_url(node)).text
     assert f"new result: inputs changed since job {first}" in text

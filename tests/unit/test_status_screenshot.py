@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from node.config import NodeConfig
-from node.index import Index, InstanceRow
 from node.service import Node
+from node.state import Index
+from node.state.instances import InstanceRow
 from tests.conftest import REPO, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -33,27 +34,27 @@ def _populate(index: Index) -> None:
                                     ("CT_SCANNER", "10.1.2.3")]):
         study, ct, seg = f"{base}.{s}", f"{base}.{s}.1", f"{base}.{s}.2"
         for i in range(60):
-            index.add_instance(InstanceRow(f"{ct}.{i}", "1.2.840.10008.5.1.4.1.1.2", study, ct,
+            index.instances.add(InstanceRow(f"{ct}.{i}", "1.2.840.10008.5.1.4.1.1.2", study, ct,
                                            f"/spool/{s}/{i}.dcm", 526_000, ae, host), "CT",
                                now=now - 3600 * (3 - s) + i)
-        index.add_instance(InstanceRow(f"{seg}.1", "1.2.840.10008.5.1.4.1.1.66.4", study, seg,
+        index.instances.add(InstanceRow(f"{seg}.1", "1.2.840.10008.5.1.4.1.1.66.4", study, seg,
                                        f"/spool/{s}/seg.dcm", 90_000, ae, host), "SEG",
                            now=now - 3600 * (3 - s) + 70)
-        index.add_job(ct, f"{seg}.1", "ct-liver", "ct-liver-crlm", f"d{s}")
-    index.mark_stable(now - 3600, now=now - 3590)
-    first = index.claim_job()
-    index.finish_job(first.id, [("pacs", "/results/job-1/sr.dcm", f"{base}.90.1")],
+        index.jobs.add(ct, f"{seg}.1", "ct-liver", "ct-liver-crlm", f"d{s}")
+    index.instances.mark_stable(now - 3600, now=now - 3590)
+    first = index.jobs.claim()
+    index.jobs.finish(first.id, [("pacs", "/results/job-1/sr.dcm", f"{base}.90.1")],
                      preset_hash="9f3c1a7e52d0", models={"crlm-recurrence": "1.0.0"})
-    index.mark_verified(index.deliveries(first.id)[0]["id"], "c-find")
-    second = index.claim_job()
-    index.finish_job(second.id, [("pacs", "/results/job-2/sr.dcm", f"{base}.91.1")],
+    index.outbox.mark_verified(index.outbox.all(first.id)[0]["id"], "c-find")
+    second = index.jobs.claim()
+    index.jobs.finish(second.id, [("pacs", "/results/job-2/sr.dcm", f"{base}.91.1")],
                      preset_hash="9f3c1a7e52d0", models={"crlm-recurrence": "1.0.0"})
-    index.mark_attempt_failed(index.deliveries(second.id)[0]["id"],
+    index.outbox.mark_attempt_failed(index.outbox.all(second.id)[0]["id"],
                               "C-STORE at PACS@10.1.2.10:104: association refused", retry_at=None)
-    third = index.claim_job()
-    index.fail_job(third.id, "QC failed: (0018,0050) SliceThickness 7.5 mm above 5 mm")
-    index.add_job(f"{base}.2.1", f"{base}.2.2.1", "ct-liver", "ct-liver-basic", "d9")
-    index.claim_job()
+    third = index.jobs.claim()
+    index.jobs.fail(third.id, "QC failed: (0018,0050) SliceThickness 7.5 mm above 5 mm")
+    index.jobs.add(f"{base}.2.1", f"{base}.2.2.1", "ct-liver", "ct-liver-basic", "d9")
+    index.jobs.claim()
 
 
 @pytest.fixture

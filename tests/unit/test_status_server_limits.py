@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from node.config import NodeConfig
 from node.health import Check, Health
-from node.index import Index
+from node.state import Index
 from node.status import StatusServer
 
 WAIT = 10.0

@@ -17,8 +17,8 @@ from pynetdicom.dsutils import decode, split_dataset
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
 
 from node.config import Destination, NodeConfig
-from node.index import Index
 from node.outbox import Outbox
+from node.state import Index
 from node.store_scu import c_store
 from tests.conftest import free_port
 
@@ -101,9 +101,9 @@ def test_a_result_file_gone_before_it_is_sent_is_a_failed_attempt(
     index = Index(config.index_path)
     path = tmp_path / "result.dcm"
     path.write_bytes((refdata / "pydicom" / "test_files" / "CT_small.dcm").read_bytes())
-    job_id = index.add_job("1.2.3", "1.2.3.4", "rule", "preset", "digest")
-    assert job_id is not None and index.claim_job() is not None
-    index.finish_job(job_id, [("pacs", str(path), str(pydicom.dcmread(path).SOPInstanceUID))])
+    job_id = index.jobs.add("1.2.3", "1.2.3.4", "rule", "preset", "digest")
+    assert job_id is not None and index.jobs.claim() is not None
+    index.jobs.finish(job_id, [("pacs", str(path), str(pydicom.dcmread(path).SOPInstanceUID))])
     outbox = Outbox(config, index)
     read = outbox._read
 
@@ -114,7 +114,7 @@ def test_a_result_file_gone_before_it_is_sent_is_a_failed_attempt(
 
     monkeypatch.setattr(outbox, "_read", read_then_lose)
     outbox.tick()
-    [row] = index.delivery_rows()
+    [row] = index.outbox.with_checks()
     assert (row["state"], row["attempts"]) == ("pending", 1)
     assert "cannot send from the result file" in row["last_error"]
     assert explicit_only.stores == []

@@ -15,8 +15,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import Destination, NodeConfig, TLSConfig
-from node.index import Index
 from node.receiver import Receiver
+from node.state import Index
 from node.store_scu import c_store
 from node.tls import BCP195_TLS12_CIPHERS, client_context
 from tests.conftest import free_port
@@ -80,7 +80,7 @@ def test_client_with_certificate_stores(node, pki) -> None:
     assert tls_socket.version() in ("TLSv1.2", "TLSv1.3")
     assert assoc.send_c_store(ct).Status == 0x0000
     assoc.release()
-    assert index.instance(ct.SOPInstanceUID) is not None
+    assert index.instances.get(ct.SOPInstanceUID) is not None
 
 
 def test_many_pdus_back_to_back_over_tls(tmp_path: Path, pki, refdata: Path) -> None:
@@ -104,7 +104,7 @@ def test_many_pdus_back_to_back_over_tls(tmp_path: Path, pki, refdata: Path) -> 
             assert assoc.send_c_store(ct).Status == 0x0000
         assoc.release()
         for uid in uids:
-            row = index.instance(uid)
+            row = index.instances.get(uid)
             assert row is not None and pydicom.dcmread(row.path).PixelData == ct.PixelData
     finally:
         receiver.stop()
@@ -115,7 +115,7 @@ def test_client_without_certificate_is_refused(node, pki) -> None:
     config, index, ct = node
     assoc = _associate(config, _client(pki, with_certificate=False))
     assert not assoc.is_established
-    assert index.instance(ct.SOPInstanceUID) is None
+    assert index.instances.get(ct.SOPInstanceUID) is None
 
 
 def test_plain_tcp_client_cannot_associate(node, pki) -> None:
@@ -152,7 +152,7 @@ def test_node_sends_over_tls(node, pki) -> None:
     client_tls = TLSConfig(certificate=pki["client"], private_key=pki["client"],
                            ca_certificates=pki["ca"])
     assert c_store("RADIOMICS", destination, [ct], timeout=10, tls=client_tls) == [0x0000]
-    assert index.instance(ct.SOPInstanceUID) is not None
+    assert index.instances.get(ct.SOPInstanceUID) is not None
     assert client_context(client_tls).check_hostname  # the node checks who it talks to
 
 

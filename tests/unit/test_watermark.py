@@ -8,8 +8,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from node.config import NodeConfig
-from node.index import Index
 from node.receiver import Receiver
+from node.state import Index
 from tests.conftest import free_port
 
 
@@ -29,13 +29,13 @@ def test_store_refused_below_floor_and_accepted_when_space_returns(tmp_path: Pat
         assert assoc.is_established
         refused = assoc.send_c_store(ds)
         assert refused.Status == 0xA700 and "below the floor" in refused.ErrorComment
-        assert index.instance(ds.SOPInstanceUID) is None
+        assert index.instances.get(ds.SOPInstanceUID) is None
         assert list(config.spool_dir.rglob("*.dcm")) == []
 
         config.min_free_bytes = 0  # space is back
         assert assoc.send_c_store(ds).Status == 0x0000
         assoc.release()
-        assert index.instance(ds.SOPInstanceUID) is not None
+        assert index.instances.get(ds.SOPInstanceUID) is not None
     finally:
         receiver.stop()
         index.close()

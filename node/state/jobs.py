@@ -1,0 +1,226 @@
+"""Jobs (``jobs``): queued, claimed, finished with their deliveries queued in the same
+transaction (``node.state.outbox.queue_deliveries``), failed, queued again or retried; each
+job's timeline, and the expiry of its results."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from node.clock import Clock
+from node.state.audit import NODE, record_job
+from node.state.db import Database
+from node.state.outbox import queue_deliveries
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    source_series_uid: str
+    seg_sop_uid: str
+    rule: str
+    preset: str
+    inputs_digest: str
+    state: str
+    attempts: int
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryTimes:
+    """When the send that carried one result object ended with a success status for it
+    (``sent_at``: once that association was released, or that HTTP upload answered) and when
+    the node found it at the destination (``delivered_at``); epoch seconds or None."""
+
+    destination: str
+    sop_instance_uid: str
+    sent_at: float | None
+    delivered_at: float | None
+
+
+@dataclass(frozen=True)
+class JobTimeline:
+    """Where one job's time went: when it was queued, claimed by the runner and finished (epoch
+    seconds), the seconds of each pipeline stage (``pipelines.process.StageTimes``; empty before
+    it is done) and the times of each of its deliveries."""
+
+    job_id: int
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    stages: dict[str, float]
+    deliveries: tuple[DeliveryTimes, ...]
+
+
+def job_row(r: sqlite3.Row) -> JobRow:
+    return JobRow(r["id"], r["source_series_uid"], r["seg_sop_uid"], r["rule"], r["preset"],
+                  r["inputs_digest"], r["state"], r["attempts"], r["reason"])
+
+
+class JobStore:
+    """Jobs of one index (``Index.jobs``)."""
+
+    def __init__(self, db: Database, clock: Clock):
+        self._db = db
+        self._clock = clock
+
+    def add(
+        self, source_series_uid: str, seg_sop_uid: str, rule: str, preset: str,
+        inputs_digest: str, rerun_of: int | None = None,
+    ) -> int | None:
+        """Queue a job; None when a job of the same inputs and preset already exists.
+        ``rerun_of`` is the earlier job of the same source, SEG and preset whose inputs changed."""
+        with self._db.transaction() as db:
+            cursor = db.execute(
+                """INSERT OR IGNORE INTO jobs
+                   (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, state,
+                    created_at, rerun_of)
+                   VALUES (?,?,?,?,?,'queued',?,?)""",
+                (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, self._clock.time(),
+                 rerun_of),
+            )
+            return cursor.lastrowid if cursor.rowcount else None
+
+    def for_inputs(self, source_series_uid: str, seg_sop_uid: str, preset: str) -> list[JobRow]:
+        """Every job, of any inputs, for this source series, SEG instance and preset."""
+        rows = self._db.query(
+            """SELECT * FROM jobs WHERE source_series_uid=? AND seg_sop_uid=? AND preset=?
+               ORDER BY id""",
+            (source_series_uid, seg_sop_uid, preset),
+        )
+        return [job_row(r) for r in rows]
+
+    def claim(self) -> JobRow | None:
+        """Move the oldest queued job that is due (no ``not_before`` after ``now``) to running
+        (attempts + 1) and return it."""
+        now = self._clock.time()
+        with self._db.transaction() as db:
+            row = db.execute(
+                """SELECT id FROM jobs WHERE state='queued'
+                   AND (not_before IS NULL OR not_before<=?) ORDER BY id LIMIT 1""", (now,)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state='running', attempts=attempts+1, started_at=? WHERE id=?",
+                (now, row["id"]),
+            )
+            record_job(db, now, row["id"], "job started")
+        return self.get(row["id"])
+
+    def finish(self, job_id: int, deliveries: list[tuple[str, str, str]],
+               preset_hash: str | None = None,
+               models: dict[str, str] | None = None,
+               timings: dict[str, float] | None = None) -> None:
+        """Mark a job done and queue its (destination, path, SOP Instance UID) deliveries in the
+        same transaction, so a result is never done without its deliveries. ``preset_hash`` and
+        ``models`` (model id -> version) record what made the result, for the audit trail;
+        ``timings`` the seconds of each pipeline stage."""
+        now = self._clock.time()
+        with self._db.transaction() as db:
+            db.execute(
+                """UPDATE jobs SET state='done', reason=NULL, finished_at=?, preset_hash=?,
+                   models=?, timings=? WHERE id=?""",
+                (now, preset_hash, json.dumps(models) if models is not None else None,
+                 json.dumps(timings) if timings is not None else None, job_id),
+            )
+            record_job(db, now, job_id, "job done", detail={
+                "preset_hash": preset_hash, "models": models,
+                "deliveries": [[dest, uid] for dest, _, uid in deliveries]})
+            queue_deliveries(db, job_id, deliveries, now)
+
+    def fail(self, job_id: int, reason: str) -> None:
+        with self._db.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state='failed', reason=?, finished_at=? WHERE id=?",
+                (reason, self._clock.time(), job_id),
+            )
+            record_job(db, self._clock.time(), job_id, "job failed", detail={"reason": reason})
+
+    def requeue(self, job_id: int, reason: str, not_before: float | None = None) -> None:
+        """Put a running job back in the queue, keeping why its last attempt ended; it is not
+        started again before ``not_before`` (epoch seconds) when given."""
+        with self._db.transaction() as db:
+            db.execute("UPDATE jobs SET state='queued', reason=?, not_before=? WHERE id=?",
+                       (reason, not_before, job_id))
+            record_job(db, self._clock.time(), job_id, "job queued again",
+                       detail={"reason": reason, "not_before": not_before})
+
+    def retry(self, ids: list[int] | None = None, actor: str = NODE,
+              event: str = "job retry requested") -> list[int]:
+        """Run again: the failed jobs ``ids`` (or, when None, every failed one) go back to the
+        queue with attempts 0, due now, their last reason kept until they run; the audit trail
+        records ``event``, that ``actor`` (e.g. ``cli:alice``) asked. Returns the ids queued."""
+        with self._db.transaction() as db:
+            if ids is None:
+                rows = db.execute("SELECT id FROM jobs WHERE state='failed' ORDER BY id")
+            else:
+                marks = ",".join("?" * len(ids))
+                rows = db.execute(f"SELECT id FROM jobs WHERE state='failed' AND id IN ({marks})"
+                                  " ORDER BY id", tuple(ids))
+            queued = [r["id"] for r in rows.fetchall()]
+            db.executemany("UPDATE jobs SET state='queued', attempts=0, not_before=NULL "
+                           "WHERE id=?", [(i,) for i in queued])
+            for job_id in queued:
+                record_job(db, self._clock.time(), job_id, event, actor=actor)
+        return queued
+
+    def inputs_repaired_at(self, job_id: int) -> float | None:
+        """When a damaged spool copy in the source series of job ``job_id`` or in its
+        segmentation's series was last repaired (``repaired_at``: ``InstanceStore.replace_file``,
+        ``InstanceStore.forget``), if that was after the job's last attempt started (after it was
+        queued, when it never started): that attempt may have read the damaged copy. None
+        otherwise."""
+        return self._db.query(
+            """SELECT max(s.repaired_at) AS t FROM jobs j JOIN series s
+               ON s.series_uid=j.source_series_uid OR s.series_uid=
+                  (SELECT series_uid FROM instances WHERE sop_instance_uid=j.seg_sop_uid)
+               WHERE j.id=? AND s.repaired_at>coalesce(j.started_at, j.created_at)""",
+            (job_id,))[0]["t"]
+
+    def requeue_interrupted(self) -> int:
+        """Jobs left 'running' by a stopped node go back to the queue; returns how many."""
+        with self._db.transaction() as db:
+            return db.execute("UPDATE jobs SET state='queued' WHERE state='running'").rowcount
+
+    def get(self, job_id: int) -> JobRow:
+        return job_row(self._db.query("SELECT * FROM jobs WHERE id=?", (job_id,))[0])
+
+    def all(self, state: str | None = None) -> list[JobRow]:
+        if state is None:
+            rows = self._db.query("SELECT * FROM jobs ORDER BY id")
+        else:
+            rows = self._db.query("SELECT * FROM jobs WHERE state=? ORDER BY id", (state,))
+        return [job_row(r) for r in rows]
+
+    def timeline(self, job_id: int) -> JobTimeline:
+        """When job ``job_id`` was queued, started and finished, its pipeline stages, and when
+        each of its result objects was stored and verified at each destination."""
+        job = self._db.query("SELECT * FROM jobs WHERE id=?", (job_id,))[0]
+        deliveries = self._db.query(
+            """SELECT destination, sop_instance_uid, sent_at, delivered_at FROM outbox
+               WHERE job_id=? ORDER BY id""", (job_id,))
+        return JobTimeline(
+            job_id, job["created_at"], job["started_at"], job["finished_at"],
+            json.loads(job["timings"]) if job["timings"] else {},
+            tuple(DeliveryTimes(r["destination"], r["sop_instance_uid"], r["sent_at"],
+                                r["delivered_at"]) for r in deliveries))
+
+    def expired_results(self, finished_before: float) -> list[int]:
+        """Done jobs finished before ``finished_before`` whose every delivery is delivered and
+        whose results are not yet removed: the caller deletes their folders, then calls
+        ``mark_results_removed`` (a crash in between only repeats the deletion)."""
+        rows = self._db.query(
+            """SELECT j.id FROM jobs j WHERE j.state='done' AND j.finished_at < ?
+               AND j.results_removed_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id=j.id
+                               AND o.state!='delivered')
+               ORDER BY j.id""", (finished_before,))
+        return [r["id"] for r in rows]
+
+    def mark_results_removed(self, job_id: int) -> None:
+        with self._db.transaction() as db:
+            now = self._clock.time()
+            db.execute("UPDATE jobs SET results_removed_at=? WHERE id=?", (now, job_id))
+            record_job(db, now, job_id, "results removed")
