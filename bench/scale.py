@@ -35,8 +35,8 @@ import distributed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.executor import run_shipped_job
-from pipelines.process import process_study
+from node.executor import run_in_process, run_shipped_job
+from pipelines.process import job_plan
 from pipelines.synthetic import write_synthetic_study
 
 Case = tuple[list[bytes], bytes]  # the CT slices' bytes and the SEG's, as the node ships them
@@ -75,9 +75,9 @@ def in_process(case: Case, preset: str) -> float:
             paths[-1].write_bytes(data)
         seg = Path(tmp) / "seg.dcm"
         seg.write_bytes(case[1])
-        process_study(paths, seg, preset, Path(tmp) / "warm")
+        run_in_process(job_plan(paths, seg, preset, Path(tmp) / "warm"))
         start = time.perf_counter()
-        process_study(paths, seg, preset, Path(tmp) / "out")
+        run_in_process(job_plan(paths, seg, preset, Path(tmp) / "out"))
         return time.perf_counter() - start
 
 

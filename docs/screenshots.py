@@ -39,7 +39,8 @@ from pydicom.uid import SecondaryCaptureImageStorage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
-from pipelines.process import process_study
+from node.executor import run_in_process
+from pipelines.process import job_plan
 from pipelines.synthetic import write_synthetic_study
 from tests.conftest import free_port
 
@@ -146,8 +147,8 @@ def build_objects(workdir: Path) -> tuple[list[Path], Path, Path]:
     """(every file to store, the reading report, the summary SC) for the synthetic study: the CT,
     its SEG and the objects process_study writes, with the shipped demonstration model pinned."""
     study = write_synthetic_study(workdir / "study", shape=SHAPE)
-    result = process_study(study.ct_paths, study.seg_path, PRESET, workdir / "result",
-                           models=[(DEMO_PACKAGE, DEMO_SHA256)])
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, PRESET, workdir / "result",
+                                     models=[(DEMO_PACKAGE, DEMO_SHA256)]))
     [summary] = [o.path for o in result.objects
                  if o.sop_class_uid == SecondaryCaptureImageStorage]
     return ([*study.ct_paths, study.seg_path, *(o.path for o in result.objects)],

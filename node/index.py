@@ -528,9 +528,10 @@ class Index:
     def queue_early_deliveries(self, job_id: int,
                                deliveries: list[tuple[str, str, str]]) -> None:
         """Queue (destination, path, SOP Instance UID) deliveries of a job that is still running:
-        the objects its pipeline wrote before its parametric maps
-        (``pipelines.process.process_study``'s ``on_early_objects``). ``finish_job`` queues them
-        again with the rest, which changes nothing (one row per destination and object)."""
+        the objects its pipeline wrote before its parametric maps, as the job runner is told of
+        them (``node.jobs``; the announced writes of ``pipelines.process.job_plan``).
+        ``finish_job`` queues them again with the rest, which changes nothing (one row per
+        destination and object)."""
         with self._transaction() as db:
             if _queue_deliveries(db, job_id, deliveries, time.time()):
                 _audit_job(db, job_id, "results queued before the job finished", detail={

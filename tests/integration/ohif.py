@@ -758,13 +758,14 @@ def make_demo_outputs(workdir: Path) -> DemoOutputs:
     """Write the synthetic study of :data:`DEMO_SHAPE` under ``workdir/study`` and process it
     into ``workdir/results``."""
     from models.shipped import DEMO_PACKAGE, DEMO_SHA256
-    from pipelines.process import process_study
+    from node.executor import run_in_process
+    from pipelines.process import job_plan
     from pipelines.synthetic import write_synthetic_study
 
     study = write_synthetic_study(workdir / "study", shape=DEMO_SHAPE)
     started = time.monotonic()
-    result = process_study(study.ct_paths, study.seg_path, "ct-liver-crlm",
-                           workdir / "results", models=[(DEMO_PACKAGE, DEMO_SHA256)])
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, "ct-liver-crlm",
+                                     workdir / "results", models=[(DEMO_PACKAGE, DEMO_SHA256)]))
     seconds = time.monotonic() - started
     report = result.reading_report
     by_class: dict[str, list[Path]] = {}

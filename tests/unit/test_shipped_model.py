@@ -8,9 +8,10 @@ import pytest
 
 from models.package import ModelPackage, load_package
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
+from node.executor import run_in_process
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
 from pipelines.presets import load_preset
-from pipelines.process import PipelineResult, process_study
+from pipelines.process import PipelineResult, job_plan
 from pipelines.qc import QCReport, assess_series
 from pipelines.series import SeriesVolume, read_series
 from pipelines.synthetic import write_synthetic_study
@@ -45,8 +46,8 @@ def processed(tmp_path_factory: pytest.TempPathFactory
               ) -> tuple[PipelineResult, SeriesVolume, QCReport]:
     directory = tmp_path_factory.mktemp("study")
     study = write_synthetic_study(directory, shape=(24, 128, 128), seed=0)
-    result = process_study(study.ct_paths, study.seg_path, "ct-liver-crlm", directory / "out",
-                           models=[(PACKAGE, SHA256)])
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, "ct-liver-crlm",
+                                      directory / "out", models=[(PACKAGE, SHA256)]))
     volume = read_series(list(study.ct_paths))
     return result, volume, assess_series(volume)
 

@@ -12,10 +12,11 @@ import pydicom
 import pytest
 
 from node.config import Destination, NodeConfig
+from node.executor import run_in_process
 from node.index import DeliveryTimes, Index, InstanceRow
 from node.jobs import JobRunner
 from pipelines.presets import load_preset
-from pipelines.process import StageTimes, process_study
+from pipelines.process import StageTimes, job_plan
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 STAGES = ["read_series", "read_segmentation", "preprocessing", "extraction", "qc", "models",
@@ -33,7 +34,7 @@ def test_process_study_times_each_stage(study: SyntheticStudy, tmp_path: Path) -
     preset = basic.model_copy(update={"maps": basic.maps.model_copy(
         update={"enabled": True, "features": ("firstorder_Mean",), "kernel_radius": 1})})
     start = time.perf_counter()
-    result = process_study(study.ct_paths, study.seg_path, preset, tmp_path)
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, preset, tmp_path))
     elapsed = time.perf_counter() - start
 
     times = result.timings.as_dict()
