@@ -134,7 +134,7 @@ class StageTimes:
     of the robustness check, and the voxel-wise maps); the ``encode_*`` stages build the DICOM
     objects in memory, ``writing`` saves them and the CSVs. When quality control, the models,
     the report, derived SEG, summary image and the maps of every feature class but the last
-    ran beside the maps (the ``beside`` writes of :func:`job_plan`, where the runner forks),
+    ran beside the maps (the ``beside`` writes of :func:`job_plan`, run in another process),
     their stages are in ``early_objects`` (seconds in the child processes, summed, not part of
     the job's duration) and ``beside_maps`` is what the job spent on them: starting the
     children, and waiting for them after the maps.
