@@ -65,7 +65,7 @@ from pipelines.preprocess import (
     union_grid,
 )
 from pipelines.presets import IbsiOptions, Preset
-from pipelines.radiomics_adapter import set_tolerance
+from pipelines.radiomics_adapter import default_settings, set_tolerance
 from pipelines.rois import RoiMask
 
 radiomics.setVerbosity(60)  # 60: pyradiomics' "quiet" level for its own stderr handler
@@ -375,7 +375,7 @@ def _ibsi_intensity_mask(image: sitk.Image, mask: sitk.Image, options: IbsiOptio
 
 def _window_settings(preset: Preset) -> dict[str, Any]:
     """The preset's settings for a window that is already resampled and normalised."""
-    settings = RadiomicsFeatureExtractor._getDefaultSettings()
+    settings = default_settings()
     settings.update(preset.settings)
     settings.update(label=1, normalize=False, resampledPixelSpacing=None)
     return settings

@@ -67,6 +67,7 @@ from pipelines.features import ArrayImage, validated_extractor
 from pipelines.plan import Tasks, run_tasks
 from pipelines.preprocess import Grid
 from pipelines.presets import IMAGE_INTERPOLATORS, Preset
+from pipelines.radiomics_adapter import keep_voxel_batches
 from pipelines.result_attributes import (
     CONTENT_CREATOR_NAME,
     copy_study_attributes,
@@ -125,10 +126,9 @@ BATCHES_PER_TASK = 8  # pyradiomics voxel batches (``maps.voxel_batch`` voxels e
 
 class _BatchRangeExtractor(RadiomicsFeatureExtractor):
     """pyradiomics' extractor that computes, in voxel-based extraction, only part ``k`` of ``n``
-    of each feature class's voxel batches: runs of ``voxelBatch`` voxels, in pyradiomics' order,
-    which ``RadiomicsFeaturesBase._calculateVoxels`` computes one after another, each on its own
-    voxels' kernels over the same discretised image; the other voxels keep ``initValue``. Every
-    batch is the batch the whole extraction computes, so its values are the same."""
+    of each feature class's voxel batches
+    (``pipelines.radiomics_adapter.keep_voxel_batches``); the other voxels keep ``initValue``.
+    Every batch is the batch the whole extraction computes, so its values are the same."""
 
     def __init__(self, params: dict[str, Any], part: tuple[int, int] = (0, 1)):
         super().__init__(params)
@@ -140,17 +140,11 @@ class _BatchRangeExtractor(RadiomicsFeatureExtractor):
         only), each class's voxels narrowed to this part's batches."""
         vector: dict[str, Any] = {}
         classes = getFeatureClasses()
-        number, parts = self.part
         for class_name, names in self.enabledFeatures.items():
             feature_class = classes[class_name](image, mask, **kwargs)
             for name in names:
                 feature_class.enableFeatureByName(name)
-            voxels = feature_class.labelledVoxelCoordinates
-            batch = feature_class.settings.get("voxelBatch", -1)
-            batch = batch if batch > 0 else max(voxels.shape[1], 1)
-            batches = -(-voxels.shape[1] // batch)
-            first, last = batches * number // parts, batches * (number + 1) // parts
-            feature_class.labelledVoxelCoordinates = voxels[:, first * batch:last * batch]
+            keep_voxel_batches(feature_class, self.part)
             for name, value in feature_class.execute().items():
                 vector[f"{image_type}_{class_name}_{name}"] = value
         return vector
