@@ -1,6 +1,6 @@
 """Screenshots of the node's outputs as real software shows them, for docs/outputs.md.
 
-1. A synthetic liver CT and its lesion SEG go through ``pipelines.process.process_study`` with
+1. A synthetic liver CT and its lesion SEG go through ``pipelines.process.job_plan`` with
    ct-liver-crlm and the demonstration model: the reading and the feature report (TID 1500), the
    derived SEG, the parametric maps and the summary Secondary Capture.
 2. Debian's Orthanc with its Web Viewer plugin (package ``orthanc-webviewer``) runs on free
@@ -145,7 +145,7 @@ def _scrolled_to_measurements(html: Path) -> Path:
 
 def build_objects(workdir: Path) -> tuple[list[Path], Path, Path]:
     """(every file to store, the reading report, the summary SC) for the synthetic study: the CT,
-    its SEG and the objects process_study writes, with the shipped demonstration model pinned."""
+    its SEG and the objects its job plan writes, with the shipped demonstration model pinned."""
     study = write_synthetic_study(workdir / "study", shape=SHAPE)
     result = run_in_process(job_plan(study.ct_paths, study.seg_path, PRESET, workdir / "result",
                                      models=[(DEMO_PACKAGE, DEMO_SHA256)]))

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from node import logs
 from node.config import NodeConfig
 from node.forked import ForkedCall, fork_available
-from pipelines.plan import Gather, Laps, Pending, Plan, Tasks, Write, Written
+from pipelines.plan import Laps, Pending, Plan, Step, Tasks, Write, Written, drive
 
 if TYPE_CHECKING:  # imported where used: the node spawns its workers before it imports them
     from pipelines.presets import Preset
@@ -116,24 +116,14 @@ class PlanRunner:
     def run(self, plan: Plan[T]) -> T:
         """The plan's return value; an exception of the plan (or of a task or write it did not
         catch) propagates."""
-        reply: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                step = plan.throw(error) if error is not None else plan.send(reply)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            error = None
-            try:
-                if isinstance(step, Tasks):
-                    reply = self.map_tasks(step.fn, step.tasks)
-                elif isinstance(step, Write):
-                    reply = self.write(step)
-                else:
-                    assert isinstance(step, Gather), step
-                    reply = [pending.result() for pending in step.pending]
-            except Exception as exc:  # thrown into the plan at its yield (pipelines.plan)
-                error = exc
+        return drive(plan, self._answer)
+
+    def _answer(self, step: Step) -> Any:
+        if isinstance(step, Tasks):
+            return self.map_tasks(step.fn, step.tasks)
+        if isinstance(step, Write):
+            return self.write(step)
+        return [pending.result() for pending in step.pending]
 
 
 class InProcessRunner(PlanRunner):

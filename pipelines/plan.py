@@ -17,7 +17,8 @@ of step exist:
 * :class:`Gather`: wait for those pending writes; the runner sends back each one's value and
   the seconds of its stages where it ran beside (else ``{}``: they are in the job's laps).
 
-:func:`run_tasks` runs a plan of :class:`Tasks` steps only (one stage's fan-outs, e.g.
+:func:`drive` runs a plan with a function that answers each step; :func:`run_tasks` runs a
+plan of :class:`Tasks` steps only (one stage's fan-outs, e.g.
 ``pipelines.features.extract_lesions``) with a ``map`` function; the node runs whole jobs
 (``node.executor``).
 """
@@ -106,17 +107,24 @@ Step = Tasks[Any, Any] | Write[Any] | Gather
 Plan = Generator[Step, Any, T]
 
 
-def run_tasks(plan: Generator[Tasks[Any, Any], list[Any], T], map_tasks: TaskMap = map) -> T:
-    """Run a plan of :class:`Tasks` steps with ``map_tasks``; its return value."""
-    reply: list[Any] | None = None
+def drive(plan: Generator[Any, Any, T], answer: Callable[[Any], Any]) -> T:
+    """Run ``plan``: send it ``answer(step)`` for each step it yields, or throw into it, at
+    that ``yield``, the exception ``answer`` raised (module docstring); its return value. An
+    exception the plan does not catch propagates."""
+    reply: Any = None
     error: Exception | None = None
     while True:
         try:
-            step = plan.throw(error) if error is not None else plan.send(reply)  # type: ignore[arg-type]
+            step = plan.throw(error) if error is not None else plan.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
         error = None
         try:
-            reply = list(map_tasks(step.fn, step.tasks))
-        except Exception as exc:  # thrown into the plan at its yield (module docstring)
+            reply = answer(step)
+        except Exception as exc:  # thrown into the plan at its yield
             error = exc
+
+
+def run_tasks(plan: Generator[Tasks[Any, Any], list[Any], T], map_tasks: TaskMap = map) -> T:
+    """Run a plan of :class:`Tasks` steps with ``map_tasks``; its return value."""
+    return drive(plan, lambda step: list(map_tasks(step.fn, step.tasks)))

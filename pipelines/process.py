@@ -6,6 +6,12 @@ the duration of each stage (``StageTimes``).
 A segment the preset's ``rois.liver`` rule recognises as the liver is not a lesion: it is the
 reference region of a liver z-score and what rings are clipped to. Every other segment is a
 lesion and gets every ROI variant of the preset.
+
+A job is a plan (``pipelines.plan``, :func:`job_plan`) of stages: :func:`read_source`,
+:func:`preprocess`, :func:`measure` (the feature tasks), :func:`write_early` and
+:func:`write_maps`. The plan yields its tasks and writes and never runs anything concurrently,
+starts a process or calls back into the node: whoever runs it (``node.executor``) chooses where
+tasks and writes run, and what to do with the objects of an announced write.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
 from models.package import ModelPackageError, load_package
-from pipelines import iod_lookup
 from pipelines.derived_seg import build_derived_segmentation
 from pipelines.evaluations import model_line, qc_lines
 from pipelines.feature_report import build_feature_report, feature_report_reference
@@ -553,7 +558,6 @@ def job_plan(image_paths: Sequence[str | Path], seg_path: str | Path,
             process, each naming file, attribute and reason.
     """
     laps = Laps()
-    iod_lookup.memoise()  # highdicom's look-ups for each source image, once per SOP class
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     qc_settings = qc_settings or QCSettings()
     out = Path(out_dir)

@@ -735,7 +735,7 @@ SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 
 @dataclass(frozen=True)
 class DemoOutputs:
-    """The synthetic study (CT slices, its lesion SEG) and what ``process_study`` wrote for it
+    """The synthetic study (CT slices, its lesion SEG) and what ``job_plan`` wrote for it
     with ct-liver-crlm and the shipped demonstration model: the reading report (the SR a viewer
     shows), every other SR, the derived SEG, the parametric maps and the summary image."""
 

@@ -1,5 +1,5 @@
 """Readers written by others read every object the demo writes (issue 17, item 4): the demo's
-synthetic study through ``pipelines.process.process_study`` with the preset ct-liver-crlm and the
+synthetic study through ``pipelines.process.job_plan`` with the preset ct-liver-crlm and the
 shipped demo model, once per module (shared by the xdist workers of a run), then
 
 * dcmqi: ``tid1500reader`` parses both reports, and every value it extracts from the feature

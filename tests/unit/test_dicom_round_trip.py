@@ -1,4 +1,4 @@
-"""pyradiomics' brain2 and breast1 as DICOM MR + SEG through process_study: the SR carries the
+"""pyradiomics' brain2 and breast1 as DICOM MR + SEG through a job (``job_plan``): the SR has the
 values extract_features gives on the NRRD files (issue 4, "DICOM round trip").
 
 brain2's NRRD grid is left-handed (direction diag(1, -1, 1)). A DICOM image's slice normal is

@@ -1,7 +1,7 @@
 """ROI variants end to end: the full ct-liver-crlm preset on a small synthetic CT gives, through
 extract_lesions (cropped resampling, shared filters, two worker processes), for every lesion and ROI
 variant the values of plain pyradiomics (RadiomicsFeatureExtractor.execute on the whole image with
-that ROI's mask) to 1e-6 relative; process_study writes one TID 1411 group and one CSV ROI per
+that ROI's mask) to 1e-6 relative; a job writes one TID 1411 group and one CSV ROI per
 variant."""
 
 import csv

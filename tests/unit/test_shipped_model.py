@@ -1,6 +1,6 @@
 """The demonstration model that ships: it loads with its pinned digest, says what it is, needs
 the shipped ct-liver-crlm preset as it is now, and runs end to end on the synthetic study through
-process_study, QC and apply_model; outside its domain it is not applied."""
+the job plan, QC and apply_model; outside its domain it is not applied."""
 
 from __future__ import annotations
 
@@ -84,10 +84,10 @@ def test_not_applied_outside_its_domain(
     assert [r.condition for r in output.reasons] == ["preset", "domain", "domain"]
 
 
-def test_process_study_runs_the_pinned_model_into_the_report_and_summary(
+def test_a_job_runs_the_pinned_model_into_the_report_and_summary(
     processed: tuple[PipelineResult, SeriesVolume, QCReport]
 ) -> None:
-    """The node's path: process_study(models=...) applies the package to each lesion (series
+    """The node's path: job_plan(models=...) applies the package to each lesion (series
     and lesion QC as gates) and writes the outcome into the lesion's group of the reading report
     and into its first (original image) group of the feature report."""
     import highdicom as hd

@@ -1,4 +1,4 @@
-"""Where a job's time goes: process_study returns the seconds of each of its stages (they follow
+"""Where a job's time goes: a job returns the seconds of each of its stages (they follow
 one another, so they sum to no more than the call took), the index records when a job was
 queued, started and finished with those stages, and when each result object was stored at its
 destination (the success status) and then verified. Durations are checked for presence, sign and
@@ -29,7 +29,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
     return write_synthetic_study(tmp_path_factory.mktemp("study"), shape=(10, 48, 48))
 
 
-def test_process_study_times_each_stage(study: SyntheticStudy, tmp_path: Path) -> None:
+def test_a_job_times_each_stage(study: SyntheticStudy, tmp_path: Path) -> None:
     basic = load_preset("ct-liver-basic")
     preset = basic.model_copy(update={"maps": basic.maps.model_copy(
         update={"enabled": True, "features": ("firstorder_Mean",), "kernel_radius": 1})})
