@@ -2,7 +2,7 @@
 
 Plain: one ``RadiomicsFeatureExtractor.execute`` per ROI (3 lesions x 4 ROI variants) on the whole
 image with that ROI's full-size mask, serially, as a user of pyradiomics would. Pipeline:
-``pipelines.features.extract_lesions`` on the same ROIs (cropped resampling onto pyradiomics' exact
+``pipelines.features.features_plan`` on the same ROIs (cropped resampling onto pyradiomics' exact
 grid, filtered images shared per window, lesions in ``--workers`` processes). Each way runs in a
 fresh process so its peak resident memory (VmHWM reset after the synthetic case is built, and
 getrusage of its worker processes) is its own. Also shown: how far a naive crop (crop the source
@@ -30,7 +30,8 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.features import extract_features, extract_lesions
+from pipelines.features import extract_features, extract_lesions, features_plan
+from pipelines.plan import run_tasks
 from pipelines.presets import load_preset
 from pipelines.rois import RoiMask, build_variants, on_full_grid
 from pipelines.segmentation import Segment
@@ -120,12 +121,17 @@ def run_plain(small: bool) -> tuple[float, float, list[dict[str, dict[str, float
 
 def run_pipeline(small: bool, workers: int
                  ) -> tuple[float, float, list[dict[str, dict[str, float]]]]:
-    """Every ROI through extract_lesions; (seconds, peak MiB, values)."""
+    """Every ROI through the pipeline's feature plan (``features_plan``); (seconds, peak MiB,
+    values)."""
     image, lesions = _case(small)
     preset = load_preset(PRESET)
     _reset_peak()
     start = time.perf_counter()
-    result = extract_lesions(image, lesions, preset, workers=workers)
+    if workers > 1:  # the plan's tasks in spawned processes, as a node's task processes run them
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            result = run_tasks(features_plan(image, lesions, preset), pool.map)
+    else:
+        result = extract_lesions(image, lesions, preset)
     values = [{name: features.values for name, features in by_name.items()} for by_name in result]
     return time.perf_counter() - start, _peak_mib(), values
 

@@ -75,7 +75,7 @@ def write_series(template: pydicom.Dataset, out_dir: Path, slices: int, seed: in
 class PeakMemory:
     """Peak resident memory (bytes) of a process and all its descendants, sampled in a thread:
     the sum of their resident set sizes, except that a child forked without exec (the job's
-    writer of early objects, ``pipelines.forked``; ``storescp --fork``'s association handlers)
+    writer of early objects, ``node.forked``; ``storescp --fork``'s association handlers)
     counts its unique set size only: the pages it shares with its parent by copy-on-write are in
     the parent's RSS already. (Proportional set sizes of every process, from
     ``/proc/PID/smaps_rollup``, would say the same but cost a third of a core at 20 samples a

@@ -2,9 +2,9 @@
 
 The CT is the synthetic liver phantom (``pipelines.synthetic``) with 600 slices of 512 x 512; a
 BINARY SEG with ten spherical lesions along the liver is written beside it with highdicom. The
-job runs as the node runs it: ``pipelines.process.process_study`` in a spawned worker process
-(``node.executor.LocalExecutor``; with ``early_beside_maps``, so the report, derived SEG and
-summary image are written by a forked child while the maps are computed), while a thread
+job runs as the node runs it: ``node.executor.run_local_job`` in a spawned worker process
+(``node.executor.LocalExecutor``: its ``LocalRunner`` has the report, derived SEG and summary
+image written by a forked child while the maps are computed), while a thread
 samples the resident memory of this process (the node's role: it only submits) and of every
 process below it (``bench.ingest.PeakMemory``, every 50 ms). Issue 8 asks for 4 GiB at
 most, node and workers together.
@@ -32,7 +32,7 @@ from pydicom.sr.codedict import codes
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ingest import PeakMemory
-from pipelines.process import process_study
+from node.executor import run_local_job
 from pipelines.synthetic import write_synthetic_study
 
 PRESET = "ct-liver-crlm"
@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         with PeakMemory(multiprocessing.current_process().pid) as memory, \
                 ProcessPoolExecutor(1, mp_context=context) as pool:
             start = time.perf_counter()
-            result = pool.submit(process_study, ct_paths, seg, args.preset,
-                                 str(Path(tmp) / "out"), early_beside_maps=True).result()
+            result = pool.submit(run_local_job, ct_paths, seg, args.preset,
+                                 str(Path(tmp) / "out")).result()
             elapsed = time.perf_counter() - start
     lesions = len({lesion.segment_number for lesion in result.lesions})
     print(f"{args.preset}: {shape[0]} x {shape[1]} x {shape[2]} CT, {lesions} lesions, "

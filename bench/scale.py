@@ -8,7 +8,7 @@ come back as bytes) on a ``distributed.LocalCluster`` of W single-threaded worke
 talking TCP, for each W given, after one untimed job. Throughput is N jobs submitted at once;
 efficiency is throughput(W) / (W / W0 x throughput(W0)) against the smallest W0 measured. "One
 job" is a single job alone on the cluster (its lesions and image types are what spreads it over
-workers), also as a ratio to the same job run by ``process_study`` in this process without Dask
+workers), also as a ratio to the same job run by ``job_plan`` in this process without Dask
 (the baseline, as the local executor runs it). Peak memory is the largest resident set of one
 worker process and the sum of every worker's (an upper bound of them together; ``getrusage``
 ru_maxrss), and of this process, which holds the N jobs' bytes as the node would and ran the
@@ -35,8 +35,8 @@ import distributed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.executor import run_shipped_job
-from pipelines.process import process_study
+from node.executor import run_in_process, run_shipped_job
+from pipelines.process import job_plan
 from pipelines.synthetic import write_synthetic_study
 
 Case = tuple[list[bytes], bytes]  # the CT slices' bytes and the SEG's, as the node ships them
@@ -66,7 +66,7 @@ def _peak_mib() -> float:
 
 
 def in_process(case: Case, preset: str) -> float:
-    """Seconds of ``process_study`` on one case in this process, no Dask (the local executor's
+    """Seconds of ``job_plan`` on one case in this process, no Dask (the local executor's
     work; after a first untimed run that loads everything)."""
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         paths = []
@@ -75,9 +75,9 @@ def in_process(case: Case, preset: str) -> float:
             paths[-1].write_bytes(data)
         seg = Path(tmp) / "seg.dcm"
         seg.write_bytes(case[1])
-        process_study(paths, seg, preset, Path(tmp) / "warm")
+        run_in_process(job_plan(paths, seg, preset, Path(tmp) / "warm"))
         start = time.perf_counter()
-        process_study(paths, seg, preset, Path(tmp) / "out")
+        run_in_process(job_plan(paths, seg, preset, Path(tmp) / "out"))
         return time.perf_counter() - start
 
 

@@ -1,7 +1,7 @@
 """Screenshots of the node's outputs in OHIF Viewer 3.13.2, for docs/outputs.md.
 
 The same run as tests/integration/test_ohif.py (``tests/integration/ohif.py``): the synthetic
-demo study through ``process_study`` (ct-liver-crlm, the shipped model), every object stored in
+demo study through ``job_plan`` (ct-liver-crlm, the shipped model), every object stored in
 Debian's Orthanc with its DICOMweb plugin, OHIF's prebuilt bundle served with a same-origin
 proxy to it, headless system Chromium driven by Playwright opening each object by its
 thumbnail. Writes:

@@ -1,6 +1,6 @@
 """Screenshots of the node's outputs as real software shows them, for docs/outputs.md.
 
-1. A synthetic liver CT and its lesion SEG go through ``pipelines.process.process_study`` with
+1. A synthetic liver CT and its lesion SEG go through ``pipelines.process.job_plan`` with
    ct-liver-crlm and the demonstration model: the reading and the feature report (TID 1500), the
    derived SEG, the parametric maps and the summary Secondary Capture.
 2. Debian's Orthanc with its Web Viewer plugin (package ``orthanc-webviewer``) runs on free
@@ -39,7 +39,8 @@ from pydicom.uid import SecondaryCaptureImageStorage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
-from pipelines.process import process_study
+from node.executor import run_in_process
+from pipelines.process import job_plan
 from pipelines.synthetic import write_synthetic_study
 from tests.conftest import free_port
 
@@ -144,10 +145,10 @@ def _scrolled_to_measurements(html: Path) -> Path:
 
 def build_objects(workdir: Path) -> tuple[list[Path], Path, Path]:
     """(every file to store, the reading report, the summary SC) for the synthetic study: the CT,
-    its SEG and the objects process_study writes, with the shipped demonstration model pinned."""
+    its SEG and the objects its job plan writes, with the shipped demonstration model pinned."""
     study = write_synthetic_study(workdir / "study", shape=SHAPE)
-    result = process_study(study.ct_paths, study.seg_path, PRESET, workdir / "result",
-                           models=[(DEMO_PACKAGE, DEMO_SHA256)])
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, PRESET, workdir / "result",
+                                     models=[(DEMO_PACKAGE, DEMO_SHA256)]))
     [summary] = [o.path for o in result.objects
                  if o.sop_class_uid == SecondaryCaptureImageStorage]
     return ([*study.ct_paths, study.seg_path, *(o.path for o in result.objects)],

@@ -170,10 +170,11 @@ def _process(args: argparse.Namespace) -> int:
     import pydicom
     from tqdm import tqdm
 
+    from node.executor import run_in_process
     from node.jobs import failure_reason
     from pipelines.discovery import discover
     from pipelines.presets import load_preset
-    from pipelines.process import process_study
+    from pipelines.process import job_plan
     from pipelines.references import missing_reference
 
     preset = load_preset(args.preset)
@@ -191,7 +192,7 @@ def _process(args: argparse.Namespace) -> int:
         where = (f"series {series.series_instance_uid} ({series.modality}, "
                  f"{len(series.paths)} files) + {segmentation.kind} {segmentation.path}")
         try:
-            result = process_study(series.paths, segmentation.path, preset, out)
+            result = run_in_process(job_plan(series.paths, segmentation.path, preset, out))
         except Exception as exc:  # one failed pair must not stop the others; it is reported
             failed += 1
             tqdm.write(f"{where}: FAILED: {failure_reason(exc)}", file=sys.stdout)

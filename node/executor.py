@@ -1,35 +1,48 @@
-"""Where pipeline jobs run: a local pool of spawned processes, or a Dask cluster.
+"""Where pipeline jobs run, and how: the node's one seam between a job's plan and processes.
 
-``executor.kind: local`` (default) runs ``pipelines.process.process_study`` in a
-``ProcessPoolExecutor`` of ``workers`` spawned processes on the node's machine, with the spool
-files' paths. ``executor.kind: dask`` submits each job to the ``dask.distributed`` scheduler at
+A job is a plan (``pipelines.process.job_plan``, ``pipelines.plan``): a generator that yields
+its fan-outs of feature and map tasks, its writes and a gather, and never runs anything
+concurrently itself. A runner (:class:`PlanRunner`) drives it:
+
+* :class:`InProcessRunner`: everything in the calling process, task after task (tests and
+  ``radiomics-node process``; :func:`run_in_process`);
+* :class:`LocalRunner`: in a local job worker (``executor.kind: local``, the default service):
+  the tasks in the worker's task processes when it has them (``executor.task_processes``), the
+  plan's ``beside`` writes (quality control, the models, the report, derived SEG and summary
+  image, and each feature class's maps but the last) in a child forked beside the maps
+  (``node.forked``), so they overlap the maps on another core;
+* :class:`DaskRunner`: the plan's tasks submitted to a ``dask.distributed`` cluster, one
+  cluster task each, from a client or from inside a cluster task (``worker_client``).
+
+Every runner writes the same objects with the same bytes in the same order: the tasks compute
+what the serial path computes, and the writes run the same functions.
+
+``executor.kind: local`` (default) runs each job in a ``ProcessPoolExecutor`` of ``workers``
+spawned processes on the node's machine, with the spool files' paths. The objects of a write
+the plan announces are reported, as soon as they are written, to the node's process on a queue
+(:class:`LocalExecutor`), where the job runner queues its deliveries in the index: the outbox
+sends the report while the maps are computed, and no worker or child touches the index.
+
+``executor.kind: dask`` submits each job to the ``dask.distributed`` scheduler at
 ``executor.scheduler_address``; its workers may be other machines that share no filesystem with
 the node and need only this package installed: the node reads the job's input files and ships
-their bytes, the worker writes them to a temporary folder, runs the same ``process_study`` and
+their bytes, the worker writes them to a temporary folder, runs the same plan with a
+:class:`DaskRunner` (its feature and map tasks on the same cluster, so one study's lesions,
+filters and maps spread over every worker while reading, QC and encoding stay with the job) and
 returns the result with the bytes of every file it wrote, which the node writes into the job's
-results folder. Inside that job task, feature extraction is split into one task per lesion and
-image type (``pipelines.features.FeatureTask``: the lesion's windows as NumPy arrays), and the
-parametric maps into tasks per lesion, feature class and run of voxel batches
-(``pipelines.parametric_map.MapTask``), which the job submits to the same cluster
-(:func:`on_cluster`), so one study's lesions, filters and maps spread over every worker while
-reading, QC and encoding stay with the job. Dask re-runs a task whose worker died (up to the
-scheduler's ``distributed.scheduler.allowed-failures``), so a job survives the loss of a worker,
-whether it ran the job or one of its lesion tasks. Both paths call the same function on the same
-bytes, and the tasks compute what the serial path computes, so a job's result (feature values,
-maps, result UIDs) is the same whichever executor ran it.
-
-A local job queues the result objects its pipeline writes before the parametric maps (the
-report, the derived SEG, the summary image) for delivery itself, from the worker
-(:class:`EarlyDelivery`), so the outbox sends them while the maps are computed; a Dask job's
-worker has no index to queue them in, and its objects are all queued when it is done.
+results folder. Dask re-runs a task whose worker died (up to the scheduler's
+``distributed.scheduler.allowed-failures``), so a job survives the loss of a worker, whether it
+ran the job or one of its tasks. A Dask job's objects are all queued when it is done.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.queues
 import os
 import tempfile
 import threading
@@ -38,19 +51,167 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from node import logs
 from node.config import NodeConfig
+from node.forked import ForkedCall, fork_available
+from pipelines.plan import Laps, Pending, Plan, Step, Tasks, Write, Written, drive
 
 if TYPE_CHECKING:  # imported where used: the node spawns its workers before it imports them
     from pipelines.presets import Preset
-    from pipelines.process import PipelineResult
+    from pipelines.process import OutputObject, PipelineResult
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _Task = TypeVar("_Task")
 _Result = TypeVar("_Result")
+
+Announce = Callable[[Sequence["OutputObject"]], None]
+"""Told the objects of a write the plan announces, in the process that runs the plan."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Done(Generic[T]):
+    """A write done in the plan's process: its stages are in the job's laps already."""
+
+    value: T
+    beside: bool = False
+
+    def result(self) -> tuple[T, dict[str, float]]:
+        return self.value, {}
+
+
+class PlanRunner:
+    """Drives a plan (``pipelines.plan``): sends each :class:`~pipelines.plan.Tasks` step's
+    results back in task order (or throws the task's exception into the plan),
+    each :class:`~pipelines.plan.Write` step's :class:`~pipelines.plan.Pending`, and each
+    :class:`~pipelines.plan.Gather` step's values. This base class runs everything in the
+    calling process; subclasses choose where tasks (:meth:`map_tasks`) and ``beside`` writes
+    (:meth:`write`) run. ``announce`` is told the objects of each write the plan announces,
+    once they are written, in this process. ``split_maps`` is what a job plan should be given
+    (``pipelines.process.job_plan``): whether its tasks run side by side."""
+
+    split_maps = False
+
+    def __init__(self, announce: Announce | None = None):
+        self._announce = announce
+
+    def map_tasks(self, fn: Callable[[_Task], _Result], tasks: Iterable[_Task]
+                  ) -> list[_Result]:
+        """``fn`` over ``tasks``, results in task order."""
+        return list(map(fn, tasks))
+
+    def write(self, step: Write[T]) -> Pending[T]:
+        """Run the write here, on the job's laps, and announce its objects."""
+        written = step.fn(step.laps)
+        self._announced(step, written)
+        return _Done(written.value)
+
+    def _announced(self, step: Write[Any], written: Written[Any]) -> None:
+        if step.announce and self._announce is not None:
+            self._announce(written.objects)
+
+    def run(self, plan: Plan[T]) -> T:
+        """The plan's return value; an exception of the plan (or of a task or write it did not
+        catch) propagates."""
+        return drive(plan, self._answer)
+
+    def _answer(self, step: Step) -> Any:
+        if isinstance(step, Tasks):
+            return self.map_tasks(step.fn, step.tasks)
+        if isinstance(step, Write):
+            return self.write(step)
+        return [pending.result() for pending in step.pending]
+
+
+class InProcessRunner(PlanRunner):
+    """Everything in the calling process, task after task: tests, ``radiomics-node process``."""
+
+
+def run_in_process(plan: Plan[T], announce: Announce | None = None) -> T:
+    """``plan`` run by an :class:`InProcessRunner`."""
+    return InProcessRunner(announce).run(plan)
+
+
+def _write_beside(step: Write[T]) -> tuple[Written[T], dict[str, float]]:
+    """In the forked child: the write, on laps of its own."""
+    laps = Laps()
+    return step.fn(laps), laps.seconds
+
+
+class _Beside(Generic[T]):
+    """A write run by a forked child (``node.forked``); a thread of the plan's process waits for
+    it and announces its objects as soon as the child has written them."""
+
+    beside = True
+
+    def __init__(self, step: Write[T], announce: Callable[[Write[Any], Written[Any]], None]):
+        call = ForkedCall(lambda: _write_beside(step), step.name)
+        self._outcome: tuple[Written[T], dict[str, float]] | None = None
+        self._error: BaseException | None = None
+
+        def wait() -> None:
+            try:
+                self._outcome = call.result()
+            except BaseException as exc:  # raised again by result()
+                self._error = exc
+                return
+            try:
+                announce(step, self._outcome[0])
+            except Exception:  # the objects are queued with the job's result anyway
+                log.exception("written objects not announced", extra=logs.fields(
+                    write=step.name))
+
+        self._waiter = threading.Thread(target=wait, name=f"beside: {step.name}", daemon=True)
+        self._waiter.start()
+
+    def result(self) -> tuple[T, dict[str, float]]:
+        self._waiter.join()
+        if self._error is not None:
+            raise self._error
+        assert self._outcome is not None
+        written, seconds = self._outcome
+        return written.value, seconds
+
+
+class LocalRunner(PlanRunner):
+    """A local job worker's runner: tasks in ``tasks`` (the worker's task processes) when
+    given, else here; ``beside`` writes in a forked child where the platform forks."""
+
+    def __init__(self, announce: Announce | None = None,
+                 tasks: Callable[[Callable[[Any], Any], Iterable[Any]], list[Any]] | None = None):
+        super().__init__(announce)
+        self._tasks = tasks
+        self.split_maps = tasks is not None
+
+    def map_tasks(self, fn: Callable[[_Task], _Result], tasks: Iterable[_Task]
+                  ) -> list[_Result]:
+        return self._tasks(fn, tasks) if self._tasks is not None else list(map(fn, tasks))
+
+    def write(self, step: Write[T]) -> Pending[T]:
+        if step.beside and fork_available():
+            return _Beside(step, self._announced)
+        return super().write(step)
+
+
+class DaskRunner(PlanRunner):
+    """Every task of the plan a task of a ``dask.distributed`` cluster, results gathered in
+    order: through ``client``, or, when None, from inside a cluster task (:func:`on_cluster`).
+    Writes run here."""
+
+    split_maps = True
+
+    def __init__(self, client: Any = None, announce: Announce | None = None):
+        super().__init__(announce)
+        self._client = client
+
+    def map_tasks(self, fn: Callable[[_Task], _Result], tasks: Iterable[_Task]
+                  ) -> list[_Result]:
+        if self._client is None:
+            return on_cluster(fn, tasks)
+        return list(self._client.gather(self._client.map(fn, list(tasks), pure=False)))
 
 
 class JobFuture(Protocol):
@@ -62,37 +223,19 @@ class JobFuture(Protocol):
     def add_done_callback(self, fn: Any) -> None: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class EarlyDelivery:
-    """``process_study``'s ``on_early_objects`` in a local job worker: queues the objects the
-    pipeline wrote before its parametric maps for each of ``destinations``, as deliveries of job
-    ``job_id`` in the index at ``index_path`` (``Index.outbox.queue_early``); the node's
-    outbox sends them at its next tick."""
-
-    index_path: str
-    job_id: int
-    destinations: tuple[str, ...]
-
-    def __call__(self, objects: Sequence[Any]) -> None:
-        from node.state import Index
-
-        index = Index(Path(self.index_path))
-        try:
-            index.outbox.queue_early(self.job_id, [
-                (destination, str(obj.path), obj.sop_instance_uid)
-                for obj in objects for destination in self.destinations])
-        finally:
-            index.close()
+OnWritten = Callable[[Sequence[tuple[str, str]]], None]
+"""Told (path, SOP Instance UID) of each object a running job has written and announced."""
 
 
 class Executor(Protocol):
-    """Runs ``process_study(images, seg, preset, out_dir, models=models)`` somewhere and returns
-    a future; ``models`` are (package path, pinned sha256) pairs; ``early`` queues the objects
-    written before the parametric maps where the executor can (local jobs)."""
+    """Runs a job (``pipelines.process.job_plan(images, seg, preset, out_dir, models=models)``)
+    somewhere and returns a future; ``models`` are (package path, pinned sha256) pairs;
+    ``written`` is told, in the node's process, the objects the job writes before it is done
+    where the executor can (local jobs)."""
 
     def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
                models: Sequence[tuple[str, str]] = (),
-               early: EarlyDelivery | None = None) -> JobFuture:
+               written: OnWritten | None = None) -> JobFuture:
         """Start one job."""
 
     def renew(self) -> None:
@@ -132,19 +275,22 @@ def _start_worker(log_level: str, log_file: Path | None, task_processes: int = 0
 
 
 def _start_job_worker(log_level: str, log_file: Path | None, task_processes: int,
-                      presets: tuple[str, ...] = ()) -> None:
+                      presets: tuple[str, ...] = (),
+                      announcements: multiprocessing.queues.SimpleQueue[Any] | None = None
+                      ) -> None:
     """Initializer of a local job worker: :func:`_start_worker`, then highdicom's tables of the
     standard are read (:func:`pipelines.segmentation.load_standard_tables`), which the first job
-    after a start otherwise waited for while reading its SEG (0.52 against 0.06 s), and the
-    report's templates of every feature of the rules' ``presets`` are made
-    (:func:`pipelines.feature_report.prepare_report`), which the first report otherwise made (0.13 s
-    for ``ct-liver-crlm``; docs/history/performance.md, "End to end", third and seventh rounds). A
-    preset that cannot be loaded is
-    logged and left to its jobs, which fail with the same reason."""
+    after a start otherwise waited for while reading its SEG, and the report's templates of every
+    feature of the rules' ``presets`` are made (:func:`pipelines.feature_report.prepare_report`),
+    which the first report otherwise made (docs/history/performance.md, "End to end"). A preset that
+    cannot be loaded is logged and left to its jobs, which fail with the same reason. The
+    worker's jobs announce their written objects on ``announcements`` (:class:`LocalExecutor`)."""
     from pipelines.feature_report import prepare_report
     from pipelines.presets import load_preset
     from pipelines.segmentation import load_standard_tables
 
+    global _ANNOUNCEMENTS
+    _ANNOUNCEMENTS = announcements
     _start_worker(log_level, log_file, task_processes)
     start = time.perf_counter()
     load_standard_tables()
@@ -162,13 +308,15 @@ def _start_job_worker(log_level: str, log_file: Path | None, task_processes: int
 
 
 _TASKS: ProcessPoolExecutor | None = None  # a job worker's task processes, if any
+# where a job worker announces its jobs' written objects: (job token, [(path, uid), ...])
+_ANNOUNCEMENTS: multiprocessing.queues.SimpleQueue[Any] | None = None
 
 
 def _job_tasks(fn: Callable[[_Task], _Result], tasks: Iterable[_Task]) -> list[_Result]:
-    """The map function of ``extract_lesions`` and ``compute_maps`` in a local job worker: the
-    tasks run in the worker's task processes, results in task order. A task process that dies
-    (e.g. the OOM killer) ends the job worker too, so the node sees what it sees when a job's
-    worker dies (the job is run again, up to ``max_job_attempts``) and starts a new pool."""
+    """The tasks of a job in a local job worker, run in the worker's task processes, results in
+    task order. A task process that dies (e.g. the OOM killer) ends the job worker too, so the
+    node sees what it sees when a job's worker dies (the job is run again, up to
+    ``max_job_attempts``) and starts a new pool."""
     assert _TASKS is not None
     try:
         return list(_TASKS.map(fn, tasks))
@@ -177,18 +325,21 @@ def _job_tasks(fn: Callable[[_Task], _Result], tasks: Iterable[_Task]) -> list[_
 
 
 def run_local_job(images: Sequence[str], seg: str, preset: str, out_dir: str,
-                  models: Sequence[tuple[str, str]] = (),
-                  early: EarlyDelivery | None = None) -> PipelineResult:
-    """A job in a local worker: ``process_study`` with its tasks in the worker's task
-    processes when it has them (``executor.task_processes``), else in the worker itself; QC,
-    the models, the report, derived SEG and summary image done by a forked child while the
-    worker computes the maps, and each feature class's maps but the last while it computes the
-    next (``early_beside_maps``), all queued by ``early``."""
-    from pipelines.process import process_study
+                  models: Sequence[tuple[str, str]] = (), token: int | None = None
+                  ) -> PipelineResult:
+    """A job in a local job worker: its plan run by a :class:`LocalRunner`, the objects it
+    announces sent to the node's process with ``token`` (none when None)."""
+    from pipelines.process import job_plan
 
-    return process_study(images, seg, preset, out_dir, models=models,
-                         map_tasks=_job_tasks if _TASKS is not None else None,
-                         on_early_objects=early, early_beside_maps=True)
+    queue = _ANNOUNCEMENTS
+
+    def announce(objects: Sequence[OutputObject]) -> None:
+        if queue is not None and token is not None:
+            queue.put((token, [(str(obj.path), obj.sop_instance_uid) for obj in objects]))
+
+    runner = LocalRunner(announce, _job_tasks if _TASKS is not None else None)
+    return runner.run(job_plan(images, seg, preset, out_dir, models=models,
+                               split_maps=runner.split_maps))
 
 
 def _ready() -> None:
@@ -201,30 +352,63 @@ def _ready() -> None:
 class LocalExecutor:
     """``workers`` spawned processes on this machine, reading the spool files directly; started
     with the pool, not at the first job. With ``executor.task_processes`` N, each of them has N
-    spawned task processes of its own that run its jobs' feature and map tasks."""
+    spawned task processes of its own that run its jobs' feature and map tasks.
+
+    The objects a job announces come back on a queue the workers share, read here by a thread
+    that calls the ``written`` the job was submitted with; a job that is done has nothing more
+    to say (its result lists every object), so announcements that come later are dropped."""
 
     def __init__(self, config: NodeConfig):
         self._config = config
+        self._tokens = itertools.count(1)
+        self._written: dict[int, OnWritten] = {}
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        # a queue per pool: a worker killed while it wrote may leave the old one unusable
+        announcements = context.SimpleQueue()
+        threading.Thread(target=self._read_announcements, args=(announcements,),
+                         name="job-announcements", daemon=True).start()
         pool = ProcessPoolExecutor(
             max_workers=self._config.workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=context,
             initializer=_start_job_worker,
             initargs=(self._config.log_level, self._config.log_file,
                       self._config.executor.task_processes,
-                      tuple(dict.fromkeys(rule.preset for rule in self._config.rules))),
+                      tuple(dict.fromkeys(rule.preset for rule in self._config.rules)),
+                      announcements),
         )
         for _ in range(self._config.workers):
             pool.submit(_ready)
         return pool
 
+    def _read_announcements(self, announcements: multiprocessing.queues.SimpleQueue[Any]
+                            ) -> None:
+        while True:
+            try:
+                token, objects = announcements.get()
+            except (EOFError, OSError):  # closed at shutdown
+                return
+            written = self._written.get(token)
+            if written is None:
+                continue
+            try:
+                written(objects)
+            except Exception:  # the objects are queued with the job's result anyway
+                log.exception("written objects not queued", extra=logs.fields(token=token))
+
     def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
                models: Sequence[tuple[str, str]] = (),
-               early: EarlyDelivery | None = None) -> Future[PipelineResult]:
-        return self._pool.submit(run_local_job, list(images), seg, preset, str(out_dir),
-                                 models=list(models), early=early)
+               written: OnWritten | None = None) -> Future[PipelineResult]:
+        token = next(self._tokens)
+        if written is not None:
+            self._written[token] = written
+        future = self._pool.submit(run_local_job, list(images), seg, preset, str(out_dir),
+                                   models=list(models),
+                                   token=token if written is not None else None)
+        future.add_done_callback(lambda _: self._written.pop(token, None))
+        return future
 
     def renew(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -263,11 +447,11 @@ def _rebase(value: Any, old: Path, new: Path) -> Any:
 
 
 def on_cluster(fn: Callable[[_Task], _Result], tasks: Iterable[_Task]) -> list[_Result]:
-    """The map function of ``extract_lesions`` and ``compute_maps`` inside a Dask task: every
-    feature or map task becomes a task of the cluster this worker belongs to, the results come
-    back in order. ``worker_client`` takes the waiting job task out of the worker's thread pool
-    (no deadlock when all threads run jobs); priority 1 runs the lesion tasks of jobs already
-    started before new jobs. The tasks' arguments (arrays) are kept by the scheduler, so a lesion
+    """A :class:`DaskRunner`'s tasks from inside a Dask task: every feature or map task becomes
+    a task of the cluster this worker belongs to, the results come back in order.
+    ``worker_client`` takes the waiting job task out of the worker's thread pool (no deadlock
+    when all threads run jobs); priority 1 runs the lesion tasks of jobs already started before
+    new jobs. The tasks' arguments (arrays) are kept by the scheduler, so a lesion
     task whose worker died runs again on another one."""
     from distributed import worker_client
 
@@ -288,10 +472,10 @@ def shipped_preset(preset: str) -> str | Preset:
 def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str | Preset,
                     models: Sequence[tuple[dict[str, bytes], str]] = ()) -> RemoteResult:
     """On a Dask worker: write the shipped files (images, SEG, the files of each model package
-    with its pinned sha256) to a temporary folder, run ``process_study`` there with its feature
-    tasks on the cluster (:func:`on_cluster`) and return its result and output files (paths
-    relative to the output folder). ``preset`` is a preset name or a Preset."""
-    from pipelines.process import process_study
+    with its pinned sha256) to a temporary folder, run the job's plan there with its tasks on
+    the cluster (:class:`DaskRunner`, :func:`on_cluster`) and return its result and output
+    files (paths relative to the output folder). ``preset`` is a preset name or a Preset."""
+    from pipelines.process import job_plan
 
     with tempfile.TemporaryDirectory(prefix="radiomics-job-") as tmp:
         inputs, out = Path(tmp) / "in", Path(tmp) / "out"
@@ -310,8 +494,9 @@ def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str | Preset,
                 (package / name).parent.mkdir(parents=True, exist_ok=True)
                 (package / name).write_bytes(data)
             packages.append((package, sha256))
-        result = process_study(paths, seg_path, preset, out, models=packages,
-                               map_tasks=on_cluster)
+        runner = DaskRunner()
+        result = runner.run(job_plan(paths, seg_path, preset, out, models=packages,
+                                     split_maps=runner.split_maps))
         files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
                  if p.is_file()}
         return RemoteResult(_rebase(result, out, Path()), files)
@@ -352,9 +537,9 @@ class DaskExecutor:
 
     def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
                models: Sequence[tuple[str, str]] = (),
-               early: EarlyDelivery | None = None) -> _UnpackedFuture:
-        """The job as one cluster task; ``early`` is not used (the worker has no index: all
-        objects are queued when the job is done)."""
+               written: OnWritten | None = None) -> _UnpackedFuture:
+        """The job as one cluster task; ``written`` is not told (the objects come back with
+        the result: all are queued when the job is done)."""
         from models.package import package_files
 
         # The bytes are arguments of the task itself, not scattered data: the scheduler keeps

@@ -1,8 +1,9 @@
 """The job runner: claims queued jobs from the index and runs their pipeline in worker processes.
 
 The node never computes a feature itself: it hands file paths and a preset name to
-``pipelines.process.process_study`` through an executor (``node.executor``: a local process pool
-or a Dask cluster) and records the outcome. A job's state is a
+``pipelines.process.job_plan`` to an executor (``node.executor``: a local process pool or a
+Dask cluster), queues the deliveries of the objects a running job announces, and records the
+outcome. A job's state is a
 row (queued -> running -> done | failed); a node stopped mid-job finds it 'running' at start and
 queues it again. A done job keeps the seconds of each pipeline stage (``Index.jobs.timeline``).
 
@@ -21,17 +22,18 @@ folder is below ``min_free_bytes``, no job is started: its output could not be w
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from node.config import NodeConfig
-from node.executor import EarlyDelivery, Executor, JobFuture, make_executor
+from node.executor import Executor, JobFuture, make_executor
 from node.logs import fields
 from node.state import Index
 from node.state.jobs import JobRow
@@ -109,8 +111,8 @@ def _worker_lost(exc: BaseException) -> bool:
 
 class JobRunner:
     """Runs at most ``config.workers`` jobs at a time on the configured executor; ``on_done`` is
-    called with the id of each job once it is done and its deliveries are queued (the node wakes
-    the outbox with it)."""
+    called with a job's id whenever deliveries of it are queued: objects it announced while it
+    runs, and every object once it is done (the node wakes the outbox with it)."""
 
     def __init__(self, config: NodeConfig, index: Index, executor: Executor | None = None,
                  on_done: Callable[[int], None] | None = None):
@@ -166,12 +168,22 @@ class JobRunner:
             job_id=job.id, preset=job.preset, attempt=job.attempts, images=len(images),
             source_series_uid=job.source_series_uid, seg_sop_uid=job.seg_sop_uid))
         models = [(str(ref.path), ref.sha256) for ref in self._config.models]
-        early = EarlyDelivery(str(self._config.index_path), job.id,
-                              tuple(dest.name for dest in self._config.destinations)) \
-            if self._config.destinations else None
-        future = self._executor.submit(images, seg.path, job.preset, out_dir, models, early)
+        written = functools.partial(self._written, job.id) if self._config.destinations \
+            else None
+        future = self._executor.submit(images, seg.path, job.preset, out_dir, models, written)
         self._running[job.id] = (future, time.monotonic())
         future.add_done_callback(lambda done, job_id=job.id: self._finished(job_id, done))
+
+    def _written(self, job_id: int, objects: Sequence[tuple[str, str]]) -> None:
+        """Queue the deliveries of (path, SOP Instance UID) objects a running job has written
+        and announced (the report while the maps are computed: ``node.executor``), here in the
+        node's process; ``JobStore.finish`` queues them again with the rest, which changes
+        nothing."""
+        self._index.outbox.queue_early(job_id, [
+            (dest.name, path, uid) for path, uid in objects
+            for dest in self._config.destinations])
+        if self._on_done is not None:
+            self._on_done(job_id)
 
     def _finished(self, job_id: int, future: JobFuture) -> None:
         with self._lock:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing
 import sys
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -210,10 +212,17 @@ DEMO_TEMPLATE = {
 
 
 def _models_demo_cohort(args: argparse.Namespace) -> int:
-    from pipelines.cohort import write_cohort
+    from pipelines.cohort import cohort_plan
+    from pipelines.plan import run_tasks
 
-    paths = write_cohort(args.out, lesions=args.lesions, stability_cases=args.stability_cases,
-                         preset=args.preset, seed=args.seed, workers=args.workers)
+    plan = cohort_plan(args.out, lesions=args.lesions, stability_cases=args.stability_cases,
+                       preset=args.preset, seed=args.seed)
+    if args.workers > 1:  # the cases' features in spawned processes
+        with ProcessPoolExecutor(max_workers=args.workers,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            paths = run_tasks(plan, lambda fn, jobs: pool.map(fn, jobs, chunksize=4))
+    else:
+        paths = run_tasks(plan)
     template = {**DEMO_TEMPLATE, "domain": yaml.safe_load(paths["domain"].read_text())}
     template_path = args.out / "card-template.yaml"
     template_path.write_text(yaml.safe_dump(template, sort_keys=False, width=100),

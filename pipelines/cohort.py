@@ -23,7 +23,8 @@ high-frequency wavelet features by tens of site-A standard deviations, and a sit
 calls every site-B lesion high risk: the kernel dependence of texture features that
 multi-site radiomics studies report. Features are extracted by
 the pipeline's own code (``pipelines.rois.build_variants`` and
-``pipelines.features.extract_lesions``) with a preset, exactly as ``process_study`` does.
+``pipelines.features.features_plan``) with a preset, exactly as a job does
+(``pipelines.process.job_plan``).
 A second table re-extracts a subset of site A with a perturbed contour (axes scaled by
 ``1 + N(0, 0.05)``, centre moved by ``N(0, 0.5)`` mm), for the ICC stability filter.
 
@@ -34,9 +35,7 @@ from __future__ import annotations
 
 import csv
 import math
-import multiprocessing
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import yaml
 from scipy import ndimage
 
 from pipelines.features import extract_lesions
+from pipelines.plan import Tasks, run_tasks
 from pipelines.presets import Preset, load_preset
 from pipelines.rois import build_variants
 from pipelines.segmentation import Segment
@@ -149,7 +149,7 @@ def _phantom(case: Case, perturbed: bool) -> tuple[sitk.Image, sitk.Image]:
 
 def case_features(case: Case, preset: Preset, perturbed: bool = False) -> dict[str, float]:
     """``"<roi_variant>/<pyradiomics key>"`` -> value for every ROI variant of the case's
-    lesion, computed as ``process_study`` computes them."""
+    lesion, computed as a job computes them (``pipelines.process.measure``)."""
     image, mask = _phantom(case, perturbed)
     segment = Segment(1, "Lesion", mask, _ABNORMAL, _NEOPLASM, "MANUAL")
     rois = build_variants(image, segment, preset.rois.variants, preset.rois.hu_ranges, None)
@@ -197,12 +197,22 @@ def domain() -> dict[str, object]:
 
 
 def write_cohort(out_dir: str | Path, *, lesions: int = 200, stability_cases: int = 30,
-                 preset: str | Preset = "ct-liver-crlm", seed: int = 0,
-                 workers: int = 1) -> dict[str, Path]:
-    """Write the cohort to ``out_dir``: ``features-site-a.csv``, ``features-site-b.csv``,
-    ``features-site-a-reader2.csv`` (the first ``stability_cases`` of site A, perturbed
-    contours), ``outcomes-site-a.csv``, ``outcomes-site-b.csv`` and ``domain.yaml``; return
-    those paths by name. Site A gets 60 % of the lesions, site B the rest."""
+                 preset: str | Preset = "ct-liver-crlm", seed: int = 0) -> dict[str, Path]:
+    """:func:`cohort_plan` run in this process, case after case."""
+    return run_tasks(cohort_plan(out_dir, lesions=lesions, stability_cases=stability_cases,
+                                 preset=preset, seed=seed))
+
+
+def cohort_plan(out_dir: str | Path, *, lesions: int = 200, stability_cases: int = 30,
+                preset: str | Preset = "ct-liver-crlm", seed: int = 0
+                ) -> Generator[Tasks[tuple[Case, Preset, bool], dict[str, float]],
+                               list[dict[str, float]], dict[str, Path]]:
+    """A plan (``pipelines.plan``: one :class:`~pipelines.plan.Tasks` step, a case's features
+    per task, run wherever the caller maps it) that writes the cohort to ``out_dir``:
+    ``features-site-a.csv``, ``features-site-b.csv``, ``features-site-a-reader2.csv`` (the first
+    ``stability_cases`` of site A, perturbed contours), ``outcomes-site-a.csv``,
+    ``outcomes-site-b.csv`` and ``domain.yaml``; its result is those paths by name. Site A gets
+    60 % of the lesions, site B the rest."""
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,12 +222,7 @@ def write_cohort(out_dir: str | Path, *, lesions: int = 200, stability_cases: in
     site_b = [c for c in cases if c.site.name == "B"]
     reader2 = site_a[:stability_cases]
     jobs = [(c, preset, False) for c in cases] + [(c, preset, True) for c in reader2]
-    if workers > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            rows = list(pool.map(_job, jobs, chunksize=4))
-    else:
-        rows = [_job(job) for job in jobs]
+    rows = yield Tasks(_job, jobs)
     by_case = dict(zip([c.case_id for c in cases], rows[: len(cases)], strict=True))
     paths = {
         "features_a": out / "features-site-a.csv",

@@ -174,7 +174,7 @@ def build_derived_segmentation(
 ) -> DerivedSegmentation | None:
     """The SEG of the derived ROIs among ``rois`` (module docstring); None when every ROI is an
     unchanged lesion. ``masks[k]`` is the mask of ``rois[k]`` (``pipelines.rois.build_variants``
-    output, flattened in the order process_study builds ``rois``).
+    output, flattened in the order ``pipelines.process.measure`` builds ``rois``).
 
     Raises:
         DerivedSegmentationError: ``rois`` and ``masks`` differ in length or variant names.

@@ -21,9 +21,9 @@ repeating work (issue 4, "Speed of extraction"):
   all lesions and ROI variants and crops the filtered images around each lesion;
 * the work is split into one task per lesion and image type (LoG: per sigma), each computing
   that image type's features of all the lesion's ROI variants on arrays (no SimpleITK object
-  crosses a process boundary), merged back into pyradiomics' keys and order; the tasks run in
-  this process, in ``workers`` spawned processes, or through a caller's map function (the node
-  passes one that runs them on its Dask cluster).
+  crosses a process boundary), merged back into pyradiomics' keys and order; the tasks are a
+  step of a plan (:func:`features_plan`, ``pipelines.plan``) that whoever runs the plan maps
+  where it likes (this process, the node's task processes or its Dask cluster).
 
 Feature definitions follow IBSI 1 (Zwanenburg et al., Radiology 2020) where pyradiomics does;
 ``pipelines.codes`` records where it does not.
@@ -37,14 +37,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import multiprocessing
 import pickle
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import radiomics
@@ -53,6 +51,7 @@ from radiomics import generalinfo, imageoperations
 from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
 from pipelines import ibsi
+from pipelines.plan import Tasks, run_tasks
 from pipelines.preprocess import (
     Grid,
     PreprocessError,
@@ -66,7 +65,7 @@ from pipelines.preprocess import (
     union_grid,
 )
 from pipelines.presets import IbsiOptions, Preset
-from pipelines.radiomics_adapter import set_tolerance
+from pipelines.radiomics_adapter import default_settings, set_tolerance
 from pipelines.rois import RoiMask
 
 radiomics.setVerbosity(60)  # 60: pyradiomics' "quiet" level for its own stderr handler
@@ -218,7 +217,7 @@ class WindowData:
 
 @dataclass(frozen=True)
 class FeatureTask:
-    """The unit of work of :func:`extract_lesions`: one image type of one lesion, for every ROI
+    """The unit of work of :func:`features_plan`: one image type of one lesion, for every ROI
     variant of that lesion. ``head`` tasks (one per lesion) also compute pyradiomics' general
     diagnostics and the shape features, which do not depend on the image type; ``unit`` None
     is a head task of a preset whose image types yield no image."""
@@ -231,19 +230,6 @@ class FeatureTask:
 
 
 TaskResult = dict[str, dict[str, Any]]  # ROI variant name -> pyradiomics keys and values
-_Task = TypeVar("_Task")
-_Result = TypeVar("_Result")
-
-
-class TaskMap(Protocol):
-    """Runs a function on every task and returns the results in task order, like the builtin
-    ``map``: ``extract_lesions`` (and ``pipelines.parametric_map.compute_maps``) take one to run
-    their tasks elsewhere (e.g. on a Dask cluster)."""
-
-    def __call__(self, fn: Callable[[_Task], _Result], tasks: Iterable[_Task], /
-                 ) -> Iterable[_Result]: ...
-
-
 @dataclass(frozen=True)
 class LesionJob:
     """One lesion's inputs as cut from the source image.
@@ -389,7 +375,7 @@ def _ibsi_intensity_mask(image: sitk.Image, mask: sitk.Image, options: IbsiOptio
 
 def _window_settings(preset: Preset) -> dict[str, Any]:
     """The preset's settings for a window that is already resampled and normalised."""
-    settings = RadiomicsFeatureExtractor._getDefaultSettings()
+    settings = default_settings()
     settings.update(preset.settings)
     settings.update(label=1, normalize=False, resampledPixelSpacing=None)
     return settings
@@ -533,11 +519,26 @@ def extract_lesions(
     preset: Preset,
     *,
     zscore: Sequence[tuple[float, float] | None] | None = None,
-    workers: int = 1,
     names: Sequence[str] | None = None,
-    map_tasks: TaskMap | None = None,
 ) -> list[dict[str, RoiFeatures]]:
-    """Features of every ROI variant of every lesion: the values plain pyradiomics gives for
+    """:func:`features_plan` run in this process, task after task.
+
+    Raises:
+        FeatureError: as :func:`features_plan`.
+    """
+    return run_tasks(features_plan(image, lesions, preset, zscore=zscore, names=names))
+
+
+def features_plan(
+    image: sitk.Image,
+    lesions: Sequence[Sequence[RoiMask]],
+    preset: Preset,
+    *,
+    zscore: Sequence[tuple[float, float] | None] | None = None,
+    names: Sequence[str] | None = None,
+) -> Generator[Tasks[FeatureTask, TaskResult], list[TaskResult], list[dict[str, RoiFeatures]]]:
+    """A plan (``pipelines.plan``) whose result is the features of every ROI variant of every
+    lesion: the values plain pyradiomics gives for
     ``extract_features(image, on_full_grid(roi, image), preset)`` (to 1e-6 relative; see the
     module docstring for how work is shared).
 
@@ -547,10 +548,9 @@ def extract_lesions(
 
     The work is split into tasks (:class:`FeatureTask`, :func:`run_feature_task`), one per
     lesion and image type (one LoG sigma each), whose results are merged into the keys and
-    order of one pyradiomics ``execute`` per ROI. ``map_tasks`` runs them (e.g. on a Dask
-    cluster; like the builtin ``map``, results in task order); without it ``workers`` > 1 runs
-    them in that many spawned processes and 1 in this process, one lesion prepared at a time.
-    Every way gives the same values: each task computes what the serial path computes for its
+    order of one pyradiomics ``execute`` per ROI. The plan yields them as one
+    :class:`pipelines.plan.Tasks` step, lazily (run in order in one process, one lesion is
+    prepared at a time); wherever they run, each computes what the serial path computes for its
     image type, on the same arrays.
 
     Raises:
@@ -603,14 +603,7 @@ def extract_lesions(
         for rois, affine, name in zip(lesions, zscore, names, strict=True):
             yield from _lesion_tasks(lesion_job(rois, affine), preset, units, name)
 
-    if map_tasks is not None:
-        results = iter(map_tasks(run_feature_task, tasks()))
-    elif workers > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            results = iter(list(pool.map(run_feature_task, tasks())))
-    else:
-        results = map(run_feature_task, tasks())
+    results = iter((yield Tasks(run_feature_task, tasks())))
     merged = []
     for rois, name in zip(lesions, names, strict=True):
         values: dict[str, dict[str, Any]] = {roi.name: {} for roi in rois}

@@ -17,11 +17,11 @@ preset's ``maps.kernel_radius`` and ``maps.masked_kernel``; van Griethuysen et a
 The work is split into tasks (:class:`MapTask`: the crop as a NumPy array and the grids as
 numbers, no SimpleITK object and no path), one per lesion, pyradiomics feature class and run of
 ``BATCHES_PER_TASK`` of pyradiomics' voxel batches (``maps.voxel_batch`` voxels each, computed
-independently of one another), which run in spawned processes or through a caller's map
-function (the node passes one that runs them on its Dask cluster), as the feature tasks of
-``pipelines.features`` do; in this process, one task per lesion and class (each task resamples
-its crop once). Each returns pyradiomics' maps at its voxels; the job merges
-them and brings them back onto the source grid, so the maps are those of one extraction.
+independently of one another): a step of a plan (:func:`maps_plan`, ``pipelines.plan``) that
+whoever runs it maps where it likes, as the feature tasks of ``pipelines.features``; in one
+process, one task per lesion and class (each task resamples its crop once). Each returns
+pyradiomics' maps at its voxels; the job merges them and brings them back onto the source
+grid, so the maps are those of one extraction.
 
 Grey levels are discretised over the voxels the kernels see (pyradiomics: over the whole cropped
 image unless ``masked_kernel``), so a map value is not the feature of the same kernel discretised
@@ -49,9 +49,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import multiprocessing
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,9 +63,11 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
 from pipelines.codes import coding_schemes, feature_concept, ucum_unit
-from pipelines.features import ArrayImage, TaskMap, validated_extractor
+from pipelines.features import ArrayImage, validated_extractor
+from pipelines.plan import Tasks, run_tasks
 from pipelines.preprocess import Grid
 from pipelines.presets import IMAGE_INTERPOLATORS, Preset
+from pipelines.radiomics_adapter import keep_voxel_batches
 from pipelines.result_attributes import (
     CONTENT_CREATOR_NAME,
     copy_study_attributes,
@@ -126,10 +126,9 @@ BATCHES_PER_TASK = 8  # pyradiomics voxel batches (``maps.voxel_batch`` voxels e
 
 class _BatchRangeExtractor(RadiomicsFeatureExtractor):
     """pyradiomics' extractor that computes, in voxel-based extraction, only part ``k`` of ``n``
-    of each feature class's voxel batches: runs of ``voxelBatch`` voxels, in pyradiomics' order,
-    which ``RadiomicsFeaturesBase._calculateVoxels`` computes one after another, each on its own
-    voxels' kernels over the same discretised image; the other voxels keep ``initValue``. Every
-    batch is the batch the whole extraction computes, so its values are the same."""
+    of each feature class's voxel batches
+    (``pipelines.radiomics_adapter.keep_voxel_batches``); the other voxels keep ``initValue``.
+    Every batch is the batch the whole extraction computes, so its values are the same."""
 
     def __init__(self, params: dict[str, Any], part: tuple[int, int] = (0, 1)):
         super().__init__(params)
@@ -141,17 +140,11 @@ class _BatchRangeExtractor(RadiomicsFeatureExtractor):
         only), each class's voxels narrowed to this part's batches."""
         vector: dict[str, Any] = {}
         classes = getFeatureClasses()
-        number, parts = self.part
         for class_name, names in self.enabledFeatures.items():
             feature_class = classes[class_name](image, mask, **kwargs)
             for name in names:
                 feature_class.enableFeatureByName(name)
-            voxels = feature_class.labelledVoxelCoordinates
-            batch = feature_class.settings.get("voxelBatch", -1)
-            batch = batch if batch > 0 else max(voxels.shape[1], 1)
-            batches = -(-voxels.shape[1] // batch)
-            first, last = batches * number // parts, batches * (number + 1) // parts
-            feature_class.labelledVoxelCoordinates = voxels[:, first * batch:last * batch]
+            keep_voxel_batches(feature_class, self.part)
             for name, value in feature_class.execute().items():
                 vector[f"{image_type}_{class_name}_{name}"] = value
         return vector
@@ -183,7 +176,7 @@ def _extractor(preset: Preset, features: Sequence[str], part: tuple[int, int]
 
 @dataclass(frozen=True)
 class MapTask:
-    """The unit of work of :func:`compute_maps`: part ``part`` (k of n) of pyradiomics' voxel
+    """The unit of work of :func:`maps_plan`: part ``part`` (k of n) of pyradiomics' voxel
     batches of one lesion's maps for one pyradiomics feature class (``features``,
     ``<class>_<feature>`` in preset order), on arrays only, so that it runs in any process or on
     any machine with this package (no SimpleITK object, no path).
@@ -355,34 +348,35 @@ def _lesion_maps(lesion: Segment, tasks: Sequence[MapTask], results: Sequence[Ma
 
 
 def compute_maps(image: sitk.Image, lesions: Sequence[Segment], preset: Preset, *,
-                 features: Sequence[str] | None = None, workers: int = 1,
-                 map_tasks: TaskMap | None = None) -> list[LesionMaps]:
-    """The maps of ``features`` (every feature of ``preset.maps`` when None, else a subset of
-    them, e.g. one of :func:`map_feature_groups`) around every lesion (segments on ``image``'s
-    grid), in lesion order. The work is split into tasks (:class:`MapTask`,
-    :func:`run_map_task`), one per lesion, feature class and run of voxel batches, which
-    ``map_tasks`` runs (e.g. on a Dask cluster; like the builtin ``map``, results in task
-    order); without it ``workers`` > 1 runs them in that many spawned processes and 1 in this
-    process, one task per lesion and class (``lesion_map_tasks(split=False)``). Every task
-    computes the voxel batches the whole extraction computes, so the maps are the same.
+                 features: Sequence[str] | None = None) -> list[LesionMaps]:
+    """:func:`maps_plan` run in this process, one task per lesion and feature class.
+
+    Raises:
+        MapError: as :func:`maps_plan`.
+    """
+    return run_tasks(maps_plan(image, lesions, preset, features=features, split=False))
+
+
+def maps_plan(image: sitk.Image, lesions: Sequence[Segment], preset: Preset, *,
+              features: Sequence[str] | None = None, split: bool = True
+              ) -> Generator[Tasks[MapTask, MapTaskResult], list[MapTaskResult],
+                             list[LesionMaps]]:
+    """A plan (``pipelines.plan``) whose result is the maps of ``features`` (every feature of
+    ``preset.maps`` when None, else a subset of them, e.g. one of :func:`map_feature_groups`)
+    around every lesion (segments on ``image``'s grid), in lesion order. The work is one
+    :class:`pipelines.plan.Tasks` step (:class:`MapTask`, :func:`run_map_task`), one task per
+    lesion and feature class and, with ``split`` (for tasks that run side by side), per run of
+    voxel batches (:func:`lesion_map_tasks`). Every task computes the voxel batches the whole
+    extraction computes, so the maps are the same either way.
 
     Raises:
         MapError: a lesion is empty, pyradiomics refused a region, or left a voxel of a written
             region unmapped.
     """
     names = tuple(preset.maps.features if features is None else features)
-    parallel = map_tasks is not None or workers > 1
-    per_lesion = [lesion_map_tasks(image, lesion, preset, names, split=parallel)
+    per_lesion = [lesion_map_tasks(image, lesion, preset, names, split=split)
                   for lesion in lesions]
-    tasks = [task for lesion_tasks in per_lesion for task in lesion_tasks]
-    if map_tasks is not None:
-        results = list(map_tasks(run_map_task, tasks))
-    elif workers > 1:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            results = list(pool.map(run_map_task, tasks))
-    else:
-        results = [run_map_task(task) for task in tasks]
+    results = yield Tasks(run_map_task, [task for tasks in per_lesion for task in tasks])
     maps = []
     start = 0
     for lesion, lesion_tasks in zip(lesions, per_lesion, strict=True):

@@ -6,43 +6,48 @@ the duration of each stage (``StageTimes``).
 A segment the preset's ``rois.liver`` rule recognises as the liver is not a lesion: it is the
 reference region of a liver z-score and what rings are clipped to. Every other segment is a
 lesion and gets every ROI variant of the preset.
+
+A job is a plan (``pipelines.plan``, :func:`job_plan`) of stages: :func:`read_source`,
+:func:`preprocess`, :func:`measure` (the feature tasks), :func:`write_early` and
+:func:`write_maps`. The plan yields its tasks and writes and never runs anything concurrently,
+starts a process or calls back into the node: whoever runs it (``node.executor``) chooses where
+tasks and writes run, and what to do with the objects of an announced write.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import os
-import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any
 
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
 from models.package import ModelPackageError, load_package
-from pipelines import iod_lookup
 from pipelines.derived_seg import build_derived_segmentation
 from pipelines.evaluations import model_line, qc_lines
 from pipelines.feature_report import build_feature_report, feature_report_reference
-from pipelines.features import FeatureError, RoiFeatures, TaskMap, extract_lesions
-from pipelines.forked import ForkedCall, fork_available
+from pipelines.features import FeatureError, RoiFeatures, TaskResult, features_plan
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
 from pipelines.parametric_map import (
     LesionMaps,
     build_parametric_maps,
-    compute_maps,
     lesions_anatomic_region,
     map_feature_groups,
+    maps_plan,
 )
+from pipelines.plan import Gather, Laps, Pending, Plan, Tasks, Write, Written
 from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
 from pipelines.presets import Preset, RoiVariant, load_preset
 from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
 from pipelines.qc import QCReport, QCSettings, assess_roi, assess_series, worst_status
-from pipelines.qc.robustness import Perturbed, perturbed_features
+from pipelines.qc.robustness import Perturbed, perturbed_plan
 from pipelines.reading_report import build_reading_report, reading_report_reference
 from pipelines.results import RoiResult
 from pipelines.rois import RoiMask, build_variants, is_liver
@@ -50,7 +55,6 @@ from pipelines.segmentation import DecodedSegmentation, Segment, read_segmentati
 from pipelines.series import SeriesVolume, read_series
 from pipelines.summary import build_summary_image
 
-T = TypeVar("T")
 # The ROI variants of a measured liver segment: as drawn only (rings around an organ are not
 # perilesional tissue, and an organ is not eroded for a lesion's core).
 _ORGAN_VARIANTS = (RoiVariant(kind="intra"),)
@@ -126,18 +130,19 @@ class OutputObject:
 
 @dataclass(frozen=True)
 class StageTimes:
-    """Seconds each stage of one ``process_study`` call took (``time.perf_counter``), summed
+    """Seconds each stage of one job (:func:`job_plan`) took (``time.perf_counter``), summed
     over the times a stage ran: the stages follow one another (``extraction``, ``encode_maps``
     and ``writing`` again for each feature class of the maps, which come after the other
-    objects are written), so their sum is the call's duration.
+    objects are written), so their sum is the job's duration.
 
     ``extraction`` is the feature computation (per-ROI features, the eroded and dilated lesions
     of the robustness check, and the voxel-wise maps); the ``encode_*`` stages build the DICOM
     objects in memory, ``writing`` saves them and the CSVs. When quality control, the models,
     the report, derived SEG, summary image and the maps of every feature class but the last
-    ran beside the maps (``early_beside_maps``), their stages are in ``early_objects`` (seconds
-    in the child processes, summed, not part of the call's duration) and ``beside_maps`` is
-    what the call spent on them: starting the children, and waiting for them after the maps.
+    ran beside the maps (the ``beside`` writes of :func:`job_plan`, run in another process),
+    their stages are in ``early_objects`` (seconds in the child processes, summed, not part of
+    the job's duration) and ``beside_maps`` is what the job spent on them: starting the
+    children, and waiting for them after the maps.
     """
 
     read_series: float
@@ -162,7 +167,7 @@ class StageTimes:
 
     @property
     def total(self) -> float:
-        """Every stage together: the duration of the call."""
+        """Every stage together: the duration of the job."""
         return sum(self.as_dict().values())
 
     def as_dict(self) -> dict[str, float]:
@@ -174,29 +179,6 @@ class StageTimes:
         """:meth:`as_dict`, then ``early_objects.<stage>`` -> seconds in the child processes."""
         return {**self.as_dict(),
                 **{f"early_objects.{name}": value for name, value in self.early_objects.items()}}
-
-
-class _Laps:
-    """A stopwatch whose laps are stages: ``lap(name)`` adds the time since the previous lap."""
-
-    def __init__(self) -> None:
-        self._last = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
-        self._last = now
-
-
-@dataclass(frozen=True)
-class _Done(Generic[T]):
-    """What was done in the job's own process: its stages are in the job's laps already."""
-
-    value: T
-
-    def result(self) -> tuple[T, dict[str, float]]:
-        return self.value, {}
 
 
 @dataclass(frozen=True)
@@ -332,11 +314,119 @@ def _normalised(
     return image, [zscore_parameters(image, lesion.mask) for lesion in lesions]
 
 
-def _lesions_as_drawn(image: sitk.Image, lesions: Sequence[Segment],
-                      features: Sequence[dict[str, RoiFeatures]], preset: Preset,
-                      settings: QCSettings, zscores: Sequence[tuple[float, float] | None],
-                      names: Sequence[str], workers: int, map_tasks: TaskMap | None
-                      ) -> list[RoiFeatures | None]:
+@dataclass(frozen=True)
+class Study:
+    """A job's inputs, read and preprocessed: what every later stage reads.
+
+    ``lesions`` are the segments measured (every lesion, and a liver segment where the preset's
+    ``rois.liver.measure`` asks), ``livers`` the numbers of the segments the preset's liver rule
+    recognises, ``liver`` their union (None: no liver segment); ``image`` is the series after
+    N4 and a liver z-score, ``zscores`` each lesion's own z-score for an ROI reference, and
+    ``variants`` each lesion's ROI variants (``pipelines.rois.build_variants``)."""
+
+    volume: SeriesVolume
+    seg: DecodedSegmentation
+    liver: sitk.Image | None
+    livers: frozenset[int]
+    lesions: tuple[Segment, ...]
+    image: sitk.Image
+    zscores: tuple[tuple[float, float] | None, ...]
+    variants: tuple[tuple[RoiMask, ...], ...]
+    names: tuple[str, ...]  # each lesion as error messages name it
+
+    @property
+    def mapped(self) -> list[Segment]:
+        """The lesions the maps are computed around: every measured segment but the liver."""
+        return [lesion for lesion in self.lesions if lesion.number not in self.livers]
+
+
+def read_source(image_paths: Sequence[str | Path], preset: Preset) -> SeriesVolume:
+    """The series (``pipelines.series.read_series``), read as the preset asks; its SEG or
+    RTSTRUCT is read on its grid next (``pipelines.segmentation.read_segmentation``).
+
+    Raises:
+        ProcessError: the series' Modality (0008,0060) is not the preset's.
+    """
+    volume = read_series([Path(p) for p in image_paths],
+                         irregular_grid=preset.series.irregular_spacing)
+    if preset.modality is not None and volume.modality != preset.modality:
+        raise ProcessError(
+            f"{volume.paths[0]}: (0008,0060) Modality {volume.modality}; preset {preset.name} is "
+            f"for {preset.modality}"
+        )
+    return volume
+
+
+def preprocess(volume: SeriesVolume, seg: DecodedSegmentation, preset: Preset) -> Study:
+    """The lesions to measure, the normalised image and every lesion's ROI variants (module
+    docstring: a liver segment is the reference region, and gets only its ROI as drawn).
+
+    Raises:
+        ProcessError: no segment to measure, or a liver z-score without a liver segment.
+    """
+    liver = _liver_mask(seg, preset)
+    livers = frozenset(s.number for s in seg.segments if is_liver(s, preset.rois.liver))
+    lesions = [s for s in seg.segments if s.number not in livers or preset.rois.liver.measure]
+    if not lesions:
+        raise ProcessError(_nothing_to_measure(seg, preset))
+    image, zscores = _normalised(volume, lesions, liver, preset, seg.path)
+    variants = tuple(
+        tuple(build_variants(volume.image, lesion,
+                             _ORGAN_VARIANTS if lesion.number in livers
+                             else preset.rois.variants, preset.rois.hu_ranges, liver))
+        for lesion in lesions
+    )
+    return Study(volume, seg, liver, livers, tuple(lesions), image, tuple(zscores), variants,
+                 tuple(f"{seg.path}: segment {s.number} ({s.label})" for s in lesions))
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The features of a study: every ROI variant's (``rois``, ``summaries``), each lesion's as
+    drawn (the robustness check's reference) and its eroded and dilated ROIs' (None where the
+    check is off)."""
+
+    rois: tuple[RoiResult, ...]
+    summaries: tuple[LesionSummary, ...]
+    drawn: tuple[RoiFeatures | None, ...]
+    perturbed: tuple[Perturbed | None, ...]
+
+
+def measure(study: Study, preset: Preset, qc_settings: QCSettings
+            ) -> Generator[Tasks[Any, TaskResult], list[TaskResult], Measured]:
+    """A plan (``pipelines.plan``) of the study's feature tasks: every ROI variant of every
+    lesion (``pipelines.features.lesion_features``), the lesion as drawn where the preset has
+    no ``intra`` variant, and the eroded and dilated lesions of the robustness check
+    (``pipelines.qc.robustness.perturbed_plan``).
+
+    Raises:
+        FeatureError: pyradiomics refused a ROI variant.
+    """
+    features = yield from features_plan(study.image, study.variants, preset,
+                                          zscore=study.zscores, names=study.names)
+    drawn = yield from _lesions_as_drawn(study, features, preset, qc_settings)
+    perturbed: list[Perturbed | None] = (yield from perturbed_plan(
+        study.image, [(lesion.region, lesion.index) for lesion in study.lesions], preset,
+        qc_settings, zscore=study.zscores, names=study.names,
+    )) if qc_settings.feature_robustness else [None] * len(study.lesions)
+    rois = tuple(
+        RoiResult(lesion, by_name[roi.name], roi.name)
+        for lesion, lesion_rois, by_name in zip(study.lesions, study.variants, features,
+                                                strict=True)
+        for roi in lesion_rois
+    )
+    summaries = tuple(
+        LesionSummary(r.segment.number, r.segment.label, str(r.roi_variant),
+                      dict(r.features.values))
+        for r in rois
+    )
+    return Measured(rois, summaries, tuple(drawn), tuple(perturbed))
+
+
+def _lesions_as_drawn(study: Study, features: Sequence[dict[str, RoiFeatures]], preset: Preset,
+                      settings: QCSettings
+                      ) -> Generator[Tasks[Any, TaskResult], list[TaskResult],
+                                     list[RoiFeatures | None]]:
     """The features of each lesion as drawn, the reference of the robustness check: its
     ``intra`` variant, or, for a preset without one, extracted here from the same image with the
     same z-score (None when the check is off or pyradiomics refuses the lesion; the check then
@@ -345,11 +435,13 @@ def _lesions_as_drawn(image: sitk.Image, lesions: Sequence[Segment],
     missing = [n for n, original in enumerate(drawn) if original is None]
     if not settings.feature_robustness or not missing:
         return drawn
+    lesions = study.lesions
     try:
-        extracted = extract_lesions(
-            image, [[RoiMask("intra", lesions[n].region, lesions[n].index)] for n in missing],
-            preset, zscore=[zscores[n] for n in missing], names=[names[n] for n in missing],
-            workers=workers, map_tasks=map_tasks)
+        extracted = yield from features_plan(
+            study.image,
+            [[RoiMask("intra", lesions[n].region, lesions[n].index)] for n in missing],
+            preset, zscore=[study.zscores[n] for n in missing],
+            names=[study.names[n] for n in missing])
     except FeatureError:
         return drawn
     for n, by_name in zip(missing, extracted, strict=True):
@@ -357,222 +449,171 @@ def _lesions_as_drawn(image: sitk.Image, lesions: Sequence[Segment],
     return drawn
 
 
-def process_study(image_paths: Sequence[str | Path], seg_path: str | Path,
-                  preset: str | Path | Preset, out_dir: str | Path,
-                  *, workers: int = 1, qc_settings: QCSettings | None = None,
-                  models: Sequence[tuple[str | Path, str]] = (),
-                  map_tasks: TaskMap | None = None,
-                  on_early_objects: Callable[[tuple[OutputObject, ...]], None] | None = None,
-                  early_beside_maps: bool = False,
-                  ) -> PipelineResult:
-    """Compute the features of every ROI variant of every lesion segment of ``seg_path`` on the
-    series ``image_paths`` and write the TID 1500 SR (PS3.16 TID 1500) and a features CSV into
-    ``out_dir``. ``workers`` > 1 extracts lesions and maps in that many processes (the node runs
-    jobs in a process pool already and keeps 1); ``map_tasks`` runs extraction's per-lesion,
-    per-image-type tasks and the maps' tasks (per lesion, feature class and voxel batches) instead
-    (``pipelines.features.extract_lesions``, ``pipelines.parametric_map.compute_maps``; the
-    node's Dask executor passes one that runs them on the cluster). Quality control
-    (pipelines.qc) of the series and of each lesion, with ``qc_settings`` (defaults when None),
-    goes into ``qc.csv`` and the result.
-    ``models`` are (package path, pinned sha256) pairs: each package made for this preset runs
-    on every lesion, or says why not, in the result, the report and the summary image. The
-    result's ``timings`` give the seconds of each stage (``StageTimes``).
+def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: QCSettings,
+                models: Sequence[tuple[str | Path, str]], out: Path, laps: Laps
+                ) -> Written[_Early]:
+    """Quality control (``pipelines.qc``) and the models, then the reading and feature reports
+    (PS3.16 TID 1500), the derived SEG, the summary image and the CSVs, written into ``out``:
+    none of it depends on the maps. Stages are lapped on ``laps``."""
+    volume, seg, lesions, livers = study.volume, study.seg, study.lesions, study.livers
+    qc = (
+        assess_series(volume, qc_settings),
+        *(
+            assess_roi(volume, lesion.mask, qc_settings, reference_mask=study.liver,
+                       preset=preset, features=original, perturbed=lesion_perturbed,
+                       subject=f"segment {lesion.number} ({lesion.label})",
+                       organ=lesion.number in livers)
+            for lesion, original, lesion_perturbed in zip(lesions, measured.drawn,
+                                                          measured.perturbed, strict=True)
+        ),
+    )
+    lesion_qc = {lesion.number: report for lesion, report in zip(lesions, qc[1:], strict=True)}
+    laps.lap("qc")
+    applied = _apply_models(models, preset,
+                            [s for s in measured.summaries if s.segment_number not in livers],
+                            qc[0], lesion_qc, volume)
+    laps.lap("models")
+    rois = list(measured.rois)
+    masks = [mask for lesion_rois in study.variants for mask in lesion_rois]
+    derived = build_derived_segmentation(volume, seg, rois, masks, preset)
+    laps.lap("encode_derived_seg")
+    outputs = {number: [r.outcome for r in applied.results if r.segment_number == number]
+               for number in lesion_qc}
+    reading = build_reading_report(
+        volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, models=outputs,
+        feature_report=feature_report_reference(volume, seg.sop_instance_uid, preset),
+    )
+    report = build_feature_report(
+        volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, derived=derived,
+        models=outputs,
+        reading_report=None if reading is None
+        else reading_report_reference(volume, seg.sop_instance_uid, preset),
+    )
+    laps.lap("encode_report")
+    labels = {lesion.number: lesion.label for lesion in lesions}
+    summary = build_summary_image(
+        volume, rois, masks, preset_name=preset.name, preset_hash=preset.hash,
+        seg_sop_instance_uid=seg.sop_instance_uid, qc_lines=qc_lines(qc),
+        model_lines=[*(model_line(labels[r.segment_number], r.outcome)
+                       for r in applied.results), *applied.errors]
+        or [f"No model applied: none is configured for preset {preset.name}."],
+        not_for_diagnostic_use=True,
+        intensity_unit="HU" if volume.modality == "CT" and preset.preprocessing.zscore is None
+        else "1",
+    )
+    laps.lap("encode_summary")
+    written = tuple(_write_object(out, dataset)
+                    for dataset in (*([reading] if reading else []), report,
+                                    *([derived.dataset] if derived else []), summary))
+    del reading, report, derived, summary  # written: not held while the maps are computed
+    _write_features_csv(out / "features.csv", preset, measured.summaries,
+                        volume.series_instance_uid)
+    _write_qc_csv(out / "qc.csv", qc)
+    laps.lap("writing")
+    return Written(written, _Early(written, qc, applied))
 
-    The voxel-wise parametric maps depend on no feature, and no other object depends on them, so
-    they are computed last: the report, the derived SEG and the summary image (and the CSVs) are
-    written first, and ``on_early_objects`` is called with those objects then (when the preset
-    computes maps), so that a caller can send them on while the maps are computed (the node's
-    outbox delivers them; on the demo study the maps are three quarters of the extraction's
-    time: docs/history/performance.md, "End to end", fifth round). The maps are then computed,
-    encoded and written
-    one pyradiomics feature class at a time (``pipelines.parametric_map.map_feature_groups``),
-    and ``on_early_objects`` is called with each class's maps but the last, which go out with
-    the result. The result lists every object, the early ones too.
 
-    With ``early_beside_maps`` (the node's local job workers), quality control and the models
-    run, the report, derived SEG, summary image and CSVs are encoded and written, and
-    ``on_early_objects`` called, by a forked child process (``pipelines.forked``) while this one
-    computes the maps, on another core (an error there fails the call once the maps are done),
-    and each class's maps but the last are encoded, written and announced by another while
-    the next class is computed; the result is the same (same objects and bytes, in the same
-    order). Without maps, or where the platform does not fork, all is done here."""
-    laps = _Laps()
-    iod_lookup.memoise()  # highdicom's look-ups for each source image, once per SOP class
+def write_maps(study: Study, lesion_maps: Sequence[LesionMaps], preset: Preset, out: Path,
+               laps: Laps) -> Written[tuple[OutputObject, ...]]:
+    """One feature class's Parametric Maps (PS3.3 A.75), encoded
+    (``pipelines.parametric_map.build_parametric_maps``) and written into ``out``."""
+    maps = build_parametric_maps(
+        study.volume, list(lesion_maps), preset, seg_sop_instance_uid=study.seg.sop_instance_uid,
+        anatomic_region=lesions_anatomic_region(study.seg,
+                                                [m.segment_number for m in lesion_maps]))
+    laps.lap("encode_maps")
+    written = tuple(_write_object(out, dataset) for dataset in maps)
+    laps.lap("writing")
+    return Written(written, written)
+
+
+def job_plan(image_paths: Sequence[str | Path], seg_path: str | Path,
+             preset: str | Path | Preset, out_dir: str | Path, *,
+             qc_settings: QCSettings | None = None,
+             models: Sequence[tuple[str | Path, str]] = (),
+             split_maps: bool = False) -> Plan[PipelineResult]:
+    """The plan (``pipelines.plan``) of one job: compute the features of every ROI variant of
+    every lesion segment of ``seg_path`` on the series ``image_paths`` and write the TID 1500
+    reports (PS3.16 TID 1500), derived SEG, summary image, Parametric Maps and the features and
+    QC CSVs into ``out_dir``. Quality control (``pipelines.qc``) uses ``qc_settings``
+    (defaults when None). ``models`` are (package path, pinned sha256) pairs: each package made
+    for this preset runs on every lesion, or says why not, in the result, the reports and the
+    summary image. ``split_maps`` splits each lesion's maps into runs of voxel batches, for a
+    runner that runs tasks side by side (``pipelines.parametric_map.lesion_map_tasks``).
+
+    Stages, in order: :func:`read_source`, ``read_segmentation``, :func:`preprocess`,
+    :func:`measure` (feature tasks), then the objects that do not depend on the maps
+    (:func:`write_early`: QC, models, reports, derived SEG, summary image, CSVs), then per
+    pyradiomics feature class (``pipelines.parametric_map.map_feature_groups``) the map tasks
+    and :func:`write_maps`.
+    The voxel-wise maps depend on no feature and no other object depends on them, so the early
+    objects and each class's maps but the last are :class:`pipelines.plan.Write` steps with
+    ``beside`` (a runner may write them while the next maps are computed) and ``announce`` (a
+    runner may deliver them at once) where the preset computes maps. Every runner writes the
+    same objects, with the same bytes, in the same order. The result's ``timings`` give the
+    seconds of each stage (``StageTimes``).
+
+    Raises:
+        ProcessError, FeatureError, MapError and the readers' errors: inputs the preset cannot
+            process, each naming file, attribute and reason.
+    """
+    laps = Laps()
     preset = preset if isinstance(preset, Preset) else load_preset(preset)
+    qc_settings = qc_settings or QCSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    volume = read_series([Path(p) for p in image_paths],
-                         irregular_grid=preset.series.irregular_spacing)
+    volume = read_source(image_paths, preset)
     laps.lap("read_series")
-    if preset.modality is not None and volume.modality != preset.modality:
-        raise ProcessError(
-            f"{volume.paths[0]}: (0008,0060) Modality {volume.modality}; preset {preset.name} is "
-            f"for {preset.modality}"
-        )
     seg = read_segmentation(Path(seg_path), volume,
                             fractional_threshold=preset.segmentation.fractional_threshold)
     laps.lap("read_segmentation")
-    liver = _liver_mask(seg, preset)
-    livers = {s.number for s in seg.segments if is_liver(s, preset.rois.liver)}
-    # the segments measured: every lesion, and the liver itself where the preset asks
-    lesions = [s for s in seg.segments
-               if s.number not in livers or preset.rois.liver.measure]
-    if not lesions:
-        raise ProcessError(_nothing_to_measure(seg, preset))
-    image, zscores = _normalised(volume, lesions, liver, preset, Path(seg_path))
-    variants = [
-        build_variants(volume.image, lesion,
-                       _ORGAN_VARIANTS if lesion.number in livers
-                       else preset.rois.variants, preset.rois.hu_ranges, liver)
-        for lesion in lesions
-    ]
+    study = preprocess(volume, seg, preset)
     laps.lap("preprocessing")
-    names = [f"{seg_path}: segment {s.number} ({s.label})" for s in lesions]
-    features = extract_lesions(image, variants, preset, zscore=zscores, workers=workers,
-                               map_tasks=map_tasks, names=names)
-    qc_settings = qc_settings or QCSettings()
-    drawn = _lesions_as_drawn(image, lesions, features, preset, qc_settings, zscores, names,
-                              workers, map_tasks)
-    perturbed: list[Perturbed | None] = perturbed_features(
-        image, [(lesion.region, lesion.index) for lesion in lesions], preset, qc_settings,
-        zscore=zscores, names=names, workers=workers, map_tasks=map_tasks,
-    ) if qc_settings.feature_robustness else [None] * len(lesions)
+    measured = yield from measure(study, preset, qc_settings)
     laps.lap("extraction")
-    rois = [
-        RoiResult(lesion, by_name[roi.name], roi.name)
-        for lesion, lesion_rois, by_name in zip(lesions, variants, features, strict=True)
-        for roi in lesion_rois
-    ]
-    summaries = tuple(
-        LesionSummary(r.segment.number, r.segment.label, str(r.roi_variant),
-                      dict(r.features.values))
-        for r in rois
-    )
-    masks = [mask for lesion_rois in variants for mask in lesion_rois]
-    mapped = [lesion for lesion in lesions if lesion.number not in livers]
+    mapped = study.mapped
     groups = map_feature_groups(preset) if preset.maps.enabled and mapped else []
-    features_csv = out / "features.csv"
-    qc_csv = out / "qc.csv"
-
-    def assess_and_write_early(stages: _Laps) -> tuple[_Early, dict[str, float]]:
-        """Quality control and the models, then the report, derived SEG, summary image and
-        CSVs, written and announced: none of it depends on the maps."""
-        qc = (
-            assess_series(volume, qc_settings),
-            *(
-                assess_roi(volume, lesion.mask, qc_settings, reference_mask=liver, preset=preset,
-                           features=original, perturbed=lesion_perturbed,
-                           subject=f"segment {lesion.number} ({lesion.label})",
-                           organ=lesion.number in livers)
-                for lesion, original, lesion_perturbed in zip(lesions, drawn, perturbed,
-                                                              strict=True)
-            ),
-        )
-        lesion_qc = {lesion.number: report for lesion, report in zip(lesions, qc[1:],
-                                                                       strict=True)}
-        stages.lap("qc")
-        applied = _apply_models(models, preset,
-                                [s for s in summaries if s.segment_number not in livers], qc[0],
-                                lesion_qc, volume)
-        stages.lap("models")
-        derived = build_derived_segmentation(volume, seg, rois, masks, preset)
-        stages.lap("encode_derived_seg")
-        outputs = {number: [r.outcome for r in applied.results if r.segment_number == number]
-                   for number in lesion_qc}
-        reading = build_reading_report(
-            volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, models=outputs,
-            feature_report=feature_report_reference(volume, seg.sop_instance_uid, preset),
-        )
-        report = build_feature_report(
-            volume, seg, rois, preset, series_qc=qc[0], lesion_qc=lesion_qc, derived=derived,
-            models=outputs,
-            reading_report=None if reading is None
-            else reading_report_reference(volume, seg.sop_instance_uid, preset),
-        )
-        stages.lap("encode_report")
-        labels = {lesion.number: lesion.label for lesion in lesions}
-        summary = build_summary_image(
-            volume, rois, masks, preset_name=preset.name, preset_hash=preset.hash,
-            seg_sop_instance_uid=seg.sop_instance_uid, qc_lines=qc_lines(qc),
-            model_lines=[*(model_line(labels[r.segment_number], r.outcome)
-                           for r in applied.results), *applied.errors]
-            or [f"No model applied: none is configured for preset {preset.name}."],
-            not_for_diagnostic_use=True,
-            intensity_unit="HU" if volume.modality == "CT" and preset.preprocessing.zscore is None
-            else "1",
-        )
-        stages.lap("encode_summary")
-        written = tuple(_write_object(out, dataset)
-                        for dataset in (*([reading] if reading else []), report,
-                                        *([derived.dataset] if derived else []), summary))
-        del reading, report, derived, summary  # written: not held while the maps are computed
-        _write_features_csv(features_csv, preset, summaries, volume.series_instance_uid)
-        _write_qc_csv(qc_csv, qc)
-        if on_early_objects is not None and groups:
-            on_early_objects(written)
-        stages.lap("writing")
-        return _Early(written, qc, applied), stages.seconds
-
-    def write_maps(lesion_maps: list[LesionMaps], announce: bool,
-                   stages: _Laps) -> tuple[tuple[OutputObject, ...], dict[str, float]]:
-        """One feature class's maps, encoded, written and (but the last class's) announced."""
-        maps = build_parametric_maps(
-            volume, lesion_maps, preset, seg_sop_instance_uid=seg.sop_instance_uid,
-            anatomic_region=lesions_anatomic_region(seg, [m.segment_number for m in lesion_maps]))
-        stages.lap("encode_maps")
-        written = tuple(_write_object(out, dataset) for dataset in maps)
-        if on_early_objects is not None and announce:
-            on_early_objects(written)
-        stages.lap("writing")
-        return written, stages.seconds
-
-    # the report's batch first, then each class's maps: run here, or beside the maps by a
-    # forked child
-    beside = early_beside_maps and bool(groups) and fork_available()
-    first: _Done[_Early] | ForkedCall[tuple[_Early, dict[str, float]]]
-    if beside:
-        first = ForkedCall(lambda: assess_and_write_early(_Laps()),
-                           "quality control, the models, the report, derived SEG and summary")
+    early = yield Write(
+        "quality control, the models, the report, derived SEG and summary",
+        functools.partial(write_early, study, measured, preset, qc_settings, models, out),
+        laps, beside=bool(groups), announce=bool(groups))
+    if early.beside:
         laps.lap("beside_maps")
-    else:
-        first = _Done(assess_and_write_early(laps)[0])
-    batches: list[_Done[tuple[OutputObject, ...]]
-                  | ForkedCall[tuple[tuple[OutputObject, ...], dict[str, float]]]] = []
+    pending: list[Pending[Any]] = [early]
     for position, group in enumerate(groups):
-        lesion_maps = compute_maps(image, mapped, preset, features=group, workers=workers,
-                                   map_tasks=map_tasks)
+        lesion_maps = yield from maps_plan(study.image, mapped, preset, features=group,
+                                           split=split_maps)
         laps.lap("extraction")
         last = position == len(groups) - 1
-        if beside and not last:  # written while the next class is computed
-            batches.append(ForkedCall(lambda maps=lesion_maps: write_maps(maps, True, _Laps()),
-                                      f"the maps of {', '.join(group)}"))
+        written = yield Write(f"the maps of {', '.join(group)}",
+                              functools.partial(write_maps, study, lesion_maps, preset, out),
+                              laps, beside=not last, announce=not last)
+        if written.beside:
             laps.lap("beside_maps")
-        else:
-            batches.append(_Done(write_maps(lesion_maps, not last, laps)[0]))
+        pending.append(written)
         del lesion_maps
-    early, early_child_stages = first.result()
-    outcomes = [batch.result() for batch in batches]
-    if beside:
+    (qc_models, early_child_stages), *outcomes = yield Gather(pending)
+    if any(p.beside for p in pending):
         laps.lap("beside_maps")
     early_stages = dict(early_child_stages)
     for _, child_stages in outcomes:
         for stage, seconds in child_stages.items():
             early_stages[stage] = early_stages.get(stage, 0.0) + seconds
-    objects = (*early.objects, *(obj for written, _ in outcomes for obj in written))
+    objects = (*qc_models.objects, *(obj for written, _ in outcomes for obj in written))
     return PipelineResult(
         source_series_uid=volume.series_instance_uid,
         seg_sop_instance_uid=seg.sop_instance_uid,
         study_instance_uid=volume.study_instance_uid,
         preset=preset.name,
         preset_hash=preset.hash,
-        lesions=summaries,
+        lesions=measured.summaries,
         objects=objects,
-        features_csv=features_csv,
-        qc=early.qc,
-        qc_csv=qc_csv,
+        features_csv=out / "features.csv",
+        qc=qc_models.qc,
+        qc_csv=out / "qc.csv",
         timings=StageTimes(**{f.name: laps.seconds.get(f.name, 0.0) for f in fields(StageTimes)
                               if f.name != "early_objects"}, early_objects=early_stages),
-        models=early.models.results,
-        model_errors=early.models.errors,
+        models=qc_models.models.results,
+        model_errors=qc_models.models.errors,
         not_measured=seg.not_measured,
     )

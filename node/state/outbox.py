@@ -48,9 +48,10 @@ class OutboxStore:
 
     def queue_early(self, job_id: int, deliveries: list[tuple[str, str, str]]) -> None:
         """Queue (destination, path, SOP Instance UID) deliveries of a job that is still running:
-        the objects its pipeline wrote before its parametric maps
-        (``pipelines.process.process_study``'s ``on_early_objects``). ``JobStore.finish`` queues
-        them again with the rest, which changes nothing (one row per destination and object)."""
+        the objects its pipeline wrote before its parametric maps, as the job runner is told of
+        them (``node.jobs``; the announced writes of ``pipelines.process.job_plan``).
+        ``JobStore.finish`` queues them again with the rest, which changes nothing (one row per
+        destination and object)."""
         with self._db.transaction() as db:
             now = self._clock.time()
             if queue_deliveries(db, job_id, deliveries, now):

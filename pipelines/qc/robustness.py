@@ -10,16 +10,17 @@ value on the original ROI is flagged. A feature that is 0 on the original ROI co
 without limit when a perturbed ROI gives anything else.
 
 Cost: two extractions more than the plain one, each at the preset's full settings;
-``QCSettings.feature_robustness`` turns it off. :func:`perturbed_features` runs them for every
+``QCSettings.feature_robustness`` turns it off. :func:`perturbed_plan` plans them for every
 lesion of a study as extraction tasks (``pipelines.process`` does so in its extraction stage,
-on the executor's workers), :func:`feature_robustness` compares.
+run where the node runs the job's tasks), :func:`feature_robustness` compares.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,10 +28,11 @@ import SimpleITK as sitk
 from pipelines.features import (
     FeatureError,
     RoiFeatures,
-    TaskMap,
+    TaskResult,
     extract_features,
-    extract_lesions,
+    features_plan,
 )
+from pipelines.plan import Tasks, run_tasks
 from pipelines.presets import Preset
 from pipelines.qc.report import QCCheck, QCReport
 from pipelines.qc.settings import QCSettings
@@ -99,14 +101,25 @@ def perturbed_features(
     *,
     zscore: Sequence[tuple[float, float] | None] | None = None,
     names: Sequence[str] | None = None,
-    workers: int = 1,
-    map_tasks: TaskMap | None = None,
 ) -> list[Perturbed]:
-    """The eroded and dilated ROI of each lesion, given as (0/1 mask region, its index on the
-    grid of ``image``), with their features: extracted by one
-    :func:`pipelines.features.extract_lesions` call, with the image, z-scores, workers and
-    ``map_tasks`` the lesions' own features were extracted with. When pyradiomics refuses one
-    of them, each is extracted on its own to tell which, and the refused ones carry the reason.
+    """:func:`perturbed_plan` run in this process."""
+    return run_tasks(perturbed_plan(image, lesions, preset, settings, zscore=zscore, names=names))
+
+
+def perturbed_plan(
+    image: sitk.Image,
+    lesions: Sequence[tuple[sitk.Image, Sequence[int]]],
+    preset: Preset,
+    settings: QCSettings,
+    *,
+    zscore: Sequence[tuple[float, float] | None] | None = None,
+    names: Sequence[str] | None = None,
+) -> Generator[Tasks[Any, TaskResult], list[TaskResult], list[Perturbed]]:
+    """A plan (``pipelines.plan``) whose result is the eroded and dilated ROI of each lesion,
+    given as (0/1 mask region, its index on the grid of ``image``), with their features: one
+    :func:`pipelines.features.features_plan` plan, with the image and z-scores the lesions'
+    own features were extracted with. When pyradiomics refuses one of them, each is extracted
+    on its own to tell which, and the refused ones carry the reason.
     """
     names = list(names) if names is not None else [f"lesion {n}" for n in range(len(lesions))]
     zscore = list(zscore) if zscore is not None else [None] * len(lesions)
@@ -116,20 +129,21 @@ def perturbed_features(
     todo = [n for n, lesion_rois in enumerate(present) if lesion_rois]
 
     def extract(numbers: Sequence[int], chosen: Sequence[Sequence[RoiMask]]
-                ) -> list[dict[str, RoiFeatures]]:
-        return extract_lesions(image, chosen, preset, zscore=[zscore[n] for n in numbers],
-                               names=[names[n] for n in numbers], workers=workers,
-                               map_tasks=map_tasks)
+                ) -> Generator[Tasks[Any, TaskResult], list[TaskResult],
+                               list[dict[str, RoiFeatures]]]:
+        return features_plan(image, chosen, preset, zscore=[zscore[n] for n in numbers],
+                               names=[names[n] for n in numbers])
 
     found: dict[tuple[int, str], RoiFeatures | str] = {}
     try:
-        for n, by_name in zip(todo, extract(todo, [present[n] for n in todo]), strict=True):
+        extracted = yield from extract(todo, [present[n] for n in todo])
+        for n, by_name in zip(todo, extracted, strict=True):
             found.update(((n, name), features) for name, features in by_name.items())
     except FeatureError:
         for n in todo:
             for roi in present[n]:
                 try:
-                    found[(n, roi.name)] = extract([n], [[roi]])[0][roi.name]
+                    found[(n, roi.name)] = (yield from extract([n], [[roi]]))[0][roi.name]
                 except FeatureError as error:
                     found[(n, roi.name)] = str(error)
     results: list[Perturbed] = []

@@ -737,7 +737,7 @@ SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 
 @dataclass(frozen=True)
 class DemoOutputs:
-    """The synthetic study (CT slices, its lesion SEG) and what ``process_study`` wrote for it
+    """The synthetic study (CT slices, its lesion SEG) and what ``job_plan`` wrote for it
     with ct-liver-crlm and the shipped demonstration model: the reading report (the SR a viewer
     shows), every other SR, the derived SEG, the parametric maps and the summary image."""
 
@@ -760,13 +760,14 @@ def make_demo_outputs(workdir: Path) -> DemoOutputs:
     """Write the synthetic study of :data:`DEMO_SHAPE` under ``workdir/study`` and process it
     into ``workdir/results``."""
     from models.shipped import DEMO_PACKAGE, DEMO_SHA256
-    from pipelines.process import process_study
+    from node.executor import run_in_process
+    from pipelines.process import job_plan
     from pipelines.synthetic import write_synthetic_study
 
     study = write_synthetic_study(workdir / "study", shape=DEMO_SHAPE)
     started = time.monotonic()
-    result = process_study(study.ct_paths, study.seg_path, "ct-liver-crlm",
-                           workdir / "results", models=[(DEMO_PACKAGE, DEMO_SHA256)])
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, "ct-liver-crlm",
+                                     workdir / "results", models=[(DEMO_PACKAGE, DEMO_SHA256)]))
     seconds = time.monotonic() - started
     report = result.reading_report
     by_class: dict[str, list[Path]] = {}

@@ -1,5 +1,5 @@
 """Readers written by others read every object the demo writes (issue 17, item 4): the demo's
-synthetic study through ``pipelines.process.process_study`` with the preset ct-liver-crlm and the
+synthetic study through ``pipelines.process.job_plan`` with the preset ct-liver-crlm and the
 shipped demo model, once per module (shared by the xdist workers of a run), then
 
 * dcmqi: ``tid1500reader`` parses both reports, and every value it extracts from the feature
@@ -47,9 +47,10 @@ from pydicom.uid import (
 from pydicom.valuerep import DS
 
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
+from node.executor import run_in_process
 from pipelines.codes import PRIVATE_SCHEME, feature_concept, image_filter_concept
 from pipelines.inference import ModelOutput
-from pipelines.process import PipelineResult, process_study
+from pipelines.process import PipelineResult, job_plan
 from pipelines.synthetic import write_synthetic_study
 from tests.integration import readers
 from tests.unit.outputs_case import dciodvfy
@@ -99,8 +100,8 @@ class Demo:
 
 def _build_demo(directory: Path) -> Demo:
     study = write_synthetic_study(directory / "study", shape=SHAPE)
-    result = process_study(study.ct_paths, study.seg_path, PRESET, directory / "results",
-                           models=[(DEMO_PACKAGE, DEMO_SHA256)])
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, PRESET, directory / "results",
+                                     models=[(DEMO_PACKAGE, DEMO_SHA256)]))
     with result.features_csv.open(newline="") as handle:
         rows = tuple(csv.DictReader(handle))
     modality = str(pydicom.dcmread(study.ct_paths[0], stop_before_pixels=True).Modality)

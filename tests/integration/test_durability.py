@@ -30,7 +30,8 @@ from pynetdicom.sop_class import (
     SegmentationStorage,
 )
 
-from pipelines.process import process_study
+from node.executor import run_in_process
+from pipelines.process import job_plan
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
 from tests.integration.peers import NodeService, require_tools
@@ -223,7 +224,8 @@ def test_sigkill_during_job_and_delivery_gives_each_result_once(
         slow.close()
     [(_, state, attempts)] = _jobs(node)
     assert state == "done" and attempts == 2
-    offline = process_study(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path / "offline")
+    offline = run_in_process(job_plan(study.ct_paths, study.seg_path, "ct-liver-basic",
+                                       tmp_path / "offline"))
     expected = {obj.sop_instance_uid for obj in offline.objects}
     assert set(slow.received) == expected  # the same UIDs, whichever run made them
     _record(test="sigkill during job and delivery", kills=2, job_attempts=attempts,

@@ -1,6 +1,6 @@
 """The node's result objects as OHIF Viewer 3.13.2 shows them (issue 17, item 4).
 
-The synthetic demo study goes through ``process_study`` (ct-liver-crlm, the shipped model); its
+The synthetic demo study goes through ``job_plan`` (ct-liver-crlm, the shipped model); its
 CT, its lesion SEG and every result object are stored in Debian's Orthanc with the DICOMweb
 plugin; OHIF's prebuilt bundle (npm ``@ohif/app``, installed by scripts/ohif.sh) is served with
 a same-origin proxy to Orthanc's ``/dicom-web/`` and driven in headless system Chromium by
@@ -123,7 +123,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         summary=Path(fields["summary"]), seconds=fields["seconds"])
     observed = record["observed"]
     timings = ", ".join(f"{k} {v:.1f}" for k, v in observed["timings"].items())
-    print(f"\nOHIF {ohif.OHIF_VERSION} (seconds): {timings}; process_study "
+    print(f"\nOHIF {ohif.OHIF_VERSION} (seconds): {timings}; job_plan "
           f"{outputs.seconds:.1f} s; DICOMweb {observed['proxied']['requests']} requests, "
           f"{observed['proxied']['bytes'] / 1e6:.2f} MB; scrolled before painting: "
           f"{observed['nudged'] or 'none'}; screenshots in {shared / 'shots'}")

@@ -15,8 +15,9 @@ import highdicom as hd
 import pydicom
 import pytest
 
+from node.executor import run_in_process
 from pipelines.codes import feature_concept
-from pipelines.process import process_study
+from pipelines.process import job_plan
 from pipelines.synthetic import write_synthetic_study
 from tests.integration.peers import node_service, orthanc, require_tools
 
@@ -63,7 +64,8 @@ def test_study_in_report_back_in_orthanc(tmp_path: Path) -> None:
     assert dataset.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
     assert dciodvfy_errors(sr_path) == []
 
-    offline = process_study(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path / "offline")
+    offline = run_in_process(job_plan(study.ct_paths, study.seg_path, "ct-liver-basic",
+                                       tmp_path / "offline"))
     assert offline.report.sop_instance_uid == dataset.SOPInstanceUID  # deterministic UIDs
 
     seg = pydicom.dcmread(study.seg_path)

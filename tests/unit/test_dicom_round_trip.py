@@ -1,4 +1,4 @@
-"""pyradiomics' brain2 and breast1 as DICOM MR + SEG through process_study: the SR carries the
+"""pyradiomics' brain2 and breast1 as DICOM MR + SEG through a job (``job_plan``): the SR has the
 values extract_features gives on the NRRD files (issue 4, "DICOM round trip").
 
 brain2's NRRD grid is left-handed (direction diag(1, -1, 1)). A DICOM image's slice normal is
@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from node.executor import run_in_process
 from pipelines.codes import feature_concept
 from pipelines.features import extract_features
-from pipelines.process import process_study
+from pipelines.process import job_plan
 from tests.nrrd_dicom import baseline_preset, convert_case, sr_values
 
 RELATIVE_TOLERANCE = 1e-6
@@ -50,7 +51,8 @@ def test_sr_values_equal_the_nrrd_features(
         expected = {k: right_handed[k] if k in MESH_SURFACE else v for k, v in expected.items()}
     converted = convert_case(data_dir, case, tmp_path / "dicom")
 
-    result = process_study(converted.mr_paths, converted.seg_path, preset, tmp_path / "out")
+    result = run_in_process(job_plan(converted.mr_paths, converted.seg_path, preset,
+                                      tmp_path / "out"))
 
     sr = result.report
     values = sr_values(sr.path)

@@ -20,12 +20,12 @@ import pydicom
 import pytest
 
 from node.config import Destination, NodeConfig
-from node.executor import run_shipped_job, unpack
+from node.executor import run_in_process, run_shipped_job, unpack
 from node.jobs import JobRunner
 from node.state import Index
 from node.state.instances import InstanceRow
 from pipelines.presets import MapOptions, load_preset
-from pipelines.process import process_study
+from pipelines.process import job_plan
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 distributed = pytest.importorskip("distributed")
@@ -131,7 +131,7 @@ def test_map_tasks_run_on_the_cluster_and_give_the_local_maps(
     preset = basic.model_copy(update={"name": "basic-maps", "maps": MapOptions(
         enabled=True, features=("firstorder_Mean", "glcm_Contrast"), kernel_radius=1,
         margin_mm=2.0)})
-    local = process_study(study.ct_paths, study.seg_path, preset, tmp_path / "local")
+    local = run_in_process(job_plan(study.ct_paths, study.seg_path, preset, tmp_path / "local"))
     with distributed.Client(cluster.scheduler_address) as client, \
             distributed.get_task_stream(client) as stream:
         future = client.submit(run_shipped_job, [p.read_bytes() for p in study.ct_paths],
@@ -172,7 +172,7 @@ def test_worker_killed_running_a_feature_task_does_not_change_the_result(
     basic = load_preset("ct-liver-basic")
     preset = basic.model_copy(update={"name": "basic-log", "radiomics": {
         **basic.radiomics, "imageType": {"Original": {}, "LoG": {"sigma": [2.0, 3.0]}}}})
-    local = process_study(study.ct_paths, study.seg_path, preset, tmp_path / "local")
+    local = run_in_process(job_plan(study.ct_paths, study.seg_path, preset, tmp_path / "local"))
     killer = _KillFirstFeatureTaskWorker(cluster.scheduler)
     cluster.scheduler.add_plugin(killer, name="kill-first-feature-task")
     try:

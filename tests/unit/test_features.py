@@ -26,8 +26,10 @@ from pipelines.features import (
     TaskResult,
     extract_features,
     extract_lesions,
+    features_plan,
     validated_extractor,
 )
+from pipelines.plan import run_tasks
 from pipelines.presets import Preset, load_preset
 from pipelines.rois import RoiMask
 
@@ -159,7 +161,7 @@ def test_pyradiomics_info_logging_is_kept_off_stderr(
 
 
 def test_tasks_run_anywhere_give_the_serial_values_in_the_serial_order(tmp_path: Path) -> None:
-    """extract_lesions' tasks (one per lesion and image type, LoG per sigma) through a map that
+    """features_plan's tasks (one per lesion and image type, LoG per sigma) through a map that
     pickles each task and its result, as a Dask worker receives them: the same values, keys and
     diagnostics, in the same order, as the serial path; no SimpleITK object in a task."""
     from pipelines.rois import build_variants
@@ -183,7 +185,7 @@ def test_tasks_run_anywhere_give_the_serial_values_in_the_serial_order(tmp_path:
             yield pickle.loads(pickle.dumps(fn(shipped[-1]), protocol=5))
 
     serial = extract_lesions(volume.image, lesions, preset)
-    mapped = extract_lesions(volume.image, lesions, preset, map_tasks=pickling_map)
+    mapped = run_tasks(features_plan(volume.image, lesions, preset), pickling_map)
 
     units = [(t.unit.image_type, t.unit.custom.get("sigma")) for t in shipped[:4]]
     assert units == [("Original", None), ("LoG", [3.0]), ("LoG", [5.0]), ("Wavelet", None)]

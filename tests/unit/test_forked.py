@@ -1,8 +1,9 @@
-"""``pipelines.forked.ForkedCall``: a function run in a forked child, beside the caller, gives
-back its result or its exception; a child that dies without a result is an error naming its
-exit code. And ``process_study(early_beside_maps=True)`` writes the objects a serial call writes,
-the report, derived SEG and summary image in a child while the maps are computed, and each
-feature class's maps but the last in a child while the next class is computed."""
+"""``node.forked.ForkedCall``: a function run in a forked child, beside the caller, gives back
+its result or its exception; a child that dies without a result is an error naming its exit
+code. And a local job worker's runner (``node.executor.LocalRunner``) writes the objects the
+in-process runner writes, the report, derived SEG and summary image in a child while the maps
+are computed, and each feature class's maps but the last in a child while the next class is
+computed, and announces each child's objects in its own process as soon as they are written."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipelines.forked import ForkedCall, ForkedCallError, fork_available
+import pipelines.process
+from node.executor import LocalRunner, run_in_process
+from node.forked import ForkedCall, ForkedCallError, fork_available
 from pipelines.presets import MapOptions, load_preset
-from pipelines.process import ProcessError, process_study
+from pipelines.process import ProcessError, job_plan
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 pytestmark = pytest.mark.skipif(not fork_available(), reason="this platform does not fork")
@@ -83,15 +86,14 @@ def test_early_objects_written_beside_the_maps_are_the_serial_ones(
     preset = basic.model_copy(update={"name": "basic-maps", "maps": MapOptions(
         enabled=True, features=("firstorder_Mean", "glcm_Contrast"), kernel_radius=1,
         margin_mm=2.0)})
-    announced = tmp_path / "announced.txt"
+    calls: list[tuple[int, list[str]]] = []
 
-    def announce(objects: tuple) -> None:  # runs in the child for the early objects
-        with announced.open("a") as handle:
-            handle.write(" ".join(f"{os.getpid()}:{o.sop_instance_uid}" for o in objects) + "\n")
+    def announce(objects: tuple) -> None:  # in this process, when a child has written them
+        calls.append((os.getpid(), [o.sop_instance_uid for o in objects]))
 
-    serial = process_study(study.ct_paths, study.seg_path, preset, tmp_path / "serial")
-    beside = process_study(study.ct_paths, study.seg_path, preset, tmp_path / "beside",
-                           on_early_objects=announce, early_beside_maps=True)
+    serial = run_in_process(job_plan(study.ct_paths, study.seg_path, preset, tmp_path / "serial"))
+    beside = LocalRunner(announce).run(
+        job_plan(study.ct_paths, study.seg_path, preset, tmp_path / "beside"))
     assert [(o.sop_class_uid, o.sop_instance_uid) for o in beside.objects] == \
         [(o.sop_class_uid, o.sop_instance_uid) for o in serial.objects]
     for ours, theirs in zip(serial.objects, beside.objects, strict=True):
@@ -99,18 +101,14 @@ def test_early_objects_written_beside_the_maps_are_the_serial_ones(
     for name in ("features.csv", "qc.csv"):
         assert (tmp_path / "beside" / name).read_bytes() == \
             (tmp_path / "serial" / name).read_bytes()
-    # the report, SEG and summary announced by one child, the first map by another (forked
-    # when that map was computed), in whichever order they were ready; the last map by none
-    calls = [[item.split(":") for item in line.split()]
-             for line in announced.read_text().splitlines()]
+    # the report, SEG and summary written by one child, the first map by another (forked
+    # when that map was computed), announced here in whichever order they were ready; the last
+    # map by none
     maps = [o for o in beside.objects if o.sop_class_uid == pydicom.uid.ParametricMapStorage]
     assert len(maps) == 2 and list(beside.objects[-2:]) == maps
-    [first_map] = [call for call in calls if call[0][1] == maps[0].sop_instance_uid]
-    [early] = [call for call in calls if call is not first_map]
-    assert [uid for _, uid in early] == [o.sop_instance_uid for o in beside.objects[:-2]]
-    assert [uid for _, uid in first_map] == [maps[0].sop_instance_uid]
-    pids = {pid for pid, _ in early} | {pid for pid, _ in first_map}
-    assert len(pids) == 2 and str(os.getpid()) not in pids
+    assert {pid for pid, _ in calls} == {os.getpid()}
+    assert sorted(uids for _, uids in calls) == sorted(
+        [[o.sop_instance_uid for o in beside.objects[:-2]], [maps[0].sop_instance_uid]])
     times = beside.timings
     assert times.encode_report == times.encode_summary == times.encode_derived_seg == 0
     assert set(times.early_objects) == {"qc", "models", "encode_derived_seg", "encode_report",
@@ -124,14 +122,15 @@ def test_early_objects_written_beside_the_maps_are_the_serial_ones(
     assert not serial.timings.early_objects
 
 
-def test_an_error_in_the_child_fails_the_call(study: SyntheticStudy, tmp_path: Path) -> None:
+def test_an_error_in_the_child_fails_the_job(study: SyntheticStudy, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     basic = load_preset("ct-liver-basic")
     preset = basic.model_copy(update={"maps": MapOptions(
         enabled=True, features=("firstorder_Mean",), kernel_radius=1, margin_mm=2.0)})
 
-    def refuse(objects: tuple) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
+    monkeypatch.setattr(pipelines.process, "build_summary_image", refuse)  # forked with it
     with pytest.raises(OSError, match="No space left on device"):
-        process_study(study.ct_paths, study.seg_path, preset, tmp_path,
-                      on_early_objects=refuse, early_beside_maps=True)
+        LocalRunner().run(job_plan(study.ct_paths, study.seg_path, preset, tmp_path))

@@ -176,7 +176,7 @@ def test_an_unexpected_error_is_one_line_with_its_type_and_the_traceback_at_debu
     assert failed.fields["refused"] is False and failed.fields["reason"] == reason
     [traceback] = [r for r in caplog.records if r.getMessage() == "job failure traceback"]
     assert traceback.levelno == logging.DEBUG and traceback.exc_info is not None
-    assert "process_study" in logging.Formatter().formatException(traceback.exc_info)
+    assert "job_plan" in logging.Formatter().formatException(traceback.exc_info)
 
 
 @pytest.mark.parametrize(("exc", "reason"), [

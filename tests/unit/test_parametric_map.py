@@ -34,9 +34,11 @@ from pipelines.parametric_map import (
     compute_maps,
     lesion_map_tasks,
     map_feature_groups,
+    maps_plan,
     parametric_maps,
     run_map_task,
 )
+from pipelines.plan import run_tasks
 from pipelines.presets import MapOptions, Preset, PresetError, load_preset
 from tests.conftest import REPO
 from tests.unit.outputs_case import OutputsCase, build_case, dciodvfy
@@ -170,21 +172,22 @@ def test_maps_are_the_same_in_this_process_in_two_and_through_a_map_function(
         shipped.extend(tasks)
         return [fn(pickle.loads(pickle.dumps(task, protocol=5))) for task in shipped]
 
-    _assert_same_maps(compute_maps(case.volume.image, case.lesions, preset,
-                                   map_tasks=through_pickle), here)
+    _assert_same_maps(run_tasks(maps_plan(case.volume.image, case.lesions, preset),
+                                through_pickle), here)
     assert len(shipped) == sum(len(lesion_map_tasks(case.volume.image, lesion, preset))
                                for lesion in case.lesions)
     batched = _batched(preset, 40)  # several parts per feature class
-    _assert_same_maps(compute_maps(case.volume.image, case.lesions, batched, workers=2),
+    _assert_same_maps(run_tasks(maps_plan(case.volume.image, case.lesions, batched)),
                       compute_maps(case.volume.image, case.lesions, batched))
 
 
 def test_maps_of_one_feature_class_at_a_time_are_the_maps_of_all_at_once(
     case: OutputsCase, mean_maps: list[LesionMaps]
 ) -> None:
-    """``process_study`` computes, encodes and sends the maps one feature class at a time: each
-    group's maps, and the Parametric Maps made of them (UIDs, Series Number, pixels), are those
-    of one computation of every map feature; a feature the preset does not map is refused."""
+    """``pipelines.process.job_plan`` computes, encodes and sends the maps one feature class at a
+    time: each group's maps, and the Parametric Maps made of them (UIDs, Series Number,
+    pixels), are those of one computation of every map feature; a feature the preset does not
+    map is refused."""
     preset = _with_maps(case.preset, ("firstorder_Mean", "glcm_Contrast"))
     groups = map_feature_groups(preset)
     assert groups == [("firstorder_Mean",), ("glcm_Contrast",)]
@@ -416,5 +419,5 @@ def test_in_this_process_each_lesion_and_class_is_one_task(
         (t.where, t.features, (0, 1)) for lesion in case.lesions
         for t in lesion_map_tasks(case.volume.image, lesion, preset, split=False)]
     assert len(run) == 2 * len(case.lesions)
-    _assert_same_maps(here, compute_maps(case.volume.image, case.lesions, preset,
-                                         map_tasks=lambda fn, tasks: [fn(t) for t in tasks]))
+    _assert_same_maps(here, run_tasks(maps_plan(case.volume.image, case.lesions, preset),
+                                      lambda fn, tasks: [fn(t) for t in tasks]))

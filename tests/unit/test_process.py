@@ -1,7 +1,7 @@
 """ROI variants end to end: the full ct-liver-crlm preset on a small synthetic CT gives, through
 extract_lesions (cropped resampling, shared filters, two worker processes), for every lesion and ROI
 variant the values of plain pyradiomics (RadiomicsFeatureExtractor.execute on the whole image with
-that ROI's mask) to 1e-6 relative; process_study writes one TID 1411 group and one CSV ROI per
+that ROI's mask) to 1e-6 relative; a job writes one TID 1411 group and one CSV ROI per
 variant."""
 
 import csv
@@ -11,9 +11,10 @@ import highdicom as hd
 import pydicom
 import pytest
 
+from node.executor import run_in_process
 from pipelines.features import extract_features, extract_lesions
 from pipelines.presets import load_preset
-from pipelines.process import ProcessError, process_study
+from pipelines.process import ProcessError, job_plan
 from pipelines.rois import build_variants, on_full_grid
 from pipelines.segmentation import read_segmentation
 from pipelines.series import read_series
@@ -39,7 +40,7 @@ def test_crlm_variants_equal_plain_pyradiomics_per_roi(study: SyntheticStudy) ->
         build_variants(volume.image, segment, preset.rois.variants, preset.rois.hu_ranges)
         for segment in seg.segments
     ]
-    got = extract_lesions(volume.image, lesions, preset, workers=2)
+    got = extract_lesions(volume.image, lesions, preset)
     assert [list(by_name) for by_name in got] == [[r.name for r in rois] for rois in lesions]
     for rois, by_name in zip(lesions, got, strict=True):
         for roi in rois:
@@ -60,7 +61,7 @@ def test_each_roi_variant_is_a_measurement_group_and_a_csv_roi(
         "radiomics": {**crlm.radiomics, "imageType": {"Original": {}},
                       "featureClass": {"firstorder": ["Mean", "Median"]}},
     })
-    result = process_study(study.ct_paths, study.seg_path, preset, tmp_path)
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, preset, tmp_path))
     names = [v.name for v in preset.rois.variants]
     expected = [(label, name) for label in ("Lesion 1", "Lesion 2") for name in names]
     assert [(lesion.label, lesion.roi_variant) for lesion in result.lesions] == expected
@@ -103,7 +104,7 @@ def test_each_roi_variant_is_a_measurement_group_and_a_csv_roi(
 
 def test_preset_for_another_modality_is_refused(study: SyntheticStudy, tmp_path: Path) -> None:
     with pytest.raises(ProcessError, match=r"\(0008,0060\) Modality CT; preset mr-liver-hcc is"):
-        process_study(study.ct_paths, study.seg_path, "mr-liver-hcc", tmp_path)
+        run_in_process(job_plan(study.ct_paths, study.seg_path, "mr-liver-hcc", tmp_path))
 
 
 def test_quality_control_of_series_and_each_lesion_is_in_the_result_and_qc_csv(
@@ -111,7 +112,7 @@ def test_quality_control_of_series_and_each_lesion_is_in_the_result_and_qc_csv(
 ) -> None:
     import csv
 
-    result = process_study(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path)
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path))
     assert [r.scope for r in result.qc] == ["series", "roi", "roi"]
     assert result.qc[0].subject == study.ct_series_uid
     assert [r.subject for r in result.qc[1:]] == ["segment 1 (Lesion 1)", "segment 2 (Lesion 2)"]
@@ -132,7 +133,7 @@ def test_quality_control_is_in_each_measurement_group(study: SyntheticStudy,
     import highdicom as hd
     import pydicom
 
-    result = process_study(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path)
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path))
     path = result.report.path
     dataset = pydicom.dcmread(path)
     sr = hd.sr.Comprehensive3DSR.from_dataset(dataset)
@@ -178,7 +179,7 @@ def test_robustness_compares_with_the_lesion_as_drawn_in_a_preset_without_intra(
                       "setting": {**basic.radiomics["setting"], "binWidth": 0.1}},
         "rois": basic.rois.model_copy(
             update={"variants": (RoiVariant(kind="ring", distance_mm=2.0),)})})
-    result = process_study(study.ct_paths, study.seg_path, preset, tmp_path)
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, preset, tmp_path))
     volume = read_series(list(study.ct_paths))
     seg = read_segmentation(study.seg_path, volume)
     for segment, report in zip(seg.segments, result.qc[1:], strict=True):
@@ -194,8 +195,8 @@ def test_robustness_compares_with_the_lesion_as_drawn_in_a_preset_without_intra(
 def test_report_seg_and_summary_are_written_and_announced_before_the_maps(
     study: SyntheticStudy, tmp_path: Path
 ) -> None:
-    """``on_early_objects`` is called with the report, the derived SEG and the summary image
-    already on disk and no parametric map yet, then with the first feature class's map
+    """The runner is told the plan's announced writes: the report, the derived SEG and the
+    summary image already on disk and no parametric map yet, then the first feature class's map
     (firstorder entropy) before the last class's (GLCM contrast) is on disk; the last map is
     not announced (it goes out with the result); the result lists every object in that order."""
     crlm = load_preset("ct-liver-crlm")
@@ -212,8 +213,8 @@ def test_report_seg_and_summary_are_written_and_announced_before_the_maps(
         calls.append(([o.sop_class_uid for o in objects], on_disk,
                       {f"{o.sop_instance_uid}.dcm" for o in objects}))
 
-    result = process_study(study.ct_paths, study.seg_path, preset, tmp_path,
-                           on_early_objects=early)
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, preset, tmp_path),
+                            announce=early)
     assert tuple(preset.maps.features) == ("firstorder_Entropy", "glcm_Contrast")
     [(classes, on_disk, announced), (map_classes, on_disk_then, announced_map)] = calls
     assert classes == [pydicom.uid.ComprehensiveSRStorage, pydicom.uid.Comprehensive3DSRStorage,

@@ -14,8 +14,9 @@ import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from node.executor import run_in_process
 from pipelines.presets import Preset, load_preset
-from pipelines.process import PipelineResult, ProcessError, process_study
+from pipelines.process import PipelineResult, ProcessError, job_plan
 from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID
 from pipelines.segmentation import Segment, read_segmentation
 from pipelines.series import SeriesVolume, read_series
@@ -112,8 +113,8 @@ def _array(segment: Segment) -> np.ndarray:
 @pytest.fixture(scope="module")
 def result(study: SyntheticStudy, rtstruct: Path,
            tmp_path_factory: pytest.TempPathFactory) -> PipelineResult:
-    return process_study(study.ct_paths, rtstruct, "ct-liver-basic",
-                         tmp_path_factory.mktemp("out"))
+    return run_in_process(job_plan(study.ct_paths, rtstruct, "ct-liver-basic",
+                                   tmp_path_factory.mktemp("out")))
 
 
 def test_the_closed_roi_is_measured_and_the_others_said_not_measured(
@@ -166,7 +167,7 @@ def test_a_structure_set_with_only_point_contours_is_refused(
     path = _write_rtstruct(tmp_path / "points.dcm", study, volume,
                            [("Marker", "MARKER", [("POINT", centre)])])
     with pytest.raises(ValueError, match=r"no ROI has a closed planar contour") as error:
-        process_study(study.ct_paths, path, "ct-liver-basic", tmp_path / "out")
+        run_in_process(job_plan(study.ct_paths, path, "ct-liver-basic", tmp_path / "out"))
     message = str(error.value)
     assert str(path) in message and "ROI 1 (Marker)" in message and "\n" not in message
 
@@ -184,7 +185,7 @@ def test_a_structure_set_with_only_the_liver_is_refused_in_one_line(
         study: SyntheticStudy, tmp_path: Path) -> None:
     path = _liver_only(study, tmp_path)
     with pytest.raises(ProcessError) as error:
-        process_study(study.ct_paths, path, "ct-liver-basic", tmp_path / "out")
+        run_in_process(job_plan(study.ct_paths, path, "ct-liver-basic", tmp_path / "out"))
     message = str(error.value)
     assert message.startswith(f"{path}: the RTSTRUCT has no lesion to measure under preset "
                               "ct-liver-basic")
@@ -197,6 +198,7 @@ def test_rois_liver_measure_measures_the_liver_as_drawn(study: SyntheticStudy,
     chosen["rois"]["liver"]["measure"] = True
     preset = Preset.model_validate(chosen)
     assert preset.hash != load_preset("ct-liver-basic").hash
-    result = process_study(study.ct_paths, _liver_only(study, tmp_path), preset, tmp_path / "out")
+    result = run_in_process(job_plan(study.ct_paths, _liver_only(study, tmp_path), preset,
+                                      tmp_path / "out"))
     assert [(lesion.label, lesion.roi_variant) for lesion in result.lesions] == [
         ("Liver", "intra")]

@@ -1,6 +1,6 @@
 """The demonstration model that ships: it loads with its pinned digest, says what it is, needs
 the shipped ct-liver-crlm preset as it is now, and runs end to end on the synthetic study through
-process_study, QC and apply_model; outside its domain it is not applied."""
+the job plan, QC and apply_model; outside its domain it is not applied."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 
 from models.package import ModelPackage, load_package
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
+from node.executor import run_in_process
 from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
 from pipelines.presets import load_preset
-from pipelines.process import PipelineResult, process_study
+from pipelines.process import PipelineResult, job_plan
 from pipelines.qc import QCReport, assess_series
 from pipelines.series import SeriesVolume, read_series
 from pipelines.synthetic import write_synthetic_study
@@ -45,8 +46,8 @@ def processed(tmp_path_factory: pytest.TempPathFactory
               ) -> tuple[PipelineResult, SeriesVolume, QCReport]:
     directory = tmp_path_factory.mktemp("study")
     study = write_synthetic_study(directory, shape=(24, 128, 128), seed=0)
-    result = process_study(study.ct_paths, study.seg_path, "ct-liver-crlm", directory / "out",
-                           models=[(PACKAGE, SHA256)])
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, "ct-liver-crlm",
+                                      directory / "out", models=[(PACKAGE, SHA256)]))
     volume = read_series(list(study.ct_paths))
     return result, volume, assess_series(volume)
 
@@ -83,10 +84,10 @@ def test_not_applied_outside_its_domain(
     assert [r.condition for r in output.reasons] == ["preset", "domain", "domain"]
 
 
-def test_process_study_runs_the_pinned_model_into_the_report_and_summary(
+def test_a_job_runs_the_pinned_model_into_the_report_and_summary(
     processed: tuple[PipelineResult, SeriesVolume, QCReport]
 ) -> None:
-    """The node's path: process_study(models=...) applies the package to each lesion (series
+    """The node's path: job_plan(models=...) applies the package to each lesion (series
     and lesion QC as gates) and writes the outcome into the lesion's group of the reading report
     and into its first (original image) group of the feature report."""
     import highdicom as hd

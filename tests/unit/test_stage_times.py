@@ -1,4 +1,4 @@
-"""Where a job's time goes: process_study returns the seconds of each of its stages (they follow
+"""Where a job's time goes: a job returns the seconds of each of its stages (they follow
 one another, so they sum to no more than the call took), the index records when a job was
 queued, started and finished with those stages, and when each result object was stored at its
 destination (the success status) and then verified. Durations are checked for presence, sign and
@@ -12,12 +12,13 @@ import pydicom
 import pytest
 
 from node.config import Destination, NodeConfig
+from node.executor import run_in_process
 from node.jobs import JobRunner
 from node.state import Index
 from node.state.instances import InstanceRow
 from node.state.jobs import DeliveryTimes
 from pipelines.presets import load_preset
-from pipelines.process import StageTimes, process_study
+from pipelines.process import StageTimes, job_plan
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 STAGES = ["read_series", "read_segmentation", "preprocessing", "extraction", "qc", "models",
@@ -30,12 +31,12 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
     return write_synthetic_study(tmp_path_factory.mktemp("study"), shape=(10, 48, 48))
 
 
-def test_process_study_times_each_stage(study: SyntheticStudy, tmp_path: Path) -> None:
+def test_a_job_times_each_stage(study: SyntheticStudy, tmp_path: Path) -> None:
     basic = load_preset("ct-liver-basic")
     preset = basic.model_copy(update={"maps": basic.maps.model_copy(
         update={"enabled": True, "features": ("firstorder_Mean",), "kernel_radius": 1})})
     start = time.perf_counter()
-    result = process_study(study.ct_paths, study.seg_path, preset, tmp_path)
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, preset, tmp_path))
     elapsed = time.perf_counter() - start
 
     times = result.timings.as_dict()

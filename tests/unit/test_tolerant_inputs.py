@@ -13,7 +13,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from pipelines.process import process_study
+from node.executor import run_in_process
+from pipelines.process import job_plan
 from pipelines.sr_encoding import image_library, written_as_is_throughout
 from pipelines.synthetic import write_synthetic_study
 
@@ -24,7 +25,8 @@ def test_an_empty_specific_character_set_is_the_default_repertoire(tmp_path: Pat
         dataset = pydicom.dcmread(path)
         dataset.SpecificCharacterSet = ""
         dataset.save_as(path)
-    result = process_study(study.ct_paths, study.seg_path, "ct-liver-basic", tmp_path / "out")
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, "ct-liver-basic",
+                                      tmp_path / "out"))
     report = pydicom.dcmread(result.report.path)
     assert report.get("SpecificCharacterSet") in (None, "", "ISO_IR 192")
     assert len(hd.sr.Comprehensive3DSR.from_dataset(report).content
@@ -93,7 +95,8 @@ def test_absent_type_2_attributes_are_read_as_empty(tmp_path: Path) -> None:
             if keyword in dataset:
                 delattr(dataset, keyword)
         dataset.save_as(path)
-    result = process_study(study.ct_paths, study.seg_path, "ct-liver-crlm", tmp_path / "out")
+    result = run_in_process(job_plan(study.ct_paths, study.seg_path, "ct-liver-crlm",
+                                      tmp_path / "out"))
     objects = {o.sop_class_uid: pydicom.dcmread(o.path) for o in result.objects}
     report = objects["1.2.840.10008.5.1.4.1.1.88.34"]
     library = next(item for item in report.ContentSequence

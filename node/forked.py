@@ -1,10 +1,10 @@
 """A function run in a forked child process, beside the caller, with its result sent back.
 
-``process_study`` uses it to run quality control and the models and to encode and write the
-report, the derived SEG and the summary image while it computes the parametric maps, and each
-feature class's maps but the last while it computes the next class (docs/history/performance.md,
-"End to end", eighth and ninth rounds): that work needs the series, the SEG, the features or
-the maps the process holds,
+A local job worker (``node.executor.LocalRunner``) uses it to run a job plan's ``beside``
+writes: quality control, the models, the report, the derived SEG and the summary image while
+the job computes the parametric maps, and each feature class's maps but the last while it
+computes the next class (docs/history/performance.md,
+"End to end"): that work needs the series, the SEG, the features or the maps the process holds,
 and a forked child has them without copying them (copy-on-write pages, no pickling of the
 series); they use two cores.
 
