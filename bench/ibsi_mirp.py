@@ -158,7 +158,7 @@ def liver_ct(out: Path) -> Path:
     return out
 
 
-def process_study(study: Path, configuration: str, out: Path) -> dict[int, dict[str, float]]:
+def node_features(study: Path, configuration: str, out: Path) -> dict[int, dict[str, float]]:
     """``radiomics-node process`` on ``study`` with the configuration's preset; the features
     CSV's values by segment number and pyradiomics key."""
     subprocess.run([sys.executable, "-m", "node.cli", "process", str(study), "--preset",
@@ -212,7 +212,7 @@ def main() -> None:
                 continue
             study = liver_ct(Path(tmp) / "study")
             image, masks = as_nifti(study / "ct", study / "seg.dcm", Path(tmp) / "nifti")
-            lesions = process_study(study, configuration, Path(tmp) / "out")
+            lesions = node_features(study, configuration, Path(tmp) / "out")
             for number, mask in masks.items():
                 rows = agreement(lesions[number], mirp_features(image, mask, configuration),
                                  configuration, args.rtol)

@@ -8,7 +8,8 @@ runs with it. One line per check, ``ok`` or ``FAIL`` with the reason.
   (``models.package.load_package``);
 - peers, destinations, retrieve sources: DICOM ones answer C-ECHO (Verification SOP Class,
   PS3.4 Annex A) within the timeout; Orthanc REST ones answer ``GET /system``; Orthanc feeds
-  likewise. ``offline`` skips the network.
+  likewise; DICOMweb ones a QIDO-RS search; FHIR ones ``GET [base]/metadata`` with a
+  CapabilityStatement, whose FHIR version is shown. ``offline`` skips the network.
 - status page: where it listens, whether it authenticates and the host names it answers to
   (``status.allowed_hosts``). Empty credentials off loopback are refused when the configuration
   loads (``node.config.StatusConfig``), before these checks.
@@ -118,7 +119,23 @@ def _remotes(config: NodeConfig) -> list[tuple[str, RemotePeer]]:
 
 def _reach(config: NodeConfig, remote: RemotePeer, timeout: float) -> tuple[bool, str]:
     """C-ECHO a DICOM peer, ``GET /system`` an Orthanc, a one-study QIDO-RS search of a
-    DICOMweb service; (answered, what happened)."""
+    DICOMweb service, ``GET [base]/metadata`` of a FHIR server; (answered, what happened)."""
+    if remote.kind == "fhir":
+        from node.fhir import FhirClient, FhirError
+
+        try:
+            with FhirClient(str(remote.url), remote.username, remote.password, remote.token,
+                            timeout) as client:
+                statement = client.capabilities()
+        except FhirError as exc:
+            return False, str(exc)
+        software = statement.get("software") or {}
+        named = " ".join(str(software[k]) for k in ("name", "version") if software.get(k))
+        shown = f"{remote.url}: FHIR {statement.get('fhirVersion', '?')}" \
+            + (f" ({named})" if named else "")
+        if not str(statement.get("fhirVersion", "")).startswith("4."):
+            return False, f"{shown}; the node posts FHIR R4 resources"
+        return True, shown
     if remote.kind == "dicomweb":
         from node.dicomweb import DicomWebError, DicomWebPeer
 

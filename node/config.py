@@ -123,22 +123,28 @@ class SeriesRule(Strict):
 
 class RemotePeer(Strict):
     """A peer reached by DICOM (``kind: dicom``: AE title, host, port), through Orthanc's REST
-    API (``kind: orthanc-rest``: base URL) or by DICOMweb (``kind: dicomweb``, PS3.18: the base
-    URL of its STOW-RS, QIDO-RS and WADO-RS services), the last two with optional HTTP basic
-    credentials."""
+    API (``kind: orthanc-rest``: base URL), by DICOMweb (``kind: dicomweb``, PS3.18: the base
+    URL of its STOW-RS, QIDO-RS and WADO-RS services) or FHIR's RESTful API (``kind: fhir``,
+    a destination only: the base URL of a FHIR R4 server that receives the results as a
+    DiagnosticReport, ``pipelines.fhir_report``), the last three with optional HTTP basic
+    credentials, and ``fhir`` with a bearer token instead."""
 
     name: str = Field(description="Unique name, used in logs and the index.")
-    kind: Literal["dicom", "orthanc-rest", "dicomweb"] = Field(
-        default="dicom", description="DICOM network, Orthanc's REST API, or DICOMweb (PS3.18).")
+    kind: Literal["dicom", "orthanc-rest", "dicomweb", "fhir"] = Field(
+        default="dicom", description="DICOM network, Orthanc's REST API, DICOMweb (PS3.18), or "
+        "a FHIR R4 server (destinations only: the results as a DiagnosticReport).")
     ae_title: AETitle | None = Field(default=None, description="Its AE title (dicom).")
     host: str | None = Field(default=None, description="Host name or address (dicom).")
     port: Port | None = Field(default=None, description="TCP port (dicom).")
     url: str | None = Field(default=None, pattern=r"^https?://",
-                            description="Base URL of the REST API (orthanc-rest) or of the "
-                            "DICOMweb services (dicomweb, e.g. Orthanc's .../dicom-web).")
+                            description="Base URL of the REST API (orthanc-rest), of the "
+                            "DICOMweb services (dicomweb, e.g. Orthanc's .../dicom-web) or of "
+                            "the FHIR server (fhir, e.g. HAPI FHIR's .../fhir).")
     username: str | None = Field(default=None, description="HTTP basic authentication user.")
     password: SecretStr | None = Field(default=None, description="HTTP basic authentication "
                                        "password.")
+    token: SecretStr | None = Field(default=None, description="Bearer token sent as "
+                                    "Authorization: Bearer (fhir; instead of username).")
     tls: bool = Field(default=False, description="DICOM over TLS (PS3.15 B.12), see tls.")
 
     @model_validator(mode="after")
@@ -149,6 +155,12 @@ class RemotePeer(Strict):
                 raise ValueError(f"a dicom peer needs {', '.join(missing)}")
         elif self.url is None:
             raise ValueError(f"a {self.kind} peer needs url")
+        if self.token is not None and self.kind != "fhir":
+            raise ValueError(f"token is for fhir peers; a {self.kind} peer takes username and "
+                             "password")
+        if self.token is not None and self.username is not None:
+            raise ValueError("a fhir peer authenticates with username and password or with a "
+                             "token, not both")
         return self
 
     def describe(self) -> str:
@@ -160,18 +172,22 @@ class RemotePeer(Strict):
 
 class Destination(RemotePeer):
     """A peer that receives the node's results: C-STORE (dicom), REST POST /instances
-    (orthanc-rest) or STOW-RS (dicomweb)."""
+    (orthanc-rest), STOW-RS (dicomweb), or a FHIR transaction Bundle of a DiagnosticReport and
+    its Observations (fhir, ``pipelines.fhir_report``, ``node.fhir``)."""
 
     verify: bool = Field(
         default=True,
         description="Mark delivered only once the object is found at the destination "
-        "(C-FIND at IMAGE level, Orthanc /tools/lookup, or a QIDO-RS instance search).",
+        "(C-FIND at IMAGE level, Orthanc /tools/lookup, a QIDO-RS instance search, or a FHIR "
+        "DiagnosticReport search by identifier).",
     )
 
 
 class RetrieveSource(RemotePeer):
     """A queryable peer the node fetches missing source series from."""
 
+    kind: Literal["dicom", "orthanc-rest", "dicomweb"] = Field(
+        default="dicom", description="DICOM network, Orthanc's REST API, or DICOMweb (PS3.18).")
     method: Literal["c-get", "c-move"] = Field(
         default="c-get", description="For dicom peers: C-GET, or C-MOVE to the node's listener."
     )

@@ -33,7 +33,7 @@ from bench.ibsi_mirp import (
     liver_ct,
     mirp_features,
     mirp_values,
-    process_study,
+    node_features,
 )
 from pipelines import ibsi
 from pipelines.preprocess import Grid
@@ -124,7 +124,7 @@ def test_synthetic_liver_ct_agrees_with_mirp(tmp_path: Path) -> None:
     from MIRP's by exactly the factor sqrt(N / (N - 1)) of their definitions."""
     study = liver_ct(tmp_path / "study")
     image, masks = as_nifti(study / "ct", study / "seg.dcm", tmp_path / "nifti")
-    lesions = process_study(study, "C", tmp_path / "out")
+    lesions = node_features(study, "C", tmp_path / "out")
     assert sorted(lesions) == sorted(masks) == [1, 2]
     for number, mask in masks.items():
         rows = agreement(lesions[number], mirp_features(image, mask, "C"), "C", MIRP_RTOL)
