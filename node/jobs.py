@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from node.config import NodeConfig
+from node.config import Destination, NodeConfig
 from node.executor import Executor, JobFuture, make_executor
 from node.logs import fields
 from node.state import Index
@@ -168,7 +168,7 @@ class JobRunner:
             job_id=job.id, preset=job.preset, attempt=job.attempts, images=len(images),
             source_series_uid=job.source_series_uid, seg_sop_uid=job.seg_sop_uid))
         models = [(str(ref.path), ref.sha256) for ref in self._config.models]
-        written = functools.partial(self._written, job.id) if self._config.destinations \
+        written = functools.partial(self._written, job.id) if self._dicom_destinations() \
             else None
         future = self._executor.submit(images, seg.path, job.preset, out_dir, models, written)
         self._running[job.id] = (future, time.monotonic())
@@ -181,7 +181,7 @@ class JobRunner:
         nothing."""
         self._index.outbox.queue_early(job_id, [
             (dest.name, path, uid) for path, uid in objects
-            for dest in self._config.destinations])
+            for dest in self._dicom_destinations()])
         if self._on_done is not None:
             self._on_done(job_id)
 
@@ -210,7 +210,8 @@ class JobRunner:
                           extra=fields(job_id=job_id, error_type=type(exc).__name__))
             return
         deliveries = [(dest.name, str(obj.path), obj.sop_instance_uid)
-                      for obj in result.objects for dest in self._config.destinations]
+                      for obj in result.objects for dest in self._dicom_destinations()]
+        deliveries += self._bundle_deliveries(job_id, result)
         models = {r.outcome.model.name: r.outcome.model.version for r in result.models}
         stages = {stage: round(seconds, 3)
                   for stage, seconds in result.timings.with_early_objects().items()}
@@ -225,6 +226,35 @@ class JobRunner:
             duration_s=round(time.monotonic() - started, 3), stages_s=stages))
         if self._on_done is not None:
             self._on_done(job_id)
+
+    def _dicom_destinations(self) -> list[Destination]:
+        """The destinations that take the result objects themselves (every kind but fhir)."""
+        return [dest for dest in self._config.destinations if dest.kind != "fhir"]
+
+    def _bundle_deliveries(self, job_id: int, result: PipelineResult
+                           ) -> list[tuple[str, str, str]]:
+        """For each fhir destination, the job's results bundle (``pipelines.fhir_report``),
+        written beside its objects as ``fhir-report.json`` and keyed by the feature report's
+        SOP Instance UID; none when no fhir destination is configured. A bundle that cannot be
+        built is logged with its reason and not queued: the DICOM results still go."""
+        fhir = [dest for dest in self._config.destinations if dest.kind == "fhir"]
+        if not fhir:
+            return []
+        import pydicom
+
+        from pipelines.fhir_report import build_results_bundle, write_results_bundle
+
+        report = result.report
+        try:
+            series = self._index.instances.series(result.source_series_uid)
+            header = pydicom.dcmread(report.path, stop_before_pixels=True)
+            bundle = build_results_bundle(result, header, series.modality if series else "")
+            path = write_results_bundle(bundle, Path(report.path).parent / "fhir-report.json")
+        except (OSError, ValueError) as exc:
+            log.error("FHIR results bundle not built", extra=fields(
+                job_id=job_id, reason=failure_reason(exc)))
+            return []
+        return [(dest.name, str(path), report.sop_instance_uid) for dest in fhir]
 
     def _worker_died(self, job_id: int, exc: Exception) -> None:
         """A worker process ended abruptly (killed, out of memory): a new pool, and the job runs

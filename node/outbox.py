@@ -1,6 +1,8 @@
 """The outbox: durable deliveries of result objects to each destination, by C-STORE (PS3.4 B.2),
 Orthanc's REST ``POST /instances`` or STOW-RS (PS3.18 10.5), each confirmed at the destination
-before it counts.
+before it counts; to a FHIR destination, the job's results bundle (``pipelines.fhir_report``) by
+a transaction POST, once every DICOM delivery of its job is delivered, confirmed by a
+DiagnosticReport search on its identifier.
 
 Per destination and tick: the due deliveries, in outbox order (a destination never receives a
 later result before an earlier one that is still pending), are first looked up at the destination
@@ -16,6 +18,7 @@ dead-lettered, and ``radiomics-node outbox retry`` sends it again.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from itertools import groupby
@@ -26,6 +29,7 @@ from pydicom.dataset import Dataset
 
 from node.config import Destination, NodeConfig
 from node.dicomweb import DicomWebError, DicomWebPeer
+from node.fhir import FhirClient, FhirError
 from node.logs import fields
 from node.orthanc import OrthancClient, OrthancError
 from node.state import Index
@@ -94,7 +98,10 @@ class Outbox:
                 for delivery in batch:
                     self._failed(delivery, f"destination {name!r} is no longer configured")
                 continue
-            self._deliver(destination, batch)
+            if destination.kind == "fhir":
+                self._deliver_bundles(destination, batch)
+            else:
+                self._deliver(destination, batch)
 
     def _failed(self, delivery: DeliveryRow, error: str) -> None:
         settings = self._config.outbox
@@ -113,12 +120,54 @@ class Outbox:
             sop_instance_uid=delivery.sop_instance_uid, attempts=attempts, retry_in_s=delay,
             error=error))
 
-    def _delivered(self, item: Item, method: str, note: str = "delivered") -> None:
-        self._index.outbox.mark_verified(item.delivery.id, method)
-        self._tried.discard(item.delivery.id)  # never due again: the set stays small
+    def _delivered(self, delivery: DeliveryRow, method: str, note: str = "delivered") -> None:
+        self._index.outbox.mark_verified(delivery.id, method)
+        self._tried.discard(delivery.id)  # never due again: the set stays small
         log.info(note, extra=fields(
-            delivery_id=item.delivery.id, destination=item.delivery.destination,
-            sop_instance_uid=item.delivery.sop_instance_uid, verified_by=method))
+            delivery_id=delivery.id, destination=delivery.destination,
+            sop_instance_uid=delivery.sop_instance_uid, verified_by=method))
+
+    def _deliver_bundles(self, destination: Destination, batch: list[DeliveryRow]) -> None:
+        """FHIR results bundles in order, each keyed by its feature report's SOP Instance UID
+        (``pipelines.fhir_report.report_identifier``). One whose job still has a DICOM delivery
+        not delivered waits, uncounted, and ends the batch: the RIS/EHR hears of results only
+        once the PACS holds them. Looked up first where an earlier attempt may have posted it
+        (its entries are conditional creates, so a second POST would create nothing either),
+        posted, then looked up again; the first failure ends the batch."""
+        from pipelines.fhir_report import report_identifier
+
+        method = method_of(destination)
+        with FhirClient(str(destination.url), destination.username, destination.password,
+                        destination.token, self._config.outbox.timeout) as client:
+            for delivery in batch:
+                if self._index.outbox.undelivered_elsewhere(delivery.job_id, delivery.destination):
+                    break
+                try:
+                    bundle = json.loads(Path(delivery.path).read_text(encoding="utf-8"))
+                except (OSError, ValueError) as exc:
+                    self._failed(delivery, f"cannot read {delivery.path}: {exc}")
+                    break
+                identifier = report_identifier(delivery.sop_instance_uid)
+                try:
+                    if destination.verify and self._may_be_there(delivery) and \
+                            client.has_report(identifier):
+                        self._delivered(delivery, method, "already at destination, not sent "
+                                                          "again")
+                        continue
+                    self._tried.add(delivery.id)
+                    client.post_bundle(bundle)
+                    self._index.outbox.mark_sent([delivery.id])
+                    if not destination.verify:
+                        self._delivered(delivery, "status only")
+                    elif client.has_report(identifier):
+                        self._delivered(delivery, method)
+                    else:
+                        self._failed(delivery, f"sent, but no DiagnosticReport {identifier} at "
+                                               f"{destination.describe()}")
+                        break
+                except FhirError as exc:
+                    self._failed(delivery, str(exc))
+                    break
 
     def _read(self, batch: list[DeliveryRow]) -> list[Item]:
         """The deliveries' files' headers (``HEADER_TAGS``: the file is sent as it is on disk,
@@ -164,14 +213,14 @@ class Outbox:
                 return
             for item in items:
                 if item.delivery.sop_instance_uid in there:
-                    self._delivered(item, method, "already at destination, not sent again")
+                    self._delivered(item.delivery, method, "already at destination, not sent again")
             items = [i for i in items if i.delivery.sop_instance_uid not in there]
         self._tried.update(item.delivery.id for item in items)
         sent = self._send(destination, items)
         self._index.outbox.mark_sent([item.delivery.id for item in sent])
         if not destination.verify:
             for item in sent:
-                self._delivered(item, "status only")
+                self._delivered(item.delivery, "status only")
             return
         try:
             there = self._present(destination, sent)
@@ -181,7 +230,7 @@ class Outbox:
             return
         for item in sent:
             if item.delivery.sop_instance_uid in there:
-                self._delivered(item, method)
+                self._delivered(item.delivery, method)
             else:
                 self._failed(item.delivery, f"sent, but not found at {destination.describe()} "
                                             f"by {method}")

@@ -41,7 +41,7 @@ class ObjectRef:
 def method_of(destination: Destination) -> str:
     """How presence at ``destination`` is established, as recorded in the index."""
     return {"dicom": "c-find", "orthanc-rest": "orthanc-lookup",
-            "dicomweb": "qido-rs"}[destination.kind]
+            "dicomweb": "qido-rs", "fhir": "fhir-search"}[destination.kind]
 
 
 def present(calling_ae: str, destination: Destination, objects: Sequence[ObjectRef],

@@ -111,6 +111,15 @@ class OutboxStore:
                        (delivery_id, method, now))
             record_delivery(db, now, delivery_id, "delivered", detail={"verified_by": method})
 
+    def undelivered_elsewhere(self, job_id: int, destination: str) -> int:
+        """How many deliveries of job ``job_id`` to destinations other than ``destination`` are
+        not delivered (pending or dead)."""
+        [row] = self._db.query(
+            """SELECT count(*) AS n FROM outbox
+               WHERE job_id=? AND destination<>? AND state<>'delivered'""",
+            (job_id, destination))
+        return int(row["n"])
+
     def all(self, job_id: int | None = None) -> list[sqlite3.Row]:
         if job_id is None:
             return self._db.query("SELECT * FROM outbox ORDER BY id")

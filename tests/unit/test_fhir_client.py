@@ -29,6 +29,8 @@ from pydantic import SecretStr, ValidationError
 from node.check import _reach
 from node.config import NodeConfig, RemotePeer
 from node.fhir import FhirClient, FhirError
+from node.outbox import Outbox
+from node.state import Index
 from pipelines.fhir_report import build_results_bundle, report_identifier
 from tests.conftest import free_port
 from tests.unit.fhir_results import made_result
@@ -289,3 +291,32 @@ def test_fhir_destination_configuration() -> None:
             NodeConfig(destinations=[{"name": "d", **wrong}])
     with pytest.raises(ValidationError, match=r"retrieve\.sources\.0\.kind"):
         NodeConfig(retrieve={"sources": [{"name": "s", "kind": "fhir", "url": "https://x/f"}]})
+
+
+def test_outbox_posts_the_bundle_once_the_jobs_dicom_results_are_delivered(
+        tmp_path: Path, server: tuple[str, Recording],
+        bundle: tuple[dict[str, Any], str]) -> None:
+    url, recording = server
+    posted, identifier = bundle
+    sr_uid = identifier.rpartition(":")[2]
+    path = tmp_path / "fhir-report.json"
+    path.write_text(json.dumps(posted), encoding="utf-8")
+    config = NodeConfig(state_dir=tmp_path / "node", destinations=[
+        {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": free_port()},
+        {"name": "ehr", "kind": "fhir", "url": url}])
+    index = Index(config.index_path)
+    job_id = index.jobs.add("1.2.3", "1.2.3.4", "rule", "preset", "digest")
+    assert job_id is not None and index.jobs.claim() is not None
+    index.jobs.finish(job_id, [("pacs", str(tmp_path / "sr.dcm"), sr_uid),
+                               ("ehr", str(path), sr_uid)])
+    [pacs, ehr] = index.outbox.all()
+    outbox = Outbox(config, index)
+    outbox.tick()  # the PACS is unreachable: the bundle waits, uncounted, and is not posted
+    assert recording.posted == []
+    assert index.outbox.all()[1]["attempts"] == 0
+    index.outbox.mark_verified(pacs["id"], "c-find")
+    outbox.tick()
+    [row] = [r for r in index.outbox.with_checks() if r["id"] == ehr["id"]]
+    assert (row["state"], row["attempts"], row["verified_by"]) == ("delivered", 1, "fhir-search")
+    assert len(recording.posted) == 1 and len(recording.resources["DiagnosticReport"]) == 1
+    index.close()
