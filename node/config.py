@@ -70,6 +70,10 @@ class NumericRange(Strict):
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
 
+PRIORITIES = {"urgent": 0, "normal": 1, "backlog": 2}
+"""A rule's priority -> the job queue's order (``node.state.jobs.JobStore.claim``: 0 first)."""
+
+
 class SeriesRule(Strict):
     """Which image series a pipeline preset is validated for, decided on the series' tags.
 
@@ -97,6 +101,12 @@ class SeriesRule(Strict):
     image_type_excludes: list[str] = Field(
         default_factory=lambda: ["LOCALIZER"],
         description="Values of which ImageType must contain none.",
+    )
+    priority: Literal["urgent", "normal", "backlog"] = Field(
+        default="normal",
+        description="Queue order of its jobs: urgent ones start before every queued normal "
+        "one, normal before backlog, the oldest first within each; a running job is never "
+        "stopped. A series matched by several rules of one preset takes the most urgent.",
     )
 
     @field_validator("series_description")

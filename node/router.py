@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pydicom
 from pydicom.dataset import Dataset
 
-from node.config import NodeConfig, SeriesRule
+from node.config import PRIORITIES, NodeConfig, SeriesRule
 from node.logs import fields
 from node.spool import is_uid
 from node.state import Index
@@ -308,8 +308,11 @@ class Router:
         spool copy of its inputs was repaired since (:meth:`_repaired`)."""
         queued: list[int] = []
         presets: dict[str, str] = {}
+        urgency: dict[str, int] = {}
         for rule in rules:
             presets.setdefault(rule.preset, rule.name)
+            level = PRIORITIES[rule.priority]
+            urgency[rule.preset] = min(urgency.get(rule.preset, level), level)
         digest = self.inputs_digest(source, seg_sop_uid) if presets else ""
         for preset, rule in presets.items():
             earlier = self._index.jobs.for_inputs(source, seg_sop_uid, preset)
@@ -323,7 +326,8 @@ class Router:
                     earlier_job_id=earlier[-1].id))
                 continue
             job_id = self._index.jobs.add(source, seg_sop_uid, rule, preset, digest,
-                                         rerun_of=earlier[-1].id if earlier else None)
+                                         rerun_of=earlier[-1].id if earlier else None,
+                                         priority=urgency[preset])
             if job_id is None:
                 continue
             if earlier:
@@ -332,7 +336,7 @@ class Router:
                                          reprocess=self._config.reprocess, preset=preset,
                                          source_series_uid=source, seg_sop_uid=seg_sop_uid))
             log.info("job queued", extra=fields(
-                job_id=job_id, rule=rule, preset=preset,
+                job_id=job_id, rule=rule, preset=preset, priority=urgency[preset],
                 source_series_uid=source, seg_sop_uid=seg_sop_uid))
             queued.append(job_id)
         return queued

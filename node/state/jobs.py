@@ -25,6 +25,7 @@ class JobRow:
     state: str
     attempts: int
     reason: str | None
+    priority: int = 1  # node.config.PRIORITIES
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class JobTimeline:
 
 def job_row(r: sqlite3.Row) -> JobRow:
     return JobRow(r["id"], r["source_series_uid"], r["seg_sop_uid"], r["rule"], r["preset"],
-                  r["inputs_digest"], r["state"], r["attempts"], r["reason"])
+                  r["inputs_digest"], r["state"], r["attempts"], r["reason"], r["priority"])
 
 
 class JobStore:
@@ -67,18 +68,19 @@ class JobStore:
 
     def add(
         self, source_series_uid: str, seg_sop_uid: str, rule: str, preset: str,
-        inputs_digest: str, rerun_of: int | None = None,
+        inputs_digest: str, rerun_of: int | None = None, priority: int = 1,
     ) -> int | None:
         """Queue a job; None when a job of the same inputs and preset already exists.
-        ``rerun_of`` is the earlier job of the same source, SEG and preset whose inputs changed."""
+        ``rerun_of`` is the earlier job of the same source, SEG and preset whose inputs changed;
+        ``priority`` orders the queue (``node.config.PRIORITIES``: 0 first)."""
         with self._db.transaction() as db:
             cursor = db.execute(
                 """INSERT OR IGNORE INTO jobs
                    (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, state,
-                    created_at, rerun_of)
-                   VALUES (?,?,?,?,?,'queued',?,?)""",
+                    created_at, rerun_of, priority)
+                   VALUES (?,?,?,?,?,'queued',?,?,?)""",
                 (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, self._clock.time(),
-                 rerun_of),
+                 rerun_of, priority),
             )
             return cursor.lastrowid if cursor.rowcount else None
 
@@ -92,13 +94,15 @@ class JobStore:
         return [job_row(r) for r in rows]
 
     def claim(self) -> JobRow | None:
-        """Move the oldest queued job that is due (no ``not_before`` after ``now``) to running
-        (attempts + 1) and return it."""
+        """Move the queued job that is due (no ``not_before`` after ``now``) with the most urgent
+        priority, the oldest of those, to running (attempts + 1) and return it: an urgent job
+        overtakes every queued one, never a running one."""
         now = self._clock.time()
         with self._db.transaction() as db:
             row = db.execute(
                 """SELECT id FROM jobs WHERE state='queued'
-                   AND (not_before IS NULL OR not_before<=?) ORDER BY id LIMIT 1""", (now,)
+                   AND (not_before IS NULL OR not_before<=?) ORDER BY priority, id LIMIT 1""",
+                (now,)
             ).fetchone()
             if row is None:
                 return None

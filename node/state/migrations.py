@@ -154,9 +154,15 @@ class Migration:
     apply: Callable[[sqlite3.Connection], None]
 
 
+def _job_priority(db: sqlite3.Connection) -> None:
+    db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 1")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the tables, and the columns an index made before versions may lack",
               _tables_and_unversioned_columns),
+    Migration(2, "jobs.priority (0 urgent, 1 normal, 2 backlog; existing jobs normal)",
+              _job_priority),
 )
 """Every step, in order; ``version`` is its place (1, 2, ...). A new step is added at the end
 and never changed once released."""
