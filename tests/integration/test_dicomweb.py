@@ -1,6 +1,8 @@
 """The node with a DICOMweb PACS (Debian's Orthanc 1.10.1 with its DICOMweb plugin 1.7, HTTP basic
 authentication required): a study stored in Orthanc by STOW-RS reaches the node, its results go
-back by STOW-RS and are verified by QIDO-RS; a missing source series is fetched by QIDO-RS and
+back by STOW-RS and are verified by QIDO-RS, and its FHIR DiagnosticReport is then accepted by
+the FHIR endpoint (a recording of HAPI FHIR's answers, tests/fhir_recording.py: no FHIR server
+installs here); a missing source series is fetched by QIDO-RS and
 WADO-RS; wrong credentials give a reason naming the service and the HTTP status."""
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from node.retrieve import Retriever
 from node.router import Router
 from node.state import Index
 from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from tests.fhir_recording import Recording, recorded_fhir_server
 from tests.integration.ohif import DICOMWEB_PLUGIN, dicomweb_orthanc
 from tests.integration.peers import NodeService
 from tests.integration.test_pacs import SHAPE, sr_instances, wait_for
@@ -47,13 +50,17 @@ def stow(url: str, paths: list[Path]) -> None:
 
 def test_study_stored_by_stow_rs_returns_results_by_stow_rs(tmp_path: Path,
                                                             study: SyntheticStudy) -> None:
-    with dicomweb_orthanc(tmp_path / "orthanc", auth=AUTH) as pacs:
+    recording = Recording(token="ehr-token")
+    with dicomweb_orthanc(tmp_path / "orthanc", auth=AUTH) as pacs, \
+            recorded_fhir_server(recording) as fhir:
         dicomweb = f"{pacs.url}/dicom-web"
         node = NodeService(tmp_path / "node", {
             "orthanc_feeds": [{"name": "pacs", "url": pacs.url, "username": AUTH[0],
                                "password": AUTH[1], "poll_interval": 0.5, "start": "oldest"}],
             "destinations": [{"name": "pacs-web", "kind": "dicomweb", "url": dicomweb,
-                              "username": AUTH[0], "password": AUTH[1]}],
+                              "username": AUTH[0], "password": AUTH[1]},
+                             {"name": "ehr", "kind": "fhir", "url": fhir,
+                              "token": "ehr-token"}],
         })
         node.start()
         try:
@@ -63,7 +70,9 @@ def test_study_stored_by_stow_rs_returns_results_by_stow_rs(tmp_path: Path,
             index = Index(node.state_dir / "index.sqlite3")
             wait_for(lambda: {d["state"] for d in index.outbox.with_checks()} == {"delivered"}, 60,
                      "every delivery verified", node.log_path)
-            deliveries = index.outbox.with_checks()
+            rows = index.outbox.with_checks()
+            deliveries = [d for d in rows if d["destination"] == "pacs-web"]
+            [report] = [d for d in rows if d["destination"] == "ehr"]
             headers = [pydicom.dcmread(d["path"], stop_before_pixels=True) for d in deliveries]
             with DicomWebPeer(dicomweb, AUTH[0], SecretStr(AUTH[1])) as peer:
                 found = [peer.has_instance(h.StudyInstanceUID, h.SeriesInstanceUID,
@@ -74,6 +83,14 @@ def test_study_stored_by_stow_rs_returns_results_by_stow_rs(tmp_path: Path,
     assert len(deliveries) == 3  # ct-liver-basic: the two reports and the summary image
     assert {(d["state"], d["verified_by"]) for d in deliveries} == {("delivered", "qido-rs")}
     assert found == [True] * 3
+    # the RIS/EHR heard of the results once the PACS held them, by one transaction
+    assert (report["verified_by"], report["attempts"]) == ("fhir-search", 1)
+    assert report["sent_at"] >= max(d["delivered_at"] for d in deliveries)
+    [posted] = recording.posted
+    [diagnostic] = recording.resources["DiagnosticReport"].values()
+    assert diagnostic["imagingStudy"][0]["identifier"]["value"] == \
+        f"urn:oid:{study.study_instance_uid}"
+    assert len(posted["entry"]) == 1 + len(recording.resources["Observation"])
     senders = {r.calling_ae for r in index.instances.of_series(study.ct_series_uid)}
     assert senders == {"orthanc:pacs"}
 
