@@ -239,10 +239,8 @@ class Outbox:
         """Send ``items`` in order; record failed attempts; return those the peer took."""
         if not items:
             return []
-        if destination.kind == "orthanc-rest":
-            return self._post(destination, items)
-        if destination.kind == "dicomweb":
-            return self._stow(destination, items)
+        if destination.kind in ("orthanc-rest", "dicomweb"):
+            return self._upload(destination, items)
         try:
             statuses = c_store(self._config.listener.ae_title, destination,
                                [i.path for i in items], self._config.outbox.timeout,
@@ -264,12 +262,17 @@ class Outbox:
                 self._failed(item.delivery, f"C-STORE {shown}")
         return sent
 
-    def _post(self, destination: Destination, items: list[Item]) -> list[Item]:
-        """REST ``POST /instances`` one by one; the first failure ends the batch so that later
-        results never overtake it (those not tried are due again at the next tick)."""
+    def _upload(self, destination: Destination, items: list[Item]) -> list[Item]:
+        """Over HTTP one by one: REST ``POST /instances`` (orthanc-rest) or STOW-RS (dicomweb);
+        the first failure ends the batch so that later results never overtake it (those not
+        tried are due again at the next tick)."""
+        args = (str(destination.url), destination.username, destination.password,
+                self._config.outbox.timeout)
+        client = OrthancClient(*args) if destination.kind == "orthanc-rest" \
+            else DicomWebPeer(*args)
+        upload = client.upload if isinstance(client, OrthancClient) else client.store
         sent = []
-        with OrthancClient(str(destination.url), destination.username, destination.password,
-                           self._config.outbox.timeout) as client:
+        with client:
             for item in items:
                 try:
                     data = item.path.read_bytes()
@@ -277,27 +280,8 @@ class Outbox:
                     self._failed(item.delivery, f"cannot read {item.path}: {exc}")
                     break
                 try:
-                    client.upload(data)
-                except OrthancError as exc:
-                    self._failed(item.delivery, str(exc))
-                    break
-                sent.append(item)
-        return sent
-
-    def _stow(self, destination: Destination, items: list[Item]) -> list[Item]:
-        """STOW-RS one by one, the first failure ending the batch, as :meth:`_post`."""
-        sent = []
-        with DicomWebPeer(str(destination.url), destination.username, destination.password,
-                          self._config.outbox.timeout) as peer:
-            for item in items:
-                try:
-                    data = item.path.read_bytes()
-                except OSError as exc:
-                    self._failed(item.delivery, f"cannot read {item.path}: {exc}")
-                    break
-                try:
-                    peer.store(data)
-                except (DicomWebError, pydicom.errors.InvalidDicomError) as exc:
+                    upload(data)
+                except (OrthancError, DicomWebError, pydicom.errors.InvalidDicomError) as exc:
                     self._failed(item.delivery, str(exc))
                     break
                 sent.append(item)
