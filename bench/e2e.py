@@ -1,7 +1,7 @@
 """Benchmark: one study end to end, from the last instance sent to the last result object stored
 in a real Orthanc, and where that time goes.
 
-The demo study (``pipelines.synthetic``: a 60 x 512 x 512 liver CT with two lesions and its SEG,
+The demo study (``demo.synthetic``: a 60 x 512 x 512 liver CT with two lesions and its SEG,
 the ``ct-liver-crlm`` preset with the shipped demonstration model pinned, as ``radiomics-node
 demo`` runs it) is sent by DCMTK ``storescu`` to ``radiomics-node serve`` (its own process),
 whose only destination is Debian's Orthanc (C-STORE, verified by C-FIND; Orthanc lists the node
@@ -61,11 +61,11 @@ import pydicom
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ingest import ENV, PeakMemory, _orthanc_pid
+from demo.synthetic import write_synthetic_study
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
 from node.config import NodeConfig
 from node.state import Index
 from node.state.jobs import JobTimeline
-from pipelines.synthetic import write_synthetic_study
 from tests.conftest import free_port
 from tests.integration.peers import NodeService, orthanc, require_tools
 
@@ -150,7 +150,8 @@ def _row(name: str, seconds: float, note: str = "") -> str:
 
 
 def workers_ready(log_path: Path) -> list[float]:
-    """Epoch seconds of the node's "job worker ready" log lines (``node.executor``), in order."""
+    """Epoch seconds of the node's "job worker ready" log lines (``node.flow.executor``), in
+    order."""
     times = []
     for line in log_path.read_text().splitlines():
         entry = json.loads(line) if line.startswith("{") else {}

@@ -2,9 +2,9 @@
 
 Plain: one ``RadiomicsFeatureExtractor.execute`` per ROI (3 lesions x 4 ROI variants) on the whole
 image with that ROI's full-size mask, serially, as a user of pyradiomics would. Pipeline:
-``pipelines.features.features_plan`` on the same ROIs (cropped resampling onto pyradiomics' exact
-grid, filtered images shared per window, lesions in ``--workers`` processes). Each way runs in a
-fresh process so its peak resident memory (VmHWM reset after the synthetic case is built, and
+``pipelines.science.features.features_plan`` on the same ROIs (cropped resampling onto pyradiomics'
+exact grid, filtered images shared per window, lesions in ``--workers`` processes). Each way runs in
+a fresh process so its peak resident memory (VmHWM reset after the synthetic case is built, and
 getrusage of its worker processes) is its own. Also shown: how far a naive crop (crop the source
 around the lesion, then let pyradiomics resample it) moves the features, which is why the
 pipeline keeps pyradiomics' grid.
@@ -30,11 +30,11 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.features import extract_features, extract_lesions, features_plan
+from pipelines.io.segmentation import Segment
 from pipelines.plan import run_tasks
-from pipelines.presets import load_preset
-from pipelines.rois import RoiMask, build_variants, on_full_grid
-from pipelines.segmentation import Segment
+from pipelines.science.features import extract_features, extract_lesions, features_plan
+from pipelines.science.presets import load_preset
+from pipelines.science.rois import RoiMask, build_variants, on_full_grid
 
 PRESET = "ct-liver-crlm"
 # (centre as fractions of the half field of view, radius in mm, mean HU, texture SD in HU)

@@ -33,7 +33,7 @@ from tests.unit.test_ibsi import TRANSFORMS
 
 REFDATA = Path(__file__).resolve().parents[2] / "shared" / "refdata"
 
-# MIRP's names of the aggregation methods -> the preset's (pipelines.presets.IbsiOptions)
+# MIRP's names of the aggregation methods -> the preset's (pipelines.science.presets.IbsiOptions)
 _MIRP_AGGREGATION = {"3D_avg": "3d_average", "3D_mrg": "3d_volume_merge",
                      "2.5D_d_mrg": "2.5d_direction_merge", "2.5D_v_mrg": "2.5d_volume_merge",
                      "3D": "3d", "2.5D": "2.5d"}
@@ -150,9 +150,9 @@ def as_nifti(ct_dir: Path, seg_path: Path, out: Path) -> tuple[Path, dict[int, P
 
 
 def liver_ct(out: Path) -> Path:
-    """A small synthetic liver CT with two lesions (``pipelines.synthetic``: 40 slices of
+    """A small synthetic liver CT with two lesions (``demo.synthetic``: 40 slices of
     256 x 256, 1.25 mm pixels, 2.5 mm slices) written under ``out``; its folder."""
-    from pipelines.synthetic import write_synthetic_study
+    from demo.synthetic import write_synthetic_study
 
     write_synthetic_study(out, shape=(40, 256, 256), pixel_spacing=1.25, slice_thickness=2.5)
     return out

@@ -44,7 +44,7 @@ from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.synthetic import write_synthetic_study
+from demo.synthetic import write_synthetic_study
 from tests.conftest import free_port
 from tests.integration.peers import NodeService, orthanc, require_tools
 
@@ -75,7 +75,7 @@ def write_series(template: pydicom.Dataset, out_dir: Path, slices: int, seed: in
 class PeakMemory:
     """Peak resident memory (bytes) of a process and all its descendants, sampled in a thread:
     the sum of their resident set sizes, except that a child forked without exec (the job's
-    writer of early objects, ``node.forked``; ``storescp --fork``'s association handlers)
+    writer of early objects, ``node.flow.forked``; ``storescp --fork``'s association handlers)
     counts its unique set size only: the pages it shares with its parent by copy-on-write are in
     the parent's RSS already. (Proportional set sizes of every process, from
     ``/proc/PID/smaps_rollup``, would say the same but cost a third of a core at 20 samples a

@@ -1,8 +1,8 @@
 """Benchmark: parametric maps of a preset (default ct-liver-crlm) on the synthetic liver CT.
 
 For each lesion: the mapped region on the source grid, the voxels pyradiomics evaluated on its
-grid (per feature), the wall time of ``pipelines.parametric_map.compute_lesion_maps`` (all the
-preset's map features) and the voxels per second; then the time to encode the Parametric Maps.
+grid (per feature), the wall time of ``pipelines.outputs.parametric_map.compute_lesion_maps`` (all
+the preset's map features) and the voxels per second; then the time to encode the Parametric Maps.
 Serial, one process; the first lesion's time includes no warm-up (pyradiomics is imported before).
 
     python bench/maps.py                       # 512 x 512 x 60 CT, 0.8 x 0.8 x 2.5 mm
@@ -19,11 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.parametric_map import build_parametric_maps, compute_lesion_maps
-from pipelines.presets import load_preset
-from pipelines.segmentation import read_segmentation
-from pipelines.series import read_series
-from pipelines.synthetic import write_synthetic_study
+from demo.synthetic import write_synthetic_study
+from pipelines.io.segmentation import read_segmentation
+from pipelines.io.series import read_series
+from pipelines.outputs.parametric_map import build_parametric_maps, compute_lesion_maps
+from pipelines.science.presets import load_preset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,9 @@
 """Benchmark: peak resident memory of one job on a 600-slice CT with ten lesions (ct-liver-crlm).
 
-The CT is the synthetic liver phantom (``pipelines.synthetic``) with 600 slices of 512 x 512; a
+The CT is the synthetic liver phantom (``demo.synthetic``) with 600 slices of 512 x 512; a
 BINARY SEG with ten spherical lesions along the liver is written beside it with highdicom. The
-job runs as the node runs it: ``node.executor.run_local_job`` in a spawned worker process
-(``node.executor.LocalExecutor``: its ``LocalRunner`` has the report, derived SEG and summary
+job runs as the node runs it: ``node.flow.executor.run_local_job`` in a spawned worker process
+(``node.flow.executor.LocalExecutor``: its ``LocalRunner`` has the report, derived SEG and summary
 image written by a forked child while the maps are computed), while a thread
 samples the resident memory of this process (the node's role: it only submits) and of every
 process below it (``bench.ingest.PeakMemory``, every 50 ms). Issue 8 asks for 4 GiB at
@@ -32,8 +32,8 @@ from pydicom.sr.codedict import codes
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ingest import PeakMemory
-from node.executor import run_local_job
-from pipelines.synthetic import write_synthetic_study
+from demo.synthetic import write_synthetic_study
+from node.flow.executor import run_local_job
 
 PRESET = "ct-liver-crlm"
 LIMIT = 4 * 2**30

@@ -1,10 +1,10 @@
 """Benchmark: jobs per minute on a Dask cluster of 1, 2, 4, ... workers, parallel efficiency,
 the time of one job alone against the same job in this process, and peak memory.
 
-N copies of the synthetic liver study (``pipelines.synthetic``, one per seed) are processed as the
-node's Dask executor runs them (``node.executor.run_shipped_job``: the files travel as bytes, the
-job's feature tasks, one per lesion and image type, go to the same cluster as arrays, the outputs
-come back as bytes) on a ``distributed.LocalCluster`` of W single-threaded worker processes
+N copies of the synthetic liver study (``demo.synthetic``, one per seed) are processed as the
+node's Dask executor runs them (``node.flow.executor.run_shipped_job``: the files travel as bytes,
+the job's feature tasks, one per lesion and image type, go to the same cluster as arrays, the
+outputs come back as bytes) on a ``distributed.LocalCluster`` of W single-threaded worker processes
 talking TCP, for each W given, after one untimed job. Throughput is N jobs submitted at once;
 efficiency is throughput(W) / (W / W0 x throughput(W0)) against the smallest W0 measured. "One
 job" is a single job alone on the cluster (its lesions and image types are what spreads it over
@@ -35,9 +35,9 @@ import distributed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.executor import run_in_process, run_shipped_job
+from demo.synthetic import write_synthetic_study
+from node.flow.executor import run_in_process, run_shipped_job
 from pipelines.process import job_plan
-from pipelines.synthetic import write_synthetic_study
 
 Case = tuple[list[bytes], bytes]  # the CT slices' bytes and the SEG's, as the node ships them
 
@@ -56,7 +56,7 @@ def run(client: distributed.Client, cases: list[Case], preset: str) -> float:
 
 def _load_pipeline() -> None:
     """Import what a job needs, so that the first timed job does not pay for it."""
-    import node.executor  # noqa: F401
+    import node.flow.executor  # noqa: F401
     import pipelines.process  # noqa: F401
 
 

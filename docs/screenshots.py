@@ -38,10 +38,10 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from demo.synthetic import write_synthetic_study
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
-from node.executor import run_in_process
+from node.flow.executor import run_in_process
 from pipelines.process import job_plan
-from pipelines.synthetic import write_synthetic_study
 from tests.conftest import free_port
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"

@@ -2,12 +2,12 @@
 
 The card is plain data validated by pydantic; it knows no DICOM. Where it names a DICOM attribute
 (a clinical input read from a header, the acquisition domain) it names the PS3.6 keyword, and
-``pipelines.inference`` reads the header. docs/model-card.md describes every field.
+``pipelines.science.inference`` reads the header. docs/model-card.md describes every field.
 
 Feature names are ``"<roi_variant>/<pyradiomics key>"``, e.g.
 ``"intra + 4 mm ring, without air/fat/wavelet-LLH_glcm_Contrast"``: the ROI variant is the
-preset's variant name (``pipelines.presets.RoiVariant.name``, the ``roi_variant`` column of a
-result's features.csv) and the key is pyradiomics' feature key. A variant name may itself contain
+preset's variant name (``pipelines.science.presets.RoiVariant.name``, the ``roi_variant`` column of
+a result's features.csv) and the key is pyradiomics' feature key. A variant name may itself contain
 ``/``; a pyradiomics key never does, so the key is what follows the last ``/``
 (:func:`split_feature_name`).
 
@@ -81,7 +81,7 @@ class Outcome(_Section):
 
 class PresetRef(_Section):
     """The extraction preset the features must come from, by name and sha256
-    (``pipelines.presets.Preset.hash``)."""
+    (``pipelines.science.presets.Preset.hash``)."""
 
     name: str = Field(min_length=1)
     hash: str = Field(pattern=_SHA256)

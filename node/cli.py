@@ -1,6 +1,6 @@
 """The ``radiomics-node`` command: serve, config check, demo, outbox list and retry, audit;
-models and export (node.model_commands); index check and rebuild (node.index_commands); jobs
-list and retry (node.job_commands); rules test (node.rule_test)."""
+models and export (node.ops.model_commands); index check and rebuild (node.ops.index_commands); jobs
+list and retry (node.ops.job_commands); rules test (node.ops.rule_test)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from node import __version__, logs
+from node import __version__
 from node.config import ConfigError, load_config
-from node.index_commands import add_commands as add_index_commands
-from node.index_commands import open_configured
-from node.job_commands import add_commands as add_job_commands
-from node.model_commands import add_commands as add_model_commands
-from node.rule_test import add_commands as add_rule_commands
+from node.ops import logs
+from node.ops.index_commands import add_commands as add_index_commands
+from node.ops.index_commands import open_configured
+from node.ops.job_commands import add_commands as add_job_commands
+from node.ops.model_commands import add_commands as add_model_commands
+from node.ops.rule_test import add_commands as add_rule_commands
 
 if TYPE_CHECKING:
     from node.state import Index
@@ -30,7 +31,7 @@ INDEX_DAMAGED = 3
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from node.executor import make_executor
+    from node.flow.executor import make_executor
 
     config = load_config(args.config)
     logs.configure(config.log_level, config.log_file)
@@ -61,8 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    """Validate the file, then everything it points at (``node.check``); exit 1 on failures."""
-    from node.check import check_config, report
+    """Validate the file, then everything it points at (``node.ops.check``); exit 1 on failures."""
+    from node.ops.check import check_config, report
 
     try:
         config = load_config(args.file)
@@ -83,21 +84,21 @@ def _config_check(args: argparse.Namespace) -> int:
 
 def _config_reference(args: argparse.Namespace) -> int:
     """Print the configuration reference (Markdown) rendered from the pydantic model."""
-    from node.reference import render_reference
+    from node.ops.reference import render_reference
 
     sys.stdout.write(render_reference())
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from node.demo import run_demo
+    from demo.run import run_demo
 
     return run_demo(config_path=args.config, workdir=args.workdir, out_dir=args.out,
                     port=args.port, timeout=args.timeout, preset=args.preset)
 
 
 def _outbox_index(args: argparse.Namespace) -> Index | None:
-    """The index of the configured node (:func:`node.index_commands.open_configured`)."""
+    """The index of the configured node (:func:`node.ops.index_commands.open_configured`)."""
     return open_configured(args.config)
 
 
@@ -147,7 +148,7 @@ def _outbox_retry(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     """Print the audit trail of a study from the index."""
-    from node.audit import study_trail_lines
+    from node.ops.audit import study_trail_lines
 
     index = _outbox_index(args)
     if index is None:
@@ -170,12 +171,12 @@ def _process(args: argparse.Namespace) -> int:
     import pydicom
     from tqdm import tqdm
 
-    from node.executor import run_in_process
-    from node.jobs import failure_reason
-    from pipelines.discovery import discover
-    from pipelines.presets import load_preset
+    from node.flow.executor import run_in_process
+    from node.flow.jobs import failure_reason
+    from pipelines.io.discovery import discover
+    from pipelines.io.references import missing_reference
     from pipelines.process import job_plan
-    from pipelines.references import missing_reference
+    from pipelines.science.presets import load_preset
 
     preset = load_preset(args.preset)
     found = discover(args.dir)

@@ -136,7 +136,7 @@ class RemotePeer(Strict):
     API (``kind: orthanc-rest``: base URL), by DICOMweb (``kind: dicomweb``, PS3.18: the base
     URL of its STOW-RS, QIDO-RS and WADO-RS services) or FHIR's RESTful API (``kind: fhir``,
     a destination only: the base URL of a FHIR R4 server that receives the results as a
-    DiagnosticReport, ``pipelines.fhir_report``), the last three with optional HTTP basic
+    DiagnosticReport, ``pipelines.outputs.fhir_report``), the last three with optional HTTP basic
     credentials, and ``fhir`` with a bearer token instead."""
 
     name: str = Field(description="Unique name, used in logs and the index.")
@@ -183,7 +183,7 @@ class RemotePeer(Strict):
 class Destination(RemotePeer):
     """A peer that receives the node's results: C-STORE (dicom), REST POST /instances
     (orthanc-rest), STOW-RS (dicomweb), or a FHIR transaction Bundle of a DiagnosticReport and
-    its Observations (fhir, ``pipelines.fhir_report``, ``node.fhir``)."""
+    its Observations (fhir, ``pipelines.outputs.fhir_report``, ``node.flow.fhir``)."""
 
     verify: bool = Field(
         default=True,
@@ -665,19 +665,19 @@ class ConfigError(Exception):
 def names_a_file(preset: str) -> bool:
     """Whether a rule's ``preset`` is the path of a preset YAML file rather than a shipped
     preset's name: it ends in ``.yaml``/``.yml`` or holds a path separator, the test
-    ``pipelines.presets.load_preset`` applies."""
+    ``pipelines.science.presets.load_preset`` applies."""
     return preset.endswith((".yaml", ".yml")) or any(sep in preset for sep in ("/", "\\"))
 
 
 def _preset_files(config: NodeConfig, folder: Path) -> list[str]:
     """Resolve each rule's preset file against ``folder`` (where the configuration file is) and
-    load it with ``pipelines.presets.load_preset``, so that a site's own preset with a typo stops
-    the node at start, not each job; one problem per preset that cannot be loaded. Shipped
+    load it with ``pipelines.science.presets.load_preset``, so that a site's own preset with a typo
+    stops the node at start, not each job; one problem per preset that cannot be loaded. Shipped
     presets are named, not read here (``config check`` loads them)."""
     files = [rule for rule in config.rules if names_a_file(rule.preset)]
     if not files:
         return []
-    from pipelines.presets import load_preset  # reads pyradiomics' schema: only when needed
+    from pipelines.science.presets import load_preset  # reads pyradiomics' schema: only when needed
 
     problems = []
     for rule in files:

@@ -2,15 +2,15 @@
 
 apscheduler 3 drives the periodic work in background threads: one tick marks quiet series as
 stable and routes them, one starts queued jobs, one sends due deliveries, one fetches missing
-source series (``node.retrieve``), one per Orthanc feed polls its change feed
-(``node.feed``), one removes expired spool and results (``node.retention``) and a heartbeat shows
-``/healthz`` that the scheduler runs. Each tick is a job with ``max_instances=1`` and
-``coalesce=True``, so a slow tick is never run twice at once. The ticks also run early when
+source series (``node.flow.retrieve``), one per Orthanc feed polls its change feed
+(``node.flow.feed``), one removes expired spool and results (``node.state.retention``) and a
+heartbeat shows ``/healthz`` that the scheduler runs. Each tick is a job with ``max_instances=1``
+and ``coalesce=True``, so a slow tick is never run twice at once. The ticks also run early when
 there is work for them, so a study does not wait for the next tick at each step: the assembly
 tick at the moment the next receiving series has been quiet for ``stable_after`` seconds, the
 jobs tick as soon as the router queued a job, the outbox tick as soon as a job is done; woken
-while it runs, a tick runs again as soon as it is done (``node.ticks``). The status
-page, ``/healthz`` and ``/metrics`` (``node.status``) are served over HTTP while the node runs.
+while it runs, a tick runs again as soon as it is done (``node.flow.ticks``). The status
+page, ``/healthz`` and ``/metrics`` (``node.ops.status``) are served over HTTP while the node runs.
 """
 
 from __future__ import annotations
@@ -23,20 +23,20 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
-from node.executor import Executor
-from node.feed import Feed
-from node.health import Health, check_health
-from node.jobs import JobRunner
-from node.logs import fields
-from node.outbox import Outbox
-from node.receiver import Receiver
-from node.recovery import recover
-from node.retention import Retention
-from node.retrieve import Retriever
-from node.router import Router
+from node.dicom.receiver import Receiver
+from node.flow.executor import Executor
+from node.flow.feed import Feed
+from node.flow.jobs import JobRunner
+from node.flow.outbox import Outbox
+from node.flow.retrieve import Retriever
+from node.flow.router import Router
+from node.flow.ticks import Tick
+from node.ops.health import Health, check_health
+from node.ops.logs import fields
+from node.ops.status import StatusServer
 from node.state import Index, IndexDamaged
-from node.status import StatusServer
-from node.ticks import Tick
+from node.state.recovery import recover
+from node.state.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class Node:
     def wake(self, tick: str, at: float | None = None) -> None:
         """Run the scheduled ``tick`` (its id) at ``at`` (epoch seconds of ``clock``; now when
         None) when that is before its next regular run; woken for now while it runs, it runs
-        again as soon as it is done (``node.ticks``). The scheduler keeps the machine's time:
+        again as soon as it is done (``node.flow.ticks``). The scheduler keeps the machine's time:
         ``at`` is handed to it as the same delay from now."""
         job = self._scheduler.get_job(tick) if self._scheduler.running else None
         if job is None:
@@ -119,13 +119,13 @@ class Node:
         self.heartbeat = self.clock.time()
 
     def health(self) -> Health:
-        """The ``/healthz`` checks (``node.health``) of this node now."""
+        """The ``/healthz`` checks (``node.ops.health``) of this node now."""
         return check_health(self.config, self.index, self.receiver.listening,
                             self._scheduler.running, self.heartbeat,
                             ticks=tuple(self.ticks.values()))
 
     def _schedule(self, tick: str, fn: Callable[[], None], seconds: float) -> None:
-        """Run ``fn`` every ``seconds`` as the tick ``tick`` (``node.ticks``: woken early, its
+        """Run ``fn`` every ``seconds`` as the tick ``tick`` (``node.flow.ticks``: woken early, its
         failures counted for ``/healthz``)."""
         self.ticks[tick] = Tick(fn, tick)
         self._scheduler.add_job(self.ticks[tick], "interval", seconds=seconds, id=tick,

@@ -6,10 +6,10 @@ step and receives what the step gave, and its return value is the stage's result
 of step exist:
 
 * :class:`Tasks`: a fan-out, one function over independent tasks of plain values and arrays
-  (``pipelines.features.FeatureTask``, ``pipelines.parametric_map.MapTask``); the runner sends
-  back the results in task order, like the builtin ``map``, wherever it ran them (this process,
-  a pool of processes, a Dask cluster). An exception a task raised is thrown into the plan at
-  the ``yield``.
+  (``pipelines.science.features.FeatureTask``, ``pipelines.outputs.parametric_map.MapTask``); the
+  runner sends back the results in task order, like the builtin ``map``, wherever it ran them (this
+  process, a pool of processes, a Dask cluster). An exception a task raised is thrown into the plan
+  at the ``yield``.
 * :class:`Write`: encode and write result objects. With ``beside`` nothing the plan yields up to
   the :class:`Gather` that collects it depends on it, so the runner may run it in another
   process beside what follows; ``announce`` says its objects may be delivered as soon as they
@@ -19,8 +19,8 @@ of step exist:
 
 :func:`drive` runs a plan with a function that answers each step; :func:`run_tasks` runs a
 plan of :class:`Tasks` steps only (one stage's fan-outs, e.g.
-``pipelines.features.extract_lesions``) with a ``map`` function; the node runs whole jobs
-(``node.executor``).
+``pipelines.science.features.extract_lesions``) with a ``map`` function; the node runs whole jobs
+(``node.flow.executor``).
 """
 
 from __future__ import annotations

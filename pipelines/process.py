@@ -10,7 +10,7 @@ lesion and gets every ROI variant of the preset.
 A job is a plan (``pipelines.plan``, :func:`job_plan`) of stages: :func:`read_source`,
 :func:`preprocess`, :func:`measure` (the feature tasks), :func:`write_early` and
 :func:`write_maps`. The plan yields its tasks and writes and never runs anything concurrently,
-starts a process or calls back into the node: whoever runs it (``node.executor``) chooses where
+starts a process or calls back into the node: whoever runs it (``node.flow.executor``) chooses where
 tasks and writes run, and what to do with the objects of an announced write.
 """
 
@@ -30,30 +30,36 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
 from models.package import ModelPackageError, load_package
-from pipelines.derived_seg import build_derived_segmentation
-from pipelines.evaluations import model_line, qc_lines
-from pipelines.feature_report import build_feature_report, feature_report_reference
-from pipelines.features import FeatureError, RoiFeatures, TaskResult, features_plan
-from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
-from pipelines.parametric_map import (
+from pipelines.io.segmentation import DecodedSegmentation, Segment, read_segmentation
+from pipelines.io.series import SeriesVolume, read_series
+from pipelines.outputs.derived_seg import build_derived_segmentation
+from pipelines.outputs.evaluations import model_line, qc_lines
+from pipelines.outputs.feature_report import build_feature_report, feature_report_reference
+from pipelines.outputs.parametric_map import (
     LesionMaps,
     build_parametric_maps,
     lesions_anatomic_region,
     map_feature_groups,
     maps_plan,
 )
+from pipelines.outputs.reading_report import build_reading_report, reading_report_reference
+from pipelines.outputs.summary import build_summary_image
 from pipelines.plan import Gather, Laps, Pending, Plan, Tasks, Write, Written
-from pipelines.preprocess import apply_zscore, n4_correct, zscore_parameters
-from pipelines.presets import Preset, RoiVariant, load_preset
-from pipelines.qc import CSV_COLUMNS as QC_CSV_COLUMNS
-from pipelines.qc import QCReport, QCSettings, assess_roi, assess_series, worst_status
-from pipelines.qc.robustness import Perturbed, perturbed_plan
-from pipelines.reading_report import build_reading_report, reading_report_reference
-from pipelines.results import RoiResult
-from pipelines.rois import RoiMask, build_variants, is_liver
-from pipelines.segmentation import DecodedSegmentation, Segment, read_segmentation
-from pipelines.series import SeriesVolume, read_series
-from pipelines.summary import build_summary_image
+from pipelines.science.features import FeatureError, RoiFeatures, TaskResult, features_plan
+from pipelines.science.inference import (
+    ModelOutput,
+    NotApplied,
+    apply_model,
+    lesion_features,
+    seg_values,
+)
+from pipelines.science.preprocess import apply_zscore, n4_correct, zscore_parameters
+from pipelines.science.presets import Preset, RoiVariant, load_preset
+from pipelines.science.qc import CSV_COLUMNS as QC_CSV_COLUMNS
+from pipelines.science.qc import QCReport, QCSettings, assess_roi, assess_series, worst_status
+from pipelines.science.qc.robustness import Perturbed, perturbed_plan
+from pipelines.science.results import RoiResult
+from pipelines.science.rois import RoiMask, build_variants, is_liver
 
 # The ROI variants of a measured liver segment: as drawn only (rings around an organ are not
 # perilesional tissue, and an organ is not eroded for a lesion's core).
@@ -98,8 +104,9 @@ def _apply_models(models: Sequence[tuple[str | Path, str]], preset: Preset,
                   lesions: Sequence[LesionSummary], series_qc: QCReport,
                   lesion_qc: dict[int, QCReport], volume: SeriesVolume) -> AppliedModels:
     """Load each pinned package (models.package checks it) and run those made for ``preset``
-    on every lesion (pipelines.inference.apply_model gates them on preset hash, QC, acquisition
-    domain and clinical inputs). A package that fails its checks is reported, not run."""
+    on every lesion (pipelines.science.inference.apply_model gates them on preset hash, QC,
+    acquisition domain and clinical inputs). A package that fails its checks is reported, not
+    run."""
     results: list[LesionModelResult] = []
     errors: list[str] = []
     by_segment = lesion_features(lesions)
@@ -213,14 +220,15 @@ class PipelineResult:
 
     @property
     def report(self) -> OutputObject:
-        """The feature report (TID 1500 Comprehensive 3D SR, ``pipelines.feature_report``)."""
+        """The feature report (TID 1500 Comprehensive 3D SR,
+        ``pipelines.outputs.feature_report``)."""
         [sr] = [o for o in self.objects if o.sop_class_uid == Comprehensive3DSRStorage]
         return sr
 
     @property
     def reading_report(self) -> OutputObject | None:
-        """The reading report (TID 1500 Comprehensive SR, ``pipelines.reading_report``); None
-        when no lesion as drawn was measured (a preset of derived ROIs only)."""
+        """The reading report (TID 1500 Comprehensive SR, ``pipelines.outputs.reading_report``);
+        None when no lesion as drawn was measured (a preset of derived ROIs only)."""
         found = [o for o in self.objects if o.sop_class_uid == ComprehensiveSRStorage]
         return found[0] if found else None
 
@@ -322,7 +330,7 @@ class Study:
     ``rois.liver.measure`` asks), ``livers`` the numbers of the segments the preset's liver rule
     recognises, ``liver`` their union (None: no liver segment); ``image`` is the series after
     N4 and a liver z-score, ``zscores`` each lesion's own z-score for an ROI reference, and
-    ``variants`` each lesion's ROI variants (``pipelines.rois.build_variants``)."""
+    ``variants`` each lesion's ROI variants (``pipelines.science.rois.build_variants``)."""
 
     volume: SeriesVolume
     seg: DecodedSegmentation
@@ -341,8 +349,8 @@ class Study:
 
 
 def read_source(image_paths: Sequence[str | Path], preset: Preset) -> SeriesVolume:
-    """The series (``pipelines.series.read_series``), read as the preset asks; its SEG or
-    RTSTRUCT is read on its grid next (``pipelines.segmentation.read_segmentation``).
+    """The series (``pipelines.io.series.read_series``), read as the preset asks; its SEG or
+    RTSTRUCT is read on its grid next (``pipelines.io.segmentation.read_segmentation``).
 
     Raises:
         ProcessError: the series' Modality (0008,0060) is not the preset's.
@@ -395,9 +403,9 @@ class Measured:
 def measure(study: Study, preset: Preset, qc_settings: QCSettings
             ) -> Generator[Tasks[Any, TaskResult], list[TaskResult], Measured]:
     """A plan (``pipelines.plan``) of the study's feature tasks: every ROI variant of every
-    lesion (``pipelines.features.lesion_features``), the lesion as drawn where the preset has
-    no ``intra`` variant, and the eroded and dilated lesions of the robustness check
-    (``pipelines.qc.robustness.perturbed_plan``).
+    lesion (``pipelines.science.features.lesion_features``), the lesion as drawn where the preset
+    has no ``intra`` variant, and the eroded and dilated lesions of the robustness check
+    (``pipelines.science.qc.robustness.perturbed_plan``).
 
     Raises:
         FeatureError: pyradiomics refused a ROI variant.
@@ -452,9 +460,9 @@ def _lesions_as_drawn(study: Study, features: Sequence[dict[str, RoiFeatures]], 
 def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: QCSettings,
                 models: Sequence[tuple[str | Path, str]], out: Path, laps: Laps
                 ) -> Written[_Early]:
-    """Quality control (``pipelines.qc``) and the models, then the reading and feature reports
-    (PS3.16 TID 1500), the derived SEG, the summary image and the CSVs, written into ``out``:
-    none of it depends on the maps. Stages are lapped on ``laps``."""
+    """Quality control (``pipelines.science.qc``) and the models, then the reading and feature
+    reports (PS3.16 TID 1500), the derived SEG, the summary image and the CSVs, written into
+    ``out``: none of it depends on the maps. Stages are lapped on ``laps``."""
     volume, seg, lesions, livers = study.volume, study.seg, study.lesions, study.livers
     qc = (
         assess_series(volume, qc_settings),
@@ -516,7 +524,7 @@ def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: Q
 def write_maps(study: Study, lesion_maps: Sequence[LesionMaps], preset: Preset, out: Path,
                laps: Laps) -> Written[tuple[OutputObject, ...]]:
     """One feature class's Parametric Maps (PS3.3 A.75), encoded
-    (``pipelines.parametric_map.build_parametric_maps``) and written into ``out``."""
+    (``pipelines.outputs.parametric_map.build_parametric_maps``) and written into ``out``."""
     maps = build_parametric_maps(
         study.volume, list(lesion_maps), preset, seg_sop_instance_uid=study.seg.sop_instance_uid,
         anatomic_region=lesions_anatomic_region(study.seg,
@@ -535,17 +543,17 @@ def job_plan(image_paths: Sequence[str | Path], seg_path: str | Path,
     """The plan (``pipelines.plan``) of one job: compute the features of every ROI variant of
     every lesion segment of ``seg_path`` on the series ``image_paths`` and write the TID 1500
     reports (PS3.16 TID 1500), derived SEG, summary image, Parametric Maps and the features and
-    QC CSVs into ``out_dir``. Quality control (``pipelines.qc``) uses ``qc_settings``
+    QC CSVs into ``out_dir``. Quality control (``pipelines.science.qc``) uses ``qc_settings``
     (defaults when None). ``models`` are (package path, pinned sha256) pairs: each package made
     for this preset runs on every lesion, or says why not, in the result, the reports and the
     summary image. ``split_maps`` splits each lesion's maps into runs of voxel batches, for a
-    runner that runs tasks side by side (``pipelines.parametric_map.lesion_map_tasks``).
+    runner that runs tasks side by side (``pipelines.outputs.parametric_map.lesion_map_tasks``).
 
     Stages, in order: :func:`read_source`, ``read_segmentation``, :func:`preprocess`,
     :func:`measure` (feature tasks), then the objects that do not depend on the maps
     (:func:`write_early`: QC, models, reports, derived SEG, summary image, CSVs), then per
-    pyradiomics feature class (``pipelines.parametric_map.map_feature_groups``) the map tasks
-    and :func:`write_maps`.
+    pyradiomics feature class (``pipelines.outputs.parametric_map.map_feature_groups``) the map
+    tasks and :func:`write_maps`.
     The voxel-wise maps depend on no feature and no other object depends on them, so the early
     objects and each class's maps but the last are :class:`pipelines.plan.Write` steps with
     ``beside`` (a runner may write them while the next maps are computed) and ``announce`` (a

@@ -24,7 +24,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pydicom.valuerep import DSfloat
 
-from pipelines.presets import Preset
+from pipelines.science.presets import Preset
 
 CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
 

@@ -15,7 +15,7 @@ NODE = "node"
 ``status-page:<user>``."""
 
 SEGMENTATION_NOT_PROCESSED = "segmentation not processed"
-"""The audit event of a segmentation that the router can pair with no series (``node.router``);
+"""The audit event of a segmentation that the router can pair with no series (``node.flow.router``);
 its detail holds ``seg_sop_uid``, ``modality`` and the one-line ``reason``."""
 
 

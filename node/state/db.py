@@ -4,7 +4,7 @@ WAL journal. Connections are ``synchronous=FULL`` (a committed row survives a po
 the receivers' own (``synchronous=NORMAL``: a committed row survives the node's crash, and a
 power cut may take back the last rows; the spool file of each acknowledged instance is durable
 before its row is written, and start-up recovery indexes spool files without a row again,
-``node.recovery``). SQLite waits up to 5 s for another connection's write lock (sqlite3's
+``node.state.recovery``). SQLite waits up to 5 s for another connection's write lock (sqlite3's
 default busy timeout) before it raises.
 """
 

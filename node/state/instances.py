@@ -143,11 +143,11 @@ class InstanceStore:
 
     def replace_file(self, sop_instance_uid: str, size: int, sha256: str) -> None:
         """Record, in one transaction, that the damaged spool copy of an indexed instance was
-        replaced by an intact one (``node.ingest``): the row's size and sha256 are the new
+        replaced by an intact one (``node.state.ingest``): the row's size and sha256 are the new
         file's, and its series is repaired at ``now`` (``repaired_at``) and receiving again (not
         stable, last arrival ``now``), so the assembly tick marks it stable ``stable_after``
         later and routes it; a failed job that read the damaged copy is then queued again
-        (``node.router``)."""
+        (``node.flow.router``)."""
         now = self._clock.time()
         with self._db.transaction() as db:
             row = db.execute("SELECT series_uid FROM instances WHERE sop_instance_uid=?",
@@ -161,10 +161,10 @@ class InstanceStore:
 
     def forget(self, sop_instance_uid: str, reason: str) -> InstanceRow | None:
         """Drop the row of an instance whose spool file is missing or damaged (start-up
-        recovery, ``node.recovery``), in one transaction: its series counts one instance less
+        recovery, ``node.state.recovery``), in one transaction: its series counts one instance less
         and is repaired at ``now`` (``repaired_at``: the instance, sent again, is stored as a
         new one and makes the series receiving; routed then, a failed job that read the damaged
-        copy is queued again, ``node.router``); a segmentation's references go (filed again
+        copy is queued again, ``node.flow.router``); a segmentation's references go (filed again
         when it is routed); and the jobs not finished that read it (of its series, or of it as
         the segmentation) fail with ``reason``, rather than run on a series without it. The
         series stays receiving or stable as it was: routed now, it would be without the

@@ -49,7 +49,7 @@ class OutboxStore:
     def queue_early(self, job_id: int, deliveries: list[tuple[str, str, str]]) -> None:
         """Queue (destination, path, SOP Instance UID) deliveries of a job that is still running:
         the objects its pipeline wrote before its parametric maps, as the job runner is told of
-        them (``node.jobs``; the announced writes of ``pipelines.process.job_plan``).
+        them (``node.flow.jobs``; the announced writes of ``pipelines.process.job_plan``).
         ``JobStore.finish`` queues them again with the rest, which changes nothing (one row per
         destination and object)."""
         with self._db.transaction() as db:
@@ -135,7 +135,7 @@ class OutboxStore:
 
     def last_id(self) -> int:
         """The highest delivery id so far (0 when none): the outbox's deliveries queued later
-        are new to it (``node.outbox``)."""
+        are new to it (``node.flow.outbox``)."""
         [row] = self._db.query("SELECT COALESCE(MAX(id), 0) AS last FROM outbox")
         return int(row["last"])
 

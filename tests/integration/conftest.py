@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipelines.synthetic import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME
+from demo.synthetic import PATIENT_BIRTH_DATE, PATIENT_ID, PATIENT_NAME
 from tests.integration import peers
 
 PHI = [PATIENT_NAME, PATIENT_NAME.replace("^", " "), PATIENT_ID, PATIENT_BIRTH_DATE]

@@ -759,10 +759,10 @@ class DemoOutputs:
 def make_demo_outputs(workdir: Path) -> DemoOutputs:
     """Write the synthetic study of :data:`DEMO_SHAPE` under ``workdir/study`` and process it
     into ``workdir/results``."""
+    from demo.synthetic import write_synthetic_study
     from models.shipped import DEMO_PACKAGE, DEMO_SHA256
-    from node.executor import run_in_process
+    from node.flow.executor import run_in_process
     from pipelines.process import job_plan
-    from pipelines.synthetic import write_synthetic_study
 
     study = write_synthetic_study(workdir / "study", shape=DEMO_SHAPE)
     started = time.monotonic()

@@ -46,12 +46,12 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DS
 
+from demo.synthetic import write_synthetic_study
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
-from node.executor import run_in_process
-from pipelines.codes import PRIVATE_SCHEME, feature_concept, image_filter_concept
-from pipelines.inference import ModelOutput
+from node.flow.executor import run_in_process
+from pipelines.outputs.codes import PRIVATE_SCHEME, feature_concept, image_filter_concept
 from pipelines.process import PipelineResult, job_plan
-from pipelines.synthetic import write_synthetic_study
+from pipelines.science.inference import ModelOutput
 from tests.integration import readers
 from tests.unit.outputs_case import dciodvfy
 
@@ -72,7 +72,7 @@ SR_ROLES = ("reading report", "feature report")
 STOCK_HEAP = "2g"  # PixelMed alone on the reading report: 0.7 GB live, slow to collect in 1 GB
 MAP_ROLES = ("parametric map 1", "parametric map 2")
 
-MODEL_PROBABILITY = ("model.prob", PRIVATE_SCHEME)  # pipelines.evaluations.model_items
+MODEL_PROBABILITY = ("model.prob", PRIVATE_SCHEME)  # pipelines.outputs.evaluations.model_items
 ORIGINAL = "original"  # pyradiomics' image type of the unfiltered image
 SD_OF_INTENSITY = (codes.SCT.StandardDeviation.value, codes.SCT.StandardDeviation.scheme_designator)
 VARIANCE = "original_firstorder_Variance"  # the reading report's SD is its square root
@@ -146,7 +146,7 @@ def test_the_demo_writes_the_objects_the_readers_read(demo: Demo) -> None:
 
 def _tracking_identifier(label: str, roi_variant: str) -> str:
     """The Tracking Identifier of a features.csv row's ROI: the segment label, "<label> / <ROI
-    variant>" for a variant derived from it (``pipelines.results.RoiResult``)."""
+    variant>" for a variant derived from it (``pipelines.science.results.RoiResult``)."""
     return label if roi_variant in ("", "intra") else f"{label} / {roi_variant}"
 
 
@@ -297,7 +297,7 @@ def test_dcmqi_reads_the_reading_reports_numbers_and_joins_them_to_the_feature_r
                 wrong.append((tracking, quantity, item["value"], want))
             compared += 1
     assert not wrong, f"reading report values not as features.csv (dcmqi, csv): {wrong[:8]}"
-    # a group per lesion as drawn (pipelines.reading_report: none for a derived ROI)
+    # a group per lesion as drawn (pipelines.outputs.reading_report: none for a derived ROI)
     rois = {_tracking_identifier(row["segment_label"], row["roi_variant"]) for row in demo.rows
             if row["roi_variant"] in ("", "intra")}
     reading = {(g["TrackingIdentifier"], g["TrackingUniqueIdentifier"])

@@ -30,9 +30,9 @@ from pynetdicom.sop_class import (
     SegmentationStorage,
 )
 
-from node.executor import run_in_process
+from demo.synthetic import SyntheticStudy, write_synthetic_study
+from node.flow.executor import run_in_process
 from pipelines.process import job_plan
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
 from tests.integration.peers import NodeService, require_tools
 

@@ -15,10 +15,10 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from node.executor import run_in_process
-from pipelines.codes import feature_concept
+from demo.synthetic import write_synthetic_study
+from node.flow.executor import run_in_process
+from pipelines.outputs.codes import feature_concept
 from pipelines.process import job_plan
-from pipelines.synthetic import write_synthetic_study
 from tests.integration.peers import node_service, orthanc, require_tools
 
 pytestmark = pytest.mark.integration

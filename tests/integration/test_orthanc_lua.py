@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.synthetic import write_synthetic_study
+from demo.synthetic import write_synthetic_study
 from tests.conftest import REPO, free_port
 from tests.integration.peers import NodeService, orthanc
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import NodeConfig
-from node.feed import Feed
-from node.ingest import Ingest
-from node.receiver import Receiver
-from node.retrieve import Retriever
-from node.router import Router
+from node.dicom.receiver import Receiver
+from node.flow.feed import Feed
+from node.flow.retrieve import Retriever
+from node.flow.router import Router
 from node.state import Index
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from node.state.ingest import Ingest
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock
 from tests.integration.peers import NodeService, OrthancServer, orthanc, require_tools

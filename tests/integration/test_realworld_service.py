@@ -48,7 +48,7 @@ CASES_TSV = REFDATA / "realworld" / "cases.tsv"
 OUTCOMES = ("job done", "job failed", SEGMENTATION_NOT_PROCESSED,
             "segmentation without its source series")
 """Log events that end a case in the node: a job done or failed, a segmentation the router
-refused, a source series that never came (``node.retrieve``)."""
+refused, a source series that never came (``node.flow.retrieve``)."""
 
 DEADLINE_S = 900.0
 """Seconds from the last instance sent to the case's outcome, and again to its deliveries (the

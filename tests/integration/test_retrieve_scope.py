@@ -19,15 +19,15 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
-from node.ingest import Ingest
-from node.receiver import Receiver
-from node.retrieve import Retriever
-from node.router import Router
+from node.dicom.receiver import Receiver
+from node.flow.retrieve import Retriever
+from node.flow.router import Router
 from node.state import Index
 from node.state.audit import SEGMENTATION_NOT_PROCESSED
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from node.state.ingest import Ingest
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock
 from tests.integration.peers import OrthancServer, orthanc

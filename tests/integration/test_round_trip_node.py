@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from pipelines.codes import feature_concept
-from pipelines.features import extract_features
+from pipelines.outputs.codes import feature_concept
+from pipelines.science.features import extract_features
 from tests.integration.peers import node_service, orthanc, require_tools
 from tests.nrrd_dicom import baseline_preset, convert_case, sr_values
 

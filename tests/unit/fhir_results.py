@@ -11,7 +11,6 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
-from pipelines.inference import ModelIdentity, ModelOutput, NotApplied, Refusal
 from pipelines.process import (
     LesionModelResult,
     LesionSummary,
@@ -19,7 +18,8 @@ from pipelines.process import (
     PipelineResult,
     StageTimes,
 )
-from pipelines.qc import QCCheck, QCReport
+from pipelines.science.inference import ModelIdentity, ModelOutput, NotApplied, Refusal
+from pipelines.science.qc import QCCheck, QCReport
 
 MODEL = ModelIdentity("test-model", "2.0.0", "ab" * 32, "tests only", True,
                       "Test model, not for clinical use.")

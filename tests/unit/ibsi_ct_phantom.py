@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.presets import Preset, load_preset
+from pipelines.science.presets import Preset, load_preset
 from tests.unit.test_ibsi import IBSI_TAGS, TRANSFORMS
 
 PHANTOM = Path("ibsi1/ibsi_1_ct_radiomics_phantom")
@@ -30,8 +30,8 @@ _DEFAULT_AGGREGATION = {"glcm": "3D_avg", "glrlm": "3D_avg", "glszm": "3D", "gld
                         "ngtdm": "3D"}
 
 
-# the node's IVH features (pipelines.ivh) -> the IBSI tag each answers; with a fixed bin number
-# the intensities are bin numbers under names of their own
+# the node's IVH features (pipelines.science.ivh) -> the IBSI tag each answers; with a fixed bin
+# number the intensities are bin numbers under names of their own
 IVH_TAGS = {
     "V10": "ivh_v10",
     "V90": "ivh_v90",

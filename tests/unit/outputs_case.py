@@ -13,13 +13,13 @@ from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-from pipelines.features import extract_lesions
-from pipelines.presets import Preset, RoiOptions, RoiVariant, load_preset
-from pipelines.results import RoiResult
-from pipelines.rois import RoiMask, build_variants
-from pipelines.segmentation import DecodedSegmentation, Segment, read_segmentation
-from pipelines.series import SeriesVolume, read_series
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from demo.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.io.segmentation import DecodedSegmentation, Segment, read_segmentation
+from pipelines.io.series import SeriesVolume, read_series
+from pipelines.science.features import extract_lesions
+from pipelines.science.presets import Preset, RoiOptions, RoiVariant, load_preset
+from pipelines.science.results import RoiResult
+from pipelines.science.rois import RoiMask, build_variants
 
 SHAPE = (20, 96, 96)
 

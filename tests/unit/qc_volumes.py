@@ -9,7 +9,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from pipelines.series import SeriesVolume
+from pipelines.io.series import SeriesVolume
 
 
 def make_headers(

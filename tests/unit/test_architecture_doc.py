@@ -9,8 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "architecture.md"
-PACKAGES = ("node", "pipelines", "models")
-NAMED = re.compile(r"`((?:node|pipelines|models)/[A-Za-z0-9_/]+\.py)`")
+PACKAGES = ("node", "pipelines", "models", "demo")
+NAMED = re.compile(r"`((?:node|pipelines|models|demo)/[A-Za-z0-9_/]+\.py)`")
 
 
 DEFINES = re.compile(r"^(class|def) ", re.MULTILINE)

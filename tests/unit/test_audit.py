@@ -13,9 +13,9 @@ import pytest
 
 from node.cli import main
 from node.config import NodeConfig
-from node.retention import DAY, Retention
 from node.state import Index
 from node.state.instances import InstanceRow
+from node.state.retention import DAY, Retention
 
 STUDY = "1.2.826.0.1.3680043.8.498.20"
 CT = "1.2.826.0.1.3680043.8.498.21"

@@ -16,10 +16,10 @@ lab). That file has known errors, which this test corrects explicitly instead of
 * glcm Autocorrelation, Imc1 and Imc2 are left unmapped although pyradiomics computes IBSI's
   definitions; the table here maps them to the codes the file gives those IBSI features.
 
-The intensity-volume histogram (class ``ivh``, ``pipelines.ivh``) is the node's, not pyradiomics':
-the file (IBSI v7) has only the family's generic concepts, so its codes are IBSI 1's codes of the
-10 % and 90 % features (section 3.5), and their meanings are checked against the names of the
-IBSI 1 reference values' tags instead.
+The intensity-volume histogram (class ``ivh``, ``pipelines.science.ivh``) is the node's, not
+pyradiomics': the file (IBSI v7) has only the family's generic concepts, so its codes are IBSI 1's
+codes of the 10 % and 90 % features (section 3.5), and their meanings are checked against the names
+of the IBSI 1 reference values' tags instead.
 """
 
 import csv
@@ -29,8 +29,7 @@ import numpy as np
 import pytest
 import radiomics
 
-from pipelines import ivh
-from pipelines.codes import (
+from pipelines.outputs.codes import (
     IBSI_SCHEME,
     PRIVATE_SCHEME,
     FeatureCodeError,
@@ -38,7 +37,8 @@ from pipelines.codes import (
     image_filter_concept,
     known_features,
 )
-from pipelines.presets import IbsiIvh
+from pipelines.science import ivh
+from pipelines.science.presets import IbsiIvh
 from tests.unit.ibsi_ct_phantom import IVH_TAGS
 
 TSV = Path("pyradiomics/labs/pyradiomics-dcm/resources/featuresDict_IBSIv7.tsv")
@@ -117,7 +117,7 @@ def _computable_features() -> set[tuple[str, str]]:
 
 
 def _ivh_names() -> set[str]:
-    """The feature names ``pipelines.ivh`` gives, with every discretisation."""
+    """The feature names ``pipelines.science.ivh`` gives, with every discretisation."""
     values = np.array([0.0, 1.0, 2.0, 2.0, 3.0])
     return {
         name

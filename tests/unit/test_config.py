@@ -103,7 +103,7 @@ def test_a_rules_preset_file_is_resolved_beside_the_file_and_loaded(tmp_path: Pa
     """A site's own preset is a file: a relative path is taken from the configuration file's
     folder (the node may run elsewhere), and the preset is loaded with the configuration, so
     that a broken one stops the node at start rather than failing every job."""
-    from pipelines.presets import load_preset
+    from pipelines.science.presets import load_preset
 
     site = tmp_path / "site"
     (site / "presets").mkdir(parents=True)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from node.check import check_config
 from node.cli import main
 from node.config import NodeConfig
-from node.receiver import Receiver
+from node.dicom.receiver import Receiver
+from node.ops.check import check_config
 from node.state import Index
 from tests.conftest import free_port
 

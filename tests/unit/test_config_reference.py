@@ -7,7 +7,7 @@ import pytest
 
 from node.cli import main
 from node.config import NodeConfig
-from node.reference import render_reference
+from node.ops.reference import render_reference
 from tests.conftest import REPO
 
 

@@ -1,11 +1,11 @@
 """The DICOM Conformance Statement lists exactly the SOP classes the listener stores and the
-transfer syntaxes it accepts (node.validation), so the document follows the code."""
+transfer syntaxes it accepts (node.dicom.validation), so the document follows the code."""
 
 from __future__ import annotations
 
 import re
 
-from node.validation import STORAGE_CLASSES, TRANSFER_SYNTAXES
+from node.dicom.validation import STORAGE_CLASSES, TRANSFER_SYNTAXES
 from tests.conftest import REPO
 
 TEXT = (REPO / "docs" / "conformance-statement.md").read_text()

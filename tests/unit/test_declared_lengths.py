@@ -21,7 +21,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from node.config import NodeConfig
-from node.receiver import Receiver
+from node.dicom.receiver import Receiver
 from node.state import Index
 from tests.conftest import free_port
 from tests.unit.malformed import part10
@@ -116,7 +116,7 @@ def test_element_longer_than_its_bytes_is_refused_naming_the_tag(
     ds = _ct(refdata)
     path = tmp_path / "sent.dcm"
     path.write_bytes(build(ds))
-    caplog.set_level(logging.WARNING, logger="node.ingest")
+    caplog.set_level(logging.WARNING, logger="node.state.ingest")
     response = _send(config, path, CTImageStorage, ExplicitVRLittleEndian)
     assert response.Status == status
     assert str(response.ErrorComment).startswith(f"{tag}: {reason}"[:64])

@@ -17,7 +17,7 @@ from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformati
 from node.cli import main
 from node.clock import SYSTEM_CLOCK, Clock
 from node.config import Destination, NodeConfig, OutboxConfig
-from node.outbox import Outbox
+from node.flow.outbox import Outbox
 from node.state import Index
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock

@@ -1,9 +1,10 @@
 """The rule of docs/dependencies.md: the node's code uses no private pynetdicom name (an
 underscore name that pynetdicom defines: a module, function, class or attribute) and swaps no
-object's class, outside the one adapter module, ``node/pynetdicom_adapter.py``; the documented
+object's class, outside the one adapter module, ``node/dicom/pynetdicom_adapter.py``; the documented
 ``_config`` switches are allowed. Before issue 19 the receiver used 26 such names. Likewise no
 private name of pydicom, pyradiomics or highdicom outside their adapter modules
-(``pipelines/pydicom_adapter.py``, ``pipelines/radiomics_adapter.py``; highdicom has none)."""
+(``pipelines/io/pydicom_adapter.py``, ``pipelines/science/radiomics_adapter.py``; highdicom has
+none)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import radiomics
 
 from tests.conftest import REPO
 
-ADAPTER = REPO / "node" / "pynetdicom_adapter.py"
+ADAPTER = REPO / "node" / "dicom" / "pynetdicom_adapter.py"
 ALLOWED = {"_config"}
 """pynetdicom's documented configuration module (its switches, e.g. STORE_SEND_CHUNKED_DATASET)."""
 
@@ -81,7 +82,7 @@ def test_no_private_pynetdicom_name_outside_the_adapter() -> None:
     private = _pynetdicom_private_names()
     assert {"_accepted_cx", "_reactor_checkpoint", "_validators"} <= private  # it can find them
     found = {str(path.relative_to(REPO)): uses
-             for path in sorted((REPO / "node").glob("*.py")) if path != ADAPTER
+             for path in sorted((REPO / "node").rglob("*.py")) if path != ADAPTER
              if (uses := _uses(path, private))}
     assert found == {}
 
@@ -99,14 +100,14 @@ def test_the_check_finds_what_the_old_receiver_used(tmp_path: Path) -> None:
 
 def test_every_adapter_module_is_listed_with_its_guard() -> None:
     page = (REPO / "docs" / "dependencies.md").read_text()
-    for listed in ("node/pynetdicom_adapter.py", "tests/unit/test_pynetdicom_adapter.py",
-                   "pipelines/radiomics_adapter.py", "pipelines/pydicom_adapter.py",
-                   "pipelines/sr_encoding.py"):
+    for listed in ("node/dicom/pynetdicom_adapter.py", "tests/unit/test_pynetdicom_adapter.py",
+                   "pipelines/science/radiomics_adapter.py", "pipelines/io/pydicom_adapter.py",
+                   "pipelines/outputs/sr_encoding.py"):
         assert listed in page, listed
 
 
-ADAPTERS = {"pydicom": REPO / "pipelines" / "pydicom_adapter.py",
-            "radiomics": REPO / "pipelines" / "radiomics_adapter.py"}
+ADAPTERS = {"pydicom": REPO / "pipelines" / "io" / "pydicom_adapter.py",
+            "radiomics": REPO / "pipelines" / "science" / "radiomics_adapter.py"}
 
 
 @pytest.mark.parametrize(("library", "package"), [
@@ -114,7 +115,7 @@ ADAPTERS = {"pydicom": REPO / "pipelines" / "pydicom_adapter.py",
 def test_no_private_pipeline_library_name_outside_its_adapter(library: str,
                                                                package: ModuleType) -> None:
     private = _private_names(package)
-    code = [*(REPO / "node").glob("*.py"), *(REPO / "pipelines").rglob("*.py")]
+    code = [*(REPO / "node").rglob("*.py"), *(REPO / "pipelines").rglob("*.py")]
     found = {str(path.relative_to(REPO)): uses for path in sorted(code)
              if path != ADAPTERS.get(library)
              if (uses := _uses(path, private, library))}
@@ -122,8 +123,8 @@ def test_no_private_pipeline_library_name_outside_its_adapter(library: str,
 
 
 def test_the_check_finds_pipeline_library_names(tmp_path: Path) -> None:
-    """The check can fail: what the removed pipelines/iod_lookup.py and pipelines/features.py
-    used before issue 21."""
+    """The check can fail: what the removed pipelines/iod_lookup.py and
+    pipelines/science/features.py used before issue 21."""
     sample = tmp_path / "sample.py"
     sample.write_text("import highdicom._standard_utils\n"
                       "from radiomics.featureextractor import RadiomicsFeatureExtractor\n"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from node.config import ConfigError, load_config
-from pipelines.software import software_version
+from pipelines.outputs.software import software_version
 from tests.conftest import REPO, free_port
 
 DEPLOY = REPO / "deploy"

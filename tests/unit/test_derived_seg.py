@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.derived_seg import (
+from pipelines.io.segmentation import read_segmentation
+from pipelines.outputs.derived_seg import (
     DerivedSegmentation,
     DerivedSegmentationError,
     build_derived_segmentation,
 )
-from pipelines.feature_report import build_feature_report
-from pipelines.rois import on_full_grid
-from pipelines.segmentation import read_segmentation
+from pipelines.outputs.feature_report import build_feature_report
+from pipelines.science.rois import on_full_grid
 from tests.unit.outputs_case import OutputsCase, build_case, dciodvfy
 
 
@@ -103,9 +103,9 @@ def test_rois_and_masks_must_pair(case: OutputsCase) -> None:
 
 
 def test_node_recognises_its_own_derived_seg(derived: DerivedSegmentation) -> None:
-    """node.router skips SEGs whose Manufacturer and model are the node's, so a PACS that sends
+    """node.flow.router skips SEGs whose Manufacturer and model are the node's, so a PACS that sends
     the derived SEG back does not get rings processed as lesions."""
-    from pipelines.software import MANUFACTURER
+    from pipelines.outputs.software import MANUFACTURER
 
     dataset = derived.dataset
     assert (dataset.Manufacturer, dataset.ManufacturerModelName) == (MANUFACTURER, MANUFACTURER)
@@ -116,9 +116,9 @@ def test_a_long_label_is_cut_so_that_label_and_variant_fit_a_segment_label() -> 
     appended, the label part is cut, never the variant."""
     from pydicom.sr.codedict import codes
 
-    from pipelines.features import RoiFeatures
-    from pipelines.results import LABEL_LENGTH, RoiResult
-    from pipelines.segmentation import Segment
+    from pipelines.io.segmentation import Segment
+    from pipelines.science.features import RoiFeatures
+    from pipelines.science.results import LABEL_LENGTH, RoiResult
 
     segment = Segment(1, "L" * 64, sitk.Image([2, 2, 2], sitk.sitkUInt8), codes.SCT.Tissue,
                       codes.SCT.Tissue, "MANUAL")

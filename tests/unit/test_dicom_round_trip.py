@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from node.executor import run_in_process
-from pipelines.codes import feature_concept
-from pipelines.features import extract_features
+from node.flow.executor import run_in_process
+from pipelines.outputs.codes import feature_concept
 from pipelines.process import job_plan
+from pipelines.science.features import extract_features
 from tests.nrrd_dicom import baseline_preset, convert_case, sr_values
 
 RELATIVE_TOLERANCE = 1e-6

@@ -1,5 +1,5 @@
-"""node.direct_io and ``write_durably(direct=True)``: the file holds exactly the bytes given, for
-every size around the alignment and window boundaries and any split into chunks; a file of a
+"""node.state.direct_io and ``write_durably(direct=True)``: the file holds exactly the bytes given,
+for every size around the alignment and window boundaries and any split into chunks; a file of a
 whole aligned block or more is opened with O_DIRECT, a smaller one not; a file system that refuses
 O_DIRECT, at open or at the first write, gets the same file through the page cache and is not
 asked again; a full disk is the sender's 0xA700 with nothing left behind; the windows are
@@ -16,12 +16,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node import direct_io, spool
 from node.config import NodeConfig
-from node.direct_io import ALIGNMENT, WINDOW
-from node.ingest import Ingest
-from node.spool import write_durably
-from node.state import Index
+from node.state import Index, direct_io, spool
+from node.state.direct_io import ALIGNMENT, WINDOW
+from node.state.ingest import Ingest
+from node.state.spool import write_durably
 from tests.unit.malformed import decode, part10
 
 SIZES = [0, 1, ALIGNMENT - 1, ALIGNMENT, ALIGNMENT + 1, 525_338, WINDOW - 1, WINDOW, WINDOW + 1,
@@ -46,7 +45,7 @@ def test_the_file_holds_exactly_the_bytes(tmp_path: Path, size: int) -> None:
 
 
 def _opened_flags(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The flags of every os.open by node.spool, recorded."""
+    """The flags of every os.open by node.state.spool, recorded."""
     seen: list[int] = []
     real = os.open
 

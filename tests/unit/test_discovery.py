@@ -11,9 +11,9 @@ import pydicom
 import pytest
 import yaml
 
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.cli import main
-from pipelines.discovery import discover
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.io.discovery import discover
 
 SEGS = Path("highdicom/data/test_files")
 SMALL = {"shape": (10, 48, 48), "pixel_spacing": 4.0, "slice_thickness": 5.0}
@@ -46,7 +46,7 @@ def test_series_and_segmentations_are_paired(
 ) -> None:
     folder = _folder(tmp_path, studies, refdata)
 
-    with caplog.at_level(logging.WARNING, logger="pipelines.discovery"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.io.discovery"):
         found = discover(folder)
 
     assert set(found.series) == {s.ct_series_uid for s in studies}

@@ -19,14 +19,14 @@ from typing import Any
 import pydicom
 import pytest
 
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import Destination, NodeConfig
-from node.executor import run_in_process, run_shipped_job, unpack
-from node.jobs import JobRunner
+from node.flow.executor import run_in_process, run_shipped_job, unpack
+from node.flow.jobs import JobRunner
 from node.state import Index
 from node.state.instances import InstanceRow
-from pipelines.presets import MapOptions, load_preset
 from pipelines.process import job_plan
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.science.presets import MapOptions, load_preset
 
 distributed = pytest.importorskip("distributed")
 from distributed.diagnostics.plugin import SchedulerPlugin  # noqa: E402
@@ -216,7 +216,7 @@ def test_feature_task_whose_workers_all_died_queues_the_job_again(
 def test_a_preset_file_is_shipped_to_the_cluster_as_a_preset(tmp_path: Path) -> None:
     """A rule's preset file exists on the node's machine only: the task gets the preset read
     there (same hash), a shipped preset's name as it is."""
-    from node.executor import shipped_preset
+    from node.flow.executor import shipped_preset
 
     path = tmp_path / "site-preset.yaml"
     path.write_text((Path(__file__).parents[2] / "pipelines/presets/ct-liver-basic.yaml")

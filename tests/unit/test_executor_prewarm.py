@@ -16,14 +16,14 @@ from pathlib import Path
 import psutil
 
 from node.config import NodeConfig
-from node.executor import LocalExecutor
+from node.flow.executor import LocalExecutor
 from tests.conftest import REPO
 
 NODE = """
 import multiprocessing, sys, time
 from pathlib import Path
 from node.config import NodeConfig
-from node.executor import LocalExecutor
+from node.flow.executor import LocalExecutor
 executor = LocalExecutor(NodeConfig(state_dir=Path(sys.argv[1])))
 # a job that fails at once (no such preset): the worker is up, idle, waiting for the next task
 executor.submit([], "seg.dcm", "no-such-preset", Path(sys.argv[1])).exception()
@@ -81,7 +81,7 @@ def _standard_tables_loaded() -> int:
 
 
 def test_a_local_job_worker_reads_highdicoms_tables_when_it_starts(tmp_path: Path) -> None:
-    """The tables the first SEG read would parse (pipelines.segmentation.load_standard_tables)
+    """The tables the first SEG read would parse (pipelines.io.segmentation.load_standard_tables)
     are in the job worker's cache before it runs anything, and not in a fresh interpreter."""
     config = NodeConfig(state_dir=tmp_path, executor={"kind": "local"})
     local = LocalExecutor(config)
@@ -96,14 +96,14 @@ def test_a_local_job_worker_reads_highdicoms_tables_when_it_starts(tmp_path: Pat
 SERVE_ORDER = """
 import argparse, json, sys
 from pathlib import Path
-import node.executor
+import node.flow.executor
 
 def made(config):  # stands in for the pool: what had this process imported by then?
     print(json.dumps({name: name in sys.modules
                       for name in ("node.service", "pipelines.process", "SimpleITK")}))
     raise SystemExit(0)
 
-node.executor.make_executor = made
+node.flow.executor.make_executor = made
 from node import cli
 cli._serve(argparse.Namespace(config=Path(sys.argv[1])))
 """

@@ -13,12 +13,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-import node.executor as executor
+import node.flow.executor as executor
+from demo.synthetic import SyntheticStudy
 from node.config import NodeConfig
-from node.jobs import JobRunner
-from pipelines.features import feature_keys
-from pipelines.presets import load_preset
-from pipelines.synthetic import SyntheticStudy
+from node.flow.jobs import JobRunner
+from pipelines.science.features import feature_keys
+from pipelines.science.presets import load_preset
 from tests.unit.test_executor import _outputs, _queued_job, _run_job, _until, study  # noqa: F401
 
 

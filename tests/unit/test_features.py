@@ -17,8 +17,9 @@ import pytest
 import SimpleITK as sitk
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
-import pipelines.features as features_module
-from pipelines.features import (
+import pipelines.science.features as features_module
+from pipelines.plan import run_tasks
+from pipelines.science.features import (
     ArrayImage,
     FeatureError,
     FeatureTask,
@@ -29,9 +30,8 @@ from pipelines.features import (
     features_plan,
     validated_extractor,
 )
-from pipelines.plan import run_tasks
-from pipelines.presets import Preset, load_preset
-from pipelines.rois import RoiMask
+from pipelines.science.presets import Preset, load_preset
+from pipelines.science.rois import RoiMask
 
 CASES = ("brain2", "breast1")
 CLASSES = ("shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
@@ -164,10 +164,10 @@ def test_tasks_run_anywhere_give_the_serial_values_in_the_serial_order(tmp_path:
     """features_plan's tasks (one per lesion and image type, LoG per sigma) through a map that
     pickles each task and its result, as a Dask worker receives them: the same values, keys and
     diagnostics, in the same order, as the serial path; no SimpleITK object in a task."""
-    from pipelines.rois import build_variants
-    from pipelines.segmentation import read_segmentation
-    from pipelines.series import read_series
-    from pipelines.synthetic import write_synthetic_study
+    from demo.synthetic import write_synthetic_study
+    from pipelines.io.segmentation import read_segmentation
+    from pipelines.io.series import read_series
+    from pipelines.science.rois import build_variants
 
     study = write_synthetic_study(tmp_path, shape=(10, 48, 48))
     volume = read_series(list(study.ct_paths))
@@ -212,7 +212,7 @@ def test_complex_values_with_a_rounding_imaginary_part_are_taken_as_real_and_oth
     """NumPy may give pyradiomics' eigenvalue-based features as complex numbers (NumPy 2.5.2
     warned on every job); one with a zero or rounding-size imaginary part is its real part, with
     no ComplexWarning, and one with a real imaginary part fails the extraction, naming the key."""
-    from pipelines.features import _as_features
+    from pipelines.science.features import _as_features
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

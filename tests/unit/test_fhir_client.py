@@ -1,4 +1,4 @@
-"""node.fhir, and the outbox's FHIR deliveries, against a recording of HAPI FHIR's answers
+"""node.flow.fhir, and the outbox's FHIR deliveries, against a recording of HAPI FHIR's answers
 (tests/fhir_recording.py), not a FHIR server: no FHIR server could be installed here. It
 validates every posted Bundle with the fhir.resources R4B models. ``config check`` is tested
 against it too."""
@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from node.check import _reach
 from node.config import NodeConfig, RemotePeer
-from node.fhir import FhirClient, FhirError
-from node.outbox import Outbox
+from node.flow.fhir import FhirClient, FhirError
+from node.flow.outbox import Outbox
+from node.ops.check import _reach
 from node.state import Index
-from pipelines.fhir_report import build_results_bundle, report_identifier
+from pipelines.outputs.fhir_report import build_results_bundle, report_identifier
 from tests.conftest import free_port
 from tests.fhir_recording import Recording, recorded_fhir_server
 from tests.unit.fhir_results import made_result

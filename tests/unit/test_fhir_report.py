@@ -1,5 +1,5 @@
-"""The FHIR results bundle (pipelines.fhir_report): built from a real run of the pipeline on a
-small synthetic study with the shipped demonstration model, it parses back through the
+"""The FHIR results bundle (pipelines.outputs.fhir_report): built from a real run of the pipeline on
+a small synthetic study with the shipped demonstration model, it parses back through the
 fhir.resources R4B models, references the study by its UID, holds one Observation per lesion and
 model with the model's probability, the key features of each lesion as drawn and the QC status,
 and is the same JSON each time it is built; the validation refuses what FHIR does not allow."""
@@ -18,10 +18,11 @@ from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from demo.synthetic import write_synthetic_study
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
-from node.executor import run_in_process
-from pipelines.codes import feature_concept
-from pipelines.fhir_report import (
+from node.flow.executor import run_in_process
+from pipelines.outputs.codes import feature_concept
+from pipelines.outputs.fhir_report import (
     DICOM_UID_SYSTEM,
     KEY_FEATURES,
     PRIVATE_SYSTEM,
@@ -30,10 +31,9 @@ from pipelines.fhir_report import (
     report_identifier,
     write_results_bundle,
 )
-from pipelines.inference import ModelOutput
 from pipelines.process import PipelineResult, job_plan
-from pipelines.qc import QCSettings
-from pipelines.synthetic import write_synthetic_study
+from pipelines.science.inference import ModelOutput
+from pipelines.science.qc import QCSettings
 from tests.unit.fhir_results import PROBABILITY, made_result
 
 

@@ -1,6 +1,6 @@
-"""``node.forked.ForkedCall``: a function run in a forked child, beside the caller, gives back
+"""``node.flow.forked.ForkedCall``: a function run in a forked child, beside the caller, gives back
 its result or its exception; a child that dies without a result is an error naming its exit
-code. And a local job worker's runner (``node.executor.LocalRunner``) writes the objects the
+code. And a local job worker's runner (``node.flow.executor.LocalRunner``) writes the objects the
 in-process runner writes, the report, derived SEG and summary image in a child while the maps
 are computed, and each feature class's maps but the last in a child while the next class is
 computed, and announces each child's objects in its own process as soon as they are written."""
@@ -15,11 +15,11 @@ import pydicom
 import pytest
 
 import pipelines.process
-from node.executor import LocalRunner, run_in_process
-from node.forked import ForkedCall, ForkedCallError, fork_available
-from pipelines.presets import MapOptions, load_preset
+from demo.synthetic import SyntheticStudy, write_synthetic_study
+from node.flow.executor import LocalRunner, run_in_process
+from node.flow.forked import ForkedCall, ForkedCallError, fork_available
 from pipelines.process import ProcessError, job_plan
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.science.presets import MapOptions, load_preset
 
 pytestmark = pytest.mark.skipif(not fork_available(), reason="this platform does not fork")
 

@@ -29,7 +29,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig
-from node.receiver import Receiver
+from node.dicom.receiver import Receiver
 from node.state import Index
 from tests.conftest import free_port
 from tests.unit.malformed import part10

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from pipelines.features import RoiFeatures, extract_lesions
-from pipelines.presets import load_preset
-from pipelines.rois import RoiMask
+from pipelines.science.features import RoiFeatures, extract_lesions
+from pipelines.science.presets import load_preset
+from pipelines.science.rois import RoiMask
 
 PHANTOM = Path("ibsi1/ibsi_1_digital_phantom/nifti")
 CONSENSUS = Path("ibsi1/reference_values/ibsi_1_reference_values_digital_phantom.csv")

@@ -1,6 +1,6 @@
 """IBSI 1 CT radiomics phantom through ``radiomics-node process`` on its own DICOM (60-slice CT +
 RTSTRUCT GTV-1) with the ``ibsi-ct-phantom-<A..E>`` presets (IBSI 1 reference manual,
-arXiv:1612.07003, chapter 5; image processing of chapter 2 by ``pipelines.ibsi``):
+arXiv:1612.07003, chapter 5; image processing of chapter 2 by ``pipelines.science.ibsi``):
 
 * configurations A and B against the IBSI consensus values, strictly |value - reference| <=
   tolerance for every mapped feature (kurtosis after the excess correction);
@@ -35,11 +35,11 @@ from bench.ibsi_mirp import (
     mirp_values,
     node_features,
 )
-from pipelines import ibsi
-from pipelines.preprocess import Grid
-from pipelines.presets import load_preset
-from pipelines.segmentation import read_segmentation
-from pipelines.series import read_series
+from pipelines.io.segmentation import read_segmentation
+from pipelines.io.series import read_series
+from pipelines.science import ibsi
+from pipelines.science.preprocess import Grid
+from pipelines.science.presets import load_preset
 from tests.unit.ibsi_ct_phantom import (
     PHANTOM,
     WITH_REFERENCES,

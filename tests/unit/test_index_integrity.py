@@ -17,12 +17,12 @@ import pydicom
 import pytest
 import yaml
 
+from demo.synthetic import write_synthetic_study
 from node.config import NodeConfig
-from node.health import TICK_FAILURES, check_health
-from node.ingest import Ingest
+from node.flow.ticks import Tick
+from node.ops.health import TICK_FAILURES, check_health
 from node.state import Index, IndexDamaged
-from node.ticks import Tick
-from pipelines.synthetic import write_synthetic_study
+from node.state.ingest import Ingest
 from tests.conftest import free_port
 
 

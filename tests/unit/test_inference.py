@@ -1,5 +1,5 @@
-"""pipelines.inference.apply_model: the model runs only with the card's preset hash, passing QC,
-a series inside the validated domain and every clinical input; otherwise each failed condition
+"""pipelines.science.inference.apply_model: the model runs only with the card's preset hash, passing
+QC, a series inside the validated domain and every clinical input; otherwise each failed condition
 is listed."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import pytest
 
 from models.card import ClinicalInput
 from models.package import ModelPackage, load_package
-from pipelines.inference import (
+from pipelines.science.inference import (
     ModelOutput,
     NotApplied,
     apply_model,
     lesion_features,
     seg_values,
 )
-from pipelines.qc import QCCheck, QCReport
+from pipelines.science.qc import QCCheck, QCReport
 from tests.unit.model_helpers import PRESET_HASH, trained
 
 

@@ -1,7 +1,7 @@
-"""Intensity-volume histogram features (``pipelines.ivh``, IBSI 1 section 3.5): the IBSI 1 digital
-phantom's consensus values exactly, each discretisation on values worked by hand, the preset's
-``ibsi.ivh`` checks. The CT phantom's configurations (A and B against IBSI, C with MIRP) are in
-tests/unit/test_ibsi_ct_phantom.py."""
+"""Intensity-volume histogram features (``pipelines.science.ivh``, IBSI 1 section 3.5): the IBSI 1
+digital phantom's consensus values exactly, each discretisation on values worked by hand, the
+preset's ``ibsi.ivh`` checks. The CT phantom's configurations (A and B against IBSI, C with MIRP)
+are in tests/unit/test_ibsi_ct_phantom.py."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 from pydantic import ValidationError
 
-from pipelines import ivh
-from pipelines.presets import IbsiIvh, IbsiOptions
+from pipelines.science import ivh
+from pipelines.science.presets import IbsiIvh, IbsiOptions
 from tests.unit.ibsi_ct_phantom import IVH_TAGS
 
 PHANTOM = Path("ibsi1/ibsi_1_digital_phantom/nifti")

@@ -16,14 +16,14 @@ import pydicom
 import pytest
 import yaml
 
-from node import jobs as jobs_module
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
-from node.jobs import JobRunner, is_transient
+from node.flow import jobs as jobs_module
+from node.flow.jobs import JobRunner, is_transient
 from node.state import Index
 from node.state.instances import InstanceRow
-from pipelines.segmentation import SegmentationError
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.io.segmentation import SegmentationError
 from tests.fake_clock import FakeClock
 
 

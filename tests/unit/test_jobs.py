@@ -15,13 +15,13 @@ import pydicom
 import pytest
 import yaml
 
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import Destination, NodeConfig
-from node.jobs import MAX_REASON, JobRunner, failure_reason, is_refusal
+from node.flow.jobs import MAX_REASON, JobRunner, failure_reason, is_refusal
 from node.state import Index
 from node.state.instances import InstanceRow
-from pipelines.presets import load_preset
-from pipelines.rtstruct import RTStructError
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.io.rtstruct import RTStructError
+from pipelines.science.presets import load_preset
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_a_refused_input_fails_the_job_with_the_pipelines_one_line(
          "name": "mr-only", "modality": "MR"}))
     index, runner, job_id = _runner(tmp_path, study, str(mr_only))
     try:
-        with caplog.at_level(logging.DEBUG, logger="node.jobs"):
+        with caplog.at_level(logging.DEBUG, logger="node.flow.jobs"):
             runner.tick()
             _until(lambda: index.jobs.get(job_id).state == "failed")
             _until(lambda: any(r.getMessage() == "job failed" for r in caplog.records))
@@ -161,7 +161,7 @@ def test_an_unexpected_error_is_one_line_with_its_type_and_the_traceback_at_debu
     index, runner, job_id = _runner(tmp_path, study, "ct-liver-basic")
     (tmp_path / "results").write_text("a file where the results folder should be")
     try:
-        with caplog.at_level(logging.DEBUG, logger="node.jobs"):
+        with caplog.at_level(logging.DEBUG, logger="node.flow.jobs"):
             runner.tick()
             _until(lambda: index.jobs.get(job_id).state == "failed")
             _until(lambda: any(r.getMessage() == "job failure traceback"

@@ -32,8 +32,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig, TLSConfig
-from node.pending import PendingConnections
-from node.receiver import Receiver
+from node.dicom.pending import PendingConnections
+from node.dicom.receiver import Receiver
 from node.state import Index
 from tests.conftest import free_port
 
@@ -197,7 +197,7 @@ def test_trickling_and_silent_connections_keep_no_peer_out(
     before the A-ASSOCIATE-RQ) they hold theirs, as in the issue's measurement."""
     tls = port == "tls"
     ct = pydicom.dcmread(refdata / "pydicom" / "test_files" / "CT_small.dcm")
-    caplog.set_level(logging.INFO, logger="node.pending")
+    caplog.set_level(logging.INFO, logger="node.dicom.pending")
     log = PeerLog()
     with _node(tmp_path, pki if tls else None) as config:
         attackers = _attack(
@@ -267,7 +267,7 @@ def _pair() -> tuple[socket.socket, socket.socket]:
 
 def test_caps_close_the_longest_waiting_of_the_same_address_or_of_all(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="node.pending")
+    caplog.set_level(logging.WARNING, logger="node.dicom.pending")
     pending = PendingConnections(deadline=3600, per_address=2, total=3)
     pairs = [_pair() for _ in range(5)]
     ours = [ours for ours, _ in pairs]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pydicom
 
-from node import logs
+from demo.synthetic import write_synthetic_study
 from node.config import NodeConfig
-from node.ingest import Ingest
+from node.ops import logs
 from node.state import Index
-from pipelines.synthetic import write_synthetic_study
+from node.state.ingest import Ingest
 from tests.integration.conftest import PHI
 from tests.integration.peers import phi_leaks
 

@@ -22,15 +22,15 @@ import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
-from pipelines.parametric_map import (
+from pipelines.io.series import SeriesVolume
+from pipelines.outputs.parametric_map import (
     LesionMaps,
     build_parametric_maps,
     lesions_anatomic_region,
     map_padding_value,
     slab_geometry,
 )
-from pipelines.presets import MapOptions, Preset
-from pipelines.series import SeriesVolume
+from pipelines.science.presets import MapOptions, Preset
 from tests.unit.outputs_case import OutputsCase, build_case
 
 FEATURE = "firstorder_Mean"

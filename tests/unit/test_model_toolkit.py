@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
+from demo.cohort import write_cohort as write_synthetic_cohort
 from models.package import load_package
 from models.tables import TableError, read_feature_table, read_outcome_table
 from node.cli import main
-from node.model_commands import export_features
-from pipelines.cohort import write_cohort as write_synthetic_cohort
+from node.ops.model_commands import export_features
 from tests.unit.model_helpers import PRESET_HASH, template, write_cohort
 
 

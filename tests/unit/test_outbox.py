@@ -10,8 +10,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
 from node.config import Destination, NodeConfig, OutboxConfig
-from node.outbox import Outbox, next_attempt_delay
-from node.receiver import Receiver
+from node.dicom.receiver import Receiver
+from node.flow.outbox import Outbox, next_attempt_delay
 from node.state import Index
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock

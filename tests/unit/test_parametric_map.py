@@ -23,8 +23,8 @@ import yaml
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 from scipy import ndimage
 
-import pipelines.parametric_map as parametric_map
-from pipelines.parametric_map import (
+import pipelines.outputs.parametric_map as parametric_map
+from pipelines.outputs.parametric_map import (
     LesionMaps,
     MapError,
     MapTask,
@@ -39,7 +39,7 @@ from pipelines.parametric_map import (
     run_map_task,
 )
 from pipelines.plan import run_tasks
-from pipelines.presets import MapOptions, Preset, PresetError, load_preset
+from pipelines.science.presets import MapOptions, Preset, PresetError, load_preset
 from tests.conftest import REPO
 from tests.unit.outputs_case import OutputsCase, build_case, dciodvfy
 

@@ -1,5 +1,5 @@
-"""node.part10: the File Meta Information the receiver writes is what pydicom writes for the same
-values, the file it makes reads back as sent, and the spool writes split buffers in order."""
+"""node.dicom.part10: the File Meta Information the receiver writes is what pydicom writes for the
+same values, the file it makes reads back as sent, and the spool writes split buffers in order."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
 from pynetdicom.dsutils import create_file_meta
 
-from node.part10 import PREAMBLE, Part10, file_meta_header
-from node.spool import write_durably
+from node.dicom.part10 import PREAMBLE, Part10, file_meta_header
+from node.state.spool import write_durably
 
 
 @pytest.mark.parametrize("instance",

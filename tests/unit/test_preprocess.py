@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from radiomics import imageoperations
 
-from pipelines.preprocess import (
+from pipelines.science.preprocess import (
     Grid,
     PreprocessError,
     apply_zscore,
@@ -19,7 +19,7 @@ from pipelines.preprocess import (
     union_grid,
     zscore_parameters,
 )
-from pipelines.presets import N4Options
+from pipelines.science.presets import N4Options
 
 
 def _image(seed: int = 0, size=(40, 36, 14), spacing=(0.8, 0.8, 2.5)) -> sitk.Image:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.presets import Preset, PresetError, load_preset, shipped_presets
+from pipelines.science.presets import Preset, PresetError, load_preset, shipped_presets
 
 ALL_3D_CLASSES = {"shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm"}
 

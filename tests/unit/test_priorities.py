@@ -10,12 +10,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import NodeConfig
-from node.ingest import Ingest
-from node.router import Router
+from node.flow.router import Router
 from node.state import Index
+from node.state.ingest import Ingest
 from node.state.migrations import LATEST
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.fake_clock import FakeClock
 
 RULES = [

@@ -11,14 +11,14 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from node.executor import run_in_process
-from pipelines.features import extract_features, extract_lesions
-from pipelines.presets import load_preset
+from demo.synthetic import SyntheticStudy, write_synthetic_study
+from node.flow.executor import run_in_process
+from pipelines.io.segmentation import read_segmentation
+from pipelines.io.series import read_series
 from pipelines.process import ProcessError, job_plan
-from pipelines.rois import build_variants, on_full_grid
-from pipelines.segmentation import read_segmentation
-from pipelines.series import read_series
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.science.features import extract_features, extract_lesions
+from pipelines.science.presets import load_preset
+from pipelines.science.rois import build_variants, on_full_grid
 
 RELATIVE_TOLERANCE = 1e-6
 
@@ -167,9 +167,9 @@ def test_robustness_compares_with_the_lesion_as_drawn_in_a_preset_without_intra(
     """The robustness check's reference is the lesion's own features, extracted like the
     perturbed ROIs (here on the image z-scored in the lesion) even when no ROI variant is the
     lesion as drawn."""
-    from pipelines.preprocess import apply_zscore, zscore_parameters
-    from pipelines.presets import PreprocessingOptions, RoiVariant, ZScoreOptions
-    from pipelines.qc import QCSettings, feature_robustness
+    from pipelines.science.preprocess import apply_zscore, zscore_parameters
+    from pipelines.science.presets import PreprocessingOptions, RoiVariant, ZScoreOptions
+    from pipelines.science.qc import QCSettings, feature_robustness
 
     basic = load_preset("ct-liver-basic")
     preset = basic.model_copy(update={

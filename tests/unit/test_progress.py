@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from demo.synthetic import write_synthetic_study
 from node.cli import main
-from pipelines.synthetic import write_synthetic_study
 
 
 class Terminal(io.StringIO):

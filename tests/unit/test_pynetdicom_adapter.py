@@ -1,5 +1,5 @@
-"""node.pynetdicom_adapter, the one place the node relies on pynetdicom beyond its documented API
-(docs/dependencies.md): the C-STORE responses it encodes are byte for byte what pynetdicom
+"""node.dicom.pynetdicom_adapter, the one place the node relies on pynetdicom beyond its documented
+API (docs/dependencies.md): the C-STORE responses it encodes are byte for byte what pynetdicom
 encodes, it is used on the wire only on the tested minor version, responses with optional
 attributes still go through pynetdicom, a PDU read into one buffer is the bytes sent (and no
 more memory than arrives), and with it off the receiver answers the same."""
@@ -22,16 +22,16 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage
 
-from node import pynetdicom_adapter
 from node.config import NodeConfig
-from node.pynetdicom_adapter import (
+from node.dicom import pynetdicom_adapter
+from node.dicom.pynetdicom_adapter import (
     LAST_COMMAND_FRAGMENT,
     TESTED_MINOR,
     encode_store_response,
     p_data_tf,
     plain_store_response,
 )
-from node.receiver import Receiver
+from node.dicom.receiver import Receiver
 from node.state import Index
 from tests.conftest import REPO, free_port
 

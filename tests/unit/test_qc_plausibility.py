@@ -1,7 +1,7 @@
-"""Plausibility of an ROI as a lesion (pipelines.qc.plausibility, issue 20 item 6): a whole-volume
-"lesion" of air fails on its volume and air fraction, in qc.csv rows, SR and summary lines alike;
-real lesions pass; MR is not held to Hounsfield units; an organ measured as such is not checked;
-the preset limit leaves the hash of every shipped preset as it was."""
+"""Plausibility of an ROI as a lesion (pipelines.science.qc.plausibility, issue 20 item 6): a
+whole-volume "lesion" of air fails on its volume and air fraction, in qc.csv rows, SR and summary
+lines alike; real lesions pass; MR is not held to Hounsfield units; an organ measured as such is not
+checked; the preset limit leaves the hash of every shipped preset as it was."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import SimpleITK as sitk
 import yaml
 from pydantic import ValidationError
 
-from pipelines.evaluations import STATUS, qc_evaluations, qc_findings, qc_lines
-from pipelines.presets import Preset, PresetError, load_preset
-from pipelines.qc import QCSettings, assess_roi, assess_series
-from pipelines.segmentation import read_segmentation
-from pipelines.series import SeriesVolume, read_series
-from pipelines.synthetic import write_synthetic_study
+from demo.synthetic import write_synthetic_study
+from pipelines.io.segmentation import read_segmentation
+from pipelines.io.series import SeriesVolume, read_series
+from pipelines.outputs.evaluations import STATUS, qc_evaluations, qc_findings, qc_lines
+from pipelines.science.presets import Preset, PresetError, load_preset
+from pipelines.science.qc import QCSettings, assess_roi, assess_series
 from tests.unit.qc_volumes import ball, make_volume, mask_like
 
 PLAUSIBILITY = ("lesion.volume", "lesion.air", "lesion.fat")

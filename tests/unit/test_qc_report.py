@@ -1,4 +1,4 @@
-"""QCReport, QCCheck and QCSettings of pipelines.qc."""
+"""QCReport, QCCheck and QCSettings of pipelines.science.qc."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from pipelines.qc import CSV_COLUMNS, QCCheck, QCReport, QCSettings, worst_status
+from pipelines.science.qc import CSV_COLUMNS, QCCheck, QCReport, QCSettings, worst_status
 
 
 def _check(name: str, status: str, value: object = 1.0) -> QCCheck:

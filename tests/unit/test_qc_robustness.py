@@ -7,14 +7,14 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-import pipelines.qc.robustness as robustness
-from pipelines.features import extract_features
-from pipelines.preprocess import apply_zscore
-from pipelines.presets import Preset, load_preset
-from pipelines.qc import QCReport, QCSettings, assess_roi, feature_robustness
-from pipelines.qc.robustness import Perturbation, perturbed_features, perturbed_rois
-from pipelines.rois import RoiMask, on_full_grid
-from pipelines.segmentation import voxel_box
+import pipelines.science.qc.robustness as robustness
+from pipelines.io.segmentation import voxel_box
+from pipelines.science.features import extract_features
+from pipelines.science.preprocess import apply_zscore
+from pipelines.science.presets import Preset, load_preset
+from pipelines.science.qc import QCReport, QCSettings, assess_roi, feature_robustness
+from pipelines.science.qc.robustness import Perturbation, perturbed_features, perturbed_rois
+from pipelines.science.rois import RoiMask, on_full_grid
 from tests.unit.qc_volumes import ball, make_volume, mask_like
 
 SHAPE = (16, 24, 24)

@@ -1,4 +1,5 @@
-"""assess_roi: mask checks and image checks (noise, metal, MR bias field) of pipelines.qc."""
+"""assess_roi: mask checks and image checks (noise, metal, MR bias field) of
+pipelines.science.qc."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.qc import QCSettings, assess_roi
-from pipelines.qc.masks import bounding_box
-from pipelines.series import SeriesVolume
+from pipelines.io.series import SeriesVolume
+from pipelines.science.qc import QCSettings, assess_roi
+from pipelines.science.qc.masks import bounding_box
 from tests.unit.qc_volumes import ball, make_volume, mask_like
 
 SHAPE = (20, 64, 64)  # z, y, x

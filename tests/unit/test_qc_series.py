@@ -1,4 +1,4 @@
-"""assess_series: acquisition record, header integrity and CT value range (pipelines.qc)."""
+"""assess_series: acquisition record, header integrity and CT value range (pipelines.science.qc)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import pytest
 
-from pipelines.qc import QCSettings, assess_series
-from pipelines.series import SeriesVolume, read_series
-from pipelines.synthetic import write_synthetic_study
+from demo.synthetic import write_synthetic_study
+from pipelines.io.series import SeriesVolume, read_series
+from pipelines.science.qc import QCSettings, assess_series
 from tests.unit.qc_volumes import make_headers, make_volume
 
 SHAPE = (8, 16, 16)

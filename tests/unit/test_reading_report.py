@@ -17,17 +17,17 @@ import SimpleITK as sitk
 from matplotlib.path import Path as Polygon
 from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 
-from pipelines.codes import feature_concept
-from pipelines.derived_seg import DerivedSegmentation, build_derived_segmentation
-from pipelines.feature_report import build_feature_report, feature_report_reference
-from pipelines.outline import largest_slice_outline
-from pipelines.reading_report import (
+from pipelines.io.segmentation import read_segmentation
+from pipelines.io.series import SeriesVolume, read_series
+from pipelines.outputs.codes import feature_concept
+from pipelines.outputs.derived_seg import DerivedSegmentation, build_derived_segmentation
+from pipelines.outputs.feature_report import build_feature_report, feature_report_reference
+from pipelines.outputs.outline import largest_slice_outline
+from pipelines.outputs.reading_report import (
     READING_SERIES_NUMBER_OFFSET,
     build_reading_report,
     reading_report_reference,
 )
-from pipelines.segmentation import read_segmentation
-from pipelines.series import SeriesVolume, read_series
 from tests.unit.outputs_case import OutputsCase, build_case, dciodvfy
 from tests.unit.test_segmentation_geometry import _ct_series, _lesion, _seg
 

@@ -12,7 +12,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig
-from node.receiver import TRACE_EVENTS, Receiver
+from node.dicom.receiver import TRACE_EVENTS, Receiver
 from node.state import Index
 from tests.conftest import free_port
 
@@ -144,6 +144,6 @@ def test_pynetdicom_trace_handlers_are_not_bound(node) -> None:
 def test_receiver_processes_keep_freed_heap_memory_on_glibc() -> None:
     import platform
 
-    from node.receiver import keep_freed_memory
+    from node.dicom.receiver import keep_freed_memory
 
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

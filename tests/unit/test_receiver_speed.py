@@ -22,11 +22,11 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import NodeConfig, RemotePeer
-from node.orthanc import OrthancClient
-from node.peers import SharedPeerCounts
-from node.receiver import Receiver
+from node.dicom.orthanc import OrthancClient
+from node.dicom.peers import SharedPeerCounts
+from node.dicom.receiver import Receiver
+from node.dicom.store_scu import associate
 from node.state import Index
-from node.store_scu import associate
 from tests.conftest import free_port
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from demo.synthetic import write_synthetic_study
 from node.config import NodeConfig
-from node.ingest import Ingest
-from node.recovery import RECOVERED, Recovery, recover
-from node.spool import spool_path
 from node.state import Index
-from pipelines.synthetic import write_synthetic_study
+from node.state.ingest import Ingest
+from node.state.recovery import RECOVERED, Recovery, recover
+from node.state.spool import spool_path
 
 
 def test_recover_after_a_crash(tmp_path: Path, refdata: Path) -> None:
@@ -91,7 +91,7 @@ def test_truncated_and_deleted_spool_files_are_forgotten_and_stored_again_when_s
     Path(first.path).write_bytes(paths[0].read_bytes()[:1000])  # truncated
     Path(second.path).unlink()  # deleted
 
-    with caplog.at_level(logging.WARNING, logger="node.recovery"):
+    with caplog.at_level(logging.WARNING, logger="node.state.recovery"):
         assert recover(config, index) == Recovery(0, 2, 0, 0)
     assert index.instances.get(first.sop_instance_uid) is None
     assert index.instances.get(second.sop_instance_uid) is None

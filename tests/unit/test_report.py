@@ -12,15 +12,15 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from pipelines.codes import feature_concept
-from pipelines.feature_report import build_feature_report
-from pipelines.features import RoiFeatures, extract_features
-from pipelines.presets import Preset, load_preset
-from pipelines.report_parts import ReportError
-from pipelines.results import RoiResult
-from pipelines.segmentation import DecodedSegmentation, read_segmentation
-from pipelines.series import SeriesVolume, read_series
-from pipelines.software import software_version
+from pipelines.io.segmentation import DecodedSegmentation, read_segmentation
+from pipelines.io.series import SeriesVolume, read_series
+from pipelines.outputs.codes import feature_concept
+from pipelines.outputs.feature_report import build_feature_report
+from pipelines.outputs.report_parts import ReportError
+from pipelines.outputs.software import software_version
+from pipelines.science.features import RoiFeatures, extract_features
+from pipelines.science.presets import Preset, load_preset
+from pipelines.science.results import RoiResult
 
 CT_DIR = Path("pydicom/test_files/dicomdirtests/77654033/CT2")
 # The SEG covers three of the four CT2 slices; the fourth (17106) lies 200 mm away.

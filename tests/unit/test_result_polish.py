@@ -14,12 +14,12 @@ import pytest
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
-from pipelines.derived_seg import build_derived_segmentation, display_color
-from pipelines.feature_report import build_feature_report
-from pipelines.parametric_map import LesionMaps, build_parametric_maps
-from pipelines.presets import MapOptions
-from pipelines.result_attributes import CONTENT_CREATOR_NAME, STUDY_ATTRIBUTES
-from pipelines.summary import build_summary_image
+from pipelines.outputs.derived_seg import build_derived_segmentation, display_color
+from pipelines.outputs.feature_report import build_feature_report
+from pipelines.outputs.parametric_map import LesionMaps, build_parametric_maps
+from pipelines.outputs.result_attributes import CONTENT_CREATOR_NAME, STUDY_ATTRIBUTES
+from pipelines.outputs.summary import build_summary_image
+from pipelines.science.presets import MapOptions
 from tests.unit.outputs_case import OutputsCase, build_case, dciodvfy
 
 MAP_FEATURE = "firstorder_Mean"

@@ -8,9 +8,9 @@ import pytest
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
-from pipelines.presets import LiverSegmentRule, RoiVariant
-from pipelines.rois import RoiError, build_variants, is_liver, on_full_grid
-from pipelines.segmentation import Segment
+from pipelines.io.segmentation import Segment
+from pipelines.science.presets import LiverSegmentRule, RoiVariant
+from pipelines.science.rois import RoiError, build_variants, is_liver, on_full_grid
 
 SPACING = (0.5, 0.5, 0.8)  # anisotropic on purpose: distances must be in mm, not voxels
 RADIUS = 8.0

@@ -13,14 +13,14 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import NodeConfig, SeriesRule
-from node.health import check_health
-from node.router import Router
+from node.flow.router import Router
+from node.ops.health import check_health
+from node.ops.status import StatusServer
 from node.state import Index
 from node.state.audit import SEGMENTATION_NOT_PROCESSED
 from node.state.instances import InstanceRow
-from node.status import StatusServer
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_always_reprocesses_unchanged_inputs_but_on_change_does_not(
 
 def test_the_nodes_own_derived_seg_sent_back_is_not_processed(
         tmp_path: Path, study: SyntheticStudy) -> None:
-    from pipelines.software import MANUFACTURER
+    from pipelines.outputs.software import MANUFACTURER
 
     own = pydicom.dcmread(study.seg_path)
     own.Manufacturer = own.ManufacturerModelName = MANUFACTURER  # as derived_seg writes
@@ -232,7 +232,7 @@ def test_rtstruct_is_paired_like_a_seg_whichever_is_stable_last(
         first, second = second, first
     _receive(index, first, now=100.0)
     assert _stabilise(index, router, quiet_since=150.0) == []
-    # an RTSTRUCT alone asks for its series (node.retrieve); a series alone waits
+    # an RTSTRUCT alone asks for its series (node.flow.retrieve); a series alone waits
     assert [r.series_uid for r in index.retrievals.all()] == \
         ([study.ct_series_uid] if rtstruct_first else [])
     _receive(index, second, now=200.0)
@@ -261,7 +261,7 @@ def test_rtstruct_of_a_missing_series_asks_for_it_in_the_study_it_names(
     [retrieval] = index.retrievals.all()
     assert (retrieval.series_uid, retrieval.study_uid, retrieval.seg_sop_uid, retrieval.state) \
         == (study.ct_series_uid, other_study, pydicom.dcmread(rtstruct).SOPInstanceUID, "waiting")
-    # as node.retrieve would store them: the series in the study named, of the same patient
+    # as node.flow.retrieve would store them: the series in the study named, of the same patient
     ct = pydicom.dcmread(study.ct_paths[0], stop_before_pixels=True)
     images = _other_patient(study, tmp_path / "ct", study_uid=other_study,
                             patient=str(ct.PatientID))
@@ -308,7 +308,7 @@ def test_segmentation_that_references_no_series_is_refused_in_one_line(
     path = _without_references(tmp_path, study, case)
     index, router = _node(tmp_path)
     _receive(index, [*study.ct_paths, path], now=100.0)
-    with caplog.at_level(logging.INFO, logger="node.router"):
+    with caplog.at_level(logging.INFO, logger="node.flow.router"):
         assert _stabilise(index, router, quiet_since=150.0) == []
     assert index.jobs.all() == [] and index.retrievals.all() == []
     [record] = [r for r in caplog.records if r.getMessage() == SEGMENTATION_NOT_PROCESSED]
@@ -330,7 +330,7 @@ def test_segmentation_whose_series_matches_no_rule_says_so(
     _receive(index, list(study.ct_paths), now=100.0)
     _stabilise(index, router, quiet_since=150.0)
     _receive(index, [rtstruct], now=200.0)
-    with caplog.at_level(logging.INFO, logger="node.router"):
+    with caplog.at_level(logging.INFO, logger="node.flow.router"):
         assert _stabilise(index, router, quiet_since=250.0) == []
     [record] = [r for r in caplog.records
                 if r.getMessage() == "segmentation not processed: its source series matches "
@@ -382,7 +382,7 @@ def test_seg_referencing_a_value_that_is_no_uid_is_not_processed(
     path = _seg_referencing(tmp_path, study, study.ct_series_uid, value)
     index, router = _node(tmp_path)
     _receive(index, [*study.ct_paths, path], now=100.0)
-    with caplog.at_level(logging.INFO, logger="node.router"):
+    with caplog.at_level(logging.INFO, logger="node.flow.router"):
         assert _stabilise(index, router, quiet_since=150.0) == []
     assert index.jobs.all() == [] and index.retrievals.all() == []
     assert _not_processed_reason(caplog) == (
@@ -397,7 +397,7 @@ def test_seg_referencing_an_empty_uid_asks_for_nothing(
     path = _seg_referencing(tmp_path, study, "")
     index, router = _node(tmp_path)
     _receive(index, [path], now=100.0)
-    with caplog.at_level(logging.INFO, logger="node.router"):
+    with caplog.at_level(logging.INFO, logger="node.flow.router"):
         assert _stabilise(index, router, quiet_since=150.0) == []
     assert index.jobs.all() == [] and index.retrievals.all() == []
     assert _not_processed_reason(caplog).endswith(
@@ -408,10 +408,10 @@ def test_seg_referencing_an_empty_uid_asks_for_nothing(
 @INVALID_UI_WARNINGS
 def test_leading_zero_component_is_taken_as_the_node_takes_uids(
         tmp_path: Path, study: SyntheticStudy) -> None:
-    """PS3.5 9.1 forbids a component such as ``03``, but ``node.spool.is_uid`` (and so ingest)
+    """PS3.5 9.1 forbids a component such as ``03``, but ``node.state.spool.is_uid`` (and so ingest)
     accepts it, as archives hold such UIDs: the router is consistent with what the node stores
     and asks for that exact series, which is no wildcard."""
-    from node.spool import is_uid
+    from node.state.spool import is_uid
 
     assert is_uid("1.2.03")
     path = _seg_referencing(tmp_path, study, "1.2.03")
@@ -438,7 +438,7 @@ def test_rtstruct_referencing_a_value_that_is_no_uid_is_not_processed(
         tag = "(0008,1155) ReferencedSOPInstanceUID '*'"
     index, router = _node(tmp_path)
     _receive(index, [rtstruct], now=100.0)
-    with caplog.at_level(logging.INFO, logger="node.router"):
+    with caplog.at_level(logging.INFO, logger="node.flow.router"):
         assert _stabilise(index, router, quiet_since=150.0) == []
     assert index.retrievals.all() == []
     reason = _not_processed_reason(caplog)
@@ -466,7 +466,7 @@ def test_segmentation_is_not_paired_with_a_series_of_another_study_or_patient(
     seg.save_as(path)
     index, router = _node(tmp_path)
     first, second = ([path], ct) if seg_first else (ct, [path])
-    with caplog.at_level(logging.INFO, logger="node.router"):
+    with caplog.at_level(logging.INFO, logger="node.flow.router"):
         _receive(index, first, now=100.0)
         _stabilise(index, router, quiet_since=150.0)
         _receive(index, second, now=200.0)

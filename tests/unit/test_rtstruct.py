@@ -11,10 +11,10 @@ import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pipelines.references import referenced_series_uids
-from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID, parse_rtstruct
-from pipelines.segmentation import SegmentationError, read_segmentation
-from pipelines.series import SeriesVolume, read_series
+from pipelines.io.references import referenced_series_uids
+from pipelines.io.rtstruct import RTSTRUCT_SOP_CLASS_UID, parse_rtstruct
+from pipelines.io.segmentation import SegmentationError, read_segmentation
+from pipelines.io.series import SeriesVolume, read_series
 
 STUDY, SERIES, FRAME = "1.2.826.0.1.1", "1.2.826.0.1.1.2", "1.2.826.0.1.1.3"
 PIXEL_MM, SLICE_MM, SIZE, SLICES = 1.0, 1.5, 40, 24

@@ -14,13 +14,13 @@ import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from node.executor import run_in_process
-from pipelines.presets import Preset, load_preset
+from demo.synthetic import SyntheticStudy, write_synthetic_study
+from node.flow.executor import run_in_process
+from pipelines.io.rtstruct import RTSTRUCT_SOP_CLASS_UID
+from pipelines.io.segmentation import Segment, read_segmentation
+from pipelines.io.series import SeriesVolume, read_series
 from pipelines.process import PipelineResult, ProcessError, job_plan
-from pipelines.rtstruct import RTSTRUCT_SOP_CLASS_UID
-from pipelines.segmentation import Segment, read_segmentation
-from pipelines.series import SeriesVolume, read_series
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.science.presets import Preset, load_preset
 
 
 @pytest.fixture(scope="module")

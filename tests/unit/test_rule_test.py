@@ -10,14 +10,14 @@ import pydicom
 import pytest
 import yaml
 
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.cli import main
 from node.config import NodeConfig, SeriesRule
-from node.health import Health
-from node.ingest import Ingest
-from node.rule_test import folder_headers, lines, verdicts
+from node.ops.health import Health
+from node.ops.rule_test import folder_headers, lines, verdicts
+from node.ops.status import StatusServer
 from node.state import Index
-from node.status import StatusServer
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from node.state.ingest import Ingest
 
 RULES = [
     {"name": "ct-arterial", "preset": "ct-liver-basic", "modality": ["CT"],

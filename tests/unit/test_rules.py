@@ -3,7 +3,7 @@
 from pydicom.dataset import Dataset
 
 from node.config import NumericRange, SeriesRule
-from node.router import matching_rules, mismatches
+from node.flow.router import matching_rules, mismatches
 
 
 def header(**values: object) -> Dataset:

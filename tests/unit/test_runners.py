@@ -1,5 +1,5 @@
-"""The node's three plan runners (``node.executor``): in this process, a local job worker's (tasks
-in given processes, ``beside`` writes forked) and Dask's (tasks on a cluster) drive the same
+"""The node's three plan runners (``node.flow.executor``): in this process, a local job worker's
+(tasks in given processes, ``beside`` writes forked) and Dask's (tasks on a cluster) drive the same
 plan to the same result: tasks' results in task order, a task's exception thrown into the plan
 where it yielded, announced writes told once written, and a job's objects and CSVs the same
 whichever runner ran it."""
@@ -16,12 +16,12 @@ from typing import Any
 import pydicom
 import pytest
 
-from node.executor import DaskRunner, InProcessRunner, LocalRunner, PlanRunner
-from node.forked import fork_available
+from demo.synthetic import SyntheticStudy, write_synthetic_study
+from node.flow.executor import DaskRunner, InProcessRunner, LocalRunner, PlanRunner
+from node.flow.forked import fork_available
 from pipelines.plan import Gather, Laps, Tasks, Write, Written
-from pipelines.presets import MapOptions, load_preset
 from pipelines.process import PipelineResult, job_plan
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.science.presets import MapOptions, load_preset
 from tests.unit.test_forked import _content
 
 distributed = pytest.importorskip("distributed")

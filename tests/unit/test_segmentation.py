@@ -16,14 +16,14 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from pipelines.references import referenced_series_uids
-from pipelines.segmentation import (
+from demo.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.io.references import referenced_series_uids
+from pipelines.io.segmentation import (
     Segment,
     SegmentationError,
     read_segmentation,
 )
-from pipelines.series import SeriesVolume, read_series
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.io.series import SeriesVolume, read_series
 
 CT2 = Path("pydicom/test_files/dicomdirtests/77654033/CT2")
 SEGS = Path("highdicom/data/test_files")

@@ -23,8 +23,8 @@ from pydicom.pixels import pack_bits
 from pydicom.sr.codedict import codes
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pipelines.segmentation import SegmentationError, read_segmentation
-from pipelines.series import SeriesVolume, read_series
+from pipelines.io.segmentation import SegmentationError, read_segmentation
+from pipelines.io.series import SeriesVolume, read_series
 
 BINARY = hd.seg.SegmentationTypeValues.BINARY
 LABELMAP = hd.seg.SegmentationTypeValues.LABELMAP

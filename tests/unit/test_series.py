@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from pipelines.series import SeriesError, read_series
+from pipelines.io.series import SeriesError, read_series
 
 CT2 = Path("pydicom/test_files/dicomdirtests/77654033/CT2")
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import Destination, NodeConfig, SeriesRule
-from node.receiver import Receiver
+from node.dicom.receiver import Receiver
 from node.service import STABLE_MARGIN, Node
 from node.state import Index
 from node.state.instances import InstanceRow
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock
 

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import pytest
 
+from demo.synthetic import write_synthetic_study
 from models.package import ModelPackage, load_package
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
-from node.executor import run_in_process
-from pipelines.inference import ModelOutput, NotApplied, apply_model, lesion_features, seg_values
-from pipelines.presets import load_preset
+from node.flow.executor import run_in_process
+from pipelines.io.series import SeriesVolume, read_series
 from pipelines.process import PipelineResult, job_plan
-from pipelines.qc import QCReport, assess_series
-from pipelines.series import SeriesVolume, read_series
-from pipelines.synthetic import write_synthetic_study
+from pipelines.science.inference import (
+    ModelOutput,
+    NotApplied,
+    apply_model,
+    lesion_features,
+    seg_values,
+)
+from pipelines.science.presets import load_preset
+from pipelines.science.qc import QCReport, assess_series
 
 PACKAGE, SHA256 = DEMO_PACKAGE, DEMO_SHA256
 

@@ -1,5 +1,5 @@
-"""node.spool's temporary files: created exclusively with mode 0600 under a name of the process
-and a counter, a name already there skipped, never left behind, and found by
+"""node.state.spool's temporary files: created exclusively with mode 0600 under a name of the
+process and a counter, a name already there skipped, never left behind, and found by
 remove_stale_partials when a crash leaves one; a directory made for a file is durable in its
 parent."""
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from node import spool
-from node.spool import remove_stale_partials, write_durably
+from node.state import spool
+from node.state.spool import remove_stale_partials, write_durably
 
 
 def test_a_temporary_is_new_private_and_named_for_the_stale_partial_sweep(tmp_path: Path) -> None:

@@ -11,20 +11,20 @@ from pydicom.charset import convert_encodings
 from pydicom.dataelem import RawDataElement
 from pydicom.uid import ImplicitVRLittleEndian, PositronEmissionTomographyImageStorage
 
-from pipelines.codes import feature_concept
-from pipelines.feature_report import build_feature_report, prepare_report
-from pipelines.features import extract_features, feature_keys
-from pipelines.presets import load_preset
-from pipelines.segmentation import read_segmentation
-from pipelines.series import read_series
-from pipelines.sr_encoding import (
+from demo.synthetic import write_synthetic_study
+from pipelines.io.segmentation import read_segmentation
+from pipelines.io.series import read_series
+from pipelines.outputs.codes import feature_concept
+from pipelines.outputs.feature_report import build_feature_report, prepare_report
+from pipelines.outputs.sr_encoding import (
     _template,
     encoded_items,
     image_library,
     num_item,
     written_as_is_throughout,
 )
-from pipelines.synthetic import write_synthetic_study
+from pipelines.science.features import extract_features, feature_keys
+from pipelines.science.presets import load_preset
 from tests.unit.test_report import Inputs, inputs  # noqa: F401 (fixture)
 
 KEYS = ["original_firstorder_Mean", "original_shape_MeshVolume",

@@ -11,15 +11,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import Destination, NodeConfig
-from node.executor import run_in_process
-from node.jobs import JobRunner
+from node.flow.executor import run_in_process
+from node.flow.jobs import JobRunner
 from node.state import Index
 from node.state.instances import InstanceRow
 from node.state.jobs import DeliveryTimes
-from pipelines.presets import load_preset
 from pipelines.process import StageTimes, job_plan
-from pipelines.synthetic import SyntheticStudy, write_synthetic_study
+from pipelines.science.presets import load_preset
 
 STAGES = ["read_series", "read_segmentation", "preprocessing", "extraction", "qc", "models",
           "encode_report", "encode_derived_seg", "encode_summary", "encode_maps", "writing",

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.config import ConfigError, NodeConfig, load_config
-from node.health import check_health
+from node.ops.health import check_health
 from node.service import Node
 from node.state import Index
 from node.state.instances import InstanceRow

@@ -22,7 +22,7 @@ from node.state.instances import InstanceRow
 from tests.conftest import REPO, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-HEADER_GREY = (0xE4, 0xE7, 0xEB)  # "th { background: #e4e7eb }" in node.status.STYLE
+HEADER_GREY = (0xE4, 0xE7, 0xEB)  # "th { background: #e4e7eb }" in node.ops.status.STYLE
 
 
 def _populate(index: Index) -> None:

@@ -18,9 +18,9 @@ import pytest
 from pydantic import ValidationError
 
 from node.config import NodeConfig
-from node.health import Check, Health
+from node.ops.health import Check, Health
+from node.ops.status import StatusServer
 from node.state import Index
-from node.status import StatusServer
 
 WAIT = 10.0
 """Seconds a test waits for an answer, or for the server to close a connection."""

@@ -1,5 +1,5 @@
-"""C-STORE from a Part 10 file (``node.store_scu.c_store``): sent as it is on disk where the peer
-accepts the file's transfer syntax, decoded and sent in another one where it does not, and a
+"""C-STORE from a Part 10 file (``node.dicom.store_scu.c_store``): sent as it is on disk where the
+peer accepts the file's transfer syntax, decoded and sent in another one where it does not, and a
 file gone before it is sent is a failed attempt of the outbox, not a stopped tick."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pynetdicom.dsutils import decode, split_dataset
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
 
 from node.config import Destination, NodeConfig
-from node.outbox import Outbox
+from node.dicom.store_scu import c_store
+from node.flow.outbox import Outbox
 from node.state import Index
-from node.store_scu import c_store
 from tests.conftest import free_port
 
 

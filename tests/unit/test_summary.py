@@ -11,7 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipelines.summary import (
+from pipelines.outputs.summary import (
     SIZE_PX,
     SummaryError,
     _key_slice,

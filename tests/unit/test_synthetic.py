@@ -11,16 +11,16 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipelines.references import referenced_series_uids
-from pipelines.segmentation import read_segmentation
-from pipelines.series import read_series
-from pipelines.synthetic import (
+from demo.synthetic import (
     PATIENT_BIRTH_DATE,
     PATIENT_ID,
     PATIENT_NAME,
     SyntheticStudy,
     write_synthetic_study,
 )
+from pipelines.io.references import referenced_series_uids
+from pipelines.io.segmentation import read_segmentation
+from pipelines.io.series import read_series
 
 SMALL = {"shape": (20, 128, 128)}
 

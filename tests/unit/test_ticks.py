@@ -1,4 +1,4 @@
-"""A tick woken while it runs runs again as soon as it is done (``node.ticks``), in the node's
+"""A tick woken while it runs runs again as soon as it is done (``node.flow.ticks``), in the node's
 real scheduler too: apscheduler alone skips such a run, and the work waits a whole interval
 (ten minutes here)."""
 
@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from node.config import NodeConfig
+from node.flow.ticks import Tick
 from node.service import Node
-from node.ticks import Tick
 from tests.conftest import free_port
 
 

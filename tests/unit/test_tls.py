@@ -15,10 +15,10 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node.config import Destination, NodeConfig, TLSConfig
-from node.receiver import Receiver
+from node.dicom.receiver import Receiver
+from node.dicom.store_scu import c_store
+from node.dicom.tls import BCP195_TLS12_CIPHERS, client_context
 from node.state import Index
-from node.store_scu import c_store
-from node.tls import BCP195_TLS12_CIPHERS, client_context
 from tests.conftest import free_port
 
 

@@ -13,10 +13,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from node.executor import run_in_process
+from demo.synthetic import write_synthetic_study
+from node.flow.executor import run_in_process
+from pipelines.outputs.sr_encoding import image_library, written_as_is_throughout
 from pipelines.process import job_plan
-from pipelines.sr_encoding import image_library, written_as_is_throughout
-from pipelines.synthetic import write_synthetic_study
 
 
 def test_an_empty_specific_character_set_is_the_default_repertoire(tmp_path: Path) -> None:

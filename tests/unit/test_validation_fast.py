@@ -1,5 +1,5 @@
-"""node.validation.check_elements skips converting the elements whose conversion cannot fail: the
-skip rule (``_certainly_decodes``) never passes a value pydicom would refuse, and on mutated
+"""node.dicom.validation.check_elements skips converting the elements whose conversion cannot fail:
+the skip rule (``_certainly_decodes``) never passes a value pydicom would refuse, and on mutated
 instances the check refuses exactly what converting every element refuses, with the same tag and
 reason. The identity and Image Pixel attributes read from the raw bytes (``element_value``,
 ``expected_length``) are what ``Dataset.get`` and pydicom's ``get_expected_length`` give, and
@@ -26,9 +26,8 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.dsutils import decode
 
-import node.validation as validation
-from node.ingest import identify
-from node.validation import (
+import node.dicom.validation as validation
+from node.dicom.validation import (
     ALWAYS_DECODED_VRS,
     NUMBER_SIZES,
     TEXT_VRS,
@@ -41,6 +40,7 @@ from node.validation import (
     expected_length,
     plain_pydicom_settings,
 )
+from node.state.ingest import identify
 
 CHECKS = settings(max_examples=400, derandomize=True, deadline=None, database=None,
                   suppress_health_check=[HealthCheck.too_slow,

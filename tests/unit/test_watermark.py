@@ -8,7 +8,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
 from node.config import NodeConfig
-from node.receiver import Receiver
+from node.dicom.receiver import Receiver
 from node.state import Index
 from tests.conftest import free_port
 

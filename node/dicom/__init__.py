@@ -1,0 +1,3 @@
+"""DICOM and PACS peers on the wire: the listener (C-ECHO, C-STORE; PS3.7, PS3.8), admitted peers,
+TLS (PS3.15 B.12), validation before the spool, the outbound SCU, verification at a destination,
+DICOMweb (PS3.18) and Orthanc's REST API."""
