@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.ingest import PeakMemory
 from demo.synthetic import write_synthetic_study
 from node.flow.executor import run_local_job
+from pipelines.study import one_series
 
 PRESET = "ct-liver-crlm"
 LIMIT = 4 * 2**30
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         with PeakMemory(multiprocessing.current_process().pid) as memory, \
                 ProcessPoolExecutor(1, mp_context=context) as pool:
             start = time.perf_counter()
-            result = pool.submit(run_local_job, ct_paths, seg, args.preset,
+            result = pool.submit(run_local_job, one_series(ct_paths, seg, args.preset),
                                  str(Path(tmp) / "out")).result()
             elapsed = time.perf_counter() - start
     lesions = len({lesion.segment_number for lesion in result.lesions})

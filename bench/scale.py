@@ -45,7 +45,7 @@ Case = tuple[list[bytes], bytes]  # the CT slices' bytes and the SEG's, as the n
 def run(client: distributed.Client, cases: list[Case], preset: str) -> float:
     """Seconds to process every case on the cluster behind ``client``, all submitted at once."""
     start = time.perf_counter()
-    futures = [client.submit(run_shipped_job, images, seg, preset, pure=False)
+    futures = [client.submit(run_shipped_job, [("", images, preset)], seg, pure=False)
                for images, seg in cases]
     results = client.gather(futures)
     elapsed = time.perf_counter() - start

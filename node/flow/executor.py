@@ -61,6 +61,7 @@ from pipelines.plan import Laps, Pending, Plan, Step, Tasks, Write, Written, dri
 if TYPE_CHECKING:  # imported where used: the node spawns its workers before it imports them
     from pipelines.process import OutputObject, PipelineResult
     from pipelines.science.presets import Preset
+    from pipelines.study import JobInputs
 
 log = logging.getLogger(__name__)
 
@@ -228,13 +229,12 @@ OnWritten = Callable[[Sequence[tuple[str, str]]], None]
 
 
 class Executor(Protocol):
-    """Runs a job (``pipelines.process.job_plan(images, seg, preset, out_dir, models=models)``)
-    somewhere and returns a future; ``models`` are (package path, pinned sha256) pairs;
+    """Runs a job (``pipelines.study.study_plan(inputs, out_dir, models=models)``) somewhere and
+    returns a future; ``models`` are (package path, pinned sha256) pairs;
     ``written`` is told, in the node's process, the objects the job writes before it is done
     where the executor can (local jobs)."""
 
-    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
-               models: Sequence[tuple[str, str]] = (),
+    def submit(self, inputs: JobInputs, out_dir: Path, models: Sequence[tuple[str, str]] = (),
                written: OnWritten | None = None) -> JobFuture:
         """Start one job."""
 
@@ -325,12 +325,11 @@ def _job_tasks(fn: Callable[[_Task], _Result], tasks: Iterable[_Task]) -> list[_
         os._exit(1)
 
 
-def run_local_job(images: Sequence[str], seg: str, preset: str, out_dir: str,
-                  models: Sequence[tuple[str, str]] = (), token: int | None = None
-                  ) -> PipelineResult:
+def run_local_job(inputs: JobInputs, out_dir: str, models: Sequence[tuple[str, str]] = (),
+                  token: int | None = None) -> PipelineResult:
     """A job in a local job worker: its plan run by a :class:`LocalRunner`, the objects it
     announces sent to the node's process with ``token`` (none when None)."""
-    from pipelines.process import job_plan
+    from pipelines.study import study_plan
 
     queue = _ANNOUNCEMENTS
 
@@ -339,8 +338,7 @@ def run_local_job(images: Sequence[str], seg: str, preset: str, out_dir: str,
             queue.put((token, [(str(obj.path), obj.sop_instance_uid) for obj in objects]))
 
     runner = LocalRunner(announce, _job_tasks if _TASKS is not None else None)
-    return runner.run(job_plan(images, seg, preset, out_dir, models=models,
-                               split_maps=runner.split_maps))
+    return runner.run(study_plan(inputs, out_dir, models=models, split_maps=runner.split_maps))
 
 
 def _ready() -> None:
@@ -399,14 +397,12 @@ class LocalExecutor:
             except Exception:  # the objects are queued with the job's result anyway
                 log.exception("written objects not queued", extra=logs.fields(token=token))
 
-    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
-               models: Sequence[tuple[str, str]] = (),
+    def submit(self, inputs: JobInputs, out_dir: Path, models: Sequence[tuple[str, str]] = (),
                written: OnWritten | None = None) -> Future[PipelineResult]:
         token = next(self._tokens)
         if written is not None:
             self._written[token] = written
-        future = self._pool.submit(run_local_job, list(images), seg, preset, str(out_dir),
-                                   models=list(models),
+        future = self._pool.submit(run_local_job, inputs, str(out_dir), models=list(models),
                                    token=token if written is not None else None)
         future.add_done_callback(lambda _: self._written.pop(token, None))
         return future
@@ -470,23 +466,35 @@ def shipped_preset(preset: str) -> str | Preset:
     return load_preset(preset) if is_preset_file(preset) else preset
 
 
-def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str | Preset,
+def ship(inputs: JobInputs) -> tuple[list[tuple[str, list[bytes], str | Preset]], bytes]:
+    """What a cluster task is given for a job's ``inputs``: each series as (role, the bytes of
+    its files, :func:`shipped_preset`), and the segmentation's bytes."""
+    return ([(item.role, [Path(p).read_bytes() for p in item.paths],
+              item.preset if not isinstance(item.preset, str) else shipped_preset(item.preset))
+             for item in inputs.series], Path(inputs.seg).read_bytes())
+
+
+def run_shipped_job(series: Sequence[tuple[str, Sequence[bytes], str | Preset]], seg: bytes,
                     models: Sequence[tuple[dict[str, bytes], str]] = ()) -> RemoteResult:
-    """On a Dask worker: write the shipped files (images, SEG, the files of each model package
-    with its pinned sha256) to a temporary folder, run the job's plan there with its tasks on
-    the cluster (:class:`DaskRunner`, :func:`on_cluster`) and return its result and output
-    files (paths relative to the output folder). ``preset`` is a preset name or a Preset."""
-    from pipelines.process import job_plan
+    """On a Dask worker: write the shipped files (each series' images, the segmentation, the
+    files of each model package with its pinned sha256) to a temporary folder, run the job's
+    plan there with its tasks on the cluster (:class:`DaskRunner`, :func:`on_cluster`) and
+    return its result and output files (paths relative to the output folder). ``series`` as
+    :func:`ship` gives it."""
+    from pipelines.study import JobInputs, SeriesInput, study_plan
 
     with tempfile.TemporaryDirectory(prefix="radiomics-job-") as tmp:
-        inputs, out = Path(tmp) / "in", Path(tmp) / "out"
-        inputs.mkdir()
-        paths = []
-        for number, data in enumerate(images):
-            path = inputs / f"{number:05d}.dcm"
-            path.write_bytes(data)
-            paths.append(path)
-        seg_path = inputs / "seg.dcm"
+        folder, out = Path(tmp) / "in", Path(tmp) / "out"
+        received = []
+        for position, (role, images, preset) in enumerate(series):
+            (folder / str(position)).mkdir(parents=True)
+            paths = []
+            for number, data in enumerate(images):
+                path = folder / str(position) / f"{number:05d}.dcm"
+                path.write_bytes(data)
+                paths.append(str(path))
+            received.append(SeriesInput(role, tuple(paths), preset))
+        seg_path = folder / "seg.dcm"
         seg_path.write_bytes(seg)
         packages = []
         for number, (files, sha256) in enumerate(models):
@@ -496,8 +504,8 @@ def run_shipped_job(images: Sequence[bytes], seg: bytes, preset: str | Preset,
                 (package / name).write_bytes(data)
             packages.append((package, sha256))
         runner = DaskRunner()
-        result = runner.run(job_plan(paths, seg_path, preset, out, models=packages,
-                                     split_maps=runner.split_maps))
+        result = runner.run(study_plan(JobInputs(tuple(received), str(seg_path)), out,
+                                       models=packages, split_maps=runner.split_maps))
         files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
                  if p.is_file()}
         return RemoteResult(_rebase(result, out, Path()), files)
@@ -536,8 +544,7 @@ class DaskExecutor:
         self._client = Client(config.executor.scheduler_address,
                               timeout=config.executor.connect_timeout)
 
-    def submit(self, images: Sequence[str], seg: str, preset: str, out_dir: Path,
-               models: Sequence[tuple[str, str]] = (),
+    def submit(self, inputs: JobInputs, out_dir: Path, models: Sequence[tuple[str, str]] = (),
                written: OnWritten | None = None) -> _UnpackedFuture:
         """The job as one cluster task; ``written`` is not told (the objects come back with
         the result: all are queued when the job is done)."""
@@ -546,8 +553,8 @@ class DaskExecutor:
         # The bytes are arguments of the task itself, not scattered data: the scheduler keeps
         # them with the task, so it can run the task again on another worker when one dies
         # (scattered data would die with the worker that holds it).
-        future = self._client.submit(run_shipped_job, [Path(p).read_bytes() for p in images],
-                                     Path(seg).read_bytes(), shipped_preset(preset),
+        series, seg = ship(inputs)
+        future = self._client.submit(run_shipped_job, series, seg,
                                      [(package_files(Path(path)), sha256)
                                       for path, sha256 in models], pure=False)
         return _UnpackedFuture(future, out_dir)

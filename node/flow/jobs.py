@@ -38,6 +38,7 @@ from node.ops.logs import fields
 from node.state import Index
 from node.state.jobs import JobRow
 from pipelines.process import PipelineResult  # see JobRunner._finished
+from pipelines.study import one_series
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ class JobRunner:
         models = [(str(ref.path), ref.sha256) for ref in self._config.models]
         written = functools.partial(self._written, job.id) if self._dicom_destinations() \
             else None
-        future = self._executor.submit(images, seg.path, job.preset, out_dir, models, written)
+        inputs = one_series(images, seg.path, job.preset)
+        future = self._executor.submit(inputs, out_dir, models, written)
         self._running[job.id] = (future, time.monotonic())
         future.add_done_callback(lambda done, job_id=job.id: self._finished(job_id, done))
 

@@ -134,8 +134,9 @@ def test_map_tasks_run_on_the_cluster_and_give_the_local_maps(
     local = run_in_process(job_plan(study.ct_paths, study.seg_path, preset, tmp_path / "local"))
     with distributed.Client(cluster.scheduler_address) as client, \
             distributed.get_task_stream(client) as stream:
-        future = client.submit(run_shipped_job, [p.read_bytes() for p in study.ct_paths],
-                               study.seg_path.read_bytes(), preset, pure=False)
+        future = client.submit(run_shipped_job,
+                               [("", [p.read_bytes() for p in study.ct_paths], preset)],
+                               study.seg_path.read_bytes(), pure=False)
         result = unpack(future.result(timeout=300), tmp_path / "dask")
     # per lesion (two): one feature task (Original), one for its eroded and dilated versions
     # (robustness) and one map task per feature class (two)
@@ -177,8 +178,9 @@ def test_worker_killed_running_a_feature_task_does_not_change_the_result(
     cluster.scheduler.add_plugin(killer, name="kill-first-feature-task")
     try:
         with distributed.Client(cluster.scheduler_address) as client:
-            future = client.submit(run_shipped_job, [p.read_bytes() for p in study.ct_paths],
-                                   study.seg_path.read_bytes(), preset, pure=False)
+            future = client.submit(run_shipped_job,
+                                   [("", [p.read_bytes() for p in study.ct_paths], preset)],
+                                   study.seg_path.read_bytes(), pure=False)
             result = unpack(future.result(timeout=300), tmp_path / "out")
             assert killer.killed is not None
             _until(lambda: len(client.scheduler_info()["workers"]) == 2, timeout=60)

@@ -24,9 +24,10 @@ import multiprocessing, sys, time
 from pathlib import Path
 from node.config import NodeConfig
 from node.flow.executor import LocalExecutor
+from pipelines.study import one_series
 executor = LocalExecutor(NodeConfig(state_dir=Path(sys.argv[1])))
 # a job that fails at once (no such preset): the worker is up, idle, waiting for the next task
-executor.submit([], "seg.dcm", "no-such-preset", Path(sys.argv[1])).exception()
+executor.submit(one_series([], "seg.dcm", "no-such-preset"), Path(sys.argv[1])).exception()
 print(*[c.pid for c in multiprocessing.active_children() if c.name.startswith("SpawnProcess")],
       flush=True)
 time.sleep(600)
