@@ -11,6 +11,11 @@ a result's features.csv) and the key is pyradiomics' feature key. A variant name
 ``/``; a pyradiomics key never does, so the key is what follows the last ``/``
 (:func:`split_feature_name`).
 
+A model of a study job (several series of one study by role, e.g. arterial and portal-venous CT)
+lists the ``roles`` it needs, and names a feature measured on a role's series
+``"<role>:<roi_variant>/<pyradiomics key>"``; an unprefixed name is the series the lesions were
+drawn on (:func:`role_of`).
+
 The card follows the headings of Model Cards (Mitchell et al., FAT* 2019) and the reporting items
 of TRIPOD (Collins et al., Ann Intern Med 2015): intended use, outcome, predictors, validation
 cohorts and performance with confidence intervals.
@@ -35,11 +40,21 @@ def split_feature_name(name: str) -> tuple[str, str]:
     return variant, key
 
 
-def feature_name(roi_variant: str, key: str) -> str:
-    """The card's name of pyradiomics feature ``key`` of ROI variant ``roi_variant``."""
+def feature_name(roi_variant: str, key: str, role: str = "") -> str:
+    """The card's name of pyradiomics feature ``key`` of ROI variant ``roi_variant``, measured
+    on the series of ``role`` (``""``: the series the lesions were drawn on)."""
     if "/" in key:
         raise ValueError(f"pyradiomics key {key!r} contains '/'")
-    return f"{roi_variant}/{key}"
+    return f"{role}:{roi_variant}/{key}" if role else f"{roi_variant}/{key}"
+
+
+_ROLE = re.compile(r"^([a-z][a-z0-9_]*):")
+
+
+def role_of(name: str) -> str:
+    """The role a feature name is measured on (``""``: the series the lesions were drawn on)."""
+    match = _ROLE.match(name)
+    return match.group(1) if match else ""
 
 
 class _Section(BaseModel):
@@ -222,6 +237,7 @@ class ModelCard(_Section):
     outcome: Outcome
     preset: PresetRef
     features: tuple[str, ...] = Field(min_length=1)
+    roles: tuple[str, ...] = ()
     clinical_inputs: tuple[ClinicalInput, ...] = ()
     decision: Decision
     domain: AcquisitionDomain
@@ -234,6 +250,9 @@ class ModelCard(_Section):
     def _consistent(self) -> ModelCard:
         for name in self.features:
             split_feature_name(name)
+            if role_of(name) and role_of(name) not in self.roles:
+                raise ValueError(f"features: {name!r} is measured on role {role_of(name)!r}, "
+                                 f"not among roles {list(self.roles)}")
         duplicates = sorted({f for f in self.features if self.features.count(f) > 1})
         if duplicates:
             raise ValueError(f"features: duplicates {duplicates}")

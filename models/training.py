@@ -56,6 +56,7 @@ from models.card import (
     Outcome,
     PresetRef,
     Training,
+    role_of,
 )
 from models.estimators import (
     CLASSIFIERS,
@@ -378,6 +379,7 @@ def train(template: CardTemplate, features: FeatureTable, outcomes: OutcomeTable
         disclaimer=template.disclaimer, outcome=template.outcome,
         preset=PresetRef(name=features.preset, hash=features.preset_hash),
         features=tuple(selected), clinical_inputs=tuple(clinical),
+        roles=tuple(sorted({role_of(name) for name in selected} - {""})),
         decision=Decision(threshold=threshold, categories=template.categories,
                           threshold_method="Youden's J on internal out-of-fold probabilities"),
         domain=template.domain,

@@ -32,9 +32,13 @@ from pydicom.uid import Comprehensive3DSRStorage, ComprehensiveSRStorage
 from models.package import ModelPackageError, load_package
 from pipelines.io.segmentation import DecodedSegmentation, Segment, read_segmentation
 from pipelines.io.series import SeriesVolume, read_series
-from pipelines.outputs.derived_seg import build_derived_segmentation
+from pipelines.outputs.derived_seg import Propagated, build_derived_segmentation
 from pipelines.outputs.evaluations import model_line, qc_lines
-from pipelines.outputs.feature_report import build_feature_report, feature_report_reference
+from pipelines.outputs.feature_report import (
+    RoleGroups,
+    build_feature_report,
+    feature_report_reference,
+)
 from pipelines.outputs.parametric_map import (
     LesionMaps,
     build_parametric_maps,
@@ -78,12 +82,14 @@ class ProcessError(ValueError):
 @dataclass(frozen=True)
 class LesionSummary:
     """The features of one ROI variant of one segment, as plain values that cross process
-    boundaries. ``roi_variant`` is the preset's variant name, e.g. "intra + 4 mm ring"."""
+    boundaries. ``roi_variant`` is the preset's variant name, e.g. "intra + 4 mm ring"; ``role``
+    the series of a study job it was measured on, other than the one the lesion was drawn on."""
 
     segment_number: int
     label: str
     roi_variant: str
     features: dict[str, float]
+    role: str = ""  # a study job's other series (pipelines.study); "": the segmented one
 
 
 @dataclass(frozen=True)
@@ -102,14 +108,22 @@ class AppliedModels:
 
 def _apply_models(models: Sequence[tuple[str | Path, str]], preset: Preset,
                   lesions: Sequence[LesionSummary], series_qc: QCReport,
-                  lesion_qc: dict[int, QCReport], volume: SeriesVolume) -> AppliedModels:
+                  lesion_qc: dict[int, QCReport], volume: SeriesVolume,
+                  roles: Sequence[RoleMeasured] = (),
+                  role_reports: Sequence[Sequence[QCReport]] = ()) -> AppliedModels:
     """Load each pinned package (models.package checks it) and run those made for ``preset``
     on every lesion (pipelines.science.inference.apply_model gates them on preset hash, QC,
     acquisition domain and clinical inputs). A package that fails its checks is reported, not
-    run."""
+    run. A study job's other series (``roles``, with their QC reports ``role_reports``) add
+    their lesions' features by role; a package that needs roles is also gated on their QC (a
+    role whose propagation failed has no features: the package says which are missing)."""
     results: list[LesionModelResult] = []
     errors: list[str] = []
-    by_segment = lesion_features(lesions)
+    by_segment = lesion_features([*lesions, *(
+        summary for other in roles if other.measured is not None
+        for summary in other.measured.summaries)])
+    reports_of = {other.role: reports for other, reports in zip(roles, role_reports,
+                                                                  strict=True)}
     for path, sha256 in models:
         try:
             package = load_package(path, sha256)
@@ -119,9 +133,14 @@ def _apply_models(models: Sequence[tuple[str | Path, str]], preset: Preset,
         if package.card.preset.name != preset.name:
             continue
         for number, features in by_segment.items():
+            if number not in lesion_qc:
+                continue  # the liver, measured on another series
+            needed = [report for role in package.card.roles for report in reports_of.get(role, ())
+                      if report.scope == "series"
+                      or report.subject == f"{role}: {lesion_qc[number].subject}"]
             results.append(LesionModelResult(number, apply_model(
                 package, features=features, preset_hash=preset.hash,
-                qc_reports=[series_qc, lesion_qc[number]], headers=volume.datasets,
+                qc_reports=[series_qc, lesion_qc[number], *needed], headers=volume.datasets,
                 seg=seg_values(by_segment, number), external={})))
     return AppliedModels(tuple(results), tuple(errors))
 
@@ -164,6 +183,7 @@ class StageTimes:
     encode_maps: float
     writing: float
     beside_maps: float
+    registration: float = 0.0  # a study job's propagation of its segmentation to other series
     early_objects: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -246,19 +266,29 @@ def _write_atomically(path: Path, writer: Callable[[Path], None]) -> None:
 
 
 def _write_features_csv(path: Path, preset: Preset, lesions: Sequence[LesionSummary],
-                        source_series_uid: str) -> None:
-    """One row per ROI and feature: long format, so presets with different features stack."""
-    preset_hash = preset.hash  # 25 us each: once, not once per row
+                        source_series_uid: str, role: str | None = None,
+                        roles: Sequence[RoleMeasured] = ()) -> None:
+    """One row per ROI and feature: long format, so presets with different features stack. A
+    study job's table has a ``role`` column, and the rows of its other series (``roles``) after
+    those of the series the lesions were drawn on (of ``role``)."""
+    blocks = [(role or "", source_series_uid, preset, lesions),
+              *((other.role, other.volume.series_instance_uid, other.preset,
+                 other.measured.summaries) for other in roles if other.measured is not None)]
 
     def write(target: Path) -> None:
         with target.open("w", newline="", encoding="utf-8") as handle:
             out = csv.writer(handle)
-            out.writerow(["source_series_uid", "segment_number", "segment_label", "roi_variant",
-                          "preset", "preset_hash", "feature", "value"])
-            for lesion in lesions:
-                for name, value in lesion.features.items():
-                    out.writerow([source_series_uid, lesion.segment_number, lesion.label,
-                                  lesion.roi_variant, preset.name, preset_hash, name, repr(value)])
+            out.writerow([*(["role"] if role is not None else []), "source_series_uid",
+                          "segment_number", "segment_label", "roi_variant", "preset",
+                          "preset_hash", "feature", "value"])
+            for name_of_role, series_uid, measured_with, summaries in blocks:
+                preset_hash = measured_with.hash  # 25 us each: once, not once per row
+                first = [name_of_role] if role is not None else []
+                for lesion in summaries:
+                    for name, value in lesion.features.items():
+                        out.writerow([*first, series_uid, lesion.segment_number, lesion.label,
+                                      lesion.roi_variant, measured_with.name, preset_hash, name,
+                                      repr(value)])
     _write_atomically(path, write)
 
 
@@ -400,12 +430,29 @@ class Measured:
     perturbed: tuple[Perturbed | None, ...]
 
 
-def measure(study: Study, preset: Preset, qc_settings: QCSettings
+@dataclass(frozen=True)
+class RoleMeasured:
+    """Another series of a study job (``pipelines.study``): its ``role`` and ``preset``, the
+    series, the checks of the segmentation's propagation onto it (``registration``, a series QC
+    report) and how it was propagated (``method``, in words), and, where the propagation passed
+    its checks, the study on that series (the propagated segmentation) and its features."""
+
+    role: str
+    preset: Preset
+    volume: SeriesVolume
+    registration: QCReport
+    method: str
+    study: Study | None
+    measured: Measured | None
+
+
+def measure(study: Study, preset: Preset, qc_settings: QCSettings, role: str = ""
             ) -> Generator[Tasks[Any, TaskResult], list[TaskResult], Measured]:
     """A plan (``pipelines.plan``) of the study's feature tasks: every ROI variant of every
     lesion (``pipelines.science.features.lesion_features``), the lesion as drawn where the preset
     has no ``intra`` variant, and the eroded and dilated lesions of the robustness check
-    (``pipelines.science.qc.robustness.perturbed_plan``).
+    (``pipelines.science.qc.robustness.perturbed_plan``). ``role``: the series of a study job
+    the study is on, where it is not the one the lesions were drawn on (``LesionSummary.role``).
 
     Raises:
         FeatureError: pyradiomics refused a ROI variant.
@@ -425,7 +472,7 @@ def measure(study: Study, preset: Preset, qc_settings: QCSettings
     )
     summaries = tuple(
         LesionSummary(r.segment.number, r.segment.label, str(r.roi_variant),
-                      dict(r.features.values))
+                      dict(r.features.values), role)
         for r in rois
     )
     return Measured(rois, summaries, tuple(drawn), tuple(perturbed))
@@ -457,12 +504,56 @@ def _lesions_as_drawn(study: Study, features: Sequence[dict[str, RoiFeatures]], 
     return drawn
 
 
+def _role_qc(other: RoleMeasured, qc_settings: QCSettings) -> tuple[QCReport, ...]:
+    """A study job's other series: its series checks, the propagation's, and each lesion's ROI
+    checks on it where it was measured."""
+    checked = assess_series(other.volume, qc_settings)
+    series = QCReport(f"{other.role}: series", "series", checked.checks)
+    if other.study is None or other.measured is None:
+        return (series, other.registration)
+    study = other.study
+    return (
+        series, other.registration,
+        *(assess_roi(other.volume, lesion.mask, qc_settings, reference_mask=study.liver,
+                     preset=other.preset, features=drawn, perturbed=perturbed,
+                     subject=f"{other.role}: segment {lesion.number} ({lesion.label})",
+                     organ=lesion.number in study.livers)
+          for lesion, drawn, perturbed in zip(study.lesions, other.measured.drawn,
+                                              other.measured.perturbed, strict=True)),
+    )
+
+
+def _role_groups(other: RoleMeasured, reports: Sequence[QCReport], study: Study, preset: Preset
+                 ) -> RoleGroups | None:
+    """The feature report's groups of a study job's other series, with its derived SEG (every
+    ROI propagated onto it); None where its propagation failed its checks."""
+    if other.study is None or other.measured is None:
+        return None
+    rois = list(other.measured.rois)
+    masks = [mask for lesion_rois in other.study.variants for mask in lesion_rois]
+    derived = build_derived_segmentation(
+        other.volume, other.study.seg, rois, masks, other.preset,
+        propagated=Propagated(other.role, study.volume, preset.hash, other.method))
+    series, registration = reports[0], reports[1]
+    series_qc = QCReport(series.subject, "series", (*series.checks, *registration.checks))
+    return RoleGroups(other.role, other.volume, other.study.seg, rois, derived,
+                      series_qc=series_qc,
+                      lesion_qc={lesion.number: report for lesion, report
+                                 in zip(other.study.lesions, reports[2:], strict=True)})
+
+
 def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: QCSettings,
-                models: Sequence[tuple[str | Path, str]], out: Path, laps: Laps
+                models: Sequence[tuple[str | Path, str]], out: Path, laps: Laps,
+                role: str | None = None, roles: Sequence[RoleMeasured] = ()
                 ) -> Written[_Early]:
     """Quality control (``pipelines.science.qc``) and the models, then the reading and feature
     reports (PS3.16 TID 1500), the derived SEG, the summary image and the CSVs, written into
-    ``out``: none of it depends on the maps. Stages are lapped on ``laps``."""
+    ``out``: none of it depends on the maps. Stages are lapped on ``laps``.
+
+    A study job (``pipelines.study``) names the ``role`` of the series the lesions were drawn on
+    and gives its other series in ``roles``: their checks (series, propagation, each lesion) join
+    the QC, their features the models' inputs (``models.card.feature_name``), the feature report
+    and features.csv, and each gets a derived SEG of the ROIs propagated onto it."""
     volume, seg, lesions, livers = study.volume, study.seg, study.lesions, study.livers
     qc = (
         assess_series(volume, qc_settings),
@@ -476,14 +567,17 @@ def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: Q
         ),
     )
     lesion_qc = {lesion.number: report for lesion, report in zip(lesions, qc[1:], strict=True)}
+    role_reports = [_role_qc(other, qc_settings) for other in roles]
     laps.lap("qc")
     applied = _apply_models(models, preset,
                             [s for s in measured.summaries if s.segment_number not in livers],
-                            qc[0], lesion_qc, volume)
+                            qc[0], lesion_qc, volume, roles, role_reports)
     laps.lap("models")
     rois = list(measured.rois)
     masks = [mask for lesion_rois in study.variants for mask in lesion_rois]
     derived = build_derived_segmentation(volume, seg, rois, masks, preset)
+    role_groups = [groups for other, reports in zip(roles, role_reports, strict=True)
+                   if (groups := _role_groups(other, reports, study, preset)) is not None]
     laps.lap("encode_derived_seg")
     outputs = {number: [r.outcome for r in applied.results if r.segment_number == number]
                for number in lesion_qc}
@@ -496,12 +590,14 @@ def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: Q
         models=outputs,
         reading_report=None if reading is None
         else reading_report_reference(volume, seg.sop_instance_uid, preset),
+        role=role, roles=role_groups,
     )
     laps.lap("encode_report")
+    every_qc = (*qc, *(report for reports in role_reports for report in reports))
     labels = {lesion.number: lesion.label for lesion in lesions}
     summary = build_summary_image(
         volume, rois, masks, preset_name=preset.name, preset_hash=preset.hash,
-        seg_sop_instance_uid=seg.sop_instance_uid, qc_lines=qc_lines(qc),
+        seg_sop_instance_uid=seg.sop_instance_uid, qc_lines=qc_lines(every_qc),
         model_lines=[*(model_line(labels[r.segment_number], r.outcome)
                        for r in applied.results), *applied.errors]
         or [f"No model applied: none is configured for preset {preset.name}."],
@@ -512,13 +608,15 @@ def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: Q
     laps.lap("encode_summary")
     written = tuple(_write_object(out, dataset)
                     for dataset in (*([reading] if reading else []), report,
-                                    *([derived.dataset] if derived else []), summary))
-    del reading, report, derived, summary  # written: not held while the maps are computed
+                                    *([derived.dataset] if derived else []),
+                                    *(groups.derived.dataset for groups in role_groups
+                                      if groups.derived is not None), summary))
+    del reading, report, derived, summary, role_groups  # not held while the maps are computed
     _write_features_csv(out / "features.csv", preset, measured.summaries,
-                        volume.series_instance_uid)
-    _write_qc_csv(out / "qc.csv", qc)
+                        volume.series_instance_uid, role, roles)
+    _write_qc_csv(out / "qc.csv", every_qc)
     laps.lap("writing")
-    return Written(written, _Early(written, qc, applied))
+    return Written(written, _Early(written, every_qc, applied))
 
 
 def write_maps(study: Study, lesion_maps: Sequence[LesionMaps], preset: Preset, out: Path,
@@ -579,11 +677,25 @@ def job_plan(image_paths: Sequence[str | Path], seg_path: str | Path,
     laps.lap("preprocessing")
     measured = yield from measure(study, preset, qc_settings)
     laps.lap("extraction")
+    return (yield from finish_plan(study, measured, preset, out, laps, qc_settings=qc_settings,
+                                   models=models, split_maps=split_maps))
+
+
+def finish_plan(study: Study, measured: Measured, preset: Preset, out: Path, laps: Laps, *,
+                qc_settings: QCSettings, models: Sequence[tuple[str | Path, str]],
+                split_maps: bool, role: str | None = None, roles: Sequence[RoleMeasured] = ()
+                ) -> Plan[PipelineResult]:
+    """The rest of a job's plan once its features are measured (:func:`job_plan`, and a study
+    job's, ``pipelines.study.study_plan``, with the ``role`` of the series the lesions were
+    drawn on and its other series, ``roles``): :func:`write_early`, then the maps of
+    ``study``'s series per feature class and :func:`write_maps`, then the result."""
+    volume, seg = study.volume, study.seg
     mapped = study.mapped
     groups = map_feature_groups(preset) if preset.maps.enabled and mapped else []
     early = yield Write(
         "quality control, the models, the report, derived SEG and summary",
-        functools.partial(write_early, study, measured, preset, qc_settings, models, out),
+        functools.partial(write_early, study, measured, preset, qc_settings, models, out,
+                          role=role, roles=roles),
         laps, beside=bool(groups), announce=bool(groups))
     if early.beside:
         laps.lap("beside_maps")
@@ -614,7 +726,8 @@ def job_plan(image_paths: Sequence[str | Path], seg_path: str | Path,
         study_instance_uid=volume.study_instance_uid,
         preset=preset.name,
         preset_hash=preset.hash,
-        lesions=measured.summaries,
+        lesions=(*measured.summaries, *(summary for other in roles if other.measured is not None
+                                        for summary in other.measured.summaries)),
         objects=objects,
         features_csv=out / "features.csv",
         qc=qc_models.qc,

@@ -9,14 +9,28 @@ multi-phase CT over one phase. A job of one series has the role ``""``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.plan import Plan
-from pipelines.process import PipelineResult, ProcessError, job_plan
-from pipelines.science.presets import Preset
-from pipelines.science.qc import QCSettings
+from pipelines.io.segmentation import DecodedSegmentation, read_segmentation
+from pipelines.io.series import SeriesVolume
+from pipelines.plan import Laps, Plan
+from pipelines.process import (
+    PipelineResult,
+    RoleMeasured,
+    Study,
+    finish_plan,
+    job_plan,
+    measure,
+    preprocess,
+    read_source,
+)
+from pipelines.science.presets import Preset, load_preset
+from pipelines.science.qc import QCReport, QCSettings
+from pipelines.science.qc.registration import describe, registration_report
+from pipelines.science.registration import RegistrationSettings, propagate
 
 SINGLE = ""
 """The role of the one series of a job that is not a study job."""
@@ -67,16 +81,92 @@ def one_series(images: Sequence[str | Path], seg: str | Path, preset: str | Pres
     return JobInputs((SeriesInput(SINGLE, tuple(str(p) for p in images), preset),), str(seg))
 
 
+def propagate_onto(study: Study, volume: SeriesVolume, role: str,
+                   settings: RegistrationSettings) -> tuple[DecodedSegmentation | None, QCReport,
+                                                           str]:
+    """The segmentation of ``study`` on the series ``volume`` of ``role``
+    (``pipelines.science.registration.propagate``: copied on an identical grid, resampled in the
+    same frame of reference, else registered), the checks of that propagation as a series QC
+    report, and the method in words. The segmentation is None where the checks failed: the
+    series is then not measured, and the job goes on without it."""
+    segments = study.seg.segments
+    propagation = propagate(
+        study.volume.image, volume.image, [segment.mask for segment in segments],
+        same_frame_of_reference=study.volume.frame_of_reference_uid
+        == volume.frame_of_reference_uid, settings=settings)
+    report = registration_report(role, volume.series_instance_uid, propagation.qc,
+                                 [f"segment {s.number} ({s.label})" for s in segments], settings)
+    method = describe(propagation.qc)
+    if report.status == "fail":
+        return None, report, method
+    propagated = tuple(dataclasses.replace(segment, region=mask, index=(0, 0, 0), grid=None)
+                       for segment, mask in zip(segments, propagation.masks, strict=True))
+    return (DecodedSegmentation(study.seg.dataset, study.seg.path, propagated,
+                                study.seg.not_measured), report, method)
+
+
 def study_plan(inputs: JobInputs, out_dir: str | Path, *, qc_settings: QCSettings | None = None,
-               models: Sequence[tuple[str | Path, str]] = (), split_maps: bool = False
-               ) -> Plan[PipelineResult]:
+               models: Sequence[tuple[str | Path, str]] = (), split_maps: bool = False,
+               registration: RegistrationSettings | None = None) -> Plan[PipelineResult]:
     """The plan (``pipelines.plan``) of a job: :func:`pipelines.process.job_plan` for a job of
-    one series; a study job's plan measures the segmentation on every series of ``inputs``.
-    ``qc_settings``, ``models`` and ``split_maps`` as for ``job_plan``."""
+    one series; ``qc_settings``, ``models`` and ``split_maps`` as there.
+
+    A study job's plan reads the series the segmentation was drawn on and the segmentation, and
+    measures it as ``job_plan`` does; then, for each other series in ``inputs`` order, reads it
+    with its role's preset, propagates the segmentation onto it (:func:`propagate_onto`, with
+    ``registration`` settings) and, where the propagation passes its checks, measures every ROI
+    variant of every lesion on it (``pipelines.process.measure``). One write then encodes the
+    reports, the derived SEGs (one per series) and the summary for all series together
+    (``pipelines.process.write_early``), and the maps of the series the lesions were drawn on
+    follow, one feature class at a time, as in ``job_plan``. A series whose propagation failed
+    is reported (its checks in the QC, the reports and the summary), not measured.
+
+    Raises:
+        ProcessError, FeatureError, MapError and the readers' errors, as ``job_plan``; a series
+            of another role that cannot be read fails the job the same way.
+    """
     if len(inputs.series) == 1:
         only = inputs.segmented
         return (yield from job_plan(only.paths, inputs.seg, only.preset, out_dir,
                                     qc_settings=qc_settings, models=models,
                                     split_maps=split_maps))
-    raise ProcessError(f"{inputs.seg}: study jobs of roles "
-                       f"{[item.role for item in inputs.series]} are not measured yet")
+    laps = Laps()
+    qc_settings = qc_settings or QCSettings()
+    registration = registration or RegistrationSettings()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    segmented = inputs.segmented
+    preset = _preset(segmented.preset)
+    volume = read_source(segmented.paths, preset)
+    laps.lap("read_series")
+    seg = read_segmentation(Path(inputs.seg), volume,
+                            fractional_threshold=preset.segmentation.fractional_threshold)
+    laps.lap("read_segmentation")
+    study = preprocess(volume, seg, preset)
+    laps.lap("preprocessing")
+    measured = yield from measure(study, preset, qc_settings)
+    laps.lap("extraction")
+    roles: list[RoleMeasured] = []
+    for other in inputs.others:
+        role_preset = _preset(other.preset)
+        role_volume = read_source(other.paths, role_preset)
+        laps.lap("read_series")
+        role_seg, report, method = propagate_onto(study, role_volume, other.role, registration)
+        laps.lap("registration")
+        if role_seg is None:
+            roles.append(RoleMeasured(other.role, role_preset, role_volume, report, method,
+                                      None, None))
+            continue
+        role_study = preprocess(role_volume, role_seg, role_preset)
+        laps.lap("preprocessing")
+        role_measured = yield from measure(role_study, role_preset, qc_settings, other.role)
+        laps.lap("extraction")
+        roles.append(RoleMeasured(other.role, role_preset, role_volume, report, method,
+                                  role_study, role_measured))
+    return (yield from finish_plan(study, measured, preset, out, laps, qc_settings=qc_settings,
+                                   models=models, split_maps=split_maps,
+                                   role=segmented.role, roles=roles))
+
+
+def _preset(preset: str | Preset) -> Preset:
+    return preset if isinstance(preset, Preset) else load_preset(preset)

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from models.card import feature_name
 from node.config import load_config
 
 
@@ -244,7 +245,9 @@ def export_features(results_dir: Path, out: Path) -> tuple[int, int]:
     ``pipelines.process``) as one wide table: one row per lesion (result folder and segment),
     columns ``case_id`` (``<result folder>/<segment number>``), ``result``,
     ``source_series_uid``, ``segment_number``, ``segment_label``, ``preset``, ``preset_hash``,
-    then ``"<roi_variant>/<pyradiomics key>"`` per feature. Returns (rows, feature columns).
+    then ``"<roi_variant>/<pyradiomics key>"`` per feature (``"<role>:..."`` for a study job's
+    feature of another series than the one its lesion was drawn on, whose rows come first;
+    ``models.card.feature_name``). Returns (rows, feature columns).
 
     Raises:
         ValueError: naming the file, when a file lacks the expected columns.
@@ -252,6 +255,7 @@ def export_features(results_dir: Path, out: Path) -> tuple[int, int]:
     rows: dict[str, dict[str, str]] = {}
     values: dict[str, dict[str, str]] = defaultdict(dict)
     columns: dict[str, None] = {}
+    segmented: dict[str, str] = {}  # case -> the role of the series its lesion was drawn on
     for path in sorted(results_dir.rglob("features.csv")):
         result = path.parent.relative_to(results_dir).as_posix()
         with path.open(newline="", encoding="utf-8") as handle:
@@ -267,7 +271,10 @@ def export_features(results_dir: Path, out: Path) -> tuple[int, int]:
                     "segment_number": line["segment_number"],
                     "segment_label": line["segment_label"], "preset": line["preset"],
                     "preset_hash": line["preset_hash"]})
-                name = f"{line['roi_variant']}/{line['feature']}"
+                role = line.get("role") or ""
+                drawn_on = segmented.setdefault(case, role)  # its rows come first
+                name = feature_name(line["roi_variant"], line["feature"],
+                                    "" if role == drawn_on else role)
                 columns.setdefault(name)
                 values[case][name] = line["value"]
     descriptive = ["result", "source_series_uid", "segment_number", "segment_label", "preset",

@@ -81,6 +81,19 @@ class DerivedSegmentationError(ValueError):
 
 
 @dataclass(frozen=True)
+class Propagated:
+    """How a segmentation came onto another series of the study, of ``role``: the series it was
+    drawn on
+    (whose UIDs, with the preset hash measured there, name each ROI's Tracking UID, the same on
+    every series) and the ``method`` in words (e.g. "rigid registration")."""
+
+    role: str
+    tracking_volume: SeriesVolume
+    tracking_preset_hash: str
+    method: str
+
+
+@dataclass(frozen=True)
 class DerivedSegmentation:
     """The derived SEG and, for each ROI it holds, its segment number, keyed by
     (input segment number, ROI variant name)."""
@@ -124,7 +137,7 @@ def _anatomic_regions(seg: DecodedSegmentation, number: int) -> list[hd.sr.Coded
 
 def _description(number: int, roi: RoiResult, seg: DecodedSegmentation, preset: Preset,
                  volume: SeriesVolume, algorithm: hd.AlgorithmIdentificationSequence,
-                 ) -> hd.seg.SegmentDescription:
+                 propagated: Propagated | None = None) -> hd.seg.SegmentDescription:
     label = roi.tracking_identifier
     if len(label) > LABEL_LENGTH:
         raise DerivedSegmentationError(
@@ -137,7 +150,8 @@ def _description(number: int, roi: RoiResult, seg: DecodedSegmentation, preset: 
         (TISSUE, PERILESIONAL) if kind == "ring" else (segment.category, segment.property_type)
     )
     algorithm_type = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
-    if kind == "intra":  # an RT ROI as drawn, rasterised: its provenance is the structure set's
+    if kind == "intra" and propagated is None:
+        # an RT ROI as drawn, rasterised: its provenance is the structure set's
         algorithm_type = _RT_ALGORITHM_TYPES.get(segment.algorithm_type,
                                                  hd.seg.SegmentAlgorithmTypeValues.MANUAL)
     description = hd.seg.SegmentDescription(
@@ -148,18 +162,27 @@ def _description(number: int, roi: RoiResult, seg: DecodedSegmentation, preset: 
         algorithm_type=algorithm_type,
         algorithm_identification=(
             algorithm if algorithm_type != hd.seg.SegmentAlgorithmTypeValues.MANUAL else None),
-        tracking_uid=result_uid(volume, seg.sop_instance_uid, preset.hash, "tracking",
-                                str(segment.number), *((variant,) if roi.derived else ())),
+        tracking_uid=result_uid(
+            propagated.tracking_volume if propagated else volume, seg.sop_instance_uid,
+            propagated.tracking_preset_hash if propagated else preset.hash, "tracking",
+            str(segment.number), *((variant,) if roi.derived else ())),
         tracking_id=label,
         anatomic_regions=_anatomic_regions(seg, segment.number) or None,
         display_color=display_color(number),
     )
-    if kind == "intra":
+    if propagated is not None:
+        # Segment Description (0062,0006), PS3.3 C.8.20.4: where the ROI was drawn, and how it
+        # came onto this series
+        description.SegmentDescription = (
+            f"{'RT Structure Set' if seg.is_rtstruct else 'Segmentation'} "
+            f"{seg.sop_instance_uid} segment {segment.number} on series "
+            f"{propagated.tracking_volume.series_instance_uid}, {propagated.method}")[:1024]
+    elif kind == "intra":
         # Segment Description (0062,0006), PS3.3 C.8.20.4: which RT ROI this segment rasterises
         description.SegmentDescription = (
             f"RT Structure Set {seg.sop_instance_uid} ROI Number {segment.number} "
             f"(ROI Name {segment.label})")[:1024]
-    elif kind != "ring":
+    if kind not in ("intra", "ring"):
         modifier = WITH_RING if kind == "intra_ring" else ERODED
         description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence \
             = [modifier]
@@ -172,9 +195,12 @@ def build_derived_segmentation(
     rois: Sequence[RoiResult],
     masks: Sequence[RoiMask],
     preset: Preset,
+    propagated: Propagated | None = None,
 ) -> DerivedSegmentation | None:
     """The SEG of the derived ROIs among ``rois`` (module docstring); None when every ROI is an
-    unchanged lesion. ``masks[k]`` is the mask of ``rois[k]``
+    unchanged lesion. With ``propagated`` (a study job's other series, ``pipelines.study``),
+    ``seg`` is the segmentation propagated onto ``volume`` and every ROI is in the SEG, the
+    lesions as drawn too: nobody drew them on this series. ``masks[k]`` is the mask of ``rois[k]``
     (``pipelines.science.rois.build_variants`` output, flattened in the order
     ``pipelines.process.measure`` builds ``rois``).
 
@@ -189,7 +215,7 @@ def build_derived_segmentation(
                 f"segment {roi.segment.number}: ROI {roi.roi_variant!r} paired with mask "
                 f"{mask.name!r}")
     derived = [(roi, mask) for roi, mask in zip(rois, masks, strict=True)
-               if roi.derived or seg.is_rtstruct]
+               if roi.derived or seg.is_rtstruct or propagated is not None]
     if not derived:
         return None
     # Only the source slices that hold a derived voxel go to highdicom, each with its plane
@@ -219,7 +245,7 @@ def build_derived_segmentation(
         parameters={"preset": preset.name, "preset_hash": preset.hash},
     )
     descriptions = [
-        _description(number, roi, seg, preset, volume, algorithm)
+        _description(number, roi, seg, preset, volume, algorithm, propagated)
         for number, (roi, _) in enumerate(derived, start=1)
     ]
     geometry = slab_geometry(volume, (planes[0], planes[-1] + 1))
@@ -244,7 +270,8 @@ def build_derived_segmentation(
         device_serial_number="0",
         content_label="RADIOMICS_ROIS",
         content_description=f"ROIs measured by {ALGORITHM_NAME} ({preset.name})"[:64],
-        series_description=f"Radiomics ROIs ({preset.name})"[:64],
+        series_description=(f"Radiomics ROIs {propagated.role} ({preset.name})" if propagated
+                            else f"Radiomics ROIs ({preset.name})")[:64],
     )
     dataset.ContentCreatorName = CONTENT_CREATOR_NAME  # Type 2 (PS3.3 C.10.9); highdicom sets none
     copy_study_attributes(dataset, volume.datasets[0])

@@ -78,7 +78,9 @@ def qc_lines(reports: Sequence[QCReport]) -> list[str]:
                  else f"{check.name} {check.value}"
                  for check in report.checks if _reported(check)]
         shown = ", ".join(named[:6]) + (f" and {len(named) - 6} more" if len(named) > 6 else "")
-        subject = "Series" if report.scope == "series" else report.subject
+        # a study job's other series are named by role ("arterial: series")
+        subject = report.subject if report.scope == "roi" or ": " in report.subject \
+            else "Series"
         lines.append(f"{subject}: {report.status}" + (f" - {shown}" if shown else
                                                        f" ({len(report.checks)} checks)"))
     return lines

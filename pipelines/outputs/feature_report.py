@@ -38,7 +38,8 @@ report's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -144,32 +145,34 @@ def prepare_report(preset: Preset) -> int:
                for modality in ([preset.modality] if preset.modality else ["CT", "MR"]))
 
 
-def build_feature_report(
-    volume: SeriesVolume,
-    seg: DecodedSegmentation,
-    rois: Sequence[RoiResult],
-    preset: Preset,
-    *,
-    series_qc: QCReport | None = None,
-    lesion_qc: Mapping[int, QCReport] | None = None,
-    derived: DerivedSegmentation | None = None,
-    models: Mapping[int, Sequence[ModelOutput | NotApplied]] | None = None,
-    reading_report: ReportReference | None = None,
-) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 feature report of ``rois`` (module docstring), in the study of ``volume``.
+@dataclass(frozen=True)
+class RoleGroups:
+    """The ROIs of one other series of a study job (``pipelines.study``): its ``role``, the
+    series, the segmentation propagated onto it, its ROIs with their features, the SEG of
+    those ROIs on it, and its QC (``series_qc`` with the registration's checks,
+    ``lesion_qc`` by segment number)."""
 
-    With ``series_qc`` and ``lesion_qc`` (the QC report of each lesion by segment number), the
-    first group of each ROI carries the quality control evaluations of
-    :mod:`pipelines.outputs.evaluations`. With ``derived`` (the node's SEG of the ROI variants it
-    built), a derived ROI's groups reference its segment there; otherwise the input segment it
-    was derived from. ``models`` (by segment number) go into the first group of the lesion as
-    drawn (:func:`pipelines.outputs.evaluations.model_items`). ``reading_report`` is listed as
-    pertinent other evidence."""
-    check_inputs(volume, seg)
-    algorithm = algorithm_identification(preset)
-    groups = []
-    rests: list[list[tuple[str, float]]] = []
-    findings: list[list[Dataset]] = []
+    role: str
+    volume: SeriesVolume
+    seg: DecodedSegmentation
+    rois: Sequence[RoiResult]
+    derived: DerivedSegmentation | None
+    series_qc: QCReport | None = None
+    lesion_qc: Mapping[int, QCReport] | None = None
+
+
+def _groups(volume: SeriesVolume, seg: DecodedSegmentation, rois: Sequence[RoiResult],
+            algorithm: hd.sr.AlgorithmIdentification, *,
+            tracking: Callable[[RoiResult], hd.sr.TrackingIdentifier],
+            series_qc: QCReport | None, lesion_qc: Mapping[int, QCReport] | None,
+            derived: DerivedSegmentation | None,
+            models: Mapping[int, Sequence[ModelOutput | NotApplied]] | None,
+            session: str | None,
+            ) -> list[tuple[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations,
+                            list[tuple[str, float]], list[Dataset]]]:
+    """Each ROI's TID 1411 groups on ``volume``, one per image filter, with the NUMs after the
+    first and the items appended to the group (QC findings, models' outputs)."""
+    made = []
     for roi in rois:
         check_finite(roi)
         segment = roi.segment
@@ -184,26 +187,74 @@ def build_feature_report(
         values = roi.features.values
         for position, (image_filter, keys) in enumerate(
                 by_image_filter(values, volume.modality)):
-            groups.append(_method_modifies(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tracking_identifier(volume, seg, preset, roi),
+            group = _method_modifies(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking(roi),
                 referenced_segment=referenced_segment(volume, seg, roi, derived),
                 finding_type=segment.property_type,
                 finding_sites=finding_sites(seg, segment) or None,
                 method=image_filter_concept(image_filter),
                 algorithm_id=algorithm,
+                session=session,
                 measurements=[_measurement(keys[0], values[keys[0]], volume.modality)],
                 qualitative_evaluations=evaluations if position == 0 else None,
-            )))
-            rests.append([(key, values[key]) for key in keys[1:]])
-            findings.append(appended if position == 0 else [])
+            ))
+            made.append((group, [(key, values[key]) for key in keys[1:]],
+                         appended if position == 0 else []))
+    return made
+
+
+def build_feature_report(
+    volume: SeriesVolume,
+    seg: DecodedSegmentation,
+    rois: Sequence[RoiResult],
+    preset: Preset,
+    *,
+    series_qc: QCReport | None = None,
+    lesion_qc: Mapping[int, QCReport] | None = None,
+    derived: DerivedSegmentation | None = None,
+    models: Mapping[int, Sequence[ModelOutput | NotApplied]] | None = None,
+    reading_report: ReportReference | None = None,
+    role: str | None = None,
+    roles: Sequence[RoleGroups] = (),
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 feature report of ``rois`` (module docstring), in the study of ``volume``.
+
+    With ``series_qc`` and ``lesion_qc`` (the QC report of each lesion by segment number), the
+    first group of each ROI carries the quality control evaluations of
+    :mod:`pipelines.outputs.evaluations`. With ``derived`` (the node's SEG of the ROI variants it
+    built), a derived ROI's groups reference its segment there; otherwise the input segment it
+    was derived from. ``models`` (by segment number) go into the first group of the lesion as
+    drawn (:func:`pipelines.outputs.evaluations.model_items`). ``reading_report`` is listed as
+    pertinent other evidence.
+
+    A study job (``pipelines.study``) names the ``role`` of ``volume`` and gives the groups of
+    its other series in ``roles``: every group then carries its series' role as TID 1411 Session
+    (row 3b), each ROI keeps one Tracking Identifier and UID across roles (those of ``volume``
+    and ``seg``), and references the segment it was measured in (the role's propagated ROIs are
+    in the role's derived SEG); the Image Library holds the images of every series."""
+    check_inputs(volume, seg)
+    algorithm = algorithm_identification(preset)
+    made = _groups(volume, seg, rois, algorithm,
+                   tracking=lambda roi: tracking_identifier(volume, seg, preset, roi),
+                   series_qc=series_qc, lesion_qc=lesion_qc, derived=derived, models=models,
+                   session=role)
+    for other in roles:
+        made += _groups(other.volume, other.seg, other.rois, algorithm,
+                        tracking=lambda roi: tracking_identifier(volume, seg, preset, roi),
+                        series_qc=other.series_qc, lesion_qc=other.lesion_qc,
+                        derived=other.derived, models=None, session=other.role)
+    groups = [group for group, _, _ in made]
+    images = [*volume.datasets, *(ds for other in roles for ds in other.volume.datasets)]
+    segs = [derived, *(other.derived for other in roles)]
     sr, encodings = measurement_document(
         hd.sr.Comprehensive3DSR, volume, groups,
         identity=feature_report_reference(volume, seg.sop_instance_uid, preset),
         series_number=volume.series_number + SR_SERIES_NUMBER_OFFSET,
         series_description=f"Radiomics features ({preset.name})",
-        evidence=[*volume.datasets, seg.dataset, *([derived.dataset] if derived else [])],
-        library_images=volume.datasets, other=reading_report,
+        evidence=[*images, seg.dataset, *(s.dataset for s in segs if s is not None)],
+        library_images=images, other=reading_report,
         contribution=f"radiomics features, preset {preset.name} (sha256 {preset.hash})",
     )
-    _complete_groups(sr, rests, volume.modality, findings, encodings)
+    _complete_groups(sr, [rest for _, rest, _ in made], volume.modality,
+                     [extra for _, _, extra in made], encodings)
     return written_as_is_throughout(sr)  # the raw Content Sequences are written as they are

@@ -46,6 +46,7 @@ class LesionLike(Protocol):
     segment_number: int
     roi_variant: str
     features: dict[str, float]
+    role: str
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,13 @@ class NotApplied:
 
 def lesion_features(lesions: Iterable[LesionLike]) -> dict[int, dict[str, float]]:
     """Segment number -> ``"<roi_variant>/<pyradiomics key>"`` -> value, over all ROI variants
-    of each lesion (``PipelineResult.lesions``)."""
+    of each lesion (``PipelineResult.lesions``); a study job's lesions measured on another
+    series as ``"<role>:<roi_variant>/<pyradiomics key>"`` (``models.card.feature_name``)."""
     by_segment: dict[int, dict[str, float]] = {}
     for lesion in lesions:
         target = by_segment.setdefault(lesion.segment_number, {})
         for key, value in lesion.features.items():
-            target[feature_name(lesion.roi_variant, key)] = value
+            target[feature_name(lesion.roi_variant, key, lesion.role)] = value
     return by_segment
 
 
