@@ -193,6 +193,7 @@ class _MrProtocol:
     flip_deg: float
     echo_train: int
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M", "ND")
+    contrast: bool = False  # acquired after the gadoxetate bolus
 
 
 _T1 = {"scanning_sequence": ("GR",), "sequence_variant": ("SP", "SS"), "scan_options": ("FS",),
@@ -205,7 +206,8 @@ MR_PROTOCOLS = {
     "dwi": _MrProtocol("DWI b0 400 800", 5, 7, Grid((24, 128, 128), 2.5, 5.0), ("SE", "EP"),
                        ("SK", "SP"), ("FS",), "2D", 4500.0, 60.0, 90.0, 64,
                        ("ORIGINAL", "PRIMARY", "DIFFUSION", "NONE")),
-    "hbp": _MrProtocol("T1 HBP 20min", 6, 30, Grid((40, 160, 160), 1.8, 3.0), **_T1),
+    "hbp": _MrProtocol("T1 HBP 20min", 6, 30, Grid((40, 160, 160), 1.8, 3.0), **_T1,
+                       contrast=True),
 }  # fmt: skip
 # Signal (arbitrary units) per sequence and tissue; for DWI the b = 0 signal S0. Lesion 1 is
 # T2-bright and restricts diffusion little, both lesions lack hepatocytes (dark in HBP).
@@ -801,7 +803,7 @@ def _mr_slice(
     ds.SliceThickness = protocol.grid.slice_mm
     ds.SliceLocation = position[2]
     # Contrast/Bolus (C.7.6.4): gadoxetate, given before the hepatobiliary phase only
-    if MR_PROTOCOLS["hbp"] is protocol:
+    if protocol.contrast:
         ds.ContrastBolusAgent = "Gadoxetate disodium"
         ds.ContrastBolusRoute = "IV"
         ds.ContrastBolusStartTime = MR_INJECTION_TIME

@@ -174,6 +174,9 @@ def test_pv_seg_reads_back_with_lesions_and_liver(ct: SyntheticMultiPhase) -> No
     liver = sitk.GetArrayFromImage(seg.segments[2].mask).astype(bool)
     lesions = np.logical_or.reduce([sitk.GetArrayFromImage(s.mask) > 0 for s in seg.segments[:2]])
     assert (liver & lesions).sum() == lesions.sum(), "the liver is drawn with its lesions"
+    np.testing.assert_allclose(
+        _centres(volume)[liver].mean(axis=0), ct.portal_venous.liver_centre_mm, atol=0.5
+    )
     assert float(hu[liver & ~lesions].mean()) == pytest.approx(110, abs=2)
 
 
