@@ -18,7 +18,7 @@ arguments writes the same files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,7 @@ STUDY_TIME = "101500"
 
 RESCALE_INTERCEPT = -1024
 AIR_HU, FAT_HU, SOFT_TISSUE_HU, LIVER_HU = -1000.0, -100.0, 40.0, 60.0
+LESION_LABELS = ("Lesion 1", "Lesion 2")
 LESION_HU = (35.0, 80.0)
 LESION_RADIUS_MM = 18.0  # Lesion 1; Lesion 2 has half of it
 SCANNER_NOISE_HU = 8.0
@@ -108,33 +109,21 @@ def write_synthetic_study(
     half = np.array(
         [x[-1] + pixel_spacing / 2, y[-1] + pixel_spacing / 2, z[-1] + slice_thickness / 2]
     )
-    liver_centre = np.array([-0.30, -0.05, 0.0]) * half
-    liver_axes = np.array([0.38, 0.42, 0.90]) * half
-    radius = min(LESION_RADIUS_MM, 0.45 * float(liver_axes.min()))
-    lesions = (
-        SyntheticLesion(
-            "Lesion 1", _mm(liver_centre + [-0.40, 0.20, 0.10] * liver_axes), radius, LESION_HU[0]
-        ),
-        SyntheticLesion(
-            "Lesion 2",
-            _mm(liver_centre + [0.40, -0.30, -0.15] * liver_axes),
-            radius / 2,
-            LESION_HU[1],
-        ),
+    anatomy = liver_anatomy(half)
+    lesions = tuple(
+        SyntheticLesion(label, centre, radius, mean_hu)
+        for label, centre, radius, mean_hu in zip(
+            LESION_LABELS, anatomy.lesion_centres, anatomy.lesion_radii, LESION_HU, strict=True
+        )
     )
 
     rng = np.random.default_rng(seed)
     voxel_mm = (slice_thickness, pixel_spacing, pixel_spacing)
     zz, yy, xx = z[:, None, None], y[None, :, None], x[None, None, :]
-    body = (xx / (0.88 * half[0])) ** 2 + (yy / (0.70 * half[1])) ** 2 <= 1
-    inner = (xx / (0.80 * half[0])) ** 2 + (yy / (0.62 * half[1])) ** 2 <= 1
+    body, inner = body_regions(xx, yy, half)
     plane = np.where(body, np.where(inner, SOFT_TISSUE_HU, FAT_HU), AIR_HU)
     hu = np.repeat(plane, slices, axis=0).astype(np.float32)
-    liver = (
-        ((xx - liver_centre[0]) / liver_axes[0]) ** 2
-        + ((yy - liver_centre[1]) / liver_axes[1]) ** 2
-        + ((zz - liver_centre[2]) / liver_axes[2]) ** 2
-    ) <= 1
+    liver = inside_ellipsoid(xx, yy, zz, anatomy.liver_centre, anatomy.liver_axes)
     _fill(hu, "the liver", liver, LIVER_HU, LIVER_TEXTURE, voxel_mm, rng)
     masks = []
     for lesion, texture in zip(lesions, LESION_TEXTURES, strict=True):
@@ -147,7 +136,7 @@ def write_synthetic_study(
 
     study_uid, series_uid, frame_uid = uid("study"), uid("ct series"), uid("frame of reference")
     datasets = [
-        _ct_slice(
+        ct_slice(
             stored[k],
             (float(x[0]), float(y[0]), float(z[k])),
             k,
@@ -167,7 +156,9 @@ def write_synthetic_study(
         dataset.save_as(path, enforce_file_format=True)
         ct_paths.append(path)
 
-    seg = _lesion_segmentation(datasets, np.stack(masks, axis=-1), lesions, uid)
+    seg = lesion_segmentation(
+        datasets, np.stack(masks, axis=-1), [lesion.label for lesion in lesions], uid
+    )
     seg_path = out_dir / "seg.dcm"
     seg.save_as(seg_path, enforce_file_format=True)
     return SyntheticStudy(
@@ -183,6 +174,55 @@ def _mm(point: np.ndarray) -> tuple[float, float, float]:
     return (float(point[0]), float(point[1]), float(point[2]))
 
 
+@dataclass(frozen=True)
+class LiverAnatomy:
+    """Where the phantom's liver and lesions lie (mm, LPS) in a field of view whose half-extents
+    along x, y and z are ``half``: the ellipsoidal liver's centre and semi-axes, and each
+    lesion's centre and radius, in ``LESION_LABELS`` order."""
+
+    liver_centre: np.ndarray
+    liver_axes: np.ndarray
+    lesion_centres: tuple[tuple[float, float, float], ...]
+    lesion_radii: tuple[float, ...]
+
+
+def liver_anatomy(half: np.ndarray) -> LiverAnatomy:
+    """The anatomy scaled to ``half``: the liver on the patient's right, Lesion 1 of radius up to
+    ``LESION_RADIUS_MM`` (at most 0.45 of the liver's shortest semi-axis), Lesion 2 of half it."""
+    liver_centre = np.array([-0.30, -0.05, 0.0]) * half
+    liver_axes = np.array([0.38, 0.42, 0.90]) * half
+    radius = min(LESION_RADIUS_MM, 0.45 * float(liver_axes.min()))
+    return LiverAnatomy(
+        liver_centre=liver_centre,
+        liver_axes=liver_axes,
+        lesion_centres=(
+            _mm(liver_centre + [-0.40, 0.20, 0.10] * liver_axes),
+            _mm(liver_centre + [0.40, -0.30, -0.15] * liver_axes),
+        ),
+        lesion_radii=(radius, radius / 2),
+    )
+
+
+def body_regions(x: np.ndarray, y: np.ndarray, half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the elliptic body (skin inwards) and of its soft tissue inside the fat layer, at
+    points of coordinates ``x`` and ``y`` (mm, broadcast together)."""
+    body = (x / (0.88 * half[0])) ** 2 + (y / (0.70 * half[1])) ** 2 <= 1
+    inner = (x / (0.80 * half[0])) ** 2 + (y / (0.62 * half[1])) ** 2 <= 1
+    return body, inner
+
+
+def inside_ellipsoid(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: np.ndarray, axes: np.ndarray
+) -> np.ndarray:
+    """Whether points of coordinates ``x``, ``y``, ``z`` (mm, broadcast together) lie inside the
+    axis-aligned ellipsoid of ``centre`` and semi-axes ``axes``."""
+    return (
+        ((x - centre[0]) / axes[0]) ** 2
+        + ((y - centre[1]) / axes[1]) ** 2
+        + ((z - centre[2]) / axes[2]) ** 2
+    ) <= 1
+
+
 def _fill(
     hu: np.ndarray,
     name: str,
@@ -196,9 +236,28 @@ def _fill(
 
     The noise is made in the region's bounding box only, which keeps large volumes fast.
     """
+    box, noise = smooth_texture(name, region, texture, voxel_mm, rng)
+    hu[box][region[box]] = mean_hu + noise[region[box]]
+
+
+def smooth_texture(
+    name: str,
+    region: np.ndarray,
+    texture: tuple[float, float],
+    voxel_mm: tuple[float, float, float],
+    rng: np.random.Generator,
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Gaussian noise smoothed by ``texture``'s sigma (mm) in ``region``'s bounding box.
+
+    Returns the box and the noise on it, scaled to ``texture``'s standard deviation and shifted to
+    zero mean over the region's voxels; draws from ``rng`` once, a box's worth of normals.
+
+    Raises:
+        ValueError: when ``region`` (called ``name`` in the message) holds no voxel.
+    """
     if not region.any():
         raise ValueError(f"{name} holds no voxel centre: the grid is too small or too coarse")
-    std_hu, sigma_mm = texture
+    std, sigma_mm = texture
     box = ndimage.find_objects(region.astype(np.uint8))[0]
     inside = region[box]
     noise = ndimage.gaussian_filter(
@@ -206,12 +265,12 @@ def _fill(
         sigma=[sigma_mm / size for size in voxel_mm],
         mode="reflect",
     )
-    noise *= std_hu / max(float(noise[inside].std()), 1e-6)
+    noise *= std / max(float(noise[inside].std()), 1e-6)
     noise -= float(noise[inside].mean())
-    hu[box][inside] = mean_hu + noise[inside]
+    return box, noise
 
 
-def _ct_slice(
+def ct_slice(
     pixels: np.ndarray,
     position: tuple[float, float, float],
     index: int,
@@ -294,28 +353,41 @@ def _ct_slice(
     return ds
 
 
-def _lesion_segmentation(
-    ct: list[pydicom.Dataset],
+def lesion_segmentation(
+    source: list[pydicom.Dataset],
     masks: np.ndarray,
-    lesions: tuple[SyntheticLesion, ...],
+    labels: Sequence[str],
     uid: Callable[..., str],
+    *,
+    date: str = STUDY_DATE,
+    time: str = STUDY_TIME,
 ) -> hd.seg.Segmentation:
-    """A BINARY SEG (PS3.3 A.51) with one MANUAL segment per lesion, frames on the CT slices."""
+    """A BINARY SEG (PS3.3 A.51) with one MANUAL segment per label, frames on the source slices.
+
+    ``masks`` is (slices, rows, columns, segments) in the order of ``source``. A segment labelled
+    "Liver" is the organ (SCT Anatomical Structure / Liver, as ``pipelines.science.rois.is_liver``
+    recognises it), any other a lesion (SCT Morphologically Abnormal Structure / Neoplasm, finding
+    site Liver). Every date and time is ``date`` and ``time``, every UID ``uid``'s.
+    """
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=lesion.label,
-            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=codes.SCT.Neoplasm,
+            segment_label=label,
+            segmented_property_category=(
+                codes.SCT.AnatomicalStructure
+                if label == "Liver"
+                else codes.SCT.MorphologicallyAbnormalStructure
+            ),
+            segmented_property_type=codes.SCT.Liver if label == "Liver" else codes.SCT.Neoplasm,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            tracking_uid=uid("tracking", lesion.label),
-            tracking_id=lesion.label,
-            anatomic_regions=[codes.SCT.Liver],
+            tracking_uid=uid("tracking", label),
+            tracking_id=label,
+            anatomic_regions=None if label == "Liver" else [codes.SCT.Liver],
         )
-        for number, lesion in enumerate(lesions, start=1)
+        for number, label in enumerate(labels, start=1)
     ]
     seg = hd.seg.Segmentation(
-        source_images=ct,
+        source_images=source,
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
@@ -331,17 +403,17 @@ def _lesion_segmentation(
         content_description="Liver lesions of the synthetic phantom",
         content_creator_name="Synthetic^Reader",
         series_description="Lesions (synthetic)",
-        content_date=STUDY_DATE,
-        content_time=STUDY_TIME,
-        series_date=STUDY_DATE,
-        series_time=STUDY_TIME,
+        content_date=date,
+        content_time=time,
+        series_date=date,
+        series_time=time,
     )
     # highdicom stamps times with the clock and draws a random Dimension Organization UID
     # (PS3.3 C.7.6.17); the phantom is dated like its study and its UIDs follow the seed.
-    seg.InstanceCreationDate, seg.InstanceCreationTime = STUDY_DATE, STUDY_TIME
+    seg.InstanceCreationDate, seg.InstanceCreationTime = date, time
     for equipment in seg.ContributingEquipmentSequence:
         if "ContributionDateTime" in equipment:
-            equipment.ContributionDateTime = STUDY_DATE + STUDY_TIME
+            equipment.ContributionDateTime = date + time
     organization = uid("dimension organization")
     for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
         item.DimensionOrganizationUID = organization
