@@ -133,7 +133,8 @@ def cast(rule: StudyRule, segmented_role: str, segmented: str, study: StudySerie
         chosen[name] = best
         playing[best] = name
     series = tuple(JobSeries(name, chosen[name], rule.preset_of(name))
-                   for name in [segmented_role, *order] if name in chosen)
+                   for name in [segmented_role, *(n for n in order if n != segmented_role)]
+                   if name in chosen)
     missing = tuple(name for name in order if rule.roles[name].required and name not in chosen)
     return Casting(series, missing, {name: why_not[name] for name in missing})
 
