@@ -752,6 +752,15 @@ class NodeConfig(BaseSettings):
             raise ValueError("; ".join(problems))
         return self
 
+    def rule_presets(self) -> dict[str, str]:
+        """Where each preset a job may run is configured (``rules.<name>``,
+        ``study_rules.<name>.roles.<role>``) -> the preset, in configuration order."""
+        found = {f"rules.{rule.name}": rule.preset for rule in self.rules}
+        for study in self.study_rules:
+            found.update({f"study_rules.{study.name}.roles.{role}": study.preset_of(role)
+                          for role in study.roles})
+        return found
+
     @property
     def spool_dir(self) -> Path:
         return self.state_dir / "spool"
