@@ -175,10 +175,27 @@ class JobRunner:
             series.append(SeriesInput(item.role, paths, item.preset))
         return JobInputs(tuple(series), seg.path) if seg else None
 
+    def _missing_roles(self, job: JobRow, inputs: JobInputs) -> list[str]:
+        """The required roles of ``job``'s study rule (when still configured) that its inputs
+        lack: a job recorded failed because a role was missing (``node.flow.study_router``),
+        retried by hand before a series plays it."""
+        rule = next((r for r in self._config.study_rules if r.name == job.rule), None)
+        if rule is None or not inputs.segmented.role:
+            return []
+        have = {item.role for item in inputs.series}
+        return [name for name, role in rule.roles.items() if role.required and name not in have]
+
     def _start(self, job: JobRow) -> None:
         inputs = self._inputs(job)
         if inputs is None:
             self._index.jobs.fail(job.id, "inputs are no longer in the index")
+            return
+        missing = self._missing_roles(job, inputs)
+        if missing:
+            reason = (f"study rule {job.rule}: required role(s) {', '.join(missing)} missing; "
+                      "the study job is queued anew when a series of the study plays them")
+            self._index.jobs.fail(job.id, reason)
+            log.error("job failed", extra=fields(job_id=job.id, reason=reason))
             return
         out_dir = self._config.results_dir / f"job-{job.id}"
         shutil.rmtree(out_dir, ignore_errors=True)  # a rerun starts from an empty folder

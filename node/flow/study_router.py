@@ -207,36 +207,47 @@ class StudyRouter:
     def _evaluate(self, rule: StudyRule, seg_sop_uid: str, source: str, study: StudySeries,
                   give_up: bool) -> list[int]:
         """Queue, wait or (``give_up``) fail the job of ``rule`` for the segmentation
-        ``seg_sop_uid`` drawn on ``source``; nothing when either is not stable, the source plays
-        no role the rule allows segmentations on, or it is of another study or patient (the
-        series router says why)."""
-        segmentation = self._index.instances.get(seg_sop_uid)
-        seg_series = self._index.instances.series(segmentation.series_uid) \
-            if segmentation is not None else None
-        if segmentation is None or seg_series is None or seg_series.stable_at is None:
+        ``seg_sop_uid`` drawn on ``source`` (:meth:`_cast`); when there is no such job to
+        make, a wait that is due is dropped (routed again, a series that is stable again
+        files it anew)."""
+        cast_for = self._cast(rule, seg_sop_uid, source, study)
+        if cast_for is None:
             if give_up:
                 self._index.jobs.end_wait(rule.name, seg_sop_uid)
             return []
-        source_row = next((row for row in study.rows if row.series_uid == source), None)
-        header = study.header(source) if source_row is not None else None
-        if source_row is None or header is None:
-            return []
-        role = next((name for name in rule.segmentable
-                     if not mismatches(rule.roles[name], header, study.b_values(source))), None)
-        if role is None:
-            return []
-        seg_header = pydicom.dcmread(segmentation.path, stop_before_pixels=True)
-        if foreign_source(seg_header, source_row, header) is not None:
-            return []
-        casting = cast(rule, role, source, study)
+        casting, study_uid = cast_for
         context = {"rule": rule.name, "seg_sop_uid": seg_sop_uid, "source_series_uid": source,
-                   "segmented_role": role}
+                   "segmented_role": casting.series[0].role}
         if casting.missing and not give_up:
-            self._index.jobs.wait_for_roles(rule.name, seg_sop_uid, source_row.study_uid, source)
+            self._index.jobs.wait_for_roles(rule.name, seg_sop_uid, study_uid, source)
             log.info("study job waits for required roles", extra=fields(
                 **context, missing=list(casting.missing)))
             return []
         return self._queue(rule, seg_sop_uid, casting, context)
+
+    def _cast(self, rule: StudyRule, seg_sop_uid: str, source: str, study: StudySeries
+              ) -> tuple[Casting, str] | None:
+        """``rule``'s roles filled (:func:`cast`) for the segmentation ``seg_sop_uid`` drawn on
+        ``source``, with the study's UID; None when either is not stable, the source plays no
+        role the rule allows segmentations on, or it is of another study or patient (the series
+        router says why)."""
+        segmentation = self._index.instances.get(seg_sop_uid)
+        seg_series = self._index.instances.series(segmentation.series_uid) \
+            if segmentation is not None else None
+        if segmentation is None or seg_series is None or seg_series.stable_at is None:
+            return None
+        source_row = next((row for row in study.rows if row.series_uid == source), None)
+        header = study.header(source) if source_row is not None else None
+        if source_row is None or header is None:
+            return None
+        role = next((name for name in rule.segmentable
+                     if not mismatches(rule.roles[name], header, study.b_values(source))), None)
+        if role is None:
+            return None
+        seg_header = pydicom.dcmread(segmentation.path, stop_before_pixels=True)
+        if foreign_source(seg_header, source_row, header) is not None:
+            return None
+        return cast(rule, role, source, study), source_row.study_uid
 
     def inputs_digest(self, rule: StudyRule, series: tuple[JobSeries, ...],
                       seg_sop_uid: str) -> str:

@@ -225,6 +225,14 @@ def test_a_missing_required_role_waits_then_fails_naming_it_and_why_each_series_
         node.config, node.index, True, True, None)).render_page()
     assert "required role arterial missing" in page and "portal_venous, delayed" in page
 
+    # retried by hand without the role: it fails again at once, naming it
+    executor = RecordingExecutor()
+    assert node.index.jobs.retry([job.id]) == [job.id]
+    JobRunner(node.config, node.index, executor).tick()
+    assert executor.submitted == []
+    assert node.index.jobs.get(job.id).reason.startswith(
+        "study rule liver-phases: required role(s) arterial missing;")
+
     # the arterial series comes after all: a new job of the new inputs
     node.receive(phases["arterial"])
     [again] = node.assemble()
