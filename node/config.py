@@ -74,17 +74,27 @@ PRIORITIES = {"urgent": 0, "normal": 1, "backlog": 2}
 """A rule's priority -> the job queue's order (``node.state.jobs.JobStore.claim``: 0 first)."""
 
 
-class SeriesRule(Strict):
-    """Which image series a pipeline preset is validated for, decided on the series' tags.
+NUMERIC_VRS = frozenset({"DS", "IS", "US", "SS", "UL", "SL", "FL", "FD"})
+"""Value representations (PS3.5 6.2) of the attributes ``ranges`` may test."""
 
-    All given conditions must hold. Tag names are DICOM keywords (PS3.6).
+
+def _compiles(value: str) -> str:
+    """``value`` when it is a valid regular expression; ValueError naming the fault otherwise."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    return value
+
+
+class SeriesMatch(Strict):
+    """The tag conditions that pick an image series, decided on the header of one of its
+    instances (series-level attributes are the same in every instance, PS3.3 C.7.3.1, C.8.2.1).
+
+    All given conditions must hold. Tag names are DICOM keywords (PS3.6). Shared by a
+    ``SeriesRule`` and each role of a ``StudyRule`` (``node.flow.router.mismatches``).
     """
 
-    name: str = Field(description="Unique name, used in logs and the index.")
-    preset: str = Field(default="ct-liver-basic", description="Preset run on matching series: a "
-                        "shipped preset's name (pipelines/presets) or the path of a preset YAML "
-                        "file (ends in .yaml/.yml or holds a /), relative to the configuration "
-                        "file's folder; a file is loaded and validated with the configuration.")
     modality: list[str] = Field(default_factory=lambda: ["CT"],
                                 description="Modality (0008,0060) values accepted.")
     series_description: str | None = Field(
@@ -93,7 +103,8 @@ class SeriesRule(Strict):
     )
     ranges: dict[str, NumericRange] = Field(
         default_factory=dict,
-        description="Numeric tag ranges, e.g. SliceThickness: {min: 0.5, max: 5}.",
+        description="Numeric tag ranges, e.g. SliceThickness: {min: 0.5, max: 5}; tested on the "
+        "header of the series' first instance.",
     )
     image_type_includes: list[str] = Field(
         default_factory=list, description="Values that ImageType (0008,0008) must all contain."
@@ -102,22 +113,11 @@ class SeriesRule(Strict):
         default_factory=lambda: ["LOCALIZER"],
         description="Values of which ImageType must contain none.",
     )
-    priority: Literal["urgent", "normal", "backlog"] = Field(
-        default="normal",
-        description="Queue order of its jobs: urgent ones start before every queued normal "
-        "one, normal before backlog, the oldest first within each; a running job is never "
-        "stopped. A series matched by several rules of one preset takes the most urgent.",
-    )
 
     @field_validator("series_description")
     @classmethod
     def _regex_compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return value
+        return None if value is None else _compiles(value)
 
     @field_validator("ranges")
     @classmethod
@@ -126,9 +126,117 @@ class SeriesRule(Strict):
             tag = tag_for_keyword(keyword)
             if tag is None:
                 raise ValueError(f"{keyword!r} is not a DICOM keyword")
-            if dictionary_VR(tag) not in {"DS", "IS", "US", "SS", "UL", "SL", "FL", "FD"}:
+            if dictionary_VR(tag) not in NUMERIC_VRS:
                 raise ValueError(f"{keyword!r} has VR {dictionary_VR(tag)}, not a number")
         return value
+
+
+class SeriesRule(SeriesMatch):
+    """Which image series a pipeline preset is validated for, decided on the series' tags
+    (``SeriesMatch``): a job for each such series and each segmentation drawn on it."""
+
+    name: str = Field(description="Unique name, used in logs and the index.")
+    preset: str = Field(default="ct-liver-basic", description="Preset run on matching series: a "
+                        "shipped preset's name (pipelines/presets) or the path of a preset YAML "
+                        "file (ends in .yaml/.yml or holds a /), relative to the configuration "
+                        "file's folder; a file is loaded and validated with the configuration.")
+    priority: Literal["urgent", "normal", "backlog"] = Field(
+        default="normal",
+        description="Queue order of its jobs: urgent ones start before every queued normal "
+        "one, normal before backlog, the oldest first within each; a running job is never "
+        "stopped. A series matched by several rules of one preset takes the most urgent.",
+    )
+
+
+ROLE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""A role's name: an identifier (``arterial``, ``portal_venous``, ``t1_pre``)."""
+
+
+class RoleRule(SeriesMatch):
+    """One role of a study rule: the series of the study that plays it, chosen by the tag
+    conditions of ``SeriesMatch`` and by contrast, other attributes' values and b-values."""
+
+    required: bool = Field(default=True, description="The study job waits for this role (up to "
+                           "the rule's study_stable_after); an optional role is measured when "
+                           "the study has it.")
+    preset: str | None = Field(default=None, description="Preset measured on this role's "
+                               "series; null: the study rule's preset.")
+    contrast: bool | None = Field(
+        default=None,
+        description="true: Contrast/Bolus Agent (0018,0010) present and not empty (PS3.3 "
+        "C.7.6.4); false: absent or empty; null: either.")
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Other attributes by DICOM keyword -> regular expression searched in the "
+        "value (multiple values joined by a backslash), case-insensitive, e.g. "
+        "ScanningSequence: SE, SequenceName: \"ep_b\"; an absent attribute fails.")
+    b_values: list[float] = Field(
+        default_factory=list,
+        description="b-values (s/mm2) the series' instances must all hold between them, each "
+        "within 1: Diffusion b-value (0018,9087) at the top level of each instance (PS3.3 "
+        "C.8.13.5.9; not read inside an enhanced image's functional groups nor from private "
+        "vendor attributes); read from every instance of the series.")
+
+    @field_validator("tags")
+    @classmethod
+    def _keyword_patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        for keyword, pattern in value.items():
+            if tag_for_keyword(keyword) is None:
+                raise ValueError(f"{keyword!r} is not a DICOM keyword")
+            try:
+                _compiles(pattern)
+            except ValueError as exc:
+                raise ValueError(f"{keyword}: {exc}") from exc
+        return value
+
+
+class StudyRule(Strict):
+    """Several series of one study, each by its role, measured on one segmentation drawn on one
+    of them: a study job is queued once the required roles' series and the segmentation are
+    stable (``node.flow.study_router``)."""
+
+    name: str = Field(description="Unique name among rules and study_rules, used in logs and "
+                      "the index.")
+    preset: str = Field(default="ct-liver-basic", description="Preset of each role without its "
+                        "own: a shipped preset's name or a preset YAML file (as for rules).")
+    roles: dict[str, RoleRule] = Field(description="Role name (an identifier) -> the series "
+                                       "that plays it; at least one required.")
+    segmented_on: list[str] = Field(
+        default_factory=list,
+        description="Roles a segmentation may be drawn on; empty: any role.")
+    study_stable_after: float = Field(
+        default=600.0, gt=0,
+        description="Seconds after the study's last received instance that a segmentation "
+        "waits for a missing required role; then its job fails naming the role.")
+    priority: Literal["urgent", "normal", "backlog"] = Field(
+        default="normal", description="Queue order of its jobs, as for rules.")
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: dict[str, RoleRule]) -> dict[str, RoleRule]:
+        bad = [name for name in value if not re.match(ROLE_NAME, name)]
+        if bad:
+            raise ValueError(f"role names must be identifiers (letters, digits, _); got {bad}")
+        if not any(role.required for role in value.values()):
+            raise ValueError("at least one role must be required")
+        return value
+
+    @model_validator(mode="after")
+    def _segmented_on_known(self) -> StudyRule:
+        unknown = [name for name in self.segmented_on if name not in self.roles]
+        if unknown:
+            raise ValueError(f"segmented_on names unknown roles {unknown}; roles are "
+                             f"{list(self.roles)}")
+        return self
+
+    def preset_of(self, role: str) -> str:
+        """The preset measured on ``role``'s series: its own, else the rule's."""
+        return self.roles[role].preset or self.preset
+
+    @property
+    def segmentable(self) -> list[str]:
+        """The roles a segmentation may be drawn on, in configuration order."""
+        return list(self.segmented_on or self.roles)
 
 
 class RemotePeer(Strict):
@@ -563,6 +671,9 @@ class NodeConfig(BaseSettings):
         "its file system allows; off: through the page cache.",
     )
     rules: list[SeriesRule] = Field(default_factory=default_rules)
+    study_rules: list[StudyRule] = Field(
+        default_factory=list,
+        description="Rules of several series of one study by role (StudyRule); none by default.")
     destinations: list[Destination] = Field(default_factory=list)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     peers: list[Peer] = Field(default_factory=list)
@@ -603,6 +714,16 @@ class NodeConfig(BaseSettings):
             raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
         return rules
 
+    @model_validator(mode="after")
+    def _unique_study_rule_names(self) -> NodeConfig:
+        """A study rule's name is unique among ``rules`` and ``study_rules`` (jobs carry it)."""
+        names = [rule.name for rule in self.rules] + [rule.name for rule in self.study_rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates and self.study_rules:
+            raise ValueError("rule names must be unique across rules and study_rules; "
+                             f"repeated: {', '.join(duplicates)}")
+        return self
+
     @field_validator("peers")
     @classmethod
     def _unique_peer_names(cls, peers: list[Peer]) -> list[Peer]:
@@ -630,6 +751,15 @@ class NodeConfig(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def rule_presets(self) -> dict[str, str]:
+        """Where each preset a job may run is configured (``rules.<name>``,
+        ``study_rules.<name>.roles.<role>``) -> the preset, in configuration order."""
+        found = {f"rules.{rule.name}": rule.preset for rule in self.rules}
+        for study in self.study_rules:
+            found.update({f"study_rules.{study.name}.roles.{role}": study.preset_of(role)
+                          for role in study.roles})
+        return found
 
     @property
     def spool_dir(self) -> Path:
@@ -670,22 +800,31 @@ def names_a_file(preset: str) -> bool:
 
 
 def _preset_files(config: NodeConfig, folder: Path) -> list[str]:
-    """Resolve each rule's preset file against ``folder`` (where the configuration file is) and
-    load it with ``pipelines.science.presets.load_preset``, so that a site's own preset with a typo
-    stops the node at start, not each job; one problem per preset that cannot be loaded. Shipped
-    presets are named, not read here (``config check`` loads them)."""
-    files = [rule for rule in config.rules if names_a_file(rule.preset)]
+    """Resolve each rule's preset file (and each study rule's and its roles') against ``folder``
+    (where the configuration file is) and load it with
+    ``pipelines.science.presets.load_preset``, so that a site's own preset with a typo stops the
+    node at start, not each job; one problem per preset that cannot be loaded. Shipped presets
+    are named, not read here (``config check`` loads them)."""
+    files: list[tuple[str, BaseModel]] = [
+        (f"rules.{rule.name}", rule) for rule in config.rules if names_a_file(rule.preset)]
+    for study in config.study_rules:
+        if names_a_file(study.preset):
+            files.append((f"study_rules.{study.name}", study))
+        files += [(f"study_rules.{study.name}.roles.{name}", role)
+                  for name, role in study.roles.items()
+                  if role.preset is not None and names_a_file(role.preset)]
     if not files:
         return []
     from pipelines.science.presets import load_preset  # reads pyradiomics' schema: only when needed
 
     problems = []
-    for rule in files:
-        rule.preset = str((folder / rule.preset).resolve())
+    for where, owner in files:
+        path = str((folder / owner.preset).resolve())  # type: ignore[attr-defined]
+        owner.preset = path  # type: ignore[attr-defined]
         try:
-            load_preset(rule.preset)
+            load_preset(path)
         except ValueError as exc:  # PresetError: one line naming the file, key and reason
-            problems.append(f"rules.{rule.name}.preset: {' '.join(str(exc).split())}")
+            problems.append(f"{where}.preset: {' '.join(str(exc).split())}")
     return problems
 
 

@@ -30,6 +30,7 @@ from node.flow.jobs import JobRunner
 from node.flow.outbox import Outbox
 from node.flow.retrieve import Retriever
 from node.flow.router import Router
+from node.flow.study_router import StudyRouter
 from node.flow.ticks import Tick
 from node.ops.health import Health, check_health
 from node.ops.logs import fields
@@ -63,6 +64,7 @@ class Node:
         self.ingest_index = Index(config.index_path, synchronous="NORMAL", clock=clock)
         self.receiver = Receiver(config, self.ingest_index)
         self.router = Router(config, self.index)
+        self.studies = StudyRouter(config, self.index, self.router.repaired)
         self.jobs = JobRunner(config, self.index, executor,
                               on_done=lambda _job_id: self.wake("outbox"))
         self.outbox = Outbox(config, self.index)
@@ -80,9 +82,10 @@ class Node:
         self.address: tuple[str, int] | None = None
 
     def assemble(self) -> None:
-        """Mark series quiet for ``stable_after`` seconds as stable and route each (DESIGN.md);
-        wake the jobs tick when a job was queued, and this tick again when the next receiving
-        series is due to be stable."""
+        """Mark series quiet for ``stable_after`` seconds as stable and route each (DESIGN.md)
+        by the series rules and the study rules; end the study rules' waits that are due
+        (``StudyRouter.give_up_due``); wake the jobs tick when a job was queued, and this tick
+        again when the next receiving series is due to be stable."""
         queued = False
         for series in self.index.instances.mark_stable(
                 self.clock.time() - self.config.stable_after):
@@ -91,8 +94,13 @@ class Node:
                 instances=series.n_instances))
             try:
                 queued = bool(self.router.route(series)) or queued
+                queued = bool(self.studies.route(series)) or queued
             except Exception:
                 log.exception("routing failed", extra=fields(series_uid=series.series_uid))
+        try:
+            queued = bool(self.studies.give_up_due()) or queued
+        except Exception:
+            log.exception("study rules' waits not ended")
         if queued:
             self.wake("jobs")
         quiet = self.index.instances.quietest_receiving()

@@ -375,7 +375,7 @@ class LocalExecutor:
             initializer=_start_job_worker,
             initargs=(self._config.log_level, self._config.log_file,
                       self._config.executor.task_processes,
-                      tuple(dict.fromkeys(rule.preset for rule in self._config.rules)),
+                      tuple(dict.fromkeys(self._config.rule_presets().values())),
                       announcements),
         )
         for _ in range(self._config.workers):

@@ -1,11 +1,11 @@
 """The job runner: claims queued jobs from the index and runs their pipeline in worker processes.
 
-The node never computes a feature itself: it hands file paths and a preset name to
-``pipelines.process.job_plan`` to an executor (``node.flow.executor``: a local process pool or a
-Dask cluster), queues the deliveries of the objects a running job announces, and records the
-outcome. A job's state is a
-row (queued -> running -> done | failed); a node stopped mid-job finds it 'running' at start and
-queues it again. A done job keeps the seconds of each pipeline stage (``Index.jobs.timeline``).
+The node never computes a feature itself: it hands a job's inputs (``pipelines.study.JobInputs``:
+file paths and a preset name, of one series or of each role of a study job) to an executor
+(``node.flow.executor``: a local process pool or a Dask cluster), queues the deliveries of the
+objects a running job announces, and records the outcome. A job's state is a row (queued -> running
+-> done | failed); a node stopped mid-job finds it 'running' at start and queues it again. A done
+job keeps the seconds of each pipeline stage (``Index.jobs.timeline``).
 
 A failed job's reason is one line (:func:`failure_reason`): the pipeline's own refusal of its
 inputs as the pipeline worded it (naming file, attribute and reason), or the type and message of
@@ -38,7 +38,7 @@ from node.ops.logs import fields
 from node.state import Index
 from node.state.jobs import JobRow
 from pipelines.process import PipelineResult  # see JobRunner._finished
-from pipelines.study import one_series
+from pipelines.study import JobInputs, SeriesInput, one_series
 
 log = logging.getLogger(__name__)
 
@@ -157,21 +157,56 @@ class JobRunner:
                     free_bytes=free, min_free_bytes=self._config.min_free_bytes))
         return allows
 
-    def _start(self, job: JobRow) -> None:
-        images = [row.path for row in self._index.instances.of_series(job.source_series_uid)]
+    def _inputs(self, job: JobRow) -> JobInputs | None:
+        """What ``job`` is given (``pipelines.study``): for a study job each of its series by
+        role (``JobStore.series_of``, the segmented one first) with its preset; for a job of one
+        series ``one_series`` of its source series and the job's preset. None when an image
+        series or the segmentation is no longer in the index."""
         seg = self._index.instances.get(job.seg_sop_uid)
-        if not images or seg is None:
+        roles = self._index.jobs.series_of(job.id)
+        if not roles:
+            images = [row.path for row in self._index.instances.of_series(job.source_series_uid)]
+            return one_series(images, seg.path, job.preset) if images and seg else None
+        series = []
+        for item in roles:
+            paths = tuple(row.path for row in self._index.instances.of_series(item.series_uid))
+            if not paths:
+                return None
+            series.append(SeriesInput(item.role, paths, item.preset))
+        return JobInputs(tuple(series), seg.path) if seg else None
+
+    def _missing_roles(self, job: JobRow, inputs: JobInputs) -> list[str]:
+        """The required roles of ``job``'s study rule (when still configured) that its inputs
+        lack: a job recorded failed because a role was missing (``node.flow.study_router``),
+        retried by hand before a series plays it."""
+        rule = next((r for r in self._config.study_rules if r.name == job.rule), None)
+        if rule is None or not inputs.segmented.role:
+            return []
+        have = {item.role for item in inputs.series}
+        return [name for name, role in rule.roles.items() if role.required and name not in have]
+
+    def _start(self, job: JobRow) -> None:
+        inputs = self._inputs(job)
+        if inputs is None:
             self._index.jobs.fail(job.id, "inputs are no longer in the index")
+            return
+        missing = self._missing_roles(job, inputs)
+        if missing:
+            reason = (f"study rule {job.rule}: required role(s) {', '.join(missing)} missing; "
+                      "the study job is queued anew when a series of the study plays them")
+            self._index.jobs.fail(job.id, reason)
+            log.error("job failed", extra=fields(job_id=job.id, reason=reason))
             return
         out_dir = self._config.results_dir / f"job-{job.id}"
         shutil.rmtree(out_dir, ignore_errors=True)  # a rerun starts from an empty folder
         log.info("job started", extra=fields(
-            job_id=job.id, preset=job.preset, attempt=job.attempts, images=len(images),
+            job_id=job.id, preset=job.preset, attempt=job.attempts,
+            images=sum(len(item.paths) for item in inputs.series),
+            roles=[item.role for item in inputs.series if item.role],
             source_series_uid=job.source_series_uid, seg_sop_uid=job.seg_sop_uid))
         models = [(str(ref.path), ref.sha256) for ref in self._config.models]
         written = functools.partial(self._written, job.id) if self._dicom_destinations() \
             else None
-        inputs = one_series(images, seg.path, job.preset)
         future = self._executor.submit(inputs, out_dir, models, written)
         self._running[job.id] = (future, time.monotonic())
         future.add_done_callback(lambda done, job_id=job.id: self._finished(job_id, done))

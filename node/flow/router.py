@@ -22,12 +22,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
-from node.config import PRIORITIES, NodeConfig, SeriesRule
+from node.config import PRIORITIES, NodeConfig, RoleRule, SeriesMatch, SeriesRule
 from node.ops.logs import fields
 from node.state import Index
 from node.state.audit import SEGMENTATION_NOT_PROCESSED
@@ -52,7 +54,7 @@ SEGMENTATION_MODALITIES = frozenset({"SEG", "RTSTRUCT"})
 
 INPUTS_REPAIRED = "job queued again: inputs repaired"
 """The audit event of a failed job queued again because a damaged spool copy of its inputs was
-repaired (:meth:`Router._repaired`)."""
+repaired (:meth:`Router.repaired`)."""
 
 SHOWN_CHARS = 64
 """The most characters of a referenced value a reason repeats (a UID has at most 64)."""
@@ -74,8 +76,70 @@ def _as_list(value: object) -> list[str]:
     return [str(v) for v in value]  # type: ignore[attr-defined]
 
 
-def mismatches(rule: SeriesRule, header: Dataset) -> list[RuleMismatch]:
-    """Every condition of ``rule`` that ``header`` fails; empty when the rule matches."""
+def b_values_of(paths: Iterable[str]) -> set[float]:
+    """The Diffusion b-values (0018,9087) (PS3.3 C.8.13.5.9) at the top level of the instances
+    ``paths``, read without their pixel data; an instance without one (or unreadable) adds
+    none."""
+    found: set[float] = set()
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["DiffusionBValue"])
+            raw = ds.get("DiffusionBValue")
+            if raw is not None and raw != "":
+                found.add(float(raw))
+        except (InvalidDicomError, OSError, ValueError, TypeError, EOFError):
+            continue
+    return found
+
+
+B_VALUE_TOLERANCE = 1.0
+"""How far (s/mm2) a series' b-value may be from a role's ``b_values`` entry and still be it."""
+
+
+def _role_mismatches(role: RoleRule, header: Dataset,
+                     b_values: Callable[[], set[float]] | None) -> list[RuleMismatch]:
+    """The conditions only a study rule's role has: contrast, tags, b_values (see
+    :class:`node.config.RoleRule`)."""
+    found: list[RuleMismatch] = []
+    if role.contrast is not None:
+        agent = text(header, "ContrastBolusAgent")
+        if role.contrast and not agent:
+            found.append(RuleMismatch("ContrastBolusAgent", "absent or empty, contrast required"))
+        elif not role.contrast and agent:
+            found.append(RuleMismatch("ContrastBolusAgent",
+                                      f"{agent!r} present, no contrast required"))
+    for keyword, pattern in role.tags.items():
+        if keyword not in header:
+            found.append(RuleMismatch(keyword, "missing"))
+            continue
+        value = "\\".join(_as_list(header[keyword].value))
+        if not re.search(pattern, value, flags=re.IGNORECASE):
+            found.append(RuleMismatch(keyword, f"{value!r} does not match /{pattern}/"))
+    if role.b_values:
+        held = b_values() if b_values is not None else b_values_of_header(header)
+        lacking = [b for b in role.b_values
+                   if not any(abs(b - h) <= B_VALUE_TOLERANCE for h in held)]
+        if lacking:
+            seen = ", ".join(f"{h:g}" for h in sorted(held)) or "none"
+            found.append(RuleMismatch("DiffusionBValue",
+                                      f"lacks {[f'{b:g}' for b in lacking]} (has {seen})"))
+    return found
+
+
+def b_values_of_header(header: Dataset) -> set[float]:
+    """The Diffusion b-value (0018,9087) of one header, as a set (empty when it has none)."""
+    raw = header.get("DiffusionBValue")
+    try:
+        return {float(raw)} if raw is not None and raw != "" else set()
+    except (TypeError, ValueError):
+        return set()
+
+
+def mismatches(rule: SeriesMatch, header: Dataset,
+               b_values: Callable[[], set[float]] | None = None) -> list[RuleMismatch]:
+    """Every condition of ``rule`` (a series rule, or a study rule's role) that ``header`` fails;
+    empty when the rule matches. ``b_values`` gives the b-values of every instance of the series
+    (read only when a role asks for b-values; when None, the header's own)."""
     found: list[RuleMismatch] = []
     modality = str(header.get("Modality", ""))
     if rule.modality and modality not in rule.modality:
@@ -103,6 +167,8 @@ def mismatches(rule: SeriesRule, header: Dataset) -> list[RuleMismatch]:
     excluded = [v for v in rule.image_type_excludes if v.upper() in image_type]
     if excluded:
         found.append(RuleMismatch("ImageType", f"contains excluded {excluded}"))
+    if isinstance(rule, RoleRule):
+        found += _role_mismatches(rule, header, b_values)
     return found
 
 
@@ -231,7 +297,7 @@ class Router:
                 queued += self._queue(source, instance.sop_instance_uid, rules)
         return queued
 
-    def _repaired(self, job: JobRow) -> list[int]:
+    def repaired(self, job: JobRow) -> list[int]:
         """Queue ``job`` again, and return its id, when it failed and a damaged spool copy in its
         source series or its segmentation's series was repaired after its last attempt started
         (``JobStore.inputs_repaired_at``: an intact copy sent again, ``node.state.ingest``, or the
@@ -305,7 +371,7 @@ class Router:
     def _queue(self, source: str, seg_sop_uid: str, rules: list[SeriesRule]) -> list[int]:
         """Queue one job per preset of ``rules``, as the ``reprocess`` policy allows. A job of
         the same inputs is not queued twice; one that failed is queued again when a damaged
-        spool copy of its inputs was repaired since (:meth:`_repaired`)."""
+        spool copy of its inputs was repaired since (:meth:`repaired`)."""
         queued: list[int] = []
         presets: dict[str, str] = {}
         urgency: dict[str, int] = {}
@@ -318,7 +384,7 @@ class Router:
             earlier = self._index.jobs.for_inputs(source, seg_sop_uid, preset)
             same = next((job for job in earlier if job.inputs_digest == digest), None)
             if same is not None:  # the same inputs were processed already (or are queued)
-                queued += self._repaired(same)
+                queued += self.repaired(same)
                 continue
             if earlier and self._config.reprocess == "never":
                 log.info("inputs changed, not processed again (reprocess: never)", extra=fields(

@@ -72,13 +72,13 @@ def _tls(config: NodeConfig) -> Iterator[CheckResult]:
 def _presets(config: NodeConfig) -> Iterator[CheckResult]:
     from pipelines.science.presets import load_preset
 
-    for rule in config.rules:
+    for where, name in config.rule_presets().items():
         try:
-            preset = load_preset(rule.preset)
+            preset = load_preset(name)
         except Exception as exc:  # any reason a preset cannot load is reported, not raised
-            yield CheckResult(f"rules.{rule.name}.preset", False, f"{rule.preset}: {exc}")
+            yield CheckResult(f"{where}.preset", False, f"{name}: {exc}")
         else:
-            yield CheckResult(f"rules.{rule.name}.preset", True,
+            yield CheckResult(f"{where}.preset", True,
                               f"{preset.name} (sha256 {preset.hash[:12]})")
 
 

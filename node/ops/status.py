@@ -250,9 +250,9 @@ class StatusServer:
                    f"num:{r['n_instances']}",
                    _badge("stable" if r["stable_at"] else "receiving"),
                    _when(r["last_received"]),
-                   f'<span class="reason">'
-                   f'{html.escape(series_summary(index, self.config.rules, r["series_uid"]))}'
-                   "</span>"]
+                   '<span class="reason">' + html.escape(series_summary(
+                       index, self.config.rules, r["series_uid"], self.config.study_rules))
+                   + "</span>"]
                   for r in index.queries.recent_series(limit)]
         jobs = []
         for r in index.queries.recent_jobs(limit):
@@ -261,6 +261,7 @@ class StatusServer:
             duration = (ended - r["started_at"]) if ended and r["started_at"] else \
                 (index.clock.time() - r["started_at"]) if running else None
             jobs.append([f"num:{r['id']}", _badge(r["state"]), html.escape(r["preset"]),
+                         html.escape(r["roles"] or "-"),
                          _uid(r["study_uid"]), _uid(r["source_series_uid"]),
                          f"num:{r['attempts']}", _when(r["created_at"]),
                          f"num:{_duration(duration)}",
@@ -308,8 +309,8 @@ class StatusServer:
                                                    "deliveries_pending", "deliveries_dead",
                                                    "retrievals_waiting", "series_receiving")]],
                    ""),
-            _table("Jobs", ["id", "state", "preset", "study", "source series", "attempts",
-                            "queued", "duration", "reason"], jobs, "no job yet"),
+            _table("Jobs", ["id", "state", "preset", "roles", "study", "source series",
+                            "attempts", "queued", "duration", "reason"], jobs, "no job yet"),
             _table("QC failures", ["job", "preset", "source series", "failed", "reason"], qc,
                    "no job failed its quality control"),
             _table("Segmentations not processed", ["when", "study", "series", "reason"],

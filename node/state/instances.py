@@ -34,6 +34,7 @@ class SeriesRow:
     modality: str
     n_instances: int
     stable_at: float | None
+    last_received: float | None = None
 
 
 def instance_row(r: sqlite3.Row) -> InstanceRow:
@@ -43,9 +44,8 @@ def instance_row(r: sqlite3.Row) -> InstanceRow:
 
 
 def series_row(r: sqlite3.Row) -> SeriesRow:
-    return SeriesRow(
-        r["series_uid"], r["study_uid"], r["modality"], r["n_instances"], r["stable_at"]
-    )
+    return SeriesRow(r["series_uid"], r["study_uid"], r["modality"], r["n_instances"],
+                     r["stable_at"], r["last_received"])
 
 
 class InstanceStore:
@@ -106,6 +106,30 @@ class InstanceStore:
         rows = self._db.query("SELECT * FROM series WHERE series_uid=?", (series_uid,))
         return series_row(rows[0]) if rows else None
 
+    def of_study(self, study_uid: str) -> list[SeriesRow]:
+        """Every series of ``study_uid`` the index holds, in Series Instance UID order."""
+        rows = self._db.query("SELECT * FROM series WHERE study_uid=? ORDER BY series_uid",
+                              (study_uid,))
+        return [series_row(r) for r in rows]
+
+    def segs_of_study(self, study_uid: str) -> list[tuple[str, str]]:
+        """(SEG or RTSTRUCT SOP Instance UID, referenced series UID) of every reference filed
+        (``add_seg_refs``) to a series of ``study_uid``, by SOP Instance UID."""
+        rows = self._db.query(
+            """SELECT r.seg_sop_uid, r.source_series_uid FROM seg_refs r
+               JOIN series s ON s.series_uid=r.source_series_uid WHERE s.study_uid=?
+               ORDER BY r.seg_sop_uid, r.source_series_uid""", (study_uid,))
+        return [(r["seg_sop_uid"], r["source_series_uid"]) for r in rows]
+
+    def studies_segmented_by(self, seg_series_uid: str) -> list[str]:
+        """The studies of the indexed series that the segmentations of series
+        ``seg_series_uid`` reference (``add_seg_refs``), in UID order."""
+        rows = self._db.query(
+            """SELECT DISTINCT s.study_uid FROM seg_refs r
+               JOIN series s ON s.series_uid=r.source_series_uid WHERE r.seg_series_uid=?
+               ORDER BY s.study_uid""", (seg_series_uid,))
+        return [r["study_uid"] for r in rows]
+
     def mark_stable(self, quiet_since: float, now: float | None = None) -> list[SeriesRow]:
         """Mark series whose last instance came before ``quiet_since`` as stable; return them."""
         now = self._clock.time() if now is None else now
@@ -160,15 +184,15 @@ class InstanceStore:
                           WHERE series_uid=?""", (now, now, row["series_uid"]))
 
     def forget(self, sop_instance_uid: str, reason: str) -> InstanceRow | None:
-        """Drop the row of an instance whose spool file is missing or damaged (start-up
-        recovery, ``node.state.recovery``), in one transaction: its series counts one instance less
-        and is repaired at ``now`` (``repaired_at``: the instance, sent again, is stored as a
-        new one and makes the series receiving; routed then, a failed job that read the damaged
-        copy is queued again, ``node.flow.router``); a segmentation's references go (filed again
-        when it is routed); and the jobs not finished that read it (of its series, or of it as
-        the segmentation) fail with ``reason``, rather than run on a series without it. The
-        series stays receiving or stable as it was: routed now, it would be without the
-        instance. Returns the row dropped; None when it was not indexed."""
+        """Drop the row of an instance whose spool file is missing or damaged (start-up recovery,
+        ``node.state.recovery``), in one transaction: its series counts one instance less and is
+        repaired at ``now`` (``repaired_at``: the instance, sent again, is stored as a new one and
+        makes the series receiving; routed then, a failed job that read the damaged copy is queued
+        again, ``node.flow.router``); a segmentation's references go (filed again when it is
+        routed); and the jobs not finished that read it (of its series, or of it as the
+        segmentation, or of it in a study job's role) fail with ``reason``, rather than run on a
+        series without it. The series stays receiving or stable as it was: routed now, it would be
+        without the instance. Returns the row dropped; None when it was not indexed."""
         now = self._clock.time()
         with self._db.transaction() as db:
             found = db.execute("SELECT * FROM instances WHERE sop_instance_uid=?",
@@ -182,8 +206,9 @@ class InstanceStore:
                           WHERE series_uid=?""", (now, row.series_uid))
             unfinished = [r["id"] for r in db.execute(
                 """SELECT id FROM jobs WHERE state IN ('queued', 'running')
-                   AND (source_series_uid=? OR seg_sop_uid=?) ORDER BY id""",
-                (row.series_uid, sop_instance_uid))]
+                   AND (source_series_uid=? OR seg_sop_uid=? OR id IN
+                        (SELECT job_id FROM job_series WHERE series_uid=?)) ORDER BY id""",
+                (row.series_uid, sop_instance_uid, row.series_uid))]
             for job_id in unfinished:
                 db.execute("UPDATE jobs SET state='failed', reason=?, finished_at=? WHERE id=?",
                            (reason, now, job_id))
@@ -208,9 +233,9 @@ class InstanceStore:
         """Drop from the index every stable series last received before ``received_before``
         that no unfinished work needs, and return its instances, whose files the caller deletes.
 
-        Needed means: a job reading it (as source or SEG) that is not done, a delivery of such a
-        job that is not delivered, or a waiting retrieval for it or for its SEG. Each series
-        removed leaves an audit row with who sent it, so the trail outlives the files.
+        Needed means: a job reading it (as source, a study job's role or SEG) that is not done, a
+        delivery of such a job that is not delivered, or a waiting retrieval for it or for its SEG.
+        Each series removed leaves an audit row with who sent it, so the trail outlives the files.
         """
         removed: list[InstanceRow] = []
         with self._db.transaction() as db:
@@ -219,7 +244,10 @@ class InstanceStore:
                    AND s.last_received < ?
                    AND NOT EXISTS (
                      SELECT 1 FROM jobs j LEFT JOIN outbox o ON o.job_id=j.id
-                     WHERE (j.source_series_uid=s.series_uid OR j.seg_sop_uid IN
+                     WHERE (j.source_series_uid=s.series_uid
+                            OR j.id IN (SELECT job_id FROM job_series js
+                                        WHERE js.series_uid=s.series_uid)
+                            OR j.seg_sop_uid IN
                             (SELECT sop_instance_uid FROM instances WHERE series_uid=s.series_uid))
                      AND (j.state!='done' OR o.state!='delivered'))
                    AND NOT EXISTS (

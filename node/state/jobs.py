@@ -1,6 +1,7 @@
 """Jobs (``jobs``): queued, claimed, finished with their deliveries queued in the same
 transaction (``node.state.outbox.queue_deliveries``), failed, queued again or retried; each
-job's timeline, and the expiry of its results."""
+job's timeline, and the expiry of its results. A study job's series by role (``job_series``) and
+the segmentations waiting for a study rule's required roles (``study_waits``)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,28 @@ class JobTimeline:
     deliveries: tuple[DeliveryTimes, ...]
 
 
+@dataclass(frozen=True)
+class JobSeries:
+    """One series of a study job: the role it plays, its Series Instance UID and the preset
+    measured on it."""
+
+    role: str
+    series_uid: str
+    preset: str
+
+
+@dataclass(frozen=True)
+class StudyWait:
+    """A stable segmentation whose study rule waits for a required role: since when, on which
+    series it was drawn, of which study."""
+
+    rule: str
+    seg_sop_uid: str
+    study_uid: str
+    source_series_uid: str
+    since: float
+
+
 def job_row(r: sqlite3.Row) -> JobRow:
     return JobRow(r["id"], r["source_series_uid"], r["seg_sop_uid"], r["rule"], r["preset"],
                   r["inputs_digest"], r["state"], r["attempts"], r["reason"], r["priority"])
@@ -84,10 +107,83 @@ class JobStore:
             )
             return cursor.lastrowid if cursor.rowcount else None
 
-    def for_inputs(self, source_series_uid: str, seg_sop_uid: str, preset: str) -> list[JobRow]:
-        """Every job, of any inputs, for this source series, SEG instance and preset."""
+    def add_study(
+        self, series: list[JobSeries], seg_sop_uid: str, rule: str, inputs_digest: str,
+        rerun_of: int | None = None, priority: int = 1, failed: str | None = None,
+    ) -> int | None:
+        """Queue a study job of ``series`` (the segmented one first: its series is the job's
+        source series, its preset the job's) and end the wait of (``rule``, ``seg_sop_uid``), in
+        one transaction; None when a job of the same inputs exists. With ``failed`` (a one-line
+        reason) the job is recorded failed at once instead: a study rule that gave up on a
+        missing role (the status page and the study's audit trail show it)."""
+        now = self._clock.time()
+        segmented = series[0]
+        with self._db.transaction() as db:
+            cursor = db.execute(
+                """INSERT OR IGNORE INTO jobs
+                   (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, state,
+                    created_at, rerun_of, priority, reason, finished_at)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?)""",
+                (segmented.series_uid, seg_sop_uid, rule, segmented.preset, inputs_digest,
+                 "queued" if failed is None else "failed", now, rerun_of, priority, failed,
+                 None if failed is None else now),
+            )
+            if not cursor.rowcount:
+                return None
+            job_id = cursor.lastrowid
+            db.executemany(
+                "INSERT INTO job_series VALUES (?,?,?,?,?)",
+                [(job_id, i, item.role, item.series_uid, item.preset)
+                 for i, item in enumerate(series)])
+            db.execute("DELETE FROM study_waits WHERE rule=? AND seg_sop_uid=?",
+                       (rule, seg_sop_uid))
+            if failed is not None:
+                record_job(db, now, job_id, "job failed", detail={"reason": failed})
+            return job_id
+
+    def series_of(self, job_id: int) -> list[JobSeries]:
+        """The series of study job ``job_id`` by role, the segmented one first; empty for a job
+        of one series."""
         rows = self._db.query(
-            """SELECT * FROM jobs WHERE source_series_uid=? AND seg_sop_uid=? AND preset=?
+            "SELECT * FROM job_series WHERE job_id=? ORDER BY position", (job_id,))
+        return [JobSeries(r["role"], r["series_uid"], r["preset"]) for r in rows]
+
+    def for_study(self, rule: str, seg_sop_uid: str) -> list[JobRow]:
+        """Every study job, of any inputs, of study rule ``rule`` and this segmentation."""
+        rows = self._db.query(
+            """SELECT * FROM jobs j WHERE rule=? AND seg_sop_uid=?
+               AND EXISTS (SELECT 1 FROM job_series js WHERE js.job_id=j.id) ORDER BY id""",
+            (rule, seg_sop_uid))
+        return [job_row(r) for r in rows]
+
+    def wait_for_roles(self, rule: str, seg_sop_uid: str, study_uid: str,
+                       source_series_uid: str) -> None:
+        """Record that study rule ``rule`` waits for a required role before it queues the job
+        of ``seg_sop_uid``, drawn on ``source_series_uid``; a wait already recorded keeps its
+        ``since``."""
+        with self._db.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO study_waits VALUES (?,?,?,?,?)",
+                       (rule, seg_sop_uid, study_uid, source_series_uid, self._clock.time()))
+
+    def study_waits(self) -> list[StudyWait]:
+        """Every segmentation waiting for a study rule's required role, oldest first."""
+        rows = self._db.query("SELECT * FROM study_waits ORDER BY since, rule, seg_sop_uid")
+        return [StudyWait(r["rule"], r["seg_sop_uid"], r["study_uid"], r["source_series_uid"],
+                          r["since"]) for r in rows]
+
+    def end_wait(self, rule: str, seg_sop_uid: str) -> None:
+        """Forget the wait of (``rule``, ``seg_sop_uid``): its job was queued, or it no longer
+        applies (the rule was removed from the configuration)."""
+        with self._db.transaction() as db:
+            db.execute("DELETE FROM study_waits WHERE rule=? AND seg_sop_uid=?",
+                       (rule, seg_sop_uid))
+
+    def for_inputs(self, source_series_uid: str, seg_sop_uid: str, preset: str) -> list[JobRow]:
+        """Every job of one series (not a study job), of any inputs, for this source series,
+        SEG instance and preset."""
+        rows = self._db.query(
+            """SELECT * FROM jobs j WHERE source_series_uid=? AND seg_sop_uid=? AND preset=?
+               AND NOT EXISTS (SELECT 1 FROM job_series js WHERE js.job_id=j.id)
                ORDER BY id""",
             (source_series_uid, seg_sop_uid, preset),
         )
@@ -171,15 +267,16 @@ class JobStore:
         return queued
 
     def inputs_repaired_at(self, job_id: int) -> float | None:
-        """When a damaged spool copy in the source series of job ``job_id`` or in its
-        segmentation's series was last repaired (``repaired_at``: ``InstanceStore.replace_file``,
-        ``InstanceStore.forget``), if that was after the job's last attempt started (after it was
-        queued, when it never started): that attempt may have read the damaged copy. None
-        otherwise."""
+        """When a damaged spool copy in the source series of job ``job_id`` (or any series of a
+        study job) or in its segmentation's series was last repaired (``repaired_at``:
+        ``InstanceStore.replace_file``, ``InstanceStore.forget``), if that was after the job's last
+        attempt started (after it was queued, when it never started): that attempt may have read the
+        damaged copy. None otherwise."""
         return self._db.query(
             """SELECT max(s.repaired_at) AS t FROM jobs j JOIN series s
                ON s.series_uid=j.source_series_uid OR s.series_uid=
                   (SELECT series_uid FROM instances WHERE sop_instance_uid=j.seg_sop_uid)
+                  OR s.series_uid IN (SELECT series_uid FROM job_series WHERE job_id=j.id)
                WHERE j.id=? AND s.repaired_at>coalesce(j.started_at, j.created_at)""",
             (job_id,))[0]["t"]
 

@@ -158,11 +158,34 @@ def _job_priority(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 1")
 
 
+def _study_jobs(db: sqlite3.Connection) -> None:
+    db.execute("""CREATE TABLE job_series (
+    job_id     INTEGER NOT NULL REFERENCES jobs(id),
+    position   INTEGER NOT NULL,
+    role       TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    preset     TEXT NOT NULL,
+    PRIMARY KEY (job_id, role)
+)""")
+    db.execute("CREATE INDEX job_series_series ON job_series(series_uid)")
+    db.execute("""CREATE TABLE study_waits (
+    rule              TEXT NOT NULL,
+    seg_sop_uid       TEXT NOT NULL,
+    study_uid         TEXT NOT NULL,
+    source_series_uid TEXT NOT NULL,
+    since             REAL NOT NULL,
+    PRIMARY KEY (rule, seg_sop_uid)
+)""")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the tables, and the columns an index made before versions may lack",
               _tables_and_unversioned_columns),
     Migration(2, "jobs.priority (0 urgent, 1 normal, 2 backlog; existing jobs normal)",
               _job_priority),
+    Migration(3, "job_series (a study job's series by role, the segmented one at position 0; "
+              "none for a job of one series) and study_waits (segmentations waiting for a "
+              "study rule's required roles)", _study_jobs),
 )
 """Every step, in order; ``version`` is its place (1, 2, ...). A new step is added at the end
 and never changed once released."""

@@ -36,9 +36,15 @@ class StatusQueries:
             "SELECT * FROM series ORDER BY last_received DESC LIMIT ?", (limit,))
 
     def recent_jobs(self, limit: int) -> list[sqlite3.Row]:
-        """Jobs, newest first, with the study of their source series."""
+        """Jobs, newest first, with the study of their source series and, for a study job, its
+        roles (``roles``: comma-separated, the segmented one first; NULL for a job of one
+        series)."""
         return self._db.query(
-            """SELECT j.*, s.study_uid FROM jobs j
+            """SELECT j.*, s.study_uid,
+                      (SELECT group_concat(role, ', ') FROM
+                         (SELECT role FROM job_series WHERE job_id=j.id ORDER BY position))
+                      AS roles
+               FROM jobs j
                LEFT JOIN series s ON s.series_uid=j.source_series_uid
                ORDER BY j.id DESC LIMIT ?""", (limit,))
 
