@@ -47,12 +47,24 @@ class SeriesInput:
 
 
 @dataclass(frozen=True)
+class PriorInputs:
+    """The patient's prior study, for delta radiomics: the image series its segmentation was
+    drawn on (its instances' files) and that segmentation's file, measured with the preset of
+    the job's segmented series."""
+
+    paths: tuple[str, ...]
+    seg: str
+
+
+@dataclass(frozen=True)
 class JobInputs:
-    """A job's inputs: its image series, the one the segmentation was drawn on first, and the
-    segmentation's file (DICOM SEG or RT Structure Set)."""
+    """A job's inputs: its image series, the one the segmentation was drawn on first, the
+    segmentation's file (DICOM SEG or RT Structure Set) and, where one was found, the patient's
+    prior study (delta radiomics)."""
 
     series: tuple[SeriesInput, ...]
     seg: str
+    prior: PriorInputs | None = None
 
     def __post_init__(self) -> None:
         roles = [item.role for item in self.series]
@@ -71,8 +83,9 @@ class JobInputs:
 
     @property
     def files(self) -> tuple[str, ...]:
-        """Every input file: the images of each series, then the segmentation."""
-        return (*(path for item in self.series for path in item.paths), self.seg)
+        """Every input file: the images of each series, the segmentation, then the prior's."""
+        prior = (*self.prior.paths, self.prior.seg) if self.prior is not None else ()
+        return (*(path for item in self.series for path in item.paths), self.seg, *prior)
 
 
 def one_series(images: Sequence[str | Path], seg: str | Path, preset: str | Preset
