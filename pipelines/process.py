@@ -35,6 +35,7 @@ from pipelines.io.series import SeriesVolume, read_series
 from pipelines.outputs.derived_seg import Propagated, build_derived_segmentation
 from pipelines.outputs.evaluations import model_line, qc_lines
 from pipelines.outputs.feature_report import (
+    DeltaGroups,
     RoleGroups,
     build_feature_report,
     feature_report_reference,
@@ -49,6 +50,7 @@ from pipelines.outputs.parametric_map import (
 from pipelines.outputs.reading_report import build_reading_report, reading_report_reference
 from pipelines.outputs.summary import build_summary_image
 from pipelines.plan import Gather, Laps, Pending, Plan, Tasks, Write, Written
+from pipelines.science.delta import FeatureChange, LesionPair
 from pipelines.science.features import FeatureError, RoiFeatures, TaskResult, features_plan
 from pipelines.science.inference import (
     ModelOutput,
@@ -184,6 +186,7 @@ class StageTimes:
     writing: float
     beside_maps: float
     registration: float = 0.0  # a study job's propagation of its segmentation to other series
+    delta: float = 0.0  # measuring the prior study, pairing its lesions, their changes
     early_objects: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -237,6 +240,7 @@ class PipelineResult:
     # one line for each ROI of the segmentation that was not measured, and why (an RT ROI of
     # only point or open contours)
     not_measured: tuple[str, ...] = ()
+    prior_study_uid: str | None = None  # the prior study of the delta radiomics, if any
 
     @property
     def report(self) -> OutputObject:
@@ -446,6 +450,27 @@ class RoleMeasured:
     measured: Measured | None
 
 
+@dataclass(frozen=True)
+class PriorMeasured:
+    """The patient's prior study, for delta radiomics (``pipelines.science.delta``): its series
+    and segmentation, the checks of the registration that carried its lesions onto the current
+    series (failed checks as ``warn``: they only keep lesions from pairing by position), the
+    lesion pairs and the unpaired current lesions with why, and each paired ROI's feature
+    changes by (current segment number, ROI variant)."""
+
+    volume: SeriesVolume
+    seg: DecodedSegmentation
+    registration: QCReport
+    pairs: tuple[LesionPair, ...]
+    unpaired: Mapping[int, str]
+    changes: Mapping[tuple[int, str], Sequence[FeatureChange]]
+
+    @property
+    def study_date(self) -> str:
+        """Study Date (0008,0020) of the prior study, DA."""
+        return str(self.volume.datasets[0].get("StudyDate", ""))
+
+
 def measure(study: Study, preset: Preset, qc_settings: QCSettings, role: str = ""
             ) -> Generator[Tasks[Any, TaskResult], list[TaskResult], Measured]:
     """A plan (``pipelines.plan``) of the study's feature tasks: every ROI variant of every
@@ -504,6 +529,51 @@ def _lesions_as_drawn(study: Study, features: Sequence[dict[str, RoiFeatures]], 
     return drawn
 
 
+VOLUME = "original_shape_MeshVolume"
+
+
+def delta_lines(prior: PriorMeasured, labels: Mapping[int, str]) -> list[str]:
+    """One line per lesion for the summary image: its prior lesion and the change of its volume
+    as drawn (``intra``), or why it has no prior lesion."""
+    since = f"{prior.study_date[:4]}-{prior.study_date[4:6]}-{prior.study_date[6:8]}"
+    lines = []
+    for pair in prior.pairs:
+        volume = next((c for c in prior.changes.get((pair.current, "intra"), ())
+                       if c.key == VOLUME), None)
+        grown = "" if volume is None or volume.relative_percent is None \
+            else f", volume {volume.relative_percent:+.1f} %"
+        lines.append(f"{labels[pair.current]}: prior {pair.prior} by {pair.by}{grown} since "
+                     f"{since}")
+    lines += [f"{labels[number]}: no prior lesion ({why})"
+              for number, why in prior.unpaired.items()]
+    return lines
+
+
+def _write_delta_csv(path: Path, prior: PriorMeasured, labels: Mapping[int, str]) -> None:
+    """One row per paired ROI and feature (prior and current value, absolute change, relative
+    change in percent, empty where the prior value is 0), and one row per unpaired lesion with
+    the reason."""
+    by_current = {pair.current: pair for pair in prior.pairs}
+
+    def write(target: Path) -> None:
+        with target.open("w", newline="", encoding="utf-8") as handle:
+            out = csv.writer(handle)
+            out.writerow(["segment_number", "segment_label", "roi_variant", "prior_study_date",
+                          "prior_segment_number", "paired_by", "feature", "prior", "current",
+                          "absolute_change", "relative_change_percent", "reason"])
+            for (number, variant), changes in prior.changes.items():
+                pair = by_current[number]
+                for c in changes:
+                    out.writerow([number, labels[number], variant, prior.study_date, pair.prior,
+                                  pair.by, c.key, repr(c.prior), repr(c.current),
+                                  repr(c.absolute), "" if c.relative_percent is None
+                                  else repr(c.relative_percent), ""])
+            for number, why in prior.unpaired.items():
+                out.writerow([number, labels[number], "", prior.study_date, "", "", "", "", "",
+                              "", "", why])
+    _write_atomically(path, write)
+
+
 def _role_qc(other: RoleMeasured, qc_settings: QCSettings) -> tuple[QCReport, ...]:
     """A study job's other series: its series checks, the propagation's, and each lesion's ROI
     checks on it where it was measured."""
@@ -544,8 +614,8 @@ def _role_groups(other: RoleMeasured, reports: Sequence[QCReport], study: Study,
 
 def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: QCSettings,
                 models: Sequence[tuple[str | Path, str]], out: Path, laps: Laps,
-                role: str | None = None, roles: Sequence[RoleMeasured] = ()
-                ) -> Written[_Early]:
+                role: str | None = None, roles: Sequence[RoleMeasured] = (),
+                prior: PriorMeasured | None = None) -> Written[_Early]:
     """Quality control (``pipelines.science.qc``) and the models, then the reading and feature
     reports (PS3.16 TID 1500), the derived SEG, the summary image and the CSVs, written into
     ``out``: none of it depends on the maps. Stages are lapped on ``laps``.
@@ -553,7 +623,9 @@ def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: Q
     A study job (``pipelines.study``) names the ``role`` of the series the lesions were drawn on
     and gives its other series in ``roles``: their checks (series, propagation, each lesion) join
     the QC, their features the models' inputs (``models.card.feature_name``), the feature report
-    and features.csv, and each gets a derived SEG of the ROIs propagated onto it."""
+    and features.csv, and each gets a derived SEG of the ROIs propagated onto it. With
+    ``prior``, the feature report has each paired lesion's changes since the prior study, the
+    summary image a line per lesion and ``delta.csv`` every change."""
     volume, seg, lesions, livers = study.volume, study.seg, study.lesions, study.livers
     qc = (
         assess_series(volume, qc_settings),
@@ -590,17 +662,22 @@ def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: Q
         models=outputs,
         reading_report=None if reading is None
         else reading_report_reference(volume, seg.sop_instance_uid, preset),
-        role=role, roles=role_groups,
+        role=role, roles=role_groups, delta=None if prior is None else DeltaGroups(
+            prior.study_date, [*prior.volume.datasets, prior.seg.dataset],
+            [(roi, prior.changes[(roi.segment.number, str(roi.roi_variant))]) for roi in rois
+             if (roi.segment.number, str(roi.roi_variant)) in prior.changes]),
     )
     laps.lap("encode_report")
-    every_qc = (*qc, *(report for reports in role_reports for report in reports))
+    every_qc = (*qc, *(report for reports in role_reports for report in reports),
+                *([prior.registration] if prior is not None else []))
     labels = {lesion.number: lesion.label for lesion in lesions}
     summary = build_summary_image(
         volume, rois, masks, preset_name=preset.name, preset_hash=preset.hash,
         seg_sop_instance_uid=seg.sop_instance_uid, qc_lines=qc_lines(every_qc),
-        model_lines=[*(model_line(labels[r.segment_number], r.outcome)
-                       for r in applied.results), *applied.errors]
-        or [f"No model applied: none is configured for preset {preset.name}."],
+        model_lines=[*([*(model_line(labels[r.segment_number], r.outcome)
+                          for r in applied.results), *applied.errors]
+                       or [f"No model applied: none is configured for preset {preset.name}."]),
+                     *(delta_lines(prior, labels) if prior is not None else ())],
         not_for_diagnostic_use=True,
         intensity_unit="HU" if volume.modality == "CT" and preset.preprocessing.zscore is None
         else "1",
@@ -615,6 +692,8 @@ def write_early(study: Study, measured: Measured, preset: Preset, qc_settings: Q
     _write_features_csv(out / "features.csv", preset, measured.summaries,
                         volume.series_instance_uid, role, roles)
     _write_qc_csv(out / "qc.csv", every_qc)
+    if prior is not None:
+        _write_delta_csv(out / "delta.csv", prior, labels)
     laps.lap("writing")
     return Written(written, _Early(written, every_qc, applied))
 
@@ -683,11 +762,12 @@ def job_plan(image_paths: Sequence[str | Path], seg_path: str | Path,
 
 def finish_plan(study: Study, measured: Measured, preset: Preset, out: Path, laps: Laps, *,
                 qc_settings: QCSettings, models: Sequence[tuple[str | Path, str]],
-                split_maps: bool, role: str | None = None, roles: Sequence[RoleMeasured] = ()
-                ) -> Plan[PipelineResult]:
+                split_maps: bool, role: str | None = None, roles: Sequence[RoleMeasured] = (),
+                prior: PriorMeasured | None = None) -> Plan[PipelineResult]:
     """The rest of a job's plan once its features are measured (:func:`job_plan`, and a study
     job's, ``pipelines.study.study_plan``, with the ``role`` of the series the lesions were
-    drawn on and its other series, ``roles``): :func:`write_early`, then the maps of
+    drawn on, its other series, ``roles``, and the patient's ``prior`` study):
+    :func:`write_early`, then the maps of
     ``study``'s series per feature class and :func:`write_maps`, then the result."""
     volume, seg = study.volume, study.seg
     mapped = study.mapped
@@ -695,7 +775,7 @@ def finish_plan(study: Study, measured: Measured, preset: Preset, out: Path, lap
     early = yield Write(
         "quality control, the models, the report, derived SEG and summary",
         functools.partial(write_early, study, measured, preset, qc_settings, models, out,
-                          role=role, roles=roles),
+                          role=role, roles=roles, prior=prior),
         laps, beside=bool(groups), announce=bool(groups))
     if early.beside:
         laps.lap("beside_maps")
@@ -737,4 +817,5 @@ def finish_plan(study: Study, measured: Measured, preset: Preset, out: Path, lap
         models=qc_models.models.results,
         model_errors=qc_models.models.errors,
         not_measured=seg.not_measured,
+        prior_study_uid=prior.volume.study_instance_uid if prior is not None else None,
     )

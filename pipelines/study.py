@@ -10,15 +10,19 @@ multi-phase CT over one phase. A job of one series has the role ``""``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipelines.io.segmentation import DecodedSegmentation, read_segmentation
 from pipelines.io.series import SeriesVolume
-from pipelines.plan import Laps, Plan
+from pipelines.outputs.uids import result_uid
+from pipelines.plan import Laps, Plan, Tasks
 from pipelines.process import (
+    Measured,
     PipelineResult,
+    PriorMeasured,
     RoleMeasured,
     Study,
     finish_plan,
@@ -27,6 +31,8 @@ from pipelines.process import (
     preprocess,
     read_source,
 )
+from pipelines.science.delta import changes_by_roi, pair_lesions, segment_tracking_uids
+from pipelines.science.features import TaskResult
 from pipelines.science.presets import Preset, load_preset
 from pipelines.science.qc import QCReport, QCSettings
 from pipelines.science.qc.registration import describe, registration_report
@@ -118,6 +124,54 @@ def propagate_onto(study: Study, volume: SeriesVolume, role: str,
                                 study.seg.not_measured), report, method)
 
 
+def measure_prior(prior: PriorInputs, study: Study, measured: Measured, preset: Preset,
+                  qc_settings: QCSettings, settings: RegistrationSettings
+                  ) -> Generator[Tasks[Any, TaskResult], list[TaskResult], PriorMeasured]:
+    """The patient's prior study measured with the job's ``preset`` (without the robustness
+    check, whose perturbed ROIs the change does not use), its lesions paired with ``study``'s
+    and the change of every paired ROI's features (``pipelines.science.delta``). The prior's
+    lesions are carried onto the current series by registration (always: another study, even
+    in the same frame of reference, has the patient lying differently); its checks join the
+    QC as ``warn`` where they fail, pairing then only by Tracking UID.
+
+    Raises:
+        ProcessError, FeatureError and the readers' errors for a prior that cannot be measured:
+            the job then fails, like for its own inputs.
+    """
+    volume = read_source(prior.paths, preset)
+    seg = read_segmentation(Path(prior.seg), volume,
+                            fractional_threshold=preset.segmentation.fractional_threshold)
+    prior_study = preprocess(volume, seg, preset)
+    prior_measured = yield from measure(
+        prior_study, preset, qc_settings.model_copy(update={"feature_robustness": False}),
+        "prior")
+    lesions = [s for s in prior_study.lesions if s.number not in prior_study.livers]
+    current = [s for s in study.lesions if s.number not in study.livers]
+    propagation = propagate(volume.image, study.volume.image, [s.mask for s in lesions],
+                            same_frame_of_reference=False, settings=settings)
+    checked = registration_report("prior", volume.series_instance_uid, propagation.qc,
+                                  [f"segment {s.number} ({s.label})" for s in lesions], settings)
+    report = QCReport(checked.subject, "series", tuple(
+        dataclasses.replace(check, status="warn") if check.status == "fail" else check
+        for check in checked.checks))
+    own = segment_tracking_uids(study.seg.dataset)
+    theirs = segment_tracking_uids(seg.dataset)
+    pairs, unpaired = pair_lesions(
+        {s.number: frozenset({own[s.number]} if s.number in own else ()) for s in current},
+        {s.number: frozenset({result_uid(volume, seg.sop_instance_uid, preset.hash, "tracking",
+                                         str(s.number)),
+                              *([theirs[s.number]] if s.number in theirs else [])})
+         for s in lesions},
+        {s.number: s.mask for s in current},
+        None if checked.status == "fail" else {
+            s.number: mask for s, mask in zip(lesions, propagation.masks, strict=True)})
+    changes = changes_by_roi(
+        pairs, {(s.segment_number, s.roi_variant): s.features
+                for s in prior_measured.summaries},
+        {(s.segment_number, s.roi_variant): s.features for s in measured.summaries})
+    return PriorMeasured(volume, seg, report, tuple(pairs), unpaired, changes)
+
+
 def study_plan(inputs: JobInputs, out_dir: str | Path, *, qc_settings: QCSettings | None = None,
                models: Sequence[tuple[str | Path, str]] = (), split_maps: bool = False,
                registration: RegistrationSettings | None = None) -> Plan[PipelineResult]:
@@ -138,7 +192,7 @@ def study_plan(inputs: JobInputs, out_dir: str | Path, *, qc_settings: QCSetting
         ProcessError, FeatureError, MapError and the readers' errors, as ``job_plan``; a series
             of another role that cannot be read fails the job the same way.
     """
-    if len(inputs.series) == 1:
+    if len(inputs.series) == 1 and inputs.prior is None:
         only = inputs.segmented
         return (yield from job_plan(only.paths, inputs.seg, only.preset, out_dir,
                                     qc_settings=qc_settings, models=models,
@@ -176,9 +230,14 @@ def study_plan(inputs: JobInputs, out_dir: str | Path, *, qc_settings: QCSetting
         laps.lap("extraction")
         roles.append(RoleMeasured(other.role, role_preset, role_volume, report, method,
                                   role_study, role_measured))
+    prior = None
+    if inputs.prior is not None:
+        prior = yield from measure_prior(inputs.prior, study, measured, preset, qc_settings,
+                                         registration)
+        laps.lap("delta")
     return (yield from finish_plan(study, measured, preset, out, laps, qc_settings=qc_settings,
                                    models=models, split_maps=split_maps,
-                                   role=segmented.role, roles=roles))
+                                   role=segmented.role or None, roles=roles, prior=prior))
 
 
 def _preset(preset: str | Preset) -> Preset:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 from pydicom.uid import Comprehensive3DSRStorage
 
 from pipelines.io.segmentation import DecodedSegmentation
@@ -69,6 +70,7 @@ from pipelines.outputs.sr_encoding import (
     written_as_is_throughout,
 )
 from pipelines.outputs.uids import result_uid
+from pipelines.science.delta import FeatureChange
 from pipelines.science.features import feature_keys
 from pipelines.science.inference import ModelOutput, NotApplied
 from pipelines.science.presets import Preset
@@ -88,10 +90,12 @@ def feature_report_reference(volume: SeriesVolume, seg_sop_instance_uid: str,
                            result_uid(volume, seg_sop_instance_uid, preset.hash, "instance"))
 
 
-def _measurement(key: str, value: float, modality: str) -> hd.sr.Measurement:
-    """One NUM of TID 1419 without children, built by highdicom."""
+def _measurement(key: str, value: float, modality: str, unit: Code | None = None
+                 ) -> hd.sr.Measurement:
+    """One NUM of TID 1419 without children, built by highdicom; ``unit`` replaces the
+    feature's."""
     concept = feature_concept(key, modality)
-    return hd.sr.Measurement(name=concept.name, value=value, unit=concept.unit)
+    return hd.sr.Measurement(name=concept.name, value=value, unit=unit or concept.unit)
 
 
 def _method_modifies(
@@ -115,22 +119,22 @@ def by_image_filter(values: Mapping[str, float], modality: str) -> list[tuple[st
     return list(groups.items())
 
 
-def _complete_groups(sr: hd.sr.Comprehensive3DSR,
-                     rest: Sequence[Sequence[tuple[str, float]]], modality: str,
-                     appended: Sequence[Sequence[Dataset]], encodings: tuple[str, ...]) -> None:
-    """Insert each group's ``rest`` of NUMs (every one but the first) right after the group's
-    first NUM, and append the group's ``appended`` items (e.g. QC findings) at its end.
+def _complete_groups(sr: hd.sr.Comprehensive3DSR, made: Sequence[_Group], modality: str,
+                     encodings: tuple[str, ...]) -> None:
+    """Insert each group's ``rest`` of NUMs (every one but the first, in its ``unit`` when it
+    has one) right after the group's first NUM, and append the group's ``appended`` items (e.g.
+    QC findings) at its end.
 
     The group's Content Sequence becomes one raw element (:mod:`pipelines.outputs.sr_encoding`): the
     items highdicom built and ``appended`` encoded by pydicom, the NUMs from templates, in the
     report's character set ``encodings``."""
-    for group, values, extra in zip(measurement_groups(sr), rest, appended, strict=True):
+    for group, ours in zip(measurement_groups(sr), made, strict=True):
         items = list(group.ContentSequence)
         first = next(i for i, item in enumerate(items) if item.ValueType == "NUM")
         content = b"".join([
             encoded_items(items[:first + 1], encodings),
-            *(num_item(key, value, modality, encodings) for key, value in values),
-            encoded_items([*items[first + 1:], *extra], encodings),
+            *(num_item(key, value, modality, encodings, ours.unit) for key, value in ours.rest),
+            encoded_items([*items[first + 1:], *ours.appended], encodings),
         ])
         group[_CONTENT_SEQUENCE] = raw_content_sequence(content)
 
@@ -161,19 +165,47 @@ class RoleGroups:
     lesion_qc: Mapping[int, QCReport] | None = None
 
 
-def _groups(volume: SeriesVolume, seg: DecodedSegmentation, rois: Sequence[RoiResult],
+@dataclass(frozen=True)
+class DeltaGroups:
+    """The change of each paired lesion's features since the patient's prior study
+    (``pipelines.science.delta``): the prior's Study Date (DA), its images and segmentation (the
+    report's Pertinent Other Evidence, PS3.3 C.17.2.3), and per current ROI (of the series the
+    lesions were drawn on) the absolute and relative changes of its features."""
+
+    prior_date: str
+    evidence: Sequence[Dataset]
+    rois: Sequence[tuple[RoiResult, Sequence[FeatureChange]]]
+
+
+PERCENT = Code("%", "UCUM", "percent")
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One TID 1411 group as highdicom builds it, the NUMs after its first, their unit where it
+    is not each feature's, and the items appended at its end."""
+
+    group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    rest: list[tuple[str, float]]
+    unit: Code | None
+    appended: list[Dataset]
+
+
+def _groups(volume: SeriesVolume, seg: DecodedSegmentation,
+            rois: Sequence[tuple[RoiResult, Mapping[str, float]]],
             algorithm: hd.sr.AlgorithmIdentification, *,
             tracking: Callable[[RoiResult], hd.sr.TrackingIdentifier],
-            series_qc: QCReport | None, lesion_qc: Mapping[int, QCReport] | None,
+            series_qc: QCReport | None = None, lesion_qc: Mapping[int, QCReport] | None = None,
             derived: DerivedSegmentation | None,
-            models: Mapping[int, Sequence[ModelOutput | NotApplied]] | None,
-            session: str | None,
-            ) -> list[tuple[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations,
-                            list[tuple[str, float]], list[Dataset]]]:
-    """Each ROI's TID 1411 groups on ``volume``, one per image filter, with the NUMs after the
-    first and the items appended to the group (QC findings, models' outputs)."""
+            models: Mapping[int, Sequence[ModelOutput | NotApplied]] | None = None,
+            session: str | None, time_point: str | None = None, unit: Code | None = None,
+            ) -> list[_Group]:
+    """Each ROI's TID 1411 groups of ``values`` on ``volume``, one per image filter: QC
+    evaluations and findings, and the models' outputs, in the first; the group's TID 1502 Time
+    Point and the values' ``unit`` where given."""
     made = []
-    for roi in rois:
+    context = hd.sr.TimePointContext(time_point=time_point) if time_point else None
+    for roi, values in rois:
         check_finite(roi)
         segment = roi.segment
         evaluations = None
@@ -184,23 +216,30 @@ def _groups(volume: SeriesVolume, seg: DecodedSegmentation, rois: Sequence[RoiRe
         if models and not roi.derived:
             appended += [item for result in models.get(segment.number, ())
                          for item in model_items(result)]
-        values = roi.features.values
         for position, (image_filter, keys) in enumerate(
                 by_image_filter(values, volume.modality)):
             group = _method_modifies(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking(roi),
                 referenced_segment=referenced_segment(volume, seg, roi, derived),
+                time_point_context=context,
                 finding_type=segment.property_type,
                 finding_sites=finding_sites(seg, segment) or None,
                 method=image_filter_concept(image_filter),
                 algorithm_id=algorithm,
                 session=session,
-                measurements=[_measurement(keys[0], values[keys[0]], volume.modality)],
+                measurements=[_measurement(keys[0], values[keys[0]], volume.modality, unit)],
                 qualitative_evaluations=evaluations if position == 0 else None,
             ))
-            made.append((group, [(key, values[key]) for key in keys[1:]],
-                         appended if position == 0 else []))
+            made.append(_Group(group, [(key, values[key]) for key in keys[1:]], unit,
+                               appended if position == 0 else []))
     return made
+
+
+def _changes(delta: DeltaGroups, relative: bool) -> list[tuple[RoiResult, dict[str, float]]]:
+    return [(roi, {c.key: c.relative_percent for c in changes
+                   if c.relative_percent is not None} if relative
+                  else {c.key: c.absolute for c in changes})
+            for roi, changes in delta.rois]
 
 
 def build_feature_report(
@@ -216,6 +255,7 @@ def build_feature_report(
     reading_report: ReportReference | None = None,
     role: str | None = None,
     roles: Sequence[RoleGroups] = (),
+    delta: DeltaGroups | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 feature report of ``rois`` (module docstring), in the study of ``volume``.
 
@@ -231,19 +271,37 @@ def build_feature_report(
     its other series in ``roles``: every group then carries its series' role as TID 1411 Session
     (row 3b), each ROI keeps one Tracking Identifier and UID across roles (those of ``volume``
     and ``seg``), and references the segment it was measured in (the role's propagated ROIs are
-    in the role's derived SEG); the Image Library holds the images of every series."""
+    in the role's derived SEG); the Image Library holds the images of every series.
+
+    With ``delta``, each paired lesion's ROIs get two more groups per image filter after all the
+    others, with the same Tracking Identifier and UID, whose TID 1502 Time Point says "change
+    since prior study of <date>" (NUMs in each feature's unit) and "relative change (%) since
+    prior study of <date>" (NUMs in percent; a feature whose prior value is 0 has none); the
+    prior's images and segmentation are Pertinent Other Evidence (PS3.3 C.17.2.3)."""
     check_inputs(volume, seg)
     algorithm = algorithm_identification(preset)
-    made = _groups(volume, seg, rois, algorithm,
-                   tracking=lambda roi: tracking_identifier(volume, seg, preset, roi),
-                   series_qc=series_qc, lesion_qc=lesion_qc, derived=derived, models=models,
-                   session=role)
+    def tracking(roi: RoiResult) -> hd.sr.TrackingIdentifier:
+        return tracking_identifier(volume, seg, preset, roi)
+
+    made = _groups(volume, seg, [(roi, roi.features.values) for roi in rois], algorithm,
+                   tracking=tracking, series_qc=series_qc, lesion_qc=lesion_qc,
+                   derived=derived, models=models, session=role)
     for other in roles:
-        made += _groups(other.volume, other.seg, other.rois, algorithm,
-                        tracking=lambda roi: tracking_identifier(volume, seg, preset, roi),
-                        series_qc=other.series_qc, lesion_qc=other.lesion_qc,
-                        derived=other.derived, models=None, session=other.role)
-    groups = [group for group, _, _ in made]
+        made += _groups(other.volume, other.seg, [(roi, roi.features.values)
+                                                  for roi in other.rois], algorithm,
+                        tracking=tracking, series_qc=other.series_qc,
+                        lesion_qc=other.lesion_qc, derived=other.derived, session=other.role)
+    if delta is not None:
+        since = f"{delta.prior_date[:4]}-{delta.prior_date[4:6]}-{delta.prior_date[6:8]}"
+        made += _groups(volume, seg, _changes(delta, relative=False), algorithm,
+                        tracking=tracking, derived=derived, session=role,
+                        time_point=f"change since prior study of {since}")
+        made += _groups(volume, seg, [(roi, values) for roi, values
+                                      in _changes(delta, relative=True) if values],
+                        algorithm, tracking=tracking, derived=derived, session=role,
+                        time_point=f"relative change (%) since prior study of {since}",
+                        unit=PERCENT)
+    groups = [made_group.group for made_group in made]
     images = [*volume.datasets, *(ds for other in roles for ds in other.volume.datasets)]
     segs = [derived, *(other.derived for other in roles)]
     sr, encodings = measurement_document(
@@ -251,10 +309,10 @@ def build_feature_report(
         identity=feature_report_reference(volume, seg.sop_instance_uid, preset),
         series_number=volume.series_number + SR_SERIES_NUMBER_OFFSET,
         series_description=f"Radiomics features ({preset.name})",
-        evidence=[*images, seg.dataset, *(s.dataset for s in segs if s is not None)],
+        evidence=[*images, seg.dataset, *(s.dataset for s in segs if s is not None),
+                  *(delta.evidence if delta is not None else ())],
         library_images=images, other=reading_report,
         contribution=f"radiomics features, preset {preset.name} (sha256 {preset.hash})",
     )
-    _complete_groups(sr, [rest for _, rest, _ in made], volume.modality,
-                     [extra for _, _, extra in made], encodings)
+    _complete_groups(sr, made, volume.modality, encodings)
     return written_as_is_throughout(sr)  # the raw Content Sequences are written as they are

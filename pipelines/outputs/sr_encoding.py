@@ -162,7 +162,8 @@ def prepare_templates(keys: Iterable[str], modality: str) -> int:
     return made
 
 
-def num_item(key: str, value: float, modality: str, encodings: tuple[str, ...]) -> bytes:
+def num_item(key: str, value: float, modality: str, encodings: tuple[str, ...],
+             unit: Code | None = None) -> bytes:
     """The item (FFFE,E000) of the NUM of feature ``key`` (a pyradiomics key) measured on an
     image of ``modality``, with its length, ready for a Content Sequence (PS3.3 C.17.3.2.1,
     C.18.1; TID 1419 / TID 300): Relationship Type CONTAINS, Value Type NUM, the concept name
@@ -170,10 +171,13 @@ def num_item(key: str, value: float, modality: str, encodings: tuple[str, ...]) 
     Numeric Value DS as pydicom's ``DS(value, auto_format=True)`` gives it), as
     :mod:`pipelines.outputs.codes` names them, and no child: the image filter is the group's
     Measurement Method (``pipelines.outputs.feature_report``). ``encodings`` are the report's
-    (``pydicom.charset.convert_encodings``)."""
-    head, unit = _template(key, modality,
-                           () if _ascii_template(key, modality) else encodings)
-    measured = b"".join([unit, _element(0x0040A161, "FD", struct.pack("<d", value)),
+    (``pydicom.charset.convert_encodings``). ``unit`` replaces the feature's unit (e.g. percent,
+    for a relative change)."""
+    head, units = _template(key, modality,
+                            () if _ascii_template(key, modality) else encodings)
+    if unit is not None:
+        units = _sequence(0x004008EA, _concept(unit, encodings))
+    measured = b"".join([units, _element(0x0040A161, "FD", struct.pack("<d", value)),
                          _numeric_value(float(value))])
     return _item(head + _element(0x0040A300, "SQ", _item(measured)))
 
