@@ -238,8 +238,7 @@ def _check_inputs(segmented: sitk.Image, target: sitk.Image, masks: Sequence[sit
         if mask.GetPixelID() != sitk.sitkUInt8:
             raise RegistrationError(
                 f"mask {k} is {mask.GetPixelIDTypeAsString()}; masks are binary uint8")
-        if mask.GetSize() != segmented.GetSize() or not _same_grid(
-                mask, segmented, settings.same_frame_tolerance_mm):
+        if not _same_grid(mask, segmented, settings.same_frame_tolerance_mm):
             raise RegistrationError(f"mask {k} is not on the segmented image's grid")
         if not sitk.GetArrayViewFromImage(mask).any():
             raise RegistrationError(f"mask {k} is empty: a lesion needs at least one voxel")
