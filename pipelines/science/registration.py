@@ -62,11 +62,13 @@ class RegistrationSettings:
 
     ``transform``: ``rigid`` (Euler 3D) or ``affine`` (rigid first, then a 12-parameter affine).
     ``shrink_factors`` and ``smoothing_sigmas_mm`` give the pyramid's levels, coarse to fine.
-    ``sampling_fraction`` of the target voxels in the region sample the metric each iteration,
-    drawn with ``seed``. ``threads``: ITK's global default thread count while the registrations
-    run (restored after). ITK adds per-thread partial sums in an order that varies from run to
-    run, so with more than one thread the same inputs give transforms that differ in the last
-    digits; with 1 they are bit-identical.
+    ``sampling_fraction`` of the target voxels in the region, drawn with ``seed``, sample the
+    metric. The optimiser's step starts at ``learning_rate`` (in units of the physical shift
+    scales), shrinks by ``relaxation_factor`` where the gradient turns back, and stops below
+    ``minimum_step`` or after ``iterations`` per level. ``threads``: ITK's global default thread
+    count while the registrations run (restored after): with more than one, ITK's multi-threaded
+    sums make the same inputs give transforms that may differ in their last digits from run to
+    run; with 1 they are bit-identical.
     ``roi_margin_mm`` widens the lesions' bounding box into the region the metric sees.
     ``min_round_trip_dice``: each lesion's round-trip Dice must reach it.
     ``min_normalised_mutual_information``: the aligned images' NMI, (H(A) + H(B)) / H(A, B) in
@@ -83,12 +85,26 @@ class RegistrationSettings:
     smoothing_sigmas_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
     iterations: int = 200
     learning_rate: float = 2.0
+    relaxation_factor: float = 0.8
     minimum_step: float = 1e-3
     roi_margin_mm: float = 30.0
     threads: int = 1
     min_round_trip_dice: float = 0.8
     min_normalised_mutual_information: float = 1.02
     same_frame_tolerance_mm: float = 0.01
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.transform not in ("rigid", "affine"):
+            problems.append(f"transform is {self.transform!r}, not rigid or affine")
+        if not self.shrink_factors or len(self.shrink_factors) != len(self.smoothing_sigmas_mm):
+            problems.append("shrink_factors and smoothing_sigmas_mm need one value per level")
+        if not 0.0 < self.sampling_fraction <= 1.0:
+            problems.append(f"sampling_fraction is {self.sampling_fraction}, not in (0, 1]")
+        if self.threads < 1:
+            problems.append(f"threads is {self.threads}, not at least 1")
+        if problems:
+            raise RegistrationError("registration settings: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -222,8 +238,7 @@ def _check_inputs(segmented: sitk.Image, target: sitk.Image, masks: Sequence[sit
         if mask.GetPixelID() != sitk.sitkUInt8:
             raise RegistrationError(
                 f"mask {k} is {mask.GetPixelIDTypeAsString()}; masks are binary uint8")
-        if mask.GetSize() != segmented.GetSize() or not _same_grid(
-                mask, segmented, settings.same_frame_tolerance_mm):
+        if not _same_grid(mask, segmented, settings.same_frame_tolerance_mm):
             raise RegistrationError(f"mask {k} is not on the segmented image's grid")
         if not sitk.GetArrayViewFromImage(mask).any():
             raise RegistrationError(f"mask {k} is empty: a lesion needs at least one voxel")
@@ -336,7 +351,7 @@ def _run(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=settings.learning_rate, minStep=settings.minimum_step,
-        numberOfIterations=settings.iterations, relaxationFactor=0.5,
+        numberOfIterations=settings.iterations, relaxationFactor=settings.relaxation_factor,
         gradientMagnitudeTolerance=1e-8)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(list(shrink))

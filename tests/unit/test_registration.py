@@ -293,3 +293,8 @@ def test_inputs_it_cannot_handle_are_refused(
     with pytest.raises(RegistrationError, match="does not overlap"):
         propagate(segmented, small_target, [corner], same_frame_of_reference=False,
                   settings=RegistrationSettings(roi_margin_mm=1.0))
+
+
+def test_settings_it_cannot_use_are_refused() -> None:
+    with pytest.raises(RegistrationError, match=r"transform is 'bspline'.*one value per level"):
+        RegistrationSettings(transform="bspline", shrink_factors=(4, 2))  # type: ignore[arg-type]
