@@ -42,6 +42,7 @@ left to right): the QC catches inconsistent and unrelated alignments, not every 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -63,13 +64,18 @@ class RegistrationSettings:
     ``transform``: ``rigid`` (Euler 3D) or ``affine`` (rigid first, then a 12-parameter affine).
     ``shrink_factors`` and ``smoothing_sigmas_mm`` give the pyramid's levels, coarse to fine.
     ``sampling_fraction`` of the target voxels in the region, drawn with ``seed``, sample the
-    metric. The optimiser's step starts at ``learning_rate`` (in units of the physical shift
-    scales), shrinks by ``relaxation_factor`` where the gradient turns back, and stops below
-    ``minimum_step`` or after ``iterations`` per level. ``threads``: ITK's global default thread
+    metric. The optimiser, gradient descent with a golden-section line search along each
+    gradient (``learning_rate`` the search's upper step, in units of the physical shift
+    scales), stops when the metric has changed by less than ``convergence`` over its last 10
+    iterations, or after ``iterations`` per level. ``threads``: ITK's global default thread
     count while the registrations run (restored after): with more than one, ITK's multi-threaded
     sums make the same inputs give transforms that may differ in their last digits from run to
     run; with 1 they are bit-identical.
-    ``roi_margin_mm`` widens the lesions' bounding box into the region the metric sees.
+    ``coarse_margin_mm`` widens the lesions' bounding box into the region of the first stage,
+    ``roi_margin_mm`` into the region of the second.
+    ``trust_frame_of_reference``: resample a series of the same frame of reference without
+    registering it (off: series of one session are registered too, the patient having breathed
+    and moved between them; only an identical grid is copied as is).
     ``min_round_trip_dice``: each lesion's round-trip Dice must reach it.
     ``min_normalised_mutual_information``: the aligned images' NMI, (H(A) + H(B)) / H(A, B) in
     [1, 2], over the region, must reach it (registered series only).
@@ -78,16 +84,17 @@ class RegistrationSettings:
     """
 
     transform: Literal["rigid", "affine"] = "rigid"
-    histogram_bins: int = 50
+    histogram_bins: int = 100
     sampling_fraction: float = 0.25
     seed: int = 20240607
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
-    iterations: int = 200
-    learning_rate: float = 2.0
-    relaxation_factor: float = 0.8
-    minimum_step: float = 1e-3
+    iterations: int = 100
+    learning_rate: float = 1.0
+    convergence: float = 1e-6
     roi_margin_mm: float = 30.0
+    coarse_margin_mm: float = 80.0
+    trust_frame_of_reference: bool = False
     threads: int = 1
     min_round_trip_dice: float = 0.8
     min_normalised_mutual_information: float = 1.02
@@ -157,16 +164,17 @@ def propagate(
             that are not 3D scalar; a lesion region that does not overlap the target.
     """
     _check_inputs(segmented, target, masks, settings)
-    if same_frame_of_reference:
-        if _same_grid(segmented, target, settings.same_frame_tolerance_mm):
-            copies = []
-            for mask in masks:
-                copy = sitk.Image(mask)
-                copy.CopyInformation(target)
-                copies.append(copy)
-            dice = tuple(1.0 for _ in masks)
-            qc = _qc("identical-grid", None, None, 0.0, 0.0, dice, copies, settings)
-            return Propagation(tuple(copies), sitk.Transform(3, sitk.sitkIdentity), qc)
+    if same_frame_of_reference and _same_grid(segmented, target,
+                                              settings.same_frame_tolerance_mm):
+        copies = []
+        for mask in masks:
+            copy = sitk.Image(mask)
+            copy.CopyInformation(target)
+            copies.append(copy)
+        dice = tuple(1.0 for _ in masks)
+        qc = _qc("identical-grid", None, None, 0.0, 0.0, dice, copies, settings)
+        return Propagation(tuple(copies), sitk.Transform(3, sitk.sitkIdentity), qc)
+    if same_frame_of_reference and settings.trust_frame_of_reference:
         identity = sitk.Transform(3, sitk.sitkIdentity)
         moved = tuple(resample_mask(mask, target, identity) for mask in masks)
         back = tuple(resample_mask(mask, segmented, identity) for mask in moved)
@@ -178,10 +186,20 @@ def propagate(
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(settings.threads)
     try:
         forward, metric, nmi = _register(target, segmented, masks, settings,
-                                         region_on_fixed=False)
+                                         region_on_fixed=False,
+                                         same_frame=same_frame_of_reference)
         moved = tuple(resample_mask(mask, target, forward) for mask in masks)
         # The way back: an independent registration, segmented grid fixed, around the lesions.
-        backward, _, _ = _register(segmented, target, masks, settings, region_on_fixed=True)
+        backward, _, _ = _register(segmented, target, masks, settings, region_on_fixed=True,
+                                   same_frame=same_frame_of_reference)
+    except RuntimeError as error:  # ITK's metric: the optimiser left the images' overlap
+        blank = sitk.Image(target.GetSize(), sitk.sitkUInt8)
+        blank.CopyInformation(target)
+        qc = RegistrationQC(settings.transform, None, None, 0.0, 0.0,
+                            tuple(0.0 for _ in masks), False,
+                            (f"the registration failed: {_itk_reason(error)}",))
+        return Propagation(tuple(blank for _ in masks), sitk.Transform(3, sitk.sitkIdentity),
+                           qc)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous_threads)
     back = tuple(resample_mask(mask, segmented, backward) for mask in moved)
@@ -192,6 +210,14 @@ def propagate(
     qc = _qc(settings.transform, metric, nmi, shift, rotation_degrees(forward), dice, moved,
              settings)
     return Propagation(moved, forward, qc)
+
+
+def _itk_reason(error: RuntimeError) -> str:
+    """The sentence of an ITK exception that says what went wrong, without its source file and
+    object address (e.g. "All samples map outside moving image buffer")."""
+    text = str(error)
+    found = re.search(r"ITK ERROR: [^:]*: ([^.\n]*)", text)
+    return found.group(1) if found else text.splitlines()[-1][:200]
 
 
 def resample_mask(mask: sitk.Image, reference: sitk.Image, transform: sitk.Transform) -> sitk.Image:
@@ -300,35 +326,46 @@ def _crop(image: sitk.Image, corners_mm: np.ndarray) -> sitk.Image:
     return sitk.RegionOfInterest(image, [int(v) for v in high - low + 1], [int(v) for v in low])
 
 
+def _region(fixed: sitk.Image, moving: sitk.Image, masks: Sequence[sitk.Image], margin_mm: float,
+            initial: sitk.Transform, region_on_fixed: bool) -> sitk.Image:
+    """``fixed`` cropped to the lesions' bounding box widened by ``margin_mm``; the box of masks
+    on the moving grid is put on the fixed image through ``initial``."""
+    if region_on_fixed:
+        return _crop(fixed, _box_corners_mm(masks, fixed, margin_mm))
+    inverse = initial.GetInverse()
+    return _crop(fixed, np.array([inverse.TransformPoint(tuple(map(float, c)))
+                                  for c in _box_corners_mm(masks, moving, margin_mm)]))
+
+
 def _register(fixed: sitk.Image, moving: sitk.Image, masks: Sequence[sitk.Image],
-              settings: RegistrationSettings, *, region_on_fixed: bool,
+              settings: RegistrationSettings, *, region_on_fixed: bool, same_frame: bool,
               ) -> tuple[sitk.Transform, float, float]:
     """A transform (fixed points to moving points), its final metric value and the NMI.
 
-    ``masks`` lie on the fixed grid when ``region_on_fixed``, else on the moving grid; the
-    metric's region is their bounding box widened by the margin, put on the fixed image through
-    the initial (GEOMETRY) transform.
+    ``masks`` lie on the fixed grid when ``region_on_fixed``, else on the moving grid. The
+    start: the identity where both images share a frame of reference (``same_frame``), else the
+    images' centres aligned (GEOMETRY). Two stages: over the lesions' bounding box widened by
+    ``coarse_margin_mm`` with the whole pyramid (the patient's position, within the capture
+    range of the coarse levels), then over the box widened by ``roi_margin_mm`` with the finest
+    two levels (the liver around the lesions).
     """
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
-    initial = sitk.CenteredTransformInitializer(
+    initial = sitk.Euler3DTransform() if same_frame else sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(),
         sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    if region_on_fixed:
-        corners = _box_corners_mm(masks, fixed, settings.roi_margin_mm)
-    else:
-        inverse = initial.GetInverse()
-        corners = np.array([inverse.TransformPoint(tuple(map(float, c)))
-                            for c in _box_corners_mm(masks, moving, settings.roi_margin_mm)])
-    region = _crop(fixed, corners)
+    coarse = _region(fixed, moving, masks, settings.coarse_margin_mm, initial, region_on_fixed)
     # Rotate about the region's centre: rotations then barely move its voxels' translation.
-    centre = region.TransformContinuousIndexToPhysicalPoint(
-        tuple((s - 1) / 2.0 for s in region.GetSize()))
+    centre = coarse.TransformContinuousIndexToPhysicalPoint(
+        tuple((s - 1) / 2.0 for s in coarse.GetSize()))
     rigid = sitk.Euler3DTransform()
     rigid.SetCenter(centre)
     rigid.SetTranslation(np.subtract(initial.TransformPoint(centre), centre).tolist())
-    rigid, metric = _run(region, moving, rigid, settings, settings.shrink_factors,
+    rigid, metric = _run(coarse, moving, rigid, settings, settings.shrink_factors,
                          settings.smoothing_sigmas_mm)
+    region = _region(fixed, moving, masks, settings.roi_margin_mm, rigid, region_on_fixed)
+    rigid, metric = _run(region, moving, rigid, settings, settings.shrink_factors[-2:],
+                         settings.smoothing_sigmas_mm[-2:])
     transform: sitk.Transform = rigid
     if settings.transform == "affine":
         affine = sitk.AffineTransform(3)
@@ -349,10 +386,9 @@ def _run(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform,
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(settings.sampling_fraction, settings.seed)
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=settings.learning_rate, minStep=settings.minimum_step,
-        numberOfIterations=settings.iterations, relaxationFactor=settings.relaxation_factor,
-        gradientMagnitudeTolerance=1e-8)
+    method.SetOptimizerAsGradientDescentLineSearch(
+        learningRate=settings.learning_rate, numberOfIterations=settings.iterations,
+        convergenceMinimumValue=settings.convergence, convergenceWindowSize=10)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(list(shrink))
     method.SetSmoothingSigmasPerLevel(list(sigmas))

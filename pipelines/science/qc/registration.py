@@ -42,6 +42,9 @@ def registration_report(role: str, series_uid: str, qc: RegistrationQC,
         QCCheck("registration rotation", "series", "info", round(qc.rotation_degrees, 2),
                 "deg", "", "rotation of the transform"),
     ]
+    checks += [QCCheck("registration", "series", "fail", reason, "", "", "the optimiser left the "
+                       "images' overlap: nothing was propagated")
+               for reason in qc.reasons if reason.startswith("the registration failed")]
     if qc.metric is not None:
         checks.append(QCCheck("registration metric", "series", "info", round(qc.metric, 4), "",
                               "", "final Mattes mutual information (lower is better)"))
