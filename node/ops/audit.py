@@ -53,7 +53,8 @@ def study_trail_lines(index: Index, study_uid: str) -> list[str]:
         lines.append(f"    source series {j['source_series_uid']}  SEG {j['seg_sop_uid']}")
         prior = index.priors.get(j["id"])
         if prior is not None:
-            lines.append(f"    delta: {prior.state}" + (f"  {prior.reason}" if prior.reason else ""))
+            lines.append(f"    delta: {prior.state}"
+                         + (f"  {prior.reason}" if prior.reason else ""))
     if not trail["jobs"]:
         lines.append("  (none)")
     lines += ["", "deliveries:"]
