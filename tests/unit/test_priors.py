@@ -27,8 +27,10 @@ from node.config import ConfigError, NodeConfig, load_config
 from node.flow.executor import ship
 from node.flow.jobs import JobRunner
 from node.flow.priors import PriorFinder, window
+from node.flow.router import Router
 from node.state import Index
 from node.state.ingest import Ingest
+from node.state.jobs import JobSeries
 from node.state.retention import DAY, Retention
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock
@@ -194,7 +196,7 @@ def test_the_most_recent_prior_with_a_segmentation_is_fetched_and_given_to_the_j
     assert inputs is not None and inputs.prior is not None
     assert inputs.prior.seg == str(folder / "seg" / f"{prior.seg_sop_uid}.dcm")
     assert inputs.prior.paths == tuple(sorted(str(p) for p in (folder / "images").iterdir()))
-    series, seg, shipped = ship(inputs)  # the Dask executor ships the prior's files too
+    _series, _seg, shipped = ship(inputs)  # the Dask executor ships the prior's files too
     assert shipped == ([Path(p).read_bytes() for p in inputs.prior.paths],
                        Path(inputs.prior.seg).read_bytes())
     assert index.jobs.claim().id == job_id  # type: ignore[union-attr]
@@ -310,3 +312,31 @@ def test_prior_configuration_is_checked(tmp_path: Path, prior: str, source: str,
         load_config(path)
     assert len(raised.value.problems) == 1
     assert message in raised.value.problems[0]
+
+
+def test_a_rule_with_prior_queues_its_jobs_with_a_pending_lookup(
+        tmp_path: Path, studies: dict[str, Study], clock: FakeClock) -> None:
+    """The router adds the lookup with the job (``JobStore.add``), a rule without prior adds
+    none; a study job too (``JobStore.add_study``), but not one recorded failed."""
+    for with_prior in (True, False):
+        config = _config(tmp_path / str(with_prior), free_port())
+        if not with_prior:
+            config.rules[0].prior = None
+        index = Index(config.index_path, clock=clock)
+        ingest = Ingest(config, index)
+        for path in studies["current"].files:
+            data = path.read_bytes()
+            ingest.accept(data, lambda d=data: pydicom.dcmread(io.BytesIO(d)), "SCANNER")
+        router = Router(config, index)
+        queued = [job for series in index.instances.mark_stable(clock.now + 1)
+                  for job in router.route(series)]
+        assert len(queued) == 1
+        row = index.priors.get(queued[0])
+        assert (row.state if row else None) == ("pending" if with_prior else None)
+    series = [JobSeries("portal_venous", "1.2.826.0.1.3680043.8.498.1", "ct-liver-basic")]
+    queued_id = index.jobs.add_study(series, "1.2.826.0.1.3680043.8.498.2", "study", "a",
+                                     prior=True)
+    failed_id = index.jobs.add_study(series, "1.2.826.0.1.3680043.8.498.3", "study", "b",
+                                     prior=True, failed="required role(s) arterial missing")
+    assert index.priors.get(queued_id).state == "pending"  # type: ignore[arg-type,union-attr]
+    assert index.priors.get(failed_id) is None  # type: ignore[arg-type]
