@@ -340,3 +340,25 @@ def test_a_rule_with_prior_queues_its_jobs_with_a_pending_lookup(
                                      prior=True, failed="required role(s) arterial missing")
     assert index.priors.get(queued_id).state == "pending"  # type: ignore[arg-type,union-attr]
     assert index.priors.get(failed_id) is None  # type: ignore[arg-type]
+
+
+def test_the_current_study_is_never_its_own_prior(
+        tmp_path: Path, pacs: Pacs, studies: dict[str, Study], clock: FakeClock) -> None:
+    """With min_interval_days 0 the job's own date is in the window: its own study (which the
+    peer holds too) is left out by its UID, another study of that day is the prior."""
+    config = _config(tmp_path, pacs.port, min_interval_days=0)
+    index = Index(config.index_path, clock=clock)
+    pacs.files = list(studies["current"].files)
+    alone = _job(config, index, studies["current"])
+    PriorFinder(config, index).tick()
+    row = index.priors.get(alone)
+    assert row is not None and row.state == "none"
+    assert row.reason.endswith("other than this one: 0 found")
+    pacs.files += studies["same_visit"].files
+    job_id = index.jobs.add(studies["current"].series_uid, "1.2.826.0.1.3680043.8.498.7", "ct",
+                            "ct-liver-basic", "digest", prior=True)
+    assert job_id is not None
+    PriorFinder(config, index).tick()
+    row = index.priors.get(job_id)
+    assert row is not None and row.state == "found"
+    assert row.prior_study_uid == studies["same_visit"].uid
