@@ -362,3 +362,36 @@ def test_the_current_study_is_never_its_own_prior(
     row = index.priors.get(job_id)
     assert row is not None and row.state == "found"
     assert row.prior_study_uid == studies["same_visit"].uid
+
+
+class _Planned(Exception):
+    """Raised by the stand-in plan: the test needs the inputs a cluster task made, not a run."""
+
+
+def test_a_cluster_task_writes_the_shipped_prior_and_passes_it_to_the_plan(
+        tmp_path: Path, studies: dict[str, Study], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_shipped_job`` on a Dask worker: the prior's images and segmentation shipped as
+    bytes are written there and handed to the job's plan as ``JobInputs.prior``."""
+    import pipelines.study
+    from node.flow.executor import run_shipped_job
+    from pipelines.study import JobInputs, PriorInputs, one_series
+
+    current, prior = studies["current"], studies["prior"]
+    inputs = JobInputs(one_series([str(p) for p in current.files[:-1]], str(current.files[-1]),
+                                  "ct-liver-basic").series, str(current.files[-1]),
+                       PriorInputs(tuple(str(p) for p in prior.files[:-1]), str(prior.files[-1])))
+    planned: list[JobInputs] = []
+
+    def plan(given: JobInputs, *_: object, **__: object) -> None:
+        planned.append(given)
+        assert given.prior is not None  # read while the task's folder exists
+        assert [Path(p).read_bytes() for p in given.prior.paths] == \
+            [p.read_bytes() for p in prior.files[:-1]]
+        assert Path(given.prior.seg).read_bytes() == prior.files[-1].read_bytes()
+        raise _Planned
+
+    monkeypatch.setattr(pipelines.study, "study_plan", plan)
+    series, seg, shipped = ship(inputs)
+    with pytest.raises(_Planned):
+        run_shipped_job(series, seg, (), shipped)
+    assert len(planned) == 1
