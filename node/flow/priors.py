@@ -30,7 +30,8 @@ instance passes (``node.state.ingest.check_instance``); the files never enter th
 router never queues a job of the old study and nothing of it is sent to the PACS. A refused
 instance is quarantined as ingest does, and the prior is not used: ``failed``, with the one-line
 reason. A network error leaves the lookup pending, tried again after ``prior.retry_interval``
-seconds doubled at each try (the index's clock), and fails it after ``prior.max_attempts``. A job
+seconds doubled at each try (the index's clock), and fails it after ``prior.max_attempts``; so
+does any other error (the disk, a bug), so that no job waits for ever on its lookup. A job
 whose lookup ended ``none`` or ``failed`` runs without a prior (no delta); the state and reason
 are on the status page's job row, in ``audit STUDY_UID`` and in the job's log lines, never
 with patient identity.
@@ -222,6 +223,12 @@ class PriorFinder:
             return
         except NETWORK_ERRORS as exc:
             self._retry(row, settings, f"{source.name}: {exc}")
+            return
+        except Exception as exc:  # the disk, or a bug: bounded as a network error, so that the
+            # job is never held back for ever by its lookup
+            log.debug("prior lookup error", exc_info=exc, extra=fields(job_id=row.job_id))
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")
+            self._retry(row, settings, f"{source.name}: {type(exc).__name__}: {first[:300]}")
             return
         if found is None:
             self._end(row, "none", reason)

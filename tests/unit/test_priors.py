@@ -395,3 +395,35 @@ def test_a_cluster_task_writes_the_shipped_prior_and_passes_it_to_the_plan(
     with pytest.raises(_Planned):
         run_shipped_job(series, seg, (), shipped)
     assert len(planned) == 1
+
+
+def test_a_prior_with_an_instance_the_node_refuses_is_not_used(
+        tmp_path: Path, pacs: Pacs, studies: dict[str, Study], clock: FakeClock) -> None:
+    """The peer's C-GET of the prior's CT series brings an instance of another patient: it is
+    quarantined, the lookup fails at once without retry (the same would come again), the
+    folder is removed and the job runs without a prior; the reason names the tag, not the
+    values (patient identity)."""
+    prior = studies["prior"]
+    copies = []
+    for path in prior.files:
+        ds = pydicom.dcmread(path)
+        if path == prior.files[0]:
+            ds.PatientID = "ANOTHER-PATIENT"
+        copy = tmp_path / "peer" / path.name
+        copy.parent.mkdir(exist_ok=True)
+        ds.save_as(copy)
+        copies.append(copy)
+    pacs.files = [*studies["current"].files, *copies]
+    config = _config(tmp_path, pacs.port)
+    index = Index(config.index_path, clock=clock)
+    job_id = _job(config, index, studies["current"])
+    PriorFinder(config, index).tick()
+    row = index.priors.get(job_id)
+    assert row is not None and (row.state, row.attempts) == ("failed", 1)
+    assert row.reason == (f"archive: series {prior.series_uid}: 1 instance(s) refused ((0010,0020) "
+                          "PatientID: differs from what the request expects (values not logged: "
+                          "patient identity)); not used")
+    assert "ANOTHER-PATIENT" not in row.reason and PATIENT_ID not in row.reason
+    assert len(list(config.quarantine_dir.glob("*.reason.json"))) == 1
+    assert not (config.priors_dir / f"job-{job_id}").exists()
+    assert index.jobs.claim().id == job_id  # type: ignore[union-attr]
