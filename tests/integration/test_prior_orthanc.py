@@ -1,7 +1,8 @@
 """Delta radiomics against a real PACS (Debian's Orthanc): the follow-up study's job finds the
 patient's prior study in Orthanc and fetches its portal venous series and SEG through Orthanc's
-DICOM interface (C-FIND, C-GET: kind dicom) and through its REST API (``/tools/find`` and the
-instance files: kind orthanc-rest), into the job's prior folder, never the spool."""
+DICOM interface (C-FIND, C-GET: kind dicom), through its REST API (``/tools/find`` and the
+instance files: kind orthanc-rest) and, where Debian's DICOMweb plugin is installed, by QIDO-RS
+and WADO-RS (kind dicomweb), into the job's prior folder, never the spool."""
 
 from __future__ import annotations
 
@@ -28,15 +29,22 @@ from node.state import Index
 from node.state.ingest import Ingest
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock
+from tests.integration.ohif import DICOMWEB_PLUGIN
 from tests.integration.peers import OrthancServer, orthanc
 from tests.integration.test_pacs import upload
 
 pytestmark = pytest.mark.integration
 
 
+KINDS = ["dicom", "orthanc-rest", *(["dicomweb"] if DICOMWEB_PLUGIN.is_file() else [])]
+"""The kinds of source tried; dicomweb only with Debian's orthanc-dicomweb."""
+
+
 def _source(pacs: OrthancServer, kind: str) -> dict:
     if kind == "orthanc-rest":
         return {"name": "pacs", "kind": "orthanc-rest", "url": pacs.url}
+    if kind == "dicomweb":
+        return {"name": "pacs", "kind": "dicomweb", "url": f"{pacs.url}/dicom-web"}
     return {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}
 
 
@@ -62,12 +70,14 @@ def test_prior_study_is_found_and_fetched_from_orthanc(
     prior_pv = prior.study.portal_venous
     prior_seg = pydicom.dcmread(prior.study.seg_path, stop_before_pixels=True)
     assert follow_up.patient_id == prior.study.patient_id == PATIENT_ID
-    with orthanc(tmp_path / "orthanc", {"node": ["RADIOMICS", "127.0.0.1", free_port()]}) as pacs, \
-            caplog.at_level(logging.DEBUG):
+    plugin = {"Plugins": [str(DICOMWEB_PLUGIN)],
+              "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}} if "dicomweb" in KINDS else {}
+    with orthanc(tmp_path / "orthanc", {"node": ["RADIOMICS", "127.0.0.1", free_port()]},
+                 settings=plugin) as pacs, caplog.at_level(logging.DEBUG):
         # the PACS holds the follow-up too (the current study: never its own prior)
         upload(pacs, [*prior_pv.paths, prior.study.seg_path, *follow_up.portal_venous.paths,
                       follow_up.seg_path])
-        for kind in ("dicom", "orthanc-rest"):
+        for kind in KINDS:
             config = NodeConfig(state_dir=tmp_path / kind, retrieve={"sources": [
                 _source(pacs, kind)]}, rules=[{"name": "ct", "modality": ["CT"],
                                                "prior": {"source": "pacs"}}])
@@ -88,7 +98,7 @@ def test_prior_study_is_found_and_fetched_from_orthanc(
                 str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
                 for p in prior_pv.paths}
             assert Path(inputs.prior.seg).read_bytes() == prior.study.seg_path.read_bytes() \
-                or kind == "dicom"  # C-GET re-encodes the data set; REST gives Orthanc's file
+                or kind != "orthanc-rest"  # C-GET, WADO-RS: re-encoded; REST: Orthanc's file
             assert not index.instances.has(str(prior_seg.SOPInstanceUID))  # not in the spool
             index.close()
     # the node's own lines (pynetdicom's identifier dumps are below the WARNING level the node
