@@ -243,7 +243,8 @@ class StudyRule(Strict):
         default="normal", description="Queue order of its jobs, as for rules.")
     prior: PriorConfig | None = Field(
         default=None, description="Delta radiomics: find and fetch the patient's prior study, "
-        "its segmentation drawn on a series of a segmented_on role, as for rules.")
+        "its segmentation drawn on a series that plays the role the job's segmentation was "
+        "drawn on, as for rules.")
 
     @field_validator("roles")
     @classmethod
