@@ -427,3 +427,27 @@ def test_a_prior_with_an_instance_the_node_refuses_is_not_used(
     assert len(list(config.quarantine_dir.glob("*.reason.json"))) == 1
     assert not (config.priors_dir / f"job-{job_id}").exists()
     assert index.jobs.claim().id == job_id  # type: ignore[union-attr]
+
+
+def test_an_unexpected_error_is_bounded_like_a_network_error(
+        tmp_path: Path, studies: dict[str, Study], clock: FakeClock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever a lookup raises, its job is not held back for ever: tried again, then failed
+    with the error's type and first line."""
+    from node.dicom.query import DicomQuery
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("disk gone\nmore")
+
+    monkeypatch.setattr(DicomQuery, "studies", broken)
+    config = _config(tmp_path, free_port(), retry_interval=5, max_attempts=2)
+    index = Index(config.index_path, clock=clock)
+    job_id = _job(config, index, studies["current"])
+    finder = PriorFinder(config, index)
+    finder.tick()
+    assert index.priors.get(job_id).state == "pending"  # type: ignore[union-attr]
+    clock.advance(5)
+    finder.tick()
+    row = index.priors.get(job_id)
+    assert row is not None and row.state == "failed"
+    assert row.reason == "archive: RuntimeError: disk gone (gave up after 2 attempts)"
