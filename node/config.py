@@ -146,6 +146,37 @@ class SeriesRule(SeriesMatch):
         "one, normal before backlog, the oldest first within each; a running job is never "
         "stopped. A series matched by several rules of one preset takes the most urgent.",
     )
+    prior: PriorConfig | None = Field(
+        default=None, description="Delta radiomics: find and fetch the patient's prior study "
+        "of this rule before the job runs (PriorConfig); null: none.")
+
+
+class PriorConfig(Strict):
+    """Delta radiomics: the patient's prior study of the same rule, found and fetched from a
+    queryable peer (``node.flow.priors``) before the job runs."""
+
+    source: str = Field(description="Name of the retrieve.sources entry queried for the "
+                        "patient's earlier studies and fetched from (C-FIND and C-GET, Orthanc "
+                        "REST, or QIDO-RS and WADO-RS; not C-MOVE: its instances would arrive "
+                        "at the listener and be processed as new).")
+    window_days: int = Field(default=730, ge=1, description="How far back, in days before the "
+                             "job's StudyDate, a prior study is looked for.")
+    min_interval_days: int = Field(default=1, ge=0, description="A study closer than this many "
+                                   "days to the job's StudyDate is not a prior (the same visit).")
+    modality: str | None = Field(default=None, pattern=r"^[A-Z]{2,16}$", description="Modalities "
+                                 "in Study (0008,0061) the prior study must include, e.g. CT; "
+                                 "null: any.")
+    retry_interval: float = Field(default=60.0, gt=0, description="Seconds before a lookup that "
+                                  "met a network error is tried again; doubled at each try.")
+    max_attempts: int = Field(default=5, ge=1, description="Lookups that met a network error "
+                              "before the job runs without a prior (delta state failed).")
+
+    @model_validator(mode="after")
+    def _window_holds_the_interval(self) -> PriorConfig:
+        if self.min_interval_days > self.window_days:
+            raise ValueError(f"min_interval_days ({self.min_interval_days}) is beyond "
+                             f"window_days ({self.window_days})")
+        return self
 
 
 ROLE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -210,6 +241,10 @@ class StudyRule(Strict):
         "waits for a missing required role; then its job fails naming the role.")
     priority: Literal["urgent", "normal", "backlog"] = Field(
         default="normal", description="Queue order of its jobs, as for rules.")
+    prior: PriorConfig | None = Field(
+        default=None, description="Delta radiomics: find and fetch the patient's prior study, "
+        "its segmentation drawn on a series that plays the role the job's segmentation was "
+        "drawn on, as for rules.")
 
     @field_validator("roles")
     @classmethod
@@ -752,6 +787,27 @@ class NodeConfig(BaseSettings):
             raise ValueError("; ".join(problems))
         return self
 
+    @model_validator(mode="after")
+    def _prior_sources_known(self) -> NodeConfig:
+        """A rule's ``prior.source`` names a ``retrieve.sources`` entry that is not C-MOVE."""
+        sources = {source.name: source for source in self.retrieve.sources}
+        problems = []
+        for where, rule in [*((f"rules.{r.name}", r) for r in self.rules),
+                            *((f"study_rules.{r.name}", r) for r in self.study_rules)]:
+            if rule.prior is None:
+                continue
+            source = sources.get(rule.prior.source)
+            if source is None:
+                problems.append(f"{where}.prior.source: {rule.prior.source!r} is not a "
+                                f"retrieve.sources name (have: {', '.join(sources) or 'none'})")
+            elif source.kind == "dicom" and source.method == "c-move":
+                problems.append(f"{where}.prior.source: {source.name!r} uses method c-move, "
+                                "whose instances arrive at the listener and would be processed "
+                                "as a new study; use c-get, orthanc-rest or dicomweb")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def rule_presets(self) -> dict[str, str]:
         """Where each preset a job may run is configured (``rules.<name>``,
         ``study_rules.<name>.roles.<role>``) -> the preset, in configuration order."""
@@ -768,6 +824,11 @@ class NodeConfig(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.state_dir / "results"
+
+    @property
+    def priors_dir(self) -> Path:
+        """Where the prior studies of jobs are fetched to (``job-<id>/``), apart from the spool."""
+        return self.state_dir / "priors"
 
     @property
     def models_dir(self) -> Path:

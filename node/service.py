@@ -2,13 +2,15 @@
 
 apscheduler 3 drives the periodic work in background threads: one tick marks quiet series as
 stable and routes them, one starts queued jobs, one sends due deliveries, one fetches missing
-source series (``node.flow.retrieve``), one per Orthanc feed polls its change feed
+source series (``node.flow.retrieve``), one looks up and fetches the prior studies of queued
+jobs of rules with ``prior`` (``node.flow.priors``), one per Orthanc feed polls its change feed
 (``node.flow.feed``), one removes expired spool and results (``node.state.retention``) and a
 heartbeat shows ``/healthz`` that the scheduler runs. Each tick is a job with ``max_instances=1``
 and ``coalesce=True``, so a slow tick is never run twice at once. The ticks also run early when
 there is work for them, so a study does not wait for the next tick at each step: the assembly
 tick at the moment the next receiving series has been quiet for ``stable_after`` seconds, the
-jobs tick as soon as the router queued a job, the outbox tick as soon as a job is done; woken
+jobs tick and the priors tick as soon as the router queued a job, the jobs tick again once a
+job's prior lookup ended, the outbox tick as soon as a job is done; woken
 while it runs, a tick runs again as soon as it is done (``node.flow.ticks``). The status
 page, ``/healthz`` and ``/metrics`` (``node.ops.status``) are served over HTTP while the node runs.
 """
@@ -28,6 +30,7 @@ from node.flow.executor import Executor
 from node.flow.feed import Feed
 from node.flow.jobs import JobRunner
 from node.flow.outbox import Outbox
+from node.flow.priors import PriorFinder
 from node.flow.retrieve import Retriever
 from node.flow.router import Router
 from node.flow.study_router import StudyRouter
@@ -69,6 +72,8 @@ class Node:
                               on_done=lambda _job_id: self.wake("outbox"))
         self.outbox = Outbox(config, self.index)
         self.retriever = Retriever(config, self.index)
+        self.priors = PriorFinder(config, self.index,
+                                  on_resolved=lambda _job_id: self.wake("jobs"))
         self.feeds = [Feed(config, self.index, feed) for feed in config.orthanc_feeds]
         self.retention = Retention(config, self.index)
         self.status = StatusServer(config, self.index, self.health) \
@@ -103,6 +108,7 @@ class Node:
             log.exception("study rules' waits not ended")
         if queued:
             self.wake("jobs")
+            self.wake("priors")
         quiet = self.index.instances.quietest_receiving()
         if quiet is not None:
             self.wake("assembly", at=quiet + self.config.stable_after + STABLE_MARGIN)
@@ -158,6 +164,7 @@ class Node:
         self._schedule("jobs", self.jobs.tick, interval)
         self._schedule("outbox", self.outbox.tick, interval)
         self._schedule("retrieve", self.retriever.tick, interval)
+        self._schedule("priors", self.priors.tick, interval)
         self._schedule("heartbeat", self.beat, interval)
         self._schedule("retention", self.retention.tick, self.config.retention.interval)
         for feed in self.feeds:

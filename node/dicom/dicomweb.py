@@ -103,6 +103,22 @@ class DicomWebPeer:
                            fields=["SOPInstanceUID"], get_remaining=True)
         return [uid for item in found if (uid := _uid(item, "00080018"))]
 
+    def search_studies(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+        """QIDO-RS study search (PS3.18 10.6.1) with ``filters`` (keyword -> value, e.g. a
+        StudyDate range), every page; DICOM JSON objects (PS3.18 F.2) with the Study Instance
+        UID, Study Date and Patient ID among their attributes."""
+        return self._call("QIDO-RS", self._client.search_for_studies, search_filters=filters,
+                          fields=["StudyInstanceUID", "StudyDate", "PatientID"],
+                          get_remaining=True)
+
+    def study_series(self, study_uid: str, modality: str) -> list[str]:
+        """The Series Instance UIDs of the series of one study with this Modality (QIDO-RS)."""
+        _checked_uids(study_uid)
+        found = self._call("QIDO-RS", self._client.search_for_series,
+                           study_instance_uid=study_uid, search_filters={"Modality": modality},
+                           get_remaining=True)
+        return [uid for item in found if (uid := _uid(item, "0020000E"))]
+
     def instance_file(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> bytes:
         """One instance by WADO-RS (``application/dicom``), as a Part 10 file."""
         _checked_uids(study_uid, series_uid, sop_instance_uid)

@@ -108,6 +108,14 @@ class OrthancClient:
                  "Query": {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series_uid}}
         return list(self._json("POST", "/tools/find", json=query))
 
+    def find(self, level: str, query: dict[str, str]) -> list[dict[str, Any]]:
+        """``POST /tools/find`` at ``level`` (Patient, Study, Series, Instance) with ``query``
+        (keyword -> value, matched as C-FIND matches, PS3.4 C.2.2.2: ranges, wildcards),
+        expanded: each resource with ``ID``, ``MainDicomTags`` and, at study level,
+        ``PatientMainDicomTags``. The caller makes every value exact where it must be."""
+        return list(self._json("POST", "/tools/find",
+                               json={"Level": level, "Query": query, "Expand": True}))
+
     def has_instance(self, sop_instance_uid: str) -> bool:
         """True when Orthanc holds an instance with this SOP Instance UID
         (``POST /tools/lookup``, which answers the resources carrying a DICOM UID)."""

@@ -466,36 +466,55 @@ def shipped_preset(preset: str) -> str | Preset:
     return load_preset(preset) if is_preset_file(preset) else preset
 
 
-def ship(inputs: JobInputs) -> tuple[list[tuple[str, list[bytes], str | Preset]], bytes]:
+ShippedPrior = tuple[list[bytes], bytes]
+"""A job's prior study as a cluster task is given it: the bytes of its image files and of its
+segmentation (``pipelines.study.PriorInputs``)."""
+
+
+def ship(inputs: JobInputs) -> tuple[list[tuple[str, list[bytes], str | Preset]], bytes,
+                                     ShippedPrior | None]:
     """What a cluster task is given for a job's ``inputs``: each series as (role, the bytes of
-    its files, :func:`shipped_preset`), and the segmentation's bytes."""
+    its files, :func:`shipped_preset`), the segmentation's bytes, and the prior study's
+    (:data:`ShippedPrior`, None without one)."""
+    prior = None if inputs.prior is None else (
+        [Path(p).read_bytes() for p in inputs.prior.paths], Path(inputs.prior.seg).read_bytes())
     return ([(item.role, [Path(p).read_bytes() for p in item.paths],
               item.preset if not isinstance(item.preset, str) else shipped_preset(item.preset))
-             for item in inputs.series], Path(inputs.seg).read_bytes())
+             for item in inputs.series], Path(inputs.seg).read_bytes(), prior)
+
+
+def _write_files(folder: Path, files: Sequence[bytes]) -> tuple[str, ...]:
+    """Write ``files`` into ``folder`` (made) as numbered ``.dcm`` files; their paths."""
+    folder.mkdir(parents=True)
+    paths = []
+    for number, data in enumerate(files):
+        path = folder / f"{number:05d}.dcm"
+        path.write_bytes(data)
+        paths.append(str(path))
+    return tuple(paths)
 
 
 def run_shipped_job(series: Sequence[tuple[str, Sequence[bytes], str | Preset]], seg: bytes,
-                    models: Sequence[tuple[dict[str, bytes], str]] = ()) -> RemoteResult:
+                    models: Sequence[tuple[dict[str, bytes], str]] = (),
+                    prior: ShippedPrior | None = None) -> RemoteResult:
     """On a Dask worker: write the shipped files (each series' images, the segmentation, the
-    files of each model package with its pinned sha256) to a temporary folder, run the job's
-    plan there with its tasks on the cluster (:class:`DaskRunner`, :func:`on_cluster`) and
-    return its result and output files (paths relative to the output folder). ``series`` as
-    :func:`ship` gives it."""
-    from pipelines.study import JobInputs, SeriesInput, study_plan
+    files of each model package with its pinned sha256, the prior study's images and
+    segmentation) to a temporary folder, run the job's plan there with its tasks on the cluster
+    (:class:`DaskRunner`, :func:`on_cluster`) and return its result and output files (paths
+    relative to the output folder). ``series`` and ``prior`` as :func:`ship` gives them."""
+    from pipelines.study import JobInputs, PriorInputs, SeriesInput, study_plan
 
     with tempfile.TemporaryDirectory(prefix="radiomics-job-") as tmp:
         folder, out = Path(tmp) / "in", Path(tmp) / "out"
-        received = []
-        for position, (role, images, preset) in enumerate(series):
-            (folder / str(position)).mkdir(parents=True)
-            paths = []
-            for number, data in enumerate(images):
-                path = folder / str(position) / f"{number:05d}.dcm"
-                path.write_bytes(data)
-                paths.append(str(path))
-            received.append(SeriesInput(role, tuple(paths), preset))
+        received = [SeriesInput(role, _write_files(folder / str(position), images), preset)
+                    for position, (role, images, preset) in enumerate(series)]
         seg_path = folder / "seg.dcm"
         seg_path.write_bytes(seg)
+        prior_inputs = None
+        if prior is not None:
+            prior_seg = folder / "prior-seg.dcm"
+            prior_seg.write_bytes(prior[1])
+            prior_inputs = PriorInputs(_write_files(folder / "prior", prior[0]), str(prior_seg))
         packages = []
         for number, (files, sha256) in enumerate(models):
             package = Path(tmp) / f"model-{number}"
@@ -504,8 +523,8 @@ def run_shipped_job(series: Sequence[tuple[str, Sequence[bytes], str | Preset]],
                 (package / name).write_bytes(data)
             packages.append((package, sha256))
         runner = DaskRunner()
-        result = runner.run(study_plan(JobInputs(tuple(received), str(seg_path)), out,
-                                       models=packages, split_maps=runner.split_maps))
+        result = runner.run(study_plan(JobInputs(tuple(received), str(seg_path), prior_inputs),
+                                       out, models=packages, split_maps=runner.split_maps))
         files = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
                  if p.is_file()}
         return RemoteResult(_rebase(result, out, Path()), files)
@@ -553,10 +572,10 @@ class DaskExecutor:
         # The bytes are arguments of the task itself, not scattered data: the scheduler keeps
         # them with the task, so it can run the task again on another worker when one dies
         # (scattered data would die with the worker that holds it).
-        series, seg = ship(inputs)
+        series, seg, prior = ship(inputs)
         future = self._client.submit(run_shipped_job, series, seg,
                                      [(package_files(Path(path)), sha256)
-                                      for path, sha256 in models], pure=False)
+                                      for path, sha256 in models], prior, pure=False)
         return _UnpackedFuture(future, out_dir)
 
     def renew(self) -> None:

@@ -21,6 +21,7 @@ folder is below ``min_free_bytes``, no job is started: its output could not be w
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -34,11 +35,12 @@ from pathlib import Path
 
 from node.config import Destination, NodeConfig
 from node.flow.executor import Executor, JobFuture, make_executor
+from node.flow.priors import prior_files
 from node.ops.logs import fields
 from node.state import Index
 from node.state.jobs import JobRow
 from pipelines.process import PipelineResult  # see JobRunner._finished
-from pipelines.study import JobInputs, SeriesInput, one_series
+from pipelines.study import JobInputs, PriorInputs, SeriesInput, one_series
 
 log = logging.getLogger(__name__)
 
@@ -161,19 +163,36 @@ class JobRunner:
         """What ``job`` is given (``pipelines.study``): for a study job each of its series by
         role (``JobStore.series_of``, the segmented one first) with its preset; for a job of one
         series ``one_series`` of its source series and the job's preset. None when an image
-        series or the segmentation is no longer in the index."""
+        series or the segmentation is no longer in the index. ``prior`` is the prior study a
+        lookup found (:meth:`_prior`)."""
         seg = self._index.instances.get(job.seg_sop_uid)
         roles = self._index.jobs.series_of(job.id)
+        if seg is None:
+            return None
         if not roles:
             images = [row.path for row in self._index.instances.of_series(job.source_series_uid)]
-            return one_series(images, seg.path, job.preset) if images and seg else None
+            return dataclasses.replace(one_series(images, seg.path, job.preset),
+                                       prior=self._prior(job)) if images else None
         series = []
         for item in roles:
             paths = tuple(row.path for row in self._index.instances.of_series(item.series_uid))
             if not paths:
                 return None
             series.append(SeriesInput(item.role, paths, item.preset))
-        return JobInputs(tuple(series), seg.path) if seg else None
+        return JobInputs(tuple(series), seg.path, self._prior(job))
+
+    def _prior(self, job: JobRow) -> PriorInputs | None:
+        """The prior study of ``job`` when its lookup found one (``node.flow.priors``) and its
+        files are still there; else None: the job runs without delta."""
+        row = self._index.priors.get(job.id)
+        if row is None or row.state != "found" or not row.folder or not row.seg_sop_uid:
+            return None
+        files = prior_files(row.folder, row.seg_sop_uid)
+        if files is None:
+            log.warning("prior study's files gone: the job runs without it", extra=fields(
+                job_id=job.id, folder=row.folder))
+            return None
+        return PriorInputs(*files)
 
     def _missing_roles(self, job: JobRow, inputs: JobInputs) -> list[str]:
         """The required roles of ``job``'s study rule (when still configured) that its inputs
@@ -199,8 +218,12 @@ class JobRunner:
             return
         out_dir = self._config.results_dir / f"job-{job.id}"
         shutil.rmtree(out_dir, ignore_errors=True)  # a rerun starts from an empty folder
+        prior = self._index.priors.get(job.id)
         log.info("job started", extra=fields(
             job_id=job.id, preset=job.preset, attempt=job.attempts,
+            delta=prior.state if prior else None,
+            delta_reason=prior.reason if prior and inputs.prior is None else None,
+            prior_study_uid=prior.prior_study_uid if prior and inputs.prior else None,
             images=sum(len(item.paths) for item in inputs.series),
             roles=[item.role for item in inputs.series if item.role],
             source_series_uid=job.source_series_uid, seg_sop_uid=job.seg_sop_uid))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pydicom
@@ -158,6 +158,107 @@ class _Tally:
         return self.stored
 
 
+Accept = Callable[[bytes, str, Mapping[str, str], str | None, str | None], Outcome]
+"""Where a fetched instance goes: (its Part 10 bytes, who brought it, what it must hold, the
+C-STORE's Affected SOP Class and Instance UIDs or None) -> the outcome (``Ingest.accept`` into
+the spool for a retrieval; the prior's own folder for ``node.flow.priors``)."""
+
+
+class SeriesFetcher:
+    """Fetches one series from a retrieve source by C-GET, Orthanc REST or QIDO-RS + WADO-RS
+    (the module docstring), handing each instance to ``accept``; an instance ``held`` says the
+    node has (by SOP Instance UID) is not downloaded again (REST, WADO-RS). C-MOVE is not here:
+    its instances arrive at the listener (``Retriever``)."""
+
+    def __init__(self, config: NodeConfig, accept: Accept,
+                 held: Callable[[str], bool] = lambda _uid: False):
+        self._config = config
+        self._accept = accept
+        self._held = held
+
+    def fetch(self, source: RetrieveSource, expected: Mapping[str, str]) -> int:
+        """Fetch from ``source`` the series whose StudyInstanceUID and SeriesInstanceUID
+        ``expected`` gives, each instance checked against every value of ``expected``; returns
+        how many instances were stored. Raises RetrieveRefused, RetrieveError, OrthancError,
+        DicomWebError or AssociationRefused as ``Retriever.fetch``; ValueError for a source of
+        method c-move."""
+        if source.kind == "orthanc-rest":
+            return self._fetch_rest(source, expected)
+        if source.kind == "dicomweb":
+            return self._fetch_dicomweb(source, expected)
+        if source.method == "c-move":
+            raise ValueError(f"{source.name}: C-MOVE instances arrive at the listener")
+        return self._get(source, expected)
+
+    def _fetch_rest(self, source: RetrieveSource, expected: Mapping[str, str]) -> int:
+        tally = _Tally(self._config.retrieve.max_instances)
+        with OrthancClient(str(source.url), source.username, source.password,
+                           self._config.retrieve.timeout) as client:
+            listed = [instance for series_id in client.find_series(
+                          expected["StudyInstanceUID"], expected["SeriesInstanceUID"])
+                      for instance in client.series_instances(series_id)]
+            if len(listed) > tally.cap:
+                raise RetrieveRefused(f"the series lists {len(listed)} instances, more than "
+                                      f"retrieve.max_instances ({tally.cap}): none fetched")
+            for instance in listed:
+                uid = instance.get("MainDicomTags", {}).get("SOPInstanceUID")
+                if uid and self._held(uid):
+                    continue
+                outcome = self._accept(client.instance_file(instance["ID"]),
+                                        f"orthanc:{source.name}", expected, None, None)
+                if outcome.no_room:
+                    raise RetrieveError("the node's spool refused the instance (disk)")
+                tally.add(outcome)
+        return tally.result()
+
+    def _fetch_dicomweb(self, source: RetrieveSource, expected: Mapping[str, str]) -> int:
+        tally = _Tally(self._config.retrieve.max_instances)
+        study_uid, series_uid = expected["StudyInstanceUID"], expected["SeriesInstanceUID"]
+        with DicomWebPeer(str(source.url), source.username, source.password,
+                          self._config.retrieve.timeout) as peer:
+            listed = peer.series_instances(study_uid, series_uid)
+            if len(listed) > tally.cap:
+                raise RetrieveRefused(f"the series lists {len(listed)} instances, more than "
+                                      f"retrieve.max_instances ({tally.cap}): none fetched")
+            for uid in listed:
+                if self._held(uid):
+                    continue
+                outcome = self._accept(peer.instance_file(study_uid, series_uid, uid),
+                                        f"dicomweb:{source.name}", expected, None, None)
+                if outcome.no_room:
+                    raise RetrieveError("the node's spool refused the instance (disk)")
+                tally.add(outcome)
+        return tally.result()
+
+    def _get(self, source: RetrieveSource, expected: Mapping[str, str]) -> int:
+        tally = _Tally(self._config.retrieve.max_instances)
+
+        def on_store(event: Event) -> Dataset | int:
+            if tally.offered >= tally.cap:
+                tally.over_cap += 1
+                return Outcome(OUT_OF_RESOURCES, "retrieve.max_instances reached").as_dataset()
+            outcome = self._accept(event.encoded_dataset(), f"c-get:{source.name}", expected,
+                                   event.request.AffectedSOPClassUID,
+                                   event.request.AffectedSOPInstanceUID)
+            tally.add(outcome)
+            return SUCCESS if outcome.status == SUCCESS else outcome.as_dataset()
+
+        roles = [build_role(uid, scp_role=True) for uid in STORAGE_CLASSES]
+        assoc = associate(self._config.listener.ae_title, source,
+                          [StudyRootQueryRetrieveInformationModelGet, *STORAGE_CLASSES],
+                          self._config.retrieve.timeout, TRANSFER_SYNTAXES, tls=self._config.tls,
+                          ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        try:
+            last = _last(assoc.send_c_get(
+                _query(expected["StudyInstanceUID"], expected["SeriesInstanceUID"]),
+                StudyRootQueryRetrieveInformationModelGet))
+        finally:
+            assoc.release()
+        stored = tally.result()  # what the node refused says more than the final status
+        _final(last, source, "C-GET")
+        return stored
+
+
 class Retriever:
     """Fetches the series of waiting retrieval requests from the configured sources."""
 
@@ -165,6 +266,7 @@ class Retriever:
         self._config = config
         self._index = index
         self._ingest = Ingest(config, index)
+        self._fetcher = SeriesFetcher(config, self._accepted, index.instances.has)
 
     def tick(self) -> None:
         for row in self._index.retrievals.due():
@@ -248,13 +350,9 @@ class Retriever:
         returns how many instances it stored (C-MOVE: completed sub-operations, which the
         listener stored). Raises RetrieveRefused as the class says, RetrieveError, OrthancError,
         DicomWebError or AssociationRefused when the source could not give it."""
-        if source.kind == "orthanc-rest":
-            return self._fetch_rest(source, expected)
-        if source.kind == "dicomweb":
-            return self._fetch_dicomweb(source, expected)
-        if source.method == "c-move":
+        if source.kind == "dicom" and source.method == "c-move":
             return self._move(source, expected)
-        return self._get(source, expected)
+        return self._fetcher.fetch(source, expected)
 
     def _accepted(self, data: bytes, source: str, expected: Mapping[str, str],
                   expected_class: str | None = None,
@@ -262,74 +360,6 @@ class Retriever:
         """Hand one instance to Ingest with what it must hold; the outcome."""
         return self._ingest.accept(data, lambda: pydicom.dcmread(io.BytesIO(data)), source,
                                    expected_class, expected_instance, expected=expected)
-
-    def _fetch_rest(self, source: RetrieveSource, expected: Mapping[str, str]) -> int:
-        tally = _Tally(self._config.retrieve.max_instances)
-        with OrthancClient(str(source.url), source.username, source.password,
-                           self._config.retrieve.timeout) as client:
-            listed = [instance for series_id in client.find_series(
-                          expected["StudyInstanceUID"], expected["SeriesInstanceUID"])
-                      for instance in client.series_instances(series_id)]
-            if len(listed) > tally.cap:
-                raise RetrieveRefused(f"the series lists {len(listed)} instances, more than "
-                                      f"retrieve.max_instances ({tally.cap}): none fetched")
-            for instance in listed:
-                uid = instance.get("MainDicomTags", {}).get("SOPInstanceUID")
-                if uid and self._index.instances.has(uid):
-                    continue
-                outcome = self._accepted(client.instance_file(instance["ID"]),
-                                         f"orthanc:{source.name}", expected)
-                if outcome.no_room:
-                    raise RetrieveError("the node's spool refused the instance (disk)")
-                tally.add(outcome)
-        return tally.result()
-
-    def _fetch_dicomweb(self, source: RetrieveSource, expected: Mapping[str, str]) -> int:
-        tally = _Tally(self._config.retrieve.max_instances)
-        study_uid, series_uid = expected["StudyInstanceUID"], expected["SeriesInstanceUID"]
-        with DicomWebPeer(str(source.url), source.username, source.password,
-                          self._config.retrieve.timeout) as peer:
-            listed = peer.series_instances(study_uid, series_uid)
-            if len(listed) > tally.cap:
-                raise RetrieveRefused(f"the series lists {len(listed)} instances, more than "
-                                      f"retrieve.max_instances ({tally.cap}): none fetched")
-            for uid in listed:
-                if self._index.instances.has(uid):
-                    continue
-                outcome = self._accepted(peer.instance_file(study_uid, series_uid, uid),
-                                         f"dicomweb:{source.name}", expected)
-                if outcome.no_room:
-                    raise RetrieveError("the node's spool refused the instance (disk)")
-                tally.add(outcome)
-        return tally.result()
-
-    def _get(self, source: RetrieveSource, expected: Mapping[str, str]) -> int:
-        tally = _Tally(self._config.retrieve.max_instances)
-
-        def on_store(event: Event) -> Dataset | int:
-            if tally.offered >= tally.cap:
-                tally.over_cap += 1
-                return Outcome(OUT_OF_RESOURCES, "retrieve.max_instances reached").as_dataset()
-            outcome = self._accepted(event.encoded_dataset(), f"c-get:{source.name}", expected,
-                                     event.request.AffectedSOPClassUID,
-                                     event.request.AffectedSOPInstanceUID)
-            tally.add(outcome)
-            return SUCCESS if outcome.status == SUCCESS else outcome.as_dataset()
-
-        roles = [build_role(uid, scp_role=True) for uid in STORAGE_CLASSES]
-        assoc = associate(self._config.listener.ae_title, source,
-                          [StudyRootQueryRetrieveInformationModelGet, *STORAGE_CLASSES],
-                          self._config.retrieve.timeout, TRANSFER_SYNTAXES, tls=self._config.tls,
-                          ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-        try:
-            last = _last(assoc.send_c_get(
-                _query(expected["StudyInstanceUID"], expected["SeriesInstanceUID"]),
-                StudyRootQueryRetrieveInformationModelGet))
-        finally:
-            assoc.release()
-        stored = tally.result()  # what the node refused says more than the final status
-        _final(last, source, "C-GET")
-        return stored
 
     def _move(self, source: RetrieveSource, expected: Mapping[str, str]) -> int:
         listener = self._config.listener.ae_title

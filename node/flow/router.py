@@ -369,9 +369,11 @@ class Router:
         return digest
 
     def _queue(self, source: str, seg_sop_uid: str, rules: list[SeriesRule]) -> list[int]:
-        """Queue one job per preset of ``rules``, as the ``reprocess`` policy allows. A job of
-        the same inputs is not queued twice; one that failed is queued again when a damaged
-        spool copy of its inputs was repaired since (:meth:`repaired`)."""
+        """Queue one job per preset of ``rules``, as the ``reprocess`` policy allows; a job whose
+        rule (the first of its preset) has ``prior`` waits for its prior lookup
+        (``node.flow.priors``). A job of the same inputs is not queued twice; one that failed is
+        queued again when a damaged spool copy of its inputs was repaired since
+        (:meth:`repaired`)."""
         queued: list[int] = []
         presets: dict[str, str] = {}
         urgency: dict[str, int] = {}
@@ -379,6 +381,7 @@ class Router:
             presets.setdefault(rule.preset, rule.name)
             level = PRIORITIES[rule.priority]
             urgency[rule.preset] = min(urgency.get(rule.preset, level), level)
+        with_prior = {rule.name for rule in rules if rule.prior is not None}
         digest = self.inputs_digest(source, seg_sop_uid) if presets else ""
         for preset, rule in presets.items():
             earlier = self._index.jobs.for_inputs(source, seg_sop_uid, preset)
@@ -393,7 +396,7 @@ class Router:
                 continue
             job_id = self._index.jobs.add(source, seg_sop_uid, rule, preset, digest,
                                          rerun_of=earlier[-1].id if earlier else None,
-                                         priority=urgency[preset])
+                                         priority=urgency[preset], prior=rule in with_prior)
             if job_id is None:
                 continue
             if earlier:

@@ -284,7 +284,7 @@ class StudyRouter:
         job_id = self._index.jobs.add_study(
             list(casting.series), seg_sop_uid, rule.name, digest,
             rerun_of=earlier[-1].id if earlier else None, priority=PRIORITIES[rule.priority],
-            failed=reason)
+            failed=reason, prior=rule.prior is not None)
         if job_id is None:
             return []
         if reason is not None:

@@ -51,6 +51,10 @@ def study_trail_lines(index: Index, study_uid: str) -> list[str]:
                      f"  started {_when(j['started_at'])}  finished {_when(j['finished_at'])}"
                      + (f"  reason: {j['reason']}" if j["reason"] else ""))
         lines.append(f"    source series {j['source_series_uid']}  SEG {j['seg_sop_uid']}")
+        prior = index.priors.get(j["id"])
+        if prior is not None:
+            lines.append(f"    delta: {prior.state}"
+                         + (f"  {prior.reason}" if prior.reason else ""))
     if not trail["jobs"]:
         lines.append("  (none)")
     lines += ["", "deliveries:"]

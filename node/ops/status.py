@@ -105,9 +105,12 @@ def _when(stamp: float | None) -> str:
 
 def _job_note(job: sqlite3.Row) -> str:
     """The job's reason, after "new result: inputs changed since job N" for a rerun (the
-    reprocess policy of node.flow.router)."""
+    reprocess policy of node.flow.router), then "delta: <state> (<reason>)" for a job of a rule
+    with ``prior`` (node.flow.priors)."""
     rerun = f"new result: inputs changed since job {job['rerun_of']}" if job["rerun_of"] else ""
-    return "; ".join(part for part in (rerun, job["reason"] or "") if part)
+    delta = (f"delta: {job['delta']}" + (f" ({job['delta_reason']})" if job["delta_reason"]
+                                         else "")) if job["delta"] else ""
+    return "; ".join(part for part in (rerun, job["reason"] or "", delta) if part)
 
 
 def _duration(seconds: float | None) -> str:

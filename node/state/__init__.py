@@ -4,10 +4,10 @@ migrations in ``node.state.migrations``), so a restarted node resumes where it s
 
 ``Index`` owns the connection and the clock it stamps rows with, and holds one store per
 aggregate: ``instances`` (instances, series, segmentation references), ``jobs``, ``outbox``,
-``retrievals`` (retrievals and feed positions), ``audit`` and ``queries`` (read-only, for the
-status page, ``/healthz`` and ``/metrics``). A change that spans aggregates (a job done with its
-deliveries queued, an instance forgotten with the jobs that read it failed) is one method of
-one store, in one transaction.
+``retrievals`` (retrievals and feed positions), ``priors`` (a job's prior study), ``audit`` and
+``queries`` (read-only, for the status page, ``/healthz`` and ``/metrics``). A change that
+spans aggregates (a job done with its deliveries queued, an instance forgotten with the jobs that
+read it failed) is one method of one store, in one transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from node.state.db import Database, IndexDamaged
 from node.state.instances import InstanceStore
 from node.state.jobs import JobStore
 from node.state.outbox import OutboxStore
+from node.state.priors import PriorStore
 from node.state.queries import StatusQueries
 from node.state.retrievals import RetrievalStore
 
@@ -47,6 +48,7 @@ class Index:
         self.jobs = JobStore(self._db, clock)
         self.outbox = OutboxStore(self._db, clock)
         self.retrievals = RetrievalStore(self._db, clock)
+        self.priors = PriorStore(self._db, clock)
         self.audit = AuditStore(self._db, clock)
         self.queries = StatusQueries(self._db)
 

@@ -171,7 +171,7 @@ def spool_damage(row: InstanceRow) -> str | None:
     return damage
 
 
-def _loggable(refusal: Refusal) -> str:
+def loggable_reason(refusal: Refusal) -> str:
     """The refusal's reason for a log line: without the values when the tag is one of patient
     identity (``node.ops.logs.PHI_KEYWORDS``)."""
     if refusal.tag.rsplit(" ", 1)[-1] in PHI_KEYWORDS:
@@ -180,6 +180,35 @@ def _loggable(refusal: Refusal) -> str:
 
 
 _hashers = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="ingest-hash")
+
+
+def check_instance(data: bytes | Part10, decode: Callable[[], Dataset], max_bytes: int,
+                   expected_class: str | None = None, expected_instance: str | None = None,
+                   expected: Mapping[str, str] | None = None) -> tuple[Dataset, dict[str, str]]:
+    """Every check an instance passes before the node keeps it (``node.dicom.validation``: size up
+    to ``max_bytes``, transfer syntax, every element decodable, identity, ``expected``, SOP
+    class, Pixel Data against the Image Pixel module); returns the decoded data set and its
+    identity UIDs. Raises Refusal naming the status and tag; anything ``decode`` raises on
+    malformed input becomes a 0xC000 Refusal."""
+    try:
+        check_size(len(data), max_bytes)
+        if isinstance(data, Part10):
+            syntax = data.transfer_syntax
+            check_data_set_encoding(syntax, data.body[:6])
+        else:
+            syntax = check_transfer_syntax(data)
+        dataset = decode()
+        check_elements(dataset)
+        identity = identify(dataset, expected_class, expected_instance)
+        if expected:
+            check_expected(dataset, expected)
+        check_sop_class(identity["SOPClassUID"])
+        check_pixels(dataset, identity["SOPClassUID"], syntax)
+    except Refusal:
+        raise
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise Refusal(CANNOT_UNDERSTAND, "(dataset)", f"cannot decode: {exc}") from exc
+    return dataset, identity
 
 
 class Ingest:
@@ -205,31 +234,16 @@ class Ingest:
         ID a retrieval asked for) is checked after identity (:func:`check_expected`). A refused
         instance is quarantined, never indexed; its log line leaves out patient identity."""
         try:
-            try:
-                check_size(len(data), self._config.limits.max_instance_bytes)
-                if isinstance(data, Part10):
-                    syntax = data.transfer_syntax
-                    check_data_set_encoding(syntax, data.body[:6])
-                else:
-                    syntax = check_transfer_syntax(data)
-                dataset = decode()
-                check_elements(dataset)
-                identity = identify(dataset, expected_class, expected_instance)
-                if expected:
-                    check_expected(dataset, expected)
-                check_sop_class(identity["SOPClassUID"])
-                check_pixels(dataset, identity["SOPClassUID"], syntax)
-            except Refusal:
-                raise
-            except Exception as exc:  # pydicom raises many types on malformed input
-                raise Refusal(CANNOT_UNDERSTAND, "(dataset)", f"cannot decode: {exc}") from exc
+            dataset, identity = check_instance(
+                data, decode, self._config.limits.max_instance_bytes, expected_class,
+                expected_instance, expected)
         except Refusal as refusal:
             kept = quarantine(self._config.quarantine_dir, bytes(data), source=source,
                               tag=refusal.tag, reason=refusal.reason,
                               now=self._index.clock.time())
             log.warning("instance refused", extra=fields(
                 source=source, status=f"0x{refusal.status:04X}", tag=refusal.tag,
-                reason=_loggable(refusal), quarantined=kept.name))
+                reason=loggable_reason(refusal), quarantined=kept.name))
             return Outcome(refusal.status, f"{refusal.tag}: {refusal.reason}", refusal.tag)
         return self._store(identity, str(element_value(dataset, "Modality", "") or ""), data,
                            source, host)

@@ -13,6 +13,7 @@ from node.clock import Clock
 from node.state.audit import NODE, record_job
 from node.state.db import Database
 from node.state.outbox import queue_deliveries
+from node.state.priors import add_pending
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,12 @@ class JobStore:
     def add(
         self, source_series_uid: str, seg_sop_uid: str, rule: str, preset: str,
         inputs_digest: str, rerun_of: int | None = None, priority: int = 1,
+        prior: bool = False,
     ) -> int | None:
         """Queue a job; None when a job of the same inputs and preset already exists.
         ``rerun_of`` is the earlier job of the same source, SEG and preset whose inputs changed;
-        ``priority`` orders the queue (``node.config.PRIORITIES``: 0 first)."""
+        ``priority`` orders the queue (``node.config.PRIORITIES``: 0 first); with ``prior`` its
+        prior lookup (``job_priors``, pending) in the same transaction."""
         with self._db.transaction() as db:
             cursor = db.execute(
                 """INSERT OR IGNORE INTO jobs
@@ -105,17 +108,23 @@ class JobStore:
                 (source_series_uid, seg_sop_uid, rule, preset, inputs_digest, self._clock.time(),
                  rerun_of, priority),
             )
-            return cursor.lastrowid if cursor.rowcount else None
+            if not cursor.rowcount:
+                return None
+            if prior:
+                add_pending(db, cursor.lastrowid, self._clock.time())
+            return cursor.lastrowid
 
     def add_study(
         self, series: list[JobSeries], seg_sop_uid: str, rule: str, inputs_digest: str,
         rerun_of: int | None = None, priority: int = 1, failed: str | None = None,
+        prior: bool = False,
     ) -> int | None:
         """Queue a study job of ``series`` (the segmented one first: its series is the job's
         source series, its preset the job's) and end the wait of (``rule``, ``seg_sop_uid``), in
         one transaction; None when a job of the same inputs exists. With ``failed`` (a one-line
         reason) the job is recorded failed at once instead: a study rule that gave up on a
-        missing role (the status page and the study's audit trail show it)."""
+        missing role (the status page and the study's audit trail show it). With ``prior`` (and
+        not ``failed``) the job's prior lookup is added as for :meth:`add`."""
         now = self._clock.time()
         segmented = series[0]
         with self._db.transaction() as db:
@@ -139,6 +148,8 @@ class JobStore:
                        (rule, seg_sop_uid))
             if failed is not None:
                 record_job(db, now, job_id, "job failed", detail={"reason": failed})
+            elif prior:
+                add_pending(db, job_id, now)
             return job_id
 
     def series_of(self, job_id: int) -> list[JobSeries]:
@@ -192,12 +203,16 @@ class JobStore:
     def claim(self) -> JobRow | None:
         """Move the queued job that is due (no ``not_before`` after ``now``) with the most urgent
         priority, the oldest of those, to running (attempts + 1) and return it: an urgent job
-        overtakes every queued one, never a running one."""
+        overtakes every queued one, never a running one. A job whose prior lookup is pending
+        (``job_priors``) waits for it."""
         now = self._clock.time()
         with self._db.transaction() as db:
             row = db.execute(
                 """SELECT id FROM jobs WHERE state='queued'
-                   AND (not_before IS NULL OR not_before<=?) ORDER BY priority, id LIMIT 1""",
+                   AND (not_before IS NULL OR not_before<=?)
+                   AND NOT EXISTS (SELECT 1 FROM job_priors p WHERE p.job_id=jobs.id
+                                   AND p.state='pending')
+                   ORDER BY priority, id LIMIT 1""",
                 (now,)
             ).fetchone()
             if row is None:

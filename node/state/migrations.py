@@ -178,6 +178,22 @@ def _study_jobs(db: sqlite3.Connection) -> None:
 )""")
 
 
+def _job_priors(db: sqlite3.Connection) -> None:
+    db.execute("""CREATE TABLE job_priors (
+    job_id          INTEGER PRIMARY KEY REFERENCES jobs(id),
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'found', 'none', 'failed')),
+    prior_study_uid TEXT,
+    series_uid      TEXT,
+    seg_sop_uid     TEXT,
+    folder          TEXT,
+    reason          TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    finished_at     REAL
+)""")
+    db.execute("CREATE INDEX job_priors_due ON job_priors(state, next_attempt_at)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "the tables, and the columns an index made before versions may lack",
               _tables_and_unversioned_columns),
@@ -186,6 +202,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "job_series (a study job's series by role, the segmented one at position 0; "
               "none for a job of one series) and study_waits (segmentations waiting for a "
               "study rule's required roles)", _study_jobs),
+    Migration(4, "job_priors (delta radiomics: the prior study of a job of a rule with prior, "
+              "pending until found, none or failed)", _job_priors),
 )
 """Every step, in order; ``version`` is its place (1, 2, ...). A new step is added at the end
 and never changed once released."""

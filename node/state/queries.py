@@ -38,14 +38,16 @@ class StatusQueries:
     def recent_jobs(self, limit: int) -> list[sqlite3.Row]:
         """Jobs, newest first, with the study of their source series and, for a study job, its
         roles (``roles``: comma-separated, the segmented one first; NULL for a job of one
-        series)."""
+        series) and, for a job of a rule with ``prior``, its prior lookup's state and reason
+        (``delta``, ``delta_reason``; NULL otherwise)."""
         return self._db.query(
             """SELECT j.*, s.study_uid,
                       (SELECT group_concat(role, ', ') FROM
                          (SELECT role FROM job_series WHERE job_id=j.id ORDER BY position))
-                      AS roles
+                      AS roles, p.state AS delta, p.reason AS delta_reason
                FROM jobs j
                LEFT JOIN series s ON s.series_uid=j.source_series_uid
+               LEFT JOIN job_priors p ON p.job_id=j.id
                ORDER BY j.id DESC LIMIT ?""", (limit,))
 
     def failed_jobs_matching(self, word: str, limit: int) -> list[sqlite3.Row]:

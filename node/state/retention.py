@@ -1,6 +1,7 @@
 """Retention: received instances and results leave the disk once they are processed, delivered
 and old enough (``retention`` in the configuration).
 
+A job's prior study (``priors/job-<id>/``, ``node.flow.priors``) goes with its results.
 Nothing that unfinished work needs is removed: the index decides
 (``InstanceStore.remove_expired_series`` and ``JobStore.expired_results``, ``node.state``) inside
 one transaction, so a series a job still reads, a result
@@ -61,9 +62,13 @@ class Retention:
         return len(removed)
 
     def _results(self, finished_before: float) -> int:
+        """Remove the results folder of each expired job (``JobStore.expired_results``: done,
+        every delivery delivered) and the folder its prior study was fetched to
+        (``node.flow.priors``); how many jobs."""
         job_ids = self._index.jobs.expired_results(finished_before)
         for job_id in job_ids:
             shutil.rmtree(self._config.results_dir / f"job-{job_id}", ignore_errors=True)
+            shutil.rmtree(self._config.priors_dir / f"job-{job_id}", ignore_errors=True)
             self._index.jobs.mark_results_removed(job_id)
         if job_ids:
             log.info("results cleaned", extra=fields(jobs=job_ids))

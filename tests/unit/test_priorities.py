@@ -79,6 +79,7 @@ def test_an_index_of_the_previous_version_gets_normal_priority(tmp_path: Path) -
     db.execute("ALTER TABLE jobs DROP COLUMN priority")
     db.execute("DROP TABLE job_series")  # and what steps after priority's made
     db.execute("DROP TABLE study_waits")
+    db.execute("DROP TABLE job_priors")
     db.execute("PRAGMA user_version=1")  # the version before priority's step (2)
     db.commit()
     db.close()

@@ -111,3 +111,30 @@ def test_a_study_is_processed_and_delivered_without_waiting_for_ticks(
             assert peer_index.instances.get(delivery.sop_instance_uid) is not None
     finally:
         node.stop()
+
+
+def test_a_queued_job_wakes_the_priors_tick_whose_end_wakes_the_jobs_tick(
+        tmp_path: Path, study: SyntheticStudy, clock: FakeClock) -> None:
+    """A job of a rule with prior: the assembly wakes the jobs and priors ticks; the lookup
+    (here: its source does not listen, one attempt allowed) ends and wakes the jobs tick."""
+    port = free_port()
+    node = Node(NodeConfig(
+        state_dir=tmp_path / "node", listener={"port": free_port()}, status={"enabled": False},
+        scan_interval=600, stable_after=1,  # no regular tick during the test
+        retrieve={"sources": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                               "port": port}], "timeout": 2},
+        rules=[{"name": "liver", "modality": ["CT"],
+                "prior": {"source": "pacs", "max_attempts": 1}}]), clock=clock)
+    woken: list[str] = []
+    node.wake = lambda tick, at=None: woken.append(tick)  # type: ignore[method-assign]
+    try:
+        _index(node.index, [*study.ct_paths, study.seg_path], clock.time() - 10)
+        node.assemble()
+        [job] = node.index.jobs.all()
+        assert woken == ["jobs", "priors"]
+        assert node.index.jobs.claim() is None  # its lookup is pending
+        node.priors.tick()
+        assert woken == ["jobs", "priors", "jobs"]
+        assert node.index.priors.get(job.id).state == "failed"  # type: ignore[union-attr]
+    finally:
+        node.stop()

@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from node.config import ConfigError, NodeConfig, load_config
+from node.ops.audit import study_trail_lines
 from node.ops.health import check_health
 from node.service import Node
 from node.state import Index
@@ -226,3 +227,22 @@ def test_status_page_says_when_a_job_reprocesses_changed_inputs(node: Node) -> N
     node.index.jobs.add(CT, SEG_SOP, "ct-liver", "ct-liver-basic", "digest-2", rerun_of=first)
     text = httpx.get(_url(node)).text
     assert f"new result: inputs changed since job {first}" in text
+
+
+def test_status_page_and_audit_show_a_jobs_delta_state(node: Node) -> None:
+    """A job of a rule with prior: its lookup's state and reason on the job's row and in the
+    study's audit trail (``node.flow.priors``)."""
+    study = "1.2.826.0.1.3680043.8.498.78"
+    node.index.instances.add(InstanceRow("1.2.826.0.1.3680043.8.498.77",
+                                         "1.2.840.10008.5.1.4.1.1.2", study, CT, "/nowhere", 1,
+                                         "SCANNER"), "CT")
+    job = node.index.jobs.add(CT, SEG_SOP, "ct-liver", "ct-liver-basic", "digest", prior=True)
+    assert job is not None
+    assert "delta: pending" in httpx.get(_url(node)).text
+    reason = "no prior study: pacs: studies of the patient from 20220702 to 20240630 other " \
+        "than this one: 0 found"
+    node.index.priors.finish(job, "none", reason)
+    assert f"delta: none ({reason})" in httpx.get(_url(node)).text
+    lines = study_trail_lines(node.index, study)
+    assert f"    delta: none  {reason}" in lines
+    assert any("no prior study" in line and f"reason={reason}" in line for line in lines)
