@@ -202,8 +202,11 @@ class StageTimes:
 
     def as_dict(self) -> dict[str, float]:
         """Stage name -> seconds, in stage order (for logs and the job index); the stages of
-        ``early_objects`` are not among them (:meth:`with_early_objects`)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "early_objects"}
+        ``early_objects`` are not among them (:meth:`with_early_objects`), nor ``registration``
+        and ``delta`` where they did not run (a job of one series, without prior)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "early_objects"
+                and not (f.name in ("registration", "delta") and getattr(self, f.name) == 0.0)}
 
     def with_early_objects(self) -> dict[str, float]:
         """:meth:`as_dict`, then ``early_objects.<stage>`` -> seconds in the child processes."""

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydicom
+import SimpleITK as sitk
+
+from pipelines.io.dwi import DwiError, b_value, read_dwi
 from pipelines.io.segmentation import DecodedSegmentation, read_segmentation
 from pipelines.io.series import SeriesVolume
 from pipelines.outputs.uids import result_uid
@@ -31,10 +35,11 @@ from pipelines.process import (
     preprocess,
     read_source,
 )
+from pipelines.science.adc import AdcMethod, adc_map
 from pipelines.science.delta import changes_by_roi, pair_lesions, segment_tracking_uids
 from pipelines.science.features import TaskResult
 from pipelines.science.presets import Preset, load_preset
-from pipelines.science.qc import QCReport, QCSettings
+from pipelines.science.qc import QCCheck, QCReport, QCSettings
 from pipelines.science.qc.registration import describe, registration_report
 from pipelines.science.registration import RegistrationSettings, propagate
 
@@ -100,17 +105,67 @@ def one_series(images: Sequence[str | Path], seg: str | Path, preset: str | Pres
     return JobInputs((SeriesInput(SINGLE, tuple(str(p) for p in images), preset),), str(seg))
 
 
+@dataclass(frozen=True)
+class RoleSeries:
+    """A study job's other series as read: the volume measured (for a diffusion series of
+    several b-values, its ADC map on the grid and headers of the highest b-value), the image its
+    segmentation is registered to (the lowest b-value's, with the most anatomy), and the ADC's
+    method where one was computed."""
+
+    volume: SeriesVolume
+    registered_to: sitk.Image
+    adc: AdcMethod | None = None
+
+
+def _b_values(files: Sequence[Path]) -> set[float]:
+    """The b-values of an MR series' instances that have one."""
+    found = set()
+    for path in files:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        if header.get("Modality") != "MR":
+            return set()
+        try:
+            found.add(b_value(header, path))
+        except DwiError:
+            continue
+    return found
+
+
+def read_role(paths: Sequence[str], preset: Preset) -> RoleSeries:
+    """Another series of a study job, read with its role's preset (``read_source``); an MR
+    series of several Diffusion b-values (0018,9087, or the vendors' private elements:
+    ``pipelines.io.dwi``) becomes its ADC map (``pipelines.science.adc.adc_map``: when no ADC
+    series is sent, seed 003's ADC is computed from the b-values), measured in 10^-6 mm2/s.
+
+    Raises:
+        ProcessError, SeriesError and DwiError: a series the preset cannot read, naming file,
+            attribute and reason.
+    """
+    files = [Path(p) for p in paths]
+    if preset.modality in (None, "MR") and len(_b_values(files)) > 1:
+        diffusion = read_dwi(files)
+        adc = adc_map(diffusion)
+        highest = diffusion.volumes[max(diffusion.b_values)]
+        lowest = diffusion.volumes[min(diffusion.b_values)]
+        return RoleSeries(dataclasses.replace(highest, image=adc.image), lowest.image,
+                          adc.method)
+    volume = read_source(paths, preset)
+    return RoleSeries(volume, volume.image)
+
+
 def propagate_onto(study: Study, volume: SeriesVolume, role: str,
-                   settings: RegistrationSettings) -> tuple[DecodedSegmentation | None, QCReport,
-                                                           str]:
+                   settings: RegistrationSettings, registered_to: sitk.Image | None = None
+                   ) -> tuple[DecodedSegmentation | None, QCReport, str]:
     """The segmentation of ``study`` on the series ``volume`` of ``role``
-    (``pipelines.science.registration.propagate``: copied on an identical grid, resampled in the
-    same frame of reference, else registered), the checks of that propagation as a series QC
-    report, and the method in words. The segmentation is None where the checks failed: the
-    series is then not measured, and the job goes on without it."""
+    (``pipelines.science.registration.propagate``: copied on an identical grid in the same
+    frame of reference, else registered, to ``registered_to`` where given, an image on
+    ``volume``'s grid), the checks of that propagation as a series QC report, and the method in
+    words. The segmentation is None where the checks failed: the series is then not measured,
+    and the job goes on without it."""
     segments = study.seg.segments
     propagation = propagate(
-        study.volume.image, volume.image, [segment.mask for segment in segments],
+        study.volume.image, volume.image if registered_to is None else registered_to,
+        [segment.mask for segment in segments],
         same_frame_of_reference=study.volume.frame_of_reference_uid
         == volume.frame_of_reference_uid, settings=settings)
     report = registration_report(role, volume.series_instance_uid, propagation.qc,
@@ -216,9 +271,16 @@ def study_plan(inputs: JobInputs, out_dir: str | Path, *, qc_settings: QCSetting
     roles: list[RoleMeasured] = []
     for other in inputs.others:
         role_preset = _preset(other.preset)
-        role_volume = read_source(other.paths, role_preset)
+        read = read_role(other.paths, role_preset)
+        role_volume = read.volume
         laps.lap("read_series")
-        role_seg, report, method = propagate_onto(study, role_volume, other.role, registration)
+        role_seg, report, method = propagate_onto(study, role_volume, other.role, registration,
+                                                  read.registered_to)
+        if read.adc is not None:
+            report = QCReport(report.subject, "series", (QCCheck(
+                "ADC", "series", "info", read.adc.model, "10-6.mm2/s", "",
+                read.adc.describe()), *report.checks))
+            method = f"{method}, onto the b = {min(read.adc.b_values):g} s/mm2 image"
         laps.lap("registration")
         if role_seg is None:
             roles.append(RoleMeasured(other.role, role_preset, role_volume, report, method,

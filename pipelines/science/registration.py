@@ -345,9 +345,9 @@ def _register(fixed: sitk.Image, moving: sitk.Image, masks: Sequence[sitk.Image]
     ``masks`` lie on the fixed grid when ``region_on_fixed``, else on the moving grid. The
     start: the identity where both images share a frame of reference (``same_frame``), else the
     images' centres aligned (GEOMETRY). Two stages: over the lesions' bounding box widened by
-    ``coarse_margin_mm`` with the whole pyramid (the patient's position, within the capture
-    range of the coarse levels), then over the box widened by ``roi_margin_mm`` with the finest
-    two levels (the liver around the lesions).
+    ``coarse_margin_mm`` with the pyramid but its finest level (the patient's position, within
+    the capture range of the coarse levels), then over the box widened by ``roi_margin_mm`` with
+    the finest two levels (the liver around the lesions).
     """
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
@@ -361,8 +361,9 @@ def _register(fixed: sitk.Image, moving: sitk.Image, masks: Sequence[sitk.Image]
     rigid = sitk.Euler3DTransform()
     rigid.SetCenter(centre)
     rigid.SetTranslation(np.subtract(initial.TransformPoint(centre), centre).tolist())
-    rigid, metric = _run(coarse, moving, rigid, settings, settings.shrink_factors,
-                         settings.smoothing_sigmas_mm)
+    levels = max(len(settings.shrink_factors) - 1, 1)  # the finest level is the second stage's
+    rigid, metric = _run(coarse, moving, rigid, settings, settings.shrink_factors[:levels],
+                         settings.smoothing_sigmas_mm[:levels])
     region = _region(fixed, moving, masks, settings.roi_margin_mm, rigid, region_on_fixed)
     rigid, metric = _run(region, moving, rigid, settings, settings.shrink_factors[-2:],
                          settings.smoothing_sigmas_mm[-2:])

@@ -158,6 +158,7 @@ class Lesion:
     segment_number: int
     roi_variant: str
     features: dict[str, float]
+    role: str = ""
 
 
 def test_lesion_features_and_seg_values() -> None:
