@@ -610,7 +610,7 @@ def _role_groups(other: RoleMeasured, reports: Sequence[QCReport], study: Study,
     series, registration = reports[0], reports[1]
     series_qc = QCReport(series.subject, "series", (*series.checks, *registration.checks))
     return RoleGroups(other.role, other.volume, other.study.seg, rois, derived,
-                      series_qc=series_qc,
+                      series_qc=series_qc, registration=registration,
                       lesion_qc={lesion.number: report for lesion, report
                                  in zip(other.study.lesions, reports[2:], strict=True)})
 

@@ -58,6 +58,13 @@ def _reported(check: QCCheck) -> bool:
     return check.status in ("warn", "fail") and not per_feature
 
 
+def check_findings(checks: Sequence[QCCheck]) -> list[hd.sr.TextContentItem]:
+    """A CONTAINS TEXT item per check, whatever its status (e.g. every check of a study job's
+    registration: how a series' ROIs came onto it)."""
+    return [hd.sr.TextContentItem(name=QC_FINDING, value=finding_text(check),
+                                  relationship_type="CONTAINS") for check in checks]
+
+
 def qc_findings(series: QCReport, roi: QCReport) -> list[hd.sr.TextContentItem]:
     """A CONTAINS TEXT item per reported check (:func:`_reported`) of ``series`` and ``roi``."""
     return [

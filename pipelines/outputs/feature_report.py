@@ -50,7 +50,12 @@ from pipelines.io.segmentation import DecodedSegmentation
 from pipelines.io.series import SeriesVolume
 from pipelines.outputs.codes import feature_concept, image_filter_concept
 from pipelines.outputs.derived_seg import DerivedSegmentation
-from pipelines.outputs.evaluations import model_items, qc_evaluations, qc_findings
+from pipelines.outputs.evaluations import (
+    check_findings,
+    model_items,
+    qc_evaluations,
+    qc_findings,
+)
 from pipelines.outputs.report_parts import (
     ReportReference,
     algorithm_identification,
@@ -154,7 +159,8 @@ class RoleGroups:
     """The ROIs of one other series of a study job (``pipelines.study``): its ``role``, the
     series, the segmentation propagated onto it, its ROIs with their features, the SEG of
     those ROIs on it, and its QC (``series_qc`` with the registration's checks,
-    ``lesion_qc`` by segment number)."""
+    ``lesion_qc`` by segment number); every check of ``registration`` (the propagation onto the
+    series, passed or not) is a QC finding of each ROI's first group on it."""
 
     role: str
     volume: SeriesVolume
@@ -163,6 +169,7 @@ class RoleGroups:
     derived: DerivedSegmentation | None
     series_qc: QCReport | None = None
     lesion_qc: Mapping[int, QCReport] | None = None
+    registration: QCReport | None = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +206,7 @@ def _groups(volume: SeriesVolume, seg: DecodedSegmentation,
             derived: DerivedSegmentation | None,
             models: Mapping[int, Sequence[ModelOutput | NotApplied]] | None = None,
             session: str | None, time_point: str | None = None, unit: Code | None = None,
-            ) -> list[_Group]:
+            notes: Sequence[Dataset] = ()) -> list[_Group]:
     """Each ROI's TID 1411 groups of ``values`` on ``volume``, one per image filter: QC
     evaluations and findings, and the models' outputs, in the first; the group's TID 1502 Time
     Point and the values' ``unit`` where given."""
@@ -213,6 +220,7 @@ def _groups(volume: SeriesVolume, seg: DecodedSegmentation,
         if series_qc is not None and lesion_qc is not None:
             evaluations = qc_evaluations(series_qc, lesion_qc[segment.number])
             appended += qc_findings(series_qc, lesion_qc[segment.number])
+        appended += notes
         if models and not roi.derived:
             appended += [item for result in models.get(segment.number, ())
                          for item in model_items(result)]
@@ -290,7 +298,9 @@ def build_feature_report(
         made += _groups(other.volume, other.seg, [(roi, roi.features.values)
                                                   for roi in other.rois], algorithm,
                         tracking=tracking, series_qc=other.series_qc,
-                        lesion_qc=other.lesion_qc, derived=other.derived, session=other.role)
+                        lesion_qc=other.lesion_qc, derived=other.derived, session=other.role,
+                        notes=check_findings(other.registration.checks)
+                        if other.registration is not None else ())
     if delta is not None:
         since = f"{delta.prior_date[:4]}-{delta.prior_date[4:6]}-{delta.prior_date[6:8]}"
         made += _groups(volume, seg, _changes(delta, relative=False), algorithm,

@@ -92,3 +92,30 @@ def trained(directory: Path, clinical: bool = True, options: Options = FAST
     digest = write_package(package, result.card, result.estimator, result.validation,
                            result.selftest_rows)
     return result, package, digest
+
+
+def two_role_model(tmp_path: Path, preset_name: str, features: tuple[str, str]
+                   ) -> tuple[Path, str]:
+    """A logistic model of two features, one of them measured on another series of a study job
+    (``"<role>:<roi_variant>/<key>"``), made for shipped preset ``preset_name``, any CT; the
+    package directory and its digest."""
+    from sklearn.linear_model import LogisticRegression
+
+    from models.card import PresetRef, role_of
+    from pipelines.science.presets import load_preset
+
+    (tmp_path / "toolkit").mkdir()
+    result, _, _ = trained(tmp_path / "toolkit", clinical=False)
+    preset = load_preset(preset_name)
+    card = result.card.model_copy(update={
+        "features": features, "roles": tuple(sorted({role_of(f) for f in features} - {""})),
+        "clinical_inputs": (), "preset": PresetRef(name=preset.name, hash=preset.hash),
+        "domain": AcquisitionDomain(modality=("CT",))})
+    rng = np.random.default_rng(3)
+    X = rng.normal(60, 20, (40, 2))
+    estimator = LogisticRegression().fit(X, (X.sum(axis=1) > 120).astype(int))
+    package = tmp_path / "two-roles"
+    digest = write_package(package, card.model_validate(card.model_dump()), estimator,
+                           result.validation,
+                           [dict(zip(features, row, strict=True)) for row in X[:3]])
+    return package, digest

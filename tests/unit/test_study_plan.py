@@ -13,19 +13,15 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import Comprehensive3DSRStorage, SegmentationStorage, generate_uid
-from sklearn.linear_model import LogisticRegression
 
 from demo.synthetic import SyntheticStudy, write_synthetic_study
-from models.card import AcquisitionDomain, PresetRef
-from models.package import write_package
 from node.flow.executor import run_in_process
 from node.ops.model_commands import export_features
 from pipelines.outputs.report_parts import measurement_groups
 from pipelines.process import PipelineResult, job_plan
 from pipelines.science.inference import ModelOutput, NotApplied
-from pipelines.science.presets import load_preset
 from pipelines.study import JobInputs, SeriesInput, study_plan
-from tests.unit.model_helpers import trained
+from tests.unit.model_helpers import two_role_model
 
 PRESET = "ct-liver-basic"
 MEAN = "intra/original_firstorder_Mean"
@@ -138,30 +134,9 @@ def test_a_series_whose_propagation_fails_is_reported_not_measured(
     assert failed
 
 
-def _two_role_model(tmp_path: Path) -> tuple[Path, str]:
-    """A logistic model of the lesion's mean on the series it was drawn on and on the arterial
-    one, made for ct-liver-basic."""
-    (tmp_path / "toolkit").mkdir()
-    result, _, _ = trained(tmp_path / "toolkit", clinical=False)
-    preset = load_preset(PRESET)
-    features = (MEAN, f"arterial:{MEAN}")
-    card = result.card.model_copy(update={
-        "features": features, "roles": ("arterial",), "clinical_inputs": (),
-        "preset": PresetRef(name=preset.name, hash=preset.hash),
-        "domain": AcquisitionDomain(modality=("CT",))})
-    rng = np.random.default_rng(3)
-    X = rng.normal(60, 20, (40, 2))
-    estimator = LogisticRegression().fit(X, (X.sum(axis=1) > 120).astype(int))
-    package = tmp_path / "two-roles"
-    digest = write_package(package, card.model_validate(card.model_dump()), estimator,
-                           result.validation, [dict(zip(features, row, strict=True))
-                                               for row in X[:3]])
-    return package, digest
-
-
 def test_a_model_that_needs_two_roles_runs_on_a_study_job_only(
         tmp_path: Path, small: SyntheticStudy) -> None:
-    package, digest = _two_role_model(tmp_path)
+    package, digest = two_role_model(tmp_path, PRESET, (MEAN, f"arterial:{MEAN}"))
     arterial = _phase(small, tmp_path / "arterial", "arterial")
     study = run_in_process(study_plan(_inputs(small, {"arterial": arterial}), tmp_path / "study",
                                       models=[(package, digest)]))
