@@ -104,7 +104,7 @@ def two_role_model(tmp_path: Path, preset_name: str, features: tuple[str, str]
     from models.card import PresetRef, role_of
     from pipelines.science.presets import load_preset
 
-    (tmp_path / "toolkit").mkdir()
+    (tmp_path / "toolkit").mkdir(parents=True)
     result, _, _ = trained(tmp_path / "toolkit", clinical=False)
     preset = load_preset(preset_name)
     card = result.card.model_copy(update={
