@@ -20,7 +20,7 @@ objects in the same Orthanc:
     worker hand-off   claim -> finish minus the pipeline's own stages (process start, arguments,
                       result, recording)
     pipeline stages   read series, read SEG, preprocessing, extraction, QC, models, encoding,
-                      writing (``pipelines.process.StageTimes``), and beside the maps: what
+                      writing (``pipelines.outputs.result.StageTimes``), and beside the maps: what
                       the job spent starting the forked child that runs QC and the models and
                       encodes and writes the report, derived SEG and summary image while it
                       computes the maps, and

@@ -20,9 +20,9 @@ from pydicom.uid import Comprehensive3DSRStorage
 
 from demo.synthetic import write_synthetic_study
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
+from node import logs
 from node.config import Destination, ModelRef, Peer, SeriesRule, load_config
 from node.dicom.store_scu import c_store
-from node.ops import logs
 from node.service import Node
 from node.state.instances import InstanceRow
 from pipelines.outputs.codes import feature_concept

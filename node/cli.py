@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from node import __version__
+from node import __version__, logs
 from node.config import ConfigError, load_config
-from node.ops import logs
 from node.ops.index_commands import add_commands as add_index_commands
 from node.ops.index_commands import open_configured
 from node.ops.job_commands import add_commands as add_job_commands

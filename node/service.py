@@ -35,8 +35,8 @@ from node.flow.retrieve import Retriever
 from node.flow.router import Router
 from node.flow.study_router import StudyRouter
 from node.flow.ticks import Tick
+from node.logs import fields
 from node.ops.health import Health, check_health
-from node.ops.logs import fields
 from node.ops.status import StatusServer
 from node.state import Index, IndexDamaged
 from node.state.recovery import recover

@@ -67,8 +67,8 @@ class Tasks(Generic[_Task, _Result]):
 
 @dataclass(frozen=True)
 class Written(Generic[T]):
-    """What a :class:`Write` step gives: the objects it wrote (``pipelines.process.OutputObject``)
-    and a value for the plan."""
+    """What a :class:`Write` step gives: the objects it wrote
+    (``pipelines.outputs.result.OutputObject``) and a value for the plan."""
 
     objects: tuple[Any, ...]
     value: T

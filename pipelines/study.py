@@ -21,11 +21,11 @@ import SimpleITK as sitk
 from pipelines.io.dwi import DwiError, b_value, read_dwi
 from pipelines.io.segmentation import DecodedSegmentation, read_segmentation
 from pipelines.io.series import SeriesVolume
+from pipelines.outputs.result import PipelineResult
 from pipelines.outputs.uids import result_uid
 from pipelines.plan import Laps, Plan, Tasks
 from pipelines.process import (
     Measured,
-    PipelineResult,
     PriorMeasured,
     RoleMeasured,
     Study,

@@ -41,7 +41,7 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from node.config import NodeConfig, Peer
-from node.ops.logs import fields
+from node.logs import fields
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.ops.logs import fields
+from node.logs import fields
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ timeouts, a server made by ``AE.make_server`` from a subclass of its public
 reliance beyond it, C-STORE responses encoded directly, is fenced in
 ``node.dicom.pynetdicom_adapter`` with a version check. Each
 C-STORE's data set, as the sender encoded it, goes behind a File Meta Information header
-(``node.dicom.part10``) to ``node.state.ingest``, which writes it durably to the spool and indexes
+(``node.dicom.part10``) to ``node.dicom.ingest``, which writes it durably to the spool and indexes
 the instance before the handler answers success (PS3.4 B.2.3 status 0x0000).
 
 Before an association is established (PS3.8 9.2, states Sta2 to Sta3) a connection is nobody's:
@@ -54,8 +54,10 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from node import logs
 from node.config import LimitsConfig, NodeConfig
 from node.dicom import pynetdicom_adapter
+from node.dicom.ingest import SUCCESS, Ingest
 from node.dicom.part10 import Part10, file_meta_header
 from node.dicom.peers import (
     LOCAL_LIMIT_EXCEEDED,
@@ -69,10 +71,8 @@ from node.dicom.pending import PendingConnections
 from node.dicom.store_scu import set_nodelay
 from node.dicom.tls import server_context
 from node.dicom.validation import STORAGE_CLASSES, TRANSFER_SYNTAXES
-from node.ops import logs
-from node.ops.logs import fields
+from node.logs import fields
 from node.state import Index
-from node.state.ingest import SUCCESS, Ingest
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class Receiver:
         """``EVT_CONN_CLOSE``: the association's counts are released; a connection that closed
         before its A-ASSOCIATE-RQ wakes its association thread, which would otherwise wait for
         the request until ``acse_timeout``; one log line for an association that stored or was
-        refused instances (each instance is logged at DEBUG by ``node.state.ingest``)."""
+        refused instances (each instance is logged at DEBUG by ``node.dicom.ingest``)."""
         assoc = event.assoc
         self._limit.release(assoc)
         self._policy.on_conn_close(event)

@@ -53,13 +53,13 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
+from node import logs
 from node.config import NodeConfig
 from node.flow.forked import ForkedCall, fork_available
-from node.ops import logs
 from pipelines.plan import Laps, Pending, Plan, Step, Tasks, Write, Written, drive
 
 if TYPE_CHECKING:  # imported where used: the node spawns its workers before it imports them
-    from pipelines.process import OutputObject, PipelineResult
+    from pipelines.outputs.result import OutputObject, PipelineResult
     from pipelines.science.presets import Preset
     from pipelines.study import JobInputs
 

@@ -20,10 +20,10 @@ from typing import Any
 import pydicom
 
 from node.config import NodeConfig, OrthancFeed
+from node.dicom.ingest import OUT_OF_RESOURCES, SUCCESS, Ingest
 from node.dicom.orthanc import OrthancClient, OrthancError
-from node.ops.logs import fields
+from node.logs import fields
 from node.state import Index
-from node.state.ingest import OUT_OF_RESOURCES, SUCCESS, Ingest
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ from pathlib import Path
 from node.config import Destination, NodeConfig
 from node.flow.executor import Executor, JobFuture, make_executor
 from node.flow.priors import prior_files
-from node.ops.logs import fields
+from node.logs import fields
 from node.state import Index
 from node.state.jobs import JobRow
-from pipelines.process import PipelineResult  # see JobRunner._finished
+from pipelines.outputs.result import PipelineResult  # see JobRunner._finished
 from pipelines.study import JobInputs, PriorInputs, SeriesInput, one_series
 
 log = logging.getLogger(__name__)

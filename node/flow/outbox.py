@@ -33,7 +33,7 @@ from node.dicom.orthanc import OrthancClient, OrthancError
 from node.dicom.store_scu import AssociationRefused, c_store
 from node.dicom.verify import ObjectRef, VerificationError, method_of, present
 from node.flow.fhir import FhirClient, FhirError
-from node.ops.logs import fields
+from node.logs import fields
 from node.state import Index
 from node.state.outbox import DeliveryRow
 

@@ -26,7 +26,7 @@ Fetching reuses ``node.flow.retrieve.SeriesFetcher`` (C-GET on the query's sourc
 REST, or QIDO-RS + WADO-RS; never C-MOVE, whose instances would arrive at the listener and be
 processed as a new study: ``node.config`` refuses it for a prior source), with what each
 instance must hold (the study, the series and the job's Patient ID) and the checks a received
-instance passes (``node.state.ingest.check_instance``); the files never enter the spool, so the
+instance passes (``node.dicom.ingest.check_instance``); the files never enter the spool, so the
 router never queues a job of the old study and nothing of it is sent to the PACS. A refused
 instance is quarantined as ingest does, and the prior is not used: ``failed``, with the one-line
 reason. A network error leaves the lookup pending, tried again after ``prior.retry_interval``
@@ -54,6 +54,7 @@ from pydicom.errors import InvalidDicomError
 
 from node.config import NodeConfig, PriorConfig, RetrieveSource, SeriesMatch
 from node.dicom.dicomweb import DicomWebError, DicomWebPeer
+from node.dicom.ingest import SUCCESS, Outcome, check_instance, loggable_reason
 from node.dicom.orthanc import OrthancClient, OrthancError
 from node.dicom.query import (
     DicomQuery,
@@ -67,9 +68,8 @@ from node.dicom.store_scu import AssociationRefused
 from node.dicom.validation import Refusal
 from node.flow.retrieve import RetrieveError, RetrieveRefused, SeriesFetcher
 from node.flow.router import b_values_of, invalid_reference, mismatches, patient_id
-from node.ops.logs import fields
+from node.logs import fields
 from node.state import Index
-from node.state.ingest import SUCCESS, Outcome, check_instance, loggable_reason
 from node.state.jobs import JobRow
 from node.state.priors import PriorRow
 from node.state.quarantine import quarantine

@@ -53,14 +53,14 @@ from pynetdicom.sop_class import (
 
 from node.config import NodeConfig, RetrieveSource
 from node.dicom.dicomweb import DicomWebError, DicomWebPeer
+from node.dicom.ingest import OUT_OF_RESOURCES, SUCCESS, Ingest, Outcome, check_expected
 from node.dicom.orthanc import OrthancClient, OrthancError
 from node.dicom.receiver import STORAGE_CLASSES, TRANSFER_SYNTAXES
 from node.dicom.store_scu import AssociationRefused, associate
 from node.dicom.validation import Refusal
 from node.flow.router import patient_id
-from node.ops.logs import fields
+from node.logs import fields
 from node.state import Index
-from node.state.ingest import OUT_OF_RESOURCES, SUCCESS, Ingest, Outcome, check_expected
 from node.state.retrievals import RetrievalRow
 from node.state.spool import is_uid
 

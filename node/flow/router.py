@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from node.config import PRIORITIES, NodeConfig, RoleRule, SeriesMatch, SeriesRule
-from node.ops.logs import fields
+from node.logs import fields
 from node.state import Index
 from node.state.audit import SEGMENTATION_NOT_PROCESSED
 from node.state.instances import InstanceRow, SeriesRow
@@ -300,7 +300,7 @@ class Router:
     def repaired(self, job: JobRow) -> list[int]:
         """Queue ``job`` again, and return its id, when it failed and a damaged spool copy in its
         source series or its segmentation's series was repaired after its last attempt started
-        (``JobStore.inputs_repaired_at``: an intact copy sent again, ``node.state.ingest``, or the
+        (``JobStore.inputs_repaired_at``: an intact copy sent again, ``node.dicom.ingest``, or the
         damaged one removed at start and the instance sent again, ``node.state.recovery``), unless
         ``reprocess`` is ``never`` (then logged as not processed again). The audit trail records
         ``INPUTS_REPAIRED``. A done job is not run again: its results came from intact inputs."""

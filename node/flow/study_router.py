@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 
 from node.config import PRIORITIES, NodeConfig, StudyRule
 from node.flow.router import SEGMENTATION_MODALITIES, b_values_of, foreign_source, mismatches
-from node.ops.logs import fields
+from node.logs import fields
 from node.state import Index
 from node.state.instances import SeriesRow
 from node.state.jobs import JobRow, JobSeries

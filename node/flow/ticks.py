@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 
 from node.flow.jobs import failure_reason
-from node.ops.logs import fields
+from node.logs import fields
 
 log = logging.getLogger(__name__)
 

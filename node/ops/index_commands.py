@@ -1,7 +1,7 @@
 """``radiomics-node index check`` and ``index rebuild``: the index's integrity, and a new index
 made from the spool when the old one is damaged.
 
-The spool is the durable record of what the node acknowledged (``node.state.ingest``: each instance
+The spool is the durable record of what the node acknowledged (``node.dicom.ingest``: each instance
 is on disk before its row, and its file name is its SOP Instance UID); the index adds what happened
 to it (series state, jobs, deliveries, audit). ``rebuild`` keeps the damaged database beside the
 new one (``<name>.damaged-<UTC time>``, with its ``-wal`` and ``-shm`` files), then indexes every

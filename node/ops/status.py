@@ -47,8 +47,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from node import __version__
 from node.config import NodeConfig, host_name
+from node.logs import fields
 from node.ops.health import Health
-from node.ops.logs import fields
 from node.ops.metrics import render_metrics
 from node.ops.rule_test import series_summary
 from node.state import Index

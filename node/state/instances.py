@@ -167,7 +167,7 @@ class InstanceStore:
 
     def replace_file(self, sop_instance_uid: str, size: int, sha256: str) -> None:
         """Record, in one transaction, that the damaged spool copy of an indexed instance was
-        replaced by an intact one (``node.state.ingest``): the row's size and sha256 are the new
+        replaced by an intact one (``node.dicom.ingest``): the row's size and sha256 are the new
         file's, and its series is repaired at ``now`` (``repaired_at``) and receiving again (not
         stable, last arrival ``now``), so the assembly tick marks it stable ``stable_after``
         later and routes it; a failed job that read the damaged copy is then queued again

@@ -45,8 +45,8 @@ class DeliveryTimes:
 @dataclass(frozen=True)
 class JobTimeline:
     """Where one job's time went: when it was queued, claimed by the runner and finished (epoch
-    seconds), the seconds of each pipeline stage (``pipelines.process.StageTimes``; empty before
-    it is done) and the times of each of its deliveries."""
+    seconds), the seconds of each pipeline stage (``pipelines.outputs.result.StageTimes``; empty
+    before it is done) and the times of each of its deliveries."""
 
     job_id: int
     queued_at: float

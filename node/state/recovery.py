@@ -15,7 +15,7 @@ unfinished jobs that read it fail (``Index.instances.forget``). Sent again, the 
 the index and stored as any other; its series is then routed and a job that failed on the damaged
 copy runs again, unless ``reprocess`` is ``never`` (``node.flow.router``). The check is a stat per
 file (0.18 s for 20,000 files): reading and hashing a large spool at every start would take
-minutes; the sha256 a row keeps is checked when the instance arrives again (``node.state.ingest``).
+minutes; the sha256 a row keeps is checked when the instance arrives again (``node.dicom.ingest``).
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ from pathlib import Path
 import pydicom
 
 from node.config import NodeConfig
-from node.ops.logs import fields
+from node.logs import fields
 from node.state import Index
-from node.state.ingest import size_damage
 from node.state.instances import InstanceRow
 from node.state.quarantine import quarantine
-from node.state.spool import is_uid, remove_stale_partials
+from node.state.spool import is_uid, remove_stale_partials, size_damage
 
 log = logging.getLogger(__name__)
 

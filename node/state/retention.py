@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from node.config import NodeConfig
-from node.ops.logs import fields
+from node.logs import fields
 from node.state import Index
 
 log = logging.getLogger(__name__)

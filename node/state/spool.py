@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import itertools
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from node.state import direct_io
+
+if TYPE_CHECKING:
+    from node.state.instances import InstanceRow
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -129,3 +134,27 @@ def remove_stale_partials(spool_dir: Path) -> int:
             partial.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def size_damage(path: Path, size: int) -> str | None:
+    """What is wrong with the file ``path`` that should hold ``size`` bytes: ``missing``, or
+    ``size X expected Y``; None when it has that size (a stat, nothing read)."""
+    try:
+        found = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    return None if found == size else f"size {found} expected {size}"
+
+
+def spool_damage(row: InstanceRow) -> str | None:
+    """What is wrong with the spool copy of the indexed instance ``row``: ``missing``, ``size X
+    expected Y`` (:func:`size_damage`) or ``hash differs`` (the file is read and hashed, when the
+    row has a sha256: rows indexed before it was kept are checked by size alone); None when it
+    is intact."""
+    path = Path(row.path)
+    damage = size_damage(path, row.size)
+    if damage is None and row.sha256 is not None:
+        with path.open("rb") as file:
+            if hashlib.file_digest(file, "sha256").hexdigest() != row.sha256:
+                damage = "hash differs"
+    return damage

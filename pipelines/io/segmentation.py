@@ -57,8 +57,7 @@ from pydicom.tag import BaseTag
 
 from pipelines.io.references import referenced_series_uids
 from pipelines.io.rtstruct import RTSTRUCT_SOP_CLASS_UID, RTStructError, read_rtstruct
-from pipelines.io.series import SeriesVolume, resample_stack, tag_name
-from pipelines.science.preprocess import Grid
+from pipelines.io.series import Grid, SeriesVolume, resample_stack, tag_name
 
 # Segmentation Storage and Label Map Segmentation Storage (PS3.4 B.5).
 SEGMENTATION_SOP_CLASS_UIDS = frozenset(

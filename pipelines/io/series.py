@@ -99,6 +99,29 @@ DEFER_BYTES = 64 * 1024
 IrregularGrid = Literal["refuse", "resample"]
 
 
+@dataclass(frozen=True)
+class Grid:
+    """Geometry of a SimpleITK image: origin and spacing (mm), direction cosines, size."""
+
+    origin: tuple[float, ...]
+    spacing: tuple[float, ...]
+    direction: tuple[float, ...]
+    size: tuple[int, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Grid:
+        """The grid of ``image``."""
+        return cls(image.GetOrigin(), image.GetSpacing(), image.GetDirection(), image.GetSize())
+
+    def blank(self, pixel_id: int = sitk.sitkUInt8) -> sitk.Image:
+        """A zero image on this grid."""
+        image = sitk.Image([int(n) for n in self.size], pixel_id)
+        image.SetOrigin(self.origin)
+        image.SetSpacing(self.spacing)
+        image.SetDirection(self.direction)
+        return image
+
+
 class SeriesError(ValueError):
     """A set of files is not one readable image volume; the message names file, tag and reason."""
 

@@ -45,7 +45,7 @@ from pydicom.dataset import Dataset
 
 from pipelines.outputs.codes import IBSI_SCHEME, PRIVATE_SCHEME, feature_concept
 from pipelines.outputs.evaluations import ROI_QC, SERIES_QC, STATUS, model_line
-from pipelines.process import LesionModelResult, PipelineResult
+from pipelines.outputs.result import LesionModelResult, PipelineResult
 from pipelines.science.inference import INTRA, ModelOutput, NotApplied
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"

@@ -63,7 +63,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
 from pipelines.io.segmentation import DecodedSegmentation, Segment, voxel_box
-from pipelines.io.series import SeriesVolume
+from pipelines.io.series import Grid, SeriesVolume
 from pipelines.outputs.codes import coding_schemes, feature_concept, ucum_unit
 from pipelines.outputs.result_attributes import (
     CONTENT_CREATOR_NAME,
@@ -74,7 +74,6 @@ from pipelines.outputs.software import MANUFACTURER, software_version
 from pipelines.outputs.uids import result_uid
 from pipelines.plan import Tasks, run_tasks
 from pipelines.science.features import ArrayImage, validated_extractor
-from pipelines.science.preprocess import Grid
 from pipelines.science.presets import IMAGE_INTERPOLATORS, Preset
 from pipelines.science.radiomics_adapter import keep_voxel_batches
 

@@ -28,8 +28,9 @@ import SimpleITK as sitk
 from radiomics.base import RadiomicsFeaturesBase
 from radiomics.featureextractor import RadiomicsFeatureExtractor, getFeatureClasses
 
+from pipelines.io.series import Grid
 from pipelines.science import ivh
-from pipelines.science.preprocess import Grid, PreprocessError
+from pipelines.science.preprocess import PreprocessError
 from pipelines.science.presets import PER_SLICE_AGGREGATIONS, IbsiOptions, IbsiResegmentation
 from pipelines.science.radiomics_adapter import with_binning
 from pipelines.science.rois import RoiMask

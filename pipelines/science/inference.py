@@ -16,7 +16,7 @@ listing every failed condition (issue 6, "Running models in the node"):
 * ``features``: a feature the model needs is missing or not a number.
 
 Feature names are the card's ``"<roi_variant>/<pyradiomics key>"``; :func:`lesion_features`
-makes them from a :class:`pipelines.process.PipelineResult`'s lesions, :func:`seg_values` the
+makes them from a :class:`pipelines.outputs.result.PipelineResult`'s lesions, :func:`seg_values` the
 SEG-derived clinical values (lesion count, diameters, volume) from the ``intra`` ROI's shape
 features.
 """
@@ -41,7 +41,7 @@ INTRA = "intra"  # the preset's name of the lesion-only ROI variant (RoiVariant.
 
 
 class LesionLike(Protocol):
-    """What :func:`lesion_features` reads of ``pipelines.process.LesionSummary``."""
+    """What :func:`lesion_features` reads of ``pipelines.outputs.result.LesionSummary``."""
 
     segment_number: int
     roi_variant: str

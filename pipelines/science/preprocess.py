@@ -23,34 +23,12 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from pipelines.io.series import Grid
 from pipelines.science.presets import IMAGE_INTERPOLATORS, N4Options
 
 
 class PreprocessError(ValueError):
     """A reference region that cannot normalise, or a grid that does not fit the image."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Geometry of a SimpleITK image: origin and spacing (mm), direction cosines, size."""
-
-    origin: tuple[float, ...]
-    spacing: tuple[float, ...]
-    direction: tuple[float, ...]
-    size: tuple[int, ...]
-
-    @classmethod
-    def of(cls, image: sitk.Image) -> Grid:
-        """The grid of ``image``."""
-        return cls(image.GetOrigin(), image.GetSpacing(), image.GetDirection(), image.GetSize())
-
-    def blank(self, pixel_id: int = sitk.sitkUInt8) -> sitk.Image:
-        """A zero image on this grid."""
-        image = sitk.Image([int(n) for n in self.size], pixel_id)
-        image.SetOrigin(self.origin)
-        image.SetSpacing(self.spacing)
-        image.SetDirection(self.direction)
-        return image
 
 
 @dataclass(frozen=True)

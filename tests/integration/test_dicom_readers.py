@@ -50,7 +50,8 @@ from demo.synthetic import write_synthetic_study
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
 from node.flow.executor import run_in_process
 from pipelines.outputs.codes import PRIVATE_SCHEME, feature_concept, image_filter_concept
-from pipelines.process import PipelineResult, job_plan
+from pipelines.outputs.result import PipelineResult
+from pipelines.process import job_plan
 from pipelines.science.inference import ModelOutput
 from tests.integration import readers
 from tests.unit.outputs_case import dciodvfy

@@ -17,11 +17,11 @@ from pydantic import SecretStr
 from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import NodeConfig
 from node.dicom.dicomweb import DicomWebError, DicomWebPeer
+from node.dicom.ingest import Ingest
 from node.flow.retrieve import Retriever
 from node.flow.router import Router
 from node.ops.check import check_config
 from node.state import Index
-from node.state.ingest import Ingest
 from tests.fhir_recording import Recording, recorded_fhir_server
 from tests.integration.ohif import DICOMWEB_PLUGIN, dicomweb_orthanc
 from tests.integration.peers import NodeService

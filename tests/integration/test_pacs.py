@@ -16,12 +16,12 @@ import pytest
 
 from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import NodeConfig
+from node.dicom.ingest import Ingest
 from node.dicom.receiver import Receiver
 from node.flow.feed import Feed
 from node.flow.retrieve import Retriever
 from node.flow.router import Router
 from node.state import Index
-from node.state.ingest import Ingest
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock
 from tests.integration.peers import NodeService, OrthancServer, orthanc, require_tools

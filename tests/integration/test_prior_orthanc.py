@@ -22,11 +22,11 @@ from demo.study import (
     write_prior_study,
 )
 from node.config import NodeConfig
+from node.dicom.ingest import Ingest
 from node.flow.jobs import JobRunner
 from node.flow.priors import PriorFinder
 from node.flow.router import Router
 from node.state import Index
-from node.state.ingest import Ingest
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock
 from tests.integration.ohif import DICOMWEB_PLUGIN
@@ -102,7 +102,7 @@ def test_prior_study_is_found_and_fetched_from_orthanc(
             assert not index.instances.has(str(prior_seg.SOPInstanceUID))  # not in the spool
             index.close()
     # the node's own lines (pynetdicom's identifier dumps are below the WARNING level the node
-    # sets for it: node.ops.logs.configure)
+    # sets for it: node.logs.configure)
     logged = [json.dumps(getattr(r, "fields", {})) + r.getMessage() for r in caplog.records
               if r.name.startswith("node.")]
     assert any("prior study found" in line for line in logged)

@@ -22,12 +22,12 @@ from pydicom.uid import generate_uid
 from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
+from node.dicom.ingest import Ingest
 from node.dicom.receiver import Receiver
 from node.flow.retrieve import Retriever
 from node.flow.router import Router
 from node.state import Index
 from node.state.audit import SEGMENTATION_NOT_PROCESSED
-from node.state.ingest import Ingest
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock
 from tests.integration.peers import OrthancServer, orthanc

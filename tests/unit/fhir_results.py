@@ -11,7 +11,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
-from pipelines.process import (
+from pipelines.outputs.result import (
     LesionModelResult,
     LesionSummary,
     OutputObject,

@@ -28,9 +28,9 @@ from pynetdicom.sop_class import (
 )
 
 from node.config import NodeConfig
+from node.dicom.ingest import Ingest
 from node.dicom.receiver import Receiver
 from node.state import Index
-from node.state.ingest import Ingest
 from tests.conftest import free_port
 from tests.unit.malformed import decode, implicit_declared_explicit_sent, part10, with_bytes
 

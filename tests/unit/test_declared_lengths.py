@@ -116,7 +116,7 @@ def test_element_longer_than_its_bytes_is_refused_naming_the_tag(
     ds = _ct(refdata)
     path = tmp_path / "sent.dcm"
     path.write_bytes(build(ds))
-    caplog.set_level(logging.WARNING, logger="node.state.ingest")
+    caplog.set_level(logging.WARNING, logger="node.dicom.ingest")
     response = _send(config, path, CTImageStorage, ExplicitVRLittleEndian)
     assert response.Status == status
     assert str(response.ErrorComment).startswith(f"{tag}: {reason}"[:64])

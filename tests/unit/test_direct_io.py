@@ -17,9 +17,9 @@ import pydicom
 import pytest
 
 from node.config import NodeConfig
+from node.dicom.ingest import Ingest
 from node.state import Index, direct_io, spool
 from node.state.direct_io import ALIGNMENT, WINDOW
-from node.state.ingest import Ingest
 from node.state.spool import write_durably
 from tests.unit.malformed import decode, part10
 

@@ -31,7 +31,8 @@ from pipelines.outputs.fhir_report import (
     report_identifier,
     write_results_bundle,
 )
-from pipelines.process import PipelineResult, job_plan
+from pipelines.outputs.result import PipelineResult
+from pipelines.process import job_plan
 from pipelines.science.inference import ModelOutput
 from pipelines.science.qc import QCSettings
 from tests.unit.fhir_results import PROBABILITY, made_result

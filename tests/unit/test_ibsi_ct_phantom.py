@@ -36,9 +36,8 @@ from bench.ibsi_mirp import (
     node_features,
 )
 from pipelines.io.segmentation import read_segmentation
-from pipelines.io.series import read_series
+from pipelines.io.series import Grid, read_series
 from pipelines.science import ibsi
-from pipelines.science.preprocess import Grid
 from pipelines.science.presets import load_preset
 from tests.unit.ibsi_ct_phantom import (
     PHANTOM,

@@ -19,10 +19,10 @@ import yaml
 
 from demo.synthetic import write_synthetic_study
 from node.config import NodeConfig
+from node.dicom.ingest import Ingest
 from node.flow.ticks import Tick
 from node.ops.health import TICK_FAILURES, check_health
 from node.state import Index, IndexDamaged
-from node.state.ingest import Ingest
 from tests.conftest import free_port
 
 

@@ -1,5 +1,5 @@
 """Log fields are capped: a value a sender controls (a 200 kB Series Description) never makes a
-log line longer than ``node.ops.logs.MAX_FIELD_CHARS`` per string."""
+log line longer than ``node.logs.MAX_FIELD_CHARS`` per string."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pydicom
 import pytest
 
 from demo.synthetic import write_synthetic_study
+from node import logs
 from node.config import NodeConfig, SeriesRule
 from node.flow.router import Router
-from node.ops import logs
-from node.ops.logs import MAX_FIELD_CHARS, JsonFormatter, capped, fields
+from node.logs import MAX_FIELD_CHARS, JsonFormatter, capped, fields
 from node.state import Index
 from node.state.instances import InstanceRow
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pydicom
 
 from demo.synthetic import write_synthetic_study
+from node import logs
 from node.config import NodeConfig
-from node.ops import logs
+from node.dicom.ingest import Ingest
 from node.state import Index
-from node.state.ingest import Ingest
 from tests.integration.conftest import PHI
 from tests.integration.peers import phi_leaks
 

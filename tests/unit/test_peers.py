@@ -66,7 +66,7 @@ def test_unknown_calling_ae_title_is_rejected(node) -> None:
 def test_known_ae_title_from_another_host_is_rejected(node, caplog) -> None:
     assert _rejection(_associate(node, "FAR")) == (1, 1, 3)
     [record] = [r for r in caplog.records if r.getMessage() == "association rejected"]
-    logged = record.fields  # node.ops.logs.fields: AE title, address and reason, no patient data
+    logged = record.fields  # node.logs.fields: AE title, address and reason, no patient data
     assert logged["calling_ae"] == "FAR" and "address not configured" in logged["reason"]
     assert set(logged) == {"calling_ae", "address", "reason", "result", "source", "diagnostic"}
 

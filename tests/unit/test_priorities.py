@@ -12,9 +12,9 @@ import pytest
 
 from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import NodeConfig
+from node.dicom.ingest import Ingest
 from node.flow.router import Router
 from node.state import Index
-from node.state.ingest import Ingest
 from tests.fake_clock import FakeClock
 
 RULES = [

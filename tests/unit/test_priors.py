@@ -24,12 +24,12 @@ from pynetdicom.sop_class import (
 
 from demo.synthetic import PATIENT_ID, write_synthetic_study
 from node.config import ConfigError, NodeConfig, load_config
+from node.dicom.ingest import Ingest
 from node.flow.executor import ship
 from node.flow.jobs import JobRunner
 from node.flow.priors import PriorFinder, window
 from node.flow.router import Router
 from node.state import Index
-from node.state.ingest import Ingest
 from node.state.jobs import JobSeries
 from node.state.retention import DAY, Retention
 from tests.conftest import free_port

@@ -13,8 +13,8 @@ import pytest
 
 from demo.synthetic import write_synthetic_study
 from node.config import NodeConfig
+from node.dicom.ingest import Ingest
 from node.state import Index
-from node.state.ingest import Ingest
 from node.state.recovery import RECOVERED, Recovery, recover
 from node.state.spool import spool_path
 

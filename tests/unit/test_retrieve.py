@@ -17,10 +17,10 @@ from pydicom.uid import ExplicitVRLittleEndian, SegmentationStorage
 from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.clock import SYSTEM_CLOCK, Clock
 from node.config import NodeConfig
+from node.dicom.ingest import Ingest, Outcome
 from node.dicom.orthanc import OrthancClient
 from node.flow.retrieve import RetrieveError, Retriever, RetrieveRefused, _query, _Tally
 from node.state import Index
-from node.state.ingest import Ingest, Outcome
 from node.state.instances import InstanceRow
 from tests.conftest import free_port
 from tests.fake_clock import FakeClock
@@ -158,7 +158,7 @@ def test_accept_refuses_an_instance_that_is_not_the_one_expected(
                 "SeriesInstanceUID": str(header.SeriesInstanceUID),
                 "PatientID": str(header.PatientID)}
     actual, expected[keyword] = expected[keyword], value
-    with caplog.at_level(logging.WARNING, logger="node.state.ingest"):
+    with caplog.at_level(logging.WARNING, logger="node.dicom.ingest"):
         outcome = Ingest(config, index).accept(
             data, lambda: pydicom.dcmread(io.BytesIO(data)), "c-get:archive", expected=expected)
     tag = {"StudyInstanceUID": "(0020,000D)", "SeriesInstanceUID": "(0020,000E)",

@@ -19,7 +19,8 @@ from node.flow.executor import run_in_process
 from pipelines.io.rtstruct import RTSTRUCT_SOP_CLASS_UID
 from pipelines.io.segmentation import Segment, read_segmentation
 from pipelines.io.series import SeriesVolume, read_series
-from pipelines.process import PipelineResult, ProcessError, job_plan
+from pipelines.outputs.result import PipelineResult
+from pipelines.process import ProcessError, job_plan
 from pipelines.science.presets import Preset, load_preset
 
 

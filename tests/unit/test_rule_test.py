@@ -13,11 +13,11 @@ import yaml
 from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.cli import main
 from node.config import NodeConfig, SeriesRule
+from node.dicom.ingest import Ingest
 from node.ops.health import Health
 from node.ops.rule_test import folder_headers, lines, verdicts
 from node.ops.status import StatusServer
 from node.state import Index
-from node.state.ingest import Ingest
 
 RULES = [
     {"name": "ct-arterial", "preset": "ct-liver-basic", "modality": ["CT"],

@@ -19,8 +19,9 @@ import pytest
 from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.flow.executor import DaskRunner, InProcessRunner, LocalRunner, PlanRunner
 from node.flow.forked import fork_available
+from pipelines.outputs.result import PipelineResult
 from pipelines.plan import Gather, Laps, Tasks, Write, Written
-from pipelines.process import PipelineResult, job_plan
+from pipelines.process import job_plan
 from pipelines.science.presets import MapOptions, load_preset
 from tests.unit.test_forked import _content
 

@@ -11,7 +11,8 @@ from models.package import ModelPackage, load_package
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
 from node.flow.executor import run_in_process
 from pipelines.io.series import SeriesVolume, read_series
-from pipelines.process import PipelineResult, job_plan
+from pipelines.outputs.result import PipelineResult
+from pipelines.process import job_plan
 from pipelines.science.inference import (
     ModelOutput,
     NotApplied,

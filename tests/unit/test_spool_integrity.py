@@ -19,10 +19,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.config import NodeConfig
+from node.dicom.ingest import Ingest
 from node.dicom.part10 import Part10, file_meta_header
 from node.flow.router import INPUTS_REPAIRED, Router
 from node.state import Index
-from node.state.ingest import Ingest
 from node.state.recovery import recover
 
 REPLACED = "damaged spool copy replaced"
@@ -102,7 +102,7 @@ def test_damaged_copy_is_replaced_by_the_intact_duplicate(
         path.write_bytes(data[:-16] + b"\xff" * 16)
         expected = "hash differs"
 
-    with caplog.at_level(logging.DEBUG, logger="node.state.ingest"):
+    with caplog.at_level(logging.DEBUG, logger="node.dicom.ingest"):
         assert _send(ingest, source) == 0
     assert path.read_bytes() == data
     again = index.instances.get(row.sop_instance_uid)
@@ -124,7 +124,7 @@ def test_intact_duplicate_is_ignored_and_its_file_untouched(
     row = index.instances.get(_sop(source))
     before = os.stat(row.path)
     assert index.instances.mark_stable(time.time() + 1)
-    with caplog.at_level(logging.DEBUG, logger="node.state.ingest"):
+    with caplog.at_level(logging.DEBUG, logger="node.dicom.ingest"):
         assert _send(ingest, source) == 0
     after = os.stat(row.path)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
@@ -145,11 +145,11 @@ def test_damaged_copy_not_replaced_by_an_instance_of_another_series(
     moved.SeriesInstanceUID = generate_uid()
     other = tmp_path / "other.dcm"
     moved.save_as(other)
-    with caplog.at_level(logging.WARNING, logger="node.state.ingest"):
+    with caplog.at_level(logging.WARNING, logger="node.dicom.ingest"):
         assert _send(ingest, other) == 0
     assert Path(row.path).stat().st_size == 1000
     assert index.instances.get(row.sop_instance_uid) == row
-    [warned] = [r for r in caplog.records if r.name == "node.state.ingest"]
+    [warned] = [r for r in caplog.records if r.name == "node.dicom.ingest"]
     assert warned.getMessage().startswith("damaged spool copy not replaced")
     assert warned.fields["arriving_series_uid"] == moved.SeriesInstanceUID
 
@@ -193,11 +193,11 @@ def test_failed_job_is_queued_again_when_its_input_is_repaired(
     source = study.ct_paths[1] if damaged == "ct" else study.seg_path
     row = index.instances.get(_sop(source))
     Path(row.path).write_bytes(source.read_bytes()[:1000])  # behind the node's back
-    with caplog.at_level(logging.INFO), caplog.at_level(logging.DEBUG, logger="node.state.ingest"):
+    with caplog.at_level(logging.INFO), caplog.at_level(logging.DEBUG, logger="node.dicom.ingest"):
         statuses = [_send(ingest, path) for path in (*study.ct_paths, study.seg_path)]
         assert _stabilise(index, router) == ([job] if queued_again else [])
     assert statuses == [0] * 7  # the intact study sent again: 7/7 acknowledged
-    ingested = [r.getMessage() for r in caplog.records if r.name == "node.state.ingest"]
+    ingested = [r.getMessage() for r in caplog.records if r.name == "node.dicom.ingest"]
     assert sorted(ingested) == ["damaged spool copy replaced"] + ["duplicate instance ignored"] * 6
     assert Path(row.path).read_bytes() == source.read_bytes()
     after = index.jobs.get(job)

@@ -18,7 +18,8 @@ from node.flow.jobs import JobRunner
 from node.state import Index
 from node.state.instances import InstanceRow
 from node.state.jobs import DeliveryTimes
-from pipelines.process import StageTimes, job_plan
+from pipelines.outputs.result import StageTimes
+from pipelines.process import job_plan
 from pipelines.science.presets import load_preset
 
 STAGES = ["read_series", "read_segmentation", "preprocessing", "extraction", "qc", "models",

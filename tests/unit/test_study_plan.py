@@ -18,7 +18,8 @@ from demo.synthetic import SyntheticStudy, write_synthetic_study
 from node.flow.executor import run_in_process
 from node.ops.model_commands import export_features
 from pipelines.outputs.report_parts import measurement_groups
-from pipelines.process import PipelineResult, job_plan
+from pipelines.outputs.result import PipelineResult
+from pipelines.process import job_plan
 from pipelines.science.inference import ModelOutput, NotApplied
 from pipelines.study import JobInputs, SeriesInput, study_plan
 from tests.unit.model_helpers import two_role_model

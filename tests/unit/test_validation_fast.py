@@ -27,6 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.dsutils import decode
 
 import node.dicom.validation as validation
+from node.dicom.ingest import identify
 from node.dicom.validation import (
     ALWAYS_DECODED_VRS,
     NUMBER_SIZES,
@@ -40,7 +41,6 @@ from node.dicom.validation import (
     expected_length,
     plain_pydicom_settings,
 )
-from node.state.ingest import identify
 
 CHECKS = settings(max_examples=400, derandomize=True, deadline=None, database=None,
                   suppress_health_check=[HealthCheck.too_slow,

@@ -45,11 +45,11 @@ from node.dicom.validation import (
     check_transfer_syntax,
     element_value,
 )
-from node.ops.logs import PHI_KEYWORDS, fields
+from node.logs import PHI_KEYWORDS, fields
 from node.state import Index
 from node.state.instances import InstanceRow
 from node.state.quarantine import quarantine
-from node.state.spool import is_uid, spool_path, write_durably
+from node.state.spool import is_uid, spool_damage, spool_path, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -147,33 +147,9 @@ def content_sha256(data: bytes | Part10) -> str:
     return digest.hexdigest()
 
 
-def size_damage(path: Path, size: int) -> str | None:
-    """What is wrong with the file ``path`` that should hold ``size`` bytes: ``missing``, or
-    ``size X expected Y``; None when it has that size (a stat, nothing read)."""
-    try:
-        found = path.stat().st_size
-    except FileNotFoundError:
-        return "missing"
-    return None if found == size else f"size {found} expected {size}"
-
-
-def spool_damage(row: InstanceRow) -> str | None:
-    """What is wrong with the spool copy of the indexed instance ``row``: ``missing``, ``size X
-    expected Y`` (:func:`size_damage`) or ``hash differs`` (the file is read and hashed, when the
-    row has a sha256: rows indexed before it was kept are checked by size alone); None when it
-    is intact."""
-    path = Path(row.path)
-    damage = size_damage(path, row.size)
-    if damage is None and row.sha256 is not None:
-        with path.open("rb") as file:
-            if hashlib.file_digest(file, "sha256").hexdigest() != row.sha256:
-                damage = "hash differs"
-    return damage
-
-
 def loggable_reason(refusal: Refusal) -> str:
     """The refusal's reason for a log line: without the values when the tag is one of patient
-    identity (``node.ops.logs.PHI_KEYWORDS``)."""
+    identity (``node.logs.PHI_KEYWORDS``)."""
     if refusal.tag.rsplit(" ", 1)[-1] in PHI_KEYWORDS:
         return "differs from what the request expects (values not logged: patient identity)"
     return refusal.reason
@@ -273,11 +249,11 @@ class Ingest:
     def _again(self, stored: InstanceRow, identity: dict[str, str], data: bytes | Part10,
                source: str) -> Outcome:
         """An instance already indexed (``stored``) arrives again: success, stored once. Its
-        spool copy is checked (:func:`spool_damage`); a damaged one is replaced by ``data`` and
-        its series routed again (``Index.instances.replace_file``), unless ``data`` names another
-        study or series than the row (then it is no copy of the same file: the row stays as it
-        is, with a warning). A replacement the disk refuses is answered as a new instance's
-        would be (0xA700, :meth:`_write`), so the sender may try again."""
+        spool copy is checked (``node.state.spool.spool_damage``); a damaged one is replaced by
+        ``data`` and its series routed again (``Index.instances.replace_file``), unless ``data``
+        names another study or series than the row (then it is no copy of the same file: the row
+        stays as it is, with a warning). A replacement the disk refuses is answered as a new
+        instance's would be (0xA700, :meth:`_write`), so the sender may try again."""
         sop_uid = stored.sop_instance_uid
         damage = spool_damage(stored)
         if damage is None:
