@@ -1,6 +1,8 @@
 """``radiomics-node demo``: the whole path on one machine, with embedded defaults.
 
-Writes a synthetic abdominal CT with two liver lesions and their DICOM SEG, starts a node
+Writes a synthetic abdominal CT with two liver lesions and their DICOM SEG (``--study
+multiphase``: arterial, portal venous and delayed CT of one study, moved against each other as a
+patient breathes, and one SEG on the portal venous series, measured by a study rule), starts a node
 (SQLite index, local spool) whose only destination is itself, with the colorectal-liver-metastasis
 preset and the shipped demonstration model pinned, sends the study to it with a real C-STORE
 client, waits until the node has received all its result objects back, prints the main numbers and
@@ -14,18 +16,19 @@ import sys
 import time
 from pathlib import Path
 
-import highdicom as hd
 import pydicom
 from pydicom.uid import Comprehensive3DSRStorage
 
+from demo.study import write_multiphase_ct
 from demo.synthetic import write_synthetic_study
 from models.shipped import DEMO_PACKAGE, DEMO_SHA256
 from node import logs
-from node.config import Destination, ModelRef, Peer, SeriesRule, load_config
+from node.config import Destination, ModelRef, Peer, SeriesRule, StudyRule, load_config
 from node.dicom.store_scu import c_store
 from node.service import Node
 from node.state.instances import InstanceRow
 from pipelines.outputs.codes import feature_concept
+from pipelines.outputs.report_parts import measurement_groups
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("original_shape_MeshVolume", "Volume mm3"),
@@ -39,19 +42,28 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def report_table(sr_path: Path, modality: str = "CT") -> list[list[str]]:
-    """Rows (ROI label, then one value per COLUMNS entry) read back from the feature report
-    (``pipelines.outputs.feature_report``): its groups of one ROI, one per image filter, make one
-    row, each value the first of its concept, which is the original image's (its group comes
-    first)."""
-    sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path))
+    """Rows (ROI label, with its series' role in a study job, then one value per COLUMNS entry)
+    read back from the feature report (``pipelines.outputs.feature_report``): its groups of one
+    ROI, one per image filter, make one row, each value the first of its concept, which is the
+    original image's (its group comes first); the groups of a change since a prior study (TID
+    1502 Time Point) are left out. Read with pydicom: highdicom's parser checks every item of
+    the tens of thousands of a study job's report."""
     codes = {feature_concept(key, modality).name.value: i for i, (key, _) in enumerate(COLUMNS)}
     rows: dict[str, list[str]] = {}
-    for group in sr.content.get_volumetric_roi_measurement_groups():
-        values = rows.setdefault(str(group.tracking_identifier), ["-"] * len(COLUMNS))
-        for measurement in group.get_measurements():
-            column = codes.get(measurement.name.value)
+    for group in measurement_groups(pydicom.dcmread(sr_path)):
+        texts = {item.ConceptNameCodeSequence[0].CodeMeaning: str(item.TextValue)
+                 for item in group.ContentSequence if item.ValueType == "TEXT"}
+        if "Time Point" in texts:
+            continue
+        session = texts.get("Activity Session")
+        label = texts["Tracking Identifier"] + (f" ({session})" if session else "")
+        values = rows.setdefault(label, ["-"] * len(COLUMNS))
+        for item in group.ContentSequence:
+            concept = item.ConceptNameCodeSequence[0]
+            column = codes.get(concept.get("CodeValue") or concept.get("LongCodeValue")) \
+                if item.ValueType == "NUM" else None
             if column is not None and values[column] == "-":
-                values[column] = f"{measurement.value:.4g}"
+                values[column] = f"{float(item.MeasuredValueSequence[0].NumericValue):.4g}"
     return [[label, *values] for label, values in rows.items()]
 
 
@@ -105,16 +117,29 @@ def model_lines(sr_path: Path) -> list[str]:
     return lines
 
 
+def _rules(study: str, preset: str) -> dict[str, list[SeriesRule] | list[StudyRule]]:
+    """The demo's routing: a rule for the one CT, or a study rule of the three phases."""
+    if study == "liver":
+        return {"rules": [SeriesRule(name="demo", preset=preset, modality=["CT"])],
+                "study_rules": []}
+    return {"rules": [], "study_rules": [StudyRule.model_validate({
+        "name": "demo-phases", "preset": preset, "segmented_on": ["portal_venous"],
+        "roles": {"portal_venous": {"series_description": r"\bPV\b"},
+                  "arterial": {"series_description": "ARTERIAL"},
+                  "delayed": {"series_description": "DELAYED", "required": False}}})]}
+
+
 def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int | None,
-             timeout: float, preset: str = "ct-liver-crlm") -> int:
-    """Run the demo; returns the process exit code."""
+             timeout: float, preset: str = "ct-liver-crlm", study: str = "liver") -> int:
+    """Run the demo on the ``study`` (``liver`` or ``multiphase``); returns the process exit
+    code."""
     config = load_config(config_path)
     listener = config.listener.model_copy(update={"port": port or config.listener.port})
     state_dir = workdir / "state"
     shutil.rmtree(state_dir, ignore_errors=True)  # a fresh node, so the study is new to it
     config = config.model_copy(update={
         "state_dir": state_dir,
-        "rules": [SeriesRule(name="demo", preset=preset, modality=["CT"])],
+        **_rules(study, preset),
         "models": [ModelRef(path=DEMO_PACKAGE, sha256=DEMO_SHA256)],
         "log_file": state_dir / "node.log",
         "listener": listener,
@@ -131,8 +156,17 @@ def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int |
     state_dir.mkdir(parents=True, exist_ok=True)
     logs.configure(config.log_level, config.log_file)
 
-    print("writing a synthetic liver CT with two lesions and its SEG ...", flush=True)
-    study = write_synthetic_study(workdir / "input")
+    if study == "liver":
+        print("writing a synthetic liver CT with two lesions and its SEG ...", flush=True)
+        written = write_synthetic_study(workdir / "input")
+        paths = [*written.ct_paths, written.seg_path]
+    else:
+        print("writing a synthetic arterial, portal venous and delayed CT with two lesions and "
+              "one SEG ...", flush=True)
+        phases = write_multiphase_ct(workdir / "input")
+        paths = [*(path for series in phases.series.values() for path in series.paths),
+                 phases.seg_path]
+    study_uid = pydicom.dcmread(paths[-1], stop_before_pixels=True).StudyInstanceUID
     node = Node(config)
     node.start()
     try:
@@ -140,8 +174,7 @@ def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int |
             host, http_port = node.status_address
             print(f"status page: http://{host}:{http_port}/", flush=True)
         print(f"node {listener.ae_title} listening on 127.0.0.1:{listener.port}; "
-              f"sending {len(study.ct_paths)} CT slices and 1 SEG by C-STORE ...", flush=True)
-        paths = [*study.ct_paths, study.seg_path]
+              f"sending {len(paths) - 1} CT slices and 1 SEG by C-STORE ...", flush=True)
         statuses = c_store("DEMO_SCANNER", Destination(
             name="node", ae_title=listener.ae_title, host="127.0.0.1", port=listener.port),
             [pydicom.dcmread(p) for p in paths])
@@ -162,7 +195,7 @@ def run_demo(config_path: Path | None, workdir: Path, out_dir: Path, port: int |
         kind = pydicom.dcmread(row.path, stop_before_pixels=True).Modality.lower()
         kept.append(out_dir / f"radiomics-{kind}-{row.sop_instance_uid}.dcm")
         shutil.copyfile(row.path, kept[-1])
-    print(f"\n{len(results)} result objects back in study {study.study_instance_uid} "
+    print(f"\n{len(results)} result objects back in study {study_uid} "
           f"{elapsed:.1f} s after the last instance was sent (preset {preset}):\n")
     _print_table(report_table(kept[0]))
     print("\nModel (shipped demonstration model):")

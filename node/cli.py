@@ -93,7 +93,8 @@ def _demo(args: argparse.Namespace) -> int:
     from demo.run import run_demo
 
     return run_demo(config_path=args.config, workdir=args.workdir, out_dir=args.out,
-                    port=args.port, timeout=args.timeout, preset=args.preset)
+                    port=args.port, timeout=args.timeout, preset=args.preset,
+                    study=args.study)
 
 
 def _outbox_index(args: argparse.Namespace) -> Index | None:
@@ -255,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--preset", default="ct-liver-crlm",
                       help="the pipeline preset (default: ct-liver-crlm, which the shipped "
                       "demonstration model is for)")
+    demo.add_argument("--study", choices=("liver", "multiphase"), default="liver",
+                      help="liver: one portal venous CT and its SEG (a rule's job); multiphase: "
+                      "arterial, portal venous and delayed CT of one study and one SEG on the "
+                      "portal venous series (a study rule's job, the SEG registered onto the "
+                      "other phases)")
     demo.set_defaults(func=_demo)
 
     process = commands.add_parser(

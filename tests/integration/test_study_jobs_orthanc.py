@@ -4,7 +4,7 @@ T2, DWI of three b-values, hepatobiliary phase; one SEG on T2) to the node as a 
 Orthanc, the PACS, holds the CT patient's prior study. The node measures every role, registering
 the SEG onto each other series (demo.study's known misregistrations), runs a model that needs
 two roles, fetches the prior from Orthanc and reports the change since it; the results arrive in
-Orthanc, where dciodvfy finds no error in them."""
+Orthanc, where dciodvfy finds no error in them, and dcmqi and PixelMed read the reports."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pytest
 from demo.study import write_multiphase_ct, write_multisequence_mr, write_prior_study
 from pipelines.outputs.report_parts import measurement_groups
 from tests.conftest import free_port
+from tests.integration import readers
 from tests.integration.peers import OrthancServer, node_service, orthanc, require_tools
 from tests.integration.test_orthanc_e2e import dciodvfy_errors
 from tests.integration.test_pacs import upload
@@ -105,6 +106,16 @@ def test_multi_phase_ct_with_prior_and_multi_sequence_mr(tmp_path: Path) -> None
         path = tmp_path / f"{name}.dcm"
         dataset.save_as(path)
         assert dciodvfy_errors(path) == [], name
+    # dcmqi and PixelMed read the reports of several series and of the change since a prior
+    factory = readers.caching_factory(tmp_path / "java")
+    for name, expected in (("ct", {"portal_venous", "arterial", "delayed"}),
+                           ("mr", {"t2", "t1_pre", "dwi", "hbp"})):
+        run, document = readers.tid1500reader(tmp_path / f"{name}.dcm", tmp_path)
+        assert run.completed and not run.errors, run.describe()
+        assert {g.get("activitySession") for g in document["Measurements"]} == expected
+        validated = readers.sr_validator(tmp_path / f"{name}.dcm", factory)
+        assert validated.completed and not validated.errors, validated.describe()
+        assert "Root Template Validation Complete" in validated.lines, validated.describe()
 
     # every role measured, each group saying its role; one Tracking UID per lesion across roles
     groups = measurement_groups(ct_report)
