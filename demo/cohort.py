@@ -213,7 +213,7 @@ def cohort_plan(out_dir: str | Path, *, lesions: int = 200, stability_cases: int
     ``stability_cases`` of site A, perturbed contours), ``outcomes-site-a.csv``,
     ``outcomes-site-b.csv`` and ``domain.yaml``; its result is those paths by name. Site A gets
     60 % of the lesions, site B the rest."""
-    preset = preset if isinstance(preset, Preset) else load_preset(preset)
+    preset = load_preset(preset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_a = round(lesions * 0.6)

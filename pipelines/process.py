@@ -620,7 +620,7 @@ def job_plan(image_paths: Sequence[str | Path], seg_path: str | Path,
             process, each naming file, attribute and reason.
     """
     laps = Laps()
-    preset = preset if isinstance(preset, Preset) else load_preset(preset)
+    preset = load_preset(preset)
     qc_settings = qc_settings or QCSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

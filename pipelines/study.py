@@ -92,12 +92,6 @@ class JobInputs:
         """The series the segmentation is propagated to."""
         return self.series[1:]
 
-    @property
-    def files(self) -> tuple[str, ...]:
-        """Every input file: the images of each series, the segmentation, then the prior's."""
-        prior = (*self.prior.paths, self.prior.seg) if self.prior is not None else ()
-        return (*(path for item in self.series for path in item.paths), self.seg, *prior)
-
 
 def one_series(images: Sequence[str | Path], seg: str | Path, preset: str | Preset
                ) -> JobInputs:
@@ -118,8 +112,10 @@ class RoleSeries:
 
 
 def _b_values(files: Sequence[Path]) -> set[float]:
-    """The b-values of an MR series' instances that have one."""
-    found = set()
+    """The b-values of an MR diffusion series' first instances, up to the second distinct one
+    (``read_dwi`` reads them all); none for another series: one whose first instance is no MR
+    image or has no b-value."""
+    found: set[float] = set()
     for path in files:
         header = pydicom.dcmread(path, stop_before_pixels=True)
         if header.get("Modality") != "MR":
@@ -127,7 +123,9 @@ def _b_values(files: Sequence[Path]) -> set[float]:
         try:
             found.add(b_value(header, path))
         except DwiError:
-            continue
+            return found
+        if len(found) > 1:
+            break
     return found
 
 
@@ -258,7 +256,7 @@ def study_plan(inputs: JobInputs, out_dir: str | Path, *, qc_settings: QCSetting
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     segmented = inputs.segmented
-    preset = _preset(segmented.preset)
+    preset = load_preset(segmented.preset)
     volume = read_source(segmented.paths, preset)
     laps.lap("read_series")
     seg = read_segmentation(Path(inputs.seg), volume,
@@ -270,7 +268,7 @@ def study_plan(inputs: JobInputs, out_dir: str | Path, *, qc_settings: QCSetting
     laps.lap("extraction")
     roles: list[RoleMeasured] = []
     for other in inputs.others:
-        role_preset = _preset(other.preset)
+        role_preset = load_preset(other.preset)
         read = read_role(other.paths, role_preset)
         role_volume = read.volume
         laps.lap("read_series")
@@ -302,5 +300,3 @@ def study_plan(inputs: JobInputs, out_dir: str | Path, *, qc_settings: QCSetting
                                    role=segmented.role or None, roles=roles, prior=prior))
 
 
-def _preset(preset: str | Preset) -> Preset:
-    return preset if isinstance(preset, Preset) else load_preset(preset)

@@ -31,6 +31,8 @@ from typing import Literal
 
 import SimpleITK as sitk
 
+from pipelines.science.registration import dice_coefficient
+
 MIN_OVERLAP = 0.2
 """Least Dice of a current lesion and a prior lesion carried onto its series for a pair by
 position: growth halves the Dice of a lesion whose volume doubles (2/3) at worst, a neighbour
@@ -73,16 +75,6 @@ def feature_changes(prior: Mapping[str, float], current: Mapping[str, float]
             if key in prior and math.isfinite(prior[key]) and math.isfinite(value)]
 
 
-def dice(a: sitk.Image, b: sitk.Image) -> float:
-    """Dice of two binary masks on one grid (0 when both are empty)."""
-    overlap = sitk.LabelOverlapMeasuresImageFilter()
-    a, b = sitk.Cast(a > 0, sitk.sitkUInt8), sitk.Cast(b > 0, sitk.sitkUInt8)
-    if not sitk.GetArrayViewFromImage(a).any() and not sitk.GetArrayViewFromImage(b).any():
-        return 0.0
-    overlap.Execute(a, b)
-    return float(overlap.GetDiceCoefficient())
-
-
 def pair_lesions(current: Mapping[int, frozenset[str]], prior: Mapping[int, frozenset[str]],
                  current_masks: Mapping[int, sitk.Image],
                  carried: Mapping[int, sitk.Image] | None,
@@ -111,7 +103,7 @@ def pair_lesions(current: Mapping[int, frozenset[str]], prior: Mapping[int, froz
             unpaired[number] = ("no prior lesion with its Tracking UID, and the prior study's "
                                 "registration failed its checks")
             continue
-        overlaps = {p: dice(current_masks[number], mask) for p, mask in carried.items()
+        overlaps = {p: dice_coefficient(current_masks[number], mask) for p, mask in carried.items()
                     if p not in taken}
         best = max(overlaps, key=lambda p: overlaps[p], default=None)
         if best is None or overlaps[best] < min_overlap:

@@ -611,13 +611,16 @@ def is_preset_file(name_or_path: str | Path) -> bool:
             or any(sep in text for sep in ("/", "\\")))
 
 
-def load_preset(name_or_path: str | Path) -> Preset:
-    """Load a shipped preset by name (e.g. ``"ct-liver-basic"``) or a preset YAML file by path.
+def load_preset(name_or_path: str | Path | Preset) -> Preset:
+    """Load a shipped preset by name (e.g. ``"ct-liver-basic"``) or a preset YAML file by path;
+    a Preset already loaded is returned as it is.
 
     A ``Path``, or a string ending in ``.yaml``/``.yml`` or containing a path separator, is read
     as a file (:func:`is_preset_file`); any other string is looked up among
     :func:`shipped_presets`.
     """
+    if isinstance(name_or_path, Preset):
+        return name_or_path
     text_path = str(name_or_path)
     if is_preset_file(name_or_path):
         path = Path(name_or_path)
